@@ -1,0 +1,28 @@
+"""Default locations of the embedded (single-machine) deployment.
+
+``VASP_HOME`` is the project's run directory (default ``./run``): it holds the
+SQLite MLflow store, MLflow artifacts, the Airflow home and Spark checkpoints.
+``VASP_WAREHOUSE`` is the warehouse root (default ``./warehouse``).
+``VASP_TRACKING_URI`` overrides the MLflow tracking URI.
+Nothing here touches the filesystem; callers create directories when they write.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def run_dir() -> str:
+    return os.path.abspath(os.environ.get("VASP_HOME", "run"))
+
+
+def default_warehouse() -> str:
+    return os.environ.get("VASP_WAREHOUSE", os.path.abspath("warehouse"))
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("VASP_TRACKING_URI", f"sqlite:///{os.path.join(run_dir(), 'mlflow.db')}")
+
+
+def default_artifact_root() -> str:
+    return os.environ.get("VASP_ARTIFACT_ROOT", "file://" + os.path.join(run_dir(), "mlartifacts"))

@@ -1,0 +1,53 @@
+"""The warehouse layout: one place that knows where every table of a date lives.
+
+``{warehouse}/features/dt=D/<table>/`` (Parquet) + ``manifest.json`` + ``_SUCCESS``
+``{warehouse}/models/dt=D/`` (model.keras, items.parquet, metrics.json, test_topk.parquet)
+``{warehouse}/recommendations/dt=D/`` (Parquet) + ``manifest.json`` + ``_SUCCESS``
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+FEATURE_TABLES = ("items", "users", "interactions", "validation", "test", "train_ab", "quarantine")
+SCHEMA_VERSION = 1
+DATE_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+
+
+def check_date(date: str) -> str:
+    """Validate a logical date string ``YYYY-MM-DD`` and return it."""
+    try:
+        dt.date.fromisoformat(date)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"date must be YYYY-MM-DD, got {date!r}") from exc
+    if len(date) != 10:
+        raise ValueError(f"date must be YYYY-MM-DD, got {date!r}")
+    return date
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def dataset_dir(warehouse: str, dataset: str, date: str) -> str:
+    """``{warehouse}/{dataset}/dt={date}``."""
+    return _join(warehouse, dataset, f"dt={check_date(date)}")
+
+
+def features_dir(warehouse: str, date: str) -> str:
+    return dataset_dir(warehouse, "features", date)
+
+
+def feature_table(warehouse: str, date: str, table: str) -> str:
+    if table not in FEATURE_TABLES:
+        raise ValueError(f"unknown feature table {table!r}; expected one of {FEATURE_TABLES}")
+    return _join(features_dir(warehouse, date), table)
+
+
+def models_dir(warehouse: str, date: str) -> str:
+    return dataset_dir(warehouse, "models", date)
+
+
+def recommendations_dir(warehouse: str, date: str) -> str:
+    return dataset_dir(warehouse, "recommendations", date)

@@ -1,0 +1,80 @@
+"""Typed, frozen configs with environment overrides.
+
+Every component has a frozen dataclass config. Defaults live in the class; an
+environment variable ``VASP_<FIELD>`` (upper case) overrides a default, and explicit
+keyword arguments (CLI flags) override both. Values are validated by each class's
+``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+ENV_PREFIX = "VASP_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid."""
+
+
+def _coerce(value: str, kind: Any, name: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value.strip().lower() in ("", "none", "null"):
+            return None
+        kind = args[0]
+    try:
+        if kind is bool:
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind in (int, float, str):
+            return kind(value)
+        if typing.get_origin(kind) is tuple:
+            inner = typing.get_args(kind)[0]
+            return tuple(inner(v) for v in value.split(",") if v.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
+    return value
+
+
+def build_config(cls: type[T], overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> T:
+    """Build ``cls`` from its defaults, then ``VASP_*`` env vars, then ``overrides`` (None values skipped)."""
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        key = ENV_PREFIX + field.name.upper()
+        if key in env:
+            values[field.name] = _coerce(env[key], hints[field.name], key)
+    unknown = set(overrides or {}) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} option(s): {', '.join(sorted(unknown))}")
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {cls.__name__}: {exc}") from exc
+
+
+def as_params(config: Any, prefix: str = "") -> dict[str, str]:
+    """Flatten a (nested) dataclass config into string params, e.g. for MLflow."""
+    out: dict[str, str] = {}
+    for key, value in dataclasses.asdict(config).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                out[f"{name}.{sub}"] = str(subvalue)
+        else:
+            out[name] = str(value)
+    return out
