@@ -1,0 +1,114 @@
+"""EASE and popularity: closed form checked by hand, the shared recommender contract, input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from recommender_contract import RecommenderContract, checkerboard
+
+from vasp_model.baselines import EASE, Popularity, fit_ease_on_validation
+from vasp_model.features import Features
+
+
+class TestEASEContract(RecommenderContract):
+    def make_recommender(self, train_csr):
+        return EASE(lambda_=5.0).fit(train_csr)
+
+
+class TestPopularityContract(RecommenderContract):
+    personalized = False
+
+    def make_recommender(self, train_csr):
+        return Popularity().fit(train_csr)
+
+
+def test_ease_two_items_by_hand():
+    # X = [[1,1],[1,0]] -> G = XᵀX = [[2,1],[1,1]]; λ = 1 -> A = [[3,1],[1,2]], det 5,
+    # P = A⁻¹ = [[2,-1],[-1,3]]/5, B_ij = -P_ij / P_jj:
+    # B_01 = (1/5)/(3/5) = 1/3  (= G_01 / (G_00 + λ): regress item 1 on item 0)
+    # B_10 = (1/5)/(2/5) = 1/2  (= G_10 / (G_11 + λ))
+    X = sp.csr_matrix(np.array([[1.0, 1.0], [1.0, 0.0]]))
+    B = EASE(lambda_=1.0).fit(X).B
+    np.testing.assert_allclose(B, [[0.0, 1 / 3], [1 / 2, 0.0]], rtol=1e-6)
+
+
+def test_ease_matches_general_inverse():
+    rng = np.random.default_rng(1)
+    X = sp.csr_matrix((rng.random((40, 12)) < 0.3).astype(np.float64))
+    lam = 3.0
+    P = np.linalg.inv(X.T @ X + lam * np.eye(12))
+    expected = -P / np.diag(P)
+    np.fill_diagonal(expected, 0.0)
+    got = EASE(lam).fit(X).B
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    assert np.all(np.diag(got) == 0)
+
+
+def test_ease_scores_are_user_items_times_B():
+    X, _ = checkerboard()
+    model = EASE(10.0).fit(X)
+    idx, scores = model.recommend(X[:3], 4, filter_seen=False)
+    dense = X[:3].toarray() @ model.B
+    np.testing.assert_allclose(scores, np.take_along_axis(dense, idx, axis=1), rtol=1e-5)
+    assert np.all(np.take_along_axis(dense, idx[:, :1], axis=1)[:, 0] == dense.max(axis=1))
+
+
+def test_popularity_counts_distinct_users_and_ranks_by_them():
+    # item 2 has 3 users, item 0 has 2, item 1 has 1 (value 5 still counts once), item 3 none
+    X = sp.csr_matrix(np.array([[1, 5, 1, 0], [1, 0, 1, 0], [0, 0, 1, 0]], dtype=float))
+    model = Popularity().fit(X)
+    np.testing.assert_array_equal(model.counts, [2, 1, 3, 0])
+    idx, scores = model.recommend(sp.csr_matrix((1, 4)), 4)
+    np.testing.assert_array_equal(idx[0], [2, 0, 1, 3])
+    np.testing.assert_array_equal(scores[0], [3, 2, 1, 0])
+    idx, _ = model.recommend(sp.csr_matrix(np.array([[0, 0, 1, 0]])), 2)
+    np.testing.assert_array_equal(idx[0], [0, 1])
+
+
+def test_popularity_from_counts():
+    model = Popularity.from_counts([1, 9, 4])
+    idx, _ = model.recommend(sp.csr_matrix((2, 3)), 3)
+    np.testing.assert_array_equal(idx, [[1, 2, 0], [1, 2, 0]])
+
+
+@pytest.mark.parametrize("model", [EASE(1.0), Popularity()])
+def test_nan_in_fit_raises(model):
+    X = sp.csr_matrix(np.array([[1.0, np.nan], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit(X)
+
+
+def test_bad_lambda_raises():
+    for bad in (0, -1.0, "10", True):
+        with pytest.raises(ValueError, match="lambda_"):
+            EASE(bad)
+
+
+def test_unfitted_model_raises():
+    with pytest.raises(RuntimeError, match="fit"):
+        EASE().recommend(sp.csr_matrix((1, 3)), 2)
+
+
+def test_non_matrix_user_items_raises():
+    model = Popularity.from_counts([1, 2, 3])
+    with pytest.raises(ValueError, match="user_items"):
+        model.recommend([[0, 1, 0]], 2)
+
+
+def test_fit_ease_on_validation_picks_best_lambda():
+    X, _ = checkerboard()
+    features = Features.from_matrix(X, n_heldout_users=10, min_user_interactions=5, seed=3)
+    grid = (0.5, 50.0, 5000.0)
+    model, results = fit_ease_on_validation(
+        features.train, features.validation.fold_in, features.validation.holdout, grid=grid
+    )
+    assert set(results) == set(grid)
+    assert model.lambda_ == max(results, key=results.get)
+    assert all(0.0 <= v <= 1.0 for v in results.values())
+
+
+def test_fit_ease_on_validation_rejects_mismatched_items():
+    X, _ = checkerboard()
+    with pytest.raises(ValueError, match="val_fold_in"):
+        fit_ease_on_validation(X, sp.csr_matrix((2, 5)), sp.csr_matrix((2, 5)), grid=(1.0,))

@@ -1,0 +1,205 @@
+"""Baselines every run is scored against: closed-form EASE and popularity.
+
+Both expose the same batched ``recommend(user_items, n, filter_seen=True) -> (item_idx, scores)``
+as the VASP bundle: ``user_items`` is a sparse ``[U, I]`` matrix in the model's vocabulary,
+the result is ``item_idx`` ``[U, n]`` int64 (best first) and ``scores`` ``[U, n]`` float32.
+When fewer than ``n`` items are available (``n`` > catalog, or seen items filtered out) the
+remaining slots hold item ``-1`` with score ``-inf``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from vasp_model.metrics import ndcg_at_k, topk_from_scores
+
+DEFAULT_EASE_GRID = (100.0, 300.0, 1000.0, 3000.0)
+_BATCH_USERS = 2048
+
+
+def _check_fit_matrix(X, name: str = "X") -> sp.csr_matrix:
+    if not sp.issparse(X):
+        if not isinstance(X, np.ndarray):
+            raise ValueError(f"{name} must be a scipy sparse matrix or a numpy array, got {type(X).__name__}")
+        X = sp.csr_matrix(X)
+    X = sp.csr_matrix(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D [users, items] matrix, got shape {X.shape}")
+    if np.isnan(X.data).any():
+        raise ValueError(f"{name} contains NaN values; clean the interaction matrix before fitting")
+    if not np.isfinite(X.data).all():
+        raise ValueError(f"{name} contains infinite values; clean the interaction matrix before fitting")
+    return X
+
+
+def check_recommend_args(user_items, n, n_items: int) -> sp.csr_matrix:
+    """Validate ``recommend`` arguments (shared by every recommender); returns ``user_items`` as CSR."""
+    if isinstance(n, bool) or not isinstance(n, int | np.integer):
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if n <= 0:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not sp.issparse(user_items):
+        if isinstance(user_items, np.ndarray) and user_items.ndim == 2:
+            user_items = sp.csr_matrix(user_items)
+        else:
+            raise ValueError(
+                f"user_items must be a 2-D scipy sparse matrix [users, items], got {type(user_items).__name__}"
+            )
+    if user_items.ndim != 2 or user_items.shape[1] != n_items:
+        raise ValueError(f"user_items has shape {user_items.shape}; expected [users, {n_items}] (the model's items)")
+    csr = sp.csr_matrix(user_items)
+    if csr.nnz and np.isnan(csr.data).any():
+        raise ValueError("user_items contains NaN values")
+    return csr
+
+
+def _recommend_batched(score_fn, user_items: sp.csr_matrix, n: int, filter_seen: bool):
+    n_users = user_items.shape[0]
+    out_idx = np.full((n_users, n), -1, dtype=np.int64)
+    out_scores = np.full((n_users, n), -np.inf, dtype=np.float32)
+    for start in range(0, n_users, _BATCH_USERS):
+        rows = user_items[start : start + _BATCH_USERS]
+        idx, vals = topk_from_scores(score_fn(rows), rows if filter_seen else None, n, return_scores=True)
+        out_idx[start : start + rows.shape[0]] = idx
+        out_scores[start : start + rows.shape[0]] = vals
+    return out_idx, out_scores
+
+
+class EASE:
+    """Closed-form EASE (Steck 2019): B = -P / diag(P), diag(B) = 0, P = (XᵀX + λI)⁻¹.
+
+    The Gram matrix and its inverse are computed in float64 (one Cholesky solve); B is kept
+    as float32. Memory is O(I²): fine up to a few tens of thousands of items.
+    """
+
+    def __init__(self, lambda_: float = 500.0):
+        if isinstance(lambda_, bool) or not isinstance(lambda_, int | float | np.number) or not lambda_ > 0:
+            raise ValueError(f"lambda_ must be a positive number, got {lambda_!r}")
+        self.lambda_ = float(lambda_)
+        self.B: np.ndarray | None = None
+
+    @property
+    def n_items(self) -> int:
+        self._check_fitted()
+        return self.B.shape[0]
+
+    def _check_fitted(self) -> None:
+        if self.B is None:
+            raise RuntimeError("EASE is not fitted; call fit(X) first")
+
+    @staticmethod
+    def gram(X) -> np.ndarray:
+        """XᵀX as a dense float64 array (reusable across λ via :meth:`fit_gram`)."""
+        X = _check_fit_matrix(X)
+        return np.asarray((X.T @ X).todense(), dtype=np.float64)
+
+    def fit(self, X) -> EASE:
+        """Fit on a ``[users, items]`` implicit-feedback matrix (values used as given)."""
+        return self.fit_gram(self.gram(X))
+
+    def fit_gram(self, G: np.ndarray) -> EASE:
+        """Fit from a precomputed Gram matrix XᵀX (not modified)."""
+        from scipy.linalg import lapack
+
+        G = np.asarray(G, dtype=np.float64)
+        if G.ndim != 2 or G.shape[0] != G.shape[1]:
+            raise ValueError(f"G must be a square Gram matrix, got shape {G.shape}")
+        if np.isnan(G).any():
+            raise ValueError("G contains NaN values")
+        A = G.copy()
+        A[np.diag_indices_from(A)] += self.lambda_
+        # A = Gram + λI is symmetric positive definite: invert through its Cholesky factor
+        # (LAPACK potrf + potri, float64; about half the flops of a general inverse).
+        c, info = lapack.dpotrf(A, lower=False, overwrite_a=True)
+        if info != 0:
+            raise ValueError(f"XᵀX + λI is not positive definite (LAPACK potrf info={info}); check X and lambda_")
+        P, info = lapack.dpotri(c, lower=False, overwrite_c=True)
+        if info != 0:
+            raise ValueError(f"inverting XᵀX + λI failed (LAPACK potri info={info})")
+        P = np.triu(P) + np.triu(P, 1).T  # potri fills only the upper triangle
+        B = P / (-np.diag(P))
+        B[np.diag_indices_from(B)] = 0.0
+        self.B = B.astype(np.float32)
+        return self
+
+    def scores(self, user_items) -> np.ndarray:
+        """Dense scores ``user_items @ B`` ``[U, I]`` (no masking)."""
+        self._check_fitted()
+        user_items = check_recommend_args(user_items, 1, self.n_items)
+        return np.asarray(user_items.astype(np.float32) @ self.B)
+
+    def recommend(self, user_items, n: int, filter_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        self._check_fitted()
+        user_items = check_recommend_args(user_items, n, self.n_items)
+        return _recommend_batched(
+            lambda rows: np.asarray(rows.astype(np.float32) @ self.B), user_items, int(n), filter_seen
+        )
+
+
+class Popularity:
+    """Most-popular items (number of distinct users with the item), same list for everyone."""
+
+    def __init__(self):
+        self.counts: np.ndarray | None = None
+
+    @classmethod
+    def from_counts(cls, popularity) -> Popularity:
+        counts = np.asarray(popularity, dtype=np.float64)
+        if counts.ndim != 1 or counts.size == 0:
+            raise ValueError(f"popularity must be a non-empty 1-D array, got shape {counts.shape}")
+        if np.isnan(counts).any():
+            raise ValueError("popularity contains NaN values")
+        rec = cls()
+        rec.counts = counts.astype(np.float32)
+        return rec
+
+    @property
+    def n_items(self) -> int:
+        if self.counts is None:
+            raise RuntimeError("Popularity is not fitted; call fit(X) first")
+        return self.counts.size
+
+    def fit(self, X) -> Popularity:
+        X = _check_fit_matrix(X)
+        X.eliminate_zeros()
+        self.counts = np.diff(X.tocsc().indptr).astype(np.float32)
+        return self
+
+    def recommend(self, user_items, n: int, filter_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        user_items = check_recommend_args(user_items, n, self.n_items)
+        counts = self.counts
+        return _recommend_batched(
+            lambda rows: np.broadcast_to(counts, (rows.shape[0], counts.size)), user_items, int(n), filter_seen
+        )
+
+
+def fit_ease_on_validation(
+    train_csr,
+    val_fold_in,
+    val_holdout,
+    grid: Sequence[float] = DEFAULT_EASE_GRID,
+    k: int = 100,
+) -> tuple[EASE, dict[float, float]]:
+    """Fit EASE for each λ in ``grid`` on ``train_csr``; keep the best validation nDCG@k.
+
+    Returns ``(best_model, {λ: validation nDCG@k})``; the Gram matrix is computed once.
+    """
+    grid = tuple(float(g) for g in grid)
+    if not grid:
+        raise ValueError("grid must hold at least one λ")
+    G = EASE.gram(train_csr)
+    if sp.csr_matrix(val_fold_in).shape[1] != G.shape[0]:
+        raise ValueError(f"val_fold_in has {val_fold_in.shape[1]} items, train_csr has {G.shape[0]}")
+    results: dict[float, float] = {}
+    best, best_score = None, -np.inf
+    for lam in grid:
+        model = EASE(lam).fit_gram(G)
+        idx, _ = model.recommend(val_fold_in, k)
+        score = float(np.nanmean(ndcg_at_k(idx, val_holdout, k)))
+        results[lam] = score
+        if score > best_score:
+            best, best_score = model, score
+    return best, results

@@ -1,0 +1,238 @@
+"""Top-k ranking metrics, exactly as the vae_cf protocol (DESIGN.md section 5).
+
+Conventions shared by every function here:
+
+* ``topk_idx`` is an integer array ``[U, n]``: row ``u`` is user ``u``'s ranked list of item
+  indices (rank 1 first) in today's vocabulary. ``-1`` marks a slot with no item (an item the
+  model knows but today's vocabulary does not, or padding when fewer than ``n`` items were
+  available); ``-1`` is never a hit and never counts towards coverage.
+* ``holdout_csr`` is a ``[U, I]`` sparse matrix; any stored non-zero is a held-out positive.
+* Recall@k = hits@k / min(k, |holdout|); nDCG@k = DCG@k / IDCG@k with gain 1/log2(rank + 1)
+  and the ideal DCG over min(k, |holdout|) positions.
+* Users with an empty holdout have no defined recall/nDCG: the per-user arrays hold NaN for
+  them and the averages in :func:`evaluate_topk` skip them (``"users"`` counts who was averaged).
+* A row is assumed not to repeat an item (every recommender here returns distinct items).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+METRIC_KEYS = (
+    "ndcg@100",
+    "recall@20",
+    "recall@50",
+    "coverage@100",
+    "recall@20_head",
+    "recall@20_mid",
+    "recall@20_tail",
+    "users",
+)
+BUCKETS = ("head", "mid", "tail")
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _as_csr(matrix, name: str) -> sp.csr_matrix:
+    if not sp.issparse(matrix):
+        raise ValueError(f"{name} must be a scipy sparse matrix, got {type(matrix).__name__}")
+    csr = sp.csr_matrix(matrix)
+    csr.sum_duplicates()
+    csr.eliminate_zeros()
+    return csr
+
+
+def _check_topk(topk_idx, n_rows: int | None, n_items: int | None, name: str = "topk_idx") -> np.ndarray:
+    topk = np.asarray(topk_idx)
+    if topk.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [users, k], got shape {topk.shape}")
+    if topk.size and not np.issubdtype(topk.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer item indices, got dtype {topk.dtype}")
+    topk = topk.astype(np.int64, copy=False)
+    if n_rows is not None and topk.shape[0] != n_rows:
+        raise ValueError(f"{name} has {topk.shape[0]} rows but the holdout matrix has {n_rows} users")
+    if topk.size:
+        if topk.min() < -1:
+            raise IndexError(f"{name} holds {topk.min()}; item indices must be >= 0 (or -1 for unknown)")
+        if n_items is not None and topk.max() >= n_items:
+            raise IndexError(f"{name} holds item {topk.max()} but there are only {n_items} items")
+    return topk
+
+
+def hit_matrix(topk_idx, holdout_csr) -> np.ndarray:
+    """Boolean ``[U, n]``: is ``topk_idx[u, j]`` in user ``u``'s holdout? (``-1`` never is)."""
+    holdout = _as_csr(holdout_csr, "holdout_csr")
+    n_users, n_items = holdout.shape
+    topk = _check_topk(topk_idx, n_users, n_items)
+    # Membership through sorted (user, item) keys: no densifying of the holdout matrix.
+    rows = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(holdout.indptr))
+    keys = np.sort(rows * n_items + holdout.indices.astype(np.int64))
+    valid = topk >= 0
+    query = np.arange(n_users, dtype=np.int64)[:, None] * n_items + topk
+    hits = np.zeros(topk.shape, dtype=bool)
+    if keys.size:
+        pos = np.searchsorted(keys, query[valid])
+        pos = np.minimum(pos, keys.size - 1)
+        hits[valid] = keys[pos] == query[valid]
+    return hits
+
+
+def _holdout_sizes(holdout_csr) -> np.ndarray:
+    return np.diff(_as_csr(holdout_csr, "holdout_csr").indptr).astype(np.float64)
+
+
+def recall_at_k(topk_idx, holdout_csr, k: int) -> np.ndarray:
+    """Per-user Recall@k = hits in the first k / min(k, |holdout|); NaN for an empty holdout."""
+    k = _check_k(k)
+    hits = hit_matrix(topk_idx, holdout_csr)[:, :k].sum(axis=1)
+    denom = np.minimum(k, _holdout_sizes(holdout_csr))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, hits / np.maximum(denom, 1), np.nan)
+
+
+def ndcg_at_k(topk_idx, holdout_csr, k: int) -> np.ndarray:
+    """Per-user nDCG@k with gain 1/log2(rank+1), ideal DCG over min(k, |holdout|); NaN for an empty holdout."""
+    k = _check_k(k)
+    hits = hit_matrix(topk_idx, holdout_csr)[:, :k]
+    discounts = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+    dcg = (hits * discounts[: hits.shape[1]]).sum(axis=1)
+    ideal_cum = np.concatenate([[0.0], np.cumsum(discounts)])
+    n_ideal = np.minimum(k, _holdout_sizes(holdout_csr)).astype(np.int64)
+    idcg = ideal_cum[n_ideal]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_ideal > 0, dcg / np.where(idcg > 0, idcg, 1.0), np.nan)
+
+
+def coverage(topk_idx, n_items: int) -> float:
+    """Fraction of the ``n_items`` catalog that appears in at least one user's list (``-1`` ignored)."""
+    if isinstance(n_items, bool) or not isinstance(n_items, int | np.integer) or n_items <= 0:
+        raise ValueError(f"n_items must be a positive integer, got {n_items!r}")
+    topk = _check_topk(topk_idx, None, int(n_items))
+    valid = topk[topk >= 0]
+    return float(np.unique(valid).size / n_items)
+
+
+def popularity_buckets(popularity) -> np.ndarray:
+    """Bucket of every item: 0 = head, 1 = mid, 2 = tail, by equal thirds of the interaction mass.
+
+    Items are sorted by popularity (descending, ties by index); walking down that list, an item
+    whose *preceding* cumulative share of all interactions is < 1/3 is head, < 2/3 is mid, and
+    the rest are tail. So the few blockbuster items that account for the first third of all
+    training interactions are the head, and the long tail holding the last third is the tail
+    (the "equal-popularity-mass" split used in popularity-bias studies). Zero popularity is tail.
+    """
+    pop = np.asarray(popularity, dtype=np.float64)
+    if pop.ndim != 1:
+        raise ValueError(f"popularity must be 1-D, got shape {pop.shape}")
+    if pop.size and (not np.all(np.isfinite(pop)) or pop.min() < 0):
+        raise ValueError("popularity must hold finite, non-negative counts")
+    buckets = np.full(pop.shape, 2, dtype=np.int8)
+    total = pop.sum()
+    if total <= 0:
+        return buckets
+    order = np.argsort(-pop, kind="stable")
+    before = (np.cumsum(pop[order]) - pop[order]) / total
+    buckets[order] = np.where(before < 1 / 3, 0, np.where(before < 2 / 3, 1, 2))
+    return buckets
+
+
+def recall_by_popularity_bucket(topk_idx, holdout_csr, popularity, k: int = 20) -> dict[str, float]:
+    """Mean Recall@k restricted to each popularity bucket (see :func:`popularity_buckets`).
+
+    For bucket b and user u with holdout items H_b in b: hits = |top-k ∩ H_b|, recall =
+    hits / min(k, |H_b|). The mean is over users with non-empty H_b (NaN if there are none).
+    It answers "of the held-out tail items, how many did the model find?".
+    """
+    k = _check_k(k)
+    holdout = _as_csr(holdout_csr, "holdout_csr")
+    pop = np.asarray(popularity)
+    if pop.shape != (holdout.shape[1],):
+        raise ValueError(f"popularity has shape {pop.shape}, expected ({holdout.shape[1]},) (one count per item)")
+    buckets = popularity_buckets(pop)
+    topk = _check_topk(topk_idx, holdout.shape[0], holdout.shape[1])[:, :k]
+    hits = hit_matrix(topk, holdout)
+    topk_bucket = np.where(topk >= 0, buckets[np.maximum(topk, 0)], -1)
+    holdout_bucket = buckets[holdout.indices]
+    rows = np.repeat(np.arange(holdout.shape[0]), np.diff(holdout.indptr))
+    out = {}
+    for b, name in enumerate(BUCKETS):
+        sizes = np.bincount(rows[holdout_bucket == b], minlength=holdout.shape[0]).astype(np.float64)
+        bucket_hits = (hits & (topk_bucket == b)).sum(axis=1)
+        users = sizes > 0
+        out[name] = float(np.mean(bucket_hits[users] / np.minimum(k, sizes[users]))) if users.any() else float("nan")
+    return out
+
+
+def topk_from_scores(scores, fold_in_csr=None, k: int = 100, return_scores: bool = False):
+    """Top-k item indices per row of a dense score matrix, best first.
+
+    Items stored in ``fold_in_csr`` (the user's input/seen items; may be None) get score -inf
+    and are never returned: slots that would hold a masked item (only when fewer than k
+    items remain) are ``-1``, as are slots beyond the number of items. Ties are broken by
+    lower item index among the selected items. ``scores`` is not modified.
+    Returns ``topk_idx`` [U, k] int64, or ``(topk_idx, topk_scores)`` if ``return_scores``.
+    """
+    k = _check_k(k)
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D [users, items], got shape {scores.shape}")
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
+    n_users, n_items = scores.shape
+    scores = scores.copy()
+    if fold_in_csr is not None:
+        fold_in = _as_csr(fold_in_csr, "fold_in_csr")
+        if fold_in.shape != scores.shape:
+            raise ValueError(f"fold_in_csr has shape {fold_in.shape}, scores has {scores.shape}")
+        rows = np.repeat(np.arange(n_users), np.diff(fold_in.indptr))
+        scores[rows, fold_in.indices] = -np.inf
+    # NaN would poison the ordering; treat it as "worst".
+    scores[np.isnan(scores)] = -np.inf
+    kk = min(k, n_items)
+    if kk == 0:
+        idx = np.empty((n_users, 0), dtype=np.int64)
+    elif kk < n_items:
+        idx = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        idx.sort(axis=1)
+    else:
+        idx = np.broadcast_to(np.arange(n_items), (n_users, n_items)).copy()
+    vals = np.take_along_axis(scores, idx, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    idx = np.take_along_axis(idx, order, axis=1).astype(np.int64)
+    vals = np.take_along_axis(vals, order, axis=1)
+    idx[np.isneginf(vals)] = -1
+    if kk < k:
+        idx = np.pad(idx, ((0, 0), (0, k - kk)), constant_values=-1)
+        vals = np.pad(vals, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+    return (idx, vals) if return_scores else idx
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def evaluate_topk(topk_idx, holdout_csr, popularity) -> dict[str, float]:
+    """All reported metrics of one ranked list per user (needs >= 100 columns for the @100 figures).
+
+    Keys: ``ndcg@100``, ``recall@20``, ``recall@50``, ``coverage@100`` (catalog = holdout columns),
+    ``recall@20_head/_mid/_tail`` and ``users`` (users with a non-empty holdout, averaged over).
+    """
+    holdout = _as_csr(holdout_csr, "holdout_csr")
+    topk = _check_topk(topk_idx, holdout.shape[0], holdout.shape[1])
+    ndcg = ndcg_at_k(topk, holdout, 100)
+    out = {
+        "ndcg@100": _nanmean(ndcg),
+        "recall@20": _nanmean(recall_at_k(topk, holdout, 20)),
+        "recall@50": _nanmean(recall_at_k(topk, holdout, 50)),
+        "coverage@100": coverage(topk[:, :100], holdout.shape[1]),
+    }
+    for name, value in recall_by_popularity_bucket(topk, holdout, popularity, k=20).items():
+        out[f"recall@20_{name}"] = value
+    out["users"] = int((~np.isnan(ndcg)).sum())
+    return out
