@@ -1,0 +1,205 @@
+"""Model and training configs for VASP, and the named presets.
+
+``ModelConfig`` describes the network (FLVAE ⊙ Neural EASE) and its loss;
+``TrainConfig`` describes how it is fitted. Both are frozen dataclasses validated in
+``__post_init__``; build them with :func:`make_config` (preset, then ``VASP_<FIELD>`` env
+vars, then explicit overrides) so every value can be changed from the CLI.
+
+Presets:
+- ``paper``: the reference (zombak79/vasp): 7×4096 encoder blocks, 2048 latent, 5×4096
+  decoder blocks, batch 1024 users per direction, Nadam 50 epochs at 5e-5 then 20 + 20 at 1e-5.
+- ``cpu``: the same architecture scaled down (and regularized) to train on ML-1M in minutes on
+  2 CPU cores.
+- ``tiny``: a few thousand parameters, for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vasp_model.settings import ENV_PREFIX, ConfigError, _coerce, build_config
+
+OPTIMIZERS = ("nadam", "adam", "adamw")
+EASE_INITS = ("zeros", "glorot_uniform")
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value is None or (value < 0 if allow_zero else value <= 0):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The VASP network and loss."""
+
+    hidden: int = 512  # width of every encoder/decoder block
+    latent: int = 256  # size of the latent mean / log-variance
+    encoder_blocks: int = 3
+    decoder_blocks: int = 2
+    dropout: float = 0.5  # dropout on the FLVAE path's input (training only)
+    normalize_input: bool = False  # L2-normalize the FLVAE path's input rows (Mult-VAE style)
+    ease_l2: float = 1e-3  # L2 penalty on the Neural EASE kernel (summed over entries)
+    ease_init: str = "zeros"  # initializer of the Neural EASE kernel (diagonal forced to zero anyway)
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    kl_weight: float = 1.0  # weight of the KL term (KL averaged over latent dims)
+    max_items: int | None = None  # None = the full catalog; N = only the N most popular items
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "latent", "encoder_blocks"):
+            _positive(name, getattr(self, name))
+        _positive("decoder_blocks", self.decoder_blocks, allow_zero=True)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        _positive("ease_l2", self.ease_l2, allow_zero=True)
+        if self.ease_init not in EASE_INITS:
+            raise ValueError(f"ease_init must be one of {EASE_INITS}, got {self.ease_init!r}")
+        if not 0.0 <= self.focal_alpha <= 1.0:
+            raise ValueError(f"focal_alpha must be in [0, 1], got {self.focal_alpha!r}")
+        _positive("focal_gamma", self.focal_gamma, allow_zero=True)
+        _positive("kl_weight", self.kl_weight, allow_zero=True)
+        if self.max_items is not None and self.max_items < 2:
+            raise ValueError(f"max_items must be >= 2 or None, got {self.max_items!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the model is fitted. ``epochs[i]`` epochs are run at ``learning_rates[i]`` (phases)."""
+
+    batch_users: int = 256  # users per direction: a step sees 2×batch rows (A→B and B→A)
+    epochs: tuple[int, ...] = (12, 6)
+    learning_rates: tuple[float, ...] = (1e-3, 2e-4)
+    optimizer: str = "nadam"
+    ease_warmup_epochs: int = 0  # epochs training the Neural EASE path alone before the joint fit
+    ease_warmup_lr: float = 1e-3
+    patience: int | None = None  # early stopping on validation nDCG@100 (None = off)
+    seed: int = 42
+    jit_compile: bool = True
+    eval_batch_users: int = 1024  # users per forward pass when scoring
+
+    def __post_init__(self) -> None:
+        _positive("batch_users", self.batch_users)
+        if not self.epochs or len(self.epochs) != len(self.learning_rates):
+            raise ValueError(
+                f"epochs and learning_rates must be non-empty and of equal length, got {self.epochs!r} / "
+                f"{self.learning_rates!r}"
+            )
+        for e in self.epochs:
+            _positive("epochs", e, allow_zero=True)
+        if sum(self.epochs) <= 0:
+            raise ValueError(f"epochs must sum to > 0, got {self.epochs!r}")
+        for lr in self.learning_rates:
+            _positive("learning_rates", lr)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _positive("ease_warmup_epochs", self.ease_warmup_epochs, allow_zero=True)
+        _positive("ease_warmup_lr", self.ease_warmup_lr)
+        if self.patience is not None:
+            _positive("patience", self.patience)
+        _positive("eval_batch_users", self.eval_batch_users)
+
+    @property
+    def total_epochs(self) -> int:
+        return int(sum(self.epochs))
+
+    def learning_rate(self, epoch: int) -> float:
+        """The learning rate of 0-based ``epoch`` under the phase schedule."""
+        end = 0
+        for n, lr in zip(self.epochs, self.learning_rates, strict=True):
+            end += n
+            if epoch < end:
+                return float(lr)
+        return float(self.learning_rates[-1])
+
+
+@dataclass(frozen=True)
+class VaspConfig:
+    """Everything a training run needs: ``model`` + ``train`` (+ the preset name it came from)."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    preset: str = "custom"
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        "model": dict(
+            hidden=4096,
+            latent=2048,
+            encoder_blocks=7,
+            decoder_blocks=5,
+            dropout=0.0,
+            ease_l2=0.0,
+        ),
+        "train": dict(
+            batch_users=1024,
+            epochs=(50, 20, 20),
+            learning_rates=(5e-5, 1e-5, 1e-5),
+        ),
+    },
+    # Measured on ML-1M (2 cores): see DESIGN.md section 4 and the issue-3 report.
+    "cpu": {
+        "model": dict(
+            hidden=512,
+            latent=256,
+            encoder_blocks=3,
+            decoder_blocks=2,
+            dropout=0.5,
+            ease_l2=1e-3,
+        ),
+        "train": dict(
+            batch_users=256,
+            epochs=(12, 6),
+            learning_rates=(1e-3, 2e-4),
+        ),
+    },
+    "tiny": {
+        "model": dict(hidden=16, latent=8, encoder_blocks=2, decoder_blocks=1, dropout=0.2, ease_l2=1e-4),
+        "train": dict(batch_users=16, epochs=(2,), learning_rates=(1e-3,), jit_compile=False),
+    },
+}
+
+
+def make_config(
+    preset: str = "cpu",
+    model_overrides: Mapping[str, Any] | None = None,
+    train_overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> VaspConfig:
+    """Preset values, then ``VASP_<FIELD>`` env vars, then explicit overrides (None values skipped)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    env = os.environ if env is None else env
+    base = PRESETS[preset]
+    model_cfg = _layered(ModelConfig, base["model"], model_overrides, env)
+    train_cfg = _layered(TrainConfig, base["train"], train_overrides, env)
+    return VaspConfig(model=model_cfg, train=train_cfg, preset=preset)
+
+
+def _layered(cls: type, preset_values: Mapping[str, Any], overrides: Mapping[str, Any] | None, env: Mapping[str, str]):
+    hints = typing.get_type_hints(cls)
+    from_env = {}
+    for field in dataclasses.fields(cls):
+        key = ENV_PREFIX + field.name.upper()
+        if key in env:
+            from_env[field.name] = _coerce(env[key], hints[field.name], key)
+    explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return build_config(cls, {**preset_values, **from_env, **explicit}, env={})
+
+
+def config_to_dict(config: VaspConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(payload: Mapping[str, Any]) -> VaspConfig:
+    model = dict(payload.get("model", {}))
+    train = dict(payload.get("train", {}))
+    for key in ("epochs", "learning_rates"):
+        if key in train:
+            train[key] = tuple(train[key])
+    return VaspConfig(model=ModelConfig(**model), train=TrainConfig(**train), preset=payload.get("preset", "custom"))

@@ -1,0 +1,152 @@
+"""VASP = FLVAE ⊙ Neural EASE (Vančura & Kordík, ICANN 2021; reference: zombak79/vasp).
+
+FLVAE: dense-residual encoder blocks → Dense mean / log-variance → reparameterized z
+(the mean at inference) → dense-residual decoder blocks → ``sigmoid(Dense_I(decoder)) *
+sigmoid(Dense_I(z))``. Neural EASE: ``sigmoid(x @ W)``, ``diag(W) = 0``. The model's output
+is the element-wise product of both paths, a probability per item.
+
+The KL term is added with ``add_loss`` during training, so a standard
+``compile(loss=FocalLoss(...))`` + ``fit`` works on every Keras backend.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from vasp_model.layers import DenseResidualStack, NeuralEASE, Sampling
+from vasp_model.losses import kl_divergence
+
+
+@keras.saving.register_keras_serializable(package="vasp")
+class VASP(keras.Model):
+    def __init__(
+        self,
+        n_items: int,
+        hidden: int = 512,
+        latent: int = 256,
+        encoder_blocks: int = 3,
+        decoder_blocks: int = 2,
+        dropout: float = 0.0,
+        normalize_input: bool = False,
+        ease_l2: float = 0.0,
+        ease_init: str = "glorot_uniform",
+        kl_weight: float = 1.0,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.n_items = int(n_items)
+        self.hidden = int(hidden)
+        self.latent = int(latent)
+        self.encoder_blocks = int(encoder_blocks)
+        self.decoder_blocks = int(decoder_blocks)
+        self.dropout = float(dropout)
+        self.normalize_input = bool(normalize_input)
+        self.ease_l2 = float(ease_l2)
+        self.ease_init = ease_init
+        self.kl_weight = float(kl_weight)
+        self.seed = seed
+        self.input_dropout = keras.layers.Dropout(self.dropout, seed=seed, name="input_dropout")
+        self.encoder = DenseResidualStack(self.hidden, self.encoder_blocks, name="encoder")
+        self.z_mean = keras.layers.Dense(self.latent, name="z_mean")
+        self.z_log_var = keras.layers.Dense(self.latent, name="z_log_var")
+        self.sampling = Sampling(seed=seed, name="sampling")
+        self.decoder = (
+            DenseResidualStack(self.hidden, self.decoder_blocks, name="decoder") if self.decoder_blocks else None
+        )
+        self.decoder_out = keras.layers.Dense(self.n_items, activation="sigmoid", name="decoder_out")
+        self.latent_out = keras.layers.Dense(self.n_items, activation="sigmoid", name="latent_out")
+        self.ease = NeuralEASE(self.n_items, l2=self.ease_l2, kernel_initializer=ease_init, name="neural_ease")
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if input_shape[-1] != self.n_items:
+            raise ValueError(f"VASP expects {self.n_items} items, got input shape {input_shape}")
+        self.encoder.build(input_shape)
+        hidden_shape = (*input_shape[:-1], self.hidden)
+        latent_shape = (*input_shape[:-1], self.latent)
+        self.z_mean.build(hidden_shape)
+        self.z_log_var.build(hidden_shape)
+        if self.decoder is not None:
+            self.decoder.build(latent_shape)
+        self.decoder_out.build(hidden_shape if self.decoder is not None else latent_shape)
+        self.latent_out.build(latent_shape)
+        self.ease.build(input_shape)
+        self.built = True
+
+    def encode(self, x, training=None):
+        h = x
+        if self.normalize_input:
+            h = h / ops.maximum(ops.sqrt(ops.sum(ops.square(h), axis=-1, keepdims=True)), 1e-8)
+        h = self.input_dropout(h, training=training)
+        h = self.encoder(h)
+        return self.z_mean(h), self.z_log_var(h)
+
+    def flvae(self, x, training=None):
+        mean, log_var = self.encode(x, training=training)
+        z = self.sampling(mean, log_var, training=training)
+        if training and self.kl_weight > 0:
+            self.add_loss(self.kl_weight * ops.mean(kl_divergence(mean, log_var)))
+        d = self.decoder(z) if self.decoder is not None else z
+        return self.decoder_out(d) * self.latent_out(z)
+
+    def call(self, x, training=None):
+        out = self.flvae(x, training=training) * self.ease(x)
+        return ops.cast(out, "float32")
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.n_items)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "n_items": self.n_items,
+            "hidden": self.hidden,
+            "latent": self.latent,
+            "encoder_blocks": self.encoder_blocks,
+            "decoder_blocks": self.decoder_blocks,
+            "dropout": self.dropout,
+            "normalize_input": self.normalize_input,
+            "ease_l2": self.ease_l2,
+            "ease_init": self.ease_init,
+            "kl_weight": self.kl_weight,
+            "seed": self.seed,
+        }
+
+
+def build_model(n_items: int, model_config, seed: int | None = None) -> VASP:
+    """A built (weights created) VASP for ``n_items`` from a ``ModelConfig``."""
+    c = model_config
+    model = VASP(
+        n_items=n_items,
+        hidden=c.hidden,
+        latent=c.latent,
+        encoder_blocks=c.encoder_blocks,
+        decoder_blocks=c.decoder_blocks,
+        dropout=c.dropout,
+        normalize_input=c.normalize_input,
+        ease_l2=c.ease_l2,
+        ease_init=c.ease_init,
+        kl_weight=c.kl_weight,
+        seed=seed,
+        name="vasp",
+    )
+    model.build((None, n_items))
+    return model
+
+
+def flops_per_row(n_items: int, model_config) -> float:
+    """Forward matmul FLOPs per input row (2·m·n per Dense); a train step is ≈ 3× this."""
+    c = model_config
+    f = 2 * n_items * c.hidden  # first encoder Dense
+    f += 2 * c.hidden * c.hidden * (c.encoder_blocks - 1)
+    f += 2 * 2 * c.hidden * c.latent  # mean + log-var
+    if c.decoder_blocks:
+        f += 2 * c.latent * c.hidden + 2 * c.hidden * c.hidden * (c.decoder_blocks - 1)
+        f += 2 * c.hidden * n_items
+    else:
+        f += 2 * c.latent * n_items
+    f += 2 * c.latent * n_items  # latent_out
+    f += 2 * n_items * n_items  # Neural EASE
+    return float(f)
