@@ -1,0 +1,567 @@
+"""Spark job ``vasp build``: raw interaction events -> ``features/dt=D/`` (see CONTRACTS / DESIGN 3, 5).
+
+Pipeline (extract -> pure transforms on DataFrames -> load):
+
+1. :func:`extract` opens the input with its format adapter (``jobs.common.readers``).
+2. :func:`collapse_events` groups the raw events by user in ONE shuffle: duplicates (same
+   user and item) are collapsed (the highest rating wins), ratings binarized
+   (``rating > threshold``, or every event when there is no rating), and rejected rows kept
+   aside as one group each (so the input is scanned once even when there are bad rows).
+3. :func:`assign_users` gives every user a contiguous ``user_idx`` and a split: users with at
+   least ``min_user_interactions`` positives are ranked by a seeded hash and the first
+   ``heldout`` go to test, the next ``heldout`` to validation, the rest to train; the others are
+   ``excluded`` (scored, not trained or evaluated).
+4. :func:`build_items`: the vocabulary = items with a positive from a train user, ``item_idx`` by
+   popularity (train users) desc, then ``item_id`` asc.
+5. :func:`heldout_table`: per validation/test user, items outside the vocabulary are dropped
+   (counted); a user with at least ``holdout_min_items`` (5) items gets ``int(0.2 * n)`` of them
+   held out (exactly ``dawenl/vae_cf``'s ``split_train_test_proportion``: floor of the fraction,
+   chosen by a seeded hash instead of ``np.random.choice``), the rest is the fold-in input.
+6. :func:`ab_table`: ``ab_copies`` seeded shuffles of each train user's items, split in halves
+   A (the first ``floor(n/2)`` of the shuffle) and B (the rest).
+7. :func:`load` writes every table into a staging directory and publishes it atomically.
+
+Randomness is never ``rand()``: every draw is ``xxhash64(seed, purpose, user_id[, copy], item_id)``,
+so the output depends only on the input and the seed, not on partitioning or row order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from vasp_model import defaults, layout, storage
+from vasp_model.settings import build_config
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame, SparkSession
+
+    from jobs.common.readers import RawInput
+
+SPLITS = ("train", "validation", "test", "excluded")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """Parameters of the build (env ``VASP_THRESHOLD``, ``VASP_AB_COPIES``, ...; CLI flags win)."""
+
+    threshold: float = 3.5  # a rating strictly above it is a positive
+    min_user_interactions: int = 5  # positives a user needs to be trained on / evaluated
+    heldout_users: int | None = None  # users per held-out split; None = heldout_fraction, capped
+    heldout_fraction: float = 0.1
+    heldout_cap: int = 10_000
+    holdout_fraction: float = 0.2  # share of a held-out user's items that is held out
+    holdout_min_items: int = 5  # held-out users with fewer items are all fold-in
+    ab_copies: int = 8
+    seed: int = 98765
+    format: str = "auto"
+    user_col: str | None = None
+    item_col: str | None = None
+    rating_col: str | None = None
+
+    def __post_init__(self) -> None:
+        from jobs.common.readers import FORMATS
+
+        if self.threshold != self.threshold:
+            raise ValueError("threshold must be a number, got NaN")
+        if self.min_user_interactions < 1:
+            raise ValueError(f"min_user_interactions must be >= 1, got {self.min_user_interactions}")
+        if self.heldout_users is not None and self.heldout_users < 0:
+            raise ValueError(f"heldout_users must be >= 0, got {self.heldout_users}")
+        if not 0.0 <= self.heldout_fraction < 0.5:
+            raise ValueError(f"heldout_fraction must be in [0, 0.5), got {self.heldout_fraction}")
+        if self.heldout_cap < 0:
+            raise ValueError(f"heldout_cap must be >= 0, got {self.heldout_cap}")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.holdout_min_items < 1:
+            raise ValueError(f"holdout_min_items must be >= 1, got {self.holdout_min_items}")
+        if not 1 <= self.ab_copies <= 1000:
+            raise ValueError(f"ab_copies must be in [1, 1000], got {self.ab_copies}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+
+    def heldout_count(self, eligible_users: int) -> int:
+        """Users per held-out split (validation and test each) among ``eligible_users``."""
+        if self.heldout_users is not None:
+            n = self.heldout_users
+        else:
+            n = min(self.heldout_cap, int(self.heldout_fraction * eligible_users))
+        if eligible_users and 2 * n >= eligible_users:
+            raise ValueError(
+                f"heldout_users={n} per split leaves no training user among {eligible_users} eligible users"
+            )
+        return n
+
+
+# ---------------------------------------------------------------------------- extract
+
+
+def extract(spark: SparkSession, input_uri: str, config: BuildConfig) -> RawInput:
+    """Open the input with its format adapter (lazy; raises for a missing file/column, empty input)."""
+    from jobs.common.readers import read_input
+
+    return read_input(spark, input_uri, config.format, config.user_col, config.item_col, config.rating_col)
+
+
+# ---------------------------------------------------------------------------- transforms
+
+
+def collapse_events(events: DataFrame, threshold: float) -> DataFrame:
+    """Group raw events by user (one shuffle): one row per user plus one row per rejected row.
+
+    Output: ``is_bad`` (bool), ``user_id``, ``n_rows`` (events read), ``n_distinct`` (distinct
+    items), ``pos`` (sorted distinct positive item ids), ``n_pos``, ``bad`` (struct of the
+    rejected row: reason, raw, source, block, row; null for users).
+    Duplicates keep their highest rating; null ratings (implicit data) are positives.
+    """
+    from pyspark.sql import functions as F
+
+    bad = F.col("reason").isNotNull()
+    key = F.when(bad, F.col("row").cast("string")).otherwise(F.col("user_id"))
+    grouped = events.groupBy(bad.alias("is_bad"), key.alias("key")).agg(
+        F.collect_list(F.when(~bad & F.col("item_id").isNotNull(), F.struct(F.col("item_id"), F.col("rating")))).alias(
+            "ev"
+        ),
+        F.first(
+            F.when(bad, F.struct("reason", "raw", "source", "block", "row")),
+            ignorenulls=True,
+        ).alias("bad"),
+    )
+    # Sorted by (item_id, rating): the last element of each item's run holds its highest rating.
+    grouped = grouped.select("is_bad", "key", "bad", F.array_sort("ev").alias("ev"))
+    last = F.size("ev") - 1
+    dedup = F.filter("ev", lambda x, i: (i == last) | (F.get(F.col("ev"), i + 1)["item_id"] != x["item_id"]))
+    out = grouped.select(
+        "is_bad",
+        F.when(~F.col("is_bad"), F.col("key")).alias("user_id"),
+        F.size("ev").alias("n_rows"),
+        dedup.alias("dd"),
+        "bad",
+    )
+    pos = F.transform(
+        F.filter("dd", lambda x: x["rating"].isNull() | (x["rating"] > F.lit(float(threshold)))),
+        lambda x: x["item_id"],
+    )
+    out = out.select("is_bad", "user_id", "n_rows", F.size("dd").alias("n_distinct"), pos.alias("pos"), "bad")
+    return out.withColumn("n_pos", F.size("pos"))
+
+
+def _hash(seed: int, purpose: str, *cols: Any) -> Any:
+    from pyspark.sql import functions as F
+
+    return F.xxhash64(F.lit(int(seed)), F.lit(purpose), *cols)
+
+
+def assign_users(users: DataFrame, n_heldout: int, min_positives: int, seed: int) -> DataFrame:
+    """``users`` (user_id, n_pos) -> (user_idx, user_id, split, n_pos).
+
+    ``user_idx`` is contiguous, ordered by (length, user_id) so numeric ids keep numeric order.
+    Eligible users (``n_pos >= min_positives``) ordered by ``xxhash64(seed, "split", user_id)``:
+    ranks [0, n_heldout) -> test, [n_heldout, 2 n_heldout) -> validation, the rest -> train.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    eligible = F.col("n_pos") >= min_positives
+    by_id = Window.orderBy(F.length("user_id"), "user_id")
+    by_hash = Window.partitionBy("_eligible").orderBy(_hash(seed, "split", F.col("user_id")), "user_id")
+    ranked = users.select("user_id", "n_pos", eligible.alias("_eligible")).withColumn(
+        "_rank", F.row_number().over(by_hash) - 1
+    )
+    split = (
+        F.when(~F.col("_eligible"), "excluded")
+        .when(F.col("_rank") < n_heldout, "test")
+        .when(F.col("_rank") < 2 * n_heldout, "validation")
+        .otherwise("train")
+    )
+    return ranked.select(
+        (F.row_number().over(by_id) - 1).cast("int").alias("user_idx"),
+        "user_id",
+        split.alias("split"),
+        "n_pos",
+    )
+
+
+def positives(per_user: DataFrame, users: DataFrame) -> DataFrame:
+    """Every positive as a row: (user_idx, user_id, split, item_id)."""
+    from pyspark.sql import functions as F
+
+    rows = per_user.filter(~F.col("is_bad")).select("user_id", F.explode("pos").alias("item_id"))
+    return rows.join(F.broadcast(users.select("user_idx", "user_id", "split")), "user_id")
+
+
+def build_items(pos_rows: DataFrame) -> DataFrame:
+    """The vocabulary: items with a positive from a train user; (item_idx, item_id, popularity)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    counts = pos_rows.filter(F.col("split") == "train").groupBy("item_id").agg(F.count("*").alias("popularity"))
+    order = Window.orderBy(F.col("popularity").desc(), F.col("item_id").asc())
+    return counts.select(
+        (F.row_number().over(order) - 1).cast("int").alias("item_idx"),
+        "item_id",
+        F.col("popularity").cast("long").alias("popularity"),
+    )
+
+
+def build_interactions(pos_rows: DataFrame, items: DataFrame) -> DataFrame:
+    """All users' positives (user_idx, item_id, item_idx); item_idx null outside the vocabulary."""
+    from pyspark.sql import functions as F
+
+    joined = pos_rows.join(F.broadcast(items.select("item_id", "item_idx")), "item_id", "left")
+    return joined.select(F.col("user_idx").cast("int"), "item_id", F.col("item_idx").cast("int"))
+
+
+def heldout_table(pos_rows: DataFrame, items: DataFrame, split: str, config: BuildConfig) -> DataFrame:
+    """(user_idx, item_idx, role) of one held-out split; rows with items outside the vocabulary
+    must be dropped by the caller first (see :func:`in_vocabulary`)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    rows = pos_rows.filter(F.col("split") == split)
+    rows = rows.join(F.broadcast(items.select("item_id", "item_idx")), "item_id")
+    per_user = Window.partitionBy("user_idx")
+    ordered = per_user.orderBy(_hash(config.seed, "holdout", F.col("user_id"), F.col("item_id")), "item_id")
+    n = F.count("*").over(per_user)
+    n_out = F.floor(n * F.lit(float(config.holdout_fraction)))
+    holdout = (n >= config.holdout_min_items) & (F.row_number().over(ordered) <= n_out)
+    return rows.select(
+        F.col("user_idx").cast("int"),
+        F.col("item_idx").cast("int"),
+        F.when(holdout, "holdout").otherwise("fold_in").alias("role"),
+    )
+
+
+def ab_table(per_user: DataFrame, users: DataFrame, items: DataFrame, config: BuildConfig) -> DataFrame:
+    """``ab_copies`` A/B splits of each train user: (user_idx, copy, half, item_idx).
+
+    Per copy the user's items are sorted by ``xxhash64(seed, "ab", user_id, copy, item_id)``
+    (a seeded shuffle, done inside the user's array: no shuffle of the big table); the first
+    ``floor(n/2)`` are half A, the rest half B.
+    """
+    from pyspark.sql import functions as F
+
+    train = (
+        per_user.filter(~F.col("is_bad"))
+        .select("user_id", "pos")
+        .join(F.broadcast(users.filter(F.col("split") == "train").select("user_id", "user_idx")), "user_id")
+    )
+    copies = train.select(
+        "user_id", "user_idx", "pos", F.explode(F.sequence(F.lit(0), F.lit(config.ab_copies - 1))).alias("copy")
+    )
+    keyed = F.transform(
+        "pos",
+        lambda x: F.struct(
+            _hash(config.seed, "ab", F.col("user_id"), F.col("copy"), x).alias("h"),
+            x.alias("item_id"),
+        ),
+    )
+    shuffled = copies.select("user_idx", "copy", F.size("pos").alias("n"), F.array_sort(keyed).alias("s"))
+    exploded = shuffled.select("user_idx", "copy", "n", F.posexplode("s").alias("p", "e"))
+    halves = exploded.select(
+        "user_idx",
+        "copy",
+        F.when(F.col("p") < F.floor(F.col("n") / 2), "A").otherwise("B").alias("half"),
+        F.col("e")["item_id"].alias("item_id"),
+    )
+    joined = halves.join(F.broadcast(items.select("item_id", "item_idx")), "item_id")
+    return joined.select(
+        F.col("user_idx").cast("int"), F.col("copy").cast("int"), "half", F.col("item_idx").cast("int")
+    )
+
+
+def quarantine_table(per_user: DataFrame, lines: DataFrame | None) -> DataFrame:
+    """Rejected rows: (source, line, raw, reason); ``lines`` numbers them (None: line = -1)."""
+    from pyspark.sql import functions as F
+
+    from jobs.common.readers import with_line_numbers
+
+    bad = per_user.filter(F.col("is_bad")).select("bad.*")
+    if lines is None:
+        bad = bad.withColumn("line", F.lit(-1).cast("long"))
+    else:
+        bad = with_line_numbers(bad, lines)
+    return bad.select("source", "line", "raw", "reason")
+
+
+# ---------------------------------------------------------------------------- load
+
+
+def load(tables: dict[str, DataFrame], warehouse: str, date: str, manifest: Any, small: tuple[str, ...] = ()) -> str:
+    """Write the feature tables into staging and publish ``features/dt=D`` atomically."""
+    from jobs.common.spark import write_tables
+
+    final = layout.features_dir(warehouse, date)
+    write_tables(tables, final, manifest, files={name: 1 for name in small})
+    return final
+
+
+# ---------------------------------------------------------------------------- the job
+
+
+def build(
+    spark: SparkSession, input_uri: str, warehouse: str, date: str, config: BuildConfig, input_info: dict | None = None
+) -> dict[str, Any]:
+    """Run the whole build for one date; returns the manifest (also written beside the tables)."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    from jobs.common.readers import fingerprint
+
+    layout.check_date(date)
+    started = time.perf_counter()
+    raw = extract(spark, input_uri, config)
+    per_user = collapse_events(raw.events, config.threshold).persist()
+    try:
+        stats = per_user.agg(
+            F.sum(F.when(~F.col("is_bad"), F.col("n_rows")).otherwise(0)).alias("events"),
+            F.sum(F.col("is_bad").cast("long")).alias("quarantined_rows"),
+            F.sum(F.when(~F.col("is_bad"), F.col("n_distinct")).otherwise(0)).alias("used_rows"),
+            F.sum(F.when(~F.col("is_bad"), F.col("n_pos")).otherwise(0)).alias("positives"),
+            F.count(F.when(~F.col("is_bad"), 1)).alias("users"),
+            F.count(F.when(F.col("n_pos") > 0, 1)).alias("users_with_positive"),
+            F.count(F.when(F.col("n_pos") >= config.min_user_interactions, 1)).alias("users_kept"),
+            F.sum(F.when(F.col("n_pos") >= config.min_user_interactions, F.col("n_pos")).otherwise(0)).alias(
+                "positives_kept"
+            ),
+        ).first()
+        counts = {k: int(v or 0) for k, v in stats.asDict().items()}
+        counts["input_rows"] = counts["events"] + counts["quarantined_rows"]
+        counts["duplicate_rows"] = counts["events"] - counts["used_rows"]
+        if counts["input_rows"] == 0:
+            raise ValueError(f"input has no rows: {input_uri}")
+        reasons: dict[str, int] = {}
+        if counts["quarantined_rows"]:
+            reasons = {
+                r["reason"]: int(r["count"]) for r in per_user.filter("is_bad").groupBy("bad.reason").count().collect()
+            }
+        if counts["users"] == 0:
+            detail = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
+            raise ValueError(f"no usable rows in {input_uri}: all {counts['input_rows']} rows were rejected ({detail})")
+        if counts["users_kept"] == 0:
+            raise ValueError(
+                f"no user has >= {config.min_user_interactions} positives (rating > {config.threshold}) in {input_uri}"
+            )
+        n_heldout = config.heldout_count(counts["users_kept"])
+
+        users_all = per_user.filter(~F.col("is_bad")).select("user_id", "n_pos")
+        users = assign_users(users_all, n_heldout, config.min_user_interactions, config.seed).persist()
+        pos_rows = positives(per_user, users)
+        items = build_items(pos_rows).persist()
+        n_items = items.count()
+
+        obs_inter = Observation("interactions")
+        interactions = build_interactions(pos_rows, items).observe(
+            obs_inter, F.count(F.lit(1)).alias("rows"), F.count(F.when(F.col("item_idx").isNull(), 1)).alias("oov")
+        )
+        observations = {"interactions": obs_inter}
+        tables: dict[str, DataFrame] = {
+            "items": items.coalesce(1).sortWithinPartitions("item_idx"),
+            "users": users.select("user_idx", "user_id", "split").coalesce(1).sortWithinPartitions("user_idx"),
+            "interactions": interactions.sortWithinPartitions("user_idx", "item_id"),
+        }
+        for split in ("validation", "test"):
+            obs = Observation(split)
+            held = pos_rows.filter(F.col("split") == split)
+            held = held.join(F.broadcast(items.select("item_id", "item_idx")), "item_id", "left")
+            held = held.observe(
+                obs,
+                F.count(F.lit(1)).alias("positives"),
+                F.count(F.when(F.col("item_idx").isNull(), 1)).alias("oov_dropped"),
+            ).drop("item_idx")
+            table = heldout_table(held, items, split, config)
+            role_obs = Observation(split + "_roles")
+            table = table.observe(
+                role_obs,
+                F.count(F.when(F.col("role") == "fold_in", 1)).alias("fold_in"),
+                F.count(F.when(F.col("role") == "holdout", 1)).alias("holdout"),
+            )
+            observations[split] = obs
+            observations[split + "_roles"] = role_obs
+            tables[split] = table.coalesce(1).sortWithinPartitions("user_idx", "role", "item_idx")
+        obs_ab = Observation("train_ab")
+        tables["train_ab"] = ab_table(per_user, users, items, config).observe(obs_ab, F.count(F.lit(1)).alias("rows"))
+        observations["train_ab"] = obs_ab
+        lines = raw.lines if counts["quarantined_rows"] else None
+        tables["quarantine"] = quarantine_table(per_user, lines).coalesce(1).sortWithinPartitions("source", "line")
+
+        split_counts = {r["split"]: int(r["count"]) for r in users.groupBy("split").count().collect()}
+        info = input_info or {}
+
+        def manifest() -> dict[str, Any]:
+            got = {name: obs.get for name, obs in observations.items()}
+            out = dict(counts)
+            del out["events"]
+            out.update(
+                {
+                    "items": n_items,
+                    "heldout_users_per_split": n_heldout,
+                    **{f"{s}_users": split_counts.get(s, 0) for s in SPLITS},
+                    "interactions": int(got["interactions"]["rows"]),
+                    "interactions_oov": int(got["interactions"]["oov"]),
+                    "train_ab_rows": int(got["train_ab"]["rows"]),
+                    "quarantine_by_reason": dict(sorted(reasons.items())),
+                }
+            )
+            for split in ("validation", "test"):
+                out[f"{split}_positives"] = int(got[split]["positives"])
+                out[f"{split}_oov_dropped"] = int(got[split]["oov_dropped"])
+                out[f"{split}_fold_in"] = int(got[split + "_roles"]["fold_in"])
+                out[f"{split}_holdout"] = int(got[split + "_roles"]["holdout"])
+            out["heldout_oov_dropped"] = out["validation_oov_dropped"] + out["test_oov_dropped"]
+            return {
+                "schema_version": layout.SCHEMA_VERSION,
+                "dataset": "features",
+                "date": date,
+                "input": {**fingerprint(input_uri), **info, "format": raw.spec.describe()},
+                "params": dataclasses.asdict(config),
+                "seed": config.seed,
+                "counts": out,
+                "tables": list(tables),
+                "spark": {"version": spark.version, "master": spark.sparkContext.master},
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+
+        final = load(tables, warehouse, date, manifest)
+        result = storage.read_json(f"{final}/{storage.MANIFEST}")
+        result["path"] = final
+        return result
+    finally:
+        per_user.unpersist()
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from jobs.common.readers import FORMATS
+    from jobs.common.spark import add_spark_arguments
+
+    parser.add_argument(
+        "--input",
+        default=None,
+        help="Interaction file or directory (CSV, Parquet, u.data, ratings.dat, user_artists.dat, users.dat). "
+        "Omitted: generate a synthetic data set (vasp synth) into the run directory and use it.",
+    )
+    parser.add_argument(
+        "--warehouse", default=None, help="Warehouse root URI (default ./warehouse or $VASP_WAREHOUSE)."
+    )
+    parser.add_argument("--date", default=None, help="Logical date D (YYYY-MM-DD) to write; default today (UTC).")
+    parser.add_argument("--format", default=None, choices=FORMATS, help="Input format (default auto-detect).")
+    parser.add_argument("--user-col", default=None, help="User id column of CSV/Parquet input (default: auto).")
+    parser.add_argument("--item-col", default=None, help="Item id column of CSV/Parquet input (default: auto).")
+    parser.add_argument(
+        "--rating-col", default=None, help="Rating column (default: 'rating' if present, else all events positive)."
+    )
+    parser.add_argument("--threshold", type=float, default=None, help="A rating > threshold is a positive (3.5).")
+    parser.add_argument(
+        "--min-user-interactions",
+        type=int,
+        default=None,
+        help="Positives a user needs to be trained/evaluated (5); others are only scored.",
+    )
+    parser.add_argument(
+        "--heldout-users",
+        type=int,
+        default=None,
+        help="Users in each of validation and test (default 10%% of eligible users, at most 10,000).",
+    )
+    parser.add_argument(
+        "--holdout-fraction", type=float, default=None, help="Share of a held-out user's items held out (0.2)."
+    )
+    parser.add_argument("--ab-copies", type=int, default=None, help="A/B augmented copies per train user (8).")
+    parser.add_argument("--seed", type=int, default=None, help="Seed of the user split, holdout and A/B shuffles.")
+    add_spark_arguments(parser)
+
+
+def config_from_args(args: argparse.Namespace) -> BuildConfig:
+    return build_config(
+        BuildConfig,
+        {
+            "threshold": args.threshold,
+            "min_user_interactions": args.min_user_interactions,
+            "heldout_users": args.heldout_users,
+            "holdout_fraction": args.holdout_fraction,
+            "ab_copies": args.ab_copies,
+            "seed": args.seed,
+            "format": args.format,
+            "user_col": args.user_col,
+            "item_col": args.item_col,
+            "rating_col": args.rating_col,
+        },
+    )
+
+
+def _default_input(seed: int) -> tuple[str, dict]:
+    """The synthetic demo input (generated once per seed into the run directory)."""
+    from jobs import synth
+
+    params = synth.SynthConfig(seed=seed)
+    path = os.path.join(defaults.run_dir(), "synth", f"{params.tag()}.csv")
+    if not os.path.exists(path):
+        synth.generate(params, path)
+    return path, {"synthetic": dataclasses.asdict(params)}
+
+
+def run(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from jobs.common.spark import get_session, spark_config_from_args
+
+    config = config_from_args(args)
+    spark_cfg = spark_config_from_args(args, "vasp-build")
+    date = layout.check_date(args.date or dt.datetime.now(dt.UTC).date().isoformat())
+    warehouse = args.warehouse or defaults.default_warehouse()
+    info: dict = {}
+    if args.input:
+        input_uri = args.input
+        from jobs.common.readers import _list_files
+
+        _list_files(input_uri)  # a missing input fails before Spark starts
+    else:
+        input_uri, info = _default_input(config.seed)
+    spark = get_session(spark_cfg)
+    manifest = build(spark, input_uri, warehouse, date, config, info)
+    counts = manifest["counts"]
+    keys = (
+        "input_rows",
+        "used_rows",
+        "quarantined_rows",
+        "duplicate_rows",
+        "positives",
+        "users",
+        "users_with_positive",
+        "users_kept",
+        "positives_kept",
+        "items",
+        "train_users",
+        "validation_users",
+        "test_users",
+        "train_ab_rows",
+    )
+    summary = {"path": manifest["path"], "date": date, "seconds": manifest["seconds"]}
+    summary.update({k: counts[k] for k in keys})
+    print(json.dumps(summary, sort_keys=False))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``spark-submit jobs/build_matrices.py ...``."""
+    parser = argparse.ArgumentParser(prog="build_matrices", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"build_matrices: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""Input adapters: one per interaction-file format, one shared parsing core.
+
+Every adapter turns its input into the same *raw event* DataFrame (:data:`EVENT_COLUMNS`):
+
+``user_id`` / ``item_id`` (strings, as they appear in the input), ``rating`` (double; null
+when the format has no rating or the rating is a play count, i.e. every event is a
+positive), ``reason`` (null for a good row, else why the row is rejected), ``raw`` (the
+original line / row as JSON), and ``source`` / ``block`` / ``row`` (file, split start,
+``monotonically_increasing_id``) from which :func:`with_line_numbers` recovers the physical
+line number of a row only when it is needed (quarantined rows, CiteULike's user ids).
+
+Formats (``--format``, autodetected from the file name and first line when ``auto``):
+
+========== ================================================================================
+csv        delimited text with a header (``,`` or tab, sniffed); ``--user-col/--item-col/
+           --rating-col`` pick the columns (defaults try user_id/userId/..., item_id/movieId/...)
+parquet    a Parquet file or directory; same column options
+udata      MovieLens 100K ``u.data``: ``user<TAB>item<TAB>rating<TAB>timestamp``, no header
+ratings-dat MovieLens ``ratings.dat``: ``user::item::rating::timestamp``, no header
+lastfm     Last.fm HetRec ``user_artists.dat``: ``userID<TAB>artistID<TAB>weight`` with header;
+           weight is a play count (validated: a non-negative number), every row is a positive
+citeulike  CiteULike ``users.dat``: one line per user, ``count item item ...`` (0-based
+           item ids); the user id is the 0-based line number
+========== ================================================================================
+
+Rejection reasons (the ``reason`` column, see :data:`REASONS`): ``empty_line``,
+``wrong_column_count``, ``null_user``, ``null_item``, ``null_rating``, ``non_numeric_rating``,
+``nan_rating`` (NaN or infinite), ``negative_rating``, ``unparsable_line`` and
+``count_mismatch`` (CiteULike). A field is *null* when it is empty or one of
+``null``/``none``/``nan``/``\\N`` (case-insensitive). CSV fields are trimmed and may be wrapped in
+double quotes; a delimiter inside quotes is not supported (such a row has the wrong number of
+columns and is quarantined, never silently mangled).
+
+Fatal problems raise before anything is written: ``FileNotFoundError`` for a missing input,
+``ValueError`` for an empty input or a missing required column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import TYPE_CHECKING
+
+from pyarrow import fs as pafs
+
+from vasp_model import storage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+FORMATS = ("auto", "csv", "parquet", "udata", "ratings-dat", "lastfm", "citeulike")
+REASONS = (
+    "empty_line",
+    "wrong_column_count",
+    "null_user",
+    "null_item",
+    "null_rating",
+    "non_numeric_rating",
+    "nan_rating",
+    "negative_rating",
+    "unparsable_line",
+    "count_mismatch",
+)
+EVENT_COLUMNS = ("user_id", "item_id", "rating", "reason", "raw", "source", "block", "row")
+NULL_TOKENS = ("", "null", "none", "nan", "\\n")
+
+USER_CANDIDATES = ("user_id", "userId", "userid", "user", "UserID", "userID", "uid")
+ITEM_CANDIDATES = ("item_id", "itemId", "itemid", "item", "movieId", "movie_id", "MovieID", "artistID", "iid")
+RATING_CANDIDATES = ("rating", "Rating", "ratings", "score")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadSpec:
+    """How to parse one input: the resolved format and column layout."""
+
+    format: str
+    delimiter: str = ","
+    header: str | None = None  # the header line to drop (delimited formats with a header)
+    columns: tuple[str, ...] = ()  # all column names, in file order
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    rating_col: str | None = None
+    implicit: bool = False  # the rating column is a count: validated, but every row is a positive
+
+    def describe(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class RawInput:
+    """The parsed input: raw events plus the per-line frame used to number lines."""
+
+    spec: ReadSpec
+    events: DataFrame
+    lines: DataFrame  # (source, block, row) of every physical line/row, for line numbering
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _list_files(uri: str) -> list[pafs.FileInfo]:
+    """The data files of ``uri`` (a file, or a directory's visible files, recursively)."""
+    filesystem, path = storage.resolve(uri)
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"input not found: {uri}")
+    if info.type == pafs.FileType.File:
+        return [info]
+    found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    files = [
+        f
+        for f in found
+        if f.type == pafs.FileType.File
+        and not any(part.startswith(("_", ".")) for part in f.path[len(path) :].split("/") if part)
+    ]
+    return sorted(files, key=lambda f: f.path)
+
+
+def fingerprint(uri: str, max_hash_bytes: int = 4 << 30) -> dict[str, object]:
+    """Identify the input: sha256 of the bytes of a single file (up to ``max_hash_bytes``),
+    else sha256 over the (path, size, mtime) listing of a directory / a very large file."""
+    import hashlib
+
+    files = _list_files(uri)
+    filesystem, _ = storage.resolve(uri)
+    total = sum(f.size or 0 for f in files)
+    digest = hashlib.sha256()
+    if len(files) == 1 and total <= max_hash_bytes:
+        with filesystem.open_input_stream(files[0].path) as src:
+            while chunk := src.read(8 << 20):
+                digest.update(chunk)
+        method = "sha256:bytes"
+    else:
+        for f in files:
+            digest.update(f"{f.path}\0{f.size}\0{f.mtime_ns}\n".encode())
+        method = "sha256:listing"
+    return {"uri": uri, "files": len(files), "bytes": total, "method": method, "sha256": digest.hexdigest()}
+
+
+def _first_line(uri: str) -> str:
+    files = _list_files(uri)
+    if not files or all((f.size or 0) == 0 for f in files):
+        raise ValueError(f"input is empty: {uri}")
+    filesystem, _ = storage.resolve(uri)
+    first = next(f for f in files if (f.size or 0) > 0)
+    with filesystem.open_input_stream(first.path) as src:
+        head = src.read(1 << 16)
+    return head.decode("utf-8", errors="replace").splitlines()[0] if head else ""
+
+
+def _is_parquet(uri: str) -> bool:
+    files = _list_files(uri)
+    return (
+        bool(files)
+        and all(f.path.endswith(".parquet") or f.base_name.startswith("part-") for f in files)
+        and (any(f.path.endswith(".parquet") for f in files))
+    )
+
+
+def detect_format(uri: str) -> str:
+    """Guess the format of ``uri`` from its file name and first line."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1].lower()
+    if name.endswith(".parquet") or _is_parquet(uri):
+        return "parquet"
+    if name == "u.data":
+        return "udata"
+    if name.endswith("ratings.dat"):
+        return "ratings-dat"
+    if name == "user_artists.dat":
+        return "lastfm"
+    first = _first_line(uri)
+    if name.endswith("users.dat") and re.fullmatch(r"\s*\d+(\s+\d+)*\s*", first or "0"):
+        return "citeulike"
+    if "::" in first:
+        return "ratings-dat"
+    return "csv"
+
+
+def _pick(columns: tuple[str, ...], wanted: str | None, candidates: tuple[str, ...], what: str, uri: str) -> str | None:
+    if wanted:
+        if wanted not in columns:
+            raise ValueError(f"required {what} column {wanted!r} is missing from {uri} (columns: {', '.join(columns)})")
+        return wanted
+    for name in candidates:
+        if name in columns:
+            return name
+    return None
+
+
+def resolve_spec(
+    uri: str,
+    fmt: str = "auto",
+    user_col: str | None = None,
+    item_col: str | None = None,
+    rating_col: str | None = None,
+    schema_columns: tuple[str, ...] | None = None,
+) -> ReadSpec:
+    """Work out the :class:`ReadSpec` of ``uri`` (raises for a missing file/column or empty input)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown input format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    _list_files(uri)  # FileNotFoundError first
+    if fmt == "auto":
+        fmt = detect_format(uri)
+    if fmt == "udata":
+        return ReadSpec(fmt, "\t", None, ("user", "item", "rating", "timestamp"), "user", "item", "rating")
+    if fmt == "ratings-dat":
+        return ReadSpec(fmt, "::", None, ("user", "item", "rating", "timestamp"), "user", "item", "rating")
+    if fmt == "citeulike":
+        _first_line(uri)
+        return ReadSpec(fmt, " ", None, (), "line", "item", None, implicit=True)
+    if fmt == "parquet":
+        columns = tuple(schema_columns or ())
+    else:
+        header = _first_line(uri)
+        delimiter = "\t" if "\t" in header else ","
+        columns = tuple(_unquote(c) for c in header.split(delimiter))
+    implicit = False
+    if fmt == "lastfm":
+        user = _pick(columns, user_col or "userID", (), "user", uri)
+        item = _pick(columns, item_col or "artistID", (), "item", uri)
+        rating = _pick(columns, rating_col or "weight", (), "weight", uri)
+        implicit = True
+    else:
+        user = _pick(columns, user_col, USER_CANDIDATES, "user", uri)
+        item = _pick(columns, item_col, ITEM_CANDIDATES, "item", uri)
+        rating = _pick(columns, rating_col, RATING_CANDIDATES, "rating", uri)
+    if user is None:
+        raise ValueError(f"no user column in {uri} (columns: {', '.join(columns)}); pass --user-col")
+    if item is None:
+        raise ValueError(f"no item column in {uri} (columns: {', '.join(columns)}); pass --item-col")
+    if fmt == "parquet":
+        return ReadSpec(fmt, "", None, columns, user, item, rating, implicit)
+    return ReadSpec(fmt, delimiter, header, columns, user, item, rating, implicit)
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return text[1:-1]
+    return text
+
+
+# ---------------------------------------------------------------------------- Spark core
+
+
+def _is_null_token(col: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return col.isNull() | F.lower(col).isin(*NULL_TOKENS)
+
+
+def rating_checks(missing: Column, numeric: Column) -> list[tuple[Column, str]]:
+    """(condition, reason) pairs validating a rating: ``missing`` says the field is absent/null,
+    ``numeric`` is its value as a double (null when it does not parse)."""
+    from pyspark.sql import functions as F
+
+    return [
+        (missing, "null_rating"),
+        (numeric.isNull(), "non_numeric_rating"),
+        (F.isnan(numeric) | (F.abs(numeric) == float("inf")), "nan_rating"),
+        (numeric < 0, "negative_rating"),
+    ]
+
+
+def first_failure(checks: list[tuple[Column, str]]) -> Column:
+    """The reason of the first failing check (null when every check passes)."""
+    from pyspark.sql import functions as F
+
+    out = None
+    for cond, reason in checks:
+        out = F.when(cond, F.lit(reason)) if out is None else out.when(cond, F.lit(reason))
+    return out if out is not None else F.lit(None).cast("string")
+
+
+def _text_lines(spark: SparkSession, uri: str) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    from jobs.common.spark import spark_path
+
+    return spark.read.text(spark_path(uri)).select(
+        F.col("value"),
+        F.col("_metadata.file_path").alias("source"),
+        F.col("_metadata.file_block_start").alias("block"),
+        F.monotonically_increasing_id().alias("row"),
+    )
+
+
+def _read_delimited(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
+    from pyspark.sql import functions as F
+
+    lines = _text_lines(spark, uri)
+    data = lines if spec.header is None else lines.filter(F.col("value") != F.lit(spec.header))
+    pattern = re.escape(spec.delimiter) if spec.delimiter != "\t" else "\t"
+    fields = F.split(F.col("value"), pattern, -1)
+
+    def field(name: str) -> Column:
+        return F.regexp_replace(F.trim(F.get(F.col("_f"), spec.columns.index(name))), r'^"(.*)"$', "$1")
+
+    data = data.withColumn("_f", fields)
+    user, item = field(spec.user_col), field(spec.item_col)
+    checks = [
+        (F.trim(F.col("value")) == "", "empty_line"),
+        (F.size("_f") != len(spec.columns), "wrong_column_count"),
+        (_is_null_token(user), "null_user"),
+        (_is_null_token(item), "null_item"),
+    ]
+    rating = F.lit(None).cast("double")
+    if spec.rating_col is not None:
+        raw_rating = field(spec.rating_col)
+        rating = raw_rating.try_cast("double")
+        missing = raw_rating.isNull() | F.lower(raw_rating).isin(*[t for t in NULL_TOKENS if t != "nan"])
+        checks += rating_checks(missing, rating)
+    reason = first_failure(checks)
+    events = data.select(
+        user.alias("user_id"),
+        item.alias("item_id"),
+        (F.lit(None).cast("double") if spec.implicit else rating).alias("rating"),
+        reason.alias("reason"),
+        F.col("value").alias("raw"),
+        "source",
+        "block",
+        "row",
+    )
+    return RawInput(spec, events, lines.select("source", "block", "row"))
+
+
+def _read_parquet(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from jobs.common.spark import spark_path
+
+    frame = spark.read.parquet(spark_path(uri))
+    columns = list(frame.columns)
+    frame = frame.select(
+        *columns,
+        F.col("_metadata.file_path").alias("source"),
+        F.col("_metadata.file_block_start").alias("block"),
+        F.monotonically_increasing_id().alias("row"),
+    )
+    user = F.col(spec.user_col).cast("string")
+    item = F.col(spec.item_col).cast("string")
+    checks = [(_is_null_token(user), "null_user"), (_is_null_token(item), "null_item")]
+    rating = F.lit(None).cast("double")
+    if spec.rating_col is not None:
+        field = frame.schema[spec.rating_col]
+        if isinstance(field.dataType, T.StringType):
+            rating = F.col(spec.rating_col).try_cast("double")
+        else:
+            rating = F.col(spec.rating_col).cast("double")
+        checks += rating_checks(F.col(spec.rating_col).isNull(), rating)
+    events = frame.select(
+        user.alias("user_id"),
+        item.alias("item_id"),
+        (F.lit(None).cast("double") if spec.implicit else rating).alias("rating"),
+        first_failure(checks).alias("reason"),
+        F.to_json(F.struct(*[F.col(c) for c in columns])).alias("raw"),
+        "source",
+        "block",
+        "row",
+    )
+    return RawInput(spec, events, frame.select("source", "block", "row"))
+
+
+def _read_citeulike(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
+    """CiteULike ``users.dat``: the user id is the 0-based line number, so every line is numbered."""
+    from pyspark.sql import functions as F
+
+    lines = _text_lines(spark, uri)
+    numbered = with_line_numbers(lines, lines)
+    tokens = F.split(F.trim(F.col("value")), r"\s+", -1)
+    data = numbered.withColumn("_t", tokens)
+    items = F.slice(F.col("_t"), 2, F.greatest(F.size("_t") - 1, F.lit(0)))
+    reason = first_failure(
+        [
+            (F.trim(F.col("value")) == "", "empty_line"),
+            (~F.forall(F.col("_t"), lambda t: t.rlike(r"^[0-9]+$")), "unparsable_line"),
+            (F.col("_t")[0].cast("long") != F.size(items), "count_mismatch"),
+        ]
+    )
+    data = data.select(
+        (F.col("line") - 1).cast("string").alias("user_id"),
+        F.when(reason.isNull(), items).alias("_items"),
+        reason.alias("reason"),
+        F.col("value").alias("raw"),
+        "source",
+        "block",
+        "row",
+    )
+    # explode_outer keeps a user whose line lists no items (item_id null: a user without events).
+    events = data.select(
+        "user_id",
+        F.explode_outer("_items").alias("item_id"),
+        F.lit(None).cast("double").alias("rating"),
+        "reason",
+        "raw",
+        "source",
+        "block",
+        "row",
+    )
+    return RawInput(spec, events, lines.select("source", "block", "row"))
+
+
+def read_input(
+    spark: SparkSession,
+    uri: str,
+    fmt: str = "auto",
+    user_col: str | None = None,
+    item_col: str | None = None,
+    rating_col: str | None = None,
+) -> RawInput:
+    """Open ``uri`` with the right adapter; the returned events are lazy (nothing is read yet)."""
+    from jobs.common.spark import spark_path
+
+    _list_files(uri)
+    if fmt == "auto" and detect_format(uri) == "parquet" or fmt == "parquet":
+        schema_columns = tuple(spark.read.parquet(spark_path(uri)).columns)
+        spec = resolve_spec(uri, "parquet", user_col, item_col, rating_col, schema_columns)
+        return _read_parquet(spark, uri, spec)
+    spec = resolve_spec(uri, fmt, user_col, item_col, rating_col)
+    if spec.format == "citeulike":
+        return _read_citeulike(spark, uri, spec)
+    return _read_delimited(spark, uri, spec)
+
+
+def with_line_numbers(rows: DataFrame, lines: DataFrame) -> DataFrame:
+    """Add ``line`` (1-based physical line / row number within its file) to ``rows``.
+
+    ``lines`` holds (source, block, row) of *every* line of the input. Rows of one file split
+    (block) are contiguous in ``row`` (``monotonically_increasing_id``), so a row's line is the
+    number of lines in earlier blocks of its file plus its offset within its block. Costs one
+    aggregation over ``lines``; used only for rejected rows (and CiteULike's user ids).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    blocks = lines.groupBy("source", "block").agg(F.min("row").alias("_first"), F.count("*").alias("_n"))
+    before = F.sum("_n").over(Window.partitionBy("source").orderBy("block").rowsBetween(Window.unboundedPreceding, -1))
+    blocks = blocks.select("source", "block", "_first", F.coalesce(before, F.lit(0)).alias("_before"))
+    joined = rows.join(F.broadcast(blocks), ["source", "block"], "left")
+    return joined.withColumn("line", (F.col("_before") + F.col("row") - F.col("_first") + 1).cast("long")).drop(
+        "_first", "_before"
+    )

@@ -1,0 +1,217 @@
+"""The one place a SparkSession is built, plus Spark helpers shared by the jobs.
+
+A job builds a frozen :class:`SparkConfig` (defaults, then ``VASP_SPARK_*`` environment
+variables, then CLI flags from :func:`add_spark_arguments`) and calls :func:`get_session`.
+The same code runs on ``local[*]`` (the embedded default) and on a cluster: only the
+master URL (``spark://``, ``yarn``, ``k8s://``) and the URIs change.
+
+Writing a date's output goes through :func:`write_tables`: every table is written as
+Parquet into a staging directory, then ``vasp_model.storage.publish`` swaps the whole
+directory in atomically (manifest + ``_SUCCESS``), so readers never see half a date.
+
+pyspark is imported lazily inside functions: importing this module is cheap and has no
+side effects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from vasp_model import defaults, storage
+from vasp_model.settings import ConfigError, build_config
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame, SparkSession
+
+_MASTER_PREFIXES = ("local", "spark://", "yarn", "k8s://", "mesos://")
+_LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
+
+
+@dataclasses.dataclass(frozen=True)
+class SparkConfig:
+    """How to build the SparkSession. Env: ``VASP_SPARK_MASTER``, ``VASP_SPARK_DRIVER_MEMORY``, ..."""
+
+    spark_master: str = "local[*]"
+    spark_app_name: str = "vasp"
+    # spark.sql.warehouse.dir (managed SQL tables; the jobs write to the VASP warehouse by URI).
+    # Empty = <run dir>/spark-warehouse, so nothing litters the working directory.
+    spark_sql_warehouse: str = ""
+    # Checkpoint dir for long lineages; empty = <run dir>/spark-checkpoints.
+    spark_checkpoint_dir: str = ""
+    spark_driver_memory: str = "4g"
+    spark_executor_memory: str = ""
+    # spark.sql.shuffle.partitions; 0 = 8 for local masters, 200 (Spark's default) on a cluster.
+    spark_shuffle_partitions: int = 0
+    spark_log_level: str = "ERROR"
+    # Extra Spark settings as KEY=VALUE strings (env: comma-separated).
+    spark_conf: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.spark_master.startswith(_MASTER_PREFIXES):
+            raise ValueError(
+                f"spark_master must be local[*], spark://, yarn, k8s:// or mesos://, got {self.spark_master!r}"
+            )
+        if not self.spark_app_name:
+            raise ValueError("spark_app_name must not be empty")
+        if self.spark_shuffle_partitions < 0:
+            raise ValueError(f"spark_shuffle_partitions must be >= 0, got {self.spark_shuffle_partitions}")
+        if self.spark_log_level.upper() not in _LOG_LEVELS:
+            raise ValueError(f"spark_log_level must be one of {_LOG_LEVELS}, got {self.spark_log_level!r}")
+        for item in self.spark_conf:
+            if "=" not in item or not item.split("=", 1)[0].strip():
+                raise ValueError(f"spark_conf entries must be KEY=VALUE, got {item!r}")
+
+    @property
+    def is_local(self) -> bool:
+        return self.spark_master.startswith("local")
+
+    def settings(self) -> dict[str, str]:
+        """The Spark properties this config sets (before the session is built)."""
+        run = defaults.run_dir()
+        shuffle = self.spark_shuffle_partitions or (8 if self.is_local else 200)
+        conf = {
+            "spark.sql.warehouse.dir": self.spark_sql_warehouse or os.path.join(run, "spark-warehouse"),
+            "spark.sql.shuffle.partitions": str(shuffle),
+            "spark.sql.session.timeZone": "UTC",
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            # Dates/ids are read as strings; the jobs never rely on ANSI overflow errors but use try_cast.
+            "spark.sql.adaptive.enabled": "true",
+            "spark.sql.autoBroadcastJoinThreshold": str(64 * 1024 * 1024),
+            "spark.sql.parquet.compression.codec": "zstd",
+            # Do not write _SUCCESS marker files inside each table (publish writes one per date).
+            "mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+            "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+            "spark.driver.memory": self.spark_driver_memory,
+        }
+        if self.spark_executor_memory:
+            conf["spark.executor.memory"] = self.spark_executor_memory
+        for item in self.spark_conf:
+            key, value = item.split("=", 1)
+            conf[key.strip()] = value.strip()
+        return conf
+
+    def checkpoint_dir(self) -> str:
+        return self.spark_checkpoint_dir or os.path.join(defaults.run_dir(), "spark-checkpoints")
+
+
+def spark_config(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> SparkConfig:
+    """Build a :class:`SparkConfig`: defaults, then ``VASP_SPARK_*`` env vars, then ``overrides``."""
+    return build_config(SparkConfig, overrides, env)
+
+
+def get_session(config: SparkConfig | None = None) -> SparkSession:
+    """Build (or reuse) the SparkSession described by ``config``.
+
+    For local masters ``SPARK_LOCAL_IP`` is pinned to loopback (no network exposure, no
+    hostname lookups). If a session is already active (tests, spark-submit) it is reused;
+    settings that can only be set at JVM start are then ignored.
+    """
+    config = config or spark_config()
+    if config.is_local:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.master(config.spark_master).appName(config.spark_app_name)
+    for key, value in config.settings().items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(config.spark_log_level.upper())
+    checkpoint = config.checkpoint_dir()
+    if "://" not in checkpoint:
+        checkpoint = os.path.abspath(checkpoint)
+    spark.sparkContext.setCheckpointDir(checkpoint)
+    return spark
+
+
+def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the Spark flags shared by every Spark job (``vasp build``, ``vasp score``)."""
+    group = parser.add_argument_group("Spark")
+    group.add_argument(
+        "--master",
+        default=None,
+        help="Spark master URL: local[*] (default), local[N], spark://HOST:7077, yarn, k8s://URL "
+        "(env VASP_SPARK_MASTER).",
+    )
+    group.add_argument(
+        "--driver-memory", default=None, help="Spark driver memory, e.g. 4g (env VASP_SPARK_DRIVER_MEMORY)."
+    )
+    group.add_argument(
+        "--executor-memory", default=None, help="Spark executor memory on a cluster (env VASP_SPARK_EXECUTOR_MEMORY)."
+    )
+    group.add_argument(
+        "--shuffle-partitions",
+        type=int,
+        default=None,
+        help="spark.sql.shuffle.partitions; 0 = 8 on local masters, 200 on a cluster (env VASP_SPARK_SHUFFLE_PARTITIONS).",
+    )
+    group.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="Spark checkpoint directory (default <run dir>/spark-checkpoints; env VASP_SPARK_CHECKPOINT_DIR).",
+    )
+    group.add_argument(
+        "--spark-conf",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="Extra Spark property; repeat for several (env VASP_SPARK_CONF, comma-separated).",
+    )
+
+
+def spark_config_from_args(args: argparse.Namespace, app_name: str) -> SparkConfig:
+    """The :class:`SparkConfig` for a job from its parsed CLI flags (see :func:`add_spark_arguments`)."""
+    overrides = {
+        "spark_master": getattr(args, "master", None),
+        "spark_driver_memory": getattr(args, "driver_memory", None),
+        "spark_executor_memory": getattr(args, "executor_memory", None),
+        "spark_shuffle_partitions": getattr(args, "shuffle_partitions", None),
+        "spark_checkpoint_dir": getattr(args, "checkpoint_dir", None),
+        "spark_conf": tuple(args.spark_conf) if getattr(args, "spark_conf", None) else None,
+    }
+    if "VASP_SPARK_APP_NAME" not in os.environ:
+        overrides["spark_app_name"] = app_name
+    try:
+        return spark_config(overrides)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # pragma: no cover - build_config wraps these already
+        raise ConfigError(str(exc)) from exc
+
+
+def spark_path(uri: str) -> str:
+    """A path Spark can read/write: local paths become absolute ``file://`` URIs, URIs pass through."""
+    if "://" in uri:
+        return uri
+    return "file://" + os.path.abspath(uri)
+
+
+def write_tables(
+    tables: Mapping[str, DataFrame],
+    final_uri: str,
+    manifest: Mapping[str, Any] | Any,
+    files: Mapping[str, int] | None = None,
+) -> None:
+    """Write ``tables`` as Parquet (``final_uri/<name>/``) into staging, then publish atomically.
+
+    ``files`` optionally caps the number of files of a table (``coalesce(n)``; use 1 for small
+    tables — never for big ones, as coalesce also limits the parallelism of the last stage).
+    ``manifest`` is a dict, or a zero-argument callable returning one (called after all
+    tables are written, so it can include metrics observed during the writes).
+    On any error the staging directory is removed and the published date is left untouched.
+    """
+    staging = storage.staging_dir(final_uri)
+    try:
+        for name, frame in tables.items():
+            if files and files.get(name):
+                frame = frame.coalesce(files[name])
+            frame.write.mode("errorifexists").parquet(spark_path(f"{staging.rstrip('/')}/{name}"))
+        payload = manifest() if callable(manifest) else dict(manifest)
+        storage.publish(staging, final_uri, payload)
+    except BaseException:
+        storage.discard(staging)
+        raise

@@ -1,0 +1,264 @@
+"""``vasp synth``: synthetic user-item ratings with a real latent structure.
+
+A topic model (a non-negative low-rank factorization): each user has a taste vector
+``theta_u ~ Dirichlet(user_concentration)`` over ``topics`` latent topics, each item a factor
+vector ``v_i ~ Dirichlet(item_concentration)`` (mostly one or two topics) and a long-tail
+(Zipf) base popularity. A user's events are drawn from ``P(i | u) = sum_k theta_uk phi_k(i)``
+with ``phi_k(i) ~ popularity_i * v_ik`` (plus a share of popularity-only "noise" events), and
+the rating grows with the user-item affinity ``theta_u . v_i`` so that thresholding at 3.5
+keeps the taste-driven events: a model can learn something, a popularity baseline less.
+User activity is log-normal (heavy users and light users). Each (user, item) pair appears at
+most once; rows are grouped by user like MovieLens' ``ratings.csv``.
+
+Vectorized numpy, generated and written in chunks of users: a MovieLens-20M-sized file
+(138k users, 27k items, 20M rows) takes well under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+RATING_BASE, RATING_SCALE, RATING_POWER = 1.6, 4.0, 0.4  # ~47% of ratings > 3.5, like MovieLens
+_T0, _T1 = 946_684_800, 1_427_760_000  # 2000-01-01 .. 2015-03-31 (UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """Size and shape of a synthetic data set."""
+
+    users: int = 3000
+    items: int = 1500
+    interactions: int = 0  # total rows; 0 = users * mean_per_user
+    mean_per_user: float = 60.0
+    min_per_user: int = 3
+    topics: int = 24
+    zipf: float = 1.0  # item popularity ~ 1 / (rank + 10) ** zipf
+    noise: float = 0.25  # share of events drawn from popularity alone (mostly low ratings)
+    user_concentration: float = 0.3
+    item_concentration: float = 0.1
+    activity_sigma: float = 0.9  # log-normal spread of events per user
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.users < 1:
+            raise ValueError(f"users must be >= 1, got {self.users}")
+        if self.items < 2:
+            raise ValueError(f"items must be >= 2, got {self.items}")
+        if self.interactions < 0:
+            raise ValueError(f"interactions must be >= 0, got {self.interactions}")
+        if self.mean_per_user <= 0:
+            raise ValueError(f"mean_per_user must be > 0, got {self.mean_per_user}")
+        if self.min_per_user < 1:
+            raise ValueError(f"min_per_user must be >= 1, got {self.min_per_user}")
+        if self.topics < 1:
+            raise ValueError(f"topics must be >= 1, got {self.topics}")
+        if not 0.0 <= self.noise < 1.0:
+            raise ValueError(f"noise must be in [0, 1), got {self.noise}")
+        if self.zipf < 0 or self.user_concentration <= 0 or self.item_concentration <= 0:
+            raise ValueError("zipf must be >= 0 and the concentrations > 0")
+        if self.activity_sigma < 0:
+            raise ValueError(f"activity_sigma must be >= 0, got {self.activity_sigma}")
+
+    @property
+    def total(self) -> int:
+        return self.interactions or int(round(self.users * self.mean_per_user))
+
+    def tag(self) -> str:
+        return f"synth-u{self.users}-i{self.items}-n{self.total}-s{self.seed}"
+
+
+def _activity(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """Events per user: log-normal, clipped to [min_per_user, items // 2], summing to ~total."""
+    cap = max(cfg.min_per_user, cfg.items // 2)
+    weights = rng.lognormal(0.0, cfg.activity_sigma, cfg.users)
+    n = weights * (cfg.total / weights.sum())
+    for _ in range(5):  # rescale the unclipped users so the clipped total matches
+        clipped = np.clip(n, cfg.min_per_user, cap)
+        free = (clipped > cfg.min_per_user) & (clipped < cap)
+        gap = cfg.total - clipped.sum()
+        if abs(gap) < 1 or not free.any():
+            break
+        n = np.where(free, n * (1 + gap / clipped[free].sum()), n)
+    n = np.clip(np.floor(n), cfg.min_per_user, cap).astype(np.int64)
+    # hand out the rounding remainder one event at a time
+    gap = int(cfg.total - n.sum())
+    if gap > 0:
+        room = np.flatnonzero(n < cap)
+        n[rng.choice(room, size=min(gap, room.size), replace=False)] += 1
+    return n
+
+
+def _iter_chunks(cfg: SynthConfig, chunk_users: int):
+    """Yield dict-of-arrays chunks (user_id, item_id, rating, timestamp), grouped by user."""
+    rng = np.random.default_rng(cfg.seed)
+    n_items, k = cfg.items, cfg.topics
+    popularity = 1.0 / (np.arange(n_items) + 10.0) ** cfg.zipf
+    popularity /= popularity.sum()
+    item_ids = rng.permutation(n_items) + 1  # popularity rank -> public item id
+    factors = rng.dirichlet(np.full(k, cfg.item_concentration), n_items).astype(np.float32)  # (I, K)
+    topic_item = popularity[:, None] * factors  # (I, K)
+    rows = np.vstack([(topic_item / topic_item.sum(axis=0, keepdims=True)).T, popularity[None, :]])  # (K+1, I)
+    item_cdf = np.cumsum(rows, axis=1)
+    item_cdf /= item_cdf[:, -1:]
+    item_cdf = (item_cdf + np.arange(k + 1)[:, None]).ravel()  # row t offset by t: one searchsorted
+    counts = _activity(cfg, rng)
+
+    for start in range(0, cfg.users, chunk_users):
+        stop = min(cfg.users, start + chunk_users)
+        n_u = counts[start:stop]
+        theta = rng.dirichlet(np.full(k, cfg.user_concentration), stop - start).astype(np.float32)
+        # Oversample draws, drop repeated (user, item) pairs, keep the first n_u of each user.
+        draws = np.ceil(n_u * 1.3 + 5).astype(np.int64)
+        user = np.repeat(np.arange(stop - start), draws)
+        m = user.size
+        noise = rng.random(m) < cfg.noise
+        # Topic of each draw: one searchsorted over the users' stacked taste CDFs (row u offset by u).
+        cum = np.cumsum(theta, axis=1, dtype=np.float64)
+        cum /= cum[:, -1:]
+        stacked = (cum + np.arange(stop - start)[:, None]).ravel()
+        topic = np.searchsorted(stacked, user + rng.random(m)) - user * k
+        np.clip(topic, 0, k - 1, out=topic)
+        topic[noise] = k  # row k of the item CDFs is popularity alone
+        query = topic + rng.random(m)
+        order = np.argsort(query)  # sorted queries make searchsorted cache-friendly (~5x faster)
+        item = np.empty(m, dtype=np.int64)
+        item[order] = np.searchsorted(item_cdf, query[order])
+        item -= topic * n_items
+        np.clip(item, 0, n_items - 1, out=item)
+        _, first = np.unique(user * n_items + item, return_index=True)
+        first.sort()
+        user, item = user[first], item[first]
+        group_start = np.searchsorted(user, np.arange(stop - start))
+        rank = np.arange(user.size) - group_start[user]
+        keep = rank < n_u[user]
+        user, item = user[keep], item[keep]
+        # Rating from the affinity relative to the user's strongest topic.
+        affinity = np.einsum("ij,ij->i", theta[user], factors[item]) / theta.max(axis=1)[user]
+        latent = RATING_BASE + RATING_SCALE * np.clip(affinity, 0, 1) ** RATING_POWER + rng.normal(0, 0.6, user.size)
+        rating = np.clip(np.round(latent * 2) / 2, 0.5, 5.0)
+        timestamp = rng.integers(_T0, _T1, user.size)
+        yield {
+            "user_id": (user + start + 1).astype(np.int64),
+            "item_id": item_ids[item].astype(np.int64),
+            "rating": rating.astype(np.float64),
+            "timestamp": timestamp.astype(np.int64),
+        }
+
+
+def generate(
+    config: SynthConfig | None = None, out: str | None = None, fmt: str = "csv", chunk_users: int = 10_000
+) -> dict[str, Any]:
+    """Generate a data set; write it to ``out`` (CSV with header, or Parquet) atomically.
+
+    Returns a summary (path, rows, users, items, positive share). With ``out=None`` nothing
+    is written and the summary holds the rows as a pandas DataFrame under ``"frame"``.
+    """
+    import pyarrow as pa
+
+    config = config or SynthConfig()
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"fmt must be csv or parquet, got {fmt!r}")
+    started = time.perf_counter()
+    schema = pa.schema([(c, pa.float64() if c == "rating" else pa.int64()) for c in COLUMNS])
+    rows = positives = 0
+    items_seen = np.zeros(config.items + 1, dtype=bool)
+    frames = []
+    writer = sink = None
+    tmp = None
+    if out is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
+        tmp = f"{out}.tmp{os.getpid()}"
+    try:
+        for chunk in _iter_chunks(config, chunk_users):
+            table = pa.table(chunk, schema=schema)
+            rows += table.num_rows
+            positives += int((chunk["rating"] > 3.5).sum())
+            items_seen[chunk["item_id"]] = True
+            if out is None:
+                frames.append(table)
+                continue
+            if writer is None:
+                if fmt == "csv":
+                    from pyarrow import csv
+
+                    with open(tmp, "wb") as head:
+                        head.write((",".join(COLUMNS) + "\n").encode())
+                    sink = pa.OSFile(tmp, "ab")
+                    options = csv.WriteOptions(include_header=False, quoting_style="none")
+                    writer = csv.CSVWriter(sink, schema, write_options=options)
+                else:
+                    import pyarrow.parquet as pq
+
+                    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
+            writer = None
+            if sink is not None:
+                sink.close()
+                sink = None
+            os.replace(tmp, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        if sink is not None:
+            sink.close()
+        if tmp and os.path.exists(tmp):
+            os.remove(tmp)
+    summary: dict[str, Any] = {
+        "path": out,
+        "format": fmt,
+        "rows": rows,
+        "users": config.users,
+        "items_with_events": int(items_seen.sum()),
+        "positive_share": round(positives / max(rows, 1), 4),
+        "seconds": round(time.perf_counter() - started, 2),
+        "config": dataclasses.asdict(config),
+    }
+    if out is None:
+        summary["frame"] = pa.concat_tables(frames).to_pandas() if frames else None
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = SynthConfig()
+    parser.add_argument("--out", required=True, help="Output file (.csv or .parquet).")
+    parser.add_argument(
+        "--format", default=None, choices=("csv", "parquet"), help="Output format (default: from --out's suffix, csv)."
+    )
+    parser.add_argument("--users", type=int, default=d.users, help=f"Number of users ({d.users}).")
+    parser.add_argument("--items", type=int, default=d.items, help=f"Number of items ({d.items}).")
+    parser.add_argument("--interactions", type=int, default=0, help="Total rows (default: users x --mean-per-user).")
+    parser.add_argument(
+        "--mean-per-user", type=float, default=d.mean_per_user, help=f"Mean events per user ({d.mean_per_user})."
+    )
+    parser.add_argument("--topics", type=int, default=d.topics, help=f"Latent topics ({d.topics}).")
+    parser.add_argument("--noise", type=float, default=d.noise, help=f"Share of popularity-only events ({d.noise}).")
+    parser.add_argument("--zipf", type=float, default=d.zipf, help=f"Popularity long-tail exponent ({d.zipf}).")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"Random seed ({d.seed}).")
+
+
+def run(args: argparse.Namespace) -> int:
+    fmt = args.format or ("parquet" if args.out.endswith(".parquet") else "csv")
+    config = SynthConfig(
+        users=args.users,
+        items=args.items,
+        interactions=args.interactions,
+        mean_per_user=args.mean_per_user,
+        topics=args.topics,
+        noise=args.noise,
+        zipf=args.zipf,
+        seed=args.seed,
+    )
+    summary = generate(config, args.out, fmt)
+    summary.pop("config")
+    print(json.dumps(summary))
+    return 0
