@@ -1,0 +1,312 @@
+"""Spark job: top-N recommendations for EVERY user of ``features/dt=D`` -> ``recommendations/dt=D/``.
+
+``vasp score --date D [--model-uri models:/vasp@champion] [--top-n 100]`` or
+``spark-submit jobs/score.py --date D ...``.
+
+* The driver resolves the model URI once (an alias becomes a concrete version, recorded in every
+  row as ``model_version``), downloads the ModelBundle directory and ships it to the executors
+  with ``SparkContext.addFile``; each executor Python process loads it once (module-level cache).
+* Users come from the ``users`` table (all of them, whatever their split) left-joined with their
+  item ids from ``interactions``; batches of users go through ``mapInArrow`` into
+  ``ModelBundle.recommend_ids``: ids unknown to the model's vocabulary are ignored (and counted),
+  seen items are masked, the top N are kept with ``argpartition``, and a user with no known item
+  gets the popularity list (``fallback = true``).
+* Output columns: ``user_id``, ``rank`` (1..N), ``item_id``, ``score``, ``model_version``,
+  ``fallback``; written to staging and published atomically with ``manifest.json`` (counts), so a
+  rerun replaces exactly date D.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from vasp_model import defaults, layout
+
+log = logging.getLogger("vasp.score")
+
+OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score", "model_version", "fallback")
+DEFAULT_MODEL_URI = "models:/vasp@champion"
+
+# Executor-side cache: one loaded ModelBundle per Python worker process, keyed by bundle path.
+_BUNDLES: dict[str, Any] = {}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from jobs.common.spark import add_spark_arguments
+
+    parser.add_argument("--date", required=True, help="Logical date YYYY-MM-DD: scores features/dt=D.")
+    parser.add_argument(
+        "--model-uri",
+        default=DEFAULT_MODEL_URI,
+        help="Model to score with: models:/NAME@ALIAS, models:/NAME/VERSION or a local ModelBundle directory "
+        f"(default {DEFAULT_MODEL_URI}).",
+    )
+    parser.add_argument("--top-n", type=int, default=100, help="Items per user (default 100).")
+    parser.add_argument("--warehouse", default=None, help="Warehouse root (default: $VASP_WAREHOUSE or ./warehouse).")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: SQLite under the run dir, $VASP_TRACKING_URI).",
+    )
+    parser.add_argument(
+        "--batch-users", type=int, default=1024, help="Users per model forward pass inside a task (default 1024)."
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=0,
+        help="Scoring partitions (0 = 2 x Spark's default parallelism, more for big populations).",
+    )
+    add_spark_arguments(parser)
+
+
+# -- executor side --------------------------------------------------------------------------------
+
+
+def _bundle(path: str):
+    """The ModelBundle at ``path``, loaded at most once per Python process."""
+    bundle = _BUNDLES.get(path)
+    if bundle is None:
+        from vasp_model.bundle import ModelBundle
+
+        _BUNDLES.clear()  # a new model for this worker: drop the old one
+        bundle = ModelBundle.load(path)
+        _BUNDLES[path] = bundle
+    return bundle
+
+
+def _bundle_path(name_or_path: str) -> str:
+    if os.path.isabs(name_or_path):
+        return name_or_path
+    from pyspark import SparkFiles
+
+    return SparkFiles.get(name_or_path)
+
+
+def output_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("rank", pa.int32()),
+            ("item_id", pa.string()),
+            ("score", pa.float32()),
+            ("model_version", pa.string()),
+            ("fallback", pa.bool_()),
+            ("unknown_items", pa.int32()),  # per user, on every row; dropped before writing
+        ]
+    )
+
+
+def score_lists(bundle, user_ids: list[str], item_lists: list, top_n: int, model_version: str):
+    """Score one chunk of users -> an Arrow RecordBatch in the output schema (only real items, ranked 1..)."""
+    import pyarrow as pa
+
+    lists = [list(items) if items is not None else [] for items in item_lists]
+    rec = bundle.recommend_ids(lists, top_n)
+    ids = np.asarray(rec.item_ids, dtype=object)
+    scores = np.asarray(rec.scores, dtype=np.float32)
+    valid = np.not_equal(ids, None) & np.isfinite(scores)
+    rows, cols = np.nonzero(valid)  # row-major: each user's valid slots in rank order
+    ranks = np.cumsum(valid, axis=1)[rows, cols].astype(np.int32)
+    users = np.asarray(user_ids, dtype=object)[rows]
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(users, type=pa.string()),
+            pa.array(ranks, type=pa.int32()),
+            pa.array(ids[rows, cols], type=pa.string()),
+            pa.array(scores[rows, cols], type=pa.float32()),
+            pa.array(np.full(rows.size, model_version, dtype=object), type=pa.string()),
+            pa.array(np.asarray(rec.fallback, dtype=bool)[rows], type=pa.bool_()),
+            pa.array(np.asarray(rec.unknown_items, dtype=np.int32)[rows], type=pa.int32()),
+        ],
+        schema=output_schema(),
+    )
+
+
+def score_partition(batches: Iterator, bundle_ref: str, top_n: int, model_version: str, batch_users: int):
+    """``mapInArrow`` body: (user_id, item_ids) batches -> recommendation rows."""
+    bundle = _bundle(_bundle_path(bundle_ref))
+    for batch in batches:
+        user_ids = batch.column("user_id").to_pylist()
+        item_lists = batch.column("item_ids").to_pylist()
+        for start in range(0, len(user_ids), batch_users):
+            stop = start + batch_users
+            yield score_lists(bundle, user_ids[start:stop], item_lists[start:stop], top_n, model_version)
+
+
+# -- driver side ----------------------------------------------------------------------------------
+
+
+def user_item_lists(spark, warehouse: str, date: str, partitions: int):
+    """Every user of features/dt=D with the distinct item ids of their positives (empty list if none)."""
+    from pyspark.sql import functions as F
+
+    from jobs.common.spark import spark_path
+
+    users = spark.read.parquet(spark_path(layout.feature_table(warehouse, date, "users"))).select("user_idx", "user_id")
+    inter = spark.read.parquet(spark_path(layout.feature_table(warehouse, date, "interactions")))
+    lists = inter.groupBy("user_idx").agg(F.array_distinct(F.collect_list("item_id")).alias("item_ids"))
+    joined = users.join(lists, "user_idx", "left").select(
+        "user_id", F.coalesce("item_ids", F.array().cast("array<string>")).alias("item_ids")
+    )
+    return joined.repartition(partitions, "user_id")
+
+
+def transform(lists_df, bundle_ref: str, top_n: int, model_version: str, batch_users: int = 1024):
+    """The scored DataFrame (output columns + per-user ``unknown_items``)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    def fn(batches):
+        from jobs.score import score_partition
+
+        yield from score_partition(batches, bundle_ref, top_n, model_version, batch_users)
+
+    return lists_df.mapInArrow(fn, from_arrow_schema(output_schema()))
+
+
+def stage_bundle(bundle_dir: str, version: str, into: str) -> str:
+    """Copy the bundle to a uniquely named directory (addFile names must be unique per session)."""
+    name = f"vasp-bundle-v{version}-{uuid.uuid4().hex[:8]}"
+    target = os.path.join(into, name)
+    shutil.copytree(bundle_dir, target)
+    return target
+
+
+def score(
+    spark,
+    date: str,
+    warehouse: str,
+    model_uri: str = DEFAULT_MODEL_URI,
+    tracking_uri: str | None = None,
+    top_n: int = 100,
+    batch_users: int = 1024,
+    partitions: int = 0,
+) -> dict[str, Any]:
+    """Score every user of ``date`` and publish ``recommendations/dt=D``; returns the manifest."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    from jobs.common.spark import spark_path, write_tables
+    from vasp_model import storage
+    from vasp_model.registry import download_bundle
+
+    layout.check_date(date)
+    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0:
+        raise ValueError(f"top_n must be a positive integer, got {top_n!r}")
+    if batch_users <= 0:
+        raise ValueError(f"batch_users must be positive, got {batch_users}")
+    features = layout.features_dir(warehouse, date)
+    if not storage.is_published(features):
+        raise FileNotFoundError(f"features for {date} are not published at {features}")
+    tracking_uri = tracking_uri or defaults.default_tracking_uri()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="vasp-score-") as tmp:
+        bundle_dir, version, resolved = download_bundle(tracking_uri, model_uri, os.path.join(tmp, "download"))
+        staged = stage_bundle(bundle_dir, version, tmp)
+        spark.sparkContext.addFile(staged, recursive=True)
+        bundle_ref = os.path.basename(staged)
+        log.info("scoring %s with %s (version %s)", date, resolved, version)
+
+        n_users_input = spark.read.parquet(spark_path(layout.feature_table(warehouse, date, "users"))).count()
+        partitions = partitions or max(2 * spark.sparkContext.defaultParallelism, n_users_input // 20000)
+        scored = transform(user_item_lists(spark, warehouse, date, partitions), bundle_ref, top_n, version, batch_users)
+        first = F.col("rank") == 1
+        stats = Observation("vasp_score")
+        scored = scored.observe(
+            stats,
+            F.count(F.lit(1)).alias("rows"),
+            F.sum(first.cast("long")).alias("users"),
+            F.sum((first & F.col("fallback")).cast("long")).alias("fallback_users"),
+            F.sum(F.when(first, F.col("unknown_items")).otherwise(0).cast("long")).alias("unknown_items"),
+            F.sum((first & (F.col("unknown_items") > 0)).cast("long")).alias("users_with_unknown_items"),
+            F.sum((F.col("rank") == top_n).cast("long")).alias("users_with_full_list"),
+        ).select(*OUTPUT_COLUMNS)
+
+        published: list[dict[str, Any]] = []
+
+        def manifest() -> dict[str, Any]:  # called by write_tables after the write: observed counts are final
+            counts = {k: int(v or 0) for k, v in stats.get.items()}
+            counts["users_input"] = n_users_input
+            counts["users_without_list"] = n_users_input - counts["users"]
+            counts["users_with_short_list"] = counts["users"] - counts["users_with_full_list"]
+            published.append(
+                {
+                    "date": date,
+                    "dataset": "recommendations",
+                    "schema_version": layout.SCHEMA_VERSION,
+                    "model_uri": model_uri,
+                    "model_resolved_uri": resolved,
+                    "model_version": version,
+                    "top_n": top_n,
+                    "features": features,
+                    "counts": counts,
+                    "seconds": round(time.time() - started, 3),
+                }
+            )
+            return published[-1]
+
+        final = layout.recommendations_dir(warehouse, date)
+        # Table name "" = the date directory itself: recommendations/dt=D/ holds the Parquet files directly.
+        write_tables({"": scored}, final, manifest)
+    result = published[-1]
+    if result["counts"]["users_without_list"]:
+        log.warning("%d users got no list (they have seen the whole catalog)", result["counts"]["users_without_list"])
+    log.info("published %s: %s", final, result["counts"])
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from jobs.common.spark import get_session, spark_config_from_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    date = layout.check_date(args.date)
+    if args.top_n <= 0:
+        raise ValueError(f"--top-n must be positive, got {args.top_n}")
+    spark = get_session(spark_config_from_args(args, "vasp-score"))
+    result = score(
+        spark,
+        date,
+        args.warehouse or defaults.default_warehouse(),
+        model_uri=args.model_uri,
+        tracking_uri=args.tracking_uri,
+        top_n=args.top_n,
+        batch_users=args.batch_users,
+        partitions=args.partitions,
+    )
+    print(json.dumps({"date": date, "model_version": result["model_version"], **result["counts"]}), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """spark-submit entry point (same flags as ``vasp score``)."""
+    parser = argparse.ArgumentParser(prog="score.py", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"score: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    # Run the importable module's main (not __main__'s) so the functions shipped to executors are
+    # pickled by reference to ``jobs.score`` and share its per-process model cache.
+    from jobs.score import main as _main
+
+    sys.exit(_main())

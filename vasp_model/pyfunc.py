@@ -1,0 +1,32 @@
+"""The MLflow pyfunc wrapper of a ModelBundle (imported only by code that already uses mlflow).
+
+The logged model's artifacts are the ModelBundle directory (Keras native ``model.keras``, loaded
+in safe mode, plus the item vocabulary), so the vocabulary always travels with the weights.
+Input: a DataFrame with a column ``item_ids`` (each row: the user's interacted item ids, strings).
+Output: ``item_ids`` (top-n ids), ``scores``, ``fallback`` (popularity list: no known item).
+"""
+
+from __future__ import annotations
+
+import mlflow.pyfunc
+
+
+class VaspPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from vasp_model.bundle import ModelBundle
+
+        self.bundle = ModelBundle.load(context.artifacts["bundle"])
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        n = int((params or {}).get("n", 100))
+        lists = [[str(i) for i in (row if row is not None else [])] for row in model_input["item_ids"]]
+        rec = self.bundle.recommend_ids(lists, n)
+        return pd.DataFrame(
+            {
+                "item_ids": [list(row) for row in rec.item_ids],
+                "scores": [[float(s) for s in row] for row in rec.scores],
+                "fallback": [bool(f) for f in rec.fallback],
+            }
+        )

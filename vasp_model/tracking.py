@@ -1,0 +1,439 @@
+"""MLflow tracking of one training: params, per-epoch metrics, final metrics, artifacts, registration.
+
+One training is one MLflow run in the experiment ``vasp`` (created with the project's artifact
+root when new). :class:`TrainingTracker` is a context manager around that run::
+
+    with TrainingTracker(cfg.tracking_uri, cfg.experiment) as tracker:
+        tracker.log_config(settings.as_params(train_config))
+        result = train(features, train_config, callbacks=[tracker.callback()])
+        ...  # write models/dt=D (bundle, metrics.json, test_topk.parquet)
+        tracker.log_result(result, model_dir, features_dir)
+
+``log_result`` logs the final test metrics (VASP, EASE, popularity), the artifacts
+(metrics.json, history.json, test_topk.parquet, the build manifest, PNG plots) and the model as
+a pyfunc whose artifacts are the ModelBundle directory (Keras native file + item vocabulary),
+then registers a new version of the registered model with tags (date, run, data fingerprint,
+metrics). Any tracking URI works the same: the SQLite default or ``http://host:5000``.
+
+mlflow/keras/matplotlib are imported inside functions (no import-time cost or side effects).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from vasp_model import defaults, storage
+from vasp_model.layout import DATE_RE
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME_IN_RUN = "model"  # the logged model's name (MLflow 3 ``name=``)
+BUNDLE_ARTIFACT = "bundle"  # key of the ModelBundle directory among the pyfunc artifacts
+GATE_METRIC = "ndcg@100"
+_BAD_METRIC_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig:
+    """Where runs and models go and how promotion gates (env: ``VASP_TRACKING_URI``, ``VASP_GATE_MARGIN``...)."""
+
+    tracking_uri: str = dataclasses.field(default_factory=defaults.default_tracking_uri)
+    experiment: str = "vasp"
+    registered_model: str = "vasp"
+    gate_margin: float = 0.0  # the candidate must beat EASE (and the champion) by more than this (absolute nDCG@100)
+    gate_metric: str = GATE_METRIC
+
+    def __post_init__(self):
+        if not isinstance(self.tracking_uri, str) or not self.tracking_uri.strip():
+            raise ValueError("tracking_uri must be a non-empty URI")
+        for name in ("experiment", "registered_model"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a non-empty string")
+        if not isinstance(self.gate_margin, int | float) or not math.isfinite(self.gate_margin):
+            raise ValueError(f"gate_margin must be a finite number, got {self.gate_margin!r}")
+        if self.gate_metric not in ("ndcg@100", "recall@20", "recall@50"):
+            raise ValueError(f"gate_metric must be one of ndcg@100, recall@20, recall@50, got {self.gate_metric!r}")
+
+
+def metric_key(name: str) -> str:
+    """An MLflow-safe metric name: ``test.vasp.ndcg@100`` -> ``test.vasp.ndcg_at_100``."""
+    return _BAD_METRIC_CHARS.sub("_", str(name).replace("@", "_at_"))
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten nested metric dicts into ``a.b.c -> float`` (non-numeric and non-finite values dropped)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_metrics(value, prefix=name + "."))
+        elif isinstance(value, bool):
+            continue
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(number):
+                out[name] = number
+    return out
+
+
+def is_remote_tracking(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def ensure_experiment(client, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``, creating it (with the project's artifact root) when new."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # A tracking server picks its own (proxied) artifact store unless VASP_ARTIFACT_ROOT says otherwise.
+    artifact_location = None
+    if not is_remote_tracking(tracking_uri) or "VASP_ARTIFACT_ROOT" in os.environ:
+        artifact_location = defaults.default_artifact_root().rstrip("/") + "/" + name
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # noqa: BLE001 - lost a creation race with a concurrent run: use theirs
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _ensure_local_store_dir(tracking_uri: str) -> None:
+    if tracking_uri.startswith("sqlite:///"):
+        path = tracking_uri[len("sqlite:///") :]
+        os.makedirs(os.path.dirname(os.path.abspath("/" + path.lstrip("/"))), exist_ok=True)
+
+
+def date_of(path: str) -> str | None:
+    """The logical date ``D`` of a ``.../dt=D`` (or ``.../dt=D/model``) path, if any."""
+    for part in reversed(path.rstrip("/").split("/")):
+        match = DATE_RE.match(part)
+        if match:
+            return match.group(1)
+    return None
+
+
+def fingerprint_of(manifest: Mapping[str, Any] | None) -> str:
+    """The input data fingerprint recorded by the build job (searched by key name)."""
+    if not manifest:
+        return ""
+    for key, value in manifest.items():
+        if "fingerprint" in key.lower() and isinstance(value, str | int):
+            return str(value)
+    for value in manifest.values():
+        if isinstance(value, Mapping):
+            found = fingerprint_of(value)
+            if found:
+                return found
+    return ""
+
+
+def bundle_dir_of(model_dir: str) -> tuple[str, str]:
+    """(bundle dir, outputs dir) for either ``models/dt=D`` or ``models/dt=D/model``."""
+    path = storage.local_path(model_dir)
+    if os.path.exists(os.path.join(path, "bundle.json")):
+        return path, os.path.dirname(path.rstrip("/"))
+    return os.path.join(path, "model"), path
+
+
+class TrainingTracker:
+    """A context manager around one MLflow run of one training (see module docstring)."""
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str = "vasp",
+        registered_model: str | None = "vasp",
+        run_name: str | None = None,
+    ):
+        self.tracking_uri = tracking_uri or defaults.default_tracking_uri()
+        self.experiment = experiment
+        self.registered_model = registered_model
+        self.run_name = run_name
+        self.run_id: str | None = None
+        self.model_version: str | None = None
+        self._previous_uri: str | None = None
+
+    # -- run lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> TrainingTracker:
+        import mlflow
+
+        _ensure_local_store_dir(self.tracking_uri)
+        self._previous_uri = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        client = mlflow.MlflowClient(self.tracking_uri)
+        experiment_id = ensure_experiment(client, self.experiment, self.tracking_uri)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name)
+        self.run_id = run.info.run_id
+        log.info("mlflow run %s in experiment %r at %s", self.run_id, self.experiment, self.tracking_uri)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        import mlflow
+
+        mlflow.end_run(status="FAILED" if exc_type is not None else "FINISHED")
+        if self._previous_uri is not None:
+            mlflow.set_tracking_uri(self._previous_uri)
+
+    @property
+    def client(self):
+        import mlflow
+
+        return mlflow.MlflowClient(self.tracking_uri)
+
+    # -- logging -------------------------------------------------------------------------------
+    def log_config(self, params: Mapping[str, Any]) -> None:
+        """Log the whole (flattened) config as run params (batched; values truncated to MLflow's limit)."""
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        flat = flatten_metrics(metrics, prefix)
+        items = [Metric(metric_key(k), v, now, step or 0) for k, v in flat.items()]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def callback(self):
+        """A keras Callback that logs every numeric entry of each epoch's logs (loss, kl, val_ndcg@100...)."""
+        import keras
+
+        tracker = self
+
+        class MlflowEpochLogger(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if logs:
+                    tracker.log_metrics(dict(logs), step=int(epoch))
+
+        return MlflowEpochLogger()
+
+    def log_result(self, result, model_dir: str, features_dir: str, date: str | None = None) -> str:
+        """Log final metrics, artifacts and the model; register a model version. Returns the run id."""
+        import mlflow
+
+        bundle_dir, outputs_dir = bundle_dir_of(model_dir)
+        date = date or date_of(model_dir) or date_of(features_dir)
+        metrics = dict(getattr(result, "metrics", None) or {})
+        history = getattr(result, "history", None)
+        best_epoch = getattr(result, "best_epoch", None)
+        manifest = _read_manifest(features_dir)
+
+        self.log_metrics({k: v for k, v in metrics.items() if k not in ("timings",)})
+        if best_epoch is not None:
+            self.log_metrics({"best_epoch": best_epoch})
+        tags = {"date": date or "", "data_fingerprint": fingerprint_of(manifest), "features_dir": features_dir}
+        self.set_tags(tags)
+
+        with tempfile.TemporaryDirectory(prefix="vasp-track-") as tmp:
+            for name in ("metrics.json", "history.json", "test_topk.parquet"):
+                src = os.path.join(outputs_dir, name)
+                if os.path.exists(src):
+                    mlflow.log_artifact(src, run_id=self.run_id)
+            if not os.path.exists(os.path.join(outputs_dir, "metrics.json")):
+                path = os.path.join(tmp, "metrics.json")
+                with open(path, "w") as fh:
+                    json.dump(metrics, fh, indent=2, sort_keys=True, default=float)
+                mlflow.log_artifact(path, run_id=self.run_id)
+            if manifest is not None:
+                path = os.path.join(tmp, "build_manifest.json")
+                with open(path, "w") as fh:
+                    json.dump(manifest, fh, indent=2, sort_keys=True, default=str)
+                mlflow.log_artifact(path, run_id=self.run_id)
+            for plot in (
+                plot_training_curves(history, os.path.join(tmp, "training_curves.png")),
+                plot_recall_by_bucket(metrics, os.path.join(tmp, "recall20_by_popularity.png")),
+            ):
+                if plot:
+                    mlflow.log_artifact(plot, artifact_path="plots", run_id=self.run_id)
+
+        info = log_bundle_model(bundle_dir)
+        if self.registered_model:
+            self.model_version = register_version(
+                self.client,
+                self.registered_model,
+                info.model_uri,
+                self.run_id,
+                date,
+                tags["data_fingerprint"],
+                metrics,
+                model_id=getattr(info, "model_id", None),
+            )
+        return self.run_id
+
+
+def _read_manifest(features_dir: str) -> dict | None:
+    try:
+        return storage.read_json(f"{features_dir.rstrip('/')}/{storage.MANIFEST}")
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def model_test_metrics(metrics: Mapping[str, Any], model: str) -> dict[str, float]:
+    """The test metrics of ``model`` (vasp/ease/popularity) from a metrics.json-shaped dict.
+
+    Accepts ``{"test": {"vasp": {...}}}`` and ``{"vasp": {...}}`` (and ``test.vasp.ndcg@100`` flat keys).
+    """
+    for container in (metrics.get("test"), metrics):
+        if isinstance(container, Mapping) and isinstance(container.get(model), Mapping):
+            return {k: float(v) for k, v in flatten_metrics(container[model]).items()}
+    flat = flatten_metrics(metrics)
+    for prefix in (f"test.{model}.", f"{model}."):
+        found = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+        if found:
+            return found
+    return {}
+
+
+def log_bundle_model(bundle_dir: str):
+    """Log the ModelBundle directory as a pyfunc model in the active run; returns mlflow's ModelInfo."""
+    import importlib.metadata as md
+
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from vasp_model.pyfunc import VaspPyfunc
+
+    example_in = pd.DataFrame({"item_ids": [["1", "2"]]})
+    example_out = pd.DataFrame({"item_ids": [["3", "4"]], "scores": [[1.0, 0.5]], "fallback": [False]})
+    signature = infer_signature(example_in, example_out, params={"n": 100})
+    requirements = []
+    for dist in ("mlflow", "keras", "tensorflow-cpu", "numpy", "pandas", "pyarrow", "scipy"):
+        try:
+            requirements.append(f"{dist}=={md.version(dist)}")
+        except md.PackageNotFoundError:
+            continue
+    return mlflow.pyfunc.log_model(
+        name=MODEL_NAME_IN_RUN,
+        python_model=VaspPyfunc(),
+        artifacts={BUNDLE_ARTIFACT: bundle_dir},
+        signature=signature,
+        pip_requirements=requirements,
+    )
+
+
+def register_version(
+    client,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    date: str | None,
+    fingerprint: str,
+    metrics: Mapping[str, Any],
+    model_id: str | None = None,
+) -> str:
+    """Register ``model_uri`` as a new version of ``name`` tagged with date, run, fingerprint and metrics."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
+            raise
+    tags = {"date": date or "", "run_id": run_id, "data_fingerprint": fingerprint}
+    for model in ("vasp", "ease", "popularity"):
+        for key, value in model_test_metrics(metrics, model).items():
+            if key in ("ndcg@100", "recall@20", "recall@50"):
+                tags[metric_key(f"test.{model}.{key}")] = f"{value:.6f}"
+    version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
+    log.info("registered %s version %s (date=%s, run=%s)", name, version.version, date, run_id)
+    return str(version.version)
+
+
+# -- plots ---------------------------------------------------------------------------------------
+
+
+def _history_series(history) -> dict[str, list[float]]:
+    if history is None:
+        return {}
+    if hasattr(history, "history"):  # keras History
+        history = history.history
+    if isinstance(history, Mapping):
+        if "epochs" in history and isinstance(history["epochs"], list):
+            history = history["epochs"]
+        else:
+            return {k: [float(x) for x in v] for k, v in history.items() if isinstance(v, list | tuple)}
+    series: dict[str, list[float]] = {}
+    if isinstance(history, list | tuple):
+        for row in history:
+            if isinstance(row, Mapping):
+                for k, v in flatten_metrics(row).items():
+                    series.setdefault(k, []).append(v)
+    return series
+
+
+def plot_training_curves(history, path: str) -> str | None:
+    """Loss/KL and validation-metric curves per epoch as one PNG (None without a history)."""
+    series = {k: v for k, v in _history_series(history).items() if k not in ("epoch", "step") and v}
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    train_keys = [k for k in series if not any(t in k for t in ("ndcg", "recall", "coverage"))]
+    val_keys = [k for k in series if k not in train_keys]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, keys, title in ((axes[0], train_keys, "training"), (axes[1], val_keys, "validation")):
+        for key in keys:
+            ax.plot(range(1, len(series[key]) + 1), series[key], marker=".", label=key)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        if keys:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_recall_by_bucket(metrics: Mapping[str, Any], path: str) -> str | None:
+    """Recall@20 by item-popularity bucket (head/mid/tail) for VASP vs EASE vs popularity."""
+    models = {m: model_test_metrics(metrics, m) for m in ("vasp", "ease", "popularity")}
+    buckets = ("head", "mid", "tail")
+    if not any(f"recall@20_{b}" in values for values in models.values() for b in buckets):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / len(models)
+    x = np.arange(len(buckets))
+    for i, (model, values) in enumerate(models.items()):
+        heights = [values.get(f"recall@20_{b}", float("nan")) for b in buckets]
+        ax.bar(x + i * width, heights, width, label=model)
+    ax.set_xticks(x + width * (len(models) - 1) / 2, buckets)
+    ax.set_ylabel("Recall@20 (test)")
+    ax.set_title("Recall@20 by item popularity")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
