@@ -1,0 +1,86 @@
+"""The same model code trains on a second Keras backend (JAX), in a subprocess."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import keras, numpy as np
+    from vasp_model.batches import ABBatches, make_dataset
+    from vasp_model.config import ModelConfig
+    from vasp_model.losses import FocalLoss
+    from vasp_model.model import build_model
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    a = sp.csr_matrix((rng.random((64, 15)) < 0.2).astype(np.float32))
+    b = sp.csr_matrix(((rng.random((64, 15)) < 0.2) & (a.toarray() == 0)).astype(np.float32))
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(hidden=16, latent=8, encoder_blocks=2, decoder_blocks=1, ease_init="glorot_uniform")
+    model = build_model(15, cfg, seed=0)
+    model.compile(optimizer=keras.optimizers.Nadam(1e-2), loss=FocalLoss(), jit_compile=True)
+    hist = model.fit(make_dataset(ABBatches([(a, b)], 16, seed=0)), epochs=3, verbose=0)
+    kernel = keras.ops.convert_to_numpy(model.ease.kernel)
+    x = a[:4].toarray()
+    out = {
+        "backend": keras.backend.backend(),
+        "loss": hist.history["loss"],
+        "diag_max": float(np.abs(np.diag(kernel)).max()),
+        "shape": list(keras.ops.convert_to_numpy(model(x)).shape),
+    }
+    if len(sys.argv) > 1:  # score a model saved by the main (TensorFlow) process
+        loaded = keras.saving.load_model(sys.argv[1], safe_mode=True, compile=False)
+        out["loaded_scores"] = keras.ops.convert_to_numpy(loaded(np.load(sys.argv[2]), training=False)).tolist()
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+def _run(backend: str, *args: str) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *args], env=env, cwd=root, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_trains_on_jax_and_loads_a_model_saved_by_the_default_backend(tmp_path):
+    import numpy as np
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from vasp_model.config import ModelConfig
+    from vasp_model.model import build_model
+
+    model = build_model(15, ModelConfig(hidden=8, latent=4, encoder_blocks=1, decoder_blocks=1), seed=1)
+    x = (np.random.default_rng(1).random((3, 15)) < 0.3).astype(np.float32)
+    model.save(str(tmp_path / "m.keras"))
+    np.save(tmp_path / "x.npy", x)
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+
+    out = _run("jax", str(tmp_path / "m.keras"), str(tmp_path / "x.npy"))
+    assert out["backend"] == "jax"
+    assert all(np.isfinite(out["loss"])) and out["loss"][-1] < out["loss"][0]
+    assert out["diag_max"] == 0.0
+    assert out["shape"] == [4, 15]
+    np.testing.assert_allclose(np.array(out["loaded_scores"]), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_trains_on_torch():
+    out = _run("torch")
+    assert out["backend"] == "torch" and out["diag_max"] == 0.0

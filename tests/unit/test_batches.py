@@ -1,0 +1,114 @@
+"""A/B batches: A→B and B→A, target never contains input, copy e mod K, no full densify."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from vasp_model.batches import ABBatches, dense_rows
+from vasp_model.features import Features
+
+
+@pytest.fixture(scope="module")
+def features():
+    rng = np.random.default_rng(3)
+    X = (rng.random((120, 30)) < 0.25).astype(np.float32)
+    return Features.from_matrix(X, n_heldout_users=10, n_copies=3, seed=1)
+
+
+def _union_of_epoch(plan):
+    a_seen = np.zeros((plan.n_users, plan.n_items), bool)
+    users = plan.order()
+    for i in range(len(plan)):
+        x, y = plan.batch(i)
+        n = x.shape[0] // 2
+        rows = users[i * plan.batch_users : (i + 1) * plan.batch_users]
+        a_seen[rows] |= (x[:n] + x[n:]) > 0
+    return a_seen
+
+
+def test_target_never_contains_input_and_directions(features):
+    plan = ABBatches(features.ab_copies, batch_users=16, seed=0)
+    for epoch in range(4):
+        plan.set_epoch(epoch)
+        for i in range(len(plan)):
+            x, y = plan.batch(i)
+            assert x.dtype == np.float32 and x.shape == (32, features.n_items) == y.shape
+            assert not np.any((x > 0) & (y > 0)), "a target row shares an item with its input"
+            n = x.shape[0] // 2
+            np.testing.assert_array_equal(x[:n], y[n:])  # A→B rows mirror B→A rows
+            np.testing.assert_array_equal(x[n:], y[:n])
+
+
+def test_a_union_b_is_the_users_items(features):
+    plan = ABBatches(features.ab_copies, batch_users=10, seed=0, drop_remainder=False)
+    train = features.train.toarray() > 0
+    union = _union_of_epoch(plan)
+    np.testing.assert_array_equal(union, train)
+
+
+def test_epoch_uses_copy_e_mod_k(features):
+    plan = ABBatches(features.ab_copies, batch_users=1000, seed=0)
+    assert plan.batch_users == features.train.shape[0]
+    for epoch in range(7):
+        plan.set_epoch(epoch)
+        x, _ = plan.batch(0)
+        users = plan.order()
+        n = users.size
+        a, _b = features.ab_copies[epoch % 3]
+        np.testing.assert_array_equal(x[:n], a[users].toarray())
+
+
+def test_shuffled_per_epoch_and_seeded(features):
+    plan = ABBatches(features.ab_copies, batch_users=16, seed=5)
+    plan.set_epoch(0)
+    first = plan.order().copy()
+    plan.set_epoch(1)
+    second = plan.order().copy()
+    assert not np.array_equal(first, second)
+    other = ABBatches(features.ab_copies, batch_users=16, seed=5)
+    other.set_epoch(1)
+    np.testing.assert_array_equal(other.order(), second)
+    assert sorted(first.tolist()) == list(range(plan.n_users))
+
+
+def test_drop_remainder_gives_fixed_shapes(features):
+    plan = ABBatches(features.ab_copies, batch_users=7, seed=0)
+    assert len(plan) == plan.n_users // 7
+    assert {plan.batch(i)[0].shape for i in range(len(plan))} == {(14, features.n_items)}
+    with pytest.raises(IndexError):
+        plan.batch(len(plan))
+
+
+def test_no_full_matrix_is_densified(features, monkeypatch):
+    def boom(self, *args, **kwargs):
+        raise AssertionError("a whole sparse matrix was densified")
+
+    monkeypatch.setattr(sp.csr_matrix, "toarray", boom)
+    monkeypatch.setattr(sp.csr_matrix, "todense", boom)
+    plan = ABBatches(features.ab_copies, batch_users=16, seed=0)
+    x, y = plan.batch(0)
+    assert x.shape[0] == 32
+
+
+def test_item_cap_keeps_most_popular_columns(features):
+    plan = ABBatches(features.ab_copies, batch_users=16, seed=0, n_items=12)
+    x, y = plan.batch(0)
+    assert x.shape == (32, 12)
+
+
+def test_dense_rows_matches_toarray():
+    m = sp.random(20, 9, density=0.3, format="csr", random_state=0)
+    rows = np.array([3, 0, 19, 3])
+    np.testing.assert_array_equal(dense_rows(m, rows), (m[rows].toarray() != 0).astype(np.float32))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="ab_copies"):
+        ABBatches([], 4)
+    a = sp.csr_matrix((5, 4))
+    with pytest.raises(ValueError, match="batch_users"):
+        ABBatches([(a, a)], 0)
+    with pytest.raises(ValueError, match="shape"):
+        ABBatches([(a, sp.csr_matrix((5, 3)))], 2)

@@ -1,0 +1,253 @@
+"""VASP model, bundle and training on tiny data (TensorFlow backend unless KERAS_BACKEND says otherwise)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+from recommender_contract import RecommenderContract  # noqa: E402
+
+from vasp_model.batches import ABBatches, make_dataset  # noqa: E402
+from vasp_model.bundle import ModelBundle  # noqa: E402
+from vasp_model.config import ModelConfig, make_config  # noqa: E402
+from vasp_model.features import Features  # noqa: E402
+from vasp_model.layers import NeuralEASE, Sampling, ZeroDiagonal  # noqa: E402
+from vasp_model.losses import FocalLoss  # noqa: E402
+from vasp_model.model import VASP, build_model  # noqa: E402
+from vasp_model.training import train  # noqa: E402
+
+TINY = ModelConfig(hidden=16, latent=8, encoder_blocks=2, decoder_blocks=1, dropout=0.2, ease_init="glorot_uniform")
+
+
+def np_(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def rand_x(n, items, p=0.3, seed=0):
+    return (np.random.default_rng(seed).random((n, items)) < p).astype(np.float32)
+
+
+def test_output_shape_and_range():
+    model = build_model(13, TINY, seed=0)
+    out = np_(model(rand_x(5, 13), training=False))
+    assert out.shape == (5, 13) and out.dtype == np.float32
+    assert np.all((out >= 0) & (out <= 1))
+    assert model.compute_output_shape((None, 13)) == (None, 13)
+    with pytest.raises(ValueError, match="items"):
+        build_model(13, TINY).build((None, 12))
+
+
+def test_block_counts_follow_config():
+    model = build_model(10, ModelConfig(hidden=8, latent=4, encoder_blocks=3, decoder_blocks=0), seed=0)
+    assert len(model.encoder.denses) == 3 and model.decoder is None
+    assert model(rand_x(2, 10)).shape == (2, 10)
+
+
+def test_zero_diagonal_after_init_and_after_updates():
+    model = build_model(12, TINY, seed=1)
+    assert np.all(np.diag(np_(model.ease.kernel)) == 0.0)
+    assert np.abs(np_(model.ease.kernel)).max() > 0  # glorot init: off-diagonal is not zero
+    model.compile(optimizer=keras.optimizers.Nadam(0.05), loss=FocalLoss())
+    x = rand_x(64, 12, seed=2)
+    before = np_(model.ease.kernel).copy()
+    for _ in range(3):
+        model.fit(x, x, batch_size=16, epochs=1, verbose=0)  # target == input would favour the diagonal
+        kernel = np_(model.ease.kernel)
+        assert np.all(np.diag(kernel) == 0.0)
+    assert not np.allclose(kernel, before)
+
+
+def test_neural_ease_ignores_diagonal_in_forward_pass():
+    layer = NeuralEASE(6, kernel_initializer="glorot_uniform")
+    x = rand_x(4, 6, p=0.6)
+    layer.build((None, 6))
+    out = np_(layer(x))
+    kernel = np_(layer.kernel)
+    layer.kernel.assign(kernel + np.eye(6, dtype=np.float32) * 5.0)
+    np.testing.assert_allclose(np_(layer(x)), out, rtol=1e-6)
+    np.testing.assert_allclose(out, 1 / (1 + np.exp(-(x @ kernel))), rtol=1e-5)
+    np.testing.assert_array_equal(np.diag(np_(ZeroDiagonal()(layer.kernel))), 0.0)
+
+
+def test_reparameterization_in_training_mean_at_inference():
+    sampling = Sampling(seed=3)
+    mean = np.full((2000, 4), 0.5, np.float32)
+    log_var = np.full((2000, 4), np.log(4.0), np.float32)  # std 2
+    np.testing.assert_array_equal(np_(sampling(mean, log_var, training=False)), mean)
+    z = np_(sampling(mean, log_var, training=True))
+    assert abs(z.mean() - 0.5) < 0.1 and abs(z.std() - 2.0) < 0.1
+    model = build_model(10, ModelConfig(hidden=8, latent=4, encoder_blocks=1, decoder_blocks=1, dropout=0.0), seed=0)
+    x = rand_x(3, 10)
+    np.testing.assert_array_equal(np_(model(x, training=False)), np_(model(x, training=False)))
+    assert not np.allclose(np_(model(x, training=True)), np_(model(x, training=True)))
+
+
+def test_kl_is_added_in_training_only():
+    model = build_model(10, TINY.__class__(hidden=8, latent=4, encoder_blocks=1, decoder_blocks=1, ease_l2=0.0), seed=0)
+    model(rand_x(3, 10), training=False)
+    assert len(model.losses) == 0
+    model(rand_x(3, 10), training=True)
+    assert len(model.losses) == 1 and float(np_(model.losses[0])) >= 0
+
+
+def test_save_load_round_trip_identical_scores(tmp_path):
+    model = build_model(9, TINY, seed=4)
+    model.compile(optimizer="nadam", loss=FocalLoss())
+    x = rand_x(32, 9)
+    model.fit(x, x, epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded, VASP) and loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(np_(loaded(x, training=False)), np_(model(x, training=False)))
+
+
+# ---------------------------------------------------------------- bundle
+
+
+def _fit_on(X: sp.csr_matrix, epochs: int = 60, seed: int = 0) -> ModelBundle:
+    """Train a tiny VASP on the A/B halves of X (for the shared recommender contract)."""
+    rng = np.random.default_rng(seed)
+    copies = []
+    for _ in range(2):
+        a_rows, b_rows = [], []
+        for u in range(X.shape[0]):
+            items = rng.permutation(X[u].indices)
+            a_rows.append(items[: len(items) // 2])
+            b_rows.append(items[len(items) // 2 :])
+        mk = lambda rows: sp.csr_matrix(  # noqa: E731
+            (np.ones(sum(map(len, rows)), np.float32), np.concatenate(rows), np.cumsum([0, *map(len, rows)])),
+            shape=X.shape,
+        )
+        copies.append((mk(a_rows), mk(b_rows)))
+    keras.utils.set_random_seed(seed)
+    model = build_model(X.shape[1], ModelConfig(hidden=16, latent=8, encoder_blocks=1, decoder_blocks=1), seed=seed)
+    model.compile(optimizer=keras.optimizers.Nadam(1e-2), loss=FocalLoss())
+    plan = ABBatches(copies, batch_users=25, seed=seed)
+    model.fit(make_dataset(plan), epochs=epochs, verbose=0)
+    popularity = np.diff(X.tocsc().indptr)
+    return ModelBundle(model, np.array([f"i{j}" for j in range(X.shape[1])], dtype=object), popularity)
+
+
+class TestVASPBundleContract(RecommenderContract):
+    def make_recommender(self, train_csr):
+        return _fit_on(train_csr)
+
+    def save_and_load(self, rec, path):
+        rec.save(str(path))
+        return ModelBundle.load(str(path))
+
+
+def test_bundle_save_writes_contract_files(tmp_path):
+    bundle = ModelBundle(build_model(5, TINY, seed=0), np.array(list("abcde"), dtype=object), np.arange(5)[::-1])
+    bundle.save(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["bundle.json", "items.parquet", "model.keras"]
+    meta = json.loads((tmp_path / "bundle.json").read_text())
+    assert meta["n_items"] == 5 and meta["format_version"] == 1
+    loaded = ModelBundle.load(str(tmp_path))
+    assert loaded.item_ids.tolist() == list("abcde") and loaded.popularity.tolist() == [4, 3, 2, 1, 0]
+
+
+def test_recommend_masks_seen_items_with_minus_inf():
+    bundle = ModelBundle(build_model(6, TINY, seed=0), np.array(list("abcdef"), dtype=object), np.arange(6))
+    seen = sp.csr_matrix(np.array([[1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 1]], np.float32))
+    idx, scores = bundle.recommend(seen, 6)
+    assert set(idx[0, :2].tolist()) == {4, 5} and np.all(idx[0, 2:] == -1) and np.all(np.isneginf(scores[0, 2:]))
+    assert 5 not in idx[1].tolist() and np.all(idx[1, :5] >= 0)
+    idx_all, _ = bundle.recommend(seen, 6, filter_seen=False)
+    assert np.all(np.sort(idx_all, axis=1) == np.arange(6))
+
+
+def test_recommend_ids_unknown_items_and_popularity_fallback():
+    popularity = np.array([1, 50, 3, 40, 2])
+    bundle = ModelBundle(build_model(5, TINY, seed=0), np.array(["a", "b", "c", "d", "e"], dtype=object), popularity)
+    out = bundle.recommend_ids([["a", "zz", "b"], ["zz", "yy"], []], 3)
+    assert out.unknown_items.tolist() == [1, 2, 0]
+    assert out.fallback.tolist() == [False, True, True]
+    assert out.item_ids.shape == (3, 3)
+    assert not {"a", "b"} & set(out.item_ids[0].tolist())
+    assert out.item_ids[1].tolist() == ["b", "d", "c"] == out.item_ids[2].tolist()
+    with pytest.raises(ValueError, match="n"):
+        bundle.recommend_ids([["a"]], 0)
+
+
+def test_bundle_rejects_mismatched_vocabulary():
+    with pytest.raises(ValueError, match="item_ids"):
+        ModelBundle(build_model(5, TINY, seed=0), np.array(list("abc"), dtype=object), np.arange(3))
+
+
+# ---------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def small_features():
+    rng = np.random.default_rng(0)
+    # two taste groups over 40 items so that the model has something to learn
+    groups = rng.integers(0, 2, 300)
+    X = np.zeros((300, 40), np.float32)
+    for u, g in enumerate(groups):
+        block = np.arange(g * 20, g * 20 + 20)
+        X[u, rng.choice(block, 8, replace=False)] = 1
+        X[u, rng.choice(40, 1)] = 1
+    return Features.from_matrix(X, n_heldout_users=30, n_copies=2, seed=0)
+
+
+def test_train_returns_metrics_history_and_best_epoch(small_features):
+    config = make_config("tiny", train_overrides={"epochs": (2, 1), "learning_rates": (1e-2, 1e-3)}, env={})
+    result = train(small_features, config, verbose=0)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert [h["learning_rate"] for h in result.history] == pytest.approx([1e-2, 1e-2, 1e-3])
+    assert {"val_ndcg@100", "val_recall@20", "val_recall@50", "loss"} <= set(result.history[0])
+    best = max(result.history, key=lambda h: h["val_ndcg@100"])
+    assert result.best_epoch == best["epoch"]
+    assert set(result.metrics["test"]) == {"vasp", "ease", "popularity"}
+    for name in ("vasp", "ease", "popularity"):
+        assert set(result.metrics["test"][name]) >= {"ndcg@100", "recall@20", "recall@50", "coverage@100"}
+    # the restored weights are the best epoch's: validation re-scored equals the logged best
+    assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
+    assert result.metrics["test"]["vasp"]["ndcg@100"] > result.metrics["test"]["popularity"]["ndcg@100"]
+
+
+def test_item_cap_models_most_popular_items(small_features):
+    config = make_config("tiny", {"max_items": 25}, {"epochs": (1,), "learning_rates": (1e-2,)}, env={})
+    result = train(small_features, config, verbose=0, evaluate_baselines=False)
+    assert result.bundle.n_items == 25 and result.bundle.model.n_items == 25
+    assert result.bundle.item_ids.tolist() == small_features.item_ids[:25].tolist()
+
+
+def test_early_stopping(small_features):
+    config = make_config("tiny", train_overrides={"epochs": (30,), "learning_rates": (0.5,), "patience": 1}, env={})
+    result = train(small_features, config, verbose=0, evaluate_baselines=False)
+    assert len(result.history) < 30
+
+
+def test_interrupted_training_resumes_from_checkpoint(small_features, tmp_path):
+    config = make_config("tiny", train_overrides={"epochs": (4,), "learning_rates": (1e-2,)}, env={})
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(small_features, config, callbacks=[Crash()], checkpoint_dir=str(tmp_path), verbose=0)
+    state = json.loads((tmp_path / "validation_state.json").read_text())
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+
+    seen_epochs = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen_epochs.append(epoch)
+
+    result = train(small_features, config, callbacks=[Record()], checkpoint_dir=str(tmp_path), verbose=0)
+    assert seen_epochs == [2, 3]  # resumed after the two finished epochs
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert result.history[:2] == state["history"]
+    assert not (tmp_path / "validation_state.json").exists()
