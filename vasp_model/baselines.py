@@ -35,6 +35,16 @@ def _check_fit_matrix(X, name: str = "X") -> sp.csr_matrix:
     return X
 
 
+def _mirror_upper_in_place(P: np.ndarray, block: int = 1024) -> None:
+    """Copy the upper triangle of square ``P`` onto its lower triangle, block by block (no n² temporaries)."""
+    n = P.shape[0]
+    for i in range(0, n, block):
+        j = min(i + block, n)
+        P[i:j, :i] = P[:i, i:j].T
+        tile = P[i:j, i:j]
+        tile[np.tril_indices(j - i, -1)] = tile.T[np.tril_indices(j - i, -1)]
+
+
 def check_recommend_args(user_items, n, n_items: int) -> sp.csr_matrix:
     """Validate ``recommend`` arguments (shared by every recommender); returns ``user_items`` as CSR."""
     if isinstance(n, bool) or not isinstance(n, int | np.integer):
@@ -109,19 +119,24 @@ class EASE:
             raise ValueError(f"G must be a square Gram matrix, got shape {G.shape}")
         if np.isnan(G).any():
             raise ValueError("G contains NaN values")
-        A = G.copy()
+        # Work in one Fortran-ordered copy (LAPACK then factors/inverts it in place): peak memory
+        # is G + this copy + the float32 B, which matters at tens of thousands of items.
+        A = np.array(G, dtype=np.float64, order="F", copy=True)
         A[np.diag_indices_from(A)] += self.lambda_
         # A = Gram + λI is symmetric positive definite: invert through its Cholesky factor
         # (LAPACK potrf + potri, float64; about half the flops of a general inverse).
         c, info = lapack.dpotrf(A, lower=False, overwrite_a=True)
         if info != 0:
             raise ValueError(f"XᵀX + λI is not positive definite (LAPACK potrf info={info}); check X and lambda_")
+        del A
         P, info = lapack.dpotri(c, lower=False, overwrite_c=True)
         if info != 0:
             raise ValueError(f"inverting XᵀX + λI failed (LAPACK potri info={info})")
-        P = np.triu(P) + np.triu(P, 1).T  # potri fills only the upper triangle
-        B = P / (-np.diag(P))
-        B[np.diag_indices_from(B)] = 0.0
+        del c
+        _mirror_upper_in_place(P)  # potri fills only the upper triangle
+        P /= -np.diag(P).copy()  # B_ij = -P_ij / P_jj
+        P[np.diag_indices_from(P)] = 0.0
+        B = P
         self.B = B.astype(np.float32)
         return self
 

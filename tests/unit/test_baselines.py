@@ -112,3 +112,14 @@ def test_fit_ease_on_validation_rejects_mismatched_items():
     X, _ = checkerboard()
     with pytest.raises(ValueError, match="val_fold_in"):
         fit_ease_on_validation(X, sp.csr_matrix((2, 5)), sp.csr_matrix((2, 5)), grid=(1.0,))
+
+
+def test_mirror_upper_in_place_blockwise():
+    from vasp_model.baselines import _mirror_upper_in_place
+
+    rng = np.random.default_rng(0)
+    S = rng.random((10, 10))
+    S = S + S.T
+    P = np.triu(S)  # lower triangle zero, as LAPACK potri leaves it
+    _mirror_upper_in_place(P, block=3)
+    np.testing.assert_array_equal(P, S)
