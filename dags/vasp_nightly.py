@@ -1,0 +1,162 @@
+"""
+### vasp_nightly — nightly VASP recommendations for every user
+
+Each run owns one logical date `D` (the day before the run time, in the configured time
+zone) and rebuilds exactly that date's partitions; re-running or backfilling a date
+replaces only that date.
+
+1. **prepare_input** — resolve `D`, the input URI and every output location (the
+   "plan", passed on through XCom); with the default `synthetic` input, write the date's
+   synthetic interaction file first.
+2. **wait_for_input** — sensor: fails clearly if the input never arrives within
+   `VASP_INPUT_TIMEOUT_S`; nothing downstream runs, nothing is published.
+3. **build_features** (Spark, `vasp build`) → `features/dt=D/`.
+4. **train_model** (`vasp train`, in the `gpu` pool/queue when configured) → MLflow run +
+   `models/dt=D/`.
+5. **promote_model** (`vasp promote`) — the registry gate. A rejected candidate is *not* a
+   failed night: scoring then uses the unchanged champion and the decision (with its
+   reason) is recorded in XCom and in `runs/dt=D/run.json`.
+6. **score_users** (Spark, `vasp score`) → `recommendations/dt=D/` from `vasp@champion`.
+7. **validate_recommendations** — every user present, N items each, no seen items,
+   counts match the manifest.
+8. **publish_assets** — emits the `vasp_features` and `vasp_recommendations` Assets
+   (data-aware downstream DAGs schedule on them) and writes `runs/dt=D/run.json`.
+
+Configuration comes from `VASP_*` environment variables (`vasp_model.nightly.NightlyConfig`):
+`VASP_SCHEDULE`, `VASP_TIMEZONE`, `VASP_WAREHOUSE`, `VASP_TRACKING_URI`,
+`VASP_SPARK_MODE=local|submit` (submit: `SparkSubmitOperator` on the `spark` connection),
+`VASP_GPU_POOL`, `VASP_GPU_QUEUE`, retries and timeouts. Run-level choices are Params.
+A run triggered without a logical date processes the day before it runs (or the `date` Param).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.providers.standard.sensors.python import PythonSensor
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, chain, task
+
+from vasp_model import nightly
+from vasp_model.config import PRESETS
+
+CFG = nightly.load_config()
+PLAN = "ti.xcom_pull(task_ids='prepare_input')"
+
+
+def _asset_uri(dataset: str) -> str:
+    root = CFG.warehouse.rstrip("/")
+    return f"{root}/{dataset}" if "://" in root else f"file://{root}/{dataset}"
+
+
+FEATURES = Asset(name="vasp_features", uri=_asset_uri("features"), group="vasp")
+RECOMMENDATIONS = Asset(name="vasp_recommendations", uri=_asset_uri("recommendations"), group="vasp")
+
+default_args = {
+    "owner": "vasp",
+    "retries": CFG.retries,
+    "retry_delay": dt.timedelta(seconds=CFG.retry_delay_s),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": dt.timedelta(seconds=CFG.max_retry_delay_s),
+    "execution_timeout": dt.timedelta(seconds=CFG.task_timeout_s),
+}
+
+with DAG(
+    dag_id="vasp_nightly",
+    schedule=CronDataIntervalTimetable(CFG.schedule, timezone=CFG.timezone),
+    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args,
+    tags=["vasp", "recommendations", "nightly"],
+    doc_md=__doc__,
+    render_template_as_native_obj=True,  # spark-submit receives the stage's argv list from the plan
+    params={
+        "input": Param(CFG.input, type="string", description="'synthetic' or an input path/URI; {date} = D"),
+        "preset": Param(CFG.preset, type="string", enum=sorted(PRESETS), description="training preset"),
+        "top_n": Param(CFG.top_n, type="integer", minimum=1, description="items per user in the lists"),
+        "threshold": Param(CFG.threshold, type="number", description="a rating above this is a positive"),
+        "min_user_interactions": Param(
+            CFG.min_user_interactions, type="integer", minimum=1, description="min positives to train on a user"
+        ),
+        "date": Param(
+            None,
+            type=["null", "string"],
+            description="override the date D (YYYY-MM-DD); default: the logical date",
+        ),
+    },
+) as dag:
+
+    @task(task_id="prepare_input")
+    def prepare_input(**context) -> dict:
+        plan = nightly.make_plan(
+            context["params"], context.get("logical_date"), context["dag_run"].run_after, config=CFG
+        )
+        return nightly.prepare_input(plan)
+
+    plan = prepare_input()
+
+    wait_for_input = PythonSensor(
+        task_id="wait_for_input",
+        python_callable=nightly.input_available,
+        op_kwargs={"input_uri": "{{ " + PLAN + "['input'] }}"},
+        timeout=CFG.input_timeout_s,
+        poke_interval=CFG.input_poke_s,
+        mode=CFG.sensor_mode,
+        on_failure_callback=nightly.on_input_missing,
+    )
+
+    if CFG.spark_mode == "submit":
+        from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+        def _spark(task_id: str, stage: str) -> SparkSubmitOperator:
+            return SparkSubmitOperator(
+                task_id=task_id,
+                conn_id=CFG.spark_conn_id,
+                application=nightly.stage_script(stage),
+                application_args="{{ " + PLAN + "['argv']['" + stage + "'] }}",
+                name=f"vasp-{stage}-" + "{{ " + PLAN + "['date'] }}",
+            )
+
+        build_features = _spark("build_features", "build")
+        score_users = _spark("score_users", "score")
+    else:
+
+        @task(task_id="build_features")
+        def build_local(plan: dict) -> str:
+            return nightly.build(plan)
+
+        @task(task_id="score_users")
+        def score_local(plan: dict) -> str:
+            return nightly.score(plan)
+
+        build_features = build_local(plan)
+        score_users = score_local(plan)
+
+    gpu = {k: v for k, v in (("pool", CFG.gpu_pool), ("queue", CFG.gpu_queue)) if v}
+
+    @task(task_id="train_model", execution_timeout=dt.timedelta(seconds=CFG.train_timeout_s), **gpu)
+    def train_model(plan: dict) -> str:
+        return nightly.train(plan)
+
+    @task(task_id="promote_model")
+    def promote_model(plan: dict) -> dict:
+        return nightly.promote(plan)
+
+    @task(task_id="validate_recommendations")
+    def validate_recommendations(plan: dict) -> dict:
+        return nightly.validate(plan)
+
+    @task(task_id="publish_assets", outlets=[FEATURES, RECOMMENDATIONS])
+    def publish_assets(plan: dict, decision: dict, checks: dict, **context) -> dict:
+        summary = nightly.publish(plan, decision, checks)
+        events = context["outlet_events"]
+        events[FEATURES].extra = {"date": plan["date"], "uri": plan["features"]}
+        events[RECOMMENDATIONS].extra = {"date": plan["date"], "uri": plan["recommendations"], **checks}
+        return summary
+
+    trained = train_model(plan)
+    decision = promote_model(plan)
+    checks = validate_recommendations(plan)
+    published = publish_assets(plan, decision, checks)
+
+    chain(plan, wait_for_input, build_features, trained, decision, score_users, checks, published)
