@@ -30,11 +30,16 @@ COPY --from=wheel /dist /tmp/dist
 # Pin apache-airflow again on the same line, as the official image's docs require, so that nothing
 # in our requirements can up/downgrade the Airflow the image was built with.
 RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /tmp/dist/requirements.txt \
- && pip install --no-cache-dir --no-deps /tmp/dist/vasp_pipeline-*.whl
+ && pip install --no-cache-dir --no-deps /tmp/dist/vasp_pipeline-*.whl \
+ && mkdir -p /opt/airflow/vasp-dist \
+ && for w in /tmp/dist/vasp_pipeline-*.whl; do cp "$w" "/opt/airflow/vasp-dist/$(basename "${w%.whl}").zip"; done
+# ^ the wheel again under a .zip name: SparkSubmitOperator ships it with --py-files (VASP_SPARK_PY_FILES), so
+#   Spark executors run the driver's exact code (PySpark only puts .zip/.egg/.jar py-files on sys.path).
 # DAG files come from the package (dags/ is inside the wheel); point the dag bundle at them or mount dags/.
 ENV AIRFLOW__CORE__LOAD_EXAMPLES=False \
     PYSPARK_PYTHON=python3 \
     VASP_HOME=/opt/airflow/run \
     VASP_WAREHOUSE=/data/warehouse \
+    VASP_SPARK_PY_FILES=/opt/airflow/vasp-dist/vasp_pipeline-0.1.0-py3-none-any.zip \
     TF_CPP_MIN_LOG_LEVEL=2
 COPY --chown=airflow:root dags /opt/airflow/dags
