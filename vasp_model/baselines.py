@@ -104,7 +104,18 @@ class EASE:
     def gram(X) -> np.ndarray:
         """XᵀX as a dense float64 array (reusable across λ via :meth:`fit_gram`)."""
         X = _check_fit_matrix(X)
-        return np.asarray((X.T @ X).todense(), dtype=np.float64)
+        n_items = X.shape[1]
+        G = np.zeros((n_items, n_items), dtype=np.float64)
+        # Sparse products over large user chunks (bounds the sparse I×I intermediate on big inputs).
+        chunk = 16384
+        for start in range(0, X.shape[0], chunk):
+            rows = X[start : start + chunk]
+            product = (rows.T @ rows).tocoo()  # from a CSR product: (row, col) pairs are unique
+            if start == 0:
+                product.toarray(out=G)
+            else:
+                G[product.row, product.col] += product.data
+        return G
 
     def fit(self, X) -> EASE:
         """Fit on a ``[users, items]`` implicit-feedback matrix (values used as given)."""

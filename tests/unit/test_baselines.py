@@ -123,3 +123,9 @@ def test_mirror_upper_in_place_blockwise():
     P = np.triu(S)  # lower triangle zero, as LAPACK potri leaves it
     _mirror_upper_in_place(P, block=3)
     np.testing.assert_array_equal(P, S)
+
+
+def test_gram_accumulates_over_user_chunks():
+    rng = np.random.default_rng(2)
+    X = sp.csr_matrix((rng.random((40000, 6)) < 0.2).astype(np.float64))
+    np.testing.assert_array_equal(EASE.gram(X), (X.T @ X).toarray())
