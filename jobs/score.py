@@ -277,7 +277,10 @@ def run(args: argparse.Namespace) -> int:
     date = layout.check_date(args.date)
     if args.top_n <= 0:
         raise ValueError(f"--top-n must be positive, got {args.top_n}")
-    spark = get_session(spark_config_from_args(args, "vasp-score"))
+    spark_cfg = spark_config_from_args(args, "vasp-score")
+    if spark_cfg.is_local:  # local Python workers must be this interpreter (pyarrow, keras, the bundle code)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = get_session(spark_cfg)
     result = score(
         spark,
         date,

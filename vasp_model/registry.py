@@ -193,17 +193,14 @@ def logged_metrics(client, run_id: str) -> dict[str, Any]:
 
 def rescore(bundle, item_ids_today: np.ndarray, split, popularity: np.ndarray, n: int = 100) -> dict[str, float]:
     """Evaluate ``bundle`` on ``split`` (fold-in -> holdout) of today's features, mapping by item id."""
-    import pandas as pd
-
+    from vasp_model.evaluation import map_topk_ids
     from vasp_model.metrics import evaluate_topk
 
     fold = split.fold_in.tocsr()
     today = np.asarray(item_ids_today, dtype=object)
     lists = [today[fold.indices[fold.indptr[u] : fold.indptr[u + 1]]].tolist() for u in range(fold.shape[0])]
     rec = bundle.recommend_ids(lists, n)
-    ids = np.asarray(rec.item_ids, dtype=object)
-    topk = pd.Index(today).get_indexer(ids.ravel()).reshape(ids.shape) if ids.size else np.zeros((len(lists), 0))
-    topk = np.asarray(topk, dtype=np.int64)
+    topk = map_topk_ids(rec.item_ids, today)  # ids today's vocabulary lacks -> -1 (never a hit)
     if topk.shape[1] < 100:  # small catalogs: pad with "no item"
         topk = np.concatenate([topk, np.full((topk.shape[0], 100 - topk.shape[1]), -1, np.int64)], axis=1)
     return evaluate_topk(topk, split.holdout, popularity)

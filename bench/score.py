@@ -1,0 +1,274 @@
+"""Scoring speed: the Spark scoring job vs single-process scoring vs Spark ALS, plus a 20M-shaped population.
+
+    .venv/bin/python bench/score.py [--reps 3] [--synthetic-sample 8192 | --synthetic-sample 0 (all 138k)]
+
+1. ML-1M (../shared/data/ml-1m/ratings.csv) is built into features with the Spark build job
+   (cached under --workdir), and a VASP model of the ``cpu`` preset's size is built for its
+   vocabulary. Its weights are UNTRAINED (``--train-epochs N`` trains it first): the cost of
+   scoring does not depend on the weights.
+2. In the same Spark session, same data, top 100, all users:
+   (a) the Spark scoring job (jobs/score.py: mapInArrow, model loaded once per worker) - users/s,
+       median of --reps runs after one warm-up run (which also imports Keras in the workers);
+   (b) single-process batched scoring of the same bundle (``recommend_ids`` over all users);
+   (c) Spark ALS (rank 64, implicit, 10 iterations, checkpoint dir set) ``recommendForAllUsers(100)``.
+   Printed ratios: Spark/ALS (target >= 20x) and single-process/Spark (target <= 2x).
+3. A synthetic MovieLens-20M-shaped population (138,493 users, 20,000 items, ~72 positives per
+   user, Zipf popularity) scored by the Spark job with an untrained cpu-preset-sized model. By
+   default a sample of users is timed and the 138k figure extrapolated linearly (said so in the
+   output); ``--synthetic-sample 0`` scores everyone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ML1M = REPO.parent / "shared" / "data" / "ml-1m" / "ratings.csv"
+DATE = "2026-01-01"
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def build_ml1m(spark, warehouse: str) -> None:
+    from jobs.build_matrices import BuildConfig, build
+    from vasp_model import layout, storage
+    from vasp_model.settings import build_config
+
+    if storage.is_published(layout.features_dir(warehouse, DATE)):
+        return
+    seconds, _ = _timed(lambda: build(spark, str(ML1M), warehouse, DATE, build_config(BuildConfig, {})))
+    print(f"built ML-1M features in {seconds:.1f}s")
+
+
+def make_bundle(n_items_ids, popularity, directory: str, features=None, train_epochs: int = 0):
+    """A cpu-preset-sized VASP bundle for this vocabulary (untrained unless train_epochs > 0)."""
+    from vasp_model.bundle import ModelBundle
+    from vasp_model.config import make_config
+    from vasp_model.model import build_model
+
+    if train_epochs and features is not None:
+        from vasp_model.training import train
+
+        cfg = make_config("cpu", train_overrides={"epochs": (train_epochs,), "learning_rates": (1e-3,)})
+        bundle = train(features, cfg, verbose=0, evaluate_baselines=False).bundle
+    else:
+        cfg = make_config("cpu")
+        model = build_model(len(n_items_ids), cfg.model, seed=0)
+        bundle = ModelBundle(model, n_items_ids, popularity, metadata={"preset": "cpu", "untrained": True})
+    bundle.save(directory)
+    return bundle
+
+
+def user_lists(warehouse: str, date: str):
+    """Every user's item ids, as the scoring job sees them (users left-joined with interactions)."""
+    import pyarrow.parquet as pq
+
+    from vasp_model import layout
+
+    users = pq.read_table(layout.feature_table(warehouse, date, "users"), columns=["user_idx"]).to_pandas()
+    inter = pq.read_table(layout.feature_table(warehouse, date, "interactions"), columns=["user_idx", "item_id"])
+    grouped = inter.to_pandas().groupby("user_idx")["item_id"].apply(list)
+    return [grouped.get(u, []) for u in users.user_idx]
+
+
+def single_process(bundle, lists, n: int = 100, batch: int = 1024) -> float:
+    t0 = time.perf_counter()
+    for start in range(0, len(lists), batch):
+        bundle.recommend_ids(lists[start : start + batch], n)
+    return time.perf_counter() - t0
+
+
+def spark_score(spark, warehouse: str, date: str, bundle_dir: str, reps: int, top_n: int = 100):
+    from jobs.score import score
+
+    warm, manifest = _timed(lambda: score(spark, date, warehouse, model_uri=bundle_dir, top_n=top_n))
+    times = [_timed(lambda: score(spark, date, warehouse, model_uri=bundle_dir, top_n=top_n))[0] for _ in range(reps)]
+    return warm, times, manifest
+
+
+def als(spark, warehouse: str, date: str, rank: int = 64, top_n: int = 100):
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import functions as F
+
+    from jobs.common.spark import spark_path
+    from vasp_model import layout
+
+    inter = (
+        spark.read.parquet(spark_path(layout.feature_table(warehouse, date, "interactions")))
+        .where(F.col("item_idx").isNotNull())
+        .select("user_idx", "item_idx", F.lit(1.0).alias("rating"))
+        .cache()
+    )
+    n_users = inter.select("user_idx").distinct().count()
+    model_als = ALS(
+        rank=rank,
+        maxIter=10,
+        regParam=0.01,
+        implicitPrefs=True,
+        userCol="user_idx",
+        itemCol="item_idx",
+        ratingCol="rating",
+        checkpointInterval=2,
+        seed=0,
+    )
+    fit_s, fitted = _timed(lambda: model_als.fit(inter))
+    rec_s, _ = _timed(lambda: fitted.recommendForAllUsers(top_n).write.format("noop").mode("overwrite").save())
+    inter.unpersist()
+    return n_users, fit_s, rec_s
+
+
+def synthetic_population(warehouse: str, date: str, n_users: int, n_items: int, seed: int = 0) -> int:
+    """Publish features/dt=D with only ``users`` + ``interactions`` (all the scoring job reads)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vasp_model import layout, storage
+
+    final = layout.features_dir(warehouse, date)
+    if storage.is_published(final):
+        storage.discard(final)
+    rng = np.random.default_rng(seed)
+    counts = np.clip(rng.lognormal(mean=np.log(45), sigma=0.9, size=n_users).astype(np.int64), 1, n_items // 4)
+    weights = 1.0 / np.arange(1, n_items + 1) ** 0.9
+    weights /= weights.sum()
+    items = rng.choice(n_items, size=int(counts.sum()), p=weights).astype(np.int32)
+    users = np.repeat(np.arange(n_users, dtype=np.int32), counts)
+    staging = storage.staging_dir(final)
+    base = storage.local_path(staging)
+    os.makedirs(f"{base}/users")
+    os.makedirs(f"{base}/interactions")
+    pq.write_table(
+        pa.table(
+            {
+                "user_idx": pa.array(np.arange(n_users, dtype=np.int32)),
+                "user_id": pa.array(np.char.add("u", np.arange(n_users).astype(str))),
+                "split": pa.array(np.full(n_users, "excluded")),
+            }
+        ),
+        f"{base}/users/part-0.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "user_idx": pa.array(users),
+                "item_id": pa.array(np.char.add("m", items.astype(str))),
+                "item_idx": pa.array(items),
+            }
+        ),
+        f"{base}/interactions/part-0.parquet",
+    )
+    storage.publish(staging, final, {"synthetic": True, "users": n_users, "items": n_items})
+    return int(counts.sum())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=str(REPO / "run" / "bench-score"), help="Cache of built features/models.")
+    parser.add_argument("--reps", type=int, default=3, help="Timed Spark scoring runs after the warm-up (median).")
+    parser.add_argument("--train-epochs", type=int, default=0, help="Train the ML-1M model first (0 = untrained).")
+    parser.add_argument("--skip-als", action="store_true", help="Do not run Spark ALS.")
+    parser.add_argument("--skip-synthetic", action="store_true", help="Do not time the 20M-shaped population.")
+    parser.add_argument("--synthetic-users", type=int, default=138_493, help="Users of the 20M-shaped population.")
+    parser.add_argument("--synthetic-items", type=int, default=20_000, help="Items of the 20M-shaped population.")
+    parser.add_argument(
+        "--synthetic-sample", type=int, default=8192, help="Users actually scored (0 = all; else extrapolated)."
+    )
+    parser.add_argument("--master", default="local[2]", help="Spark master (default local[2]).")
+    args = parser.parse_args(argv)
+    if not ML1M.exists():
+        print(f"ML-1M not found at {ML1M}", file=sys.stderr)
+        return 1
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("VASP_HOME", args.workdir)
+
+    from jobs.common.spark import get_session, spark_config
+    from vasp_model.features import load_features
+
+    workdir = Path(args.workdir)
+    warehouse = str(workdir / "warehouse")
+    spark = get_session(spark_config({"spark_master": args.master, "spark_shuffle_partitions": 8}))
+    cores = spark.sparkContext.defaultParallelism
+    out: dict = {"master": args.master, "cores": cores, "cpu_count": os.cpu_count()}
+
+    build_ml1m(spark, warehouse)
+    features = load_features(warehouse, DATE)
+    bundle_dir = str(workdir / "ml1m-bundle")
+    bundle = make_bundle(features.item_ids, features.popularity, bundle_dir, features, args.train_epochs)
+    lists = user_lists(warehouse, DATE)
+    n_users = len(lists)
+    print(f"ML-1M: {n_users} users, {bundle.n_items} items, cpu-preset model, {bundle.model.count_params():,} params")
+
+    warm, times, manifest = spark_score(spark, warehouse, DATE, bundle_dir, args.reps)
+    spark_s = statistics.median(times)
+    assert manifest["counts"]["users"] == n_users
+    single_times = [single_process(bundle, lists) for _ in range(max(1, args.reps))]
+    single_s = statistics.median(single_times)
+    out["ml1m"] = {
+        "users": n_users,
+        "items": bundle.n_items,
+        "weights": "trained" if args.train_epochs else "untrained",
+        "spark_warmup_s": round(warm, 2),
+        "spark_s": [round(t, 2) for t in times],
+        "spark_users_per_s": round(n_users / spark_s, 1),
+        "single_process_s": [round(t, 2) for t in single_times],
+        "single_process_users_per_s": round(n_users / single_s, 1),
+        "single_over_spark": round(spark_s / single_s, 2),
+    }
+    if not args.skip_als:
+        als_users, fit_s, rec_s = als(spark, warehouse, DATE)
+        out["ml1m"].update(
+            {
+                "als_fit_s": round(fit_s, 2),
+                "als_recommend_s": round(rec_s, 2),
+                "als_users_per_s": round(als_users / rec_s, 1),
+                "spark_over_als": round((n_users / spark_s) / (als_users / rec_s), 1),
+            }
+        )
+    print(json.dumps(out["ml1m"], indent=2))
+
+    if not args.skip_synthetic:
+        n_all = args.synthetic_users
+        n_run = n_all if args.synthetic_sample <= 0 else min(args.synthetic_sample, n_all)
+        items_ids = np.asarray([f"m{i}" for i in range(args.synthetic_items)], dtype=object)
+        pop = np.arange(args.synthetic_items, 0, -1, dtype=np.int64)
+        syn_dir = str(workdir / "syn20m-bundle")
+        syn_params = int(make_bundle(items_ids, pop, syn_dir).model.count_params())  # saved; freed here
+        gen_s, rows = _timed(lambda: synthetic_population(warehouse, "2026-01-02", n_run, args.synthetic_items))
+        print(f"synthetic: {n_run} users, {rows:,} positive events ({gen_s:.1f}s)")
+        from jobs.score import score
+
+        seconds, manifest = _timed(lambda: score(spark, "2026-01-02", warehouse, model_uri=syn_dir, top_n=100))
+        rate = n_run / seconds
+        out["synthetic_20m"] = {
+            "users_scored": n_run,
+            "items": args.synthetic_items,
+            "params": syn_params,
+            "weights": "untrained",
+            "spark_s": round(seconds, 1),
+            "users_per_s": round(rate, 1),
+            "rows": manifest["counts"]["rows"],
+            f"time_for_{n_all}_users_s": round(n_all / rate, 1),
+            "extrapolated": n_run < n_all,
+        }
+        print(json.dumps(out["synthetic_20m"], indent=2))
+    print("RESULT " + json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The Spark scoring job on real data: ML-100K features built by the Spark build job + a tiny model.
+
+Three users are appended to ML-100K's ``u.data`` (in a temp copy): one whose positives are all
+items nobody else has (unknown to the vocabulary -> popularity fallback), one with two known and
+two unknown items (scored, unknowns ignored and counted), and one with no positive at all.
+The model goes through the registry (``models:/vasp@champion``), like the nightly run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from vasp_model import layout, storage
+
+ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k" / "u.data"
+DATE, OTHER_DATE = "2026-04-01", "2026-04-02"
+TOP_N = 100
+FALLBACK_USER, PARTIAL_USER, NO_POSITIVE_USER = "900001", "900002", "900003"
+
+pytestmark = [
+    pytest.mark.realdata,
+    pytest.mark.slow,
+    pytest.mark.skipif(not ML100K.exists(), reason="ML-100K not found beside the checkout"),
+]
+
+
+def _read(directory: str):
+    """A published recommendations directory as a pyarrow Table (manifest/_SUCCESS skipped)."""
+    return ds.dataset(directory, format="parquet", ignore_prefixes=[".", "_", "manifest"]).to_table()
+
+
+@pytest.fixture(scope="module")
+def spark():
+    import sys
+
+    from jobs.common.spark import get_session, spark_config
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the mapInArrow workers need this venv
+    return get_session(spark_config({"spark_master": "local[2]", "spark_shuffle_partitions": 4}))
+
+
+@pytest.fixture(scope="module")
+def world(spark, tmp_path_factory):
+    """ML-100K (+3 users) built for DATE, a tiny model registered and promoted to champion, and DATE scored."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from jobs.build_matrices import BuildConfig, build
+    from jobs.score import score
+    from vasp_model.config import make_config
+    from vasp_model.features import load_features
+    from vasp_model.registry import promote
+    from vasp_model.settings import build_config
+    from vasp_model.tracking import TrainingTracker
+
+    root = tmp_path_factory.mktemp("score")
+    raw = root / "input" / "u.data"
+    raw.parent.mkdir()
+    shutil.copyfile(ML100K, raw)
+    with open(raw, "a") as fh:
+        for item in ("990001", "990002", "990003"):
+            fh.write(f"{FALLBACK_USER}\t{item}\t5\t881250949\n")
+        for item in ("50", "100", "990004", "990005"):
+            fh.write(f"{PARTIAL_USER}\t{item}\t5\t881250949\n")
+        for item in ("50", "100"):
+            fh.write(f"{NO_POSITIVE_USER}\t{item}\t2\t881250949\n")
+    warehouse = str(root / "warehouse")
+    import time
+
+    t0 = time.perf_counter()
+    build(spark, str(raw), warehouse, DATE, build_config(BuildConfig, {"ab_copies": 2}))
+    print(f"build {time.perf_counter() - t0:.1f}s")
+
+    from vasp_model.training import train
+
+    features = load_features(warehouse, DATE)
+    t0 = time.perf_counter()
+    result = train(features, make_config("tiny"), verbose=0)
+    print(f"train {time.perf_counter() - t0:.1f}s")
+    model_dir = layout.models_dir(warehouse, DATE)
+    staging = storage.staging_dir(model_dir)
+    result.bundle.save(f"{storage.local_path(staging)}/model")
+    storage.write_json(f"{staging}/metrics.json", result.metrics)
+    storage.publish(staging, model_dir, {"date": DATE})
+
+    tracking_uri = f"sqlite:///{root}/mlflow.db"
+    old_root = os.environ.get("VASP_ARTIFACT_ROOT")
+    os.environ["VASP_ARTIFACT_ROOT"] = f"file://{root}/mlartifacts"
+    try:
+        with TrainingTracker(tracking_uri, "vasp") as tracker:
+            tracker.log_result(result, model_dir, layout.features_dir(warehouse, DATE))
+        decision = promote(DATE, warehouse, tracking_uri, margin=-1.0)  # first night: champion
+        assert decision.promoted
+        t0 = time.perf_counter()
+        manifest = score(spark, DATE, warehouse, tracking_uri=tracking_uri, top_n=TOP_N)
+        print(f"score {time.perf_counter() - t0:.1f}s")
+    finally:
+        if old_root is None:
+            os.environ.pop("VASP_ARTIFACT_ROOT", None)
+        else:
+            os.environ["VASP_ARTIFACT_ROOT"] = old_root
+    return {
+        "root": root,
+        "warehouse": warehouse,
+        "tracking_uri": tracking_uri,
+        "bundle_dir": f"{model_dir}/model",
+        "vocab": set(result.bundle.item_ids.tolist()),
+        "manifest": manifest,
+        "version": decision.candidate_version,
+    }
+
+
+def test_every_user_gets_n_distinct_unseen_items(world):
+    wh = world["warehouse"]
+    recs = _read(layout.recommendations_dir(wh, DATE)).to_pandas()
+    users = pq.read_table(layout.feature_table(wh, DATE, "users")).to_pandas()
+    inter = pq.read_table(layout.feature_table(wh, DATE, "interactions")).to_pandas()
+    assert list(recs.columns) == ["user_id", "rank", "item_id", "score", "model_version", "fallback"]
+
+    # every user of the input (every split, incl. excluded and the no-positive user) has a list of N
+    assert set(recs.user_id) == set(users.user_id)
+    assert {FALLBACK_USER, PARTIAL_USER, NO_POSITIVE_USER} <= set(users.user_id)
+    per_user = recs.groupby("user_id").size()
+    assert (per_user == TOP_N).all()
+    assert len(recs) == len(users) * TOP_N
+    ranks = recs.groupby("user_id")["rank"].apply(lambda r: sorted(r) == list(range(1, TOP_N + 1)))
+    assert ranks.all()
+    assert not recs.duplicated(["user_id", "item_id"]).any()
+    # scores descend with rank
+    ordered = recs.sort_values(["user_id", "rank"])
+    assert (ordered.groupby("user_id")["score"].diff().dropna() <= 1e-6).all()
+    # no seen item
+    seen = inter.merge(users[["user_idx", "user_id"]], on="user_idx")[["user_id", "item_id"]]
+    assert recs.merge(seen, on=["user_id", "item_id"]).empty
+    # only items of the model's vocabulary; the recorded version is the champion's
+    assert set(recs.item_id) <= world["vocab"]
+    assert set(recs.model_version) == {world["version"]}
+
+    # fallback: exactly the users without any known item (the model is today's), with the popularity list
+    known = set(inter.loc[inter.item_idx.notna()].merge(users, on="user_idx").user_id)
+    expected = set(users.user_id) - known
+    assert {FALLBACK_USER, NO_POSITIVE_USER} <= expected and PARTIAL_USER not in expected
+    assert set(recs.loc[recs.fallback, "user_id"]) == expected
+    assert world["manifest"]["counts"]["fallback_users"] == len(expected)
+    fallback_list = ordered[ordered.user_id == FALLBACK_USER].item_id.tolist()
+    items = pq.read_table(layout.feature_table(wh, DATE, "items")).to_pandas().sort_values("item_idx")
+    assert fallback_list == items.item_id.tolist()[:TOP_N]
+    partial = ordered[ordered.user_id == PARTIAL_USER]
+    assert not partial.fallback.any() and not {"50", "100"} & set(partial.item_id)
+
+
+def test_manifest_counts(world):
+    counts = world["manifest"]["counts"]
+    inter = pq.read_table(layout.feature_table(world["warehouse"], DATE, "interactions")).to_pandas()
+    published = storage.read_json(f"{layout.recommendations_dir(world['warehouse'], DATE)}/manifest.json")
+    assert published["counts"] == counts and published["model_version"] == world["version"]
+    assert published["model_uri"] == "models:/vasp@champion"
+    assert counts["users"] == counts["users_input"] and counts["users_without_list"] == 0
+    assert counts["rows"] == counts["users"] * TOP_N and counts["users_with_short_list"] == 0
+    # the model is today's, so its unknown items are exactly the interactions outside today's vocabulary
+    assert counts["unknown_items"] == int(inter.item_idx.isna().sum()) >= 5
+    assert counts["users_with_unknown_items"] >= 2
+
+
+def test_rerun_replaces_only_that_date(spark, world):
+    from jobs.score import score
+
+    wh = world["warehouse"]
+    # a second date: same features under another dt (copied), scored with the local bundle, top 10
+    shutil.copytree(layout.features_dir(wh, DATE), layout.features_dir(wh, OTHER_DATE))
+    other = score(spark, OTHER_DATE, wh, model_uri=world["bundle_dir"], top_n=10)
+    assert other["model_version"] == "local" and other["counts"]["rows"] == other["counts"]["users"] * 10
+    other_files = sorted(os.listdir(layout.recommendations_dir(wh, OTHER_DATE)))
+    other_manifest = storage.read_json(f"{layout.recommendations_dir(wh, OTHER_DATE)}/manifest.json")
+
+    again = score(spark, DATE, wh, model_uri=world["bundle_dir"], top_n=20)
+    recs = _read(layout.recommendations_dir(wh, DATE)).to_pandas()
+    assert len(recs) == again["counts"]["users"] * 20 and set(recs.model_version) == {"local"}
+    assert sorted(os.listdir(layout.recommendations_dir(wh, OTHER_DATE))) == other_files
+    assert storage.read_json(f"{layout.recommendations_dir(wh, OTHER_DATE)}/manifest.json") == other_manifest
+    assert storage.published_dates(wh, "recommendations") == [DATE, OTHER_DATE]
+    staging = f"{wh}/recommendations/_staging"
+    assert not os.path.exists(staging) or not os.listdir(staging)
+
+
+README_DUCKDB = """
+SELECT rank, item_id, score, fallback
+FROM read_parquet('{warehouse}/recommendations/dt={date}/*.parquet')
+WHERE user_id = '{user}'
+ORDER BY rank
+LIMIT 10
+"""
+
+README_SPARK_SQL = """
+SELECT rank, item_id, score, fallback
+FROM parquet.`{warehouse}/recommendations/dt={date}/*.parquet`
+WHERE user_id = '{user}'
+ORDER BY rank
+LIMIT 10
+"""
+
+
+def test_readme_queries_duckdb_and_spark_sql_and_cli_agree(spark, world, capsys):
+    import duckdb
+
+    from vasp_model.cli import main as cli_main
+
+    wh, user = world["warehouse"], "196"
+    date = storage.published_dates(wh, "recommendations")[-1]
+    duck = duckdb.sql(README_DUCKDB.format(warehouse=wh, date=date, user=user)).fetchall()
+    sql = [tuple(r) for r in spark.sql(README_SPARK_SQL.format(warehouse=wh, date=date, user=user)).collect()]
+    assert len(duck) == 10 and [r[0] for r in duck] == list(range(1, 11))
+    assert [(r[0], r[1], r[3]) for r in duck] == [(r[0], r[1], r[3]) for r in sql]
+    assert np.allclose([r[2] for r in duck], [r[2] for r in sql])
+
+    assert cli_main(["recommend", "--user", user, "--warehouse", wh, "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["date"] == date and [i["item_id"] for i in payload["items"]] == [r[1] for r in duck]
