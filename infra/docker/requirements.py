@@ -16,6 +16,8 @@ from pathlib import Path
 
 ROLES = ("airflow", "spark", "train-gpu")
 EXTRA = ["psycopg2-binary>=2.9,<3"]  # MLflow / Airflow metadata on PostgreSQL
+# Airflow 3 also opens an async engine on its metadata DB: postgresql -> asyncpg (the official image has it)
+AIRFLOW_EXTRA = ["asyncpg>=0.29,<1"]
 
 
 def setup_lists(setup_py: str | Path | None = None) -> dict[str, list[str]]:
@@ -53,7 +55,7 @@ def requirements(role: str, setup_py: str | Path | None = None) -> list[str]:
         if role == "train-gpu" and name == "tensorflow-cpu":
             req = req.replace("tensorflow-cpu", "tensorflow[and-cuda]", 1)
         out.append(req)
-    return out + EXTRA
+    return out + EXTRA + ([] if role == "spark" else AIRFLOW_EXTRA)
 
 
 def main(argv: list[str] | None = None) -> int:

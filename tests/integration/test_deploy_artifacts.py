@@ -226,6 +226,8 @@ def test_requirement_roles_keep_setup_pins():
     assert not any(r.startswith("tensorflow-cpu") for r in gpu)
     for reqs in (airflow, spark, gpu):
         assert any(r.startswith("psycopg2-binary") for r in reqs)
+    for reqs in (airflow, gpu):  # Airflow 3's async metadata engine on PostgreSQL
+        assert any(r.startswith("asyncpg") for r in reqs)
 
 
 def test_helm_values_gpu_wiring():

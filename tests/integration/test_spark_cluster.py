@@ -178,3 +178,33 @@ def test_shipping_is_required(shipped, work):
     _, python = shipped
     probe = subprocess.run([str(python), "-c", "import vasp_model"], capture_output=True, text=True, cwd=work)
     assert probe.returncode != 0 and "No module named 'vasp_model'" in probe.stderr
+
+
+def test_dag_spark_tasks_submit_to_cluster(work, cluster):
+    """`vasp run` (dag.test) with VASP_SPARK_MODE=submit: build and score go through SparkSubmitOperator
+    and the Airflow connection `spark` to the standalone master."""
+    before = _completed_apps(cluster)
+    home = work / "run-dag"
+    env = subprocess_env(
+        home,
+        VASP_SPARK_MODE="submit",
+        AIRFLOW_CONN_SPARK=cluster.master_url + "?deploy-mode=client",
+        # until the job's session builder stops overriding spark-submit's master (infra/README.md)
+        VASP_SPARK_MASTER=cluster.master_url,
+        VASP_SPARK_SHUFFLE_PARTITIONS="8",
+        VASP_SYNTHETIC_USERS="400",
+        VASP_SYNTHETIC_ITEMS="150",
+        VASP_GATE_MARGIN="-1",  # the first night's tiny model becomes champion whatever its quality
+        VASP_TRACKING_URI=f"sqlite:///{work / 'mlflow-dag.db'}",
+    )
+    warehouse = work / "wh-dag"
+    out = _run(
+        [sys.executable, "-m", "vasp_model.cli", "run", "--date", DATE, "--preset", "tiny", "--top-n", "10",
+         "--home", str(home), "--warehouse", str(warehouse)],
+        env, "vasp run (submit mode)",
+    )  # fmt: skip
+    assert f"vasp_nightly {DATE}: success" in out, out
+    after = _completed_apps(cluster)
+    for prefix in ("vasp-build", "vasp-score"):  # each stage ran as one more application on the master
+        assert sum(n.startswith(prefix) for n in after) > sum(n.startswith(prefix) for n in before), (before, after)
+    assert (warehouse / "recommendations" / f"dt={DATE}" / "_SUCCESS").exists()
