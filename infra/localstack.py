@@ -262,7 +262,8 @@ def start_spark(
             str(webui),
         ],
         state,
-        env={**env, "SPARK_LOG_DIR": str(state)},
+        # No REST submission server (fixed port 6066; only cluster deploy mode uses it): client mode only.
+        env={**env, "SPARK_LOG_DIR": str(state), "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"},
         cwd=state,
     )
     cluster = SparkCluster(f"spark://{HOST}:{master_port}", master_port, webui, str(state), master_pid, [])
