@@ -335,7 +335,8 @@ def stop_spark(cluster: SparkCluster | str | Path) -> None:
 def pg_bin() -> Path | None:
     """Directory with initdb/postgres: $PG_BIN, Debian's /usr/lib/postgresql/N/bin, or PATH."""
     if os.environ.get("PG_BIN"):
-        return Path(os.environ["PG_BIN"])
+        explicit = Path(os.environ["PG_BIN"])
+        return explicit if (explicit / "initdb").exists() else None
     for cand in PG_BIN_CANDIDATES:
         if Path(cand, "initdb").exists():
             return Path(cand)
