@@ -25,7 +25,7 @@ from typing import Any
 from vasp_model.settings import ENV_PREFIX, ConfigError, _coerce, build_config
 
 OPTIMIZERS = ("nadam", "adam", "adamw")
-EASE_INITS = ("zeros", "glorot_uniform")
+EASE_INITS = ("zeros", "glorot_uniform", "closed_form")
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
@@ -44,7 +44,11 @@ class ModelConfig:
     dropout: float = 0.5  # dropout on the FLVAE path's input (training only)
     normalize_input: bool = False  # L2-normalize the FLVAE path's input rows (Mult-VAE style)
     ease_l2: float = 1e-3  # L2 penalty on the Neural EASE kernel (summed over entries)
-    ease_init: str = "zeros"  # initializer of the Neural EASE kernel (diagonal forced to zero anyway)
+    # initializer of the Neural EASE kernel (diagonal forced to zero anyway); "closed_form" warm-starts it
+    # at ease_init_scale × the closed-form EASE solution B(λ = ease_init_lambda) of the training matrix
+    ease_init: str = "zeros"
+    ease_init_lambda: float = 500.0
+    ease_init_scale: float = 5.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     kl_weight: float = 1.0  # weight of the KL term (KL averaged over latent dims)
@@ -59,6 +63,8 @@ class ModelConfig:
         _positive("ease_l2", self.ease_l2, allow_zero=True)
         if self.ease_init not in EASE_INITS:
             raise ValueError(f"ease_init must be one of {EASE_INITS}, got {self.ease_init!r}")
+        _positive("ease_init_lambda", self.ease_init_lambda)
+        _positive("ease_init_scale", self.ease_init_scale)
         if not 0.0 <= self.focal_alpha <= 1.0:
             raise ValueError(f"focal_alpha must be in [0, 1], got {self.focal_alpha!r}")
         _positive("focal_gamma", self.focal_gamma, allow_zero=True)
@@ -72,7 +78,7 @@ class TrainConfig:
     """How the model is fitted. ``epochs[i]`` epochs are run at ``learning_rates[i]`` (phases)."""
 
     batch_users: int = 256  # users per direction: a step sees 2×batch rows (A→B and B→A)
-    epochs: tuple[int, ...] = (12, 6)
+    epochs: tuple[int, ...] = (20, 10)
     learning_rates: tuple[float, ...] = (1e-3, 2e-4)
     optimizer: str = "nadam"
     ease_warmup_epochs: int = 0  # epochs training the Neural EASE path alone before the joint fit
@@ -152,10 +158,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             dropout=0.5,
             ease_l2=1e-3,
         ),
+        # warm-up: the Neural EASE path alone for 8 epochs, then the joint fit (20 at 1e-3, 10 at 2e-4)
         "train": dict(
             batch_users=256,
-            epochs=(12, 6),
+            epochs=(20, 10),
             learning_rates=(1e-3, 2e-4),
+            ease_warmup_epochs=8,
+            ease_warmup_lr=3e-3,
         ),
     },
     "tiny": {

@@ -127,7 +127,7 @@ def build_model(n_items: int, model_config, seed: int | None = None) -> VASP:
         dropout=c.dropout,
         normalize_input=c.normalize_input,
         ease_l2=c.ease_l2,
-        ease_init=c.ease_init,
+        ease_init="zeros" if c.ease_init == "closed_form" else c.ease_init,
         kl_weight=c.kl_weight,
         seed=seed,
         name="vasp",

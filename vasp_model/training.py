@@ -207,6 +207,17 @@ def train(
         state_path = os.path.join(checkpoint_dir, "validation_state.json")
         resuming = os.path.exists(backup_dir)
 
+    if mc.ease_init == "closed_form" and not resuming:
+        # Warm start of the shallow path from the closed-form EASE solution of the training matrix
+        # (an initialization only: the kernel is trained from there; nothing is blended at inference).
+        from vasp_model.baselines import EASE
+
+        t0 = time.perf_counter()
+        B = EASE(mc.ease_init_lambda).fit(_cap(features.train, n_items)).B
+        model.ease.kernel.assign(mc.ease_init_scale * B.astype("float32"))
+        model.ease.kernel.assign(model.ease.kernel.constraint(model.ease.kernel))
+        timings["ease_init_seconds"] = time.perf_counter() - t0
+
     if tc.ease_warmup_epochs and not resuming:
         # Warm start of the shallow path: fit Neural EASE alone (shares the layer with the model).
         t0 = time.perf_counter()

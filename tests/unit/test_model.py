@@ -251,3 +251,19 @@ def test_interrupted_training_resumes_from_checkpoint(small_features, tmp_path):
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert result.history[:2] == state["history"]
     assert not (tmp_path / "validation_state.json").exists()
+
+
+def test_closed_form_warm_start_ranks_like_ease(small_features):
+    from vasp_model.baselines import EASE
+
+    config = make_config(
+        "tiny",
+        {"ease_init": "closed_form", "ease_init_lambda": 50.0, "ease_init_scale": 3.0},
+        {"epochs": (1,), "learning_rates": (1e-9,)},
+        env={},
+    )
+    result = train(small_features, config, verbose=0, evaluate_baselines=False)
+    kernel = np_(result.bundle.model.ease.kernel)
+    assert np.all(np.diag(kernel) == 0.0)
+    B = EASE(50.0).fit(small_features.train).B
+    np.testing.assert_allclose(kernel, 3.0 * B, atol=1e-4)  # (lr 1e-9: the kernel barely moved)

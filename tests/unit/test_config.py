@@ -1,0 +1,65 @@
+"""Model/train configs: presets, override order (preset < VASP_* env < explicit), validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from vasp_model.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict, make_config
+from vasp_model.settings import ConfigError, as_params
+
+
+def test_paper_preset_is_the_reference():
+    c = make_config("paper", env={})
+    assert (c.model.hidden, c.model.latent, c.model.encoder_blocks, c.model.decoder_blocks) == (4096, 2048, 7, 5)
+    assert c.train.batch_users == 1024 and c.train.optimizer == "nadam"
+    assert c.train.epochs == (50, 20, 20) and c.train.learning_rates == (5e-5, 1e-5, 1e-5)
+    assert (c.model.focal_alpha, c.model.focal_gamma, c.model.kl_weight) == (0.25, 2.0, 1.0)
+    assert c.model.max_items is None
+    assert [c.train.learning_rate(e) for e in (0, 49, 50, 89, 200)] == [5e-5, 5e-5, 1e-5, 1e-5, 1e-5]
+
+
+def test_cpu_and_tiny_presets_scale_the_same_architecture():
+    cpu, tiny = make_config("cpu", env={}), make_config("tiny", env={})
+    assert cpu.model.hidden < 4096 and tiny.model.hidden < cpu.model.hidden
+    assert cpu.train.total_epochs == sum(cpu.train.epochs)
+
+
+def test_override_order_preset_env_explicit():
+    env = {"VASP_HIDDEN": "64", "VASP_LATENT": "32", "VASP_EPOCHS": "3,2", "VASP_LEARNING_RATES": "1e-3,1e-4"}
+    c = make_config("cpu", {"latent": 16, "dropout": None}, env=env)
+    assert c.model.hidden == 64  # env beats preset
+    assert c.model.latent == 16  # explicit beats env
+    assert c.model.dropout == make_config("cpu", env={}).model.dropout  # None = not overridden
+    assert c.train.epochs == (3, 2) and c.train.learning_rates == (1e-3, 1e-4)
+
+
+@pytest.mark.parametrize(
+    "model,train,field",
+    [
+        ({"dropout": 1.0}, {}, "dropout"),
+        ({"hidden": 0}, {}, "hidden"),
+        ({"ease_init": "ones"}, {}, "ease_init"),
+        ({"max_items": 1}, {}, "max_items"),
+        ({}, {"epochs": (1, 2), "learning_rates": (1e-3,)}, "learning_rates"),
+        ({}, {"optimizer": "sgd"}, "optimizer"),
+        ({}, {"patience": 0}, "patience"),
+    ],
+)
+def test_invalid_values_name_the_field(model, train, field):
+    with pytest.raises(ConfigError, match=field):
+        make_config("cpu", model, train, env={})
+
+
+def test_unknown_preset_and_option():
+    with pytest.raises(ConfigError, match="preset"):
+        make_config("huge", env={})
+    with pytest.raises(ConfigError, match="bogus"):
+        make_config("cpu", {"bogus": 1}, env={})
+
+
+def test_round_trip_and_params():
+    c = make_config("cpu", {"max_items": 1000}, env={})
+    assert config_from_dict(config_to_dict(c)) == c
+    params = as_params(c)
+    assert params["model.max_items"] == "1000" and params["train.epochs"] == str(c.train.epochs)
+    assert ModelConfig().hidden > 0 and TrainConfig().total_epochs > 0
