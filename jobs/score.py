@@ -74,16 +74,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- executor side --------------------------------------------------------------------------------
 
 
-def _bundle(path: str):
-    """The ModelBundle at ``path``, loaded at most once per Python process."""
-    bundle = _BUNDLES.get(path)
+def _bundle(path: str, key: str | None = None, threads: int = 0):
+    """The ModelBundle at ``path``, loaded at most once per Python process and model (``key``)."""
+    key = key or path
+    bundle = _BUNDLES.get(key)
     if bundle is None:
+        if threads > 0:
+            _limit_threads(threads)
         from vasp_model.bundle import ModelBundle
 
         _BUNDLES.clear()  # a new model for this worker: drop the old one
         bundle = ModelBundle.load(path)
-        _BUNDLES[path] = bundle
+        _BUNDLES[key] = bundle
     return bundle
+
+
+def _limit_threads(threads: int) -> None:
+    """One task = ``spark.task.cpus`` cores: keep TensorFlow's thread pools to that (no oversubscription)."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return
+    try:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except (ImportError, RuntimeError):  # already initialized in this process: keep its pools
+        pass
 
 
 def _bundle_path(name_or_path: str) -> str:
@@ -136,9 +153,11 @@ def score_lists(bundle, user_ids: list[str], item_lists: list, top_n: int, model
     )
 
 
-def score_partition(batches: Iterator, bundle_ref: str, top_n: int, model_version: str, batch_users: int):
+def score_partition(
+    batches: Iterator, bundle_ref: str, top_n: int, model_version: str, batch_users: int, model_key: str, threads: int
+):
     """``mapInArrow`` body: (user_id, item_ids) batches -> recommendation rows."""
-    bundle = _bundle(_bundle_path(bundle_ref))
+    bundle = _bundle(_bundle_path(bundle_ref), model_key, threads)
     for batch in batches:
         user_ids = batch.column("user_id").to_pylist()
         item_lists = batch.column("item_ids").to_pylist()
@@ -151,30 +170,55 @@ def score_partition(batches: Iterator, bundle_ref: str, top_n: int, model_versio
 
 
 def user_item_lists(spark, warehouse: str, date: str, partitions: int):
-    """Every user of features/dt=D with the distinct item ids of their positives (empty list if none)."""
+    """Every user of features/dt=D with the distinct item ids of their positives (empty list if none).
+
+    One shuffle: (user, item) pairs plus one (user, null) row per user are hash-partitioned by
+    user into ``partitions`` and grouped in place (``collect_list`` drops the nulls).
+    """
     from pyspark.sql import functions as F
 
     from jobs.common.spark import spark_path
 
     users = spark.read.parquet(spark_path(layout.feature_table(warehouse, date, "users"))).select("user_idx", "user_id")
     inter = spark.read.parquet(spark_path(layout.feature_table(warehouse, date, "interactions")))
-    lists = inter.groupBy("user_idx").agg(F.array_distinct(F.collect_list("item_id")).alias("item_ids"))
-    joined = users.join(lists, "user_idx", "left").select(
-        "user_id", F.coalesce("item_ids", F.array().cast("array<string>")).alias("item_ids")
+    pairs = inter.select("user_idx", "item_id").join(F.broadcast(users), "user_idx").select("user_id", "item_id")
+    everyone = users.select("user_id", F.lit(None).cast("string").alias("item_id"))
+    return (
+        pairs.unionByName(everyone)
+        .repartition(partitions, "user_id")
+        .groupBy("user_id")
+        .agg(F.array_distinct(F.collect_list("item_id")).alias("item_ids"))
     )
-    return joined.repartition(partitions, "user_id")
 
 
-def transform(lists_df, bundle_ref: str, top_n: int, model_version: str, batch_users: int = 1024):
+def transform(
+    lists_df,
+    bundle_ref: str,
+    top_n: int,
+    model_version: str,
+    batch_users: int = 1024,
+    model_key: str | None = None,
+    threads: int = 1,
+):
     """The scored DataFrame (output columns + per-user ``unknown_items``)."""
     from pyspark.sql.pandas.types import from_arrow_schema
+
+    key = model_key or bundle_ref
 
     def fn(batches):
         from jobs.score import score_partition
 
-        yield from score_partition(batches, bundle_ref, top_n, model_version, batch_users)
+        yield from score_partition(batches, bundle_ref, top_n, model_version, batch_users, key, threads)
 
     return lists_df.mapInArrow(fn, from_arrow_schema(output_schema()))
+
+
+def model_identity(bundle_dir: str, version: str, resolved: str) -> str:
+    """What executors cache a loaded model by: the registry version (immutable), or a local bundle's files."""
+    if version != "local":
+        return resolved
+    stats = [os.stat(os.path.join(bundle_dir, name)) for name in sorted(os.listdir(bundle_dir))]
+    return resolved + ":" + ",".join(f"{s.st_size}-{s.st_mtime_ns}" for s in stats)
 
 
 def stage_bundle(bundle_dir: str, version: str, into: str) -> str:
@@ -215,6 +259,7 @@ def score(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="vasp-score-") as tmp:
         bundle_dir, version, resolved = download_bundle(tracking_uri, model_uri, os.path.join(tmp, "download"))
+        model_key = model_identity(bundle_dir, version, resolved)
         staged = stage_bundle(bundle_dir, version, tmp)
         spark.sparkContext.addFile(staged, recursive=True)
         bundle_ref = os.path.basename(staged)
@@ -222,7 +267,16 @@ def score(
 
         n_users_input = spark.read.parquet(spark_path(layout.feature_table(warehouse, date, "users"))).count()
         partitions = partitions or max(2 * spark.sparkContext.defaultParallelism, n_users_input // 20000)
-        scored = transform(user_item_lists(spark, warehouse, date, partitions), bundle_ref, top_n, version, batch_users)
+        threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
+        scored = transform(
+            user_item_lists(spark, warehouse, date, partitions),
+            bundle_ref,
+            top_n,
+            version,
+            batch_users,
+            model_key=model_key,
+            threads=threads,
+        )
         first = F.col("rank") == 1
         stats = Observation("vasp_score")
         scored = scored.observe(

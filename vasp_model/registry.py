@@ -40,6 +40,7 @@ TAG_CHAMPION_AT_DECISION = "gate.champion_version"  # champion when the decision
 TAG_PREVIOUS_CHAMPION = "gate.previous_champion"  # champion this version replaced
 TAG_ROLLED_BACK = "gate.rolled_back"
 TAG_METRICS = "gate.metrics"
+TAG_GATE = "gate.rule"  # metric and margin the decision used
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,9 +272,12 @@ def promote(
                 margin,
             )
         recorded = candidate.tags.get(TAG_DECISION)
+        rule = f"{metric} margin={margin:g}"
         if recorded == "promoted" or (
-            recorded == "rejected" and candidate.tags.get(TAG_CHAMPION_AT_DECISION) == (champ_v or "none")
-        ):
+            recorded == "rejected"
+            and candidate.tags.get(TAG_CHAMPION_AT_DECISION) == (champ_v or "none")
+            and candidate.tags.get(TAG_GATE) == rule
+        ):  # same champion, same rule: the same decision (a new champion or rule re-runs the gate)
             return _recorded(candidate, champ_v, date, metric, margin)
 
         # (a) the candidate vs EASE on the same test users, from the run's own metrics.
@@ -310,6 +314,7 @@ def promote(
 
         _tag(client, candidate, TAG_METRICS, json.dumps(scores, sort_keys=True))
         _tag(client, candidate, TAG_CHAMPION_AT_DECISION, champ_v or "none")
+        _tag(client, candidate, TAG_GATE, rule)
         _tag(client, candidate, TAG_REASON, reason[:4000])
         if ok:
             if champion is not None:

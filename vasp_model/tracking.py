@@ -387,7 +387,11 @@ def _history_series(history) -> dict[str, list[float]]:
 
 def plot_training_curves(history, path: str) -> str | None:
     """Loss/KL and validation-metric curves per epoch as one PNG (None without a history)."""
-    series = {k: v for k, v in _history_series(history).items() if k not in ("epoch", "step") and v}
+    series = {
+        k: v
+        for k, v in _history_series(history).items()
+        if v and k not in ("epoch", "step", "learning_rate") and not k.endswith("_seconds")
+    }
     if not series:
         return None
     import matplotlib

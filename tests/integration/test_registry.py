@@ -140,6 +140,8 @@ def test_tracking_register_promote_gate_rollback(store, world, capsys):
     assert _aliases(client) == {"champion": v1}
     assert client.get_model_version("vasp", v2).tags["gate.decision"] == "rejected"
     assert "does not beat EASE" in client.get_model_version("vasp", v2).tags["gate.reason"]
+    d = _promote(capsys, store, world, D2, "--margin", "1")  # same rule, same champion: recorded decision
+    assert d["action"] == "unchanged" and not d["promoted"] and _aliases(client) == {"champion": v1}
 
     # -- D3: beats EASE (margin -1) and the champion re-scored on D3's users (vocabularies differ)
     d = _promote(capsys, store, world, D3, "--margin", "-1")

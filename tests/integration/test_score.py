@@ -168,14 +168,19 @@ def test_manifest_counts(world):
     assert counts["users_with_unknown_items"] >= 2
 
 
-def test_rerun_replaces_only_that_date(spark, world):
+def test_rerun_replaces_only_that_date(spark, world, capsys):
     from jobs.score import score
 
     wh = world["warehouse"]
     # a second date: same features under another dt (copied), scored with the local bundle, top 10
     shutil.copytree(layout.features_dir(wh, DATE), layout.features_dir(wh, OTHER_DATE))
-    other = score(spark, OTHER_DATE, wh, model_uri=world["bundle_dir"], top_n=10)
-    assert other["model_version"] == "local" and other["counts"]["rows"] == other["counts"]["users"] * 10
+    # through the CLI (`vasp score`), which reuses the running session
+    from vasp_model.cli import main as cli_main
+
+    argv = ["score", "--date", OTHER_DATE, "--warehouse", wh, "--model-uri", world["bundle_dir"], "--top-n", "10"]
+    assert cli_main(argv) == 0
+    other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert other["model_version"] == "local" and other["rows"] == other["users"] * 10 == other["users_input"] * 10
     other_files = sorted(os.listdir(layout.recommendations_dir(wh, OTHER_DATE)))
     other_manifest = storage.read_json(f"{layout.recommendations_dir(wh, OTHER_DATE)}/manifest.json")
 
