@@ -113,43 +113,56 @@ def extract(spark: SparkSession, input_uri: str, config: BuildConfig) -> RawInpu
 
 
 def collapse_events(events: DataFrame, threshold: float) -> DataFrame:
-    """Group raw events by user (one shuffle): one row per user plus one row per rejected row.
+    """Group raw events by user: one row per user plus one row per rejected row.
 
-    Output: ``is_bad`` (bool), ``user_id``, ``n_rows`` (events read), ``n_distinct`` (distinct
-    items), ``pos`` (sorted distinct positive item ids), ``n_pos``, ``bad`` (struct of the
-    rejected row: reason, raw, source, block, row; null for users).
-    Duplicates keep their highest rating; null ratings (implicit data) are positives.
+    Output: ``is_bad`` (bool), ``user_id`` (null for rejected rows), ``n_rows`` (events read),
+    ``n_distinct`` (distinct items), ``pos`` (distinct positive item ids, unordered), ``n_pos``,
+    ``bad`` (struct reason, raw, source, block, row of a rejected row; null for users).
+
+    One shuffle: rows are partitioned by user (a rejected row by its own row id, so it
+    rides along and the input is scanned once); duplicates (user, item) are collapsed: the
+    item counts once and is a positive if any of its events is (``rating > threshold``, i.e.
+    the highest rating wins; a null rating = implicit data = positive). An event without an item (a CiteULike user with
+    no items) makes the user known without adding an event.
     """
     from pyspark.sql import functions as F
 
     bad = F.col("reason").isNotNull()
-    key = F.when(bad, F.col("row").cast("string")).otherwise(F.col("user_id"))
-    grouped = events.groupBy(bad.alias("is_bad"), key.alias("key")).agg(
-        F.collect_list(F.when(~bad & F.col("item_id").isNotNull(), F.struct(F.col("item_id"), F.col("rating")))).alias(
-            "ev"
-        ),
-        F.first(
-            F.when(bad, F.struct("reason", "raw", "source", "block", "row")),
-            ignorenulls=True,
-        ).alias("bad"),
+    rows = events.select(
+        bad.alias("is_bad"),
+        F.when(bad, F.col("row").cast("string")).otherwise(F.col("user_id")).alias("key"),
+        F.when(~bad, F.col("item_id")).alias("item_id"),
+        F.when(~bad, F.col("rating")).alias("rating"),
+        F.when(bad, F.struct("reason", "raw", "source", "block", "row")).alias("bad"),
     )
-    # Sorted by (item_id, rating): the last element of each item's run holds its highest rating.
-    grouped = grouped.select("is_bad", "key", "bad", F.array_sort("ev").alias("ev"))
-    last = F.size("ev") - 1
-    dedup = F.filter("ev", lambda x, i: (i == last) | (F.get(F.col("ev"), i + 1)["item_id"] != x["item_id"]))
-    out = grouped.select(
+    # Partition by user once (rejected rows by their own row id: they ride along, so the
+    # input is scanned once), then aggregate each user without another exchange.
+    rows = rows.repartition("is_bad", "key")
+    positive = F.col("item_id").isNotNull() & (F.col("rating").isNull() | (F.col("rating") > F.lit(float(threshold))))
+    per_user = rows.groupBy("is_bad", "key").agg(
+        F.count("item_id").alias("n_rows"),
+        F.collect_list("item_id").alias("_all"),
+        F.collect_list(F.when(positive, F.col("item_id"))).alias("_pos"),
+        F.first("bad", ignorenulls=True).alias("bad"),
+    )
+    # An item is a positive if any of its (duplicate) events is: distinct(positive events).
+    per_user = per_user.select(
         "is_bad",
-        F.when(~F.col("is_bad"), F.col("key")).alias("user_id"),
-        F.size("ev").alias("n_rows"),
-        dedup.alias("dd"),
+        "key",
+        "n_rows",
+        F.size(F.array_distinct("_all")).alias("n_distinct"),
+        F.array_distinct("_pos").alias("pos"),
         "bad",
     )
-    pos = F.transform(
-        F.filter("dd", lambda x: x["rating"].isNull() | (x["rating"] > F.lit(float(threshold)))),
-        lambda x: x["item_id"],
+    return per_user.select(
+        "is_bad",
+        F.when(~F.col("is_bad"), F.col("key")).alias("user_id"),
+        F.col("n_rows").cast("long").alias("n_rows"),
+        F.col("n_distinct").cast("long").alias("n_distinct"),
+        "pos",
+        F.size("pos").alias("n_pos"),
+        "bad",
     )
-    out = out.select("is_bad", "user_id", "n_rows", F.size("dd").alias("n_distinct"), pos.alias("pos"), "bad")
-    return out.withColumn("n_pos", F.size("pos"))
 
 
 def _hash(seed: int, purpose: str, *cols: Any) -> Any:
@@ -210,22 +223,31 @@ def build_items(pos_rows: DataFrame) -> DataFrame:
     )
 
 
-def build_interactions(pos_rows: DataFrame, items: DataFrame) -> DataFrame:
-    """All users' positives (user_idx, item_id, item_idx); item_idx null outside the vocabulary."""
+def with_item_idx(pos_rows: DataFrame, items: DataFrame) -> DataFrame:
+    """``pos_rows`` plus ``item_idx`` (null for an item outside the vocabulary)."""
     from pyspark.sql import functions as F
 
-    joined = pos_rows.join(F.broadcast(items.select("item_id", "item_idx")), "item_id", "left")
-    return joined.select(F.col("user_idx").cast("int"), "item_id", F.col("item_idx").cast("int"))
+    return pos_rows.join(F.broadcast(items.select("item_id", "item_idx")), "item_id", "left")
 
 
-def heldout_table(pos_rows: DataFrame, items: DataFrame, split: str, config: BuildConfig) -> DataFrame:
-    """(user_idx, item_idx, role) of one held-out split; rows with items outside the vocabulary
-    must be dropped by the caller first (see :func:`in_vocabulary`)."""
+def build_interactions(pos_rows: DataFrame) -> DataFrame:
+    """All users' positives (user_idx, item_id, item_idx); ``pos_rows`` from :func:`with_item_idx`."""
+    from pyspark.sql import functions as F
+
+    return pos_rows.select(F.col("user_idx").cast("int"), "item_id", F.col("item_idx").cast("int"))
+
+
+def heldout_table(pos_rows: DataFrame, split: str, config: BuildConfig) -> DataFrame:
+    """(user_idx, item_idx, role) of one held-out split from ``pos_rows`` (with ``item_idx``).
+
+    Items outside the vocabulary are dropped. A user with at least ``holdout_min_items`` items
+    holds out ``floor(holdout_fraction * n)`` of them (the lowest ``xxhash64(seed, "holdout",
+    user_id, item_id)``), the rest is the fold-in input; users with fewer items are all fold-in.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    rows = pos_rows.filter(F.col("split") == split)
-    rows = rows.join(F.broadcast(items.select("item_id", "item_idx")), "item_id")
+    rows = pos_rows.filter((F.col("split") == split) & F.col("item_idx").isNotNull())
     per_user = Window.partitionBy("user_idx")
     ordered = per_user.orderBy(_hash(config.seed, "holdout", F.col("user_id"), F.col("item_id")), "item_id")
     n = F.count("*").over(per_user)
@@ -238,41 +260,37 @@ def heldout_table(pos_rows: DataFrame, items: DataFrame, split: str, config: Bui
     )
 
 
-def ab_table(per_user: DataFrame, users: DataFrame, items: DataFrame, config: BuildConfig) -> DataFrame:
+def ab_table(pos_rows: DataFrame, config: BuildConfig) -> DataFrame:
     """``ab_copies`` A/B splits of each train user: (user_idx, copy, half, item_idx).
 
-    Per copy the user's items are sorted by ``xxhash64(seed, "ab", user_id, copy, item_id)``
-    (a seeded shuffle, done inside the user's array: no shuffle of the big table); the first
-    ``floor(n/2)`` are half A, the rest half B.
+    Per (user, copy) the user's items are ordered by ``(murmur3(item_idx, c), item_idx)`` with
+    ``c = xxhash64(seed, "ab", user_id, copy)`` - a seeded shuffle done on a primitive array
+    per user (``sort_array`` of packed longs), so the big table is never sorted or shuffled.
+    The first ``floor(n/2)`` items are half A, the rest half B.
     """
     from pyspark.sql import functions as F
 
     train = (
-        per_user.filter(~F.col("is_bad"))
-        .select("user_id", "pos")
-        .join(F.broadcast(users.filter(F.col("split") == "train").select("user_id", "user_idx")), "user_id")
+        pos_rows.filter(F.col("split") == "train")
+        .groupBy("user_idx", "user_id")
+        .agg(F.collect_list("item_idx").alias("items"))
     )
     copies = train.select(
-        "user_id", "user_idx", "pos", F.explode(F.sequence(F.lit(0), F.lit(config.ab_copies - 1))).alias("copy")
-    )
-    keyed = F.transform(
-        "pos",
-        lambda x: F.struct(
-            _hash(config.seed, "ab", F.col("user_id"), F.col("copy"), x).alias("h"),
-            x.alias("item_id"),
-        ),
-    )
-    shuffled = copies.select("user_idx", "copy", F.size("pos").alias("n"), F.array_sort(keyed).alias("s"))
-    exploded = shuffled.select("user_idx", "copy", "n", F.posexplode("s").alias("p", "e"))
-    halves = exploded.select(
         "user_idx",
-        "copy",
-        F.when(F.col("p") < F.floor(F.col("n") / 2), "A").otherwise("B").alias("half"),
-        F.col("e")["item_id"].alias("item_id"),
+        "user_id",
+        "items",
+        F.explode(F.sequence(F.lit(0), F.lit(config.ab_copies - 1))).alias("copy"),
+    ).withColumn("_c", _hash(config.seed, "ab", F.col("user_id"), F.col("copy")))
+    packed = F.transform(
+        "items", lambda x: F.shiftleft(F.hash(x, F.col("_c")).cast("long"), 32).bitwiseOR(x.cast("long"))
     )
-    joined = halves.join(F.broadcast(items.select("item_id", "item_idx")), "item_id")
-    return joined.select(
-        F.col("user_idx").cast("int"), F.col("copy").cast("int"), "half", F.col("item_idx").cast("int")
+    shuffled = copies.select("user_idx", "copy", F.size("items").alias("_n"), F.sort_array(packed).alias("_s"))
+    exploded = shuffled.select("user_idx", "copy", "_n", F.posexplode("_s").alias("_p", "_e"))
+    return exploded.select(
+        F.col("user_idx").cast("int"),
+        F.col("copy").cast("int"),
+        F.when(F.col("_p") < F.floor(F.col("_n") / 2), "A").otherwise("B").alias("half"),
+        F.col("_e").bitwiseAND(F.lit(0xFFFFFFFF)).cast("int").alias("item_idx"),
     )
 
 
@@ -293,12 +311,14 @@ def quarantine_table(per_user: DataFrame, lines: DataFrame | None) -> DataFrame:
 # ---------------------------------------------------------------------------- load
 
 
-def load(tables: dict[str, DataFrame], warehouse: str, date: str, manifest: Any, small: tuple[str, ...] = ()) -> str:
+def load(
+    tables: dict[str, DataFrame], warehouse: str, date: str, manifest: Any, timings: dict[str, float] | None = None
+) -> str:
     """Write the feature tables into staging and publish ``features/dt=D`` atomically."""
     from jobs.common.spark import write_tables
 
     final = layout.features_dir(warehouse, date)
-    write_tables(tables, final, manifest, files={name: 1 for name in small})
+    write_tables(tables, final, manifest, timings=timings)
     return final
 
 
@@ -309,6 +329,8 @@ def build(
     spark: SparkSession, input_uri: str, warehouse: str, date: str, config: BuildConfig, input_info: dict | None = None
 ) -> dict[str, Any]:
     """Run the whole build for one date; returns the manifest (also written beside the tables)."""
+    import concurrent.futures
+
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
@@ -316,7 +338,19 @@ def build(
 
     layout.check_date(date)
     started = time.perf_counter()
+    timings: dict[str, float] = {}
+    mark = [started]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(now - mark[0], 3)
+        mark[0] = now
+
     raw = extract(spark, input_uri, config)
+    # Hash the input's bytes in a thread while Spark works (hashlib releases the GIL).
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    input_fp = pool.submit(fingerprint, input_uri)
+    pool.shutdown(wait=False)
     per_user = collapse_events(raw.events, config.threshold).persist()
     try:
         stats = per_user.agg(
@@ -331,6 +365,7 @@ def build(
                 "positives_kept"
             ),
         ).first()
+        lap("read_collapse")
         counts = {k: int(v or 0) for k, v in stats.asDict().items()}
         counts["input_rows"] = counts["events"] + counts["quarantined_rows"]
         counts["duplicate_rows"] = counts["events"] - counts["used_rows"]
@@ -352,12 +387,14 @@ def build(
 
         users_all = per_user.filter(~F.col("is_bad")).select("user_id", "n_pos")
         users = assign_users(users_all, n_heldout, config.min_user_interactions, config.seed).persist()
-        pos_rows = positives(per_user, users)
-        items = build_items(pos_rows).persist()
+        base_rows = positives(per_user, users)
+        items = build_items(base_rows).persist()
         n_items = items.count()
+        pos_rows = with_item_idx(base_rows, items)
+        lap("users_items")
 
         obs_inter = Observation("interactions")
-        interactions = build_interactions(pos_rows, items).observe(
+        interactions = build_interactions(pos_rows).observe(
             obs_inter, F.count(F.lit(1)).alias("rows"), F.count(F.when(F.col("item_idx").isNull(), 1)).alias("oov")
         )
         observations = {"interactions": obs_inter}
@@ -368,14 +405,12 @@ def build(
         }
         for split in ("validation", "test"):
             obs = Observation(split)
-            held = pos_rows.filter(F.col("split") == split)
-            held = held.join(F.broadcast(items.select("item_id", "item_idx")), "item_id", "left")
-            held = held.observe(
+            held = pos_rows.filter(F.col("split") == split).observe(
                 obs,
                 F.count(F.lit(1)).alias("positives"),
                 F.count(F.when(F.col("item_idx").isNull(), 1)).alias("oov_dropped"),
-            ).drop("item_idx")
-            table = heldout_table(held, items, split, config)
+            )
+            table = heldout_table(held, split, config)
             role_obs = Observation(split + "_roles")
             table = table.observe(
                 role_obs,
@@ -386,13 +421,14 @@ def build(
             observations[split + "_roles"] = role_obs
             tables[split] = table.coalesce(1).sortWithinPartitions("user_idx", "role", "item_idx")
         obs_ab = Observation("train_ab")
-        tables["train_ab"] = ab_table(per_user, users, items, config).observe(obs_ab, F.count(F.lit(1)).alias("rows"))
+        tables["train_ab"] = ab_table(pos_rows, config).observe(obs_ab, F.count(F.lit(1)).alias("rows"))
         observations["train_ab"] = obs_ab
         lines = raw.lines if counts["quarantined_rows"] else None
         tables["quarantine"] = quarantine_table(per_user, lines).coalesce(1).sortWithinPartitions("source", "line")
 
         split_counts = {r["split"]: int(r["count"]) for r in users.groupBy("split").count().collect()}
         info = input_info or {}
+        lap("plan")
 
         def manifest() -> dict[str, Any]:
             got = {name: obs.get for name, obs in observations.items()}
@@ -419,16 +455,17 @@ def build(
                 "schema_version": layout.SCHEMA_VERSION,
                 "dataset": "features",
                 "date": date,
-                "input": {**fingerprint(input_uri), **info, "format": raw.spec.describe()},
+                "input": {**input_fp.result(), **info, "format": raw.spec.describe()},
                 "params": dataclasses.asdict(config),
                 "seed": config.seed,
                 "counts": out,
                 "tables": list(tables),
                 "spark": {"version": spark.version, "master": spark.sparkContext.master},
                 "seconds": round(time.perf_counter() - started, 3),
+                "timings": timings,
             }
 
-        final = load(tables, warehouse, date, manifest)
+        final = load(tables, warehouse, date, manifest, timings)
         result = storage.read_json(f"{final}/{storage.MANIFEST}")
         result["path"] = final
         return result

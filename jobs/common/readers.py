@@ -246,7 +246,7 @@ def _unquote(text: str) -> str:
 def _is_null_token(col: Column) -> Column:
     from pyspark.sql import functions as F
 
-    return col.isNull() | F.lower(col).isin(*NULL_TOKENS)
+    return col.isNull() | ((F.length(col) <= 4) & F.lower(col).isin(*NULL_TOKENS))
 
 
 def rating_checks(missing: Column, numeric: Column) -> list[tuple[Column, str]]:
@@ -285,35 +285,51 @@ def _text_lines(spark: SparkSession, uri: str) -> DataFrame:
     )
 
 
+def _clean(col: Column) -> Column:
+    """Trim a field and strip one pair of surrounding double quotes (no regex: this runs per field)."""
+    from pyspark.sql import functions as F
+
+    t = F.trim(col)
+    quoted = t.startswith('"') & t.endswith('"') & (F.length(t) >= 2)
+    return F.when(quoted, t.substr(F.lit(2), F.length(t) - 2)).otherwise(t)
+
+
 def _read_delimited(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
     from pyspark.sql import functions as F
 
     lines = _text_lines(spark, uri)
     data = lines if spec.header is None else lines.filter(F.col("value") != F.lit(spec.header))
     pattern = re.escape(spec.delimiter) if spec.delimiter != "\t" else "\t"
-    fields = F.split(F.col("value"), pattern, -1)
+    data = data.withColumn("_f", F.split(F.col("value"), pattern, -1))
 
     def field(name: str) -> Column:
-        return F.regexp_replace(F.trim(F.get(F.col("_f"), spec.columns.index(name))), r'^"(.*)"$', "$1")
+        return _clean(F.get(F.col("_f"), spec.columns.index(name)))
 
-    data = data.withColumn("_f", fields)
-    user, item = field(spec.user_col), field(spec.item_col)
+    # Each field is its own column, so the checks below reuse it instead of re-deriving it
+    # (Spark does not collapse a projection whose non-trivial expressions are referenced twice).
+    fields = [field(spec.user_col).alias("_u"), field(spec.item_col).alias("_i")]
+    if spec.rating_col is not None:
+        fields.append(field(spec.rating_col).alias("_r"))
+    data = data.select("value", "source", "block", "row", F.size("_f").alias("_n"), *fields)
     checks = [
         (F.trim(F.col("value")) == "", "empty_line"),
-        (F.size("_f") != len(spec.columns), "wrong_column_count"),
-        (_is_null_token(user), "null_user"),
-        (_is_null_token(item), "null_item"),
+        (F.col("_n") != len(spec.columns), "wrong_column_count"),
+        (_is_null_token(F.col("_u")), "null_user"),
+        (_is_null_token(F.col("_i")), "null_item"),
     ]
     rating = F.lit(None).cast("double")
     if spec.rating_col is not None:
-        raw_rating = field(spec.rating_col)
-        rating = raw_rating.try_cast("double")
-        missing = raw_rating.isNull() | F.lower(raw_rating).isin(*[t for t in NULL_TOKENS if t != "nan"])
+        data = data.withColumn("_d", F.col("_r").try_cast("double"))
+        raw_rating = F.col("_r")
+        rating = F.col("_d")
+        missing = raw_rating.isNull() | (
+            (F.length(raw_rating) <= 4) & F.lower(raw_rating).isin(*[t for t in NULL_TOKENS if t != "nan"])
+        )
         checks += rating_checks(missing, rating)
     reason = first_failure(checks)
     events = data.select(
-        user.alias("user_id"),
-        item.alias("item_id"),
+        F.col("_u").alias("user_id"),
+        F.col("_i").alias("item_id"),
         (F.lit(None).cast("double") if spec.implicit else rating).alias("rating"),
         reason.alias("reason"),
         F.col("value").alias("raw"),

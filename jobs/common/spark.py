@@ -82,7 +82,10 @@ class SparkConfig:
             # Dates/ids are read as strings; the jobs never rely on ANSI overflow errors but use try_cast.
             "spark.sql.adaptive.enabled": "true",
             "spark.sql.autoBroadcastJoinThreshold": str(64 * 1024 * 1024),
-            "spark.sql.parquet.compression.codec": "zstd",
+            "spark.sql.parquet.compression.codec": "snappy",
+            # collect_list per user: keep the hash aggregation in memory instead of falling back to
+            # sorting after 128 groups (per task, users / shuffle partitions groups are live).
+            "spark.sql.objectHashAggregate.sortBased.fallbackThreshold": "1000000",
             # Do not write _SUCCESS marker files inside each table (publish writes one per date).
             "mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
             "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
@@ -195,6 +198,7 @@ def write_tables(
     final_uri: str,
     manifest: Mapping[str, Any] | Any,
     files: Mapping[str, int] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> None:
     """Write ``tables`` as Parquet (``final_uri/<name>/``) into staging, then publish atomically.
 
@@ -202,14 +206,20 @@ def write_tables(
     tables — never for big ones, as coalesce also limits the parallelism of the last stage).
     ``manifest`` is a dict, or a zero-argument callable returning one (called after all
     tables are written, so it can include metrics observed during the writes).
+    ``timings`` (optional) receives ``write_<name>`` -> seconds per table.
     On any error the staging directory is removed and the published date is left untouched.
     """
+    import time
+
     staging = storage.staging_dir(final_uri)
     try:
         for name, frame in tables.items():
+            started = time.perf_counter()
             if files and files.get(name):
                 frame = frame.coalesce(files[name])
             frame.write.mode("errorifexists").parquet(spark_path(f"{staging.rstrip('/')}/{name}"))
+            if timings is not None:
+                timings[f"write_{name}"] = round(time.perf_counter() - started, 3)
         payload = manifest() if callable(manifest) else dict(manifest)
         storage.publish(staging, final_uri, payload)
     except BaseException:
