@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint-dir",
         default=None,
-        help="Where to checkpoint each epoch so an interrupted run resumes (default: VASP_HOME/checkpoints/train-D).",
+        help="Where to checkpoint each epoch so an interrupted run resumes (default: VASP_HOME/checkpoints/train-D-CONFIGHASH).",
     )
     parser.add_argument(
         "--tracking-uri", default=None, help="MLflow tracking URI (default: local SQLite under VASP_HOME)."
@@ -150,7 +150,11 @@ def run(args) -> int:
     load_seconds = time.perf_counter() - t0
     features_dir = layout.features_dir(args.warehouse, date)
     final = layout.models_dir(args.warehouse, date)
-    checkpoint_dir = args.checkpoint_dir or os.path.join(defaults.run_dir(), "checkpoints", f"train-{date}")
+    # keyed by date and config: a resumed run never picks up another configuration's checkpoint
+    import hashlib
+
+    key = hashlib.sha1(json.dumps(as_params(config), sort_keys=True).encode()).hexdigest()[:10]
+    checkpoint_dir = args.checkpoint_dir or os.path.join(defaults.run_dir(), "checkpoints", f"train-{date}-{key}")
     verbose = 0 if args.quiet else "auto"
 
     def fit(callbacks=()):

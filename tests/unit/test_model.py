@@ -53,7 +53,7 @@ def test_zero_diagonal_after_init_and_after_updates():
     model = build_model(12, TINY, seed=1)
     assert np.all(np.diag(np_(model.ease.kernel)) == 0.0)
     assert np.abs(np_(model.ease.kernel)).max() > 0  # glorot init: off-diagonal is not zero
-    model.compile(optimizer=keras.optimizers.Nadam(0.05), loss=FocalLoss())
+    model.compile(optimizer=keras.optimizers.Nadam(0.05), loss=FocalLoss(), jit_compile=True)
     x = rand_x(64, 12, seed=2)
     before = np_(model.ease.kernel).copy()
     for _ in range(3):
