@@ -208,24 +208,42 @@ def fit_ease_on_validation(
     val_holdout,
     grid: Sequence[float] = DEFAULT_EASE_GRID,
     k: int = 100,
+    max_expand: int = 2,
 ) -> tuple[EASE, dict[float, float]]:
     """Fit EASE for each λ in ``grid`` on ``train_csr``; keep the best validation nDCG@k.
 
-    Returns ``(best_model, {λ: validation nDCG@k})``; the Gram matrix is computed once.
+    If the best λ lies on an edge of the grid, the search steps past that edge by a factor of 3
+    (at most ``max_expand`` extra fits), so a data set whose optimum is outside the default grid
+    (sparse catalogs such as Last.fm or CiteULike want a smaller λ than MovieLens) still gets an
+    interior optimum. Returns ``(best_model, {λ: validation nDCG@k})``; the Gram matrix is computed once.
     """
-    grid = tuple(float(g) for g in grid)
+    grid = sorted({float(g) for g in grid})
     if not grid:
         raise ValueError("grid must hold at least one λ")
+    if max_expand < 0:
+        raise ValueError(f"max_expand must be >= 0, got {max_expand}")
     G = EASE.gram(train_csr)
     if sp.csr_matrix(val_fold_in).shape[1] != G.shape[0]:
         raise ValueError(f"val_fold_in has {val_fold_in.shape[1]} items, train_csr has {G.shape[0]}")
     results: dict[float, float] = {}
-    best, best_score = None, -np.inf
-    for lam in grid:
+    best: list = [None, -np.inf]
+
+    def try_lambda(lam: float) -> None:
         model = EASE(lam).fit_gram(G)
         idx, _ = model.recommend(val_fold_in, k)
         score = float(np.nanmean(ndcg_at_k(idx, val_holdout, k)))
         results[lam] = score
-        if score > best_score:
-            best, best_score = model, score
-    return best, results
+        if score > best[1]:
+            best[0], best[1] = model, score
+
+    for lam in grid:
+        try_lambda(lam)
+    for _ in range(max_expand if len(grid) > 1 else 0):
+        lam = best[0].lambda_
+        if lam == min(results):
+            try_lambda(lam / 3.0)
+        elif lam == max(results):
+            try_lambda(lam * 3.0)
+        else:
+            break
+    return best[0], results

@@ -101,7 +101,7 @@ def test_fit_ease_on_validation_picks_best_lambda():
     features = Features.from_matrix(X, n_heldout_users=10, min_user_interactions=5, seed=3)
     grid = (0.5, 50.0, 5000.0)
     model, results = fit_ease_on_validation(
-        features.train, features.validation.fold_in, features.validation.holdout, grid=grid
+        features.train, features.validation.fold_in, features.validation.holdout, grid=grid, max_expand=0
     )
     assert set(results) == set(grid)
     assert model.lambda_ == max(results, key=results.get)
@@ -129,3 +129,15 @@ def test_gram_accumulates_over_user_chunks():
     rng = np.random.default_rng(2)
     X = sp.csr_matrix((rng.random((40000, 6)) < 0.2).astype(np.float64))
     np.testing.assert_array_equal(EASE.gram(X), (X.T @ X).toarray())
+
+
+def test_fit_ease_on_validation_steps_past_an_edge_optimum():
+    # on block data a huge λ washes out the item-item weights: the best of (3000, 9000) is the
+    # lower edge, so the search tries 1000 (and 333.3 if 1000 is best again), never 27000
+    X, _ = checkerboard()
+    features = Features.from_matrix(X, n_heldout_users=10, min_user_interactions=5, seed=3)
+    v = features.validation
+    model, results = fit_ease_on_validation(features.train, v.fold_in, v.holdout, grid=(9000.0, 3000.0), max_expand=2)
+    assert 1000.0 in results and 27000.0 not in results
+    assert 3 <= len(results) <= 4
+    assert model.lambda_ == max(results, key=results.get)

@@ -46,7 +46,8 @@ def test_baseline_metrics_ease_beats_popularity_on_block_data():
     X, _ = checkerboard()
     features = Features.from_matrix(X, n_heldout_users=12, seed=0)
     got = baseline_metrics(features, grid=(1.0, 10.0))
-    assert got["ease"]["lambda"] in (1.0, 10.0)
-    assert set(got["ease"]["validation_ndcg@100"]) == {"1.0", "10.0"}
+    tried = got["ease"]["validation_ndcg@100"]
+    assert {"1.0", "10.0"} <= set(tried)  # plus up to two steps past an edge optimum
+    assert str(got["ease"]["lambda"]) in tried
     assert got["ease"]["users"] == got["popularity"]["users"] == features.test.n_users
     assert got["ease"]["ndcg@100"] > got["popularity"]["ndcg@100"]
