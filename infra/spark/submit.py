@@ -83,6 +83,7 @@ def isolated_python(env_dir: str | Path) -> Path:
         capture_output=True,
         text=True,
         cwd=env_dir,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},  # as submit() runs it
     )
     if probe.returncode != 0:
         raise RuntimeError(f"isolated interpreter {python} is not usable: {probe.stderr.strip()[-500:]}")
