@@ -331,7 +331,6 @@ def build(
     """Run the whole build for one date; returns the manifest (also written beside the tables)."""
     import concurrent.futures
 
-    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     from jobs.common.readers import fingerprint
@@ -393,63 +392,53 @@ def build(
         pos_rows = with_item_idx(base_rows, items)
         lap("users_items")
 
-        obs_inter = Observation("interactions")
-        interactions = build_interactions(pos_rows).observe(
-            obs_inter, F.count(F.lit(1)).alias("rows"), F.count(F.when(F.col("item_idx").isNull(), 1)).alias("oov")
-        )
-        observations = {"interactions": obs_inter}
         tables: dict[str, DataFrame] = {
             "items": items.coalesce(1).sortWithinPartitions("item_idx"),
             "users": users.select("user_idx", "user_id", "split").coalesce(1).sortWithinPartitions("user_idx"),
-            "interactions": interactions.sortWithinPartitions("user_idx", "item_id"),
+            "interactions": build_interactions(pos_rows).sortWithinPartitions("user_idx", "item_id"),
         }
         for split in ("validation", "test"):
-            obs = Observation(split)
-            held = pos_rows.filter(F.col("split") == split).observe(
-                obs,
-                F.count(F.lit(1)).alias("positives"),
-                F.count(F.when(F.col("item_idx").isNull(), 1)).alias("oov_dropped"),
-            )
-            table = heldout_table(held, split, config)
-            role_obs = Observation(split + "_roles")
-            table = table.observe(
-                role_obs,
-                F.count(F.when(F.col("role") == "fold_in", 1)).alias("fold_in"),
-                F.count(F.when(F.col("role") == "holdout", 1)).alias("holdout"),
-            )
-            observations[split] = obs
-            observations[split + "_roles"] = role_obs
+            table = heldout_table(pos_rows.filter(F.col("split") == split), split, config)
             tables[split] = table.coalesce(1).sortWithinPartitions("user_idx", "role", "item_idx")
-        obs_ab = Observation("train_ab")
-        tables["train_ab"] = ab_table(pos_rows, config).observe(obs_ab, F.count(F.lit(1)).alias("rows"))
-        observations["train_ab"] = obs_ab
+        tables["train_ab"] = ab_table(pos_rows, config)
         lines = raw.lines if counts["quarantined_rows"] else None
         tables["quarantine"] = quarantine_table(per_user, lines).coalesce(1).sortWithinPartitions("source", "line")
 
-        split_counts = {r["split"]: int(r["count"]) for r in users.groupBy("split").count().collect()}
+        by_split = users.groupBy("split").agg(F.count("*").alias("users"), F.sum("n_pos").alias("positives"))
+        split_counts = {r["split"]: (int(r["users"]), int(r["positives"] or 0)) for r in by_split.collect()}
         info = input_info or {}
         lap("plan")
 
-        def manifest() -> dict[str, Any]:
-            got = {name: obs.get for name, obs in observations.items()}
+        def manifest(staging: str) -> dict[str, Any]:
+            from jobs.common.spark import spark_path
+
+            def table(name: str) -> DataFrame:
+                return spark.read.parquet(spark_path(f"{staging.rstrip('/')}/{name}"))
+
             out = dict(counts)
             del out["events"]
+            inter = table("interactions").agg(
+                F.count("*").alias("rows"), F.count(F.when(F.col("item_idx").isNull(), 1)).alias("oov")
+            )
+            inter_row = inter.first()
             out.update(
                 {
                     "items": n_items,
                     "heldout_users_per_split": n_heldout,
-                    **{f"{s}_users": split_counts.get(s, 0) for s in SPLITS},
-                    "interactions": int(got["interactions"]["rows"]),
-                    "interactions_oov": int(got["interactions"]["oov"]),
-                    "train_ab_rows": int(got["train_ab"]["rows"]),
+                    **{f"{s}_users": split_counts.get(s, (0, 0))[0] for s in SPLITS},
+                    "interactions": int(inter_row["rows"]),
+                    "interactions_oov": int(inter_row["oov"]),
+                    "train_ab_rows": table("train_ab").count(),
                     "quarantine_by_reason": dict(sorted(reasons.items())),
                 }
             )
             for split in ("validation", "test"):
-                out[f"{split}_positives"] = int(got[split]["positives"])
-                out[f"{split}_oov_dropped"] = int(got[split]["oov_dropped"])
-                out[f"{split}_fold_in"] = int(got[split + "_roles"]["fold_in"])
-                out[f"{split}_holdout"] = int(got[split + "_roles"]["holdout"])
+                roles = {r["role"]: int(r["count"]) for r in table(split).groupBy("role").count().collect()}
+                positives = split_counts.get(split, (0, 0))[1]
+                out[f"{split}_positives"] = positives
+                out[f"{split}_fold_in"] = roles.get("fold_in", 0)
+                out[f"{split}_holdout"] = roles.get("holdout", 0)
+                out[f"{split}_oov_dropped"] = positives - sum(roles.values())
             out["heldout_oov_dropped"] = out["validation_oov_dropped"] + out["test_oov_dropped"]
             return {
                 "schema_version": layout.SCHEMA_VERSION,
