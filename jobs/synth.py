@@ -104,7 +104,8 @@ def _iter_chunks(cfg: SynthConfig, chunk_users: int):
     popularity /= popularity.sum()
     item_ids = rng.permutation(n_items) + 1  # popularity rank -> public item id
     factors = rng.dirichlet(np.full(k, cfg.item_concentration), n_items).astype(np.float32)  # (I, K)
-    topic_item = popularity[:, None] * factors  # (I, K)
+    # within a topic, popularity is damped (^0.75) so that tastes, not only popularity, pick items
+    topic_item = popularity[:, None] ** 0.75 * factors  # (I, K)
     rows = np.vstack([(topic_item / topic_item.sum(axis=0, keepdims=True)).T, popularity[None, :]])  # (K+1, I)
     item_cdf = np.cumsum(rows, axis=1)
     item_cdf /= item_cdf[:, -1:]
