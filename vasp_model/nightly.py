@@ -193,14 +193,7 @@ def stage_argv(stage: str, plan: Mapping[str, Any]) -> list[str]:
     """The command-line arguments of ``vasp <stage>`` for this run (also used for spark-submit)."""
     date, warehouse = str(plan["date"]), str(plan["warehouse"])
     if stage == "synth":
-        return [
-            "--out",
-            str(plan["input"]),
-            "--users",
-            str(plan["synthetic_users"]),
-            "--items",
-            str(plan["synthetic_items"]),
-        ]
+        return ["--out", str(plan["input"]), "--users", str(plan["synthetic_users"]), "--items", str(plan["synthetic_items"])]  # fmt: skip
     if stage == "build":
         return [
             "--input", str(plan["input"]),
