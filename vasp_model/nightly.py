@@ -278,7 +278,7 @@ def input_available(input_uri: str) -> bool:
 
 def missing_input_message(plan: Mapping[str, Any], timeout_s: int) -> str:
     return (
-        f"input for {plan['date']} never arrived: {plan['input']} did not exist within {timeout_s} s. "
+        f"input for {plan['date']} never arrived: {plan['input']} did not exist within {timeout_s} s of waiting. "
         "Nothing was built, trained, promoted or published for this date; the champion is unchanged."
     )
 

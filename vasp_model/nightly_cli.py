@@ -156,10 +156,10 @@ def run(args: argparse.Namespace) -> int:
         "min_user_interactions": args.min_user_interactions,
     }
     result = run_dag(date, {k: v for k, v in conf.items() if v is not None})
-    return report(result, os.environ["VASP_WAREHOUSE"], args.user)
+    return report(result, os.environ["VASP_WAREHOUSE"], args.user, conf["input"])
 
 
-def report(result: dict[str, Any], warehouse: str, user: str | None = None) -> int:
+def report(result: dict[str, Any], warehouse: str, user: str | None = None, input_uri: str | None = None) -> int:
     """Print the outcome of a run; 0 if it succeeded, 1 if any task failed."""
     from vasp_model import layout, nightly, storage
 
@@ -169,11 +169,13 @@ def report(result: dict[str, Any], warehouse: str, user: str | None = None) -> i
         seconds = "" if info["seconds"] is None else f"{info['seconds']:7.1f} s"
         print(f"  {task_id:<26} {info['state']:<16} {seconds}")
     if result["state"] != "success":
-        failed = [t for t, info in result["tasks"].items() if info["state"] in ("failed", "upstream_failed")]
-        if result["tasks"].get("wait_for_input", {}).get("state") == "failed":
-            print("error: " + nightly.missing_input_message({"date": date, "input": "the input"}, 0), file=sys.stderr)
-        print(f"error: the nightly run for {date} failed (tasks: {', '.join(failed) or '?'}); "
-              f"task logs are under {os.environ.get('AIRFLOW_HOME', '?')}/logs", file=sys.stderr)  # fmt: skip
+        failed = [t for t, info in result["tasks"].items() if info["state"] == "failed"]
+        skipped = [t for t, info in result["tasks"].items() if info["state"] == "upstream_failed"]
+        if "wait_for_input" in failed:
+            message = nightly.missing_input_message({"date": date, "input": input_uri or "the input"}, 0)
+            print("error: " + message, file=sys.stderr)
+        print(f"error: the nightly run for {date} failed in {', '.join(failed) or '?'} (not run: "
+              f"{', '.join(skipped) or 'none'}); the task's error is in the log above", file=sys.stderr)  # fmt: skip
         return 1
     record = storage.read_json(f"{layout.dataset_dir(warehouse, 'runs', date)}/run.json")
     decision = record["promotion"]
