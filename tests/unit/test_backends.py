@@ -49,7 +49,7 @@ def _run(backend: str, *args: str) -> dict:
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, *args], env=env, cwd=root, capture_output=True, text=True, timeout=240
+        [sys.executable, "-c", SCRIPT, *args], env=env, cwd=root, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
