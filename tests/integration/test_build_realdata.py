@@ -1,0 +1,176 @@
+"""Data-contract tests of the Spark build job on real data read in place from ../shared/data.
+
+ML-1M and ML-100K must give the published vae_cf-protocol counts; every user satisfies the
+A/B and fold-in invariants; user splits are disjoint; rerunning a date gives identical tables
+and replaces only that date. Last.fm and CiteULike-a go through the same job without loss.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from jobs.build_matrices import BuildConfig, build
+from vasp_model import layout, storage
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+ML1M = DATA / "ml-1m" / "ratings.csv"
+ML100K = DATA / "ml-100k" / "u.data"
+LASTFM = DATA / "hetrec2011-lastfm-2k" / "user_artists.dat"
+CITEULIKE = DATA / "citeulike-a" / "users.dat"
+
+pytestmark = [
+    pytest.mark.realdata,
+    pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not found beside the checkout"),
+]
+DATE, OTHER_DATE = "2024-05-01", "2024-05-02"
+TABLES = ("items", "users", "interactions", "validation", "test", "train_ab", "quarantine")
+
+
+def _table(warehouse: str, date: str, name: str) -> pd.DataFrame:
+    path = layout.feature_table(warehouse, date, name)
+    return ds.dataset(path, format="parquet", ignore_prefixes=[".", "_"]).to_table().to_pandas()
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
+
+def check_contract(warehouse: str, date: str, manifest: dict, config: BuildConfig) -> dict[str, pd.DataFrame]:
+    """Every invariant of the features contract, on every user."""
+    t = {name: _table(warehouse, date, name) for name in TABLES}
+    counts = manifest["counts"]
+    users, items = t["users"], t["items"]
+    assert counts["input_rows"] == counts["used_rows"] + counts["quarantined_rows"] + counts["duplicate_rows"]
+    assert len(t["quarantine"]) == counts["quarantined_rows"]
+    # ids and indices
+    assert sorted(users["user_idx"]) == list(range(len(users))) and users["user_id"].is_unique
+    assert sorted(items["item_idx"]) == list(range(len(items))) and items["item_id"].is_unique
+    assert str(users["user_idx"].dtype) == "int32" and str(items["item_idx"].dtype) == "int32"
+    ordered = items.sort_values("item_idx")
+    assert (ordered["popularity"].diff().dropna() <= 0).all()
+    assert set(users["split"]) <= {"train", "validation", "test", "excluded"}
+    # positives per user and split membership
+    inter = t["interactions"]
+    assert len(inter) == counts["positives"] == counts["interactions"]
+    n_pos = inter.groupby("user_idx").size().reindex(users["user_idx"], fill_value=0).to_numpy()
+    kept = n_pos >= config.min_user_interactions
+    assert ((users["split"] != "excluded").to_numpy() == kept).all()
+    assert int(kept.sum()) == counts["users_kept"] and int(n_pos[kept].sum()) == counts["positives_kept"]
+    split_of = dict(zip(users["user_idx"], users["split"], strict=True))
+    # vocabulary = items of train users; popularity = number of train users
+    train_inter = inter[inter["user_idx"].map(split_of) == "train"]
+    assert set(train_inter["item_id"]) == set(items["item_id"])
+    pop = train_inter.groupby("item_id").size()
+    assert (items.set_index("item_id")["popularity"] == pop.reindex(items["item_id"]).to_numpy()).all()
+    assert inter["item_idx"].isna().sum() == counts["interactions_oov"]
+    # held-out users: fold-in + holdout = the user's in-vocabulary positives; int(0.2 n) held out
+    known = inter.dropna(subset=["item_idx"])
+    for split in ("validation", "test"):
+        held = t[split]
+        assert set(held["user_idx"].map(split_of)) <= {split}
+        want = known[known["user_idx"].map(split_of) == split]
+        got_pairs = set(zip(held["user_idx"], held["item_idx"], strict=True))
+        assert got_pairs == set(zip(want["user_idx"], want["item_idx"].astype(int), strict=True))
+        assert len(got_pairs) == len(held)
+        per_user = held.groupby("user_idx")["role"].agg(n="size", holdout=lambda r: int((r == "holdout").sum()))
+        expect = per_user["n"].map(lambda n: int(0.2 * n) if n >= 5 else 0)
+        assert (per_user["holdout"] == expect).all()
+        assert counts[f"{split}_oov_dropped"] == counts[f"{split}_positives"] - len(held)
+    # disjoint splits of sizes from the config
+    n_held = counts["heldout_users_per_split"]
+    assert (users["split"] == "validation").sum() == n_held == (users["split"] == "test").sum()
+    # A/B: per (user, copy) halves balanced, disjoint, union = the user's items
+    ab = t["train_ab"]
+    assert set(ab["copy"]) == set(range(config.ab_copies))
+    assert set(ab["user_idx"].map(split_of)) == {"train"}
+    assert len(ab) == config.ab_copies * len(train_inter) == counts["train_ab_rows"]
+    grouped = ab.groupby(["user_idx", "copy"])
+    sizes = grouped["half"].agg(a=lambda h: int((h == "A").sum()), n="size")
+    assert ((sizes["n"] - 2 * sizes["a"]).between(0, 1)).all()
+    assert not ab.duplicated(["user_idx", "copy", "item_idx"]).any()  # A ∩ B = ∅, no repeats
+    train_sizes = train_inter.groupby("user_idx").size()
+    assert (sizes["n"].droplevel("copy") == train_sizes.reindex(sizes.index.get_level_values(0)).to_numpy()).all()
+    return t
+
+
+@pytest.fixture(scope="module")
+def ml1m(spark, tmp_path_factory):
+    if not ML1M.exists():
+        pytest.skip("ML-1M not found")
+    warehouse = str(tmp_path_factory.mktemp("ml1m"))
+    config = BuildConfig()
+    return warehouse, config, build(spark, str(ML1M), warehouse, DATE, config)
+
+
+def test_ml1m_counts(ml1m):
+    _, _, manifest = ml1m
+    c = manifest["counts"]
+    assert (c["positives"], c["users_with_positive"], c["users_kept"], c["positives_kept"]) == (
+        575_281,
+        6_038,
+        6_034,
+        575_272,
+    )
+    assert c["input_rows"] == 1_000_209 and c["users"] == 6_040 and c["quarantined_rows"] == 0
+    assert c["validation_users"] == c["test_users"] == 603  # ~600 each, the vae_cf ML-1M protocol
+    assert manifest["schema_version"] == layout.SCHEMA_VERSION and manifest["input"]["sha256"]
+
+
+def test_ml1m_contract_on_every_user(ml1m):
+    warehouse, config, manifest = ml1m
+    check_contract(warehouse, DATE, manifest, config)
+
+
+def test_ml100k_counts_contract_and_rerun(spark, tmp_path):
+    if not ML100K.exists():
+        pytest.skip("ML-100K not found")
+    warehouse = str(tmp_path / "wh")
+    config = BuildConfig(ab_copies=3)
+    first = build(spark, str(ML100K), warehouse, DATE, config)
+    c = first["counts"]
+    assert (c["positives"], c["users_with_positive"], c["users_kept"], c["positives_kept"]) == (
+        55_375,
+        942,
+        938,
+        55_361,
+    )
+    tables = check_contract(warehouse, DATE, first, config)
+    other = build(spark, str(ML100K), warehouse, OTHER_DATE, BuildConfig(ab_copies=3, seed=5))
+    other_manifest = storage.read_json(f"{layout.features_dir(warehouse, OTHER_DATE)}/manifest.json")
+    # rerun DATE: identical tables, OTHER_DATE untouched
+    second = build(spark, str(ML100K), warehouse, DATE, config)
+    assert second["counts"] == first["counts"] and second["input"]["sha256"] == first["input"]["sha256"]
+    for name in TABLES:
+        pd.testing.assert_frame_equal(_sorted(_table(warehouse, DATE, name)), _sorted(tables[name]))
+    assert storage.read_json(f"{layout.features_dir(warehouse, OTHER_DATE)}/manifest.json") == other_manifest
+    assert storage.published_dates(warehouse, "features") == [DATE, OTHER_DATE]
+    # another seed gives other splits
+    assert other["counts"]["test_users"] == c["test_users"]
+    a, b = _table(warehouse, DATE, "users"), _table(warehouse, OTHER_DATE, "users")
+    assert set(a[a.split == "test"]["user_id"]) != set(b[b.split == "test"]["user_id"])
+
+
+@pytest.mark.parametrize(
+    "path, fmt, expect",
+    [
+        (LASTFM, "lastfm", {"input_rows": 92_834, "users": 1_892, "positives": 92_834}),
+        (CITEULIKE, "citeulike", {"input_rows": 204_986, "users": 5_551, "positives": 204_986}),
+    ],
+)
+def test_implicit_datasets_no_loss(spark, tmp_path, path, fmt, expect):
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    warehouse = str(tmp_path / "wh")
+    config = BuildConfig(ab_copies=1)
+    manifest = build(spark, str(path), warehouse, DATE, config)
+    c = manifest["counts"]
+    assert manifest["input"]["format"]["format"] == fmt
+    assert c["input_rows"] == c["used_rows"] + c["quarantined_rows"] + c["duplicate_rows"]
+    assert {k: c[k] for k in expect} == expect
+    assert c["quarantined_rows"] == 0 and c["duplicate_rows"] == 0
+    assert 0 < c["items"] and c["users_kept"] > 0.8 * c["users"]
+    check_contract(warehouse, DATE, manifest, config)
