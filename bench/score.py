@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -181,6 +182,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="Timed Spark scoring runs after the warm-up (median).")
     parser.add_argument("--train-epochs", type=int, default=0, help="Train the ML-1M model first (0 = untrained).")
     parser.add_argument("--skip-als", action="store_true", help="Do not run Spark ALS.")
+    parser.add_argument("--skip-ml1m", action="store_true", help="Only time the 20M-shaped population.")
     parser.add_argument("--skip-synthetic", action="store_true", help="Do not time the 20M-shaped population.")
     parser.add_argument("--synthetic-users", type=int, default=138_493, help="Users of the 20M-shaped population.")
     parser.add_argument("--synthetic-items", type=int, default=20_000, help="Items of the 20M-shaped population.")
@@ -205,41 +207,46 @@ def main(argv=None) -> int:
     cores = spark.sparkContext.defaultParallelism
     out: dict = {"master": args.master, "cores": cores, "cpu_count": os.cpu_count()}
 
-    build_ml1m(spark, warehouse)
-    features = load_features(warehouse, DATE)
-    bundle_dir = str(workdir / "ml1m-bundle")
-    bundle = make_bundle(features.item_ids, features.popularity, bundle_dir, features, args.train_epochs)
-    lists = user_lists(warehouse, DATE)
-    n_users = len(lists)
-    print(f"ML-1M: {n_users} users, {bundle.n_items} items, cpu-preset model, {bundle.model.count_params():,} params")
-
-    warm, times, manifest = spark_score(spark, warehouse, DATE, bundle_dir, args.reps)
-    spark_s = statistics.median(times)
-    assert manifest["counts"]["users"] == n_users
-    single_times = [single_process(bundle, lists) for _ in range(max(1, args.reps))]
-    single_s = statistics.median(single_times)
-    out["ml1m"] = {
-        "users": n_users,
-        "items": bundle.n_items,
-        "weights": "trained" if args.train_epochs else "untrained",
-        "spark_warmup_s": round(warm, 2),
-        "spark_s": [round(t, 2) for t in times],
-        "spark_users_per_s": round(n_users / spark_s, 1),
-        "single_process_s": [round(t, 2) for t in single_times],
-        "single_process_users_per_s": round(n_users / single_s, 1),
-        "single_over_spark": round(spark_s / single_s, 2),
-    }
-    if not args.skip_als:
-        als_users, fit_s, rec_s = als(spark, warehouse, DATE)
-        out["ml1m"].update(
-            {
-                "als_fit_s": round(fit_s, 2),
-                "als_recommend_s": round(rec_s, 2),
-                "als_users_per_s": round(als_users / rec_s, 1),
-                "spark_over_als": round((n_users / spark_s) / (als_users / rec_s), 1),
-            }
+    if not args.skip_ml1m:
+        build_ml1m(spark, warehouse)
+        features = load_features(warehouse, DATE)
+        bundle_dir = str(workdir / "ml1m-bundle")
+        bundle = make_bundle(features.item_ids, features.popularity, bundle_dir, features, args.train_epochs)
+        lists = user_lists(warehouse, DATE)
+        n_users = len(lists)
+        print(
+            f"ML-1M: {n_users} users, {bundle.n_items} items, cpu-preset model, {bundle.model.count_params():,} params"
         )
-    print(json.dumps(out["ml1m"], indent=2))
+
+        warm, times, manifest = spark_score(spark, warehouse, DATE, bundle_dir, args.reps)
+        spark_s = statistics.median(times)
+        assert manifest["counts"]["users"] == n_users
+        single_times = [single_process(bundle, lists) for _ in range(max(1, args.reps))]
+        single_s = statistics.median(single_times)
+        out["ml1m"] = {
+            "users": n_users,
+            "items": bundle.n_items,
+            "weights": "trained" if args.train_epochs else "untrained",
+            "spark_warmup_s": round(warm, 2),
+            "spark_s": [round(t, 2) for t in times],
+            "spark_users_per_s": round(n_users / spark_s, 1),
+            "single_process_s": [round(t, 2) for t in single_times],
+            "single_process_users_per_s": round(n_users / single_s, 1),
+            "single_over_spark": round(spark_s / single_s, 2),
+        }
+        if not args.skip_als:
+            als_users, fit_s, rec_s = als(spark, warehouse, DATE)
+            out["ml1m"].update(
+                {
+                    "als_fit_s": round(fit_s, 2),
+                    "als_recommend_s": round(rec_s, 2),
+                    "als_users_per_s": round(als_users / rec_s, 1),
+                    "spark_over_als": round((n_users / spark_s) / (als_users / rec_s), 1),
+                }
+            )
+        print(json.dumps(out["ml1m"], indent=2))
+        del bundle, lists, features  # the 20M-shaped model needs the memory
+        gc.collect()
 
     if not args.skip_synthetic:
         n_all = args.synthetic_users
@@ -248,6 +255,10 @@ def main(argv=None) -> int:
         pop = np.arange(args.synthetic_items, 0, -1, dtype=np.int64)
         syn_dir = str(workdir / "syn20m-bundle")
         syn_params = int(make_bundle(items_ids, pop, syn_dir).model.count_params())  # saved; freed here
+        import keras
+
+        keras.backend.clear_session()  # the driver does not keep the 20k x 20k model (the workers load it)
+        gc.collect()
         gen_s, rows = _timed(lambda: synthetic_population(warehouse, "2026-01-02", n_run, args.synthetic_items))
         print(f"synthetic: {n_run} users, {rows:,} positive events ({gen_s:.1f}s)")
         from jobs.score import score

@@ -213,6 +213,16 @@ def transform(
     return lists_df.mapInArrow(fn, from_arrow_schema(output_schema()))
 
 
+def count_rows(uri: str) -> int:
+    """Rows of a Parquet table from its footers (pyarrow, no Spark job)."""
+    import pyarrow.dataset as pads
+
+    from vasp_model import storage
+
+    filesystem, path = storage.resolve(uri)
+    return pads.dataset(path, filesystem=filesystem, format="parquet").count_rows()
+
+
 def model_identity(bundle_dir: str, version: str, resolved: str) -> str:
     """What executors cache a loaded model by: the registry version (immutable), or a local bundle's files."""
     if version != "local":
@@ -243,7 +253,7 @@ def score(
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    from jobs.common.spark import spark_path, write_tables
+    from jobs.common.spark import write_tables
     from vasp_model import storage
     from vasp_model.registry import download_bundle
 
@@ -265,7 +275,7 @@ def score(
         bundle_ref = os.path.basename(staged)
         log.info("scoring %s with %s (version %s)", date, resolved, version)
 
-        n_users_input = spark.read.parquet(spark_path(layout.feature_table(warehouse, date, "users"))).count()
+        n_users_input = count_rows(layout.feature_table(warehouse, date, "users"))
         partitions = partitions or max(2 * spark.sparkContext.defaultParallelism, n_users_input // 20000)
         threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
         scored = transform(

@@ -69,15 +69,20 @@ class GateDecision:
 def mlflow_uri(tracking_uri: str) -> Iterator[Any]:
     """Point the fluent mlflow API (tracking + registry) at ``tracking_uri`` for a block; yields a client."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    before_tracking, before_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # Restore the *settings* (possibly "unset"), not the URIs they resolve to: pinning a resolved
+    # registry URI would send a later client with another tracking URI to this store.
+    before_tracking = getattr(tracking_utils, "_tracking_uri", None)
+    before_registry = getattr(registry_utils, "_registry_uri", None)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     try:
         yield mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
     finally:
-        mlflow.set_tracking_uri(before_tracking)
-        mlflow.set_registry_uri(before_registry)
+        tracking_utils._tracking_uri = before_tracking
+        registry_utils._registry_uri = before_registry
 
 
 def get_alias(client, name: str, alias: str):

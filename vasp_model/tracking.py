@@ -164,18 +164,25 @@ class TrainingTracker:
         self.run_name = run_name
         self.run_id: str | None = None
         self.model_version: str | None = None
-        self._previous_uri: str | None = None
+        self._uri_scope = None
 
     # -- run lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> TrainingTracker:
         import mlflow
 
+        from vasp_model.registry import mlflow_uri
+
         _ensure_local_store_dir(self.tracking_uri)
-        self._previous_uri = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.tracking_uri)
-        client = mlflow.MlflowClient(self.tracking_uri)
-        experiment_id = ensure_experiment(client, self.experiment, self.tracking_uri)
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name)
+        # tracking + registry point at this store while the run is open (restored on exit)
+        self._uri_scope = mlflow_uri(self.tracking_uri)
+        client = self._uri_scope.__enter__()
+        try:
+            experiment_id = ensure_experiment(client, self.experiment, self.tracking_uri)
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name)
+        except BaseException:
+            self._uri_scope.__exit__(None, None, None)
+            self._uri_scope = None
+            raise
         self.run_id = run.info.run_id
         log.info("mlflow run %s in experiment %r at %s", self.run_id, self.experiment, self.tracking_uri)
         return self
@@ -183,15 +190,18 @@ class TrainingTracker:
     def __exit__(self, exc_type, exc, tb) -> None:
         import mlflow
 
-        mlflow.end_run(status="FAILED" if exc_type is not None else "FINISHED")
-        if self._previous_uri is not None:
-            mlflow.set_tracking_uri(self._previous_uri)
+        try:
+            mlflow.end_run(status="FAILED" if exc_type is not None else "FINISHED")
+        finally:
+            if self._uri_scope is not None:
+                self._uri_scope.__exit__(None, None, None)
+                self._uri_scope = None
 
     @property
     def client(self):
         import mlflow
 
-        return mlflow.MlflowClient(self.tracking_uri)
+        return mlflow.MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
 
     # -- logging -------------------------------------------------------------------------------
     def log_config(self, params: Mapping[str, Any]) -> None:
