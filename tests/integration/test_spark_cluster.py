@@ -176,7 +176,8 @@ def _read_recs(warehouse: Path):
 def test_shipping_is_required(shipped, work):
     """The isolated interpreter cannot import the package by itself: the cluster run above used the zip."""
     _, python = shipped
-    probe = subprocess.run([str(python), "-c", "import vasp_model"], capture_output=True, text=True, cwd=work)
+    env = {k: v for k, v in subprocess_env(work / "run-probe").items() if k != "PYTHONPATH"}  # as submit() runs
+    probe = subprocess.run([str(python), "-c", "import vasp_model"], capture_output=True, text=True, cwd=work, env=env)
     assert probe.returncode != 0 and "No module named 'vasp_model'" in probe.stderr
 
 
