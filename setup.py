@@ -22,7 +22,8 @@ DEV = [
     "ruff==0.17.5",
     "duckdb>=1.1,<3",
     "jax[cpu]>=0.7,<0.13",  # second Keras backend for the cross-backend test
-    "psycopg2-binary>=2.9,<3",
+    "psycopg2-binary>=2.9,<3",  # MLflow server on PostgreSQL (infra tests)
+    "asyncpg>=0.29,<1",  # Airflow 3 metadata on PostgreSQL (infra tests)
 ]
 
 setup(
