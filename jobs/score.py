@@ -5,7 +5,7 @@
 
 * The driver resolves the model URI once (an alias becomes a concrete version, recorded in every
   row as ``model_version``), downloads the ModelBundle directory and ships it to the executors
-  with ``SparkContext.addFile``; each executor Python process loads it once (module-level cache).
+  with ``SparkContext.addArchive``; each executor Python process loads it once (module-level cache).
 * Users come from the ``users`` table (all of them, whatever their split) left-joined with their
   item ids from ``interactions``; batches of users go through ``mapInArrow`` into
   ``ModelBundle.recommend_ids``: ids unknown to the model's vocabulary are ignored (and counted),
@@ -271,8 +271,11 @@ def score(
         bundle_dir, version, resolved = download_bundle(tracking_uri, model_uri, os.path.join(tmp, "download"))
         model_key = model_identity(bundle_dir, version, resolved)
         staged = stage_bundle(bundle_dir, version, tmp)
-        spark.sparkContext.addFile(staged, recursive=True)
-        bundle_ref = os.path.basename(staged)
+        # addFile(directory) is refused on a cluster master (UNSUPPORTED_ADD_FILE.LOCAL_DIRECTORY): ship a
+        # zip with addArchive; each executor unpacks it to SparkFiles.get(<archive name>).
+        archive = shutil.make_archive(staged, "zip", root_dir=staged)
+        spark.sparkContext.addArchive(archive)
+        bundle_ref = os.path.basename(archive)
         log.info("scoring %s with %s (version %s)", date, resolved, version)
 
         n_users_input = count_rows(layout.feature_table(warehouse, date, "users"))
