@@ -115,6 +115,7 @@ with DAG(
                 application=nightly.stage_script(stage),
                 application_args="{{ " + PLAN + "['argv']['" + stage + "'] }}",
                 name=f"vasp-{stage}-" + "{{ " + PLAN + "['date'] }}",
+                py_files=CFG.spark_py_files or None,
             )
 
         build_features = _spark("build_features", "build")
@@ -133,6 +134,8 @@ with DAG(
         score_users = score_local(plan)
 
     gpu = {k: v for k, v in (("pool", CFG.gpu_pool), ("queue", CFG.gpu_queue)) if v}
+    if CFG.train_pod_template:  # KubernetesExecutor: run training in a GPU pod (infra/k8s)
+        gpu["executor_config"] = {"pod_template_file": CFG.train_pod_template}
 
     @task(task_id="train_model", execution_timeout=dt.timedelta(seconds=CFG.train_timeout_s), **gpu)
     def train_model(plan: dict) -> str:

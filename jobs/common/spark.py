@@ -18,11 +18,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from vasp_model import defaults, storage
 from vasp_model.settings import ConfigError, build_config
+
+DEFAULT_MASTER = "local[*]"
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -35,7 +38,7 @@ _LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
 class SparkConfig:
     """How to build the SparkSession. Env: ``VASP_SPARK_MASTER``, ``VASP_SPARK_DRIVER_MEMORY``, ..."""
 
-    spark_master: str = "local[*]"
+    spark_master: str = DEFAULT_MASTER
     spark_app_name: str = "vasp"
     # spark.sql.warehouse.dir (managed SQL tables; the jobs write to the VASP warehouse by URI).
     # Empty = <run dir>/spark-warehouse, so nothing litters the working directory.
@@ -117,9 +120,15 @@ def get_session(config: SparkConfig | None = None) -> SparkSession:
     config = config or spark_config()
     if config.is_local:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Python workers must run this interpreter (its venv has pyarrow, numpy, keras), not `python3`.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.master(config.spark_master).appName(config.spark_app_name)
+    builder = SparkSession.builder.appName(config.spark_app_name)
+    # Under spark-submit (the driver gets PYSPARK_GATEWAY_PORT) the submitter already chose the
+    # master: only an explicitly configured master overrides it.
+    if "PYSPARK_GATEWAY_PORT" not in os.environ or config.spark_master != DEFAULT_MASTER:
+        builder = builder.master(config.spark_master)
     for key, value in config.settings().items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
