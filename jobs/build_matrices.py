@@ -579,14 +579,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``spark-submit jobs/build_matrices.py ...``."""
-    parser = argparse.ArgumentParser(prog="build_matrices", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"build_matrices: error: {exc}", file=sys.stderr)
-        return 1
+    from jobs.common.spark import submit_main
+
+    return submit_main("build_matrices", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -364,14 +364,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """spark-submit entry point (same flags as ``vasp score``)."""
-    parser = argparse.ArgumentParser(prog="score.py", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"score: error: {exc}", file=sys.stderr)
-        return 1
+    from jobs.common.spark import submit_main
+
+    return submit_main("score", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -241,6 +241,14 @@ def _recorded(candidate, champion_before, date, metric, margin) -> GateDecision:
     )
 
 
+def _candidate_and_champion(client, registered_model: str, date: str):
+    """``date``'s registered version (it must exist) and the current champion version (or None)."""
+    candidate = find_candidate(client, registered_model, date)
+    if candidate is None:
+        raise ValueError(f"no version of registered model {registered_model!r} is tagged date={date}")
+    return candidate, get_alias(client, registered_model, CHAMPION)
+
+
 def promote(
     date: str,
     warehouse: str,
@@ -253,10 +261,7 @@ def promote(
     from vasp_model.features import load_features
 
     with mlflow_uri(tracking_uri) as client:
-        candidate = find_candidate(client, registered_model, date)
-        if candidate is None:
-            raise ValueError(f"no version of registered model {registered_model!r} is tagged date={date}")
-        champion = get_alias(client, registered_model, CHAMPION)
+        candidate, champion = _candidate_and_champion(client, registered_model, date)
         champ_v = str(champion.version) if champion is not None else None
         cand_v = str(candidate.version)
 
@@ -337,10 +342,7 @@ def promote(
 def rollback(date: str, tracking_uri: str, registered_model: str = "vasp") -> GateDecision:
     """Undo ``date``'s promotion: ``champion`` goes back to ``previous`` (idempotent for the date)."""
     with mlflow_uri(tracking_uri) as client:
-        candidate = find_candidate(client, registered_model, date)
-        if candidate is None:
-            raise ValueError(f"no version of registered model {registered_model!r} is tagged date={date}")
-        champion = get_alias(client, registered_model, CHAMPION)
+        candidate, champion = _candidate_and_champion(client, registered_model, date)
         champ_v = str(champion.version) if champion is not None else None
         cand_v = str(candidate.version)
         if champ_v != cand_v:

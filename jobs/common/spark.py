@@ -241,3 +241,15 @@ def write_tables(
     except BaseException:
         storage.discard(staging)
         raise
+
+
+def submit_main(prog: str, description: str, add_arguments, run, argv: list[str] | None = None) -> int:
+    """The ``spark-submit jobs/X.py ...`` entry point of a job: same flags and errors as ``vasp X``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
