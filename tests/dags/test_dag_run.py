@@ -9,7 +9,10 @@ Then ML-1M with the cpu preset: the promoted model beats EASE on its test users.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,20 +198,31 @@ def test_missing_input_fails_clearly_and_publishes_nothing(synthetic_night, capl
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not ML1M.exists(), reason=f"{ML1M} not present")
-def test_ml1m_night_promotes_a_model_that_beats_ease(tmp_path, monkeypatch):
-    for key in ("VASP_GATE_MARGIN", "VASP_SYNTHETIC_USERS", "VASP_SYNTHETIC_ITEMS", "VASP_INPUT_TIMEOUT_S"):
-        monkeypatch.delenv(key, raising=False)  # the production gate and defaults, whatever ran before
-    for key, value in _env(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    result = _run("2026-03-10", input=str(ML1M), preset="cpu")
+def test_ml1m_night_promotes_a_model_that_beats_ease(tmp_path):
+    """ML-1M through the README's own command (``vasp run``), in a fresh process.
 
-    assert result["state"] == "success", result
+    The fresh process lets the training task use Keras on JAX (same model code, about 3x
+    faster per epoch on CPU than TensorFlow); this test process has TensorFlow loaded already.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VASP_")}  # production gate and defaults
+    env.update(_env(tmp_path), KERAS_BACKEND=os.environ.get("VASP_QUALITY_BACKEND", "jax"))
+    vasp = Path(sys.executable).with_name("vasp")
+    date = "2026-03-10"
+    proc = subprocess.run(
+        [str(vasp), "run", "--date", date, "--input", str(ML1M), "--preset", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
     wh = tmp_path / "warehouse"
-    record = storage.read_json(f"{layout.dataset_dir(str(wh), 'runs', '2026-03-10')}/run.json")
+    record = storage.read_json(f"{layout.dataset_dir(str(wh), 'runs', date)}/run.json")
     decision = record["promotion"]
     assert decision["action"] == "promoted", decision
-    metrics = storage.read_json(f"{layout.models_dir(str(wh), '2026-03-10')}/metrics.json")
-    vasp, ease = metrics["test"]["vasp"]["ndcg@100"], metrics["test"]["ease"]["ndcg@100"]
-    assert vasp > ease, (vasp, ease)
-    assert decision["scores"]["candidate_logged"] == pytest.approx(vasp)
+    metrics = storage.read_json(f"{layout.models_dir(str(wh), date)}/metrics.json")
+    vasp_ndcg, ease_ndcg = metrics["test"]["vasp"]["ndcg@100"], metrics["test"]["ease"]["ndcg@100"]
+    assert vasp_ndcg > ease_ndcg, (vasp_ndcg, ease_ndcg)
+    assert decision["scores"]["candidate_logged"] == pytest.approx(vasp_ndcg)
     assert record["checks"]["users"] == 6040
