@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -29,3 +30,9 @@ def spark(tmp_path_factory):
     session = get_session(config)
     yield session
     session.stop()
+
+
+def pytest_configure(config):
+    # py4j logs "Closing down clientserver connection" from __del__ at interpreter exit, after
+    # pytest closed its streams, which prints a logging traceback below the test summary.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
