@@ -44,6 +44,7 @@ _BUNDLES: dict[str, Any] = {}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from jobs.common.spark import add_spark_arguments
+    from vasp_model.cli import add_tracking_argument, add_warehouse_argument
 
     parser.add_argument("--date", required=True, help="Logical date YYYY-MM-DD: scores features/dt=D.")
     parser.add_argument(
@@ -53,12 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_MODEL_URI}).",
     )
     parser.add_argument("--top-n", type=int, default=100, help="Items per user (default 100).")
-    parser.add_argument("--warehouse", default=None, help="Warehouse root (default: $VASP_WAREHOUSE or ./warehouse).")
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: SQLite under the run dir, $VASP_TRACKING_URI).",
-    )
+    add_warehouse_argument(parser)
+    add_tracking_argument(parser)
     parser.add_argument(
         "--batch-users", type=int, default=1024, help="Users per model forward pass inside a task (default 1024)."
     )

@@ -15,10 +15,12 @@ DATASET = "recommendations"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vasp_model.cli import add_warehouse_argument
+
     parser.add_argument("--user", required=True, help="The user's original id (as in the input data, e.g. 42).")
     parser.add_argument("--date", default=None, help="Published date YYYY-MM-DD (default: the latest published).")
     parser.add_argument("-n", "--top-n", dest="n", type=int, default=10, help="How many items to print (default 10).")
-    parser.add_argument("--warehouse", default=None, help="Warehouse root (default: $VASP_WAREHOUSE or ./warehouse).")
+    add_warehouse_argument(parser)
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
 
 

@@ -24,6 +24,8 @@ DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vasp_model.cli import add_warehouse_argument
+
     parser.add_argument("--date", default=None, help="Logical date YYYY-MM-DD to process (default: yesterday, UTC).")
     parser.add_argument(
         "--input",
@@ -42,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Users with fewer positives are not trained on, but still scored (default 5).",
     )
-    parser.add_argument("--warehouse", default=None, help="Warehouse root (default: $VASP_WAREHOUSE or ./warehouse).")
+    add_warehouse_argument(parser)
     parser.add_argument(
         "--home", default=None, help="Run directory for Airflow, MLflow and Spark state (default: $VASP_HOME or ./run)."
     )

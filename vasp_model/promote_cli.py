@@ -14,13 +14,11 @@ from vasp_model.settings import build_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vasp_model.cli import add_tracking_argument, add_warehouse_argument
+
     parser.add_argument("--date", required=True, help="Logical date YYYY-MM-DD whose trained version is gated.")
-    parser.add_argument("--warehouse", default=None, help="Warehouse root (default: $VASP_WAREHOUSE or ./warehouse).")
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: SQLite under the run dir, $VASP_TRACKING_URI).",
-    )
+    add_warehouse_argument(parser)
+    add_tracking_argument(parser)
     parser.add_argument(
         "--margin", type=float, default=None, help="Absolute nDCG@100 the candidate must beat EASE by (default 0)."
     )
