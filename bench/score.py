@@ -9,7 +9,8 @@
 2. In the same Spark session, same data, top 100, all users:
    (a) the Spark scoring job (jobs/score.py: mapInArrow, model loaded once per worker) - users/s,
        median of --reps runs after one warm-up run (which also imports Keras in the workers);
-   (b) single-process batched scoring of the same bundle (``recommend_ids`` over all users);
+   (b) single-process batched scoring of the same bundle (the job's ``score_lists`` over all users,
+       batches of 1024, lists grouped beforehand);
    (c) Spark ALS (rank 64, implicit, 10 iterations, checkpoint dir set) ``recommendForAllUsers(100)``.
    Printed ratios: Spark/ALS (target >= 20x) and single-process/Spark (target <= 2x).
 3. A synthetic MovieLens-20M-shaped population (138,493 users, 20,000 items, ~72 positives per
@@ -75,21 +76,26 @@ def make_bundle(n_items_ids, popularity, directory: str, features=None, train_ep
 
 
 def user_lists(warehouse: str, date: str):
-    """Every user's item ids, as the scoring job sees them (users left-joined with interactions)."""
+    """Every user's (user_id, item ids) as the scoring job's tasks receive them: two Arrow arrays."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from vasp_model import layout
 
-    users = pq.read_table(layout.feature_table(warehouse, date, "users"), columns=["user_idx"]).to_pandas()
+    users = pq.read_table(layout.feature_table(warehouse, date, "users"), columns=["user_idx", "user_id"]).to_pandas()
     inter = pq.read_table(layout.feature_table(warehouse, date, "interactions"), columns=["user_idx", "item_id"])
     grouped = inter.to_pandas().groupby("user_idx")["item_id"].apply(list)
-    return [grouped.get(u, []) for u in users.user_idx]
+    lists = [grouped.get(u, []) for u in users.user_idx]
+    return pa.array(users.user_id, type=pa.string()), pa.array(lists, type=pa.list_(pa.string()))
 
 
-def single_process(bundle, lists, n: int = 100, batch: int = 1024) -> float:
+def single_process(bundle, user_ids, item_lists, n: int = 100, batch: int = 1024) -> float:
+    """The scoring job's per-batch work (``jobs.score.score_lists``) in one process, without Spark."""
+    from jobs.score import score_lists
+
     t0 = time.perf_counter()
-    for start in range(0, len(lists), batch):
-        bundle.recommend_ids(lists[start : start + batch], n)
+    for start in range(0, len(user_ids), batch):
+        score_lists(bundle, user_ids.slice(start, batch), item_lists.slice(start, batch), n, "bench")
     return time.perf_counter() - t0
 
 
@@ -212,7 +218,7 @@ def main(argv=None) -> int:
         features = load_features(warehouse, DATE)
         bundle_dir = str(workdir / "ml1m-bundle")
         bundle = make_bundle(features.item_ids, features.popularity, bundle_dir, features, args.train_epochs)
-        lists = user_lists(warehouse, DATE)
+        user_ids, lists = user_lists(warehouse, DATE)
         n_users = len(lists)
         print(
             f"ML-1M: {n_users} users, {bundle.n_items} items, cpu-preset model, {bundle.model.count_params():,} params"
@@ -221,7 +227,7 @@ def main(argv=None) -> int:
         warm, times, manifest = spark_score(spark, warehouse, DATE, bundle_dir, args.reps)
         spark_s = statistics.median(times)
         assert manifest["counts"]["users"] == n_users
-        single_times = [single_process(bundle, lists) for _ in range(max(1, args.reps))]
+        single_times = [single_process(bundle, user_ids, lists) for _ in range(max(1, args.reps))]
         single_s = statistics.median(single_times)
         out["ml1m"] = {
             "users": n_users,
@@ -245,7 +251,7 @@ def main(argv=None) -> int:
                 }
             )
         print(json.dumps(out["ml1m"], indent=2))
-        del bundle, lists, features  # the 20M-shaped model needs the memory
+        del bundle, user_ids, lists, features  # the 20M-shaped model needs the memory
         gc.collect()
 
     if not args.skip_synthetic:

@@ -35,11 +35,15 @@ from vasp_model import defaults, layout
 
 log = logging.getLogger("vasp.score")
 
+# The columns of features/dt=D the job reads (Spark DDL).
+READ_SCHEMAS = {"users": "user_idx INT, user_id STRING", "interactions": "user_idx INT, item_id STRING"}
 OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score", "model_version", "fallback")
 DEFAULT_MODEL_URI = "models:/vasp@champion"
 
-# Executor-side cache: one loaded ModelBundle per Python worker process, keyed by bundle path.
+# Executor-side cache: one loaded ModelBundle per Python worker process, keyed by model identity.
 _BUNDLES: dict[str, Any] = {}
+# Driver-side: (Spark application id, model identity) -> name of the archive shipped with addArchive.
+_SHIPPED: dict[tuple[str, str], str] = {}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--partitions",
         type=int,
         default=0,
-        help="Scoring partitions (0 = 2 x Spark's default parallelism, more for big populations).",
+        help="Scoring partitions (0 = Spark's default parallelism, more for big populations).",
     )
     add_spark_arguments(parser)
 
@@ -124,27 +128,28 @@ def output_schema():
     )
 
 
-def score_lists(bundle, user_ids: list[str], item_lists: list, top_n: int, model_version: str):
-    """Score one chunk of users -> an Arrow RecordBatch in the output schema (only real items, ranked 1..)."""
+def score_lists(bundle, user_ids, item_lists, top_n: int, model_version: str):
+    """Score one chunk of users -> an Arrow RecordBatch in the output schema (only real items, ranked 1..).
+
+    ``user_ids`` (strings) and ``item_lists`` (lists of item ids) are Arrow arrays of equal length.
+    """
     import pyarrow as pa
 
-    lists = [list(items) if items is not None else [] for items in item_lists]
-    rec = bundle.recommend_ids(lists, top_n)
-    ids = np.asarray(rec.item_ids, dtype=object)
-    scores = np.asarray(rec.scores, dtype=np.float32)
-    valid = np.not_equal(ids, None) & np.isfinite(scores)
+    offsets = item_lists.offsets.to_numpy()
+    items = item_lists.values.slice(offsets[0], offsets[-1] - offsets[0])
+    rec = bundle.recommend_flat(offsets - offsets[0], items, top_n)
+    valid = (rec.item_idx >= 0) & np.isfinite(rec.scores)
     rows, cols = np.nonzero(valid)  # row-major: each user's valid slots in rank order
     ranks = np.cumsum(valid, axis=1)[rows, cols].astype(np.int32)
-    users = np.asarray(user_ids, dtype=object)[rows]
     return pa.RecordBatch.from_arrays(
         [
-            pa.array(users, type=pa.string()),
+            user_ids.take(pa.array(rows)),
             pa.array(ranks, type=pa.int32()),
-            pa.array(ids[rows, cols], type=pa.string()),
-            pa.array(scores[rows, cols], type=pa.float32()),
-            pa.array(np.full(rows.size, model_version, dtype=object), type=pa.string()),
-            pa.array(np.asarray(rec.fallback, dtype=bool)[rows], type=pa.bool_()),
-            pa.array(np.asarray(rec.unknown_items, dtype=np.int32)[rows], type=pa.int32()),
+            bundle.vocabulary.take(pa.array(rec.item_idx[rows, cols])),
+            pa.array(rec.scores[rows, cols], type=pa.float32()),
+            pa.repeat(pa.scalar(model_version, pa.string()), rows.size),
+            pa.array(rec.fallback[rows], type=pa.bool_()),
+            pa.array(rec.unknown_items[rows].astype(np.int32), type=pa.int32()),
         ],
         schema=output_schema(),
     )
@@ -156,36 +161,45 @@ def score_partition(
     """``mapInArrow`` body: (user_id, item_ids) batches -> recommendation rows."""
     bundle = _bundle(_bundle_path(bundle_ref), model_key, threads)
     for batch in batches:
-        user_ids = batch.column("user_id").to_pylist()
-        item_lists = batch.column("item_ids").to_pylist()
-        for start in range(0, len(user_ids), batch_users):
-            stop = start + batch_users
-            yield score_lists(bundle, user_ids[start:stop], item_lists[start:stop], top_n, model_version)
+        user_ids, item_lists = batch.column("user_id"), batch.column("item_ids")
+        for start in range(0, batch.num_rows, batch_users):
+            yield score_lists(
+                bundle,
+                user_ids.slice(start, batch_users),
+                item_lists.slice(start, batch_users),
+                top_n,
+                model_version,
+            )
 
 
 # -- driver side ----------------------------------------------------------------------------------
 
 
 def user_item_lists(spark, warehouse: str, date: str, partitions: int):
-    """Every user of features/dt=D with the distinct item ids of their positives (empty list if none).
+    """Every user of features/dt=D with the item ids of their positives (empty list if none).
 
-    One shuffle: (user, item) pairs plus one (user, null) row per user are hash-partitioned by
-    user into ``partitions`` and grouped in place (``collect_list`` drops the nulls).
+    One shuffle: (user_idx, item_id) pairs plus one (user_idx, null) row per user are
+    hash-partitioned by user_idx into ``partitions`` and grouped in place (``collect_list`` skips
+    the nulls); the user ids are joined on afterwards (a broadcast join when the ``users`` table is
+    small). Repeated items are left to the scorer, which counts each once.
     """
     from pyspark.sql import functions as F
 
     from jobs.common.spark import spark_path
 
-    users = spark.read.parquet(spark_path(layout.feature_table(warehouse, date, "users"))).select("user_idx", "user_id")
-    inter = spark.read.parquet(spark_path(layout.feature_table(warehouse, date, "interactions")))
-    pairs = inter.select("user_idx", "item_id").join(F.broadcast(users), "user_idx").select("user_id", "item_id")
-    everyone = users.select("user_id", F.lit(None).cast("string").alias("item_id"))
-    return (
-        pairs.unionByName(everyone)
-        .repartition(partitions, "user_id")
-        .groupBy("user_id")
-        .agg(F.array_distinct(F.collect_list("item_id")).alias("item_ids"))
+    def read(table: str):  # only the columns used, typed as the build job writes them (no schema inference)
+        return spark.read.schema(READ_SCHEMAS[table]).parquet(spark_path(layout.feature_table(warehouse, date, table)))
+
+    users, inter = read("users"), read("interactions")
+    everyone = users.select("user_idx", F.lit(None).cast("string").alias("item_id"))
+    lists = (
+        inter.select("user_idx", "item_id")
+        .unionByName(everyone)
+        .repartition(partitions, "user_idx")
+        .groupBy("user_idx")
+        .agg(F.collect_list("item_id").alias("item_ids"))
     )
+    return lists.join(users, "user_idx").select("user_id", "item_ids")
 
 
 def transform(
@@ -228,12 +242,31 @@ def model_identity(bundle_dir: str, version: str, resolved: str) -> str:
     return resolved + ":" + ",".join(f"{s.st_size}-{s.st_mtime_ns}" for s in stats)
 
 
-def stage_bundle(bundle_dir: str, version: str, into: str) -> str:
-    """Copy the bundle to a uniquely named directory (addFile names must be unique per session)."""
-    name = f"vasp-bundle-v{version}-{uuid.uuid4().hex[:8]}"
-    target = os.path.join(into, name)
-    shutil.copytree(bundle_dir, target)
-    return target
+def ship_bundle(spark, bundle_dir: str, version: str, model_key: str) -> str:
+    """Ship the bundle to the executors once per Spark application and model; returns the archive name.
+
+    ``addFile(directory)`` is refused on a cluster master (UNSUPPORTED_ADD_FILE.LOCAL_DIRECTORY), so the
+    bundle goes as an uncompressed zip with ``addArchive``; each executor unpacks it to
+    ``SparkFiles.get(<archive name>)``. The zip lives until the driver exits: executors that join
+    later fetch it then.
+    """
+    import atexit
+    import zipfile
+
+    context = spark.sparkContext
+    key = (context.applicationId, model_key)
+    if key not in _SHIPPED:
+        directory = tempfile.mkdtemp(prefix="vasp-ship-")
+        atexit.register(shutil.rmtree, directory, True)
+        name = f"vasp-bundle-v{version}-{uuid.uuid4().hex[:8]}.zip"
+        with zipfile.ZipFile(os.path.join(directory, name), "w", zipfile.ZIP_STORED) as archive:
+            for root, _, files in os.walk(bundle_dir):
+                for file in sorted(files):
+                    path = os.path.join(root, file)
+                    archive.write(path, os.path.relpath(path, bundle_dir))
+        context.addArchive(os.path.join(directory, name))
+        _SHIPPED[key] = name
+    return _SHIPPED[key]
 
 
 def score(
@@ -267,16 +300,11 @@ def score(
     with tempfile.TemporaryDirectory(prefix="vasp-score-") as tmp:
         bundle_dir, version, resolved = download_bundle(tracking_uri, model_uri, os.path.join(tmp, "download"))
         model_key = model_identity(bundle_dir, version, resolved)
-        staged = stage_bundle(bundle_dir, version, tmp)
-        # addFile(directory) is refused on a cluster master (UNSUPPORTED_ADD_FILE.LOCAL_DIRECTORY): ship a
-        # zip with addArchive; each executor unpacks it to SparkFiles.get(<archive name>).
-        archive = shutil.make_archive(staged, "zip", root_dir=staged)
-        spark.sparkContext.addArchive(archive)
-        bundle_ref = os.path.basename(archive)
+        bundle_ref = ship_bundle(spark, bundle_dir, version, model_key)
         log.info("scoring %s with %s (version %s)", date, resolved, version)
 
         n_users_input = count_rows(layout.feature_table(warehouse, date, "users"))
-        partitions = partitions or max(2 * spark.sparkContext.defaultParallelism, n_users_input // 20000)
+        partitions = partitions or max(spark.sparkContext.defaultParallelism, n_users_input // 20000)
         threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
         scored = transform(
             user_item_lists(spark, warehouse, date, partitions),

@@ -66,12 +66,15 @@ def check_recommend_args(user_items, n, n_items: int) -> sp.csr_matrix:
     return csr
 
 
-def _recommend_batched(score_fn, user_items: sp.csr_matrix, n: int, filter_seen: bool):
+def recommend_batched(
+    score_fn, user_items: sp.csr_matrix, n: int, filter_seen: bool, batch_users: int = _BATCH_USERS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``n`` of ``score_fn(rows)`` (dense ``[rows, I]`` scores) for ``batch_users`` users at a time."""
     n_users = user_items.shape[0]
     out_idx = np.full((n_users, n), -1, dtype=np.int64)
     out_scores = np.full((n_users, n), -np.inf, dtype=np.float32)
-    for start in range(0, n_users, _BATCH_USERS):
-        rows = user_items[start : start + _BATCH_USERS]
+    for start in range(0, n_users, batch_users):
+        rows = user_items[start : start + batch_users]
         idx, vals = topk_from_scores(score_fn(rows), rows if filter_seen else None, n, return_scores=True)
         out_idx[start : start + rows.shape[0]] = idx
         out_scores[start : start + rows.shape[0]] = vals
@@ -160,7 +163,7 @@ class EASE:
     def recommend(self, user_items, n: int, filter_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
         self._check_fitted()
         user_items = check_recommend_args(user_items, n, self.n_items)
-        return _recommend_batched(
+        return recommend_batched(
             lambda rows: np.asarray(rows.astype(np.float32) @ self.B), user_items, int(n), filter_seen
         )
 
@@ -197,7 +200,7 @@ class Popularity:
     def recommend(self, user_items, n: int, filter_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
         user_items = check_recommend_args(user_items, n, self.n_items)
         counts = self.counts
-        return _recommend_batched(
+        return recommend_batched(
             lambda rows: np.broadcast_to(counts, (rows.shape[0], counts.size)), user_items, int(n), filter_seen
         )
 

@@ -55,7 +55,9 @@ class NeuralEASE(keras.layers.Layer):
 
     def call(self, x):
         kernel = ops.cast(self.kernel, x.dtype)
-        logits = ops.matmul(x, kernel) - x * ops.diagonal(kernel)
+        # densify the self term: it is sparse when x is (a sparse batch of users' items)
+        self_term = ops.convert_to_tensor(x * ops.diagonal(kernel), sparse=False)
+        logits = ops.matmul(x, kernel) - self_term
         return ops.sigmoid(logits)
 
     def compute_output_shape(self, input_shape):

@@ -227,3 +227,24 @@ def test_readme_queries_duckdb_and_spark_sql_and_cli_agree(spark, world, capsys)
     assert cli_main(["recommend", "--user", user, "--warehouse", wh, "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["date"] == date and [i["item_id"] for i in payload["items"]] == [r[1] for r in duck]
+
+
+def test_each_model_is_shipped_once_per_session(spark, world, tmp_path):
+    from jobs.score import score
+
+    wh, third = world["warehouse"], "2026-04-03"
+    shutil.copytree(layout.features_dir(wh, DATE), layout.features_dir(wh, third))
+    shipped = lambda: set(spark.sparkContext.listArchives)  # noqa: E731
+    before = shipped()
+    score(spark, third, wh, tracking_uri=world["tracking_uri"], top_n=5)  # the champion: shipped by the fixture
+    assert shipped() == before
+    local = tmp_path / "bundle"
+    shutil.copytree(world["bundle_dir"], local)
+    first = score(spark, third, wh, model_uri=str(local), top_n=5)
+    assert len(shipped() - before) == 1
+    assert score(spark, third, wh, model_uri=str(local), top_n=5)["counts"] == first["counts"]
+    assert len(shipped() - before) == 1
+    meta = json.loads((local / "bundle.json").read_text())
+    (local / "bundle.json").write_text(json.dumps({**meta, "note": "changed"}))  # a changed bundle is new
+    score(spark, third, wh, model_uri=str(local), top_n=5)
+    assert len(shipped() - before) == 2

@@ -177,6 +177,41 @@ def test_recommend_ids_unknown_items_and_popularity_fallback():
         bundle.recommend_ids([["a"]], 0)
 
 
+def test_recommend_flat_takes_arrow_lists_and_counts_repeats_once():
+    import pyarrow as pa
+
+    popularity = np.array([1, 50, 3, 40, 2])
+    bundle = ModelBundle(build_model(5, TINY, seed=0), np.array(["a", "b", "c", "d", "e"], dtype=object), popularity)
+    lists = pa.array([["a", "a", "zz", "b"], None, ["e", None]], type=pa.list_(pa.string()))
+    offsets = lists.offsets.to_numpy()
+    out = bundle.recommend_flat(offsets, lists.values, 5)
+    ref = bundle.recommend_ids([["a", "b"], [], ["e"]], 5)
+    assert out.unknown_items.tolist() == [1, 0, 1]  # "zz" and the null id
+    assert out.fallback.tolist() == [False, True, False]
+    assert np.array_equal(out.item_idx, ref.item_idx) and np.allclose(out.scores, ref.scores)
+    assert set(out.item_ids[0, :3]) == {"c", "d", "e"}
+    assert out.item_ids[0, 3:].tolist() == [None, None]  # only 3 unseen items remain
+    with pytest.raises(ValueError, match="offsets"):
+        bundle.recommend_flat([0, 3], ["a", "b"], 2)
+
+
+def test_sparse_model_input_scores_like_dense(monkeypatch):
+    import vasp_model.bundle as bundle_module
+
+    rng = np.random.default_rng(0)
+    model = build_model(300, TINY, seed=0)
+    model.ease.kernel.assign(rng.normal(0, 0.1, (300, 300)).astype("float32"))
+    bundle = ModelBundle(model, np.array([f"i{j}" for j in range(300)], dtype=object), np.arange(300))
+    X = sp.random(64, 300, density=0.01, format="csr", random_state=0, dtype=np.float32)
+    X.data[:] = 3.0  # any positive value means "seen"
+    monkeypatch.setattr(bundle_module, "SPARSE_INPUT_MAX_DENSITY", 0.0)
+    assert isinstance(bundle._model_input(X), np.ndarray)
+    dense = bundle.scores(X)
+    monkeypatch.setattr(bundle_module, "SPARSE_INPUT_MAX_DENSITY", 1.0)
+    assert not isinstance(bundle._model_input(X), np.ndarray)
+    np.testing.assert_allclose(bundle.scores(X), dense, rtol=1e-5, atol=1e-6)
+
+
 def test_bundle_rejects_mismatched_vocabulary():
     with pytest.raises(ValueError, match="item_ids"):
         ModelBundle(build_model(5, TINY, seed=0), np.array(list("abc"), dtype=object), np.arange(3))
