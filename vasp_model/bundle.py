@@ -28,6 +28,8 @@ META_FILE = "bundle.json"
 # matmuls then cost O(nnz x width) instead of O(items x width). Measured on 2 CPU cores (bench/score.py):
 # dense wins at ML-1M density (95 of 3.5k items, 2.7%), sparse is 3x faster at 72 of 20k items (0.36%).
 SPARSE_INPUT_MAX_DENSITY = 1 / 64
+# Keras' sparse x dense matmul (TensorFlow) gathers one kernel row per nonzero: cap that buffer per call.
+SPARSE_GATHER_BYTES = 256 * 2**20
 
 
 @dataclasses.dataclass
@@ -90,17 +92,18 @@ class ModelBundle:
         return np.asarray(pc.index_in(item_ids, value_set=self.vocabulary).fill_null(-1).to_numpy(), dtype=np.int64)
 
     # ------------------------------------------------------------------ scoring
-    def _model_input(self, rows: sp.csr_matrix):
-        """A batch as the model takes it: dense 0/1, or a backend sparse tensor when sparse enough."""
-        density = rows.nnz / max(1, rows.shape[0] * rows.shape[1])
-        if density < SPARSE_INPUT_MAX_DENSITY:
-            sparse = _sparse_tensor(rows, self.model)
-            if sparse is not None:
-                return sparse
-        return (rows.toarray() != 0).astype(np.float32)
-
     def _predict(self, rows: sp.csr_matrix) -> np.ndarray:
-        return np.asarray(self.model.predict_on_batch(self._model_input(rows)), dtype=np.float32)
+        """Scores ``[rows, I]`` of one batch: dense 0/1 input, or a sparse tensor when the batch is
+        sparse enough, split so that no call gathers more than ``SPARSE_GATHER_BYTES`` of kernel rows."""
+        density = rows.nnz / max(1, rows.shape[0] * rows.shape[1])
+        if density < SPARSE_INPUT_MAX_DENSITY and _takes_sparse(self.model):
+            out = np.empty(rows.shape, dtype=np.float32)
+            start = 0
+            for end in _row_chunks(rows.indptr, max(1, SPARSE_GATHER_BYTES // (4 * self.n_items))):
+                out[start:end] = self.model.predict_on_batch(_sparse_tensor(rows[start:end]))
+                start = end
+            return out
+        return np.asarray(self.model.predict_on_batch((rows.toarray() != 0).astype(np.float32)), dtype=np.float32)
 
     def scores(self, user_items) -> np.ndarray:
         """Dense model scores ``[U, I]`` (no masking), computed in batches of users."""
@@ -133,7 +136,13 @@ class ModelBundle:
         offsets = np.asarray(offsets, dtype=np.int64)
         n_users = offsets.size - 1
         columns = self.columns_of(item_ids)
-        if offsets.ndim != 1 or n_users < 0 or offsets[0] != 0 or offsets[-1] != columns.size or np.any(np.diff(offsets) < 0):
+        if (
+            offsets.ndim != 1
+            or n_users < 0
+            or offsets[0] != 0
+            or offsets[-1] != columns.size
+            or np.any(np.diff(offsets) < 0)
+        ):
             raise ValueError(f"offsets must rise from 0 to the number of item ids ({columns.size})")
         user_of = np.repeat(np.arange(n_users), np.diff(offsets))
         known = columns >= 0
@@ -211,22 +220,37 @@ class ModelBundle:
         )
 
 
-def _sparse_tensor(rows: sp.csr_matrix, model):
-    """``rows`` as the backend's sparse tensor (values 1), or None where the model cannot take one
-    (TensorFlow under XLA, other backends)."""
+def _takes_sparse(model) -> bool:
+    """Whether ``model`` can take a sparse batch: on JAX, or on TensorFlow without XLA."""
+    import keras
+
+    backend = keras.backend.backend()
+    return backend == "jax" or (backend == "tensorflow" and not model.jit_compile)
+
+
+def _sparse_tensor(rows: sp.csr_matrix):
+    """``rows`` as the backend's sparse tensor, values 1, indices in row-major order."""
     import keras
 
     coo = rows.tocoo()
     indices = np.stack([coo.row, coo.col], axis=1).astype(np.int64)
-    order = np.lexsort((indices[:, 1], indices[:, 0]))  # row-major, as sparse kernels expect
-    indices, values = indices[order], np.ones(coo.nnz, np.float32)
-    backend = keras.backend.backend()
-    if backend == "tensorflow" and not model.jit_compile:
+    indices = indices[np.lexsort((indices[:, 1], indices[:, 0]))]
+    values = np.ones(len(indices), np.float32)
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         return tf.SparseTensor(indices, values, rows.shape)
-    if backend == "jax":
-        from jax.experimental import sparse
+    from jax.experimental import sparse
 
-        return sparse.BCOO((values, indices.astype(np.int32)), shape=rows.shape)
-    return None
+    return sparse.BCOO((values, indices.astype(np.int32)), shape=rows.shape)
+
+
+def _row_chunks(indptr: np.ndarray, max_nnz: int) -> list[int]:
+    """End rows of consecutive chunks of a CSR matrix, each with at most ``max_nnz`` nonzeros (or one row)."""
+    ends: list[int] = []
+    start, n_rows = 0, len(indptr) - 1
+    while start < n_rows:
+        end = int(np.searchsorted(indptr, indptr[start] + max_nnz, side="right")) - 1
+        start = min(max(end, start + 1), n_rows)
+        ends.append(start)
+    return ends

@@ -204,12 +204,26 @@ def test_sparse_model_input_scores_like_dense(monkeypatch):
     bundle = ModelBundle(model, np.array([f"i{j}" for j in range(300)], dtype=object), np.arange(300))
     X = sp.random(64, 300, density=0.01, format="csr", random_state=0, dtype=np.float32)
     X.data[:] = 3.0  # any positive value means "seen"
+    inputs = []
+    predict = model.predict_on_batch
+    monkeypatch.setattr(model, "predict_on_batch", lambda x: inputs.append(x) or predict(x))
     monkeypatch.setattr(bundle_module, "SPARSE_INPUT_MAX_DENSITY", 0.0)
-    assert isinstance(bundle._model_input(X), np.ndarray)
     dense = bundle.scores(X)
+    assert len(inputs) == 1 and isinstance(inputs[0], np.ndarray)
     monkeypatch.setattr(bundle_module, "SPARSE_INPUT_MAX_DENSITY", 1.0)
-    assert not isinstance(bundle._model_input(X), np.ndarray)
+    monkeypatch.setattr(bundle_module, "SPARSE_GATHER_BYTES", 4 * 300 * 50)  # at most 50 nonzeros per call
     np.testing.assert_allclose(bundle.scores(X), dense, rtol=1e-5, atol=1e-6)
+    sparse_calls = inputs[1:]
+    assert len(sparse_calls) >= X.nnz // 50 and not any(isinstance(x, np.ndarray) for x in sparse_calls)
+
+
+def test_row_chunks_cap_nonzeros_per_chunk():
+    from vasp_model.bundle import _row_chunks
+
+    indptr = np.cumsum([0, 3, 0, 4, 10, 1, 1])  # row nnz: 3, 0, 4, 10, 1, 1
+    assert _row_chunks(indptr, 7) == [3, 4, 6]  # rows 0-2 (7), row 3 alone (10 > 7), rows 4-5
+    assert _row_chunks(indptr, 100) == [6]
+    assert _row_chunks(np.array([0]), 5) == []
 
 
 def test_bundle_rejects_mismatched_vocabulary():
