@@ -234,12 +234,22 @@ def count_rows(uri: str) -> int:
     return pads.dataset(path, filesystem=filesystem, format="parquet").count_rows()
 
 
-def model_identity(bundle_dir: str, version: str, resolved: str) -> str:
-    """What executors cache a loaded model by: the registry version (immutable), or a local bundle's files."""
-    if version != "local":
-        return resolved
-    stats = [os.stat(os.path.join(bundle_dir, name)) for name in sorted(os.listdir(bundle_dir))]
-    return resolved + ":" + ",".join(f"{s.st_size}-{s.st_mtime_ns}" for s in stats)
+def model_identity(bundle_dir: str) -> str:
+    """What a shipped and loaded model is cached by: the SHA-256 of the bundle's files.
+
+    Not the registry URI: ``models:/vasp/1`` of another tracking store is another model.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(bundle_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, bundle_dir).encode() + b"\0")
+            with open(path, "rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
 
 
 def ship_bundle(spark, bundle_dir: str, version: str, model_key: str) -> str:
@@ -299,7 +309,7 @@ def score(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="vasp-score-") as tmp:
         bundle_dir, version, resolved = download_bundle(tracking_uri, model_uri, os.path.join(tmp, "download"))
-        model_key = model_identity(bundle_dir, version, resolved)
+        model_key = model_identity(bundle_dir)
         bundle_ref = ship_bundle(spark, bundle_dir, version, model_key)
         log.info("scoring %s with %s (version %s)", date, resolved, version)
 

@@ -61,6 +61,11 @@ class GateDecision:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=float)
 
+    @classmethod
+    def unchanged(cls, date: str, candidate: str, champion: str | None, reason: str, **gate) -> GateDecision:
+        """A decision that moves no alias (``gate``: ``metric``, ``margin``, ``scores``)."""
+        return cls(date, "unchanged", champion == candidate, candidate, champion, champion, reason, **gate)
+
 
 # -- mlflow plumbing ------------------------------------------------------------------------------
 
@@ -226,19 +231,11 @@ def _recorded(candidate, champion_before, date, metric, margin) -> GateDecision:
     except ValueError:
         scores = {}
     promoted = tags.get(TAG_DECISION) == "promoted"
-    return GateDecision(
-        date=date,
-        action="unchanged",
-        promoted=champion_before == str(candidate.version),
-        candidate_version=str(candidate.version),
-        champion_before=champion_before,
-        champion_after=champion_before,
-        reason=f"decided earlier ({tags.get(TAG_DECISION)}): {tags.get(TAG_REASON, '')}"
-        + ("" if not promoted or champion_before == str(candidate.version) else "; no longer champion, left as is"),
-        metric=metric,
-        margin=margin,
-        scores=scores,
+    version = str(candidate.version)
+    reason = f"decided earlier ({tags.get(TAG_DECISION)}): {tags.get(TAG_REASON, '')}" + (
+        "" if not promoted or champion_before == version else "; no longer champion, left as is"
     )
+    return GateDecision.unchanged(date, version, champion_before, reason, metric=metric, margin=margin, scores=scores)
 
 
 def _candidate_and_champion(client, registered_model: str, date: str):
@@ -270,17 +267,8 @@ def promote(
                 date, "already_champion", True, cand_v, champ_v, champ_v, "candidate is the champion", metric, margin
             )
         if candidate.tags.get(TAG_ROLLED_BACK) == "true":
-            return GateDecision(
-                date,
-                "unchanged",
-                False,
-                cand_v,
-                champ_v,
-                champ_v,
-                "candidate was promoted and rolled back; not promoting it again",
-                metric,
-                margin,
-            )
+            reason = "candidate was promoted and rolled back; not promoting it again"
+            return GateDecision.unchanged(date, cand_v, champ_v, reason, metric=metric, margin=margin)
         recorded = candidate.tags.get(TAG_DECISION)
         rule = f"{metric} margin={margin:g}"
         if recorded == "promoted" or (
@@ -347,14 +335,8 @@ def rollback(date: str, tracking_uri: str, registered_model: str = "vasp") -> Ga
         cand_v = str(candidate.version)
         if champ_v != cand_v:
             state = "was rolled back already" if candidate.tags.get(TAG_ROLLED_BACK) == "true" else "is not champion"
-            return GateDecision(
-                date,
-                "unchanged",
-                False,
-                cand_v,
-                champ_v,
-                champ_v,
-                f"{date}'s version v{cand_v} {state}; nothing to roll back",
+            return GateDecision.unchanged(
+                date, cand_v, champ_v, f"{date}'s version v{cand_v} {state}; nothing to roll back"
             )
         previous = get_alias(client, registered_model, PREVIOUS)
         if previous is None:

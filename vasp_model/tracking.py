@@ -318,8 +318,13 @@ def model_test_metrics(metrics: Mapping[str, Any], model: str) -> dict[str, floa
 
 
 def log_bundle_model(bundle_dir: str):
-    """Log the ModelBundle directory as a pyfunc model in the active run; returns mlflow's ModelInfo."""
+    """Log the ModelBundle directory as a pyfunc model in the active run; returns mlflow's ModelInfo.
+
+    The ``vasp_model`` package goes with it (``code_paths``), so the model also loads where the
+    pipeline is not installed (``mlflow models serve``, a notebook).
+    """
     import importlib.metadata as md
+    import os
 
     import mlflow
     import pandas as pd
@@ -342,6 +347,7 @@ def log_bundle_model(bundle_dir: str):
         artifacts={BUNDLE_ARTIFACT: bundle_dir},
         signature=signature,
         pip_requirements=requirements,
+        code_paths=[os.path.dirname(os.path.abspath(__file__))],  # this package: vasp_model/
     )
 
 

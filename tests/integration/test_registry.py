@@ -87,7 +87,7 @@ def _aliases(client) -> dict[str, str]:
     return {k: str(v) for k, v in client.get_registered_model("vasp").aliases.items()}
 
 
-def test_tracking_register_promote_gate_rollback(store, world, capsys):
+def test_tracking_register_promote_gate_rollback(store, world, capsys, tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient(store, registry_uri=store)
@@ -120,6 +120,8 @@ def test_tracking_register_promote_gate_rollback(store, world, capsys):
 
     with mlflow_uri(store):
         model = mlflow.pyfunc.load_model(f"models:/vasp/{v3}")
+        logged = mlflow.artifacts.download_artifacts(f"models:/vasp/{v3}", dst_path=str(tmp_path / "logged"))
+    assert os.path.exists(os.path.join(logged, "code", "vasp_model", "pyfunc.py"))  # code_paths: self-contained
     import pandas as pd
 
     out = model.predict(pd.DataFrame({"item_ids": [["i1", "i2", "nope"], ["nope"]]}), params={"n": 5})

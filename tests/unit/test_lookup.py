@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.score import OUTPUT_COLUMNS, output_schema
 from vasp_model import layout, lookup, storage
 from vasp_model.cli import main as cli_main
 
@@ -22,18 +23,7 @@ def _publish(warehouse: str, date: str, users: dict[str, list[str]], version: st
             rows["score"].append(1.0 / rank)
             rows["model_version"].append(version)
             rows["fallback"].append(user in fallback)
-    table = pa.table(rows).cast(
-        pa.schema(
-            [
-                ("user_id", pa.string()),
-                ("rank", pa.int32()),
-                ("item_id", pa.string()),
-                ("score", pa.float32()),
-                ("model_version", pa.string()),
-                ("fallback", pa.bool_()),
-            ]
-        )
-    )
+    table = pa.table(rows).cast(pa.schema([output_schema().field(name) for name in OUTPUT_COLUMNS]))
     final = layout.recommendations_dir(warehouse, date)
     staging = storage.staging_dir(final)
     storage.resolve(staging)[0].create_dir(storage.local_path(staging), recursive=True)
