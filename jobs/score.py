@@ -5,12 +5,13 @@
 
 * The driver resolves the model URI once (an alias becomes a concrete version, recorded in every
   row as ``model_version``), downloads the ModelBundle directory and ships it to the executors
-  with ``SparkContext.addArchive``; each executor Python process loads it once (module-level cache).
-* Users come from the ``users`` table (all of them, whatever their split) left-joined with their
-  item ids from ``interactions``; batches of users go through ``mapInArrow`` into
-  ``ModelBundle.recommend_ids``: ids unknown to the model's vocabulary are ignored (and counted),
-  seen items are masked, the top N are kept with ``argpartition``, and a user with no known item
-  gets the popularity list (``fallback = true``).
+  with ``SparkContext.addArchive``, once per session and model content; each executor Python
+  process loads it once (module-level cache keyed by the bundle's SHA-256).
+* Users come from the ``users`` table (all of them, whatever their split), grouped with their
+  item ids from ``interactions`` in one shuffle; batches of users go through ``mapInArrow`` into
+  ``ModelBundle.recommend_flat`` straight from the Arrow list column: ids unknown to the model's
+  vocabulary are ignored (and counted), seen items are masked, the top N are kept with
+  ``argpartition``, and a user with no known item gets the popularity list (``fallback = true``).
 * Output columns: ``user_id``, ``rank`` (1..N), ``item_id``, ``score``, ``model_version``,
   ``fallback``; written to staging and published atomically with ``manifest.json`` (counts), so a
   rerun replaces exactly date D.
@@ -143,7 +144,7 @@ def score_lists(bundle, user_ids, item_lists, top_n: int, model_version: str):
     ranks = np.cumsum(valid, axis=1)[rows, cols].astype(np.int32)
     return pa.RecordBatch.from_arrays(
         [
-            user_ids.take(pa.array(rows)),
+            user_ids.take(pa.array(rows)).cast(pa.string()),  # large_string when Spark uses large var types
             pa.array(ranks, type=pa.int32()),
             bundle.vocabulary.take(pa.array(rec.item_idx[rows, cols])),
             pa.array(rec.scores[rows, cols], type=pa.float32()),
