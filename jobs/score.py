@@ -243,14 +243,20 @@ def model_identity(bundle_dir: str) -> str:
     import hashlib
 
     digest = hashlib.sha256()
+    for name, path in _bundle_files(bundle_dir):
+        digest.update(name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
+
+
+def _bundle_files(bundle_dir: str):
+    """(name relative to the bundle, path) of every file of the bundle, in a stable order."""
     for root, dirs, files in os.walk(bundle_dir):
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(root, name)
-            digest.update(os.path.relpath(path, bundle_dir).encode() + b"\0")
-            with open(path, "rb") as fh:
-                digest.update(hashlib.file_digest(fh, "sha256").digest())
-    return digest.hexdigest()
+            yield os.path.relpath(path, bundle_dir), path
 
 
 def ship_bundle(spark, bundle_dir: str, version: str, model_key: str) -> str:
@@ -271,10 +277,8 @@ def ship_bundle(spark, bundle_dir: str, version: str, model_key: str) -> str:
         atexit.register(shutil.rmtree, directory, True)
         name = f"vasp-bundle-v{version}-{uuid.uuid4().hex[:8]}.zip"
         with zipfile.ZipFile(os.path.join(directory, name), "w", zipfile.ZIP_STORED) as archive:
-            for root, _, files in os.walk(bundle_dir):
-                for file in sorted(files):
-                    path = os.path.join(root, file)
-                    archive.write(path, os.path.relpath(path, bundle_dir))
+            for member, path in _bundle_files(bundle_dir):
+                archive.write(path, member)
         context.addArchive(os.path.join(directory, name))
         _SHIPPED[key] = name
     return _SHIPPED[key]
