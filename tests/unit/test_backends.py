@@ -40,6 +40,11 @@ SCRIPT = textwrap.dedent(
     if len(sys.argv) > 1:  # score a model saved by the main (TensorFlow) process
         loaded = keras.saving.load_model(sys.argv[1], safe_mode=True, compile=False)
         out["loaded_scores"] = keras.ops.convert_to_numpy(loaded(np.load(sys.argv[2]), training=False)).tolist()
+        from vasp_model import bundle as bundle_module
+        bundle_module.SPARSE_INPUT_MAX_DENSITY = 1.0  # the bundle's sparse-input path (BCOO on JAX)
+        ids = np.array([str(i) for i in range(15)], dtype=object)
+        sparse_scores = bundle_module.ModelBundle(loaded, ids, np.arange(15)).scores(sp.csr_matrix(np.load(sys.argv[2])))
+        out["bundle_sparse_scores"] = sparse_scores.tolist()
     print("RESULT " + json.dumps(out))
     """
 )
@@ -78,6 +83,7 @@ def test_trains_on_jax_and_loads_a_model_saved_by_the_default_backend(tmp_path):
     assert out["diag_max"] == 0.0
     assert out["shape"] == [4, 15]
     np.testing.assert_allclose(np.array(out["loaded_scores"]), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(out["bundle_sparse_scores"]), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
