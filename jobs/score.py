@@ -76,13 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- executor side --------------------------------------------------------------------------------
 
 
-def _bundle(path: str, key: str | None = None, threads: int = 0):
+def _bundle(path: str, key: str, threads: int):
     """The ModelBundle at ``path``, loaded at most once per Python process and model (``key``)."""
-    key = key or path
     bundle = _BUNDLES.get(key)
     if bundle is None:
-        if threads > 0:
-            _limit_threads(threads)
+        _limit_threads(threads)
         from vasp_model.bundle import ModelBundle
 
         _BUNDLES.clear()  # a new model for this worker: drop the old one
@@ -208,19 +206,17 @@ def transform(
     bundle_ref: str,
     top_n: int,
     model_version: str,
-    batch_users: int = 1024,
-    model_key: str | None = None,
-    threads: int = 1,
+    batch_users: int,
+    model_key: str,
+    threads: int,
 ):
     """The scored DataFrame (output columns + per-user ``unknown_items``)."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    key = model_key or bundle_ref
-
     def fn(batches):
         from jobs.score import score_partition
 
-        yield from score_partition(batches, bundle_ref, top_n, model_version, batch_users, key, threads)
+        yield from score_partition(batches, bundle_ref, top_n, model_version, batch_users, model_key, threads)
 
     return lists_df.mapInArrow(fn, from_arrow_schema(output_schema()))
 
@@ -344,7 +340,7 @@ def score(
 
         published: list[dict[str, Any]] = []
 
-        def manifest() -> dict[str, Any]:  # called by write_tables after the write: observed counts are final
+        def manifest(_staging: str) -> dict[str, Any]:  # called by write_tables after the write: counts are final
             counts = {k: int(v or 0) for k, v in stats.get.items()}
             counts["users_input"] = n_users_input
             counts["users_without_list"] = n_users_input - counts["users"]

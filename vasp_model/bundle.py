@@ -232,9 +232,8 @@ def _sparse_tensor(rows: sp.csr_matrix):
     """``rows`` as the backend's sparse tensor, values 1, indices in row-major order."""
     import keras
 
-    coo = rows.tocoo()
+    coo = rows.sorted_indices().tocoo()
     indices = np.stack([coo.row, coo.col], axis=1).astype(np.int64)
-    indices = indices[np.lexsort((indices[:, 1], indices[:, 0]))]
     values = np.ones(len(indices), np.float32)
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf

@@ -20,6 +20,7 @@ mlflow/keras/matplotlib are imported inside functions (no import-time cost or si
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -164,7 +165,7 @@ class TrainingTracker:
         self.run_name = run_name
         self.run_id: str | None = None
         self.model_version: str | None = None
-        self._uri_scope = None
+        self._scope = contextlib.ExitStack()
 
     # -- run lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> TrainingTracker:
@@ -174,15 +175,11 @@ class TrainingTracker:
 
         _ensure_local_store_dir(self.tracking_uri)
         # tracking + registry point at this store while the run is open (restored on exit)
-        self._uri_scope = mlflow_uri(self.tracking_uri)
-        client = self._uri_scope.__enter__()
-        try:
+        with contextlib.ExitStack() as scope:
+            client = scope.enter_context(mlflow_uri(self.tracking_uri))
             experiment_id = ensure_experiment(client, self.experiment, self.tracking_uri)
             run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name)
-        except BaseException:
-            self._uri_scope.__exit__(None, None, None)
-            self._uri_scope = None
-            raise
+            self._scope = scope.pop_all()  # the run is open: keep the URIs until __exit__
         self.run_id = run.info.run_id
         log.info("mlflow run %s in experiment %r at %s", self.run_id, self.experiment, self.tracking_uri)
         return self
@@ -190,12 +187,8 @@ class TrainingTracker:
     def __exit__(self, exc_type, exc, tb) -> None:
         import mlflow
 
-        try:
+        with self._scope:
             mlflow.end_run(status="FAILED" if exc_type is not None else "FINISHED")
-        finally:
-            if self._uri_scope is not None:
-                self._uri_scope.__exit__(None, None, None)
-                self._uri_scope = None
 
     @property
     def client(self):

@@ -213,9 +213,9 @@ def write_tables(
 
     ``files`` optionally caps the number of files of a table (``coalesce(n)``; use 1 for small
     tables — never for big ones, as coalesce also limits the parallelism of the last stage).
-    ``manifest`` is a dict, or a callable returning one, called after all tables are written
-    (so it can include metrics observed during the writes) with no argument, or with the
-    staging URI if it takes one (to count rows of the written tables).
+    ``manifest`` is a dict, or a callable ``manifest(staging_uri)`` returning one, called after all
+    tables are written (so it can include metrics observed during the writes, or count rows of
+    the written tables).
     ``timings`` (optional) receives ``write_<name>`` -> seconds per table.
     On any error the staging directory is removed and the published date is left untouched.
     """
@@ -230,13 +230,7 @@ def write_tables(
             frame.write.mode("errorifexists").parquet(spark_path(f"{staging.rstrip('/')}/{name}"))
             if timings is not None:
                 timings[f"write_{name}"] = round(time.perf_counter() - started, 3)
-        if callable(manifest):
-            import inspect
-
-            wants_staging = bool(inspect.signature(manifest).parameters)
-            payload = manifest(staging) if wants_staging else manifest()
-        else:
-            payload = dict(manifest)
+        payload = manifest(staging) if callable(manifest) else dict(manifest)
         storage.publish(staging, final_uri, payload)
     except BaseException:
         storage.discard(staging)

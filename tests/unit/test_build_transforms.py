@@ -221,7 +221,7 @@ def test_write_tables_publishes_atomically_and_discards_on_failure(spark, tmp_pa
     js.write_tables({"t": frame}, final, {"n": 1})
     assert storage.is_published(final) and storage.read_json(f"{final}/manifest.json") == {"n": 1}
 
-    def boom():
+    def boom(_staging):
         raise RuntimeError("manifest failed")
 
     with pytest.raises(RuntimeError):
