@@ -96,7 +96,7 @@ def single_process(bundle, user_ids, item_lists, n: int = 100, batch: int = 1024
 
     t0 = time.perf_counter()
     for start in range(0, len(user_ids), batch):
-        score_lists(bundle, user_ids.slice(start, batch), item_lists.slice(start, batch), n, "bench")
+        score_lists(bundle, user_ids.slice(start, batch), item_lists.slice(start, batch), n)
     return time.perf_counter() - t0
 
 

@@ -12,6 +12,7 @@
   ``ModelBundle.recommend_flat`` straight from the Arrow list column: ids unknown to the model's
   vocabulary are ignored (and counted), seen items are masked, the top N are kept with
   ``argpartition``, and a user with no known item gets the popularity list (``fallback = true``).
+  Each task returns one row per user (the list as arrays); Spark explodes it into ranked rows.
 * Output columns: ``user_id``, ``rank`` (1..N), ``item_id``, ``score``, ``model_version``,
   ``fallback``; written to staging and published atomically with ``manifest.json`` (counts), so a
   rerun replaces exactly date D.
@@ -112,6 +113,7 @@ def _bundle_path(name_or_path: str) -> str:
 
 
 def output_schema():
+    """The published table (``recommendations/dt=D``): one row per user and rank."""
     import pyarrow as pa
 
     return pa.schema(
@@ -122,13 +124,27 @@ def output_schema():
             ("score", pa.float32()),
             ("model_version", pa.string()),
             ("fallback", pa.bool_()),
-            ("unknown_items", pa.int32()),  # per user, on every row; dropped before writing
         ]
     )
 
 
-def score_lists(bundle, user_ids, item_lists, top_n: int, model_version: str):
-    """Score one chunk of users -> an Arrow RecordBatch in the output schema (only real items, ranked 1..).
+def scored_schema():
+    """What the Python tasks return: one row per user, the list in rank order (exploded by Spark)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("item_ids", pa.list_(pa.string())),
+            ("scores", pa.list_(pa.float32())),
+            ("fallback", pa.bool_()),
+            ("unknown_items", pa.int32()),  # input ids not in the model's vocabulary (ignored)
+        ]
+    )
+
+
+def score_lists(bundle, user_ids, item_lists, top_n: int):
+    """Score one chunk of users -> an Arrow RecordBatch in ``scored_schema`` (only real items, best first).
 
     ``user_ids`` (strings) and ``item_lists`` (lists of item ids) are Arrow arrays of equal length.
     """
@@ -137,27 +153,22 @@ def score_lists(bundle, user_ids, item_lists, top_n: int, model_version: str):
     offsets = item_lists.offsets.to_numpy()
     items = item_lists.values.slice(offsets[0], offsets[-1] - offsets[0])
     rec = bundle.recommend_flat(offsets - offsets[0], items, top_n)
-    valid = (rec.item_idx >= 0) & np.isfinite(rec.scores)
-    rows, cols = np.nonzero(valid)  # row-major: each user's valid slots in rank order
-    ranks = np.cumsum(valid, axis=1)[rows, cols].astype(np.int32)
+    valid = (rec.item_idx >= 0) & np.isfinite(rec.scores)  # row-major: each user's valid slots in rank order
+    list_offsets = pa.array(np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32))
     return pa.RecordBatch.from_arrays(
         [
-            user_ids.take(pa.array(rows)).cast(pa.string()),  # large_string when Spark uses large var types
-            pa.array(ranks, type=pa.int32()),
-            bundle.vocabulary.take(pa.array(rec.item_idx[rows, cols])),
-            pa.array(rec.scores[rows, cols], type=pa.float32()),
-            pa.repeat(pa.scalar(model_version, pa.string()), rows.size),
-            pa.array(rec.fallback[rows], type=pa.bool_()),
-            pa.array(rec.unknown_items[rows].astype(np.int32), type=pa.int32()),
+            user_ids.cast(pa.string()),  # large_string when Spark uses large var types
+            pa.ListArray.from_arrays(list_offsets, bundle.vocabulary.take(pa.array(rec.item_idx[valid]))),
+            pa.ListArray.from_arrays(list_offsets, pa.array(rec.scores[valid], type=pa.float32())),
+            pa.array(rec.fallback, type=pa.bool_()),
+            pa.array(rec.unknown_items.astype(np.int32), type=pa.int32()),
         ],
-        schema=output_schema(),
+        schema=scored_schema(),
     )
 
 
-def score_partition(
-    batches: Iterator, bundle_ref: str, top_n: int, model_version: str, batch_users: int, model_key: str, threads: int
-):
-    """``mapInArrow`` body: (user_id, item_ids) batches -> recommendation rows."""
+def score_partition(batches: Iterator, bundle_ref: str, top_n: int, batch_users: int, model_key: str, threads: int):
+    """``mapInArrow`` body: (user_id, item_ids) batches -> one scored row per user."""
     bundle = _bundle(_bundle_path(bundle_ref), model_key, threads)
     for batch in batches:
         user_ids, item_lists = batch.column("user_id"), batch.column("item_ids")
@@ -167,7 +178,6 @@ def score_partition(
                 user_ids.slice(start, batch_users),
                 item_lists.slice(start, batch_users),
                 top_n,
-                model_version,
             )
 
 
@@ -177,10 +187,10 @@ def score_partition(
 def user_item_lists(spark, warehouse: str, date: str, partitions: int):
     """Every user of features/dt=D with the item ids of their positives (empty list if none).
 
-    One shuffle: (user_idx, item_id) pairs plus one (user_idx, null) row per user are
-    hash-partitioned by user_idx into ``partitions`` and grouped in place (``collect_list`` skips
-    the nulls); the user ids are joined on afterwards (a broadcast join when the ``users`` table is
-    small). Repeated items are left to the scorer, which counts each once.
+    One shuffle and no join: the (user_idx, item_id) pairs and one (user_idx, user_id) row per user
+    are hash-partitioned by user_idx into ``partitions`` and grouped in place (``collect_list`` and
+    ``max`` skip the nulls each side leaves). Repeated items are left to the scorer, which counts
+    each once.
     """
     from pyspark.sql import functions as F
 
@@ -189,36 +199,49 @@ def user_item_lists(spark, warehouse: str, date: str, partitions: int):
     def read(table: str):  # only the columns used, typed as the build job writes them (no schema inference)
         return spark.read.schema(READ_SCHEMAS[table]).parquet(spark_path(layout.feature_table(warehouse, date, table)))
 
-    users, inter = read("users"), read("interactions")
-    everyone = users.select("user_idx", F.lit(None).cast("string").alias("item_id"))
-    lists = (
-        inter.select("user_idx", "item_id")
-        .unionByName(everyone)
+    users = read("users").select("user_idx", "user_id", F.lit(None).cast("string").alias("item_id"))
+    pairs = read("interactions").select("user_idx", F.lit(None).cast("string").alias("user_id"), "item_id")
+    return (
+        pairs.unionByName(users)
         .repartition(partitions, "user_idx")
         .groupBy("user_idx")
-        .agg(F.collect_list("item_id").alias("item_ids"))
+        .agg(F.max("user_id").alias("user_id"), F.collect_list("item_id").alias("item_ids"))
+        .select("user_id", "item_ids")
     )
-    return lists.join(users, "user_idx").select("user_id", "item_ids")
 
 
-def transform(
-    lists_df,
-    bundle_ref: str,
-    top_n: int,
-    model_version: str,
-    batch_users: int,
-    model_key: str,
-    threads: int,
-):
-    """The scored DataFrame (output columns + per-user ``unknown_items``)."""
+def transform(lists_df, bundle_ref: str, top_n: int, batch_users: int, model_key: str, threads: int):
+    """The scored DataFrame: one row per user in ``scored_schema`` (the lists, best first)."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     def fn(batches):
         from jobs.score import score_partition
 
-        yield from score_partition(batches, bundle_ref, top_n, model_version, batch_users, model_key, threads)
+        yield from score_partition(batches, bundle_ref, top_n, batch_users, model_key, threads)
 
-    return lists_df.mapInArrow(fn, from_arrow_schema(output_schema()))
+    return lists_df.mapInArrow(fn, from_arrow_schema(scored_schema()))
+
+
+def recommendation_rows(scored_df, model_version: str):
+    """One row per user and rank (``OUTPUT_COLUMNS``): the lists exploded on the JVM side.
+
+    Exploding in Spark moves one Arrow row per user out of Python instead of one per item; a user
+    with an empty list (who has seen the whole catalog) gets no row.
+    """
+    from pyspark.sql import functions as F
+
+    return scored_df.select(
+        "user_id",
+        F.posexplode(F.arrays_zip("item_ids", "scores")).alias("position", "entry"),
+        "fallback",
+    ).select(
+        "user_id",
+        (F.col("position") + 1).alias("rank"),
+        F.col("entry.item_ids").alias("item_id"),
+        F.col("entry.scores").alias("score"),
+        F.lit(model_version).alias("model_version"),
+        "fallback",
+    )
 
 
 def count_rows(uri: str) -> int:
@@ -321,22 +344,22 @@ def score(
             user_item_lists(spark, warehouse, date, partitions),
             bundle_ref,
             top_n,
-            version,
             batch_users,
             model_key=model_key,
             threads=threads,
         )
-        first = F.col("rank") == 1
+        length = F.size("item_ids")
+        has_list = length > 0
         stats = Observation("vasp_score")
         scored = scored.observe(
             stats,
-            F.count(F.lit(1)).alias("rows"),
-            F.sum(first.cast("long")).alias("users"),
-            F.sum((first & F.col("fallback")).cast("long")).alias("fallback_users"),
-            F.sum(F.when(first, F.col("unknown_items")).otherwise(0).cast("long")).alias("unknown_items"),
-            F.sum((first & (F.col("unknown_items") > 0)).cast("long")).alias("users_with_unknown_items"),
-            F.sum((F.col("rank") == top_n).cast("long")).alias("users_with_full_list"),
-        ).select(*OUTPUT_COLUMNS)
+            F.sum(length.cast("long")).alias("rows"),
+            F.sum(has_list.cast("long")).alias("users"),
+            F.sum((has_list & F.col("fallback")).cast("long")).alias("fallback_users"),
+            F.sum(F.col("unknown_items").cast("long")).alias("unknown_items"),
+            F.sum((F.col("unknown_items") > 0).cast("long")).alias("users_with_unknown_items"),
+            F.sum((length == top_n).cast("long")).alias("users_with_full_list"),
+        )
 
         published: list[dict[str, Any]] = []
 
@@ -363,7 +386,7 @@ def score(
 
         final = layout.recommendations_dir(warehouse, date)
         # Table name "" = the date directory itself: recommendations/dt=D/ holds the Parquet files directly.
-        write_tables({"": scored}, final, manifest)
+        write_tables({"": recommendation_rows(scored, version)}, final, manifest)
     result = published[-1]
     if result["counts"]["users_without_list"]:
         log.warning("%d users got no list (they have seen the whole catalog)", result["counts"]["users_without_list"])

@@ -248,3 +248,27 @@ def test_each_model_is_shipped_once_per_session(spark, world, tmp_path):
     score(spark, third, wh, model_uri=str(local), top_n=5)
     score(spark, third, wh, model_uri=str(local), top_n=5)
     assert len(shipped() - before) == 1
+
+
+def test_lists_are_cut_where_the_catalog_runs_out(spark, world):
+    """top N beyond the catalog: each user gets every known item they have not seen, ranked 1..k."""
+    from jobs.score import score
+
+    wh, day = world["warehouse"], "2026-04-04"
+    shutil.copytree(layout.features_dir(wh, DATE), layout.features_dir(wh, day))
+    top_n = len(world["vocab"]) + 5
+    counts = score(spark, day, wh, model_uri=world["bundle_dir"], top_n=top_n)["counts"]
+    recs = _read(layout.recommendations_dir(wh, day)).to_pandas()
+    users = pq.read_table(layout.feature_table(wh, day, "users")).to_pandas()
+    inter = pq.read_table(layout.feature_table(wh, day, "interactions")).to_pandas()
+    seen = inter.merge(users[["user_idx", "user_id"]], on="user_idx")[["user_id", "item_id"]].drop_duplicates()
+    seen_known = seen[seen.item_id.isin(world["vocab"])].groupby("user_id").size()
+    expected = (len(world["vocab"]) - seen_known.reindex(users.user_id, fill_value=0)).rename("n")
+    per_user = recs.groupby("user_id").size().reindex(users.user_id, fill_value=0)
+    assert (per_user == expected).all()
+    ranks = recs.groupby("user_id")["rank"].agg(lambda r: sorted(r) == list(range(1, len(r) + 1)))
+    assert ranks.all()
+    assert recs.merge(seen, on=["user_id", "item_id"]).empty
+    assert counts["rows"] == len(recs) == int(expected.sum())
+    assert counts["users"] == counts["users_input"] == counts["users_with_short_list"] == len(users)
+    assert counts["users_with_full_list"] == 0 and counts["users_without_list"] == 0
