@@ -70,24 +70,37 @@ class GateDecision:
 # -- mlflow plumbing ------------------------------------------------------------------------------
 
 
+# The environment variables MLflow's URI setters write (so that subprocesses inherit the URIs).
+MLFLOW_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 @contextlib.contextmanager
 def mlflow_uri(tracking_uri: str) -> Iterator[Any]:
-    """Point the fluent mlflow API (tracking + registry) at ``tracking_uri`` for a block; yields a client."""
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
+    """Point MLflow's global tracking and registry URIs at ``tracking_uri`` for a block; yields a client.
 
-    # Restore the *settings* (possibly "unset"), not the URIs they resolve to: pinning a resolved
-    # registry URI would send a later client with another tracking URI to this store.
-    before_tracking = getattr(tracking_utils, "_tracking_uri", None)
-    before_registry = getattr(registry_utils, "_registry_uri", None)
+    MLflow resolves ``models:/`` downloads and fluent runs through these globals. On exit both are
+    put back as they were, through the public setters: an unset tracking URI stays unset, a registry
+    that followed the tracking URI follows it again, and the environment variables the setters write
+    are restored (a later default is not pinned to this store).
+    """
+    import mlflow
+
+    tracking_before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    registry_before = mlflow.get_registry_uri()
+    registry_follows = registry_before == mlflow.get_tracking_uri()
+    env_before = {name: os.environ.get(name) for name in MLFLOW_URI_ENV}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     try:
         yield mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
     finally:
-        tracking_utils._tracking_uri = before_tracking
-        registry_utils._registry_uri = before_registry
+        mlflow.set_tracking_uri(tracking_before)  # None: unset again
+        mlflow.set_registry_uri(None if registry_follows else registry_before)
+        for name, value in env_before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def get_alias(client, name: str, alias: str):

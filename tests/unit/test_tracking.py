@@ -81,3 +81,36 @@ def test_gate_decision_json_is_one_line():
     )
     line = d.to_json()
     assert "\n" not in line and '"action": "rejected"' in line and '"ease": 0.3' in line
+
+
+def test_mlflow_uri_scope_restores_the_settings_it_found(monkeypatch, tmp_path):
+    import os
+
+    import mlflow
+
+    for name in registry.MLFLOW_URI_ENV:
+        monkeypatch.delenv(name, raising=False)
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    store = f"sqlite:///{tmp_path}/a.db"
+    try:
+        with registry.mlflow_uri(store) as client:  # unset before: unset after, no variable left behind
+            assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == client.tracking_uri == store
+        assert not mlflow.is_tracking_uri_set()
+        assert not {name for name in registry.MLFLOW_URI_ENV if name in os.environ}
+
+        other, elsewhere = f"sqlite:///{tmp_path}/b.db", f"sqlite:///{tmp_path}/c.db"
+        mlflow.set_tracking_uri(other)  # a registry that follows tracking keeps following it
+        with registry.mlflow_uri(store):
+            pass
+        assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == os.environ["MLFLOW_TRACKING_URI"] == other
+        assert "MLFLOW_REGISTRY_URI" not in os.environ
+
+        mlflow.set_registry_uri(elsewhere)  # an explicit registry is kept
+        with registry.mlflow_uri(store):
+            pass
+        assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == (other, elsewhere)
+        assert os.environ["MLFLOW_REGISTRY_URI"] == elsewhere
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
