@@ -229,24 +229,17 @@ def fit_ease_on_validation(
     if sp.csr_matrix(val_fold_in).shape[1] != G.shape[0]:
         raise ValueError(f"val_fold_in has {val_fold_in.shape[1]} items, train_csr has {G.shape[0]}")
     results: dict[float, float] = {}
-    best: list = [None, -np.inf]
-
-    def try_lambda(lam: float) -> None:
+    best: EASE | None = None
+    pending, extra = list(grid), (max_expand if len(grid) > 1 else 0)
+    while pending:
+        lam = pending.pop(0)
         model = EASE(lam).fit_gram(G)
         idx, _ = model.recommend(val_fold_in, k)
-        score = float(np.nanmean(ndcg_at_k(idx, val_holdout, k)))
-        results[lam] = score
-        if score > best[1]:
-            best[0], best[1] = model, score
-
-    for lam in grid:
-        try_lambda(lam)
-    for _ in range(max_expand if len(grid) > 1 else 0):
-        lam = best[0].lambda_
-        if lam == min(results):
-            try_lambda(lam / 3.0)
-        elif lam == max(results):
-            try_lambda(lam * 3.0)
-        else:
-            break
-    return best[0], results
+        results[lam] = float(np.nanmean(ndcg_at_k(idx, val_holdout, k)))
+        if best is None or results[lam] > results[best.lambda_]:
+            best = model
+        edge = best.lambda_
+        if not pending and extra and edge in (min(results), max(results)):  # step past the optimum's edge
+            pending.append(edge / 3.0 if edge == min(results) else edge * 3.0)
+            extra -= 1
+    return best, results
