@@ -1,6 +1,6 @@
 """Scoring speed: the Spark scoring job vs single-process scoring vs Spark ALS, plus a 20M-shaped population.
 
-    .venv/bin/python bench/score.py [--reps 3] [--synthetic-sample N (extrapolated) | 0 = all 138k users]
+    .venv/bin/python bench/score.py [--reps 5] [--warmup 3] [--synthetic-sample N (extrapolated) | 0 = all 138k users]
 
 1. ML-1M (../shared/data/ml-1m/ratings.csv) is built into features with the Spark build job
    (cached under --workdir), and a VASP model of the ``cpu`` preset's size is built for its
@@ -8,10 +8,14 @@
    scoring does not depend on the weights.
 2. In the same Spark session, same data, top 100, all users:
    (a) the Spark scoring job (jobs/score.py: mapInArrow, model loaded once per worker) - users/s,
-       median of --reps runs after one warm-up run (which also imports Keras in the workers);
+       median of --reps runs after --warmup runs. The first (cold) run, which starts the Python
+       workers and loads Keras and the model in them, is printed on its own. Later runs keep
+       getting faster while the JVM compiles its hot paths (from about 2.0 s to 1.4 s over 12
+       runs here), hence the warm-up runs before the timed ones;
    (b) single-process batched scoring of the same bundle (the job's ``score_lists`` over all users,
        batches of 1024, lists grouped beforehand);
-   (c) Spark ALS (rank 64, implicit, 10 iterations, checkpoint dir set) ``recommendForAllUsers(100)``.
+   (c) Spark ALS (rank 64, implicit, 10 iterations, checkpoint dir set) ``recommendForAllUsers(100)``,
+       timed the same way (warm-up runs, then the median).
    Printed ratios: Spark/ALS (target >= 20x) and single-process/Spark (target <= 2x).
 3. A synthetic MovieLens-20M-shaped population (138,493 users, 20,000 items, ~67 positives per
    user, Zipf popularity) scored by the Spark job with an untrained cpu-preset-sized model, all
@@ -100,15 +104,20 @@ def single_process(bundle, user_ids, item_lists, n: int = 100, batch: int = 1024
     return time.perf_counter() - t0
 
 
-def spark_score(spark, warehouse: str, date: str, bundle_dir: str, reps: int, top_n: int = 100):
+def spark_score(spark, warehouse: str, date: str, bundle_dir: str, reps: int, warmup: int, top_n: int = 100):
+    """(cold run s, warm-up run s, timed run s, manifest) of the scoring job."""
     from jobs.score import score
 
-    warm, manifest = _timed(lambda: score(spark, date, warehouse, model_uri=bundle_dir, top_n=top_n))
-    times = [_timed(lambda: score(spark, date, warehouse, model_uri=bundle_dir, top_n=top_n))[0] for _ in range(reps)]
-    return warm, times, manifest
+    def run():
+        return _timed(lambda: score(spark, date, warehouse, model_uri=bundle_dir, top_n=top_n))
+
+    cold, manifest = run()
+    warming = [run()[0] for _ in range(max(0, warmup - 1))]
+    return cold, warming, [run()[0] for _ in range(reps)], manifest
 
 
-def als(spark, warehouse: str, date: str, rank: int = 64, top_n: int = 100):
+def als(spark, warehouse: str, date: str, reps: int, warmup: int, rank: int = 64, top_n: int = 100):
+    """(users, fit s, recommendForAllUsers run s) for Spark ALS, timed like the scoring job."""
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
 
@@ -134,9 +143,15 @@ def als(spark, warehouse: str, date: str, rank: int = 64, top_n: int = 100):
         seed=0,
     )
     fit_s, fitted = _timed(lambda: model_als.fit(inter))
-    rec_s, _ = _timed(lambda: fitted.recommendForAllUsers(top_n).write.format("noop").mode("overwrite").save())
+
+    def recommend():
+        return _timed(lambda: fitted.recommendForAllUsers(top_n).write.format("noop").mode("overwrite").save())[0]
+
+    for _ in range(warmup):
+        recommend()
+    rec_times = [recommend() for _ in range(max(1, reps))]
     inter.unpersist()
-    return n_users, fit_s, rec_s
+    return n_users, fit_s, rec_times
 
 
 def synthetic_population(warehouse: str, date: str, n_users: int, n_items: int, seed: int = 0) -> int:
@@ -186,7 +201,8 @@ def synthetic_population(warehouse: str, date: str, n_users: int, n_items: int, 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=str(REPO / "run" / "bench-score"), help="Cache of built features/models.")
-    parser.add_argument("--reps", type=int, default=3, help="Timed Spark scoring runs after the warm-up (median).")
+    parser.add_argument("--reps", type=int, default=5, help="Timed runs of each way of scoring (median).")
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed runs before them (the first is the cold one).")
     parser.add_argument("--train-epochs", type=int, default=0, help="Train the ML-1M model first (0 = untrained).")
     parser.add_argument("--skip-als", action="store_true", help="Do not run Spark ALS.")
     parser.add_argument("--skip-ml1m", action="store_true", help="Only time the 20M-shaped population.")
@@ -234,16 +250,19 @@ def main(argv=None) -> int:
             f"ML-1M: {n_users} users, {bundle.n_items} items, cpu-preset model, {bundle.model.count_params():,} params"
         )
 
-        warm, times, manifest = spark_score(spark, warehouse, DATE, bundle_dir, args.reps)
+        cold, warming, times, manifest = spark_score(spark, warehouse, DATE, bundle_dir, args.reps, args.warmup)
         spark_s = statistics.median(times)
         assert manifest["counts"]["users"] == n_users
+        for _ in range(args.warmup):
+            single_process(bundle, user_ids, lists)
         single_times = [single_process(bundle, user_ids, lists) for _ in range(max(1, args.reps))]
         single_s = statistics.median(single_times)
         out["ml1m"] = {
             "users": n_users,
             "items": bundle.n_items,
             "weights": "trained" if args.train_epochs else "untrained",
-            "spark_warmup_s": round(warm, 2),
+            "spark_cold_s": round(cold, 2),
+            "spark_warmup_s": [round(t, 2) for t in warming],
             "spark_s": [round(t, 2) for t in times],
             "spark_users_per_s": round(n_users / spark_s, 1),
             "single_process_s": [round(t, 2) for t in single_times],
@@ -251,11 +270,12 @@ def main(argv=None) -> int:
             "single_over_spark": round(spark_s / single_s, 2),
         }
         if not args.skip_als:
-            als_users, fit_s, rec_s = als(spark, warehouse, DATE)
+            als_users, fit_s, rec_times = als(spark, warehouse, DATE, args.reps, args.warmup)
+            rec_s = statistics.median(rec_times)
             out["ml1m"].update(
                 {
                     "als_fit_s": round(fit_s, 2),
-                    "als_recommend_s": round(rec_s, 2),
+                    "als_recommend_s": [round(t, 2) for t in rec_times],
                     "als_users_per_s": round(als_users / rec_s, 1),
                     "spark_over_als": round((n_users / spark_s) / (als_users / rec_s), 1),
                 }
