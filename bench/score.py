@@ -50,6 +50,13 @@ def _timed(fn):
     return time.perf_counter() - t0, out
 
 
+def _repeat(seconds_of, reps: int, warmup: int) -> list[float]:
+    """``seconds_of()`` (a run that returns its own seconds) ``reps`` times after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        seconds_of()
+    return [seconds_of() for _ in range(max(1, reps))]
+
+
 def build_ml1m(spark, warehouse: str) -> None:
     from jobs.build_matrices import BuildConfig, build
     from vasp_model import layout, storage
@@ -147,9 +154,7 @@ def als(spark, warehouse: str, date: str, reps: int, warmup: int, rank: int = 64
     def recommend():
         return _timed(lambda: fitted.recommendForAllUsers(top_n).write.format("noop").mode("overwrite").save())[0]
 
-    for _ in range(warmup):
-        recommend()
-    rec_times = [recommend() for _ in range(max(1, reps))]
+    rec_times = _repeat(recommend, reps, warmup)
     inter.unpersist()
     return n_users, fit_s, rec_times
 
@@ -253,9 +258,7 @@ def main(argv=None) -> int:
         cold, warming, times, manifest = spark_score(spark, warehouse, DATE, bundle_dir, args.reps, args.warmup)
         spark_s = statistics.median(times)
         assert manifest["counts"]["users"] == n_users
-        for _ in range(args.warmup):
-            single_process(bundle, user_ids, lists)
-        single_times = [single_process(bundle, user_ids, lists) for _ in range(max(1, args.reps))]
+        single_times = _repeat(lambda: single_process(bundle, user_ids, lists), args.reps, args.warmup)
         single_s = statistics.median(single_times)
         out["ml1m"] = {
             "users": n_users,

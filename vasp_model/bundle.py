@@ -38,14 +38,14 @@ class RecommendedIds:
     scores: np.ndarray  # [U, n] float32 (-inf in empty slots)
     unknown_items: np.ndarray  # [U] int: input ids not in the vocabulary (ignored)
     fallback: np.ndarray  # [U] bool: no known item → the popularity list
-    vocabulary: np.ndarray  # the bundle's item ids (object), in item_idx order
+    bundle_item_ids: np.ndarray  # the bundle's item ids (object), in item_idx order
 
     @property
     def item_ids(self) -> np.ndarray:
         """``[U, n]`` object array of item ids, None in empty slots."""
         out = np.full(self.item_idx.shape, None, dtype=object)
         valid = self.item_idx >= 0
-        out[valid] = self.vocabulary[self.item_idx[valid]]
+        out[valid] = self.bundle_item_ids[self.item_idx[valid]]
         return out
 
 
