@@ -90,7 +90,6 @@ class SparkConfig:
             # sorting after 128 groups (per task, users / shuffle partitions groups are live).
             "spark.sql.objectHashAggregate.sortBased.fallbackThreshold": "1000000",
             # Do not write _SUCCESS marker files inside each table (publish writes one per date).
-            "mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
             "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
             "spark.driver.memory": self.spark_driver_memory,
         }
