@@ -95,6 +95,12 @@ class VASP(keras.Model):
         out = self.flvae(x, training=training) * self.ease(x)
         return ops.cast(out, "float32")
 
+    def flvae_model(self, sparse: bool = False) -> keras.Model:
+        """The FLVAE path alone as a functional model (same layers and weights), for inference that
+        computes the Neural EASE path elsewhere (``ModelBundle`` on a CPU-only backend)."""
+        x = keras.Input((self.n_items,), sparse=sparse)
+        return keras.Model(x, ops.cast(self.flvae(x), "float32"), name=f"{self.name}_flvae")
+
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.n_items)
 

@@ -45,6 +45,9 @@ SCRIPT = textwrap.dedent(
         ids = np.array([str(i) for i in range(15)], dtype=object)
         sparse_scores = bundle_module.ModelBundle(loaded, ids, np.arange(15)).scores(sp.csr_matrix(np.load(sys.argv[2])))
         out["bundle_sparse_scores"] = sparse_scores.tolist()
+        host = bundle_module.ModelBundle(loaded, ids, np.arange(15))  # Neural EASE in SciPy, FLVAE on JAX
+        host.host_ease = bundle_module.HostEASE(keras.ops.convert_to_numpy(loaded.ease.kernel), threads=2)
+        out["bundle_host_scores"] = host.scores(sp.csr_matrix(np.load(sys.argv[2]))).tolist()
     print("RESULT " + json.dumps(out))
     """
 )
@@ -84,6 +87,7 @@ def test_trains_on_jax_and_loads_a_model_saved_by_the_default_backend(tmp_path):
     assert out["shape"] == [4, 15]
     np.testing.assert_allclose(np.array(out["loaded_scores"]), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.array(out["bundle_sparse_scores"]), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(out["bundle_host_scores"]), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")

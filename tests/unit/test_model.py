@@ -217,6 +217,36 @@ def test_sparse_model_input_scores_like_dense(monkeypatch):
     assert len(sparse_calls) >= X.nnz // 50 and not any(isinstance(x, np.ndarray) for x in sparse_calls)
 
 
+@pytest.mark.parametrize("density", [0.3, 0.01])  # the FLVAE gets a dense, then a sparse input
+def test_loaded_bundle_runs_neural_ease_in_scipy_with_the_same_scores(tmp_path, density):
+    import vasp_model.bundle as bundle_module
+
+    rng = np.random.default_rng(0)
+    model = build_model(300, TINY, seed=0)
+    model.ease.kernel.assign(rng.normal(0, 0.1, (300, 300)).astype("float32"))  # nonzero diagonal too
+    ModelBundle(model, np.array([f"i{j}" for j in range(300)], dtype=object), np.arange(300)).save(str(tmp_path))
+    X = sp.random(50, 300, density=density, format="csr", random_state=1, dtype=np.float32)
+    X.data[:] = 3.0  # any positive value means "seen"
+    # a user whose item 7 is listed twice and who has an explicit zero (unseen) for item 9
+    X = sp.vstack([X, sp.csr_matrix(([1.0, 1.0, 0.0], [7, 7, 9], [0, 3]), shape=(1, 300))], format="csr")
+
+    in_keras = ModelBundle.load(str(tmp_path), host_ease=False)
+    on_host = ModelBundle.load(str(tmp_path), threads=3, host_ease=True)
+    assert in_keras.host_ease is None and on_host.host_ease.threads == 3
+    expected = keras.ops.convert_to_numpy(model((X.toarray() != 0).astype("float32"), training=False))
+    np.testing.assert_allclose(in_keras.scores(X), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(on_host.scores(X), expected, rtol=1e-5, atol=1e-6)
+    # by default: on the host when Keras sees only CPUs
+    assert (ModelBundle.load(str(tmp_path)).host_ease is not None) == bundle_module._cpu_only()
+
+
+def test_a_bundle_of_another_model_stays_in_keras(tmp_path):
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2), keras.layers.Dense(6)])
+    ModelBundle(model, np.array(list("abcdef"), dtype=object), np.arange(6)).save(str(tmp_path))
+    loaded = ModelBundle.load(str(tmp_path), host_ease=None)
+    assert loaded.host_ease is None and loaded.scores(sp.csr_matrix(np.eye(6, dtype=np.float32))).shape == (6, 6)
+
+
 def test_row_chunks_cap_nonzeros_per_chunk():
     from vasp_model.bundle import _row_chunks
 
