@@ -12,16 +12,20 @@
        workers and loads Keras and the model in them, is printed on its own. Later runs keep
        getting faster while the JVM compiles its hot paths (from about 2.0 s to 1.4 s over 12
        runs here), hence the warm-up runs before the timed ones;
-   (b) single-process batched scoring of the same bundle (the job's ``score_lists`` over all users,
-       batches of 1024, lists grouped beforehand);
+   (b) single-process batched scoring of the same bundle, loaded as the job's workers load it (the
+       job's ``score_lists`` over all users, batches of 1024, lists grouped beforehand);
    (c) Spark ALS (rank 64, implicit, 10 iterations, checkpoint dir set) ``recommendForAllUsers(100)``,
        timed the same way (warm-up runs, then the median).
+   (d) the floor: (a) and (b) again with the cheapest model that still scores every item (a Dense
+       items -> 1 -> items), i.e. everything of the job but VASP's matmuls. ``model_*_s`` is what
+       the VASP model adds to each; ``floor_over_als`` is the most any model could reach against ALS.
    Printed ratios: Spark/ALS (target >= 20x) and single-process/Spark (target <= 2x).
 3. A synthetic MovieLens-20M-shaped population (138,493 users, 20,000 items, ~67 positives per
    user, Zipf popularity) scored by the Spark job with an untrained cpu-preset-sized model, all
    users by default (about 3.5 min here, in a session with ``spark.task.cpus=2``). ``--synthetic-sample
    N`` times N users and extrapolates linearly, which overstates the total: the fixed cost of
-   loading, hashing and shipping the 1.7 GB model is then spread over few users.
+   loading, hashing and shipping the 1.7 GB model is then spread over few users. The first
+   ``--synthetic-single-users`` of them are also scored in one process (after one warm-up batch).
 """
 
 from __future__ import annotations
@@ -87,15 +91,35 @@ def make_bundle(n_items_ids, popularity, directory: str, features=None, train_ep
     return bundle
 
 
-def user_lists(warehouse: str, date: str):
-    """Every user's (user_id, item ids) as the scoring job's tasks receive them: two Arrow arrays."""
+def make_floor_bundle(item_ids, popularity, directory: str):
+    """The same vocabulary behind the cheapest model that still scores every item (items -> 1 -> items
+    Dense): scoring it times everything of the job but the model's matmuls."""
+    import keras
+
+    from vasp_model.bundle import ModelBundle
+
+    n = len(item_ids)
+    model = keras.Sequential([keras.Input((n,)), keras.layers.Dense(1), keras.layers.Dense(n)], name="floor")
+    bundle = ModelBundle(model, item_ids, popularity, metadata={"preset": "floor", "untrained": True})
+    bundle.save(directory)
+    return bundle
+
+
+def user_lists(warehouse: str, date: str, max_users: int | None = None):
+    """Every user's (user_id, item ids) as the scoring job's tasks receive them: two Arrow arrays
+    (only users with ``user_idx < max_users`` when given)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from vasp_model import layout
 
-    users = pq.read_table(layout.feature_table(warehouse, date, "users"), columns=["user_idx", "user_id"]).to_pandas()
-    inter = pq.read_table(layout.feature_table(warehouse, date, "interactions"), columns=["user_idx", "item_id"])
+    only = None if max_users is None else [("user_idx", "<", max_users)]
+    users = pq.read_table(
+        layout.feature_table(warehouse, date, "users"), columns=["user_idx", "user_id"], filters=only
+    ).to_pandas()
+    inter = pq.read_table(
+        layout.feature_table(warehouse, date, "interactions"), columns=["user_idx", "item_id"], filters=only
+    )
     grouped = inter.to_pandas().groupby("user_idx")["item_id"].apply(list)
     lists = [grouped.get(u, []) for u in users.user_idx]
     return pa.array(users.user_id, type=pa.string()), pa.array(lists, type=pa.list_(pa.string()))
@@ -226,6 +250,12 @@ def main(argv=None) -> int:
         default=2,
         help="spark.task.cpus for the 20M-shaped population (default 2: one worker holds the 1.6 GB kernel).",
     )
+    parser.add_argument(
+        "--synthetic-single-users",
+        type=int,
+        default=20_000,
+        help="Users of the 20M-shaped population also scored in one process, the bound (0 = skip).",
+    )
     parser.add_argument("--master", default="local[2]", help="Spark master (default local[2]).")
     args = parser.parse_args(argv)
     if not ML1M.exists():
@@ -236,6 +266,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("VASP_HOME", args.workdir)
 
     from jobs.common.spark import get_session, spark_config
+    from vasp_model.bundle import ModelBundle
     from vasp_model.features import load_features
 
     workdir = Path(args.workdir)
@@ -248,7 +279,8 @@ def main(argv=None) -> int:
         build_ml1m(spark, warehouse)
         features = load_features(warehouse, DATE)
         bundle_dir = str(workdir / "ml1m-bundle")
-        bundle = make_bundle(features.item_ids, features.popularity, bundle_dir, features, args.train_epochs)
+        make_bundle(features.item_ids, features.popularity, bundle_dir, features, args.train_epochs)
+        bundle = ModelBundle.load(bundle_dir)  # as the job's workers load it (Neural EASE on the host)
         user_ids, lists = user_lists(warehouse, DATE)
         n_users = len(lists)
         print(
@@ -272,6 +304,21 @@ def main(argv=None) -> int:
             "single_process_users_per_s": round(n_users / single_s, 1),
             "single_over_spark": round(spark_s / single_s, 2),
         }
+        floor_dir = str(workdir / "ml1m-floor-bundle")
+        make_floor_bundle(features.item_ids, features.popularity, floor_dir)
+        floor = ModelBundle.load(floor_dir)
+        _, _, floor_times, _ = spark_score(spark, warehouse, DATE, floor_dir, args.reps, args.warmup)
+        floor_single = _repeat(lambda: single_process(floor, user_ids, lists), args.reps, args.warmup)
+        floor_s = statistics.median(floor_times)
+        out["ml1m"].update(
+            {
+                "floor_spark_s": [round(t, 2) for t in floor_times],
+                "floor_spark_users_per_s": round(n_users / floor_s, 1),
+                "floor_single_process_s": [round(t, 2) for t in floor_single],
+                "model_spark_s": round(spark_s - floor_s, 2),
+                "model_single_process_s": round(single_s - statistics.median(floor_single), 2),
+            }
+        )
         if not args.skip_als:
             als_users, fit_s, rec_times = als(spark, warehouse, DATE, args.reps, args.warmup)
             rec_s = statistics.median(rec_times)
@@ -281,10 +328,11 @@ def main(argv=None) -> int:
                     "als_recommend_s": [round(t, 2) for t in rec_times],
                     "als_users_per_s": round(als_users / rec_s, 1),
                     "spark_over_als": round((n_users / spark_s) / (als_users / rec_s), 1),
+                    "floor_over_als": round((n_users / floor_s) / (als_users / rec_s), 1),
                 }
             )
         print(json.dumps(out["ml1m"], indent=2))
-        del bundle, user_ids, lists, features  # the 20M-shaped model needs the memory
+        del bundle, floor, user_ids, lists, features  # the 20M-shaped model needs the memory
         gc.collect()
 
     if not args.skip_synthetic:
@@ -327,6 +375,19 @@ def main(argv=None) -> int:
             f"time_for_{n_all}_users_s": round(n_all / rate, 1),
             "extrapolated": n_run < n_all,
         }
+        if args.synthetic_single_users > 0:
+            user_ids, lists = user_lists(warehouse, "2026-01-02", args.synthetic_single_users)
+            syn = ModelBundle.load(syn_dir)
+            single_process(syn, user_ids.slice(0, 1024), lists.slice(0, 1024))  # warm-up
+            single_s = single_process(syn, user_ids, lists)
+            single_rate = len(user_ids) / single_s
+            out["synthetic_20m"].update(
+                {
+                    "single_process_users": len(user_ids),
+                    "single_process_users_per_s": round(single_rate, 1),
+                    "single_over_spark": round(single_rate / rate, 2),
+                }
+            )
         print(json.dumps(out["synthetic_20m"], indent=2))
     print("RESULT " + json.dumps(out))
     return 0
