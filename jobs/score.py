@@ -114,16 +114,16 @@ def _bundle_path(name_or_path: str) -> str:
 
 
 def output_schema():
-    """The published table (``recommendations/dt=D``): one row per user and rank."""
+    """The published table (``recommendations/dt=D``) as Spark writes it: one row per user and rank."""
     import pyarrow as pa
 
     return pa.schema(
         [
             ("user_id", pa.string()),
-            ("rank", pa.int32()),
+            pa.field("rank", pa.int32(), nullable=False),
             ("item_id", pa.string()),
             ("score", pa.float32()),
-            ("model_version", pa.string()),
+            pa.field("model_version", pa.string(), nullable=False),
             ("fallback", pa.bool_()),
         ]
     )

@@ -117,11 +117,14 @@ def world(spark, tmp_path_factory):
 
 
 def test_every_user_gets_n_distinct_unseen_items(world):
+    from jobs.score import output_schema
+
     wh = world["warehouse"]
-    recs = _read(layout.recommendations_dir(wh, DATE)).to_pandas()
+    table = _read(layout.recommendations_dir(wh, DATE))
+    assert table.schema.equals(output_schema())  # the published contract, types included
+    recs = table.to_pandas()
     users = pq.read_table(layout.feature_table(wh, DATE, "users")).to_pandas()
     inter = pq.read_table(layout.feature_table(wh, DATE, "interactions")).to_pandas()
-    assert list(recs.columns) == ["user_id", "rank", "item_id", "score", "model_version", "fallback"]
 
     # every user of the input (every split, incl. excluded and the no-positive user) has a list of N
     assert set(recs.user_id) == set(users.user_id)
