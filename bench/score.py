@@ -24,7 +24,7 @@
    user, Zipf popularity) scored by the Spark job with an untrained cpu-preset-sized model, all
    users by default (about 3.5 min here, in a session with ``spark.task.cpus=2``). ``--synthetic-sample
    N`` times N users and extrapolates linearly, which overstates the total: the fixed cost of
-   loading, hashing and shipping the 1.7 GB model is then spread over few users. The first
+   loading and hashing the 1.7 GB model is then spread over few users. The first
    ``--synthetic-single-users`` of them are also scored in one process (after one warm-up batch).
 """
 

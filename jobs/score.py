@@ -303,7 +303,9 @@ def _bundle_files(bundle_dir: str):
 
 
 def ship_bundle(spark, bundle_dir: str, version: str, model_key: str) -> str:
-    """Ship the bundle to the executors once per Spark application and model; returns the archive name.
+    """Where the executors find the bundle: the directory itself on a local master (same machine:
+    nothing to copy; zipping, fetching and unpacking the 1.7 GB 20k-item bundle took 6.7 s), else
+    the name of an archive shipped once per Spark application and model.
 
     ``addFile(directory)`` is refused on a cluster master (UNSUPPORTED_ADD_FILE.LOCAL_DIRECTORY), so the
     bundle goes as an uncompressed zip with ``addArchive``; each executor unpacks it to
@@ -314,6 +316,8 @@ def ship_bundle(spark, bundle_dir: str, version: str, model_key: str) -> str:
     import zipfile
 
     context = spark.sparkContext
+    if context.master.startswith("local"):
+        return os.path.abspath(bundle_dir)
     key = (context.applicationId, model_key)
     if key not in _SHIPPED:
         directory = tempfile.mkdtemp(prefix="vasp-ship-")
