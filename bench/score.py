@@ -1,6 +1,6 @@
 """Scoring speed: the Spark scoring job vs single-process scoring vs Spark ALS, plus a 20M-shaped population.
 
-    .venv/bin/python bench/score.py [--reps 5] [--warmup 3] [--synthetic-sample N (extrapolated) | 0 = all 138k users]
+    .venv/bin/python bench/score.py [--reps 5] [--warmup 10] [--synthetic-sample N (extrapolated) | 0 = all 138k users]
 
 1. ML-1M (../shared/data/ml-1m/ratings.csv) is built into features with the Spark build job
    (cached under --workdir), and a VASP model of the ``cpu`` preset's size is built for its
@@ -10,8 +10,9 @@
    (a) the Spark scoring job (jobs/score.py: mapInArrow, model loaded once per worker) - users/s,
        median of --reps runs after --warmup runs. The first (cold) run, which starts the Python
        workers and loads Keras and the model in them, is printed on its own. Later runs keep
-       getting faster while the JVM compiles its hot paths (from about 2.0 s to 1.4 s over 12
-       runs here), hence the warm-up runs before the timed ones;
+       getting faster while the JVM compiles its hot paths (here from 2.6 s to a flat 1.3-1.4 s
+       after about 10 runs, the C2 compiler threads taking 0.5 s of CPU per run until then), hence
+       the warm-up runs before the timed ones;
    (b) single-process batched scoring of the same bundle, loaded as the job's workers load it (the
        job's ``score_lists`` over all users, batches of 1024, lists grouped beforehand);
    (c) Spark ALS (rank 64, implicit, 10 iterations, checkpoint dir set) ``recommendForAllUsers(100)``,
@@ -231,7 +232,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=str(REPO / "run" / "bench-score"), help="Cache of built features/models.")
     parser.add_argument("--reps", type=int, default=5, help="Timed runs of each way of scoring (median).")
-    parser.add_argument("--warmup", type=int, default=3, help="Untimed runs before them (the first is the cold one).")
+    parser.add_argument("--warmup", type=int, default=10, help="Untimed runs before them (the first is the cold one).")
     parser.add_argument("--train-epochs", type=int, default=0, help="Train the ML-1M model first (0 = untrained).")
     parser.add_argument("--skip-als", action="store_true", help="Do not run Spark ALS.")
     parser.add_argument("--skip-ml1m", action="store_true", help="Only time the 20M-shaped population.")
