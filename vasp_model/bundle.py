@@ -251,13 +251,12 @@ class HostEASE:
         self.diagonal = np.diagonal(self.kernel).copy()
         self.threads = max(1, int(threads))
 
-    def __call__(self, rows: sp.csr_matrix) -> np.ndarray:
-        """``[rows, I]`` probabilities for a batch of seen items (any nonzero = seen)."""
+    def __call__(self, ones: sp.csr_matrix) -> np.ndarray:
+        """``[rows, I]`` probabilities for a ``_seen`` batch (0/1, one entry per seen item)."""
         from concurrent.futures import ThreadPoolExecutor
 
         from scipy.special import expit
 
-        ones = _seen(rows)
         out = np.empty(ones.shape, dtype=np.float32)
         bounds = np.linspace(0, ones.shape[0], self.threads + 1).astype(np.int64)
 
@@ -282,8 +281,9 @@ def _seen(rows: sp.csr_matrix) -> sp.csr_matrix:
 
 
 def _keras_predict(model_for, rows: sp.csr_matrix, gather_width: int) -> np.ndarray:
-    """``model_for(sparse)`` (a Keras model with one output per input column) on a 0/1 CSR batch: dense input, or a sparse tensor when the batch is sparse
-    enough, split so that no call gathers more than ``SPARSE_GATHER_BYTES`` of ``gather_width``-float rows."""
+    """``model_for(sparse)`` (a Keras model, one output per input column) on a ``_seen`` batch: dense
+    input, or a sparse tensor when the batch is sparse enough, split so that no call gathers more
+    than ``SPARSE_GATHER_BYTES`` of ``gather_width``-float rows."""
     density = rows.nnz / max(1, rows.shape[0] * rows.shape[1])
     if density < SPARSE_INPUT_MAX_DENSITY and _takes_sparse(model_for(True)):
         model, out, start = model_for(True), np.empty(rows.shape, dtype=np.float32), 0
