@@ -5,8 +5,9 @@
 
 * The driver resolves the model URI once (an alias becomes a concrete version, recorded in every
   row as ``model_version``), downloads the ModelBundle directory and ships it to the executors
-  with ``SparkContext.addArchive``, once per session and model content; each executor Python
-  process loads it once (module-level cache keyed by the bundle's SHA-256).
+  with ``SparkContext.addArchive``, once per session and model content (a local master reads it in
+  place); each executor Python process loads it once (module-level cache keyed by the bundle's
+  SHA-256), on CPUs with the Neural EASE path in SciPy (``ModelBundle.load``).
 * Users come from the ``users`` table (all of them, whatever their split), grouped with their
   item ids from ``interactions`` in one shuffle; batches of users go through ``mapInArrow`` into
   ``ModelBundle.recommend_flat`` straight from the Arrow list column: ids unknown to the model's
