@@ -231,8 +231,11 @@ class ModelBundle:
             metadata=meta,
             batch_users=batch_users,
         )
+        is_vasp = isinstance(model, vasp_model.model.VASP)
+        if host_ease and not is_vasp:
+            raise ValueError(f"host_ease runs VASP's Neural EASE path; {directory} holds a {type(model).__name__}")
         if host_ease is None:
-            host_ease = isinstance(model, vasp_model.model.VASP) and _cpu_only()
+            host_ease = is_vasp and _cpu_only()
         if host_ease:
             bundle.host_ease = HostEASE(keras.ops.convert_to_numpy(model.ease.kernel), threads or os.cpu_count() or 1)
         return bundle

@@ -245,6 +245,8 @@ def test_a_bundle_of_another_model_stays_in_keras(tmp_path):
     ModelBundle(model, np.array(list("abcdef"), dtype=object), np.arange(6)).save(str(tmp_path))
     loaded = ModelBundle.load(str(tmp_path), host_ease=None)
     assert loaded.host_ease is None and loaded.scores(sp.csr_matrix(np.eye(6, dtype=np.float32))).shape == (6, 6)
+    with pytest.raises(ValueError, match="Neural EASE"):
+        ModelBundle.load(str(tmp_path), host_ease=True)
 
 
 def test_row_chunks_cap_nonzeros_per_chunk():
