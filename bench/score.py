@@ -228,6 +228,130 @@ def synthetic_population(warehouse: str, date: str, n_users: int, n_items: int, 
     return int(counts.sum())
 
 
+def bench_ml1m(spark, args, workdir: Path) -> dict:
+    """Section 2: ML-1M through the job, in one process, with the floor model, and through ALS."""
+    from vasp_model.bundle import ModelBundle
+    from vasp_model.features import load_features
+
+    warehouse = str(workdir / "warehouse")
+    build_ml1m(spark, warehouse)
+    features = load_features(warehouse, DATE)
+    bundle_dir = str(workdir / "ml1m-bundle")
+    make_bundle(features.item_ids, features.popularity, bundle_dir, features, args.train_epochs)
+    bundle = ModelBundle.load(bundle_dir)  # as the job's workers load it (Neural EASE on the host)
+    user_ids, lists = user_lists(warehouse, DATE)
+    n_users = len(lists)
+    print(f"ML-1M: {n_users} users, {bundle.n_items} items, cpu-preset model, {bundle.model.count_params():,} params")
+
+    cold, warming, times, manifest = spark_score(spark, warehouse, DATE, bundle_dir, args.reps, args.warmup)
+    spark_s = statistics.median(times)
+    assert manifest["counts"]["users"] == n_users
+    single_times = _repeat(lambda: single_process(bundle, user_ids, lists), args.reps, args.warmup)
+    single_s = statistics.median(single_times)
+    result = {
+        "users": n_users,
+        "items": bundle.n_items,
+        "weights": "trained" if args.train_epochs else "untrained",
+        "spark_cold_s": round(cold, 2),
+        "spark_warmup_s": [round(t, 2) for t in warming],
+        "spark_s": [round(t, 2) for t in times],
+        "spark_users_per_s": round(n_users / spark_s, 1),
+        "single_process_s": [round(t, 2) for t in single_times],
+        "single_process_users_per_s": round(n_users / single_s, 1),
+        "single_over_spark": round(spark_s / single_s, 2),
+    }
+    floor_dir = str(workdir / "ml1m-floor-bundle")
+    make_floor_bundle(features.item_ids, features.popularity, floor_dir)
+    floor = ModelBundle.load(floor_dir)
+    _, _, floor_times, _ = spark_score(spark, warehouse, DATE, floor_dir, args.reps, args.warmup)
+    floor_single = _repeat(lambda: single_process(floor, user_ids, lists), args.reps, args.warmup)
+    floor_s = statistics.median(floor_times)
+    result.update(
+        {
+            "floor_spark_s": [round(t, 2) for t in floor_times],
+            "floor_spark_users_per_s": round(n_users / floor_s, 1),
+            "floor_single_process_s": [round(t, 2) for t in floor_single],
+            "model_spark_s": round(spark_s - floor_s, 2),
+            "model_single_process_s": round(single_s - statistics.median(floor_single), 2),
+        }
+    )
+    if not args.skip_als:
+        als_users, fit_s, rec_times = als(spark, warehouse, DATE, args.reps, args.warmup)
+        rec_s = statistics.median(rec_times)
+        result.update(
+            {
+                "als_fit_s": round(fit_s, 2),
+                "als_recommend_s": [round(t, 2) for t in rec_times],
+                "als_users_per_s": round(als_users / rec_s, 1),
+                "spark_over_als": round((n_users / spark_s) / (als_users / rec_s), 1),
+                "floor_over_als": round((n_users / floor_s) / (als_users / rec_s), 1),
+            }
+        )
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def bench_synthetic(spark, args, workdir: Path) -> dict:
+    """Section 3: the MovieLens-20M-shaped population through the job, and in one process."""
+    import keras
+
+    from jobs.common.spark import get_session, spark_config
+    from jobs.score import score
+    from vasp_model.bundle import ModelBundle
+
+    warehouse = str(workdir / "warehouse")
+    n_all = args.synthetic_users
+    n_run = n_all if args.synthetic_sample <= 0 else min(args.synthetic_sample, n_all)
+    items_ids = np.asarray([f"m{i}" for i in range(args.synthetic_items)], dtype=object)
+    pop = np.arange(args.synthetic_items, 0, -1, dtype=np.int64)
+    syn_dir = str(workdir / "syn20m-bundle")
+    syn_params = int(make_bundle(items_ids, pop, syn_dir).model.count_params())  # saved; freed here
+    keras.backend.clear_session()  # the driver does not keep the 20k x 20k model (the workers load it)
+    gc.collect()
+    if args.synthetic_task_cpus > 1:  # a session whose tasks take N cores each: fewer model copies
+        spark.stop()
+        spark = get_session(
+            spark_config(
+                {
+                    "spark_master": args.master,
+                    "spark_shuffle_partitions": 8,
+                    "spark_conf": (f"spark.task.cpus={args.synthetic_task_cpus}",),
+                }
+            )
+        )
+    gen_s, rows = _timed(lambda: synthetic_population(warehouse, "2026-01-02", n_run, args.synthetic_items))
+    print(f"synthetic: {n_run} users, {rows:,} positive events ({gen_s:.1f}s)")
+    seconds, manifest = _timed(lambda: score(spark, "2026-01-02", warehouse, model_uri=syn_dir, top_n=100))
+    rate = n_run / seconds
+    result = {
+        "users_scored": n_run,
+        "items": args.synthetic_items,
+        "params": syn_params,
+        "task_cpus": args.synthetic_task_cpus,
+        "weights": "untrained",
+        "spark_s": round(seconds, 1),
+        "users_per_s": round(rate, 1),
+        "rows": manifest["counts"]["rows"],
+        f"time_for_{n_all}_users_s": round(n_all / rate, 1),
+        "extrapolated": n_run < n_all,
+    }
+    if args.synthetic_single_users > 0:
+        user_ids, lists = user_lists(warehouse, "2026-01-02", args.synthetic_single_users)
+        syn = ModelBundle.load(syn_dir)
+        single_process(syn, user_ids.slice(0, 1024), lists.slice(0, 1024))  # warm-up
+        single_s = single_process(syn, user_ids, lists)
+        single_rate = len(user_ids) / single_s
+        result.update(
+            {
+                "single_process_users": len(user_ids),
+                "single_process_users_per_s": round(single_rate, 1),
+                "single_over_spark": round(single_rate / rate, 2),
+            }
+        )
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=str(REPO / "run" / "bench-score"), help="Cache of built features/models.")
@@ -267,129 +391,17 @@ def main(argv=None) -> int:
     os.environ.setdefault("VASP_HOME", args.workdir)
 
     from jobs.common.spark import get_session, spark_config
-    from vasp_model.bundle import ModelBundle
-    from vasp_model.features import load_features
 
     workdir = Path(args.workdir)
-    warehouse = str(workdir / "warehouse")
     spark = get_session(spark_config({"spark_master": args.master, "spark_shuffle_partitions": 8}))
     cores = spark.sparkContext.defaultParallelism
     out: dict = {"master": args.master, "cores": cores, "cpu_count": os.cpu_count()}
 
     if not args.skip_ml1m:
-        build_ml1m(spark, warehouse)
-        features = load_features(warehouse, DATE)
-        bundle_dir = str(workdir / "ml1m-bundle")
-        make_bundle(features.item_ids, features.popularity, bundle_dir, features, args.train_epochs)
-        bundle = ModelBundle.load(bundle_dir)  # as the job's workers load it (Neural EASE on the host)
-        user_ids, lists = user_lists(warehouse, DATE)
-        n_users = len(lists)
-        print(
-            f"ML-1M: {n_users} users, {bundle.n_items} items, cpu-preset model, {bundle.model.count_params():,} params"
-        )
-
-        cold, warming, times, manifest = spark_score(spark, warehouse, DATE, bundle_dir, args.reps, args.warmup)
-        spark_s = statistics.median(times)
-        assert manifest["counts"]["users"] == n_users
-        single_times = _repeat(lambda: single_process(bundle, user_ids, lists), args.reps, args.warmup)
-        single_s = statistics.median(single_times)
-        out["ml1m"] = {
-            "users": n_users,
-            "items": bundle.n_items,
-            "weights": "trained" if args.train_epochs else "untrained",
-            "spark_cold_s": round(cold, 2),
-            "spark_warmup_s": [round(t, 2) for t in warming],
-            "spark_s": [round(t, 2) for t in times],
-            "spark_users_per_s": round(n_users / spark_s, 1),
-            "single_process_s": [round(t, 2) for t in single_times],
-            "single_process_users_per_s": round(n_users / single_s, 1),
-            "single_over_spark": round(spark_s / single_s, 2),
-        }
-        floor_dir = str(workdir / "ml1m-floor-bundle")
-        make_floor_bundle(features.item_ids, features.popularity, floor_dir)
-        floor = ModelBundle.load(floor_dir)
-        _, _, floor_times, _ = spark_score(spark, warehouse, DATE, floor_dir, args.reps, args.warmup)
-        floor_single = _repeat(lambda: single_process(floor, user_ids, lists), args.reps, args.warmup)
-        floor_s = statistics.median(floor_times)
-        out["ml1m"].update(
-            {
-                "floor_spark_s": [round(t, 2) for t in floor_times],
-                "floor_spark_users_per_s": round(n_users / floor_s, 1),
-                "floor_single_process_s": [round(t, 2) for t in floor_single],
-                "model_spark_s": round(spark_s - floor_s, 2),
-                "model_single_process_s": round(single_s - statistics.median(floor_single), 2),
-            }
-        )
-        if not args.skip_als:
-            als_users, fit_s, rec_times = als(spark, warehouse, DATE, args.reps, args.warmup)
-            rec_s = statistics.median(rec_times)
-            out["ml1m"].update(
-                {
-                    "als_fit_s": round(fit_s, 2),
-                    "als_recommend_s": [round(t, 2) for t in rec_times],
-                    "als_users_per_s": round(als_users / rec_s, 1),
-                    "spark_over_als": round((n_users / spark_s) / (als_users / rec_s), 1),
-                    "floor_over_als": round((n_users / floor_s) / (als_users / rec_s), 1),
-                }
-            )
-        print(json.dumps(out["ml1m"], indent=2))
-        del bundle, floor, user_ids, lists, features  # the 20M-shaped model needs the memory
-        gc.collect()
-
+        out["ml1m"] = bench_ml1m(spark, args, workdir)
+        gc.collect()  # the 20M-shaped model needs the memory
     if not args.skip_synthetic:
-        n_all = args.synthetic_users
-        n_run = n_all if args.synthetic_sample <= 0 else min(args.synthetic_sample, n_all)
-        items_ids = np.asarray([f"m{i}" for i in range(args.synthetic_items)], dtype=object)
-        pop = np.arange(args.synthetic_items, 0, -1, dtype=np.int64)
-        syn_dir = str(workdir / "syn20m-bundle")
-        syn_params = int(make_bundle(items_ids, pop, syn_dir).model.count_params())  # saved; freed here
-        import keras
-
-        keras.backend.clear_session()  # the driver does not keep the 20k x 20k model (the workers load it)
-        gc.collect()
-        if args.synthetic_task_cpus > 1:  # a session whose tasks take N cores each: fewer model copies
-            spark.stop()
-            spark = get_session(
-                spark_config(
-                    {
-                        "spark_master": args.master,
-                        "spark_shuffle_partitions": 8,
-                        "spark_conf": (f"spark.task.cpus={args.synthetic_task_cpus}",),
-                    }
-                )
-            )
-        gen_s, rows = _timed(lambda: synthetic_population(warehouse, "2026-01-02", n_run, args.synthetic_items))
-        print(f"synthetic: {n_run} users, {rows:,} positive events ({gen_s:.1f}s)")
-        from jobs.score import score
-
-        seconds, manifest = _timed(lambda: score(spark, "2026-01-02", warehouse, model_uri=syn_dir, top_n=100))
-        rate = n_run / seconds
-        out["synthetic_20m"] = {
-            "users_scored": n_run,
-            "items": args.synthetic_items,
-            "params": syn_params,
-            "task_cpus": args.synthetic_task_cpus,
-            "weights": "untrained",
-            "spark_s": round(seconds, 1),
-            "users_per_s": round(rate, 1),
-            "rows": manifest["counts"]["rows"],
-            f"time_for_{n_all}_users_s": round(n_all / rate, 1),
-            "extrapolated": n_run < n_all,
-        }
-        if args.synthetic_single_users > 0:
-            user_ids, lists = user_lists(warehouse, "2026-01-02", args.synthetic_single_users)
-            syn = ModelBundle.load(syn_dir)
-            single_process(syn, user_ids.slice(0, 1024), lists.slice(0, 1024))  # warm-up
-            single_s = single_process(syn, user_ids, lists)
-            single_rate = len(user_ids) / single_s
-            out["synthetic_20m"].update(
-                {
-                    "single_process_users": len(user_ids),
-                    "single_process_users_per_s": round(single_rate, 1),
-                    "single_over_spark": round(single_rate / rate, 2),
-                }
-            )
-        print(json.dumps(out["synthetic_20m"], indent=2))
+        out["synthetic_20m"] = bench_synthetic(spark, args, workdir)
     print("RESULT " + json.dumps(out))
     return 0
 
