@@ -107,6 +107,7 @@ def _limit_threads(threads: int) -> None:
 
 
 def _bundle_path(name_or_path: str) -> str:
+    """The bundle directory ``ship_bundle`` referred to: a path (local master) or an archive name."""
     if os.path.isabs(name_or_path):
         return name_or_path
     from pyspark import SparkFiles
