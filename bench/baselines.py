@@ -33,7 +33,7 @@ COLUMNS = ("ndcg@100", "recall@20", "recall@50", "coverage@100", "recall@20_head
 
 
 def build(input_path: str, warehouse: str, date: str, extra: list[str]) -> None:
-    from vasp_model import layout, storage
+    from vasp_model.data import layout, storage
 
     if storage.is_published(layout.features_dir(warehouse, date)):
         return
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
     args = parser.parse_args(argv)
 
-    from vasp_model.evaluation import baseline_metrics
-    from vasp_model.features import load_features
+    from vasp_model.data.features import load_features
+    from vasp_model.evaluation.protocol import baseline_metrics
 
     grid = tuple(float(x) for x in args.grid.split(",") if x.strip())
     results = {}

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     sys.path.insert(0, str(REPO))
-    from vasp_model import layout, nightly_cli, storage
+    from vasp_model.cli import run as nightly_cli
+    from vasp_model.data import layout, storage
 
     tmp = Path(tempfile.mkdtemp(prefix="vasp-bench-dag-"))
     os.environ.update(nightly_cli.embedded_environment(home=str(tmp / "run"), warehouse=str(tmp / "warehouse")))

@@ -12,7 +12,7 @@ jitted step, so the host never builds dense rows. A background thread keeps two 
 Two modes are timed: ``device`` (the above, a stateless JAX train step with the Keras optimizer)
 and ``fit`` (plain ``model.fit`` on host-densified batches, the baseline).
 
-FLOPs per row: forward matmuls (``vasp_model.model.flops_per_row``) × 3 (forward + backward).
+FLOPs per row: forward matmuls (``vasp_model.nn.model.flops_per_row``) × 3 (forward + backward).
 The GPU machine has no TensorFlow: bring keras (+ namex, optree) wheels; this file needs only
 keras, jax, numpy and scipy.
 """
@@ -165,10 +165,10 @@ def main(argv=None) -> int:
     import keras
     import numpy as np
 
-    from vasp_model.batches import ABBatches, make_dataset
-    from vasp_model.config import make_config
-    from vasp_model.losses import FocalLoss
-    from vasp_model.model import build_model, flops_per_row
+    from vasp_model.core.config import make_config
+    from vasp_model.nn.losses import FocalLoss
+    from vasp_model.nn.model import build_model, flops_per_row
+    from vasp_model.train.batches import ABBatches, make_dataset
 
     backend = keras.backend.backend()
     keras.config.set_dtype_policy(args.precision)

@@ -64,8 +64,8 @@ def _repeat(seconds_of, reps: int, warmup: int) -> list[float]:
 
 def build_ml1m(spark, warehouse: str) -> None:
     from jobs.build_matrices import BuildConfig, build
-    from vasp_model import layout, storage
-    from vasp_model.settings import build_config
+    from vasp_model.core.settings import build_config
+    from vasp_model.data import layout, storage
 
     if storage.is_published(layout.features_dir(warehouse, DATE)):
         return
@@ -75,12 +75,12 @@ def build_ml1m(spark, warehouse: str) -> None:
 
 def make_bundle(n_items_ids, popularity, directory: str, features=None, train_epochs: int = 0):
     """A cpu-preset-sized VASP bundle for this vocabulary (untrained unless train_epochs > 0)."""
-    from vasp_model.bundle import ModelBundle
-    from vasp_model.config import make_config
-    from vasp_model.model import build_model
+    from vasp_model.core.config import make_config
+    from vasp_model.nn.model import build_model
+    from vasp_model.recommenders.bundle import ModelBundle
 
     if train_epochs and features is not None:
-        from vasp_model.training import train
+        from vasp_model.train.trainer import train
 
         cfg = make_config("cpu", train_overrides={"epochs": (train_epochs,), "learning_rates": (1e-3,)})
         bundle = train(features, cfg, verbose=0, evaluate_baselines=False).bundle
@@ -97,7 +97,7 @@ def make_floor_bundle(item_ids, popularity, directory: str):
     Dense): scoring it times everything of the job but the model's matmuls."""
     import keras
 
-    from vasp_model.bundle import ModelBundle
+    from vasp_model.recommenders.bundle import ModelBundle
 
     n = len(item_ids)
     model = keras.Sequential([keras.Input((n,)), keras.layers.Dense(1), keras.layers.Dense(n)], name="floor")
@@ -112,7 +112,7 @@ def user_lists(warehouse: str, date: str, max_users: int | None = None):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from vasp_model import layout
+    from vasp_model.data import layout
 
     only = None if max_users is None else [("user_idx", "<", max_users)]
     users = pq.read_table(
@@ -154,7 +154,7 @@ def als(spark, warehouse: str, date: str, reps: int, warmup: int, rank: int = 64
     from pyspark.sql import functions as F
 
     from jobs.common.spark import spark_path
-    from vasp_model import layout
+    from vasp_model.data import layout
 
     inter = (
         spark.read.parquet(spark_path(layout.feature_table(warehouse, date, "interactions")))
@@ -189,7 +189,7 @@ def synthetic_population(warehouse: str, date: str, n_users: int, n_items: int, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from vasp_model import layout, storage
+    from vasp_model.data import layout, storage
 
     final = layout.features_dir(warehouse, date)
     if storage.is_published(final):
@@ -230,8 +230,8 @@ def synthetic_population(warehouse: str, date: str, n_users: int, n_items: int, 
 
 def bench_ml1m(spark, args, workdir: Path) -> dict:
     """Section 2: ML-1M through the job, in one process, with the floor model, and through ALS."""
-    from vasp_model.bundle import ModelBundle
-    from vasp_model.features import load_features
+    from vasp_model.data.features import load_features
+    from vasp_model.recommenders.bundle import ModelBundle
 
     warehouse = str(workdir / "warehouse")
     build_ml1m(spark, warehouse)
@@ -297,7 +297,7 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
 
     from jobs.common.spark import get_session, spark_config
     from jobs.score import score
-    from vasp_model.bundle import ModelBundle
+    from vasp_model.recommenders.bundle import ModelBundle
 
     warehouse = str(workdir / "warehouse")
     n_all = args.synthetic_users

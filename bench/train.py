@@ -24,12 +24,12 @@ ML1M = os.path.join(ROOT, "..", "shared", "data", "ml-1m", "ratings.csv")
 
 def load(args):
     if args.warehouse:
-        from vasp_model.features import load_features
+        from vasp_model.data.features import load_features
 
         return load_features(args.warehouse, args.date)
     import pandas as pd
 
-    from vasp_model.features import Features
+    from vasp_model.data.features import Features
 
     df = pd.read_csv(args.ratings)
     df = df[df.rating > 3.5]
@@ -79,10 +79,10 @@ def main(argv=None) -> int:
     import keras
     import numpy as np
 
-    from vasp_model.batches import ABBatches, epoch_setter, make_dataset
-    from vasp_model.config import make_config
-    from vasp_model.losses import FocalLoss
-    from vasp_model.model import build_model, flops_per_row
+    from vasp_model.core.config import make_config
+    from vasp_model.nn.losses import FocalLoss
+    from vasp_model.nn.model import build_model, flops_per_row
+    from vasp_model.train.batches import ABBatches, epoch_setter, make_dataset
 
     features = load(args)
     config = make_config(args.preset)

@@ -22,7 +22,7 @@ replaces only that date.
 8. **publish_assets** — emits the `vasp_features` and `vasp_recommendations` Assets
    (data-aware downstream DAGs schedule on them) and writes `runs/dt=D/run.json`.
 
-Configuration comes from `VASP_*` environment variables (`vasp_model.nightly.NightlyConfig`):
+Configuration comes from `VASP_*` environment variables (`vasp_model.pipeline.tasks.NightlyConfig`):
 `VASP_SCHEDULE`, `VASP_TIMEZONE`, `VASP_WAREHOUSE`, `VASP_TRACKING_URI`,
 `VASP_SPARK_MODE=local|submit` (submit: `SparkSubmitOperator` on the `spark` connection),
 `VASP_GPU_POOL`, `VASP_GPU_QUEUE`, retries and timeouts. Run-level choices are Params.
@@ -36,8 +36,8 @@ import datetime as dt
 from airflow.providers.standard.sensors.python import PythonSensor
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, chain, task
 
-from vasp_model import nightly
-from vasp_model.config import PRESETS
+from vasp_model.core.config import PRESETS
+from vasp_model.pipeline import tasks as nightly
 
 CFG = nightly.load_config()
 PLAN = "ti.xcom_pull(task_ids='prepare_input')"

@@ -35,8 +35,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from vasp_model import defaults, layout, storage
-from vasp_model.settings import build_config
+from vasp_model.core import defaults
+from vasp_model.core.settings import build_config
+from vasp_model.data import layout, storage
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from vasp_model import defaults, layout
+from vasp_model.core import defaults
+from vasp_model.data import layout
 
 log = logging.getLogger("vasp.score")
 
@@ -84,7 +85,7 @@ def _bundle(path: str, key: str, threads: int):
     bundle = _BUNDLES.get(key)
     if bundle is None:
         _limit_threads(threads)
-        from vasp_model.bundle import ModelBundle
+        from vasp_model.recommenders.bundle import ModelBundle
 
         _BUNDLES.clear()  # a new model for this worker: drop the old one
         bundle = ModelBundle.load(path, threads=threads)
@@ -261,7 +262,7 @@ def count_rows(uri: str) -> int:
     """Rows of a Parquet table from its footers (pyarrow, no Spark job)."""
     import pyarrow.dataset as pads
 
-    from vasp_model import storage
+    from vasp_model.data import storage
 
     filesystem, path = storage.resolve(uri)
     return pads.dataset(path, filesystem=filesystem, format="parquet").count_rows()
@@ -348,8 +349,8 @@ def score(
     from pyspark.sql import functions as F
 
     from jobs.common.spark import write_tables
-    from vasp_model import storage
-    from vasp_model.registry import download_bundle
+    from vasp_model.data import storage
+    from vasp_model.mlops.registry import download_bundle
 
     layout.check_date(date)
     if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0:

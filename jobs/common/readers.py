@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 from pyarrow import fs as pafs
 
-from vasp_model import storage
+from vasp_model.data import storage
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession

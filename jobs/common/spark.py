@@ -6,7 +6,7 @@ The same code runs on ``local[*]`` (the embedded default) and on a cluster: only
 master URL (``spark://``, ``yarn``, ``k8s://``) and the URIs change.
 
 Writing a date's output goes through :func:`write_tables`: every table is written as
-Parquet into a staging directory, then ``vasp_model.storage.publish`` swaps the whole
+Parquet into a staging directory, then ``vasp_model.data.storage.publish`` swaps the whole
 directory in atomically (manifest + ``_SUCCESS``), so readers never see half a date.
 
 pyspark is imported lazily inside functions: importing this module is cheap and has no
@@ -22,8 +22,9 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from vasp_model import defaults, storage
-from vasp_model.settings import ConfigError, build_config
+from vasp_model.core import defaults
+from vasp_model.core.settings import ConfigError, build_config
+from vasp_model.data import storage
 
 DEFAULT_MASTER = "local[*]"
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from vasp_model import layout, nightly, storage
+from vasp_model.data import layout, storage
+from vasp_model.pipeline import tasks as nightly
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def _run(date: str, **conf):
-    from vasp_model.nightly_cli import run_dag
+    from vasp_model.cli.run import run_dag
 
     return run_dag(date, conf)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vasp_model import nightly
+from vasp_model.pipeline import tasks as nightly
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 

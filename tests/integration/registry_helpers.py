@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vasp_model import layout, storage
+from vasp_model.data import layout, storage
 
 
 def synthetic_pairs(n_users: int = 300, n_items: int = 120, seed: int = 0, rename: dict[str, str] | None = None):
@@ -37,7 +37,7 @@ def synthetic_pairs(n_users: int = 300, n_items: int = 120, seed: int = 0, renam
 
 
 def write_features(warehouse: str, date: str, features, fingerprint: str = "synthetic") -> str:
-    """Publish ``features`` (a :class:`vasp_model.features.Features`) as the contract's tables."""
+    """Publish ``features`` (a :class:`vasp_model.data.features.Features`) as the contract's tables."""
     item_ids = np.asarray(features.item_ids, dtype=object)
     n_items = item_ids.size
     groups = [
@@ -142,7 +142,7 @@ def save_model_outputs(warehouse: str, date: str, bundle, metrics: dict, history
 
 def sabotaged(bundle, seed: int = 1):
     """The same network with a shuffled vocabulary: its ids are wrong, so it ranks badly."""
-    from vasp_model.bundle import ModelBundle
+    from vasp_model.recommenders.bundle import ModelBundle
 
     perm = np.random.default_rng(seed).permutation(bundle.n_items)
     return ModelBundle(bundle.model, bundle.item_ids[perm], bundle.popularity, metadata=dict(bundle.metadata))

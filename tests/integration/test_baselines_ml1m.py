@@ -12,9 +12,9 @@ import os
 import numpy as np
 import pytest
 
-from vasp_model.baselines import EASE, Popularity
-from vasp_model.evaluation import evaluate_recommender
-from vasp_model.features import Features
+from vasp_model.data.features import Features
+from vasp_model.evaluation.protocol import evaluate_recommender
+from vasp_model.recommenders.baselines import EASE, Popularity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RATINGS = os.path.join(ROOT, "..", "shared", "data", "ml-1m", "ratings.csv")

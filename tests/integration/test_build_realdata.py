@@ -14,7 +14,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from jobs.build_matrices import BuildConfig, build
-from vasp_model import layout, storage
+from vasp_model.data import layout, storage
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ML1M = DATA / "ml-1m" / "ratings.csv"

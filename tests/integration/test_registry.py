@@ -26,9 +26,9 @@ D1, D2, D3, D4 = "2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"
 def world(tmp_path_factory):
     """A warehouse with features for D1..D4 and model outputs (good / sabotaged) for each date."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from vasp_model.config import make_config
-    from vasp_model.features import Features
-    from vasp_model.training import train
+    from vasp_model.core.config import make_config
+    from vasp_model.data.features import Features
+    from vasp_model.train.trainer import train
 
     root = tmp_path_factory.mktemp("registry")
     warehouse = str(root / "warehouse")
@@ -51,7 +51,7 @@ def store(request, world, tmp_path, monkeypatch):
     monkeypatch.delenv("VASP_TRACKING_URI", raising=False)
     monkeypatch.delenv("VASP_ARTIFACT_ROOT", raising=False)
     if request.param == "sqlite":
-        from vasp_model import defaults
+        from vasp_model.core import defaults
 
         uri = defaults.default_tracking_uri()  # sqlite under $VASP_HOME, artifacts under $VASP_HOME/mlartifacts
         assert uri.startswith("sqlite:///") and str(tmp_path) in uri
@@ -62,8 +62,8 @@ def store(request, world, tmp_path, monkeypatch):
 
 
 def _log_training(uri: str, world, date: str) -> str:
-    from vasp_model import layout
-    from vasp_model.tracking import TrainingTracker
+    from vasp_model.data import layout
+    from vasp_model.mlops.tracking import TrainingTracker
 
     result = world["result"]
     with TrainingTracker(uri, "vasp") as tracker:
@@ -116,7 +116,7 @@ def test_tracking_register_promote_gate_rollback(store, world, capsys, tmp_path)
     assert float(versions[0].tags["test.ease.ndcg_at_100"]) > 0
 
     # The logged model is a pyfunc that carries the vocabulary and loads in safe mode.
-    from vasp_model.registry import mlflow_uri
+    from vasp_model.mlops.registry import mlflow_uri
 
     with mlflow_uri(store):
         model = mlflow.pyfunc.load_model(f"models:/vasp/{v3}")

@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from vasp_model import layout, storage
+from vasp_model.data import layout, storage
 
 ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k" / "u.data"
 DATE, OTHER_DATE = "2026-04-01", "2026-04-02"
@@ -53,11 +53,11 @@ def world(spark, tmp_path_factory):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from jobs.build_matrices import BuildConfig, build
     from jobs.score import score
-    from vasp_model.config import make_config
-    from vasp_model.features import load_features
-    from vasp_model.registry import promote
-    from vasp_model.settings import build_config
-    from vasp_model.tracking import TrainingTracker
+    from vasp_model.core.config import make_config
+    from vasp_model.core.settings import build_config
+    from vasp_model.data.features import load_features
+    from vasp_model.mlops.registry import promote
+    from vasp_model.mlops.tracking import TrainingTracker
 
     root = tmp_path_factory.mktemp("score")
     raw = root / "input" / "u.data"
@@ -77,7 +77,7 @@ def world(spark, tmp_path_factory):
     build(spark, str(raw), warehouse, DATE, build_config(BuildConfig, {"ab_copies": 2}))
     print(f"build {time.perf_counter() - t0:.1f}s")
 
-    from vasp_model.training import train
+    from vasp_model.train.trainer import train
 
     features = load_features(warehouse, DATE)
     t0 = time.perf_counter()

@@ -15,10 +15,10 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     import keras, numpy as np
-    from vasp_model.batches import ABBatches, make_dataset
-    from vasp_model.config import ModelConfig
-    from vasp_model.losses import FocalLoss
-    from vasp_model.model import build_model
+    from vasp_model.train.batches import ABBatches, make_dataset
+    from vasp_model.core.config import ModelConfig
+    from vasp_model.nn.losses import FocalLoss
+    from vasp_model.nn.model import build_model
     import scipy.sparse as sp
 
     rng = np.random.default_rng(0)
@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent(
     if len(sys.argv) > 1:  # score a model saved by the main (TensorFlow) process
         loaded = keras.saving.load_model(sys.argv[1], safe_mode=True, compile=False)
         out["loaded_scores"] = keras.ops.convert_to_numpy(loaded(np.load(sys.argv[2]), training=False)).tolist()
-        from vasp_model import bundle as bundle_module
+        from vasp_model.recommenders import bundle as bundle_module
         bundle_module.SPARSE_INPUT_MAX_DENSITY = 1.0  # the bundle's sparse-input path (BCOO on JAX)
         ids = np.array([str(i) for i in range(15)], dtype=object)
         sparse_scores = bundle_module.ModelBundle(loaded, ids, np.arange(15)).scores(sp.csr_matrix(np.load(sys.argv[2])))
@@ -71,8 +71,8 @@ def test_trains_on_jax_and_loads_a_model_saved_by_the_default_backend(tmp_path):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from vasp_model.config import ModelConfig
-    from vasp_model.model import build_model
+    from vasp_model.core.config import ModelConfig
+    from vasp_model.nn.model import build_model
 
     model = build_model(15, ModelConfig(hidden=8, latent=4, encoder_blocks=1, decoder_blocks=1), seed=1)
     x = (np.random.default_rng(1).random((3, 15)) < 0.3).astype(np.float32)

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import build_matrices as bm
-from vasp_model import cli, layout, storage
+from vasp_model import cli
+from vasp_model.data import layout, storage
 
 DATE = "2024-03-01"
 

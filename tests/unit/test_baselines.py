@@ -7,8 +7,8 @@ import pytest
 import scipy.sparse as sp
 from recommender_contract import RecommenderContract, checkerboard
 
-from vasp_model.baselines import EASE, Popularity, fit_ease_on_validation
-from vasp_model.features import Features
+from vasp_model.data.features import Features
+from vasp_model.recommenders.baselines import EASE, Popularity, fit_ease_on_validation
 
 
 class TestEASEContract(RecommenderContract):
@@ -115,7 +115,7 @@ def test_fit_ease_on_validation_rejects_mismatched_items():
 
 
 def test_mirror_upper_in_place_blockwise():
-    from vasp_model.baselines import _mirror_upper_in_place
+    from vasp_model.recommenders.baselines import _mirror_upper_in_place
 
     rng = np.random.default_rng(0)
     S = rng.random((10, 10))

@@ -214,7 +214,7 @@ def test_spark_config_env_overrides_and_validation(monkeypatch):
 
 
 def test_write_tables_publishes_atomically_and_discards_on_failure(spark, tmp_path):
-    from vasp_model import storage
+    from vasp_model.data import storage
 
     final = str(tmp_path / "features" / "dt=2024-01-01")
     frame = spark.createDataFrame([(1, "a")], "x int, y string")

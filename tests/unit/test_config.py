@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vasp_model.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict, make_config
-from vasp_model.settings import ConfigError, as_params
+from vasp_model.core.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict, make_config
+from vasp_model.core.settings import ConfigError, as_params
 
 
 def test_paper_preset_is_the_reference():

@@ -7,10 +7,10 @@ import pytest
 import scipy.sparse as sp
 from recommender_contract import checkerboard
 
-from vasp_model.baselines import Popularity
-from vasp_model.evaluation import baseline_metrics, evaluate_recommender, map_topk_ids
-from vasp_model.features import Features
-from vasp_model.metrics import METRIC_KEYS
+from vasp_model.data.features import Features
+from vasp_model.evaluation.metrics import METRIC_KEYS
+from vasp_model.evaluation.protocol import baseline_metrics, evaluate_recommender, map_topk_ids
+from vasp_model.recommenders.baselines import Popularity
 
 
 def test_map_topk_ids_unknown_and_missing_become_minus_one():

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from vasp_model import layout, storage
-from vasp_model.features import Features, load_features
+from vasp_model.data import layout, storage
+from vasp_model.data.features import Features, load_features
 
 DATE = "2026-01-01"
 # vocabulary: item_idx 0 "b" (3 train users), 1 "a" (2), 2 "c" (1)

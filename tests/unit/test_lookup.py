@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.score import OUTPUT_COLUMNS, output_schema
-from vasp_model import layout, lookup, storage
 from vasp_model.cli import main as cli_main
+from vasp_model.cli import recommend as lookup
+from vasp_model.data import layout, storage
 
 
 def _publish(warehouse: str, date: str, users: dict[str, list[str]], version: str = "1", fallback=()) -> None:

@@ -10,7 +10,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from vasp_model.losses import FocalLoss, focal_terms, kl_divergence  # noqa: E402
+from vasp_model.nn.losses import FocalLoss, focal_terms, kl_divergence  # noqa: E402
 
 
 def np_focal(y, p, alpha, gamma):

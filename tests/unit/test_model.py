@@ -13,14 +13,14 @@ import pytest  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 from recommender_contract import RecommenderContract  # noqa: E402
 
-from vasp_model.batches import ABBatches, make_dataset  # noqa: E402
-from vasp_model.bundle import ModelBundle  # noqa: E402
-from vasp_model.config import ModelConfig, make_config  # noqa: E402
-from vasp_model.features import Features  # noqa: E402
-from vasp_model.layers import NeuralEASE, Sampling, ZeroDiagonal  # noqa: E402
-from vasp_model.losses import FocalLoss  # noqa: E402
-from vasp_model.model import VASP, build_model  # noqa: E402
-from vasp_model.training import train  # noqa: E402
+from vasp_model.core.config import ModelConfig, make_config  # noqa: E402
+from vasp_model.data.features import Features  # noqa: E402
+from vasp_model.nn.layers import NeuralEASE, Sampling, ZeroDiagonal  # noqa: E402
+from vasp_model.nn.losses import FocalLoss  # noqa: E402
+from vasp_model.nn.model import VASP, build_model  # noqa: E402
+from vasp_model.recommenders.bundle import ModelBundle  # noqa: E402
+from vasp_model.train.batches import ABBatches, make_dataset  # noqa: E402
+from vasp_model.train.trainer import train  # noqa: E402
 
 TINY = ModelConfig(hidden=16, latent=8, encoder_blocks=2, decoder_blocks=1, dropout=0.2, ease_init="glorot_uniform")
 
@@ -196,7 +196,7 @@ def test_recommend_flat_takes_arrow_lists_and_counts_repeats_once():
 
 
 def test_sparse_model_input_scores_like_dense(monkeypatch):
-    import vasp_model.bundle as bundle_module
+    import vasp_model.recommenders.bundle as bundle_module
 
     rng = np.random.default_rng(0)
     model = build_model(300, TINY, seed=0)
@@ -219,7 +219,7 @@ def test_sparse_model_input_scores_like_dense(monkeypatch):
 
 @pytest.mark.parametrize("density", [0.3, 0.01])  # the FLVAE gets a dense, then a sparse input
 def test_loaded_bundle_runs_neural_ease_in_scipy_with_the_same_scores(tmp_path, density):
-    import vasp_model.bundle as bundle_module
+    import vasp_model.recommenders.bundle as bundle_module
 
     rng = np.random.default_rng(0)
     model = build_model(300, TINY, seed=0)
@@ -250,7 +250,7 @@ def test_a_bundle_of_another_model_stays_in_keras(tmp_path):
 
 
 def test_row_chunks_cap_nonzeros_per_chunk():
-    from vasp_model.bundle import _row_chunks
+    from vasp_model.recommenders.bundle import _row_chunks
 
     indptr = np.cumsum([0, 3, 0, 4, 10, 1, 1])  # row nnz: 3, 0, 4, 10, 1, 1
     assert _row_chunks(indptr, 7) == [3, 4, 6]  # rows 0-2 (7), row 3 alone (10 > 7), rows 4-5
@@ -335,7 +335,7 @@ def test_interrupted_training_resumes_from_checkpoint(small_features, tmp_path):
 
 
 def test_closed_form_warm_start_ranks_like_ease(small_features):
-    from vasp_model.baselines import EASE
+    from vasp_model.recommenders.baselines import EASE
 
     config = make_config(
         "tiny",

@@ -7,8 +7,8 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from vasp_model import nightly
-from vasp_model.settings import ConfigError
+from vasp_model.core.settings import ConfigError
+from vasp_model.pipeline import tasks as nightly
 
 
 def test_config_defaults_env_and_validation(monkeypatch):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vasp_model import registry, tracking
-from vasp_model.settings import ConfigError, build_config
+from vasp_model.core.settings import ConfigError, build_config
+from vasp_model.mlops import registry, tracking
 
 METRICS = {
     "test": {

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vasp_model import layout, storage
-from vasp_model.features import Features, load_features
+from vasp_model.data import layout, storage
+from vasp_model.data.features import Features, load_features
 
 DATE = "2026-02-03"
 
@@ -112,7 +112,7 @@ def warehouse(tmp_path_factory):
 
 def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, capsys):
     from vasp_model import cli
-    from vasp_model.bundle import ModelBundle
+    from vasp_model.recommenders.bundle import ModelBundle
 
     code = cli.main(
         [
@@ -153,7 +153,7 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
     assert list(topk.columns) == ["user_id", "rank", "item_id"]
     assert set(topk.user_id) == set(features.test.user_ids)
     index = {str(i): j for j, i in enumerate(features.item_ids)}
-    from vasp_model.metrics import evaluate_topk
+    from vasp_model.evaluation.metrics import evaluate_topk
 
     mat = np.full((features.test.n_users, 100), -1)
     pos = {str(u): p for p, u in enumerate(features.test.user_ids)}

@@ -14,8 +14,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from vasp_model.layers import DenseResidualStack, NeuralEASE, Sampling
-from vasp_model.losses import kl_divergence
+from vasp_model.nn.layers import DenseResidualStack, NeuralEASE, Sampling
+from vasp_model.nn.losses import kl_divergence
 
 
 @keras.saving.register_keras_serializable(package="vasp")

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vasp_model.settings import ENV_PREFIX, ConfigError, _coerce, build_config
+from vasp_model.core.settings import ENV_PREFIX, ConfigError, _coerce, build_config
 
 OPTIMIZERS = ("nadam", "adam", "adamw")
 EASE_INITS = ("zeros", "glorot_uniform", "closed_form")

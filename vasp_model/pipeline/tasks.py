@@ -23,8 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vasp_model import defaults, layout
-from vasp_model.settings import build_config
+from vasp_model.core import defaults
+from vasp_model.core.settings import build_config
+from vasp_model.data import layout
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class NightlyConfig:
     def __post_init__(self) -> None:
         from zoneinfo import ZoneInfo
 
-        from vasp_model.config import PRESETS
+        from vasp_model.core.config import PRESETS
 
         if not self.warehouse:
             raise ValueError("warehouse must not be empty")
@@ -185,7 +186,7 @@ def make_plan(
 STAGES: dict[str, str] = {
     "synth": "jobs.synth",
     "build": "jobs.build_matrices",
-    "train": "vasp_model.train_cli",
+    "train": "vasp_model.cli.train",
     "score": "jobs.score",
 }
 SPARK_STAGES = ("build", "score")
@@ -266,7 +267,7 @@ def input_available(input_uri: str) -> bool:
     """Sensor poke: is the input there (a file, or a non-empty directory)?"""
     from pyarrow import fs as pafs
 
-    from vasp_model import storage
+    from vasp_model.data import storage
 
     filesystem, path = storage.resolve(input_uri)
     info = filesystem.get_file_info(path)
@@ -306,8 +307,8 @@ def promote(plan: Mapping[str, Any]) -> dict[str, Any]:
     Calls ``registry.promote`` (what ``vasp promote`` calls) directly, to get the decision
     back as data; returns it as a dict (XCom, run record).
     """
-    from vasp_model import registry
-    from vasp_model.tracking import TrackingConfig
+    from vasp_model.mlops import registry
+    from vasp_model.mlops.tracking import TrackingConfig
 
     cfg = build_config(TrackingConfig, {"tracking_uri": plan["tracking_uri"]})
     decision = registry.promote(
@@ -337,7 +338,7 @@ def score(plan: Mapping[str, Any]) -> str:
 
 
 def _require_published(uri: str, stage: str) -> None:
-    from vasp_model import storage
+    from vasp_model.data import storage
 
     if not storage.is_published(uri):
         raise RuntimeError(f"vasp {stage} finished but {uri} is not published (no _SUCCESS)")
@@ -353,7 +354,7 @@ def on_input_missing(context: Mapping[str, Any]) -> None:
 
 def validate(plan: Mapping[str, Any]) -> dict[str, Any]:
     """Check the published lists of ``D``; raise ``ValueError`` naming every violated rule."""
-    from vasp_model import storage
+    from vasp_model.data import storage
 
     recs = read_table(str(plan["recommendations"]))
     users = read_table(f"{plan['features']}/users", columns=["user_idx", "user_id"])
@@ -369,8 +370,8 @@ def model_vocabulary(tracking_uri: str, model_uri: str) -> set[str]:
 
     import pyarrow.parquet as pq
 
-    from vasp_model.bundle import ITEMS_FILE
-    from vasp_model.registry import download_bundle
+    from vasp_model.mlops.registry import download_bundle
+    from vasp_model.recommenders.bundle import ITEMS_FILE
 
     with tempfile.TemporaryDirectory(prefix="vasp-validate-") as tmp:
         bundle_dir, _, _ = download_bundle(tracking_uri, model_uri, tmp)
@@ -437,7 +438,7 @@ def read_table(uri: str, columns: list[str] | None = None):
     """Read a Parquet directory (Spark's or pyarrow's) into pandas, skipping _SUCCESS/manifest files."""
     import pyarrow.dataset as pads
 
-    from vasp_model import storage
+    from vasp_model.data import storage
 
     filesystem, path = storage.resolve(uri)
     dataset = pads.dataset(
@@ -448,7 +449,7 @@ def read_table(uri: str, columns: list[str] | None = None):
 
 def publish(plan: Mapping[str, Any], decision: Mapping[str, Any], checks: Mapping[str, Any]) -> dict[str, Any]:
     """Write the run record ``runs/dt=D/run.json`` (atomically; replaces only this date's record)."""
-    from vasp_model import storage
+    from vasp_model.data import storage
 
     summary = {
         "date": plan["date"],

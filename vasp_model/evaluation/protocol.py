@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vasp_model.metrics import evaluate_topk
+from vasp_model.evaluation.metrics import evaluate_topk
 
 
 def evaluate_recommender(rec, fold_in, holdout, popularity, n: int = 100) -> dict[str, float]:
@@ -65,7 +65,7 @@ def baseline_metrics(
     Returns ``{"ease": {metrics..., "lambda": λ, "validation_ndcg@100": {λ: v}, "fit_seconds": s},
     "popularity": {metrics...}}``.
     """
-    from vasp_model.baselines import DEFAULT_EASE_GRID, Popularity, fit_ease_on_validation
+    from vasp_model.recommenders.baselines import DEFAULT_EASE_GRID, Popularity, fit_ease_on_validation
 
     target = getattr(features, split)
     start = time.perf_counter()

@@ -15,11 +15,11 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("jobs.synth", "Write a synthetic interaction file with real latent structure."),
     "build": ("jobs.build_matrices", "Spark job: build features/dt=D (matrices, splits, A/B copies)."),
-    "train": ("vasp_model.train_cli", "Train VASP on features/dt=D and evaluate it against EASE and popularity."),
-    "promote": ("vasp_model.promote_cli", "Register the date's model and gate it into the 'champion' alias."),
+    "train": ("vasp_model.cli.train", "Train VASP on features/dt=D and evaluate it against EASE and popularity."),
+    "promote": ("vasp_model.cli.promote", "Register the date's model and gate it into the 'champion' alias."),
     "score": ("jobs.score", "Spark job: write top-N recommendations/dt=D for every user."),
-    "recommend": ("vasp_model.lookup", "Print one user's published recommendation list."),
-    "run": ("vasp_model.nightly_cli", "Run the nightly Airflow DAG end to end for one logical date."),
+    "recommend": ("vasp_model.cli.recommend", "Print one user's published recommendation list."),
+    "run": ("vasp_model.cli.run", "Run the nightly Airflow DAG end to end for one logical date."),
 }
 
 

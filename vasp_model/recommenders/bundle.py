@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from vasp_model.baselines import check_recommend_args, recommend_batched
-from vasp_model.metrics import topk_from_scores
+from vasp_model.evaluation.metrics import topk_from_scores
+from vasp_model.recommenders.baselines import check_recommend_args, recommend_batched
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -213,7 +213,7 @@ class ModelBundle:
         import keras
         import pyarrow.parquet as pq
 
-        import vasp_model.model  # registers the custom layers for deserialization
+        import vasp_model.nn.model  # registers the custom layers for deserialization
 
         meta_path = os.path.join(directory, META_FILE)
         if not os.path.exists(meta_path):
@@ -231,7 +231,7 @@ class ModelBundle:
             metadata=meta,
             batch_users=batch_users,
         )
-        is_vasp = isinstance(model, vasp_model.model.VASP)
+        is_vasp = isinstance(model, vasp_model.nn.model.VASP)
         if host_ease and not is_vasp:
             raise ValueError(f"host_ease runs VASP's Neural EASE path; {directory} holds a {type(model).__name__}")
         if host_ease is None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from vasp_model import defaults, layout, storage
+from vasp_model.core import defaults
+from vasp_model.data import layout, storage
 
 DATASET = "recommendations"
 

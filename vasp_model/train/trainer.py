@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vasp_model.config import VaspConfig, config_to_dict
+from vasp_model.core.config import VaspConfig, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ VAL_KEYS = ("ndcg@100", "recall@20", "recall@50")
 
 @dataclasses.dataclass
 class TrainResult:
-    bundle: Any  # vasp_model.bundle.ModelBundle
+    bundle: Any  # vasp_model.recommenders.bundle.ModelBundle
     metrics: dict[str, Any]  # {"test": {"vasp"|"ease"|"popularity": {...}}, "validation": {...}, ...}
     history: list[dict[str, Any]]  # one dict per epoch (1-based "epoch")
     best_epoch: int  # 1-based
@@ -41,7 +41,7 @@ def _cap(matrix, n_items: int):
 
 def evaluate_recommender(recommender, fold_in, holdout, popularity, n: int = 100) -> dict[str, float]:
     """``evaluate_topk`` of ``recommender.recommend(fold_in, n)`` (fold-in masked) against ``holdout``."""
-    from vasp_model.metrics import evaluate_topk
+    from vasp_model.evaluation.metrics import evaluate_topk
 
     topk, _ = recommender.recommend(fold_in, n)
     return evaluate_topk(topk, holdout, popularity)
@@ -51,7 +51,7 @@ def _validation_callback(bundle, split, n_items, state_path, patience):
     """Per-epoch validation; keeps the best weights in memory (and on disk for resume)."""
     import keras
 
-    from vasp_model.metrics import ndcg_at_k, recall_at_k
+    from vasp_model.evaluation.metrics import ndcg_at_k, recall_at_k
 
     fold_in = _cap(split.fold_in, n_items)
     holdout = split.holdout
@@ -160,7 +160,7 @@ def train(
     verbose: str | int = "auto",
     evaluate_baselines: bool = True,
 ) -> TrainResult:
-    """Fit VASP on ``features`` (a :class:`vasp_model.features.Features`) and evaluate it.
+    """Fit VASP on ``features`` (a :class:`vasp_model.data.features.Features`) and evaluate it.
 
     ``callbacks`` are extra Keras callbacks (e.g. the MLflow tracker's); they run after the
     validation callback, so their ``logs`` hold ``val_ndcg@100``, ``val_recall@20``, ``val_recall@50``.
@@ -168,11 +168,11 @@ def train(
     """
     import keras
 
-    from vasp_model.baselines import Popularity, fit_ease_on_validation
-    from vasp_model.batches import ABBatches, epoch_setter, make_dataset
-    from vasp_model.bundle import ModelBundle
-    from vasp_model.losses import FocalLoss
-    from vasp_model.model import build_model
+    from vasp_model.nn.losses import FocalLoss
+    from vasp_model.nn.model import build_model
+    from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
+    from vasp_model.recommenders.bundle import ModelBundle
+    from vasp_model.train.batches import ABBatches, epoch_setter, make_dataset
 
     mc, tc = config.model, config.train
     timings: dict[str, float] = {}
@@ -210,7 +210,7 @@ def train(
     if mc.ease_init == "closed_form" and not resuming:
         # Warm start of the shallow path from the closed-form EASE solution of the training matrix
         # (an initialization only: the kernel is trained from there; nothing is blended at inference).
-        from vasp_model.baselines import EASE
+        from vasp_model.recommenders.baselines import EASE
 
         t0 = time.perf_counter()
         B = EASE(mc.ease_init_lambda).fit(_cap(features.train, n_items)).B

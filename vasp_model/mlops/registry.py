@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vasp_model.tracking import BUNDLE_ARTIFACT, model_test_metrics
+from vasp_model.mlops.tracking import BUNDLE_ARTIFACT, model_test_metrics
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def download_bundle(tracking_uri: str, model_uri: str, dst: str) -> tuple[str, s
 
 
 def load_version_bundle(client, tracking_uri: str, name: str, version: str, dst: str):
-    from vasp_model.bundle import ModelBundle
+    from vasp_model.recommenders.bundle import ModelBundle
 
     bundle_dir, _, _ = download_bundle(tracking_uri, f"models:/{name}/{version}", dst)
     return ModelBundle.load(bundle_dir)
@@ -217,8 +217,8 @@ def logged_metrics(client, run_id: str) -> dict[str, Any]:
 
 def rescore(bundle, item_ids_today: np.ndarray, split, popularity: np.ndarray, n: int = 100) -> dict[str, float]:
     """Evaluate ``bundle`` on ``split`` (fold-in -> holdout) of today's features, mapping by item id."""
-    from vasp_model.evaluation import map_topk_ids
-    from vasp_model.metrics import evaluate_topk
+    from vasp_model.evaluation.metrics import evaluate_topk
+    from vasp_model.evaluation.protocol import map_topk_ids
 
     fold = split.fold_in.tocsr()
     today = np.asarray(item_ids_today, dtype=object)
@@ -268,7 +268,7 @@ def promote(
     metric: str = "ndcg@100",
 ) -> GateDecision:
     """Run the gate for ``date``'s candidate and move aliases accordingly (see module docstring)."""
-    from vasp_model.features import load_features
+    from vasp_model.data.features import load_features
 
     with mlflow_uri(tracking_uri) as client:
         candidate, champion = _candidate_and_champion(client, registered_model, date)

@@ -95,7 +95,7 @@ def is_published(uri: str) -> bool:
 
 def published_dates(warehouse: str, dataset: str) -> list[str]:
     """Sorted dates ``D`` with a complete ``{warehouse}/{dataset}/dt=D`` partition."""
-    from vasp_model.layout import DATE_RE
+    from vasp_model.data.layout import DATE_RE
 
     filesystem, root = resolve(f"{warehouse.rstrip('/')}/{dataset}")
     if filesystem.get_file_info(root).type == pafs.FileType.NotFound:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from vasp_model import layout, storage
+from vasp_model.data import layout, storage
 
 
 @dataclasses.dataclass(frozen=True)

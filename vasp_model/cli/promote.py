@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from vasp_model import defaults, layout
-from vasp_model.settings import build_config
+from vasp_model.core import defaults
+from vasp_model.core.settings import build_config
+from vasp_model.data import layout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vasp_model import registry
-    from vasp_model.tracking import TrackingConfig
+    from vasp_model.mlops import registry
+    from vasp_model.mlops.tracking import TrackingConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     date = layout.check_date(args.date)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from vasp_model.metrics import ndcg_at_k, topk_from_scores
+from vasp_model.evaluation.metrics import ndcg_at_k, topk_from_scores
 
 DEFAULT_EASE_GRID = (100.0, 300.0, 1000.0, 3000.0)
 _BATCH_USERS = 2048

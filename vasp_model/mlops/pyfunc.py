@@ -13,7 +13,7 @@ import mlflow.pyfunc
 
 class VaspPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from vasp_model.bundle import ModelBundle
+        from vasp_model.recommenders.bundle import ModelBundle
 
         self.bundle = ModelBundle.load(context.artifacts["bundle"])
 

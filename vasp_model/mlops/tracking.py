@@ -31,8 +31,9 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from vasp_model import defaults, storage
-from vasp_model.layout import DATE_RE
+from vasp_model.core import defaults
+from vasp_model.data import storage
+from vasp_model.data.layout import DATE_RE
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class TrainingTracker:
     def __enter__(self) -> TrainingTracker:
         import mlflow
 
-        from vasp_model.registry import mlflow_uri
+        from vasp_model.mlops.registry import mlflow_uri
 
         _ensure_local_store_dir(self.tracking_uri)
         # tracking + registry point at this store while the run is open (restored on exit)
@@ -323,7 +324,7 @@ def log_bundle_model(bundle_dir: str):
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from vasp_model.pyfunc import VaspPyfunc
+    from vasp_model.mlops.pyfunc import VaspPyfunc
 
     example_in = pd.DataFrame({"item_ids": [["1", "2"]]})
     example_out = pd.DataFrame({"item_ids": [["3", "4"]], "scores": [[1.0, 0.5]], "fallback": [False]})
@@ -340,7 +341,7 @@ def log_bundle_model(bundle_dir: str):
         artifacts={BUNDLE_ARTIFACT: bundle_dir},
         signature=signature,
         pip_requirements=requirements,
-        code_paths=[os.path.dirname(os.path.abspath(__file__))],  # this package: vasp_model/
+        code_paths=[os.path.dirname(os.path.dirname(os.path.abspath(__file__)))],  # the package: vasp_model/
     )
 
 

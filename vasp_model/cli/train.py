@@ -48,7 +48,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vasp_model import defaults
+    from vasp_model.core import defaults
 
     parser.add_argument("--warehouse", default=defaults.default_warehouse(), help="Warehouse root (path or URI).")
     parser.add_argument("--date", required=True, help="Logical date YYYY-MM-DD of the features to train on.")
@@ -83,13 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config_from_args(args):
-    from vasp_model.config import make_config
+    from vasp_model.core.config import make_config
 
     model = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _k, _h) in MODEL_FLAGS.items()}
     train = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _k, _h) in TRAIN_FLAGS.items()}
     train["epochs"] = args.epochs
     if args.epochs is not None and args.learning_rates is None:
-        from vasp_model.config import PRESETS
+        from vasp_model.core.config import PRESETS
 
         preset_lrs = PRESETS.get(args.preset, {}).get("train", {}).get("learning_rates", (1e-3,))
         train["learning_rates"] = tuple(preset_lrs[min(i, len(preset_lrs) - 1)] for i in range(len(args.epochs)))
@@ -131,7 +131,8 @@ def write_outputs(result, features, directory: str) -> None:
 
 
 def run(args) -> int:
-    from vasp_model import defaults, layout, storage
+    from vasp_model.core import defaults
+    from vasp_model.data import layout, storage
 
     date = layout.check_date(args.date)
     if args.backend:
@@ -141,9 +142,9 @@ def run(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     config = build_config_from_args(args)
 
-    from vasp_model.features import load_features
-    from vasp_model.settings import as_params
-    from vasp_model.training import train
+    from vasp_model.core.settings import as_params
+    from vasp_model.data.features import load_features
+    from vasp_model.train.trainer import train
 
     t0 = time.perf_counter()
     features = load_features(args.warehouse, date)
@@ -181,7 +182,7 @@ def run(args) -> int:
     run_id = None
     # ---------------------------------------------------------------- MLflow tracking (optional)
     if not args.no_tracking:
-        from vasp_model.tracking import TrainingTracker
+        from vasp_model.mlops.tracking import TrainingTracker
 
         tracking_uri = args.tracking_uri or defaults.default_tracking_uri()
         with TrainingTracker(tracking_uri, args.experiment) as tracker:

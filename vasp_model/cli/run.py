@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 DAG_ID = "vasp_nightly"
-DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def embedded_environment(home: str | None = None, warehouse: str | None = None) -> dict[str, str]:
     """Environment of the embedded deployment; explicit settings in ``os.environ`` win (except Airflow's home)."""
-    from vasp_model import defaults
+    from vasp_model.core import defaults
 
     env: dict[str, str] = {}
     if home:
@@ -109,7 +109,8 @@ def logical_date_of(date: str) -> dt.datetime:
     """Midnight of ``date`` in the DAG's time zone (so the run owns exactly ``date``)."""
     from zoneinfo import ZoneInfo
 
-    from vasp_model import layout, nightly
+    from vasp_model.data import layout
+    from vasp_model.pipeline import tasks as nightly
 
     day = dt.date.fromisoformat(layout.check_date(date))
     return dt.datetime.combine(day, dt.time(0), tzinfo=ZoneInfo(nightly.load_config().timezone))
@@ -134,7 +135,7 @@ def run_dag(date: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vasp_model import layout
+    from vasp_model.data import layout
 
     date = (
         layout.check_date(args.date)
@@ -163,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
 
 def report(result: dict[str, Any], warehouse: str, user: str | None = None, input_uri: str | None = None) -> int:
     """Print the outcome of a run; 0 if it succeeded, 1 if any task failed."""
-    from vasp_model import layout, nightly, storage
+    from vasp_model.data import layout, storage
+    from vasp_model.pipeline import tasks as nightly
 
     date = result["date"]
     print(f"\nvasp_nightly {date}: {result['state']} in {result['seconds']:.0f} s")
@@ -194,7 +196,8 @@ def report(result: dict[str, Any], warehouse: str, user: str | None = None, inpu
 
 def _print_top(warehouse: str, date: str, user: str | None) -> None:
     """``vasp recommend --user U --date D`` for one user (the first user id by default)."""
-    from vasp_model import lookup, nightly
+    from vasp_model.cli import recommend as lookup
+    from vasp_model.pipeline import tasks as nightly
 
     if user is None:
         recs = nightly.read_table(f"{warehouse.rstrip('/')}/recommendations/dt={date}", columns=["user_id"])

@@ -1,0 +1,1 @@
+"""Foundation: typed settings from env/flags, default locations, the model/training configs and presets."""

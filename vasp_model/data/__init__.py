@@ -1,0 +1,1 @@
+"""Data contracts: the warehouse layout, atomic storage, and the built features read back as matrices."""

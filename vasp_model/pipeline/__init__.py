@@ -1,0 +1,1 @@
+"""The nightly pipeline: the plan of one date, its stages and the task callables the DAG wires."""

@@ -1,0 +1,1 @@
+"""Everything that recommends through one interface: closed-form EASE, popularity and the trained VASP bundle."""

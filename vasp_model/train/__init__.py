@@ -1,0 +1,1 @@
+"""Fitting VASP: A/B batches, Keras callbacks and the trainer."""
