@@ -306,32 +306,67 @@ def test_early_stopping(small_features):
     config = make_config("tiny", train_overrides={"epochs": (30,), "learning_rates": (0.5,), "patience": 1}, env={})
     result = train(small_features, config, verbose=0, evaluate_baselines=False)
     assert len(result.history) < 30
+    assert result.best_epoch == len(result.history) - 1  # stopped after one epoch without improvement
+    best = result.history[result.best_epoch - 1]
+    assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
+
+
+def test_without_patience_every_epoch_runs_and_the_best_is_restored(small_features):
+    config = make_config("tiny", train_overrides={"epochs": (3,), "learning_rates": (1e-2,)}, env={})
+    weights_at_end_of = {}
+
+    class RuinLastEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                kernel = self.model.ease.kernel
+                kernel.assign(np.random.default_rng(0).normal(0.0, 10.0, kernel.shape).astype("float32"))
+
+        def on_epoch_end(self, epoch, logs=None):
+            weights_at_end_of[epoch + 1] = self.model.get_weights()
+
+    result = train(small_features, config, callbacks=[RuinLastEpoch()], verbose=0, evaluate_baselines=False)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.best_epoch == max(result.history, key=lambda h: h["val_ndcg@100"])["epoch"] in (1, 2)
+    for restored, saved in zip(result.bundle.model.get_weights(), weights_at_end_of[result.best_epoch], strict=True):
+        np.testing.assert_array_equal(restored, saved)
 
 
 def test_interrupted_training_resumes_from_checkpoint(small_features, tmp_path):
     config = make_config("tiny", train_overrides={"epochs": (4,), "learning_rates": (1e-2,)}, env={})
+    weights_at_end_of = {}
 
     class Crash(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            weights_at_end_of[epoch + 1] = self.model.get_weights()
             if epoch == 1:
                 raise KeyboardInterrupt("simulated crash")
 
     with pytest.raises(KeyboardInterrupt):
         train(small_features, config, callbacks=[Crash()], checkpoint_dir=str(tmp_path), verbose=0)
-    state = json.loads((tmp_path / "validation_state.json").read_text())
+    state = json.loads((tmp_path / "resume_state.json").read_text())
     assert [h["epoch"] for h in state["history"]] == [1, 2]
 
     seen_epochs = []
 
-    class Record(keras.callbacks.Callback):
+    class RuinAfterRestart(keras.callbacks.Callback):
+        """Scrambles the Neural EASE kernel each resumed epoch: the best epoch stays one from before the crash."""
+
         def on_epoch_begin(self, epoch, logs=None):
             seen_epochs.append(epoch)
+            kernel = self.model.ease.kernel
+            kernel.assign(np.random.default_rng(epoch).normal(0.0, 10.0, kernel.shape).astype("float32"))
 
-    result = train(small_features, config, callbacks=[Record()], checkpoint_dir=str(tmp_path), verbose=0)
+    result = train(small_features, config, callbacks=[RuinAfterRestart()], checkpoint_dir=str(tmp_path), verbose=0)
     assert seen_epochs == [2, 3]  # resumed after the two finished epochs
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert result.history[:2] == state["history"]
-    assert not (tmp_path / "validation_state.json").exists()
+    best = max(result.history, key=lambda h: h["val_ndcg@100"])
+    assert result.best_epoch == best["epoch"] in (1, 2)
+    # the weights restored at the end are the best epoch's, saved before the crash
+    for restored, saved in zip(result.bundle.model.get_weights(), weights_at_end_of[best["epoch"]], strict=True):
+        np.testing.assert_array_equal(restored, saved)
+    assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
+    assert os.listdir(tmp_path) == []  # a finished fit leaves no resume state behind
 
 
 def test_closed_form_warm_start_ranks_like_ease(small_features):

@@ -1,28 +1,23 @@
 """Training VASP on the built features, with per-epoch validation and the baselines on test.
 
-:func:`train` fits the model with ``model.fit`` (progress bar), validates after every epoch on
-the validation users (nDCG@100, Recall@20, Recall@50 by the vae_cf protocol), keeps and restores
-the best epoch (optionally stops early), checkpoints so an interrupted run resumes, and then
-scores VASP, closed-form EASE (λ chosen on validation) and popularity on the same test users.
+:func:`train` warm-starts the Neural EASE path (as configured), fits with ``model.fit`` and Keras
+callbacks (phase learning rates, validation nDCG@100 / Recall@20 / Recall@50 by the vae_cf
+protocol, early stopping that restores the best epoch, checkpoints so an interrupted run
+resumes), then scores VASP, closed-form EASE (λ chosen on validation) and popularity on the same
+validation and test users.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
-import logging
 import os
-import shutil
 import time
 from typing import Any
 
 import numpy as np
 
 from vasp_model.core.config import VaspConfig, config_to_dict
-
-log = logging.getLogger(__name__)
-
-VAL_KEYS = ("ndcg@100", "recall@20", "recall@50")
 
 
 @dataclasses.dataclass
@@ -33,123 +28,6 @@ class TrainResult:
     best_epoch: int  # 1-based
     config: VaspConfig
     timings: dict[str, float]
-
-
-def _cap(matrix, n_items: int):
-    return matrix if matrix.shape[1] == n_items else matrix[:, :n_items].tocsr()
-
-
-def evaluate_recommender(recommender, fold_in, holdout, popularity, n: int = 100) -> dict[str, float]:
-    """``evaluate_topk`` of ``recommender.recommend(fold_in, n)`` (fold-in masked) against ``holdout``."""
-    from vasp_model.evaluation.metrics import evaluate_topk
-
-    topk, _ = recommender.recommend(fold_in, n)
-    return evaluate_topk(topk, holdout, popularity)
-
-
-def _validation_callback(bundle, split, n_items, state_path, patience):
-    """Per-epoch validation; keeps the best weights in memory (and on disk for resume)."""
-    import keras
-
-    from vasp_model.evaluation.metrics import ndcg_at_k, recall_at_k
-
-    fold_in = _cap(split.fold_in, n_items)
-    holdout = split.holdout
-
-    class Validation(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.history: list[dict[str, Any]] = []
-            self.best = -np.inf
-            self.best_epoch = 0
-            self.best_weights = None
-            self.wait = 0
-            self._t0 = None
-
-        def on_train_begin(self, logs=None):
-            if state_path and os.path.exists(state_path):  # resuming an interrupted run
-                with open(state_path) as fh:
-                    state = json.load(fh)
-                self.history, self.best, self.best_epoch = state["history"], state["best"], state["best_epoch"]
-                self.wait = state.get("wait", 0)
-                weights = state_path.replace(".json", ".weights.h5")
-                if os.path.exists(weights):
-                    current = self.model.get_weights()
-                    self.model.load_weights(weights)
-                    self.best_weights = self.model.get_weights()
-                    self.model.set_weights(current)
-                log.info("resuming: %d epochs done, best epoch %d", len(self.history), self.best_epoch)
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            train_s = time.perf_counter() - self._t0
-            t0 = time.perf_counter()
-            topk, _ = bundle.recommend(fold_in, 100)
-            val = {
-                "ndcg@100": float(np.nanmean(ndcg_at_k(topk, holdout, 100))),
-                "recall@20": float(np.nanmean(recall_at_k(topk, holdout, 20))),
-                "recall@50": float(np.nanmean(recall_at_k(topk, holdout, 50))),
-            }
-            logs = logs if logs is not None else {}
-            for key, value in val.items():
-                logs[f"val_{key}"] = value
-            lr = self.model.optimizer.learning_rate
-            row = {k: float(v) for k, v in logs.items() if np.isscalar(v) or np.ndim(v) == 0}
-            row.update(
-                {
-                    "epoch": epoch + 1,
-                    "learning_rate": float(keras.ops.convert_to_numpy(lr)),
-                    "train_seconds": train_s,
-                    "validation_seconds": time.perf_counter() - t0,
-                }
-            )
-            self.history.append(row)
-            if not np.isfinite(row.get("loss", 0.0)):
-                raise ValueError(f"training diverged: loss is {row.get('loss')} at epoch {epoch + 1}")
-            improved = val["ndcg@100"] > self.best
-            if improved:
-                self.best, self.best_epoch, self.wait = val["ndcg@100"], epoch + 1, 0
-                self.best_weights = self.model.get_weights()
-            else:
-                self.wait += 1
-            if state_path:
-                if improved:
-                    self.model.save_weights(state_path.replace(".json", ".weights.h5"), overwrite=True)
-                with open(state_path, "w") as fh:
-                    json.dump(
-                        {"history": self.history, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait},
-                        fh,
-                    )
-            print(
-                f"epoch {epoch + 1}: val ndcg@100={val['ndcg@100']:.4f} recall@20={val['recall@20']:.4f} "
-                f"recall@50={val['recall@50']:.4f} (best {self.best:.4f} @ {self.best_epoch}) "
-                f"train {train_s:.1f}s",
-                flush=True,
-            )
-            if patience is not None and self.wait >= patience:
-                self.model.stop_training = True
-
-    return Validation()
-
-
-def _lr_callback(train_config):
-    import keras
-
-    class PhaseSchedule(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.model.optimizer.learning_rate.assign(train_config.learning_rate(epoch))
-
-    return PhaseSchedule()
-
-
-def _optimizer(name: str, lr: float):
-    import keras
-
-    return {"nadam": keras.optimizers.Nadam, "adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW}[name](
-        learning_rate=lr
-    )
 
 
 def train(
@@ -168,26 +46,53 @@ def train(
     """
     import keras
 
-    from vasp_model.nn.losses import FocalLoss
-    from vasp_model.nn.model import build_model
-    from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
-    from vasp_model.recommenders.bundle import ModelBundle
-    from vasp_model.train.batches import ABBatches, epoch_setter, make_dataset
+    from vasp_model.train.batches import ABBatches
 
-    mc, tc = config.model, config.train
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
-    n_all = features.n_items
-    n_items = n_all if mc.max_items is None else min(mc.max_items, n_all)
     if features.train.shape[0] == 0 or features.validation.n_users == 0:
         raise ValueError("features need train users and validation users to train")
+    start = time.perf_counter()
+    mc, tc = config.model, config.train
+    n_items = features.n_items if mc.max_items is None else min(mc.max_items, features.n_items)
+    timings: dict[str, float] = {}
 
     keras.utils.set_random_seed(tc.seed)
     plan = ABBatches(features.ab_copies, tc.batch_users, seed=tc.seed, n_items=n_items)
-    dataset = make_dataset(plan)
-    model = build_model(n_items, mc, seed=tc.seed)
-    bundle = ModelBundle(
-        model,
+    bundle = _build_bundle(features, config, n_items)
+    if checkpoint_dir:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+    if not (checkpoint_dir and os.path.exists(_backup_dir(checkpoint_dir))):  # a resumed fit loads its weights
+        _warm_start(bundle.model, features.train, plan, config, verbose, timings)
+    history, best_epoch = _fit(bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings)
+    by_split, ease_choice = _evaluate(bundle, features, evaluate_baselines, timings)
+    timings["total_seconds"] = time.perf_counter() - start
+
+    metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items}
+    bundle.metadata.update({"best_epoch": best_epoch, "test_ndcg@100": metrics["test"]["vasp"]["ndcg@100"]})
+    return TrainResult(
+        bundle=bundle, metrics=metrics, history=history, best_epoch=best_epoch, config=config, timings=timings
+    )
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str):
+    start = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - start
+
+
+def _backup_dir(checkpoint_dir: str) -> str:
+    return os.path.join(checkpoint_dir, "backup")
+
+
+def _build_bundle(features, config: VaspConfig, n_items: int):
+    """The untrained VASP network over the ``n_items`` most popular items, in a bundle with its vocabulary."""
+    import keras
+
+    from vasp_model.nn.model import build_model
+    from vasp_model.recommenders.bundle import ModelBundle
+
+    return ModelBundle(
+        build_model(n_items, config.model, seed=config.train.seed),
         features.item_ids[:n_items],
         features.popularity[:n_items],
         metadata={
@@ -195,99 +100,130 @@ def train(
             "config": config_to_dict(config),
             "trained_backend": keras.backend.backend(),
         },
-        batch_users=tc.eval_batch_users,
+        batch_users=config.train.eval_batch_users,
     )
-    loss = FocalLoss(mc.focal_alpha, mc.focal_gamma)
 
-    backup_dir = state_path = None
-    resuming = False
-    if checkpoint_dir:
-        os.makedirs(checkpoint_dir, exist_ok=True)
-        backup_dir = os.path.join(checkpoint_dir, "backup")
-        state_path = os.path.join(checkpoint_dir, "validation_state.json")
-        resuming = os.path.exists(backup_dir)
 
-    if mc.ease_init == "closed_form" and not resuming:
-        # Warm start of the shallow path from the closed-form EASE solution of the training matrix
-        # (an initialization only: the kernel is trained from there; nothing is blended at inference).
-        from vasp_model.recommenders.baselines import EASE
+def _compile(model, config: VaspConfig, learning_rate: float) -> None:
+    """Compile ``model`` with the configured optimizer at ``learning_rate`` and the focal loss."""
+    import keras
 
-        t0 = time.perf_counter()
-        B = EASE(mc.ease_init_lambda).fit(_cap(features.train, n_items)).B
-        model.ease.kernel.assign(mc.ease_init_scale * B.astype("float32"))
-        model.ease.kernel.assign(model.ease.kernel.constraint(model.ease.kernel))
-        timings["ease_init_seconds"] = time.perf_counter() - t0
+    from vasp_model.nn.losses import FocalLoss
 
-    if tc.ease_warmup_epochs and not resuming:
-        # Warm start of the shallow path: fit Neural EASE alone (shares the layer with the model).
-        t0 = time.perf_counter()
-        inputs = keras.Input((n_items,))
-        ease_only = keras.Model(inputs, model.ease(inputs), name="ease_warmup")
-        ease_only.compile(optimizer=_optimizer(tc.optimizer, tc.ease_warmup_lr), loss=loss, jit_compile=tc.jit_compile)
-        ease_only.fit(dataset, epochs=tc.ease_warmup_epochs, callbacks=[epoch_setter(plan)], verbose=verbose)
-        timings["ease_warmup_seconds"] = time.perf_counter() - t0
-
+    mc, tc = config.model, config.train
     model.compile(
-        optimizer=_optimizer(tc.optimizer, tc.learning_rate(0)),
-        loss=loss,
+        optimizer=keras.optimizers.get({"class_name": tc.optimizer, "config": {"learning_rate": learning_rate}}),
+        loss=FocalLoss(mc.focal_alpha, mc.focal_gamma),
         jit_compile=tc.jit_compile,
     )
-    validation = _validation_callback(bundle, features.validation, n_items, state_path, tc.patience)
-    all_callbacks = [epoch_setter(plan), _lr_callback(tc)]
-    if backup_dir:
-        all_callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=True))
-    all_callbacks += [validation, *callbacks]
 
-    t0 = time.perf_counter()
-    model.fit(dataset, epochs=tc.total_epochs, callbacks=all_callbacks, verbose=verbose)
-    timings["fit_seconds"] = time.perf_counter() - t0
-    if validation.best_weights is not None:
-        model.set_weights(validation.best_weights)
-    history = validation.history
-    epoch_times = [h["train_seconds"] for h in history]
-    if epoch_times:
-        timings["epoch_seconds_median"] = float(np.median(epoch_times))
-        timings["epoch_seconds_first"] = float(epoch_times[0])
-    timings["epochs_run"] = float(len(history))
 
-    # ---- test: VASP, EASE, popularity on the same users
-    test, val = features.test, features.validation
-    metrics: dict[str, Any] = {"test": {}, "validation": {}, "best_epoch": validation.best_epoch}
-    t0 = time.perf_counter()
-    metrics["test"]["vasp"] = evaluate_recommender(
-        bundle, _cap(test.fold_in, n_items), test.holdout, features.popularity
+def _warm_start(model, train_csr, plan, config: VaspConfig, verbose, timings: dict[str, float]) -> None:
+    """Initialize the shallow (Neural EASE) path as configured: closed-form EASE, then a warm-up fit."""
+    if config.model.ease_init == "closed_form":
+        with _timed(timings, "ease_init_seconds"):
+            _closed_form_init(model, train_csr, config.model)
+    if config.train.ease_warmup_epochs:
+        with _timed(timings, "ease_warmup_seconds"):
+            _ease_warmup(model, plan, config, verbose)
+
+
+def _closed_form_init(model, train_csr, model_config) -> None:
+    """Set the Neural EASE kernel to ``ease_init_scale`` × closed-form EASE of ``train_csr``'s modelled items.
+
+    An initialization only: the kernel is trained from there; nothing is blended at inference.
+    """
+    from vasp_model.recommenders.baselines import EASE
+
+    B = EASE(model_config.ease_init_lambda).fit(train_csr[:, : model.n_items]).B
+    kernel = model.ease.kernel
+    kernel.assign(model_config.ease_init_scale * B.astype("float32"))
+    kernel.assign(kernel.constraint(kernel))
+
+
+def _ease_warmup(model, plan, config: VaspConfig, verbose) -> None:
+    """Fit the Neural EASE path alone (its layer is shared with ``model``)."""
+    import keras
+
+    from vasp_model.train.batches import epoch_setter, make_dataset
+
+    inputs = keras.Input((model.n_items,))
+    ease_only = keras.Model(inputs, model.ease(inputs), name="ease_warmup")
+    _compile(ease_only, config, config.train.ease_warmup_lr)
+    ease_only.fit(
+        make_dataset(plan), epochs=config.train.ease_warmup_epochs, callbacks=[epoch_setter(plan)], verbose=verbose
     )
-    metrics["validation"]["vasp"] = evaluate_recommender(
-        bundle, _cap(val.fold_in, n_items), val.holdout, features.popularity
+
+
+def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, verbose, timings) -> tuple[list, int]:
+    """``model.fit`` validating on ``split`` each epoch; returns the history rows and the 1-based best epoch.
+
+    The weights left in the model are the best epoch's (by validation nDCG@100).
+    """
+    import keras
+
+    from vasp_model.train.batches import epoch_setter, make_dataset
+    from vasp_model.train.callbacks import MONITOR, ResumeState, ValidationMetrics
+
+    tc = config.train
+    model = bundle.model
+    _compile(model, config, tc.learning_rate(0))
+    validation = ValidationMetrics(bundle, split.fold_in[:, : bundle.n_items], split.holdout)
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor=MONITOR,
+        mode="max",
+        patience=tc.total_epochs if tc.patience is None else tc.patience,  # None: never stops, still restores
+        restore_best_weights=True,
     )
-    timings["vasp_eval_seconds"] = time.perf_counter() - t0
+    fit_callbacks = [
+        epoch_setter(plan),
+        validation,
+        keras.callbacks.LearningRateScheduler(lambda epoch, _rate: tc.learning_rate(epoch)),
+        early_stopping,
+    ]
+    if checkpoint_dir:
+        # BackupAndRestore restores weights, optimizer and epoch, not EarlyStopping's best weights / wait nor
+        # the history rows: ResumeState persists those (a callback of its own rather than an EarlyStopping
+        # subclass, since it also carries ValidationMetrics' history).
+        fit_callbacks += [
+            ResumeState(checkpoint_dir, validation, early_stopping),
+            keras.callbacks.BackupAndRestore(_backup_dir(checkpoint_dir), save_freq="epoch", delete_checkpoint=True),
+        ]
+    with _timed(timings, "fit_seconds"):
+        model.fit(make_dataset(plan), epochs=tc.total_epochs, callbacks=[*fit_callbacks, *callbacks], verbose=verbose)
+    epoch_seconds = [row["train_seconds"] for row in validation.history]
+    if epoch_seconds:
+        timings["epoch_seconds_median"] = float(np.median(epoch_seconds))
+        timings["epoch_seconds_first"] = float(epoch_seconds[0])
+    timings["epochs_run"] = float(len(validation.history))
+    return validation.history, early_stopping.best_epoch + 1
+
+
+def _evaluate(bundle, features, evaluate_baselines: bool, timings: dict[str, float]) -> tuple[dict, dict]:
+    """Test and validation metrics of VASP and, with ``evaluate_baselines``, of EASE (λ chosen on
+    validation) and popularity: ``({"test": {name: ...}, "validation": {name: ...}}, EASE's λ and grid)``."""
+    from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
+
+    with _timed(timings, "vasp_eval_seconds"):
+        by_model = {"vasp": _evaluate_on_splits(bundle, features, bundle.n_items)}
+    extra: dict[str, Any] = {}
     if evaluate_baselines:
-        t0 = time.perf_counter()
-        ease, grid = fit_ease_on_validation(features.train, val.fold_in, val.holdout)
-        timings["ease_fit_seconds"] = time.perf_counter() - t0
-        metrics["ease_lambda"] = float(ease.lambda_)
-        metrics["ease_validation_grid"] = {str(k): v for k, v in grid.items()}
-        metrics["test"]["ease"] = evaluate_recommender(ease, test.fold_in, test.holdout, features.popularity)
-        metrics["validation"]["ease"] = evaluate_recommender(ease, val.fold_in, val.holdout, features.popularity)
-        pop = Popularity.from_counts(features.popularity)
-        metrics["test"]["popularity"] = evaluate_recommender(pop, test.fold_in, test.holdout, features.popularity)
-        metrics["validation"]["popularity"] = evaluate_recommender(pop, val.fold_in, val.holdout, features.popularity)
-    timings["total_seconds"] = time.perf_counter() - t_start
-    metrics["timings"] = timings
-    metrics["n_items"] = n_items
-    bundle.metadata.update({"best_epoch": validation.best_epoch, "test_ndcg@100": metrics["test"]["vasp"]["ndcg@100"]})
+        val = features.validation
+        with _timed(timings, "ease_fit_seconds"):
+            ease, grid = fit_ease_on_validation(features.train, val.fold_in, val.holdout)
+        extra = {"ease_lambda": float(ease.lambda_), "ease_validation_grid": {str(k): v for k, v in grid.items()}}
+        by_model["ease"] = _evaluate_on_splits(ease, features, features.n_items)
+        popularity = Popularity.from_counts(features.popularity)
+        by_model["popularity"] = _evaluate_on_splits(popularity, features, features.n_items)
+    by_split = {split: {name: scores[split] for name, scores in by_model.items()} for split in ("test", "validation")}
+    return by_split, extra
 
-    if checkpoint_dir:  # finished: the resume state is no longer needed
-        for name in ("validation_state.json", "validation_state.weights.h5"):
-            path = os.path.join(checkpoint_dir, name)
-            if os.path.exists(path):
-                os.remove(path)
-        shutil.rmtree(backup_dir, ignore_errors=True)
-    return TrainResult(
-        bundle=bundle,
-        metrics=metrics,
-        history=history,
-        best_epoch=validation.best_epoch,
-        config=config,
-        timings=timings,
-    )
+
+def _evaluate_on_splits(recommender, features, n_items: int) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_recommender` on the test and the validation users (fold-in cut to ``n_items``)."""
+    from vasp_model.evaluation.protocol import evaluate_recommender
+
+    return {
+        name: evaluate_recommender(recommender, split.fold_in[:, :n_items], split.holdout, features.popularity)
+        for name, split in (("test", features.test), ("validation", features.validation))
+    }

@@ -1,0 +1,128 @@
+"""Keras callbacks of the trainer: per-epoch validation metrics, and the state a resumed fit needs.
+
+* :class:`ValidationMetrics` adds ``val_ndcg@100``, ``val_recall@20``, ``val_recall@50`` to each
+  epoch's ``logs`` (for ``EarlyStopping`` and later callbacks), keeps one history row per epoch and
+  prints a progress line.
+* :class:`ResumeState` persists what ``BackupAndRestore`` does not (the history rows and
+  ``EarlyStopping``'s best epoch, best weights and wait) and restores it when a fit resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import keras
+import numpy as np
+
+from vasp_model.evaluation.metrics import ndcg_at_k, recall_at_k
+
+log = logging.getLogger(__name__)
+
+MONITOR = "val_ndcg@100"
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Scores ``recommender`` on the validation users after every epoch; raises if the loss diverged."""
+
+    def __init__(self, recommender, fold_in, holdout):
+        super().__init__()
+        self.recommender = recommender
+        self.fold_in = fold_in
+        self.holdout = holdout
+        self.history: list[dict[str, Any]] = []
+        self._epoch_start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        train_seconds = time.perf_counter() - self._epoch_start
+        start = time.perf_counter()
+        topk, _ = self.recommender.recommend(self.fold_in, 100)
+        val = {
+            "ndcg@100": float(np.nanmean(ndcg_at_k(topk, self.holdout, 100))),
+            "recall@20": float(np.nanmean(recall_at_k(topk, self.holdout, 20))),
+            "recall@50": float(np.nanmean(recall_at_k(topk, self.holdout, 50))),
+        }
+        logs = logs if logs is not None else {}
+        logs.update({f"val_{key}": value for key, value in val.items()})
+        row = {key: float(value) for key, value in logs.items() if np.ndim(value) == 0}
+        row.update(
+            {
+                "epoch": epoch + 1,
+                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+                "train_seconds": train_seconds,
+                "validation_seconds": time.perf_counter() - start,
+            }
+        )
+        self.history.append(row)
+        if not np.isfinite(row.get("loss", 0.0)):
+            raise ValueError(f"training diverged: loss is {row.get('loss')} at epoch {epoch + 1}")
+        best = max(self.history, key=lambda r: r[MONITOR])
+        print(
+            f"epoch {epoch + 1}: val ndcg@100={val['ndcg@100']:.4f} recall@20={val['recall@20']:.4f} "
+            f"recall@50={val['recall@50']:.4f} (best {best[MONITOR]:.4f} @ {best['epoch']}) "
+            f"train {train_seconds:.1f}s",
+            flush=True,
+        )
+
+
+class ResumeState(keras.callbacks.Callback):
+    """Saves ``validation``'s history and ``early_stopping``'s state in ``directory`` after every epoch.
+
+    Must follow ``early_stopping`` in the callback list: its ``on_train_begin`` restores the state
+    after ``EarlyStopping`` has reset itself. The files are removed when the fit ends normally.
+    """
+
+    def __init__(self, directory: str, validation: ValidationMetrics, early_stopping: keras.callbacks.EarlyStopping):
+        super().__init__()
+        self.state_path = os.path.join(directory, "resume_state.json")
+        self.weights_path = os.path.join(directory, "best_weights.npz")
+        self.validation = validation
+        self.early_stopping = early_stopping
+
+    def on_train_begin(self, logs=None):
+        if not os.path.exists(self.state_path):
+            return
+        with open(self.state_path) as fh:
+            state = json.load(fh)
+        stopping = self.early_stopping
+        self.validation.history = state["history"]
+        stopping.best, stopping.best_epoch, stopping.wait = state["best"], state["best_epoch"], state["wait"]
+        with np.load(self.weights_path) as saved:
+            stopping.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        log.info("resuming: %d epochs done, best epoch %d", len(state["history"]), stopping.best_epoch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        stopping = self.early_stopping
+        if stopping.best_epoch == epoch:  # this epoch is the new best
+            _replace(self.weights_path, lambda tmp: np.savez(tmp, *stopping.best_weights))
+        state = {
+            "history": self.validation.history,
+            "best": stopping.best,
+            "best_epoch": stopping.best_epoch,
+            "wait": stopping.wait,
+        }
+        _replace(self.state_path, lambda tmp: _write_json(tmp, state))
+
+    def on_train_end(self, logs=None):
+        for path in (self.state_path, self.weights_path):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def _write_json(path: str, payload: Any) -> None:
+    with open(path, "w") as fh:
+        json.dump(payload, fh)
+
+
+def _replace(path: str, write) -> None:
+    """``write`` a temporary file next to ``path``, then move it over ``path`` (never half-written)."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{ext}"
+    write(tmp)
+    os.replace(tmp, path)
