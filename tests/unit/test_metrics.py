@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from vasp_model.evaluation import metrics
 from vasp_model.evaluation.metrics import (
     coverage,
     evaluate_topk,
@@ -17,7 +18,6 @@ from vasp_model.evaluation.metrics import (
     recall_by_popularity_bucket,
     topk_from_scores,
 )
-from vasp_model.evaluation import metrics
 
 L3, L5, L6 = 1 / math.log2(3), 1 / math.log2(5), 1 / math.log2(6)  # 0.63093, 0.43068, 0.38685
 
