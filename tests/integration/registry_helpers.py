@@ -140,6 +140,18 @@ def save_model_outputs(warehouse: str, date: str, bundle, metrics: dict, history
     return final
 
 
+def report_of(bundle, features, baselines: dict) -> dict:
+    """``baselines`` (a training report on the same data) with ``bundle``'s own test and validation
+    metrics on ``features`` as its ``vasp`` entries (scored by item id, as the gate re-scores)."""
+    from vasp_model.mlops.registry import rescore
+
+    report = json.loads(json.dumps(baselines, default=float))
+    for split in ("test", "validation"):
+        users = getattr(features, split)
+        report[split]["vasp"] = rescore(bundle, features.item_ids, users, features.popularity)
+    return report
+
+
 def sabotaged(bundle, seed: int = 1):
     """The same network with a shuffled vocabulary: its ids are wrong, so it ranks badly."""
     from vasp_model.recommenders.bundle import ModelBundle

@@ -1,21 +1,31 @@
 """Tracking + registry promotion against the default SQLite store and a real ``mlflow server``.
 
 One tiny model is trained once (synthetic data with a real signal). Its "sabotaged" twin (same
-network, shuffled vocabulary) ranks far worse, which makes the champion comparisons certain.
-The EASE gate is driven by the margin: -1 always passes, +1 never can (nDCG <= 1).
+network, shuffled vocabulary) ranks far worse, which makes the champion comparisons certain; it
+is published with its own metrics (scored on its date's test users), so it is below EASE. The
+EASE gate is driven by the margin: -1 always passes, +1 never can (nDCG <= 1).
 
-Dates: D1 (vocabulary A) sabotaged -> first champion; D2 rejected vs EASE; D3 (vocabulary B,
-some items renamed, so the champion's vocabulary differs) good -> beats the re-scored champion;
-D4 sabotaged -> loses to the champion; rollback of D3 -> champion back to D1's version.
+Dates: D1 (vocabulary A) sabotaged -> first champion (margin -1); D2 rejected vs EASE; D3
+(vocabulary B, some items renamed, so the champion's vocabulary differs) good -> beats the
+re-scored champion; D4 sabotaged -> below EASE at margin 0, and at margin -1 loses to the
+champion; rollback of D3 -> champion back to D1's version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import pytest
-from registry_helpers import mlflow_server, sabotaged, save_model_outputs, synthetic_pairs, write_features
+from registry_helpers import (
+    mlflow_server,
+    report_of,
+    sabotaged,
+    save_model_outputs,
+    synthetic_pairs,
+    write_features,
+)
 
 from vasp_model.cli import main as cli_main
 
@@ -39,9 +49,17 @@ def world(tmp_path_factory):
         write_features(warehouse, date, feats, fingerprint=f"fp-{date}")
     result = train(feats_a, make_config("tiny"), verbose=0)
     bad = sabotaged(result.bundle)
-    for date, bundle in ((D1, bad), (D2, result.bundle), (D3, result.bundle), (D4, bad)):
-        save_model_outputs(warehouse, date, bundle, result.metrics, result.history)
-    return {"root": root, "warehouse": warehouse, "result": result}
+    outputs = {
+        D1: (bad, report_of(bad, feats_a, result.metrics)),
+        D2: (result.bundle, result.metrics),
+        D3: (result.bundle, result.metrics),
+        D4: (bad, report_of(bad, feats_b, result.metrics)),
+    }
+    for date, (bundle, metrics) in outputs.items():
+        save_model_outputs(warehouse, date, bundle, metrics, result.history)
+    # what each date's training returned: the shared training, with that date's model's metrics
+    results = {date: dataclasses.replace(result, metrics=metrics) for date, (_, metrics) in outputs.items()}
+    return {"root": root, "warehouse": warehouse, "result": result, "results": results}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.service)])
@@ -65,7 +83,7 @@ def _log_training(uri: str, world, date: str) -> str:
     from vasp_model.data import layout
     from vasp_model.mlops.tracking import TrainingTracker
 
-    result = world["result"]
+    result = world["results"][date]
     with TrainingTracker(uri, "vasp") as tracker:
         tracker.log_config({"model.hidden": 16, "train.epochs": "(2,)"})
         callback = tracker.callback()
@@ -100,7 +118,7 @@ def test_tracking_register_promote_gate_rollback(store, world, capsys, tmp_path)
     history = client.get_metric_history(runs[D1], "val_ndcg_at_100")
     assert [m.step for m in history] == [0, 1]
     assert run.data.metrics["test.vasp.ndcg_at_100"] == pytest.approx(
-        world["result"].metrics["test"]["vasp"]["ndcg@100"]
+        world["results"][D1].metrics["test"]["vasp"]["ndcg@100"]
     )
     assert "test.ease.recall_at_20" in run.data.metrics and "test.popularity.ndcg_at_100" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(runs[D1])}
@@ -114,14 +132,18 @@ def test_tracking_register_promote_gate_rollback(store, world, capsys, tmp_path)
     assert [v.run_id for v in versions] == [runs[d] for d in (D1, D2, D3, D4)]
     v1, v2, v3, v4 = (str(v.version) for v in versions)
     assert float(versions[0].tags["test.ease.ndcg_at_100"]) > 0
+    ndcg = [float(v.tags["test.vasp.ndcg_at_100"]) for v in versions]  # each version its own figures
+    assert ndcg[0] < ndcg[1] == ndcg[2] and ndcg[3] < ndcg[2]
 
     # The logged model is a pyfunc that carries the vocabulary and loads in safe mode.
-    from vasp_model.mlops.registry import mlflow_uri
+    from vasp_model.mlops.tracking import mlflow_uri
 
     with mlflow_uri(store):
         model = mlflow.pyfunc.load_model(f"models:/vasp/{v3}")
         logged = mlflow.artifacts.download_artifacts(f"models:/vasp/{v3}", dst_path=str(tmp_path / "logged"))
-    assert os.path.exists(os.path.join(logged, "code", "vasp_model", "pyfunc.py"))  # code_paths: self-contained
+    assert os.path.exists(
+        os.path.join(logged, "code", "vasp_model", "mlops", "pyfunc.py")
+    )  # code_paths: self-contained
     import pandas as pd
 
     out = model.predict(pd.DataFrame({"item_ids": [["i1", "i2", "nope"], ["nope"]]}), params={"n": 5})
@@ -131,6 +153,8 @@ def test_tracking_register_promote_gate_rollback(store, world, capsys, tmp_path)
     # -- D1: first night, no champion -> the EASE gate alone decides (margin -1 passes)
     d = _promote(capsys, store, world, D1, "--margin", "-1")
     assert d["action"] == "promoted" and d["champion_after"] == v1 and "no champion yet" in d["reason"]
+    assert d["scores"]["candidate_logged"] == pytest.approx(ndcg[0], abs=1e-6)
+    assert d["scores"]["candidate_logged"] < d["scores"]["ease"], d  # it passed only by the margin
     assert _aliases(client) == {"champion": v1}
     # idempotent: same decision, no alias churn, no new version
     d = _promote(capsys, store, world, D1, "--margin", "-1")
@@ -151,8 +175,11 @@ def test_tracking_register_promote_gate_rollback(store, world, capsys, tmp_path)
     assert d["scores"]["candidate"] > d["scores"]["champion"]
     assert _aliases(client) == {"champion": v3, "previous": v1}
 
-    # -- D4: the sabotaged model passes the EASE gate but loses to the re-scored champion
-    d = _promote(capsys, store, world, D4, "--margin", "-1")
+    # -- D4: the sabotaged model's own metrics are below EASE; at margin -1 it loses to the re-scored champion
+    d = _promote(capsys, store, world, D4, "--margin", "0")
+    assert d["action"] == "rejected" and "does not beat EASE" in d["reason"], d
+    assert d["scores"]["candidate_logged"] < d["scores"]["ease"] and "champion" not in d["scores"]
+    d = _promote(capsys, store, world, D4, "--margin", "-1")  # another rule: the gate runs again
     assert d["action"] == "rejected" and "does not beat champion v" + v3 in d["reason"], d
     assert d["scores"]["candidate"] < d["scores"]["champion"]
     assert _aliases(client) == {"champion": v3, "previous": v1}

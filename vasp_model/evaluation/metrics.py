@@ -1,4 +1,8 @@
-"""Top-k ranking metrics, exactly as the vae_cf protocol (DESIGN.md section 5).
+"""Top-k ranking metrics, exactly as the vae_cf protocol (DESIGN.md section 5), and their schema.
+
+:data:`ModelMetrics` (keyed by :data:`METRIC_KEYS`) is one model's figures on one split;
+:class:`MetricsReport` is what a training reports for every model and split (``metrics.json``).
+Every consumer uses these names (``ndcg@100``...); only MLflow's metric keys spell them differently.
 
 Conventions shared by every function here:
 
@@ -16,20 +20,50 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, TypedDict
+
 import numpy as np
 import scipy.sparse as sp
 
-METRIC_KEYS = (
-    "ndcg@100",
-    "recall@20",
-    "recall@50",
-    "coverage@100",
-    "recall@20_head",
-    "recall@20_mid",
-    "recall@20_tail",
-    "users",
+# One model's metrics on one split, as :func:`evaluate_topk` returns them.
+ModelMetrics = TypedDict(
+    "ModelMetrics",
+    {
+        "ndcg@100": float,
+        "recall@20": float,
+        "recall@50": float,
+        "coverage@100": float,
+        "recall@20_head": float,
+        "recall@20_mid": float,
+        "recall@20_tail": float,
+        "users": int,
+    },
 )
+METRIC_KEYS: tuple[str, ...] = tuple(ModelMetrics.__annotations__)
+ACCURACY_KEYS = ("ndcg@100", "recall@20", "recall@50")  # the headline figures: version tags, gate metric
 BUCKETS = ("head", "mid", "tail")
+MODELS = ("vasp", "ease", "popularity")  # the recommenders a training report scores
+SPLITS = ("test", "validation")
+
+
+class MetricsReport(TypedDict):
+    """What a training reports (``metrics.json``): each split's metrics per model (of :data:`MODELS`).
+
+    ``{"test": {"vasp": ModelMetrics, "ease": ..., "popularity": ...}, "validation": {...}}``; other
+    top-level keys (best epoch, timings...) may ride along and are not part of the schema.
+    """
+
+    test: dict[str, ModelMetrics]
+    validation: dict[str, ModelMetrics]
+
+
+def model_test_metrics(report: Mapping[str, Any], model: str) -> dict[str, float]:
+    """``report["test"][model]`` of a :class:`MetricsReport` (empty when that model was not scored)."""
+    test = report.get("test") if isinstance(report, Mapping) else None
+    if not isinstance(test, Mapping):
+        raise ValueError("not a metrics report: expected {'test': {model: {metric: value}}, 'validation': {...}}")
+    return dict(test.get(model) or {})
 
 
 def _check_k(k) -> int:
@@ -217,7 +251,7 @@ def _nanmean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
-def evaluate_topk(topk_idx, holdout_csr, popularity) -> dict[str, float]:
+def evaluate_topk(topk_idx, holdout_csr, popularity) -> ModelMetrics:
     """All reported metrics of one ranked list per user (needs >= 100 columns for the @100 figures).
 
     Keys: ``ndcg@100``, ``recall@20``, ``recall@50``, ``coverage@100`` (catalog = holdout columns),

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import mlflow.pyfunc
 
+BUNDLE_ARTIFACT = "bundle"  # key of the ModelBundle directory among the pyfunc artifacts
+
 
 class VaspPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from vasp_model.recommenders.bundle import ModelBundle
 
-        self.bundle = ModelBundle.load(context.artifacts["bundle"])
+        self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
 
     def predict(self, context, model_input, params=None):
         import pandas as pd

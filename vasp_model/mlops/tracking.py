@@ -9,11 +9,12 @@ root when new). :class:`TrainingTracker` is a context manager around that run::
         ...  # write models/dt=D (bundle, metrics.json, test_topk.parquet)
         tracker.log_result(result, model_dir, features_dir)
 
-``log_result`` logs the final test metrics (VASP, EASE, popularity), the artifacts
-(metrics.json, history.json, test_topk.parquet, the build manifest, PNG plots) and the model as
-a pyfunc whose artifacts are the ModelBundle directory (Keras native file + item vocabulary),
-then registers a new version of the registered model with tags (date, run, data fingerprint,
-metrics). Any tracking URI works the same: the SQLite default or ``http://host:5000``.
+``log_result`` logs the final metrics (the training's :class:`MetricsReport`, as MLflow-safe keys:
+:func:`to_mlflow_metrics`; :func:`logged_report` reads it back), the artifacts (metrics.json,
+history.json, test_topk.parquet, the build manifest, PNG plots) and the model as a pyfunc whose
+artifacts are the ModelBundle directory (Keras native file + item vocabulary), then registers a new
+version of the registered model with tags (date, run, data fingerprint, headline test metrics).
+Any tracking URI works the same: the SQLite default or ``http://host:5000``.
 
 mlflow/keras/matplotlib are imported inside functions (no import-time cost or side effects).
 """
@@ -22,25 +23,36 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from vasp_model.core import defaults
 from vasp_model.data import storage
 from vasp_model.data.layout import DATE_RE
+from vasp_model.evaluation.metrics import (
+    ACCURACY_KEYS,
+    BUCKETS,
+    MODELS,
+    SPLITS,
+    MetricsReport,
+    model_test_metrics,
+)
+from vasp_model.mlops.gate import GATE_METRIC
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME_IN_RUN = "model"  # the logged model's name (MLflow 3 ``name=``)
-BUNDLE_ARTIFACT = "bundle"  # key of the ModelBundle directory among the pyfunc artifacts
-GATE_METRIC = "ndcg@100"
+METRICS_FILE = "metrics.json"  # the run artifact holding the training's MetricsReport
 _BAD_METRIC_CHARS = re.compile(r"[^/\w.\- :]")
+# The environment variables MLflow's URI setters write (so that subprocesses inherit the URIs).
+MLFLOW_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +74,8 @@ class TrackingConfig:
                 raise ValueError(f"{name} must be a non-empty string")
         if not isinstance(self.gate_margin, int | float) or not math.isfinite(self.gate_margin):
             raise ValueError(f"gate_margin must be a finite number, got {self.gate_margin!r}")
-        if self.gate_metric not in ("ndcg@100", "recall@20", "recall@50"):
-            raise ValueError(f"gate_metric must be one of ndcg@100, recall@20, recall@50, got {self.gate_metric!r}")
-
-
-def metric_key(name: str) -> str:
-    """An MLflow-safe metric name: ``test.vasp.ndcg@100`` -> ``test.vasp.ndcg_at_100``."""
-    return _BAD_METRIC_CHARS.sub("_", str(name).replace("@", "_at_"))
+        if self.gate_metric not in ACCURACY_KEYS:
+            raise ValueError(f"gate_metric must be one of {', '.join(ACCURACY_KEYS)}, got {self.gate_metric!r}")
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -90,6 +97,66 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, f
     return out
 
 
+def to_mlflow_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """(Nested) metrics as MLflow metrics: ``{"test": {"vasp": {"ndcg@100": x}}}`` -> ``{"test.vasp.ndcg_at_100": x}``.
+
+    ``@`` becomes ``_at_`` and any other character MLflow rejects becomes ``_``; non-numeric and
+    non-finite values are dropped.
+    """
+    return {_BAD_METRIC_CHARS.sub("_", k.replace("@", "_at_")): v for k, v in flatten_metrics(metrics).items()}
+
+
+def from_mlflow_metrics(metrics: Mapping[str, float]) -> MetricsReport:
+    """The report sections (test, validation) of a run's MLflow metrics: the inverse of
+    :func:`to_mlflow_metrics` on them (``test.vasp.ndcg_at_100`` -> ``report["test"]["vasp"]["ndcg@100"]``)."""
+    report: dict[str, dict[str, dict[str, float]]] = {split: {} for split in SPLITS}
+    for key, value in metrics.items():
+        split, _, rest = key.partition(".")
+        model, _, name = rest.partition(".")
+        if split in report and model and name:
+            report[split].setdefault(model, {})[name.replace("_at_", "@")] = float(value)
+    return MetricsReport(**report)
+
+
+def logged_report(client, run_id: str) -> MetricsReport:
+    """The report a training run logged: its metrics.json artifact, else its MLflow metrics."""
+    if METRICS_FILE in {artifact.path for artifact in client.list_artifacts(run_id)}:
+        with tempfile.TemporaryDirectory(prefix="vasp-metrics-") as tmp:
+            with open(client.download_artifacts(run_id, METRICS_FILE, tmp)) as fh:
+                return json.load(fh)
+    log.debug("run %s has no %s artifact: reading its MLflow metrics", run_id, METRICS_FILE)
+    return from_mlflow_metrics(client.get_run(run_id).data.metrics)
+
+
+@contextlib.contextmanager
+def mlflow_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking and registry URIs at ``tracking_uri`` for a block.
+
+    Only for MLflow's fluent APIs, which read these globals (an active run, ``log_model``). On exit
+    both are put back as they were, through the public setters: an unset tracking URI stays unset,
+    a registry that followed the tracking URI follows it again, and the environment variables the
+    setters write are restored (a later default is not pinned to this store).
+    """
+    import mlflow
+
+    tracking_before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    registry_before = mlflow.get_registry_uri()
+    registry_follows = registry_before == mlflow.get_tracking_uri()
+    env_before = {name: os.environ.get(name) for name in MLFLOW_URI_ENV}
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking_before)  # None: unset again
+        mlflow.set_registry_uri(None if registry_follows else registry_before)
+        for name, value in env_before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def is_remote_tracking(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "databricks"))
 
@@ -103,13 +170,15 @@ def ensure_experiment(client, name: str, tracking_uri: str) -> str:
     artifact_location = None
     if not is_remote_tracking(tracking_uri) or "VASP_ARTIFACT_ROOT" in os.environ:
         artifact_location = defaults.default_artifact_root().rstrip("/") + "/" + name
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # noqa: BLE001 - lost a creation race with a concurrent run: use theirs
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
+    except MlflowException as exc:  # lost a creation race with a concurrent run: use theirs
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
-        return experiment.experiment_id
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def _ensure_local_store_dir(tracking_uri: str) -> None:
@@ -172,13 +241,12 @@ class TrainingTracker:
     def __enter__(self) -> TrainingTracker:
         import mlflow
 
-        from vasp_model.mlops.registry import mlflow_uri
-
         _ensure_local_store_dir(self.tracking_uri)
-        # tracking + registry point at this store while the run is open (restored on exit)
+        # The run is a fluent (active) run because mlflow.pyfunc.log_model only logs into one, and
+        # the fluent API reads MLflow's global URIs: they point at this store until the run ends.
         with contextlib.ExitStack() as scope:
-            client = scope.enter_context(mlflow_uri(self.tracking_uri))
-            experiment_id = ensure_experiment(client, self.experiment, self.tracking_uri)
+            scope.enter_context(mlflow_uri(self.tracking_uri))
+            experiment_id = ensure_experiment(self.client, self.experiment, self.tracking_uri)
             run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name)
             self._scope = scope.pop_all()  # the run is open: keep the URIs until __exit__
         self.run_id = run.info.run_id
@@ -191,35 +259,32 @@ class TrainingTracker:
         with self._scope:
             mlflow.end_run(status="FAILED" if exc_type is not None else "FINISHED")
 
-    @property
+    @functools.cached_property
     def client(self):
         import mlflow
 
         return mlflow.MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
 
-    # -- logging -------------------------------------------------------------------------------
+    # -- logging (MlflowClient.log_batch splits a batch into the sizes MLflow's API allows) ------
     def log_config(self, params: Mapping[str, Any]) -> None:
-        """Log the whole (flattened) config as run params (batched; values truncated to MLflow's limit)."""
+        """Log the whole (flattened) config as run params (MLflow truncates values over its limit)."""
         from mlflow.entities import Param
 
-        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+        self.client.log_batch(self.run_id, params=[Param(str(k), str(v)) for k, v in params.items()])
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        flat = flatten_metrics(metrics, prefix)
-        items = [Metric(metric_key(k), v, now, step or 0) for k, v in flat.items()]
-        for start in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+        items = [Metric(k, v, now, step or 0) for k, v in to_mlflow_metrics(metrics).items()]
+        self.client.log_batch(self.run_id, metrics=items)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def callback(self):
         """A keras Callback that logs every numeric entry of each epoch's logs (loss, kl, val_ndcg@100...)."""
@@ -236,8 +301,6 @@ class TrainingTracker:
 
     def log_result(self, result, model_dir: str, features_dir: str, date: str | None = None) -> str:
         """Log final metrics, artifacts and the model; register a model version. Returns the run id."""
-        import mlflow
-
         bundle_dir, outputs_dir = bundle_dir_of(model_dir)
         date = date or date_of(model_dir) or date_of(features_dir)
         metrics = dict(getattr(result, "metrics", None) or {})
@@ -252,26 +315,26 @@ class TrainingTracker:
         self.set_tags(tags)
 
         with tempfile.TemporaryDirectory(prefix="vasp-track-") as tmp:
-            for name in ("metrics.json", "history.json", "test_topk.parquet"):
+            for name in (METRICS_FILE, "history.json", "test_topk.parquet"):
                 src = os.path.join(outputs_dir, name)
                 if os.path.exists(src):
-                    mlflow.log_artifact(src, run_id=self.run_id)
-            if not os.path.exists(os.path.join(outputs_dir, "metrics.json")):
-                path = os.path.join(tmp, "metrics.json")
+                    self.client.log_artifact(self.run_id, src)
+            if not os.path.exists(os.path.join(outputs_dir, METRICS_FILE)):
+                path = os.path.join(tmp, METRICS_FILE)
                 with open(path, "w") as fh:
                     json.dump(metrics, fh, indent=2, sort_keys=True, default=float)
-                mlflow.log_artifact(path, run_id=self.run_id)
+                self.client.log_artifact(self.run_id, path)
             if manifest is not None:
                 path = os.path.join(tmp, "build_manifest.json")
                 with open(path, "w") as fh:
                     json.dump(manifest, fh, indent=2, sort_keys=True, default=str)
-                mlflow.log_artifact(path, run_id=self.run_id)
+                self.client.log_artifact(self.run_id, path)
             for plot in (
                 plot_training_curves(history, os.path.join(tmp, "training_curves.png")),
                 plot_recall_by_bucket(metrics, os.path.join(tmp, "recall20_by_popularity.png")),
             ):
                 if plot:
-                    mlflow.log_artifact(plot, artifact_path="plots", run_id=self.run_id)
+                    self.client.log_artifact(self.run_id, plot, artifact_path="plots")
 
         info = log_bundle_model(bundle_dir)
         if self.registered_model:
@@ -295,22 +358,6 @@ def _read_manifest(features_dir: str) -> dict | None:
         return None
 
 
-def model_test_metrics(metrics: Mapping[str, Any], model: str) -> dict[str, float]:
-    """The test metrics of ``model`` (vasp/ease/popularity) from a metrics.json-shaped dict.
-
-    Accepts ``{"test": {"vasp": {...}}}`` and ``{"vasp": {...}}`` (and ``test.vasp.ndcg@100`` flat keys).
-    """
-    for container in (metrics.get("test"), metrics):
-        if isinstance(container, Mapping) and isinstance(container.get(model), Mapping):
-            return {k: float(v) for k, v in flatten_metrics(container[model]).items()}
-    flat = flatten_metrics(metrics)
-    for prefix in (f"test.{model}.", f"{model}."):
-        found = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
-        if found:
-            return found
-    return {}
-
-
 def log_bundle_model(bundle_dir: str):
     """Log the ModelBundle directory as a pyfunc model in the active run; returns mlflow's ModelInfo.
 
@@ -324,7 +371,7 @@ def log_bundle_model(bundle_dir: str):
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from vasp_model.mlops.pyfunc import VaspPyfunc
+    from vasp_model.mlops.pyfunc import BUNDLE_ARTIFACT, VaspPyfunc
 
     example_in = pd.DataFrame({"item_ids": [["1", "2"]]})
     example_out = pd.DataFrame({"item_ids": [["3", "4"]], "scores": [[1.0, 0.5]], "fallback": [False]})
@@ -355,19 +402,19 @@ def register_version(
     metrics: Mapping[str, Any],
     model_id: str | None = None,
 ) -> str:
-    """Register ``model_uri`` as a new version of ``name`` tagged with date, run, fingerprint and metrics."""
+    """Register ``model_uri`` as a new version of ``name`` tagged with date, run, fingerprint and the
+    headline test metrics of every model of the report (``test.vasp.ndcg_at_100``...)."""
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
-        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
     tags = {"date": date or "", "run_id": run_id, "data_fingerprint": fingerprint}
-    for model in ("vasp", "ease", "popularity"):
-        for key, value in model_test_metrics(metrics, model).items():
-            if key in ("ndcg@100", "recall@20", "recall@50"):
-                tags[metric_key(f"test.{model}.{key}")] = f"{value:.6f}"
+    headline = {m: {k: v for k, v in model_test_metrics(metrics, m).items() if k in ACCURACY_KEYS} for m in MODELS}
+    tags.update({k: f"{v:.6f}" for k, v in to_mlflow_metrics({"test": headline}).items()})
     version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
     log.info("registered %s version %s (date=%s, run=%s)", name, version.version, date, run_id)
     return str(version.version)
@@ -427,9 +474,8 @@ def plot_training_curves(history, path: str) -> str | None:
 
 def plot_recall_by_bucket(metrics: Mapping[str, Any], path: str) -> str | None:
     """Recall@20 by item-popularity bucket (head/mid/tail) for VASP vs EASE vs popularity."""
-    models = {m: model_test_metrics(metrics, m) for m in ("vasp", "ease", "popularity")}
-    buckets = ("head", "mid", "tail")
-    if not any(f"recall@20_{b}" in values for values in models.values() for b in buckets):
+    models = {m: model_test_metrics(metrics, m) for m in MODELS}
+    if not any(f"recall@20_{b}" in values for values in models.values() for b in BUCKETS):
         return None
     import matplotlib
 
@@ -439,11 +485,11 @@ def plot_recall_by_bucket(metrics: Mapping[str, Any], path: str) -> str | None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     width = 0.8 / len(models)
-    x = np.arange(len(buckets))
+    x = np.arange(len(BUCKETS))
     for i, (model, values) in enumerate(models.items()):
-        heights = [values.get(f"recall@20_{b}", float("nan")) for b in buckets]
+        heights = [values.get(f"recall@20_{b}", float("nan")) for b in BUCKETS]
         ax.bar(x + i * width, heights, width, label=model)
-    ax.set_xticks(x + width * (len(models) - 1) / 2, buckets)
+    ax.set_xticks(x + width * (len(models) - 1) / 2, BUCKETS)
     ax.set_ylabel("Recall@20 (test)")
     ax.set_title("Recall@20 by item popularity")
     ax.legend()

@@ -1,0 +1,229 @@
+"""The promotion rule and the rollback rule (vasp_model.mlops.gate), without MLflow.
+
+Scores are binary fractions, so ``ease + margin`` is exact and a tie is a real tie.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from vasp_model.mlops import gate
+
+D = "2026-03-03"
+EPS = 2.0**-20
+EASE = 0.25
+PASSES = gate.Logged(candidate=0.5, ease=EASE)  # beats EASE by any margin below 0.25
+
+
+def version(number: str, tags: dict[str, str] | None = None) -> gate.Version:
+    return gate.Version(model="vasp", version=number, run_id=f"run{number}", tags=tags or {})
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str
+    logged: gate.Logged
+    margin: float = 0.0
+    champion: str | None = None
+    rescored: gate.Rescored | None = None
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    action: str = "rejected"
+    reason: str = ""
+
+
+ROWS = [
+    # -- candidate vs EASE (first night: no champion, so EASE alone decides)
+    Row("tie with EASE, margin 0", gate.Logged(EASE, EASE), reason="does not beat EASE: ndcg@100 0.25000 <= 0.25000"),
+    Row("just above the margin", gate.Logged(0.375 + EPS, EASE), 0.125, action="promoted", reason="no champion yet"),
+    Row("exactly at the margin", gate.Logged(0.375, EASE), 0.125, reason="<= 0.25000 + margin 0.125"),
+    Row("just below the margin", gate.Logged(0.375 - EPS, EASE), 0.125, reason="does not beat EASE"),
+    Row("below EASE, negative margin", gate.Logged(0.1875, EASE), -0.125, action="promoted", reason="margin -0.125"),
+    Row("exactly at a negative margin", gate.Logged(0.125, EASE), -0.125, reason="does not beat EASE"),
+    Row("below a negative margin", gate.Logged(0.125 - EPS, EASE), -0.125, reason="does not beat EASE"),
+    Row("no EASE metric logged", gate.Logged(0.5, None), reason="run run3 has no test ndcg@100 for vasp and ease"),
+    Row(
+        "no candidate metric logged", gate.Logged(None, EASE), reason="run run3 has no test ndcg@100 for vasp and ease"
+    ),
+    # -- candidate vs champion, both re-scored (only once EASE is beaten)
+    Row("tie with the champion", PASSES, champion="2", rescored=gate.Rescored(0.5, 0.5), reason="0.50000 <= 0.50000"),
+    Row(
+        "just beats the champion",
+        PASSES,
+        champion="2",
+        rescored=gate.Rescored(0.5 + EPS, 0.5),
+        action="promoted",
+        reason="beats EASE: ndcg@100 0.50000 > 0.25000 + margin 0; beats champion v2 re-scored on 2026-03-03",
+    ),
+    Row(
+        "just below the champion",
+        PASSES,
+        champion="2",
+        rescored=gate.Rescored(0.5 - EPS, 0.5),
+        reason="does not beat champion v2 re-scored on 2026-03-03",
+    ),
+    Row(
+        "fails EASE: the champion is not re-scored", gate.Logged(EASE, EASE), champion="2", reason="does not beat EASE"
+    ),
+    # -- decisions that stand without scores
+    Row(
+        "candidate is the champion", PASSES, champion="3", action="already_champion", reason="candidate is the champion"
+    ),
+    Row(
+        "rolled back earlier",
+        PASSES,
+        champion="2",
+        tags={gate.TAG_ROLLED_BACK: "true"},
+        action="unchanged",
+        reason="candidate was promoted and rolled back; not promoting it again",
+    ),
+    Row(
+        "promoted earlier, champion since replaced",
+        PASSES,
+        champion="4",
+        tags={gate.TAG_DECISION: "promoted", gate.TAG_REASON: "beats EASE"},
+        action="unchanged",
+        reason="decided earlier (promoted): beats EASE; no longer champion, left as is",
+    ),
+    Row(
+        "rejected earlier under the same champion and rule",
+        PASSES,
+        champion="2",
+        tags={gate.TAG_DECISION: "rejected", gate.TAG_CHAMPION_AT_DECISION: "2", gate.TAG_GATE: "ndcg@100 margin=0"},
+        action="unchanged",
+        reason="decided earlier (rejected)",
+    ),
+    Row(
+        "rejected earlier under another champion: the gate runs again",
+        PASSES,
+        champion="2",
+        rescored=gate.Rescored(0.5 + EPS, 0.5),
+        tags={gate.TAG_DECISION: "rejected", gate.TAG_CHAMPION_AT_DECISION: "1", gate.TAG_GATE: "ndcg@100 margin=0"},
+        action="promoted",
+    ),
+    Row(
+        "rejected earlier under another rule: the gate runs again",
+        PASSES,
+        champion="2",
+        rescored=gate.Rescored(0.5 + EPS, 0.5),
+        tags={gate.TAG_DECISION: "rejected", gate.TAG_CHAMPION_AT_DECISION: "2", gate.TAG_GATE: "ndcg@100 margin=1"},
+        action="promoted",
+    ),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name.replace(" ", "_") for row in ROWS])
+def test_decide(row: Row):
+    candidate = version("3", row.tags)
+    before = gate.Aliases(champion=row.champion, previous="1" if row.champion else None)
+    out = gate.decide(D, gate.Rule(margin=row.margin), candidate, before, row.logged, row.rescored)
+    assert isinstance(out, gate.Outcome), out
+    d = out.decision
+    assert (d.action, d.candidate_version, d.champion_before) == (row.action, "3", row.champion)
+    assert row.reason in d.reason
+    assert d.promoted == (row.action in ("promoted", "already_champion"))
+    if row.action == "promoted":
+        assert d.champion_after == "3"
+        assert out.aliases == gate.Aliases(champion="3", previous=row.champion)  # the replaced champion
+        assert out.tags.get(gate.TAG_PREVIOUS_CHAMPION) == row.champion
+    else:
+        assert d.champion_after == row.champion and out.aliases == before
+    if row.action in ("promoted", "rejected"):  # a new decision is recorded, the decision tag last
+        assert list(out.tags)[-1] == gate.TAG_DECISION and out.tags[gate.TAG_DECISION] == row.action
+        assert out.tags[gate.TAG_CHAMPION_AT_DECISION] == (row.champion or "none")
+        assert out.tags[gate.TAG_GATE] == f"ndcg@100 margin={row.margin:g}"
+        assert out.tags[gate.TAG_REASON] == d.reason and json.loads(out.tags[gate.TAG_METRICS]) == d.scores
+    else:
+        assert out.tags == {}
+
+
+def test_a_candidate_that_beats_ease_needs_the_head_to_head_when_there_is_a_champion():
+    before = gate.Aliases(champion="2")
+    assert gate.decide(D, gate.Rule(), version("3"), before, PASSES) == gate.NeedsRescore("2")
+    assert gate.settled(D, gate.Rule(), version("3"), before) is None
+    out = gate.decide(D, gate.Rule(), version("3"), before, PASSES, gate.Rescored(0.5 + EPS, 0.5))
+    assert out.decision.scores == {"candidate_logged": 0.5, "ease": EASE, "candidate": 0.5 + EPS, "champion": 0.5}
+
+
+def test_gate_decision_json_is_one_line_with_todays_fields():
+    out = gate.decide(D, gate.Rule(margin=0.125), version("3"), gate.Aliases(), gate.Logged(0.5, EASE))
+    line = out.decision.to_json()
+    assert "\n" not in line
+    assert json.loads(line) == {
+        "date": D,
+        "action": "promoted",
+        "promoted": True,
+        "candidate_version": "3",
+        "champion_before": None,
+        "champion_after": "3",
+        "reason": "beats EASE: ndcg@100 0.50000 > 0.25000 + margin 0.125; no champion yet",
+        "metric": "ndcg@100",
+        "margin": 0.125,
+        "scores": {"candidate_logged": 0.5, "ease": EASE},
+    }
+
+
+# -- rollback ---------------------------------------------------------------------------------------
+
+
+class Registry:
+    """The aliases and version tags MLflow would hold, with outcomes applied as the registry applies them."""
+
+    def __init__(self):
+        self.versions: dict[str, gate.Version] = {}
+        self.aliases = gate.Aliases()
+
+    def apply(self, candidate: gate.Version, outcome: gate.Outcome) -> gate.GateDecision:
+        self.versions[candidate.version] = dataclasses.replace(candidate, tags={**candidate.tags, **outcome.tags})
+        self.aliases = outcome.aliases
+        return outcome.decision
+
+    def promote(self, number: str, rescored: gate.Rescored | None = None) -> gate.GateDecision:
+        candidate = self.versions.setdefault(number, version(number))
+        out = gate.decide(D, gate.Rule(), candidate, self.aliases, PASSES, rescored)
+        return self.apply(candidate, out)
+
+    def rollback(self, number: str) -> gate.GateDecision:
+        previous = self.versions.get(self.aliases.previous) if self.aliases.previous else None
+        return self.apply(
+            self.versions[number], gate.rollback(D, self.versions[number], self.aliases.champion, previous)
+        )
+
+
+def test_rollback_chain_walks_back_one_promotion_at_a_time():
+    reg = Registry()
+    better = gate.Rescored(0.5 + EPS, 0.5)
+    assert [reg.promote(v, better).action for v in ("1", "2", "3")] == ["promoted"] * 3
+    assert reg.aliases == gate.Aliases(champion="3", previous="2")
+
+    d = reg.rollback("3")
+    assert (d.action, d.champion_before, d.champion_after) == ("rolled_back", "3", "2")
+    assert d.reason == f"rolled back v3 ({D}); champion is v2 again"
+    assert reg.aliases == gate.Aliases(champion="2", previous="1")  # previous: the version v2 replaced
+    assert reg.versions["3"].rolled_back
+
+    d = reg.rollback("2")
+    assert (d.action, d.champion_after) == ("rolled_back", "1")
+    assert reg.aliases == gate.Aliases(champion="1", previous=None)  # v1 replaced nobody
+
+    with pytest.raises(ValueError, match="registered model 'vasp' has no 'previous' version to roll back to"):
+        reg.rollback("1")
+    assert reg.aliases == gate.Aliases(champion="1")
+
+    d = reg.rollback("3")  # again: nothing moves
+    assert (d.action, d.reason) == ("unchanged", f"{D}'s version v3 was rolled back already; nothing to roll back")
+    assert reg.promote("3").action == "unchanged" and reg.aliases == gate.Aliases(champion="1")
+
+
+def test_rollback_with_nothing_before_is_a_clear_error():
+    with pytest.raises(ValueError, match="no 'previous' version to roll back to"):
+        gate.rollback(D, version("1"), champion="1", previous=None)
+
+
+def test_rollback_of_a_version_that_is_not_champion_moves_nothing():
+    out = gate.rollback(D, version("2"), champion="3", previous=version("1"))
+    assert (out.decision.action, out.decision.promoted) == ("unchanged", False)
+    assert out.decision.reason == f"{D}'s version v2 is not champion; nothing to roll back"
+    assert out.aliases == gate.Aliases(champion="3", previous="1") and out.tags == {}

@@ -1,0 +1,245 @@
+"""The promotion rule of the registry gate and of its rollback, as pure functions of plain data.
+
+The candidate version registered for date ``D`` becomes alias ``champion`` only if
+
+(a) its test metric, logged by its own run, beats EASE's (same run, same test users) by more
+    than the margin (strictly), and
+(b) re-scored on D's test users, it beats the current champion re-scored the same way (strictly).
+
+The first night (no champion) only (a) applies. The replaced champion gets alias ``previous``
+and the candidate records it (tag ``gate.previous_champion``), so that rollbacks walk back one
+promotion at a time. Every decision is recorded on the candidate as ``gate.*`` tags; a rerun for
+the same date returns the recorded decision unless the champion or the rule changed since. A
+version that was rolled back is never promoted again.
+
+No MLflow here: :mod:`vasp_model.mlops.registry` reads the registry into :class:`Version` /
+:class:`Aliases`, calls :func:`decide` or :func:`rollback` and writes the :class:`Outcome` back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+
+GATE_METRIC = "ndcg@100"
+CHAMPION = "champion"
+PREVIOUS = "previous"
+TAG_DECISION = "gate.decision"  # promoted | rejected
+TAG_REASON = "gate.reason"
+TAG_CHAMPION_AT_DECISION = "gate.champion_version"  # champion when the decision was made ("none")
+TAG_PREVIOUS_CHAMPION = "gate.previous_champion"  # champion this version replaced
+TAG_ROLLED_BACK = "gate.rolled_back"
+TAG_METRICS = "gate.metrics"
+TAG_GATE = "gate.rule"  # metric and margin the decision used
+MAX_REASON = 4000  # characters of the reason kept in its tag
+
+
+@dataclasses.dataclass(frozen=True)
+class GateDecision:
+    """The outcome of ``vasp promote`` for one date (printed as one JSON line)."""
+
+    date: str
+    action: str  # promoted | rejected | already_champion | unchanged | rolled_back
+    promoted: bool  # is the date's candidate the champion after this call?
+    candidate_version: str | None
+    champion_before: str | None
+    champion_after: str | None
+    reason: str
+    metric: str = GATE_METRIC
+    margin: float = 0.0
+    scores: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, default=float)
+
+    @classmethod
+    def unchanged(cls, date: str, candidate: str, champion: str | None, reason: str, **gate) -> GateDecision:
+        """A decision that moves no alias (``gate``: ``metric``, ``margin``, ``scores``)."""
+        return cls(date, "unchanged", champion == candidate, candidate, champion, champion, reason, **gate)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What the candidate is compared on, and by how much it must beat EASE."""
+
+    metric: str = GATE_METRIC
+    margin: float = 0.0
+
+    @property
+    def tag(self) -> str:
+        return f"{self.metric} margin={self.margin:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Version:
+    """A registered model version as the gate sees it."""
+
+    model: str  # the registered model's name
+    version: str
+    run_id: str = ""
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def rolled_back(self) -> bool:
+        return self.tags.get(TAG_ROLLED_BACK) == "true"
+
+
+@dataclasses.dataclass(frozen=True)
+class Aliases:
+    """Which version holds ``champion`` and ``previous`` (None: nobody)."""
+
+    champion: str | None = None
+    previous: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Logged:
+    """The candidate's and EASE's test metric from the candidate's run (None: not logged)."""
+
+    candidate: float | None
+    ease: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rescored:
+    """The candidate and the champion, both re-scored on the date's test users."""
+
+    candidate: float
+    champion: float
+
+
+@dataclasses.dataclass(frozen=True)
+class NeedsRescore:
+    """:func:`decide` cannot finish without :class:`Rescored` scores against this champion."""
+
+    champion: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """A decision, the aliases after it, and the tags it records on the candidate."""
+
+    decision: GateDecision
+    aliases: Aliases
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def settled(date: str, rule: Rule, candidate: Version, aliases: Aliases) -> Outcome | None:
+    """The outcome that stands without any score, or None when the gate has to run.
+
+    Standing: the candidate is the champion; it was rolled back; it was promoted earlier; it was
+    rejected earlier under the same champion and rule (a new champion or rule runs the gate again).
+    """
+    cand, champ = candidate.version, aliases.champion
+    if champ == cand:
+        decision = GateDecision(
+            date, "already_champion", True, cand, champ, champ, "candidate is the champion", rule.metric, rule.margin
+        )
+        return Outcome(decision, aliases)
+    if candidate.rolled_back:
+        reason = "candidate was promoted and rolled back; not promoting it again"
+        return Outcome(
+            GateDecision.unchanged(date, cand, champ, reason, metric=rule.metric, margin=rule.margin), aliases
+        )
+    tags = candidate.tags
+    recorded = tags.get(TAG_DECISION)
+    same_gate = tags.get(TAG_CHAMPION_AT_DECISION) == (champ or "none") and tags.get(TAG_GATE) == rule.tag
+    if recorded == "promoted" or (recorded == "rejected" and same_gate):
+        try:
+            scores = json.loads(tags.get(TAG_METRICS, "{}"))
+        except ValueError:
+            scores = {}
+        reason = f"decided earlier ({recorded}): {tags.get(TAG_REASON, '')}" + (
+            "" if recorded != "promoted" else "; no longer champion, left as is"
+        )
+        decision = GateDecision.unchanged(
+            date, cand, champ, reason, metric=rule.metric, margin=rule.margin, scores=scores
+        )
+        return Outcome(decision, aliases)
+    return None
+
+
+def decide(
+    date: str,
+    rule: Rule,
+    candidate: Version,
+    aliases: Aliases,
+    logged: Logged,
+    rescored: Rescored | None = None,
+) -> Outcome | NeedsRescore:
+    """The gate for ``date``'s candidate (module docstring); :class:`NeedsRescore` until ``rescored`` is given
+    for a candidate that passed EASE while a champion exists."""
+    if (done := settled(date, rule, candidate, aliases)) is not None:
+        return done
+    metric, margin, champ = rule.metric, rule.margin, aliases.champion
+    if logged.candidate is None or logged.ease is None:
+        return _rejected(
+            date, rule, candidate, aliases, f"run {candidate.run_id} has no test {metric} for vasp and ease", {}
+        )
+    scores = {"candidate_logged": logged.candidate, "ease": logged.ease}
+    if not logged.candidate > logged.ease + margin:
+        reason = f"does not beat EASE: {metric} {logged.candidate:.5f} <= {logged.ease:.5f} + margin {margin:g}"
+        return _rejected(date, rule, candidate, aliases, reason, scores)
+    reason = f"beats EASE: {metric} {logged.candidate:.5f} > {logged.ease:.5f} + margin {margin:g}"
+    if champ is None:
+        return _promoted(date, rule, candidate, aliases, reason + "; no champion yet", scores)
+    if rescored is None:
+        return NeedsRescore(champ)
+    scores |= {"candidate": rescored.candidate, "champion": rescored.champion}
+    head_to_head = f"champion v{champ} re-scored on {date}"
+    if rescored.candidate > rescored.champion:
+        reason += f"; beats {head_to_head}: {rescored.candidate:.5f} > {rescored.champion:.5f}"
+        return _promoted(date, rule, candidate, aliases, reason, scores)
+    reason = f"does not beat {head_to_head}: {rescored.candidate:.5f} <= {rescored.champion:.5f}"
+    return _rejected(date, rule, candidate, aliases, reason, scores)
+
+
+def _record(rule: Rule, aliases: Aliases, reason: str, scores: Mapping[str, float]) -> dict[str, str]:
+    return {
+        TAG_METRICS: json.dumps(scores, sort_keys=True),
+        TAG_CHAMPION_AT_DECISION: aliases.champion or "none",
+        TAG_GATE: rule.tag,
+        TAG_REASON: reason[:MAX_REASON],
+    }
+
+
+def _promoted(date, rule: Rule, candidate: Version, aliases: Aliases, reason: str, scores) -> Outcome:
+    cand, champ = candidate.version, aliases.champion
+    tags = _record(rule, aliases, reason, scores)
+    if champ is not None:
+        tags[TAG_PREVIOUS_CHAMPION] = champ
+    tags[TAG_DECISION] = "promoted"
+    after = Aliases(champion=cand, previous=aliases.previous if champ is None else champ)
+    decision = GateDecision(date, "promoted", True, cand, champ, cand, reason, rule.metric, rule.margin, dict(scores))
+    return Outcome(decision, after, tags)
+
+
+def _rejected(date, rule: Rule, candidate: Version, aliases: Aliases, reason: str, scores) -> Outcome:
+    champ = aliases.champion
+    tags = _record(rule, aliases, reason, scores) | {TAG_DECISION: "rejected"}
+    decision = GateDecision(
+        date, "rejected", False, candidate.version, champ, champ, reason, rule.metric, rule.margin, dict(scores)
+    )
+    return Outcome(decision, aliases, tags)
+
+
+def rollback(date: str, candidate: Version, champion: str | None, previous: Version | None) -> Outcome:
+    """Undo ``date``'s promotion: ``champion`` goes back to ``previous`` (the version holding that
+    alias; ValueError when none does), and ``previous`` to the version that one had replaced (none:
+    the alias goes away). Only the champion can be rolled back; otherwise nothing moves.
+    """
+    cand = candidate.version
+    before = Aliases(champion, previous.version if previous is not None else None)
+    if champion != cand:
+        state = "was rolled back already" if candidate.rolled_back else "is not champion"
+        reason = f"{date}'s version v{cand} {state}; nothing to roll back"
+        return Outcome(GateDecision.unchanged(date, cand, champion, reason), before)
+    if previous is None:
+        raise ValueError(f"registered model {candidate.model!r} has no {PREVIOUS!r} version to roll back to")
+    prev = previous.version
+    older = previous.tags.get(TAG_PREVIOUS_CHAMPION)
+    after = Aliases(champion=prev, previous=older if older and older != prev else None)
+    reason = f"rolled back v{cand} ({date}); champion is v{prev} again"
+    decision = GateDecision(date, "rolled_back", False, cand, champion, prev, reason)
+    return Outcome(decision, after, {TAG_ROLLED_BACK: "true"})
