@@ -46,12 +46,13 @@ class Crash(BaseException):
 
 
 class Steps:
-    """Counts the mutating steps while armed; step ``at`` crashes (raises, or kills the process)."""
+    """Counts the mutating steps while armed; step ``at`` fails (raises ``error``, or kills the process)."""
 
     def __init__(self) -> None:
         self.at: int | None = None
         self.names: list[str] = []
         self.kill = False
+        self.error: type[BaseException] = Crash
 
     def tick(self, name: str) -> None:
         if self.at is None:
@@ -60,11 +61,11 @@ class Steps:
         if len(self.names) == self.at:
             if self.kill:
                 os.kill(os.getpid(), 9)
-            raise Crash(name)
+            raise self.error(name)
 
     @contextlib.contextmanager
-    def crash_at(self, at: int):
-        self.at, self.names = at, []
+    def crash_at(self, at: int, error: type[BaseException] = Crash):
+        self.at, self.names, self.error = at, [], error
         try:
             yield self
         finally:
@@ -143,7 +144,8 @@ def earlier_layout(final: str, tag: str) -> None:
     """A partition as the earlier protocol left it: a directory of its own at ``dt=D``."""
     filesystem, path = storage.resolve(final)
     filesystem.create_dir(path, recursive=True)
-    pq.write_table(pa.table({"tag": [tag] * ROWS[tag], "i": list(range(ROWS[tag]))}), f"{path}/part-0.parquet")
+    table = pa.table({"tag": [tag] * ROWS[tag], "i": list(range(ROWS[tag]))})
+    pq.write_table(table, f"{path}/part-0.parquet", filesystem=filesystem)
     storage.write_json(f"{final}/{storage.MANIFEST}", {"tag": tag})
     with filesystem.open_output_stream(f"{path}/{storage.SUCCESS}"):
         pass
@@ -319,6 +321,30 @@ def test_a_killed_publish_process_leaves_the_date_whole(tmp_path, steps):
 
 
 # ---------------------------------------------------------------------------- the rest of the contract
+
+
+def test_an_error_after_the_switch_does_not_fail_the_publish(tmp_path, steps, caplog):
+    """Before the switch an error fails the publish and keeps the old date; after it, the date is the new
+    one and the superseded version is left for the next run's recover."""
+    instrument("link")
+
+    def attempt(k: int) -> bool:
+        final, staging = world(tmp_path / str(k), "replace")
+        try:
+            with steps.crash_at(k, OSError):
+                storage.publish(staging, final, {"tag": "new"})
+        except OSError:
+            assert visible(final, "link") == "old"
+            return True
+        if len(steps.names) < k:  # every step ran
+            assert visible(final, "link") == "new" and leftovers(final) == []
+            return False
+        assert visible(final, "link") == "new" and "superseded versions are left" in caplog.text and leftovers(final)
+        storage.recover(final)
+        assert visible(final, "link") == "new" and leftovers(final) == []
+        return True
+
+    assert exhaust(attempt) >= 6
 
 
 def test_recover_adopts_a_date_the_earlier_protocol_left_in_staging(tmp_path):

@@ -1,29 +1,28 @@
 """Atomic publishing of a date's output directory, manifests, and date discovery.
 
-A date ``{root}/dt=D`` is published as an immutable version: a writer fills a fresh
+A date ``{root}/dt=D`` is published as an immutable version. A writer fills a fresh
 ``{root}/_versions/dt=D/<id>/`` (``staging_dir``); ``publish`` adds ``_manifest.json`` and
-``_SUCCESS`` to it, then switches the date's pointer to it in one atomic step (the commit) and
-removes the versions it superseded. Readers see the old version until the switch and the new one
-after it; nothing ever removes the version the pointer names. No data is moved or copied.
+``_SUCCESS``, then switches the date's pointer to it in one atomic step, the commit: readers see the
+whole old version before it and the whole new one after. Superseded versions are removed next; the
+pointed one never is. Nothing is moved or copied (on an object store a "move" is a copy per object,
+with no atomicity at all).
 
-The pointer, by filesystem:
+The pointer is what the filesystem can replace atomically:
 
-* Local (and any POSIX mount): ``dt=D`` is a relative symlink to its version, replaced with
-  ``rename(2)``. Spark (the path or the table root), pyarrow, DuckDB and pandas follow it, so
-  ``dt=D/*.parquet`` and ``*/*.parquet`` keep working; a recursive glob (``**``) also lists
-  ``_versions``. A partition of the earlier layout (a real directory) is swapped for the link by
-  ``renameat2(RENAME_EXCHANGE)`` where the kernel and filesystem have it, else by two renames.
-* Object stores and other filesystems (no links; a "move" is a copy per object): the object
-  ``_versions/dt=D/CURRENT`` names the version and is written last, in one PUT. Only readers that
-  follow it see the date: ``resolve``, ``locate`` and ``jobs.common.spark.spark_path`` do, tools
-  outside the project must be given ``locate``'s URI.
+* local (and POSIX mounts): ``dt=D`` is a relative symlink to the version, replaced by ``rename(2)``.
+  Spark (path or table root), pyarrow, DuckDB and pandas follow it, so ``dt=D/*.parquet`` keeps
+  working; only a recursive glob (``**``) also sees ``_versions``. A ``dt=D`` directory of the
+  earlier layout is swapped for the link by ``renameat2(RENAME_EXCHANGE)``, else by two renames
+  (absent between them; ``recover`` puts it back).
+* other filesystems (object stores): the object ``_versions/dt=D/CURRENT`` names the version,
+  written whole in one PUT. Readers must follow it: ``resolve``, ``locate`` and
+  ``jobs.common.spark.spark_path`` do; other tools must be given ``locate``'s URI, not ``dt=D``.
 
-``resolve`` and ``locate`` pin a path to the version published when they are called, so one read
-stays on one version (a read that outlives the next publish of its date fails rather than mix).
-``recover`` (run by ``staging_dir``, so by the next run of the date) finishes a publish that
-committed (``_SUCCESS`` written) but was cut before or after the switch, and removes every other
-version; ``_SUCCESS`` goes first, so a half-removed version is never complete. Version ids sort by
-creation time. Runs of one date must not overlap.
+``resolve`` and ``locate`` pin a path to the version current when called, so one read stays on one
+version (a read that outlives the next publish fails rather than mix). ``recover`` (run by
+``staging_dir``, so by the date's next run) finishes a publish cut after ``_SUCCESS`` and removes
+every other version, ``_SUCCESS`` first so that a half-removed one is never complete. Version ids
+sort by creation time; runs of one date must not overlap.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ _PYARROW_SCHEMES = {"s3a": "s3", "s3n": "s3"}  # Hadoop's names for S3
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) of ``uri`` as written: no pointer followed."""
+    """(filesystem, path) of ``uri`` as written, no pointer followed (``s3a://`` is opened as ``s3://``)."""
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     scheme, rest = uri.split("://", 1)
