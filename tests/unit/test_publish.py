@@ -73,6 +73,7 @@ class Steps:
 
 
 STEPS = Steps()
+AUDIT_HOOKED: list[bool] = []
 
 
 def _audit(event: str, _args) -> None:
@@ -113,9 +114,9 @@ def instrument(pointer: str) -> None:
         return exchange(a, b)
 
     storage._filesystem, storage._exchange = counting, counting_exchange
-    if not getattr(sys, "_vasp_publish_audit", False):  # an audit hook cannot be removed: add it once
+    if not AUDIT_HOOKED:  # an audit hook cannot be removed: add it once per process
         sys.addaudithook(_audit)
-        sys._vasp_publish_audit = True
+        AUDIT_HOOKED.append(True)
 
 
 @pytest.fixture()
