@@ -192,8 +192,6 @@ def synthetic_population(warehouse: str, date: str, n_users: int, n_items: int, 
     from vasp_model.data import layout, storage
 
     final = layout.features_dir(warehouse, date)
-    if storage.is_published(final):
-        storage.discard(final)
     rng = np.random.default_rng(seed)
     counts = np.clip(rng.lognormal(mean=np.log(45), sigma=0.9, size=n_users).astype(np.int64), 1, n_items // 4)
     weights = 1.0 / np.arange(1, n_items + 1) ** 0.9

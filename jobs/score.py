@@ -15,7 +15,7 @@
   ``argpartition``, and a user with no known item gets the popularity list (``fallback = true``).
   Each task returns one row per user (the list as arrays); Spark explodes it into ranked rows.
 * Output columns: ``user_id``, ``rank`` (1..N), ``item_id``, ``score``, ``model_version``,
-  ``fallback``; written to staging and published atomically with ``manifest.json`` (counts), so a
+  ``fallback``; written to staging and published atomically with ``_manifest.json`` (counts), so a
   rerun replaces exactly date D.
 """
 

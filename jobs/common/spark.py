@@ -196,7 +196,9 @@ def spark_config_from_args(args: argparse.Namespace, app_name: str) -> SparkConf
 
 
 def spark_path(uri: str) -> str:
-    """A path Spark can read/write: local paths become absolute ``file://`` URIs, URIs pass through."""
+    """A path Spark can read/write: a date's pointer followed (``storage.locate``), local paths as
+    absolute ``file://`` URIs, other URIs as they are."""
+    uri = storage.locate(uri)
     if "://" in uri:
         return uri
     return "file://" + os.path.abspath(uri)

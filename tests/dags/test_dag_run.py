@@ -160,7 +160,7 @@ def test_second_run_replaces_only_its_date(synthetic_night):
         assert _tree_digest(Path(layout.dataset_dir(str(wh), dataset, D0))) == digest, dataset
     for dataset in ("features", "models", "recommendations", "runs"):
         assert storage.published_dates(str(wh), dataset) == sorted({D0, D1} if dataset != "runs" else {D1})
-    assert not list((wh / "recommendations").glob("_staging/*")), "no staging leftovers"
+    assert len(list((wh / "recommendations").glob(f"_versions/dt={D1}/*"))) == 1, "no staging leftovers"
     recs_after = nightly.read_table(layout.recommendations_dir(str(wh), D1))
     record = storage.read_json(f"{layout.dataset_dir(str(wh), 'runs', D1)}/run.json")
     champion_after = _champion(env["VASP_TRACKING_URI"])

@@ -56,7 +56,7 @@ def subprocess_env(run_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def read_parquet_files(directory: Path):
-    """A published date's Parquet files as one DataFrame (the directory also holds manifest.json/_SUCCESS)."""
+    """A published date's Parquet files as one DataFrame (the directory also holds _manifest.json/_SUCCESS)."""
     import pyarrow.parquet as pq
 
     files = sorted(str(f) for f in Path(directory).glob("*.parquet"))

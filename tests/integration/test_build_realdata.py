@@ -135,13 +135,13 @@ def test_ml100k_counts_contract_and_rerun(spark, tmp_path):
     assert _headline(c) == (55_375, 942, 938, 55_361)
     tables = check_contract(warehouse, DATE, first, config)
     other = build(spark, str(ML100K), warehouse, OTHER_DATE, BuildConfig(ab_copies=3, seed=5))
-    other_manifest = storage.read_json(f"{layout.features_dir(warehouse, OTHER_DATE)}/manifest.json")
+    other_manifest = storage.read_json(f"{layout.features_dir(warehouse, OTHER_DATE)}/{storage.MANIFEST}")
     # rerun DATE: identical tables, OTHER_DATE untouched
     second = build(spark, str(ML100K), warehouse, DATE, config)
     assert second["counts"] == first["counts"] and second["input"]["sha256"] == first["input"]["sha256"]
     for name in TABLES:
         pd.testing.assert_frame_equal(_sorted(_table(warehouse, DATE, name)), _sorted(tables[name]))
-    assert storage.read_json(f"{layout.features_dir(warehouse, OTHER_DATE)}/manifest.json") == other_manifest
+    assert storage.read_json(f"{layout.features_dir(warehouse, OTHER_DATE)}/{storage.MANIFEST}") == other_manifest
     assert storage.published_dates(warehouse, "features") == [DATE, OTHER_DATE]
     # another seed gives other splits
     assert other["counts"]["test_users"] == c["test_users"]

@@ -161,7 +161,7 @@ def test_every_user_gets_n_distinct_unseen_items(world):
 def test_manifest_counts(world):
     counts = world["manifest"]["counts"]
     inter = pq.read_table(layout.feature_table(world["warehouse"], DATE, "interactions")).to_pandas()
-    published = storage.read_json(f"{layout.recommendations_dir(world['warehouse'], DATE)}/manifest.json")
+    published = storage.read_json(f"{layout.recommendations_dir(world['warehouse'], DATE)}/{storage.MANIFEST}")
     assert published["counts"] == counts and published["model_version"] == world["version"]
     assert published["model_uri"] == "models:/vasp@champion"
     assert counts["users"] == counts["users_input"] and counts["users_without_list"] == 0
@@ -185,16 +185,17 @@ def test_rerun_replaces_only_that_date(spark, world, capsys):
     other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert other["model_version"] == "local" and other["rows"] == other["users"] * 10 == other["users_input"] * 10
     other_files = sorted(os.listdir(layout.recommendations_dir(wh, OTHER_DATE)))
-    other_manifest = storage.read_json(f"{layout.recommendations_dir(wh, OTHER_DATE)}/manifest.json")
+    other_manifest = storage.read_json(f"{layout.recommendations_dir(wh, OTHER_DATE)}/{storage.MANIFEST}")
 
     again = score(spark, DATE, wh, model_uri=world["bundle_dir"], top_n=20)
     recs = _read(layout.recommendations_dir(wh, DATE)).to_pandas()
     assert len(recs) == again["counts"]["users"] * 20 and set(recs.model_version) == {"local"}
     assert sorted(os.listdir(layout.recommendations_dir(wh, OTHER_DATE))) == other_files
-    assert storage.read_json(f"{layout.recommendations_dir(wh, OTHER_DATE)}/manifest.json") == other_manifest
+    assert storage.read_json(f"{layout.recommendations_dir(wh, OTHER_DATE)}/{storage.MANIFEST}") == other_manifest
     assert storage.published_dates(wh, "recommendations") == [DATE, OTHER_DATE]
-    staging = f"{wh}/recommendations/_staging"
-    assert not os.path.exists(staging) or not os.listdir(staging)
+    for date in (DATE, OTHER_DATE):  # only the published version of each date is left
+        final = layout.recommendations_dir(wh, date)
+        assert os.listdir(f"{wh}/recommendations/_versions/dt={date}") == [os.path.basename(os.readlink(final))]
 
 
 README_DUCKDB = """

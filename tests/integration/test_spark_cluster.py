@@ -138,8 +138,8 @@ def test_build_on_cluster_equals_local(cluster, local_features, cluster_features
     for table in tables:
         local, remote = _sorted_table(local_dir / table), _sorted_table(cluster_dir / table)
         pd.testing.assert_frame_equal(remote, local, check_dtype=True, obj=f"features table {table}")
-    manifest_local = json.loads((local_dir / "manifest.json").read_text())
-    manifest_cluster = json.loads((cluster_dir / "manifest.json").read_text())
+    manifest_local = json.loads((local_dir / "_manifest.json").read_text())
+    manifest_cluster = json.loads((cluster_dir / "_manifest.json").read_text())
     assert manifest_cluster["counts"] == manifest_local["counts"]
     assert manifest_local["counts"]["input_rows"] == 100_000
     # it really ran on the cluster (the standalone master recorded the application)

@@ -125,6 +125,6 @@ def test_fatal_input_is_one_line_error_exit_1_and_writes_nothing(
     assert code == 1
     assert message in err and len(err.splitlines()) == 1, err
     assert not storage.exists(layout.features_dir(str(warehouse), DATE))
-    assert not (warehouse / "features" / "_staging").exists() or not any(
-        (warehouse / "features" / "_staging").iterdir()
+    assert not (warehouse / "features" / "_versions" / f"dt={DATE}").exists() or not any(
+        (warehouse / "features" / "_versions" / f"dt={DATE}").iterdir()
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import pytest
 
@@ -219,12 +220,13 @@ def test_write_tables_publishes_atomically_and_discards_on_failure(spark, tmp_pa
     final = str(tmp_path / "features" / "dt=2024-01-01")
     frame = spark.createDataFrame([(1, "a")], "x int, y string")
     js.write_tables({"t": frame}, final, {"n": 1})
-    assert storage.is_published(final) and storage.read_json(f"{final}/manifest.json") == {"n": 1}
+    assert storage.is_published(final) and storage.read_json(f"{final}/{storage.MANIFEST}") == {"n": 1}
 
     def boom(_staging):
         raise RuntimeError("manifest failed")
 
     with pytest.raises(RuntimeError):
         js.write_tables({"t": frame}, final, boom)
-    assert storage.read_json(f"{final}/manifest.json") == {"n": 1}  # the old partition is untouched
-    assert not list((tmp_path / "features" / "_staging").iterdir())
+    assert storage.read_json(f"{final}/{storage.MANIFEST}") == {"n": 1}  # the old partition is untouched
+    # only the published version is left
+    assert os.listdir(tmp_path / "features" / "_versions" / "dt=2024-01-01") == [os.path.basename(os.readlink(final))]

@@ -140,7 +140,7 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
 
     out = layout.models_dir(warehouse, DATE)
     assert storage.is_published(out)
-    assert {"model", "metrics.json", "history.json", "test_topk.parquet", "manifest.json"} <= set(os.listdir(out))
+    assert {"model", "metrics.json", "history.json", "test_topk.parquet", storage.MANIFEST} <= set(os.listdir(out))
     metrics = json.load(open(f"{out}/metrics.json"))
     assert metrics["test"]["vasp"]["ndcg@100"] == pytest.approx(summary["test"]["vasp"]["ndcg@100"])
     assert len(json.load(open(f"{out}/history.json"))) == 2

@@ -40,7 +40,7 @@ class Features:
     ``item_ids`` [I] (str, by item_idx), ``popularity`` [I] (train users with the item),
     ``train`` [U_train, I] binary csr, ``train_user_idx`` / ``train_user_ids`` [U_train],
     ``ab_copies`` a list of K ``(A, B)`` csr pairs over the rows of ``train`` (A + B = train),
-    ``validation`` / ``test`` :class:`EvalSplit`, ``manifest`` (the published manifest.json).
+    ``validation`` / ``test`` :class:`EvalSplit`, ``manifest`` (the published _manifest.json).
     """
 
     item_ids: np.ndarray
