@@ -82,10 +82,6 @@ class SynthStageConfig:
     format: str = "csv"
     data: SynthConfig = dataclasses.field(default_factory=SynthConfig)
 
-    def __post_init__(self) -> None:
-        if self.format not in ("csv", "parquet"):
-            raise ValueError(f"format must be csv or parquet, got {self.format!r}")
-
 
 def _activity(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
     """Events per user: log-normal, clipped to [min_per_user, items // 2], summing to ~total."""
