@@ -1,8 +1,21 @@
-"""Installable package `vasp-pipeline`: the nightly VASP recommender pipeline."""
+"""Installable package `vasp-pipeline`: the nightly VASP recommender pipeline.
+
+Installs `vasp_model` and the Spark jobs of `jobs/` as `vasp_jobs` (the `dags/` folder is not a
+package: Airflow reads it from its DAG folder). The base install is what every part imports;
+the extras add a role's stack:
+
+    pip install .                    # vasp_model's core (and `vasp recommend`)
+    pip install '.[airflow]'         # the whole nightly pipeline: Airflow + Spark + training (`vasp run`)
+    pip install '.[spark]'           # Spark jobs and executors (they load trained models)
+    pip install '.[train]'           # training, MLflow tracking and the registry
+    pip install '.[postgres]'        # PostgreSQL drivers for Airflow's and MLflow's metadata
+    pip install -e '.[dev]'          # all of it plus the test and lint tools (`make run`, `make test`)
+"""
 
 from setuptools import find_packages, setup
 
-# The one place the stack is pinned (see ../shared/STACK.md for why these versions).
+# The one place the stack is pinned (see ../shared/STACK.md for why these versions);
+# infra/docker/requirements.py derives the images' requirement sets from this list.
 STACK = [
     "apache-airflow==3.3.2",
     "apache-airflow-providers-apache-spark==6.3.4",
@@ -14,7 +27,14 @@ STACK = [
     "pyarrow==25.0.1",
     "scipy==1.17.1",
     "pandas==2.3.3",
+    "numpy>=2,<3",
+    "PyYAML>=6,<7",
     "matplotlib>=3.9,<4",
+]
+
+POSTGRES = [
+    "psycopg2-binary>=2.9,<3",  # MLflow server / Airflow metadata on PostgreSQL
+    "asyncpg>=0.29,<1",  # Airflow 3's async engine on a PostgreSQL metadata DB
 ]
 
 DEV = [
@@ -22,17 +42,33 @@ DEV = [
     "ruff==0.17.5",
     "duckdb>=1.1,<3",
     "jax[cpu]>=0.7,<0.13",  # second Keras backend for the cross-backend test
-    "psycopg2-binary>=2.9,<3",  # MLflow server on PostgreSQL (infra tests)
-    "asyncpg>=0.29,<1",  # Airflow 3 metadata on PostgreSQL (infra tests)
 ]
+
+
+def _stack(*names: str) -> list[str]:
+    """The STACK entries of the named distributions."""
+    return [req for req in STACK if req.split("=")[0].split(">")[0].split("<")[0].lower() in names]
+
+
+CORE = _stack("pyarrow", "scipy", "pandas", "numpy", "pyyaml")
+TRAIN = _stack("tensorflow-cpu", "keras", "mlflow", "matplotlib")
+SPARK = _stack("pyspark") + TRAIN  # executors load the trained model; the driver resolves it in MLflow
+AIRFLOW = _stack("apache-airflow", "apache-airflow-providers-apache-spark", "pyspark-client") + SPARK
 
 setup(
     name="vasp-pipeline",
     version="0.1.0",
     description="Nightly VASP recommender pipeline: Spark features, Keras 3 VASP, MLflow registry, Airflow DAG",
     python_requires=">=3.11",
-    packages=find_packages(include=["vasp_model*", "jobs*", "dags*"]),
-    install_requires=STACK,
-    extras_require={"dev": DEV},
+    packages=find_packages(include=["vasp_model", "vasp_model.*"]) + ["vasp_jobs", "vasp_jobs.common"],
+    package_dir={"vasp_jobs": "jobs"},
+    install_requires=CORE,
+    extras_require={
+        "airflow": AIRFLOW,
+        "spark": SPARK,
+        "train": TRAIN,
+        "postgres": POSTGRES,
+        "dev": AIRFLOW + POSTGRES + DEV,
+    },
     entry_points={"console_scripts": ["vasp=vasp_model.cli:main"]},
 )

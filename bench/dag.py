@@ -33,13 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     sys.path.insert(0, str(REPO))
-    from vasp_model.cli import run as nightly_cli
+    from vasp_model.cli.run import embedded_environment, run_dag
     from vasp_model.data import layout, storage
 
     tmp = Path(tempfile.mkdtemp(prefix="vasp-bench-dag-"))
-    os.environ.update(nightly_cli.embedded_environment(home=str(tmp / "run"), warehouse=str(tmp / "warehouse")))
+    os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))  # this checkout's DAG, from any directory
+    os.environ.update(embedded_environment(home=str(tmp / "run"), warehouse=str(tmp / "warehouse")))
     try:
-        result = nightly_cli.run_dag(args.date, {"input": str(Path(args.input).resolve()), "preset": args.preset})
+        result = run_dag(args.date, {"input": str(Path(args.input).resolve()), "preset": args.preset})
         wh = os.environ["VASP_WAREHOUSE"]
         print(f"\nvasp_nightly on {args.input} (preset {args.preset}): {result['state']}, "
               f"dag.test wall {result['seconds']:.1f} s ({result['seconds'] / 60:.2f} min)")  # fmt: skip

@@ -5,9 +5,9 @@ Each run owns one logical date `D` (the day before the run time, in the configur
 zone) and rebuilds exactly that date's partitions; re-running or backfilling a date
 replaces only that date.
 
-1. **prepare_input** — resolve `D`, the input URI and every output location (the
-   "plan", passed on through XCom); with the default `synthetic` input, write the date's
-   synthetic interaction file first.
+1. **prepare_input** — resolve `D`, the input URI and the run's choices (the typed
+   `Plan`, passed on through XCom; every stage's config is built from it); with the default
+   `synthetic` input, write the date's synthetic interaction file first.
 2. **wait_for_input** — sensor: fails clearly if the input never arrives within
    `VASP_INPUT_TIMEOUT_S`; nothing downstream runs, nothing is published.
 3. **build_features** (Spark, `vasp build`) → `features/dt=D/`.
@@ -22,7 +22,7 @@ replaces only that date.
 8. **publish_assets** — emits the `vasp_features` and `vasp_recommendations` Assets
    (data-aware downstream DAGs schedule on them) and writes `runs/dt=D/run.json`.
 
-Configuration comes from `VASP_*` environment variables (`vasp_model.pipeline.tasks.NightlyConfig`):
+Configuration comes from `VASP_*` environment variables (`vasp_model.pipeline.plan.NightlyConfig`):
 `VASP_SCHEDULE`, `VASP_TIMEZONE`, `VASP_WAREHOUSE`, `VASP_TRACKING_URI`,
 `VASP_SPARK_MODE=local|submit` (submit: `SparkSubmitOperator` on the `spark` connection),
 `VASP_GPU_POOL`, `VASP_GPU_QUEUE`, retries and timeouts. Run-level choices are Params.
@@ -35,12 +35,16 @@ import datetime as dt
 
 from airflow.providers.standard.sensors.python import PythonSensor
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, chain, task
+from airflow.sdk.serde import allow_class
 
 from vasp_model.core.config import PRESETS
-from vasp_model.pipeline import tasks as nightly
+from vasp_model.pipeline import checks, tasks
+from vasp_model.pipeline.plan import Plan, load_config, make_plan
+from vasp_model.pipeline.stages import STAGES
 
-CFG = nightly.load_config()
+CFG = load_config()
 PLAN = "ti.xcom_pull(task_ids='prepare_input')"
+allow_class(Plan)  # the plan crosses XCom as a dataclass (JSON), deserialized back into a Plan
 
 
 def _asset_uri(dataset: str) -> str:
@@ -69,7 +73,8 @@ with DAG(
     default_args=default_args,
     tags=["vasp", "recommendations", "nightly"],
     doc_md=__doc__,
-    render_template_as_native_obj=True,  # spark-submit receives the stage's argv list from the plan
+    render_template_as_native_obj=True,  # spark-submit receives the stage's argv as a list
+    user_defined_macros={"spark_argv": tasks.spark_argv},  # Spark stage + plan -> spark-submit arguments
     params={
         "input": Param(CFG.input, type="string", description="'synthetic' or an input path/URI; {date} = D"),
         "preset": Param(CFG.preset, type="string", enum=sorted(PRESETS), description="training preset"),
@@ -87,22 +92,20 @@ with DAG(
 ) as dag:
 
     @task(task_id="prepare_input")
-    def prepare_input(**context) -> dict:
-        plan = nightly.make_plan(
-            context["params"], context.get("logical_date"), context["dag_run"].run_after, config=CFG
-        )
-        return nightly.prepare_input(plan)
+    def prepare_input(**context) -> Plan:
+        plan = make_plan(context["params"], context.get("logical_date"), context["dag_run"].run_after, config=CFG)
+        return tasks.prepare_input(plan)
 
     plan = prepare_input()
 
     wait_for_input = PythonSensor(
         task_id="wait_for_input",
-        python_callable=nightly.input_available,
-        op_kwargs={"input_uri": "{{ " + PLAN + "['input'] }}"},
+        python_callable=tasks.input_available,
+        op_kwargs={"input_uri": "{{ " + PLAN + ".input }}"},
         timeout=CFG.input_timeout_s,
         poke_interval=CFG.input_poke_s,
         mode=CFG.sensor_mode,
-        on_failure_callback=nightly.on_input_missing,
+        on_failure_callback=tasks.on_input_missing,
     )
 
     if CFG.spark_mode == "submit":
@@ -112,9 +115,9 @@ with DAG(
             return SparkSubmitOperator(
                 task_id=task_id,
                 conn_id=CFG.spark_conn_id,
-                application=nightly.stage_script(stage),
-                application_args="{{ " + PLAN + "['argv']['" + stage + "'] }}",
-                name=f"vasp-{stage}-" + "{{ " + PLAN + "['date'] }}",
+                application=STAGES[stage].application,
+                application_args="{{ spark_argv('" + stage + "', " + PLAN + ") }}",
+                name=f"vasp-{stage}-" + "{{ " + PLAN + ".date }}",
                 py_files=CFG.spark_py_files or None,
             )
 
@@ -123,12 +126,12 @@ with DAG(
     else:
 
         @task(task_id="build_features")
-        def build_local(plan: dict) -> str:
-            return nightly.build(plan)
+        def build_local(plan: Plan) -> str:
+            return tasks.build(plan)
 
         @task(task_id="score_users")
-        def score_local(plan: dict) -> str:
-            return nightly.score(plan)
+        def score_local(plan: Plan) -> str:
+            return tasks.score(plan)
 
         build_features = build_local(plan)
         score_users = score_local(plan)
@@ -138,28 +141,28 @@ with DAG(
         gpu["executor_config"] = {"pod_template_file": CFG.train_pod_template}
 
     @task(task_id="train_model", execution_timeout=dt.timedelta(seconds=CFG.train_timeout_s), **gpu)
-    def train_model(plan: dict) -> str:
-        return nightly.train(plan)
+    def train_model(plan: Plan) -> str:
+        return tasks.train(plan)
 
     @task(task_id="promote_model")
-    def promote_model(plan: dict) -> dict:
-        return nightly.promote(plan)
+    def promote_model(plan: Plan) -> dict:
+        return tasks.promote(plan)
 
     @task(task_id="validate_recommendations")
-    def validate_recommendations(plan: dict) -> dict:
-        return nightly.validate(plan)
+    def validate_recommendations(plan: Plan) -> dict:
+        return checks.validate(plan)
 
     @task(task_id="publish_assets", outlets=[FEATURES, RECOMMENDATIONS])
-    def publish_assets(plan: dict, decision: dict, checks: dict, **context) -> dict:
-        summary = nightly.publish(plan, decision, checks)
+    def publish_assets(plan: Plan, decision: dict, counts: dict, **context) -> dict:
+        summary = tasks.publish(plan, decision, counts)
         events = context["outlet_events"]
-        events[FEATURES].extra = {"date": plan["date"], "uri": plan["features"]}
-        events[RECOMMENDATIONS].extra = {"date": plan["date"], "uri": plan["recommendations"], **checks}
+        events[FEATURES].extra = {"date": plan.date, "uri": plan.features}
+        events[RECOMMENDATIONS].extra = {"date": plan.date, "uri": plan.recommendations, **counts}
         return summary
 
     trained = train_model(plan)
     decision = promote_model(plan)
-    checks = validate_recommendations(plan)
-    published = publish_assets(plan, decision, checks)
+    validated = validate_recommendations(plan)
+    published = publish_assets(plan, decision, validated)
 
-    chain(plan, wait_for_input, build_features, trained, decision, score_users, checks, published)
+    chain(plan, wait_for_input, build_features, trained, decision, score_users, validated, published)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -42,9 +41,11 @@ from vasp_model.data import layout, storage
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
-    from jobs.common.readers import RawInput
+    from vasp_jobs.common.readers import RawInput
+    from vasp_jobs.common.spark import SparkConfig
 
 SPLITS = ("train", "validation", "test", "excluded")
+APP_NAME = "vasp-build"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,7 @@ class BuildConfig:
     rating_col: str | None = None
 
     def __post_init__(self) -> None:
-        from jobs.common.readers import FORMATS
+        from vasp_jobs.common.readers import FORMATS
 
         if self.threshold != self.threshold:
             raise ValueError("threshold must be a number, got NaN")
@@ -105,7 +106,7 @@ class BuildConfig:
 
 def extract(spark: SparkSession, input_uri: str, config: BuildConfig) -> RawInput:
     """Open the input with its format adapter (lazy; raises for a missing file/column, empty input)."""
-    from jobs.common.readers import read_input
+    from vasp_jobs.common.readers import read_input
 
     return read_input(spark, input_uri, config.format, config.user_col, config.item_col, config.rating_col)
 
@@ -299,7 +300,7 @@ def quarantine_table(per_user: DataFrame, lines: DataFrame | None) -> DataFrame:
     """Rejected rows: (source, line, raw, reason); ``lines`` numbers them (None: line = -1)."""
     from pyspark.sql import functions as F
 
-    from jobs.common.readers import with_line_numbers
+    from vasp_jobs.common.readers import with_line_numbers
 
     bad = per_user.filter(F.col("is_bad")).select("bad.*")
     if lines is None:
@@ -316,7 +317,7 @@ def load(
     tables: dict[str, DataFrame], warehouse: str, date: str, manifest: Any, timings: dict[str, float] | None = None
 ) -> str:
     """Write the feature tables into staging and publish ``features/dt=D`` atomically."""
-    from jobs.common.spark import write_tables
+    from vasp_jobs.common.spark import write_tables
 
     final = layout.features_dir(warehouse, date)
     write_tables(tables, final, manifest, timings=timings)
@@ -334,7 +335,7 @@ def build(
 
     from pyspark.sql import functions as F
 
-    from jobs.common.readers import fingerprint
+    from vasp_jobs.common.readers import fingerprint
 
     layout.check_date(date)
     started = time.perf_counter()
@@ -411,7 +412,7 @@ def build(
         lap("plan")
 
         def manifest(staging: str) -> dict[str, Any]:
-            from jobs.common.spark import spark_path
+            from vasp_jobs.common.spark import spark_path
 
             def table(name: str) -> DataFrame:
                 return spark.read.parquet(spark_path(f"{staging.rstrip('/')}/{name}"))
@@ -467,8 +468,8 @@ def build(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from jobs.common.readers import FORMATS
-    from jobs.common.spark import add_spark_arguments
+    from vasp_jobs.common.readers import FORMATS
+    from vasp_jobs.common.spark import add_spark_arguments
 
     parser.add_argument(
         "--input",
@@ -507,8 +508,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spark_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace) -> BuildConfig:
-    return build_config(
+@dataclasses.dataclass(frozen=True)
+class BuildStageConfig:
+    """Stage ``build``: features/dt=``date`` under ``warehouse`` from ``input`` (None: the synthetic demo set)."""
+
+    date: str
+    warehouse: str
+    input: str | None
+    build: BuildConfig
+    spark: SparkConfig
+
+    def __post_init__(self) -> None:
+        layout.check_date(self.date)
+
+
+def config_from_args(args: argparse.Namespace) -> BuildStageConfig:
+    """The stage's config from the flags of :func:`add_arguments` (unset flags: ``VASP_*`` env, then defaults)."""
+    import datetime as dt
+
+    from vasp_jobs.common.spark import spark_config_from_args
+
+    build = build_config(
         BuildConfig,
         {
             "threshold": args.threshold,
@@ -523,11 +543,38 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
             "rating_col": args.rating_col,
         },
     )
+    return BuildStageConfig(
+        date=args.date or dt.datetime.now(dt.UTC).date().isoformat(),
+        warehouse=args.warehouse or defaults.default_warehouse(),
+        input=args.input,
+        build=build,
+        spark=spark_config_from_args(args, APP_NAME),
+    )
+
+
+def to_argv(config: BuildStageConfig) -> list[str]:
+    """The flags of :func:`add_arguments` that give ``config`` back (the arguments of ``spark-submit``)."""
+    from vasp_jobs.common.spark import spark_argv
+
+    build = config.build
+    argv = ["--date", config.date, "--warehouse", config.warehouse]
+    argv += ["--input", config.input] if config.input else []
+    argv += ["--threshold", str(build.threshold), "--min-user-interactions", str(build.min_user_interactions)]
+    argv += ["--heldout-users", str(build.heldout_users)] if build.heldout_users is not None else []
+    argv += ["--holdout-fraction", str(build.holdout_fraction), "--ab-copies", str(build.ab_copies)]
+    argv += ["--seed", str(build.seed), "--format", build.format]
+    for flag, value in (
+        ("--user-col", build.user_col),
+        ("--item-col", build.item_col),
+        ("--rating-col", build.rating_col),
+    ):
+        argv += [flag, value] if value is not None else []
+    return argv + spark_argv(config.spark)
 
 
 def _default_input(seed: int) -> tuple[str, dict]:
     """The synthetic demo input (generated once per seed into the run directory)."""
-    from jobs import synth
+    from vasp_jobs import synth
 
     params = synth.SynthConfig(seed=seed)
     path = os.path.join(defaults.run_dir(), "synth", f"{params.tag()}.csv")
@@ -536,53 +583,47 @@ def _default_input(seed: int) -> tuple[str, dict]:
     return path, {"synthetic": dataclasses.asdict(params)}
 
 
-def run(args: argparse.Namespace) -> int:
-    import datetime as dt
+SUMMARY_COUNTS = (
+    "input_rows",
+    "used_rows",
+    "quarantined_rows",
+    "duplicate_rows",
+    "positives",
+    "users",
+    "users_with_positive",
+    "users_kept",
+    "positives_kept",
+    "items",
+    "train_users",
+    "validation_users",
+    "test_users",
+    "train_ab_rows",
+)
 
-    from jobs.common.spark import get_session, spark_config_from_args
 
-    config = config_from_args(args)
-    spark_cfg = spark_config_from_args(args, "vasp-build")
-    date = layout.check_date(args.date or dt.datetime.now(dt.UTC).date().isoformat())
-    warehouse = args.warehouse or defaults.default_warehouse()
+def build_stage(config: BuildStageConfig) -> dict[str, Any]:
+    """Stage ``build``: publish features/dt=D; returns a summary (path, date, seconds, the main counts)."""
+    from vasp_jobs.common.readers import _list_files
+    from vasp_jobs.common.spark import get_session
+
     info: dict = {}
-    if args.input:
-        input_uri = args.input
-        from jobs.common.readers import _list_files
-
+    if config.input:
+        input_uri = config.input
         _list_files(input_uri)  # a missing input fails before Spark starts
     else:
-        input_uri, info = _default_input(config.seed)
-    spark = get_session(spark_cfg)
-    manifest = build(spark, input_uri, warehouse, date, config, info)
-    counts = manifest["counts"]
-    keys = (
-        "input_rows",
-        "used_rows",
-        "quarantined_rows",
-        "duplicate_rows",
-        "positives",
-        "users",
-        "users_with_positive",
-        "users_kept",
-        "positives_kept",
-        "items",
-        "train_users",
-        "validation_users",
-        "test_users",
-        "train_ab_rows",
-    )
-    summary = {"path": manifest["path"], "date": date, "seconds": manifest["seconds"]}
-    summary.update({k: counts[k] for k in keys})
-    print(json.dumps(summary, sort_keys=False))
-    return 0
+        input_uri, info = _default_input(config.build.seed)
+    spark = get_session(config.spark)
+    manifest = build(spark, input_uri, config.warehouse, config.date, config.build, info)
+    summary = {"path": manifest["path"], "date": config.date, "seconds": manifest["seconds"]}
+    summary.update({k: manifest["counts"][k] for k in SUMMARY_COUNTS})
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``spark-submit jobs/build_matrices.py ...``."""
-    from jobs.common.spark import submit_main
+    from vasp_jobs.common.spark import submit_main
 
-    return submit_main("build_matrices", __doc__.splitlines()[0], add_arguments, run, argv)
+    return submit_main("build_matrices", __doc__.splitlines()[0], add_arguments, config_from_args, build_stage, argv)
 
 
 if __name__ == "__main__":

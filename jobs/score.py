@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import os
@@ -31,14 +32,18 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vasp_model.core import defaults
 from vasp_model.data import layout
 
+if TYPE_CHECKING:  # pragma: no cover
+    from vasp_jobs.common.spark import SparkConfig
+
 log = logging.getLogger("vasp.score")
+APP_NAME = "vasp-score"
 
 # The columns of features/dt=D the job reads (Spark DDL).
 READ_SCHEMAS = {"users": "user_idx INT, user_id STRING", "interactions": "user_idx INT, item_id STRING"}
@@ -52,8 +57,8 @@ _SHIPPED: dict[tuple[str, str], str] = {}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from jobs.common.spark import add_spark_arguments
-    from vasp_model.cli import add_tracking_argument, add_warehouse_argument
+    from vasp_jobs.common.spark import add_spark_arguments
+    from vasp_model.core.args import add_tracking_argument, add_warehouse_argument
 
     parser.add_argument("--date", required=True, help="Logical date YYYY-MM-DD: scores features/dt=D.")
     parser.add_argument(
@@ -198,7 +203,7 @@ def user_item_lists(spark, warehouse: str, date: str, partitions: int):
     """
     from pyspark.sql import functions as F
 
-    from jobs.common.spark import spark_path
+    from vasp_jobs.common.spark import spark_path
 
     def read(table: str):  # only the columns used, typed as the build job writes them (no schema inference)
         return spark.read.schema(READ_SCHEMAS[table]).parquet(spark_path(layout.feature_table(warehouse, date, table)))
@@ -217,7 +222,7 @@ def transform(lists_df, bundle_ref: str, top_n: int, batch_users: int, model_key
     from pyspark.sql.pandas.types import from_arrow_schema
 
     def fn(batches):
-        from jobs.score import score_partition
+        from vasp_jobs.score import score_partition
 
         yield from score_partition(batches, bundle_ref, top_n, batch_users, model_key, threads)
 
@@ -348,7 +353,7 @@ def score(
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    from jobs.common.spark import write_tables
+    from vasp_jobs.common.spark import write_tables
     from vasp_model.data import storage
     from vasp_model.mlops.registry import download_bundle
 
@@ -415,43 +420,85 @@ def score(
     return result
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
+@dataclasses.dataclass(frozen=True)
+class ScoreStageConfig:
+    """Stage ``score``: recommendations/dt=``date`` for every user of features/dt=``date`` from ``model_uri``."""
 
-    from jobs.common.spark import get_session, spark_config_from_args
+    date: str
+    warehouse: str
+    tracking_uri: str
+    spark: SparkConfig
+    model_uri: str = DEFAULT_MODEL_URI
+    top_n: int = 100
+    batch_users: int = 1024  # users per model forward pass inside a task
+    partitions: int = 0  # 0 = Spark's default parallelism (more for big populations)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    date = layout.check_date(args.date)
-    if args.top_n <= 0:
-        raise ValueError(f"--top-n must be positive, got {args.top_n}")
-    spark_cfg = spark_config_from_args(args, "vasp-score")
-    if spark_cfg.is_local:  # local Python workers must be this interpreter (pyarrow, keras, the bundle code)
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = get_session(spark_cfg)
-    result = score(
-        spark,
-        date,
-        args.warehouse or defaults.default_warehouse(),
+    def __post_init__(self) -> None:
+        layout.check_date(self.date)
+        if self.top_n <= 0:
+            raise ValueError(f"top_n must be positive, got {self.top_n}")
+
+
+def config_from_args(args: argparse.Namespace) -> ScoreStageConfig:
+    """The stage's config from the flags of :func:`add_arguments` (unset flags: ``VASP_*`` env, then defaults)."""
+    from vasp_jobs.common.spark import spark_config_from_args
+
+    return ScoreStageConfig(
+        date=args.date,
+        warehouse=args.warehouse or defaults.default_warehouse(),
+        tracking_uri=args.tracking_uri or defaults.default_tracking_uri(),
+        spark=spark_config_from_args(args, APP_NAME),
         model_uri=args.model_uri,
-        tracking_uri=args.tracking_uri,
         top_n=args.top_n,
         batch_users=args.batch_users,
         partitions=args.partitions,
     )
-    print(json.dumps({"date": date, "model_version": result["model_version"], **result["counts"]}), flush=True)
-    return 0
+
+
+def to_argv(config: ScoreStageConfig) -> list[str]:
+    """The flags of :func:`add_arguments` that give ``config`` back (the arguments of ``spark-submit``)."""
+    from vasp_jobs.common.spark import spark_argv
+
+    return [
+        "--date", config.date,
+        "--warehouse", config.warehouse,
+        "--tracking-uri", config.tracking_uri,
+        "--model-uri", config.model_uri,
+        "--top-n", str(config.top_n),
+        "--batch-users", str(config.batch_users),
+        "--partitions", str(config.partitions),
+        *spark_argv(config.spark),
+    ]  # fmt: skip
+
+
+def score_stage(config: ScoreStageConfig) -> dict[str, Any]:
+    """Stage ``score``: publish recommendations/dt=D; returns the date, the model version and the counts."""
+    from vasp_jobs.common.spark import get_session
+
+    result = score(
+        get_session(config.spark),
+        config.date,
+        config.warehouse,
+        model_uri=config.model_uri,
+        tracking_uri=config.tracking_uri,
+        top_n=config.top_n,
+        batch_users=config.batch_users,
+        partitions=config.partitions,
+    )
+    return {"date": config.date, "model_version": result["model_version"], **result["counts"]}
 
 
 def main(argv: list[str] | None = None) -> int:
     """spark-submit entry point (same flags as ``vasp score``)."""
-    from jobs.common.spark import submit_main
+    from vasp_jobs.common.spark import submit_main
 
-    return submit_main("score", __doc__.splitlines()[0], add_arguments, run, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return submit_main("score", __doc__.splitlines()[0], add_arguments, config_from_args, score_stage, argv)
 
 
 if __name__ == "__main__":
     # Run the importable module's main (not __main__'s) so the functions shipped to executors are
-    # pickled by reference to ``jobs.score`` and share its per-process model cache.
-    from jobs.score import main as _main
+    # pickled by reference to ``vasp_jobs.score`` and share its per-process model cache.
+    from vasp_jobs.score import main as _main
 
     sys.exit(_main())

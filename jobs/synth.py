@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -73,6 +72,15 @@ class SynthConfig:
 
     def tag(self) -> str:
         return f"synth-u{self.users}-i{self.items}-n{self.total}-s{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthStageConfig:
+    """Stage ``synth``: which data set (``data``) goes to which file (``out``, CSV or Parquet)."""
+
+    out: str
+    format: str = "csv"
+    data: SynthConfig = dataclasses.field(default_factory=SynthConfig)
 
 
 def _activity(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
@@ -247,9 +255,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed, help=f"Random seed ({d.seed}).")
 
 
-def run(args: argparse.Namespace) -> int:
-    fmt = args.format or ("parquet" if args.out.endswith(".parquet") else "csv")
-    config = SynthConfig(
+def config_from_args(args: argparse.Namespace) -> SynthStageConfig:
+    """The stage's config from the flags of :func:`add_arguments`."""
+    data = SynthConfig(
         users=args.users,
         items=args.items,
         interactions=args.interactions,
@@ -259,7 +267,11 @@ def run(args: argparse.Namespace) -> int:
         zipf=args.zipf,
         seed=args.seed,
     )
-    summary = generate(config, args.out, fmt)
+    return SynthStageConfig(args.out, args.format or ("parquet" if args.out.endswith(".parquet") else "csv"), data)
+
+
+def synth_stage(config: SynthStageConfig) -> dict[str, Any]:
+    """Stage ``synth``: write the data set to ``config.out``; returns the summary (path, rows, users, ...)."""
+    summary = generate(config.data, config.out, config.format)
     summary.pop("config")
-    print(json.dumps(summary))
-    return 0
+    return summary

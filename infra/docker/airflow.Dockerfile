@@ -35,7 +35,7 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /tmp/dist
  && for w in /tmp/dist/vasp_pipeline-*.whl; do cp "$w" "/opt/airflow/vasp-dist/$(basename "${w%.whl}").zip"; done
 # ^ the wheel again under a .zip name: SparkSubmitOperator ships it with --py-files (VASP_SPARK_PY_FILES), so
 #   Spark executors run the driver's exact code (PySpark only puts .zip/.egg/.jar py-files on sys.path).
-# DAG files come from the package (dags/ is inside the wheel); point the dag bundle at them or mount dags/.
+# DAG files are not in the wheel: they are copied to /opt/airflow/dags below (or mount dags/).
 ENV AIRFLOW__CORE__LOAD_EXAMPLES=False \
     PYSPARK_PYTHON=python3 \
     VASP_HOME=/opt/airflow/run \

@@ -10,7 +10,9 @@ What a real cluster needs, done here:
   pure-Python packages — is shipped under a ``.zip`` name.
 * ``--isolated`` runs driver and executors with an interpreter that sees the venv's third-party
   libraries but NOT the package itself (no editable install, no repo on ``sys.path``): every
-  ``vasp_model``/``jobs`` import then comes from the shipped zip, which is what proves the shipping.
+  ``vasp_model``/``vasp_jobs`` import then comes from the shipped zip, which is what proves the shipping.
+
+The jobs are the Spark stages of the stage registry (``vasp_model.pipeline.stages``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import sysconfig
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from vasp_model.pipeline.stages import STAGES
+
 REPO = Path(__file__).resolve().parents[2]
-JOBS = {"build": "jobs/build_matrices.py", "score": "jobs/score.py"}
+JOBS = {name: stage for name, stage in STAGES.items() if stage.script}
 
 
 def build_wheel(out_dir: str | Path | None = None) -> Path:
@@ -118,7 +122,7 @@ def submit_argv(
         argv += ["--conf", f"{key}={value}"]
     # --master is also passed to the job: its SparkConfig would otherwise default to local[*]
     # (the session builder's master wins over spark-submit's for an application that sets it).
-    argv += [str(REPO / JOBS[job]), *job_args, "--master", master]
+    argv += [JOBS[job].application, *job_args, "--master", master]
     return argv
 
 

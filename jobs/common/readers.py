@@ -275,7 +275,7 @@ def first_failure(checks: list[tuple[Column, str]]) -> Column:
 def _text_lines(spark: SparkSession, uri: str) -> DataFrame:
     from pyspark.sql import functions as F
 
-    from jobs.common.spark import spark_path
+    from vasp_jobs.common.spark import spark_path
 
     return spark.read.text(spark_path(uri)).select(
         F.col("value"),
@@ -344,7 +344,7 @@ def _read_parquet(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from jobs.common.spark import spark_path
+    from vasp_jobs.common.spark import spark_path
 
     frame = spark.read.parquet(spark_path(uri))
     columns = list(frame.columns)
@@ -426,7 +426,7 @@ def read_input(
     rating_col: str | None = None,
 ) -> RawInput:
     """Open ``uri`` with the right adapter; the returned events are lazy (nothing is read yet)."""
-    from jobs.common.spark import spark_path
+    from vasp_jobs.common.spark import spark_path
 
     _list_files(uri)
     if fmt == "auto" and detect_format(uri) == "parquet" or fmt == "parquet":

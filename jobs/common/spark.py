@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from vasp_model.core import defaults
-from vasp_model.core.settings import ConfigError, build_config
+from vasp_model.core.settings import build_config
 from vasp_model.data import storage
 
 DEFAULT_MASTER = "local[*]"
@@ -175,24 +176,40 @@ def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def job_spark_config(app_name: str, overrides: Mapping[str, Any] | None = None) -> SparkConfig:
+    """A job's :class:`SparkConfig`: :func:`spark_config` named ``app_name`` unless ``VASP_SPARK_APP_NAME`` is set."""
+    values = dict(overrides or {})
+    if "VASP_SPARK_APP_NAME" not in os.environ:
+        values["spark_app_name"] = app_name
+    return spark_config(values)
+
+
 def spark_config_from_args(args: argparse.Namespace, app_name: str) -> SparkConfig:
     """The :class:`SparkConfig` for a job from its parsed CLI flags (see :func:`add_spark_arguments`)."""
-    overrides = {
-        "spark_master": getattr(args, "master", None),
-        "spark_driver_memory": getattr(args, "driver_memory", None),
-        "spark_executor_memory": getattr(args, "executor_memory", None),
-        "spark_shuffle_partitions": getattr(args, "shuffle_partitions", None),
-        "spark_checkpoint_dir": getattr(args, "checkpoint_dir", None),
-        "spark_conf": tuple(args.spark_conf) if getattr(args, "spark_conf", None) else None,
-    }
-    if "VASP_SPARK_APP_NAME" not in os.environ:
-        overrides["spark_app_name"] = app_name
-    try:
-        return spark_config(overrides)
-    except ConfigError:
-        raise
-    except ValueError as exc:  # pragma: no cover - build_config wraps these already
-        raise ConfigError(str(exc)) from exc
+    return job_spark_config(
+        app_name,
+        {
+            "spark_master": args.master,
+            "spark_driver_memory": args.driver_memory,
+            "spark_executor_memory": args.executor_memory,
+            "spark_shuffle_partitions": args.shuffle_partitions,
+            "spark_checkpoint_dir": args.checkpoint_dir,
+            "spark_conf": tuple(args.spark_conf) if args.spark_conf else None,
+        },
+    )
+
+
+def spark_argv(config: SparkConfig) -> list[str]:
+    """The :func:`add_spark_arguments` flags that give ``config`` back (empty settings are left to the env)."""
+    argv = ["--master", config.spark_master, "--driver-memory", config.spark_driver_memory]
+    argv += ["--shuffle-partitions", str(config.spark_shuffle_partitions)]
+    if config.spark_executor_memory:
+        argv += ["--executor-memory", config.spark_executor_memory]
+    if config.spark_checkpoint_dir:
+        argv += ["--checkpoint-dir", config.spark_checkpoint_dir]
+    for item in config.spark_conf:
+        argv += ["--spark-conf", item]
+    return argv
 
 
 def spark_path(uri: str) -> str:
@@ -239,13 +256,25 @@ def write_tables(
         raise
 
 
-def submit_main(prog: str, description: str, add_arguments, run, argv: list[str] | None = None) -> int:
-    """The ``spark-submit jobs/X.py ...`` entry point of a job: same flags and errors as ``vasp X``."""
+def submit_main(
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    config_from_args: Callable[[argparse.Namespace], Any],
+    stage: Callable[[Any], Mapping[str, Any]],
+    argv: list[str] | None = None,
+) -> int:
+    """The ``spark-submit jobs/X.py ...`` entry point of a job: same flags, output and errors as ``vasp X``.
+
+    Parses the flags into the job's config, runs ``stage`` on it and prints its summary as one JSON line.
+    """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        summary = stage(config_from_args(args))
     except (ValueError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    print(json.dumps(summary), flush=True)
+    return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from vasp_model.data import layout, storage
-from vasp_model.pipeline import tasks as nightly
+from vasp_model.pipeline.checks import read_table
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def test_first_night_publishes_everything(synthetic_night):
     assert storage.is_published(features)
     for table in layout.FEATURE_TABLES:
         assert Path(layout.feature_table(str(wh), D1, table)).is_dir(), table
-    users = nightly.read_table(f"{features}/users")
+    users = read_table(f"{features}/users")
     assert len(users) == SYNTH_USERS
     assert set(users["split"]) >= {"train", "validation", "test"}
 
@@ -122,7 +122,7 @@ def test_first_night_publishes_everything(synthetic_night):
     assert _champion(env["VASP_TRACKING_URI"]) == str(versions[0].version)
 
     # the lists: every user, TOP_N items each, scored by the champion, validated and recorded
-    recs = nightly.read_table(layout.recommendations_dir(str(wh), D1))
+    recs = read_table(layout.recommendations_dir(str(wh), D1))
     assert set(recs["user_id"]) == set(users["user_id"])
     assert (recs.groupby("user_id").size() == TOP_N).all()
     assert set(recs["model_version"]) == {str(versions[0].version)}
@@ -150,7 +150,7 @@ def test_second_run_replaces_only_its_date(synthetic_night):
     other = {
         d: _tree_digest(Path(layout.dataset_dir(str(wh), d, D0))) for d in ("features", "models", "recommendations")
     }
-    recs_before = nightly.read_table(layout.recommendations_dir(str(wh), D1))
+    recs_before = read_table(layout.recommendations_dir(str(wh), D1))
     champion_before = _champion(env["VASP_TRACKING_URI"])
 
     result = _run(D1, preset="tiny", top_n=TOP_N)
@@ -161,7 +161,7 @@ def test_second_run_replaces_only_its_date(synthetic_night):
     for dataset in ("features", "models", "recommendations", "runs"):
         assert storage.published_dates(str(wh), dataset) == sorted({D0, D1} if dataset != "runs" else {D1})
     assert len(list((wh / "recommendations").glob(f"_versions/dt={D1}/*"))) == 1, "no staging leftovers"
-    recs_after = nightly.read_table(layout.recommendations_dir(str(wh), D1))
+    recs_after = read_table(layout.recommendations_dir(str(wh), D1))
     record = storage.read_json(f"{layout.dataset_dir(str(wh), 'runs', D1)}/run.json")
     champion_after = _champion(env["VASP_TRACKING_URI"])
     assert record["promotion"]["champion_after"] == champion_after

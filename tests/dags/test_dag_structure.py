@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vasp_model.pipeline import tasks as nightly
+from vasp_model.pipeline import plan
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
@@ -48,7 +48,7 @@ def test_task_graph(nightly_dag):
 def test_schedule_and_dag_settings(nightly_dag):
     from airflow.sdk import CronDataIntervalTimetable
 
-    cfg = nightly.load_config()
+    cfg = plan.load_config()
     assert isinstance(nightly_dag.timetable, CronDataIntervalTimetable)
     assert nightly_dag.timetable.expression == cfg.schedule
     assert str(nightly_dag.timetable.timezone) == cfg.timezone
@@ -147,14 +147,48 @@ def test_gpu_pool_and_queue_come_from_config(tmp_path):
 
 
 def test_submit_mode_passes_the_stage_argv(tmp_path, monkeypatch):
-    """In submit mode spark-submit gets the same argv the local task passes to the stage's CLI."""
+    """In submit mode spark-submit gets the job's script and the arguments rendered from the run's plan."""
     monkeypatch.setenv("VASP_SPARK_MODE", "submit")
     monkeypatch.setenv("VASP_WAREHOUSE", str(tmp_path / "wh"))
     from airflow.dag_processing.dagbag import DagBag
 
+    from vasp_model.pipeline import tasks
+
     dag = DagBag(dag_folder=str(DAGS)).dags["vasp_nightly"]
     build = dag.get_task("build_features")
     assert build.application.endswith("jobs/build_matrices.py")
-    assert "['argv']['build']" in build.application_args
     assert build._conn_id == "spark"
     assert dag.render_template_as_native_obj
+    night = plan.make_plan({"top_n": 3}, dt.datetime(2026, 3, 1), config=plan.load_config())
+    template = dag.get_template_env().from_string(build.application_args)
+    argv = template.render(spark_argv=tasks.spark_argv, ti=_PlanXCom(night))
+    assert argv == tasks.spark_argv("build", night)
+    assert argv[:4] == ["--date", "2026-03-01", "--warehouse", str(tmp_path / "wh")]
+    score = dag.get_task("score_users")
+    rendered = (
+        dag.get_template_env()
+        .from_string(score.application_args)
+        .render(spark_argv=tasks.spark_argv, ti=_PlanXCom(night))
+    )
+    assert rendered[rendered.index("--top-n") + 1] == "3"
+
+
+class _PlanXCom:
+    """The part of a task instance the templates use: the plan prepare_input pushed."""
+
+    def __init__(self, night):
+        self.night = night
+
+    def xcom_pull(self, task_ids):
+        assert task_ids == "prepare_input"
+        return self.night
+
+
+def test_the_plan_crosses_xcom_through_airflows_serialization(nightly_dag, tmp_path):
+    """Parsing the DAG allows the Plan class; Airflow's XCom serde turns it into JSON and back."""
+    import json
+
+    from airflow.sdk.serde import deserialize, serialize
+
+    night = plan.make_plan({}, dt.datetime(2026, 3, 1), config=plan.load_config({"warehouse": str(tmp_path)}))
+    assert deserialize(json.loads(json.dumps(serialize(night)))) == night

@@ -152,7 +152,7 @@ def _airflow_env(work: Path, pg, mlflow_url: str, api_port: int) -> dict[str, st
         AIRFLOW__API_AUTH__JWT_SECRET="vasp-test-only-secret",
         AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK="False",
         AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(localstack.free_port()),
-        # the pipeline's own configuration (vasp_model.pipeline.tasks.NightlyConfig, TrackingConfig)
+        # the pipeline's own configuration (vasp_model.pipeline.plan.NightlyConfig, TrackingConfig)
         VASP_WAREHOUSE=str(work / "warehouse-airflow"),
         VASP_TRACKING_URI=mlflow_url,
         VASP_SPARK_MODE="local",

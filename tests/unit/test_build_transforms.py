@@ -192,7 +192,7 @@ def test_build_config_env_and_flags(monkeypatch):
     bm.add_arguments(parser)
     monkeypatch.setenv("VASP_AB_COPIES", "3")
     monkeypatch.setenv("VASP_THRESHOLD", "4.0")
-    config = bm.config_from_args(parser.parse_args(["--threshold", "2.5"]))
+    config = bm.config_from_args(parser.parse_args(["--threshold", "2.5"])).build
     assert config.ab_copies == 3 and config.threshold == 2.5
     for action in parser._actions:
         assert action.help, action.dest

@@ -1,21 +1,26 @@
-"""The nightly plumbing without Airflow: config, the date a run owns, the plan, the list checks."""
+"""The nightly plumbing without Airflow: config, the date a run owns, the plan, the stage registry,
+the list checks."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime as dt
+import json
 
 import pandas as pd
 import pytest
 
 from vasp_model.core.settings import ConfigError
-from vasp_model.pipeline import tasks as nightly
+from vasp_model.pipeline import checks, plan, tasks
+from vasp_model.pipeline.stages import STAGES
 
 
 def test_config_defaults_env_and_validation(monkeypatch):
     monkeypatch.setenv("VASP_SCHEDULE", "30 3 * * *")
     monkeypatch.setenv("VASP_TIMEZONE", "Europe/Prague")
     monkeypatch.setenv("VASP_GPU_POOL", "gpu")
-    cfg = nightly.load_config({"top_n": 7})
+    cfg = plan.load_config({"top_n": 7})
     assert (cfg.schedule, cfg.timezone, cfg.gpu_pool, cfg.top_n, cfg.spark_mode) == (
         "30 3 * * *",
         "Europe/Prague",
@@ -25,48 +30,92 @@ def test_config_defaults_env_and_validation(monkeypatch):
     )
     for bad in ({"spark_mode": "yarn"}, {"timezone": "Mars/Olympus"}, {"preset": "huge"}, {"top_n": 0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
-            nightly.load_config(bad)
+            plan.load_config(bad)
 
 
 def test_partition_date_is_the_logical_date_in_the_dag_time_zone():
     at = dt.datetime(2026, 3, 1, 23, 30, tzinfo=dt.UTC)
-    assert nightly.partition_date(at, None, "UTC") == "2026-03-01"
-    assert nightly.partition_date(at, None, "Europe/Prague") == "2026-03-02"
+    assert plan.partition_date(at, None, "UTC") == "2026-03-01"
+    assert plan.partition_date(at, None, "Europe/Prague") == "2026-03-02"
 
 
 def test_a_run_without_logical_date_covers_the_day_before_it_runs():
     run_after = dt.datetime(2026, 3, 5, 2, 0, tzinfo=dt.UTC)
-    assert nightly.partition_date(None, run_after, "UTC") == "2026-03-04"
+    assert plan.partition_date(None, run_after, "UTC") == "2026-03-04"
     with pytest.raises(ValueError, match="logical-date"):
-        nightly.partition_date(None, None, "UTC")
+        plan.partition_date(None, None, "UTC")
 
 
-def test_plan_resolves_input_outputs_and_stage_arguments(tmp_path):
-    cfg = nightly.load_config({"warehouse": str(tmp_path / "wh")})
-    plan = nightly.make_plan({"input": "/data/events/dt={date}/", "top_n": 5}, dt.datetime(2026, 3, 1), config=cfg)
-    assert plan["date"] == "2026-03-01"
-    assert plan["input"] == "/data/events/dt=2026-03-01/" and not plan["synthetic"]
-    assert plan["recommendations"] == f"{tmp_path}/wh/recommendations/dt=2026-03-01"
-    assert plan["argv"]["build"][:4] == ["--input", "/data/events/dt=2026-03-01/", "--date", "2026-03-01"]
-    assert plan["argv"]["score"][-2:] == ["--top-n", "5"]
-    synthetic = nightly.make_plan({"date": "2026-02-01"}, None, config=cfg)
-    assert synthetic["synthetic"] and synthetic["input"].endswith("synthetic/dt=2026-02-01/interactions.csv")
+def test_plan_resolves_input_outputs_and_stage_configs(tmp_path):
+    cfg = plan.load_config({"warehouse": str(tmp_path / "wh")})
+    night = plan.make_plan({"input": "/data/events/dt={date}/", "top_n": 5}, dt.datetime(2026, 3, 1), config=cfg)
+    assert night.date == "2026-03-01"
+    assert night.input == "/data/events/dt=2026-03-01/" and not night.synthetic
+    assert night.recommendations == f"{tmp_path}/wh/recommendations/dt=2026-03-01"
+    build = night.build_config()
+    assert (build.input, build.date, build.warehouse) == ("/data/events/dt=2026-03-01/", "2026-03-01", cfg.warehouse)
+    assert (build.build.threshold, build.build.min_user_interactions) == (cfg.threshold, cfg.min_user_interactions)
+    score = night.score_config()
+    assert (score.top_n, score.tracking_uri, score.model_uri) == (5, cfg.tracking_uri, "models:/vasp@champion")
+    train = night.train_config()
+    assert train.vasp.preset == cfg.preset and train.quiet and train.tracking
+    assert night.promote_config().tracking.tracking_uri == cfg.tracking_uri
+    synthetic = plan.make_plan({"date": "2026-02-01"}, None, config=cfg)
+    assert synthetic.synthetic and synthetic.input.endswith("synthetic/dt=2026-02-01/interactions.csv")
+    synth = synthetic.synth_config()
+    assert (synth.out, synth.format, synth.data.users) == (synthetic.input, "csv", cfg.synthetic_users)
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
-        nightly.make_plan({"date": "yesterday"}, None, config=cfg)
+        plan.make_plan({"date": "yesterday"}, None, config=cfg)
 
 
-def test_stage_argv_is_accepted_by_each_stage_cli(tmp_path):
-    """The arguments the DAG passes parse with the stage's own parser (the one `vasp <stage>` uses)."""
-    import argparse
-    import importlib
+def test_plan_crosses_xcom_as_json(tmp_path):
+    night = plan.make_plan({}, dt.datetime(2026, 3, 1), config=plan.load_config({"warehouse": str(tmp_path)}))
+    assert plan.Plan(**json.loads(json.dumps(dataclasses.asdict(night)))) == night
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        night.date = "2026-03-02"
 
-    plan = nightly.make_plan({}, dt.datetime(2026, 3, 1), config=nightly.load_config({"warehouse": str(tmp_path)}))
-    for stage, module in nightly.STAGES.items():
-        parser = argparse.ArgumentParser()
-        importlib.import_module(module).add_arguments(parser)
-        args = parser.parse_args(plan["argv"][stage])
-        if hasattr(args, "date"):
-            assert args.date == "2026-03-01"
+
+def test_registry_lists_every_stage_with_its_config():
+    assert list(STAGES) == ["synth", "build", "train", "promote", "score"]
+    assert {name for name, stage in STAGES.items() if stage.script} == {"build", "score"}
+    for name, stage in STAGES.items():
+        api = stage.load()
+        assert dataclasses.is_dataclass(api.config) and api.config.__dataclass_params__.frozen, name
+        assert (api.to_argv is not None) == (stage.script is not None), name
+    assert STAGES["build"].application.endswith("jobs/build_matrices.py")
+    with pytest.raises(ValueError, match="not a Spark job"):
+        STAGES["train"].argv(None)
+
+
+def _parse(stage: str, argv: list[str]):
+    parser = argparse.ArgumentParser()
+    api = STAGES[stage].load()
+    api.add_arguments(parser)
+    return api.from_args(parser.parse_args(argv))
+
+
+@pytest.mark.parametrize("stage", ["build", "score"])
+def test_spark_argv_round_trips_through_the_job_parser(tmp_path, monkeypatch, stage):
+    """What the DAG gives spark-submit parses, with the job's own parser, back into the same config."""
+    monkeypatch.setenv("VASP_AB_COPIES", "3")  # a deployment setting: both sides read it
+    night = plan.make_plan({"top_n": 7}, dt.datetime(2026, 3, 1), config=plan.load_config({"warehouse": str(tmp_path)}))
+    config = {"build": night.build_config, "score": night.score_config}[stage]()
+    assert _parse(stage, tasks.spark_argv(stage, night)) == config
+    spark = dataclasses.replace(
+        config.spark, spark_master="local[2]", spark_executor_memory="2g", spark_conf=("spark.task.cpus=2",)
+    )
+    if stage == "build":
+        changed = dataclasses.replace(
+            config,
+            input=None,
+            spark=spark,
+            build=dataclasses.replace(config.build, heldout_users=4, user_col="u", seed=7, format="csv"),
+        )
+    else:
+        changed = dataclasses.replace(config, spark=spark, model_uri="/m", batch_users=16, partitions=3)
+    assert _parse(stage, STAGES[stage].argv(changed)) == changed
+    with pytest.raises(TypeError, match="takes a"):
+        STAGES[stage].argv(night)
 
 
 def _lists(rows):
@@ -84,8 +133,8 @@ def _manifest(rows=4, users=2):
 
 
 def test_valid_lists_pass():
-    checks = nightly.check_recommendations(_lists(GOOD), USERS, SEEN, 2, _manifest(), VOCAB)
-    assert checks["users"] == 2 and checks["rows"] == 4 and checks["short_lists"] == 0
+    counts = checks.check_recommendations(_lists(GOOD), USERS, SEEN, 2, _manifest(), VOCAB)
+    assert counts["users"] == 2 and counts["rows"] == 4 and counts["short_lists"] == 0
 
 
 @pytest.mark.parametrize(
@@ -102,11 +151,11 @@ def test_valid_lists_pass():
 )
 def test_each_rule_can_fail(rows, manifest, message):
     with pytest.raises(ValueError, match=message):
-        nightly.check_recommendations(_lists(rows), USERS, SEEN, 2, manifest, VOCAB)
+        checks.check_recommendations(_lists(rows), USERS, SEEN, 2, manifest, VOCAB)
 
 
 def test_short_list_is_fine_when_the_user_has_seen_almost_everything():
     seen = pd.DataFrame({"user_idx": [0, 0, 0, 0, 1], "item_id": ["a", "b", "c", "d", "a"]})
     rows = [("u1", 1, "e"), ("u2", 1, "b"), ("u2", 2, "c")]
     manifest = {"top_n": 2, "counts": {"rows": 3, "users": 2, "users_input": 2}}
-    assert nightly.check_recommendations(_lists(rows), USERS, seen, 2, manifest, VOCAB)["short_lists"] == 1
+    assert checks.check_recommendations(_lists(rows), USERS, seen, 2, manifest, VOCAB)["short_lists"] == 1

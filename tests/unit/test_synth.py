@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from jobs import synth
+from vasp_model import cli
 
 SMALL = synth.SynthConfig(users=1500, items=600, mean_per_user=40, seed=3)
 
@@ -99,8 +100,9 @@ def test_cli_and_validation(tmp_path, capsys):
     synth.add_arguments(parser)
     for action in parser._actions:
         assert action.help, action.dest
-    args = parser.parse_args(["--out", str(tmp_path / "x.csv"), "--users", "20", "--items", "30", "--seed", "2"])
-    assert synth.run(args) == 0
+    argv = ["--out", str(tmp_path / "x.csv"), "--users", "20", "--items", "30", "--seed", "2"]
+    assert synth.config_from_args(parser.parse_args(argv)).data.users == 20
+    assert cli.main(["synth", *argv]) == 0
     assert '"rows"' in capsys.readouterr().out
     for bad in ({"users": 0}, {"items": 1}, {"noise": 1.0}, {"mean_per_user": 0}):
         with pytest.raises(ValueError):

@@ -10,14 +10,14 @@ import argparse
 import json
 
 from vasp_model.core import defaults
-from vasp_model.data import layout, storage
+from vasp_model.core.args import add_warehouse_argument
+from vasp_model.data import layout
 
 DATASET = "recommendations"
+HELP = "Print one user's published recommendation list."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vasp_model.cli import add_warehouse_argument
-
     parser.add_argument("--user", required=True, help="The user's original id (as in the input data, e.g. 42).")
     parser.add_argument("--date", default=None, help="Published date YYYY-MM-DD (default: the latest published).")
     parser.add_argument("-n", "--top-n", dest="n", type=int, default=10, help="How many items to print (default 10).")
@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_date(warehouse: str, date: str | None) -> str:
     """``date`` if it is published, else the latest published date; clear errors otherwise."""
+    from vasp_model.data import storage
+
     dates = storage.published_dates(warehouse, DATASET)
     if date is not None:
         layout.check_date(date)
@@ -44,6 +46,8 @@ def user_recommendations(warehouse: str, user_id: str, date: str | None = None, 
     """(date, rows sorted by rank) of ``user_id``'s list; ValueError for a user without a list."""
     import pyarrow.dataset as ds
 
+    from vasp_model.data import storage
+
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     date = resolve_date(warehouse, date)
@@ -58,16 +62,20 @@ def user_recommendations(warehouse: str, user_id: str, date: str | None = None, 
     return date, rows
 
 
-def run(args: argparse.Namespace) -> int:
-    warehouse = args.warehouse or defaults.default_warehouse()
-    date, rows = user_recommendations(warehouse, args.user, args.date, args.n)
-    if args.json:
-        print(json.dumps({"user_id": args.user, "date": date, "items": rows}, default=float))
-        return 0
+def show(warehouse: str, user: str, date: str | None = None, n: int = 10, as_json: bool = False) -> None:
+    """Print ``user``'s list (a table, or one JSON object)."""
+    date, rows = user_recommendations(warehouse, user, date, n)
+    if as_json:
+        print(json.dumps({"user_id": user, "date": date, "items": rows}, default=float))
+        return
     first = rows[0]
     note = " (popularity fallback: no known item)" if first.get("fallback") else ""
-    print(f"user {args.user} — recommendations of {date}, model version {first.get('model_version')}{note}")
+    print(f"user {user} — recommendations of {date}, model version {first.get('model_version')}{note}")
     print(f"{'rank':>4}  {'item_id':<16} {'score':>10}")
     for row in rows:
         print(f"{row['rank']:>4}  {row['item_id']:<16} {row['score']:>10.4f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    show(args.warehouse or defaults.default_warehouse(), args.user, args.date, args.n, args.json)
     return 0

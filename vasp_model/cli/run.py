@@ -4,9 +4,10 @@ The embedded default needs nothing but this package and Java: Airflow's metadata
 SQLite file under the run directory (``$VASP_HOME``, default ``./run``; migrated on first
 use), MLflow is SQLite + local artifacts, Spark runs ``local[*]`` in-process, the warehouse
 is a local directory, and the input is a synthetic file unless ``--input`` is given. The
-DAG runs through ``dag.test()`` (the same task code the scheduler runs), then the command
-prints where the outputs are, the promotion decision and one user's top 10. Running the
-same date again replaces exactly that date's outputs.
+DAG is parsed from Airflow's DAG folder (``$AIRFLOW__CORE__DAGS_FOLDER``, default ``./dags``:
+run it from the repository root) and runs through ``dag.test()`` (the same task code the
+scheduler runs), then the command prints where the outputs are, the promotion decision and
+one user's top 10. Running the same date again replaces exactly that date's outputs.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ import datetime as dt
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from vasp_model.core.args import add_warehouse_argument
+
 DAG_ID = "vasp_nightly"
-DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+HELP = "Run the nightly Airflow DAG end to end for one logical date."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vasp_model.cli import add_warehouse_argument
-
     parser.add_argument("--date", default=None, help="Logical date YYYY-MM-DD to process (default: yesterday, UTC).")
     parser.add_argument(
         "--input",
@@ -66,13 +66,13 @@ def embedded_environment(home: str | None = None, warehouse: str | None = None) 
         {
             "VASP_HOME": run,
             "AIRFLOW_HOME": airflow_home,
-            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home}/airflow.db",
         }
     )
     # Defaults only: flags, then an operator's explicit settings win.
     for key, value in {
+        "AIRFLOW__CORE__DAGS_FOLDER": os.path.abspath("dags"),
         "VASP_WAREHOUSE": defaults.default_warehouse(),
         "VASP_SPARK_MODE": "local",
         "VASP_SPARK_MASTER": "local[*]",
@@ -96,12 +96,18 @@ def ensure_metadata_db() -> None:
 
 
 def load_dag():
-    """The DAG as the dag-processor parses it from the DAG folder."""
+    """The DAG as the dag-processor parses it from Airflow's DAG folder."""
+    from airflow import settings
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    bag = DagBag(dag_folder=settings.DAGS_FOLDER)
     if bag.import_errors:
         raise RuntimeError(f"the DAG folder has import errors: {bag.import_errors}")
+    if DAG_ID not in bag.dags:
+        raise FileNotFoundError(
+            f"no DAG {DAG_ID!r} in the DAG folder {settings.DAGS_FOLDER} "
+            "(run from the repository root, or set AIRFLOW__CORE__DAGS_FOLDER to its dags/)"
+        )
     return bag.dags[DAG_ID]
 
 
@@ -110,10 +116,10 @@ def logical_date_of(date: str) -> dt.datetime:
     from zoneinfo import ZoneInfo
 
     from vasp_model.data import layout
-    from vasp_model.pipeline import tasks as nightly
+    from vasp_model.pipeline.plan import load_config
 
     day = dt.date.fromisoformat(layout.check_date(date))
-    return dt.datetime.combine(day, dt.time(0), tzinfo=ZoneInfo(nightly.load_config().timezone))
+    return dt.datetime.combine(day, dt.time(0), tzinfo=ZoneInfo(load_config().timezone))
 
 
 def run_dag(date: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -165,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 def report(result: dict[str, Any], warehouse: str, user: str | None = None, input_uri: str | None = None) -> int:
     """Print the outcome of a run; 0 if it succeeded, 1 if any task failed."""
     from vasp_model.data import layout, storage
-    from vasp_model.pipeline import tasks as nightly
+    from vasp_model.pipeline.tasks import missing_input_message
 
     date = result["date"]
     print(f"\nvasp_nightly {date}: {result['state']} in {result['seconds']:.0f} s")
@@ -176,7 +182,7 @@ def report(result: dict[str, Any], warehouse: str, user: str | None = None, inpu
         failed = [t for t, info in result["tasks"].items() if info["state"] == "failed"]
         skipped = [t for t, info in result["tasks"].items() if info["state"] == "upstream_failed"]
         if "wait_for_input" in failed:
-            message = nightly.missing_input_message({"date": date, "input": input_uri or "the input"}, 0)
+            message = missing_input_message(date, input_uri or "the input", 0)
             print("error: " + message, file=sys.stderr)
         print(f"error: the nightly run for {date} failed in {', '.join(failed) or '?'} (not run: "
               f"{', '.join(skipped) or 'none'}); the task's error is in the log above", file=sys.stderr)  # fmt: skip
@@ -196,13 +202,12 @@ def report(result: dict[str, Any], warehouse: str, user: str | None = None, inpu
 
 def _print_top(warehouse: str, date: str, user: str | None) -> None:
     """``vasp recommend --user U --date D`` for one user (the first user id by default)."""
-    from vasp_model.cli import recommend as lookup
-    from vasp_model.pipeline import tasks as nightly
+    from vasp_model.cli.recommend import show
+    from vasp_model.data import layout
+    from vasp_model.pipeline.checks import read_table
 
     if user is None:
-        recs = nightly.read_table(f"{warehouse.rstrip('/')}/recommendations/dt={date}", columns=["user_id"])
+        recs = read_table(layout.recommendations_dir(warehouse, date), columns=["user_id"])
         user = str(min(recs["user_id"].unique(), key=lambda u: (len(u), u)))
-    parser = argparse.ArgumentParser(prog="vasp recommend")
-    lookup.add_arguments(parser)
     print()
-    lookup.run(parser.parse_args(["--user", user, "--date", date, "--warehouse", warehouse]))
+    show(warehouse, user, date)

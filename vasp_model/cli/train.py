@@ -1,217 +1,23 @@
-"""``vasp train``: fit VASP on ``features/dt=D`` and publish ``models/dt=D``.
+"""``vasp train``: fit VASP on ``features/dt=D`` and publish ``models/dt=D`` (``vasp_model.pipeline.training``).
 
-Writes ``{warehouse}/models/dt=D/`` atomically (staging + publish): ``model/`` (a ModelBundle),
-``metrics.json`` (test metrics of vasp / ease / popularity, validation, best epoch, timings),
-``history.json`` (per epoch) and ``test_topk.parquet`` (user_id, rank, item_id: the top 100 of
-every test user, fold-in items excluded). Prints one final JSON line with the test metrics.
+Prints one final JSON line with the test metrics.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import time
 
-MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
-    "--hidden": ("hidden", int, "Width of every encoder/decoder block."),
-    "--latent": ("latent", int, "Latent dimension (mean / log-variance)."),
-    "--encoder-blocks": ("encoder_blocks", int, "Number of dense-residual encoder blocks."),
-    "--decoder-blocks": ("decoder_blocks", int, "Number of dense-residual decoder blocks."),
-    "--dropout": ("dropout", float, "Dropout on the FLVAE path's input."),
-    "--ease-l2": ("ease_l2", float, "L2 penalty on the Neural EASE kernel."),
-    "--ease-init": ("ease_init", str, "Neural EASE kernel init: zeros | glorot_uniform | closed_form."),
-    "--ease-init-lambda": ("ease_init_lambda", float, "λ of the closed-form EASE used by --ease-init closed_form."),
-    "--ease-init-scale": ("ease_init_scale", float, "Scale of the closed-form EASE init (logits = scale × xB)."),
-    "--focal-alpha": ("focal_alpha", float, "Focal loss alpha (weight of positives)."),
-    "--focal-gamma": ("focal_gamma", float, "Focal loss gamma (focusing exponent)."),
-    "--kl-weight": ("kl_weight", float, "Weight of the KL term."),
-    "--max-items": ("max_items", int, "Model only the N most popular items (default: full catalog)."),
-}
-TRAIN_FLAGS = {
-    "--batch-users": ("batch_users", int, "Users per direction in a step (a step has 2x rows)."),
-    "--optimizer": ("optimizer", str, "Optimizer: nadam | adam | adamw."),
-    "--ease-warmup-epochs": ("ease_warmup_epochs", int, "Epochs fitting Neural EASE alone before the joint fit."),
-    "--ease-warmup-lr": ("ease_warmup_lr", float, "Learning rate of the Neural EASE warm-up."),
-    "--patience": ("patience", int, "Early stopping patience in epochs on validation nDCG@100 (default off)."),
-    "--seed": ("seed", int, "Random seed (batches, initialization, sampling)."),
-}
+from vasp_model.pipeline.stages import STAGES
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(",") if v.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
+STAGE = STAGES["train"]
+HELP = STAGE.help
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vasp_model.core import defaults
-
-    parser.add_argument("--warehouse", default=defaults.default_warehouse(), help="Warehouse root (path or URI).")
-    parser.add_argument("--date", required=True, help="Logical date YYYY-MM-DD of the features to train on.")
-    parser.add_argument("--preset", default="cpu", help="Config preset: paper | cpu | tiny.")
-    for flag, (_field, kind, text) in {**MODEL_FLAGS, **TRAIN_FLAGS}.items():
-        parser.add_argument(flag, type=kind, default=None, help=text)
-    parser.add_argument("--epochs", type=_ints, default=None, help="Epochs per phase, comma separated (e.g. 50,20,20).")
-    parser.add_argument(
-        "--learning-rates",
-        type=_floats,
-        default=None,
-        help="Learning rate per phase, comma separated (e.g. 5e-5,1e-5).",
-    )
-    parser.add_argument("--no-jit", action="store_true", help="Disable jit_compile (XLA) for the train step.")
-    parser.add_argument(
-        "--backend",
-        choices=("tensorflow", "jax", "torch"),
-        default=None,
-        help="Keras backend (sets KERAS_BACKEND; default: the environment's, else tensorflow).",
-    )
-    parser.add_argument(
-        "--checkpoint-dir",
-        default=None,
-        help="Where to checkpoint each epoch so an interrupted run resumes (default: VASP_HOME/checkpoints/train-D-CONFIGHASH).",
-    )
-    parser.add_argument(
-        "--tracking-uri", default=None, help="MLflow tracking URI (default: local SQLite under VASP_HOME)."
-    )
-    parser.add_argument("--experiment", default="vasp", help="MLflow experiment name.")
-    parser.add_argument("--no-tracking", action="store_true", help="Do not log the run to MLflow.")
-    parser.add_argument("--quiet", action="store_true", help="No Keras progress bar.")
+    STAGE.load().add_arguments(parser)
 
 
-def build_config_from_args(args):
-    from vasp_model.core.config import make_config
-
-    model = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _k, _h) in MODEL_FLAGS.items()}
-    train = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _k, _h) in TRAIN_FLAGS.items()}
-    train["epochs"] = args.epochs
-    if args.epochs is not None and args.learning_rates is None:
-        from vasp_model.core.config import PRESETS
-
-        preset_lrs = PRESETS.get(args.preset, {}).get("train", {}).get("learning_rates", (1e-3,))
-        train["learning_rates"] = tuple(preset_lrs[min(i, len(preset_lrs) - 1)] for i in range(len(args.epochs)))
-    else:
-        train["learning_rates"] = args.learning_rates
-    if args.no_jit:
-        train["jit_compile"] = False
-    return make_config(args.preset, model, train)
-
-
-def write_outputs(result, features, directory: str) -> None:
-    """Write model/, metrics.json, history.json and test_topk.parquet into a local ``directory``."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    os.makedirs(directory, exist_ok=True)
-    result.bundle.save(os.path.join(directory, "model"))
-    metrics = dict(result.metrics)
-    with open(os.path.join(directory, "metrics.json"), "w") as fh:
-        json.dump(metrics, fh, indent=2, sort_keys=True, default=float)
-    with open(os.path.join(directory, "history.json"), "w") as fh:
-        json.dump(result.history, fh, indent=2, default=float)
-    n_items = result.bundle.n_items
-    fold_in = features.test.fold_in[:, :n_items].tocsr()
-    topk, _ = result.bundle.recommend(fold_in, 100)
-    n_users, k = topk.shape
-    valid = topk >= 0
-    users = np.repeat(np.asarray(features.test.user_ids, dtype=object), k).reshape(n_users, k)
-    ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), (n_users, k))
-    table = pa.table(
-        {
-            "user_id": pa.array([str(u) for u in users[valid]], type=pa.string()),
-            "rank": pa.array(ranks[valid], type=pa.int32()),
-            "item_id": pa.array([str(i) for i in result.bundle.item_ids[topk[valid]]], type=pa.string()),
-        }
-    )
-    pq.write_table(table, os.path.join(directory, "test_topk.parquet"))
-
-
-def run(args) -> int:
-    from vasp_model.core import defaults
-    from vasp_model.data import layout, storage
-
-    date = layout.check_date(args.date)
-    if args.backend:
-        if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", "tensorflow") != args.backend:
-            raise ValueError(f"--backend {args.backend}: keras is already imported with another backend")
-        os.environ["KERAS_BACKEND"] = args.backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    config = build_config_from_args(args)
-
-    from vasp_model.core.settings import as_params
-    from vasp_model.data.features import load_features
-    from vasp_model.train.trainer import train
-
-    t0 = time.perf_counter()
-    features = load_features(args.warehouse, date)
-    load_seconds = time.perf_counter() - t0
-    features_dir = layout.features_dir(args.warehouse, date)
-    final = layout.models_dir(args.warehouse, date)
-    # keyed by date and config: a resumed run never picks up another configuration's checkpoint
-    import hashlib
-
-    key = hashlib.sha1(json.dumps(as_params(config), sort_keys=True).encode()).hexdigest()[:10]
-    checkpoint_dir = args.checkpoint_dir or os.path.join(defaults.run_dir(), "checkpoints", f"train-{date}-{key}")
-    verbose = 0 if args.quiet else "auto"
-
-    def fit(callbacks=()):
-        return train(features, config, callbacks=callbacks, checkpoint_dir=checkpoint_dir, verbose=verbose)
-
-    def publish(result) -> None:
-        staging = storage.staging_dir(final)
-        try:
-            write_outputs(result, features, storage.local_path(staging))
-            manifest = {
-                "date": date,
-                "preset": config.preset,
-                "config": as_params(config),
-                "best_epoch": result.best_epoch,
-                "test": result.metrics.get("test", {}),
-                "features_manifest": {k: features.manifest.get(k) for k in ("input_fingerprint", "schema_version")},
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            storage.publish(staging, final, manifest)
-        except BaseException:
-            storage.discard(staging)
-            raise
-
-    run_id = None
-    # ---------------------------------------------------------------- MLflow tracking (optional)
-    if not args.no_tracking:
-        from vasp_model.mlops.tracking import TrainingTracker
-
-        tracking_uri = args.tracking_uri or defaults.default_tracking_uri()
-        with TrainingTracker(tracking_uri, args.experiment) as tracker:
-            tracker.log_config({**as_params(config), "date": date, "warehouse": args.warehouse})
-            result = fit(callbacks=[tracker.callback()])
-            result.timings["load_features_seconds"] = load_seconds
-            publish(result)
-            run_id = tracker.log_result(result, final, features_dir)
-    # ---------------------------------------------------------------- end of tracking block
-    else:
-        result = fit()
-        result.timings["load_features_seconds"] = load_seconds
-        publish(result)
-
-    summary = {
-        "date": date,
-        "model_dir": final,
-        "preset": config.preset,
-        "best_epoch": result.best_epoch,
-        "test": {
-            name: {
-                k: v
-                for k, v in m.items()
-                if k in ("ndcg@100", "recall@20", "recall@50", "coverage@100", "recall@20_tail")
-            }
-            for name, m in result.metrics["test"].items()
-        },
-        "run_id": run_id,
-        "train_seconds": round(result.timings.get("fit_seconds", 0.0), 1),
-    }
-    print(json.dumps(summary, sort_keys=True, default=float), flush=True)
+def run(args: argparse.Namespace) -> int:
+    print(json.dumps(STAGE.run_args(args), sort_keys=True, default=float), flush=True)
     return 0

@@ -16,13 +16,11 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
-import os
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vasp_model.core.settings import ENV_PREFIX, ConfigError, _coerce, build_config
+from vasp_model.core.settings import ConfigError, build_config
 
 OPTIMIZERS = ("nadam", "adam", "adamw")
 EASE_INITS = ("zeros", "glorot_uniform", "closed_form")
@@ -187,22 +185,10 @@ def make_config(
     """Preset values, then ``VASP_<FIELD>`` env vars, then explicit overrides (None values skipped)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    env = os.environ if env is None else env
     base = PRESETS[preset]
-    model_cfg = _layered(ModelConfig, base["model"], model_overrides, env)
-    train_cfg = _layered(TrainConfig, base["train"], train_overrides, env)
+    model_cfg = build_config(ModelConfig, model_overrides, env, base=base["model"])
+    train_cfg = build_config(TrainConfig, train_overrides, env, base=base["train"])
     return VaspConfig(model=model_cfg, train=train_cfg, preset=preset)
-
-
-def _layered(cls: type, preset_values: Mapping[str, Any], overrides: Mapping[str, Any] | None, env: Mapping[str, str]):
-    hints = typing.get_type_hints(cls)
-    from_env = {}
-    for field in dataclasses.fields(cls):
-        key = ENV_PREFIX + field.name.upper()
-        if key in env:
-            from_env[field.name] = _coerce(env[key], hints[field.name], key)
-    explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return build_config(cls, {**preset_values, **from_env, **explicit}, env={})
 
 
 def config_to_dict(config: VaspConfig) -> dict[str, Any]:

@@ -48,18 +48,27 @@ def _coerce(value: str, kind: Any, name: str) -> Any:
     return value
 
 
-def build_config(cls: type[T], overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> T:
-    """Build ``cls`` from its defaults, then ``VASP_*`` env vars, then ``overrides`` (None values skipped)."""
+def build_config(
+    cls: type[T],
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> T:
+    """Build ``cls``: its defaults, then ``base`` (e.g. a preset), then ``VASP_*`` env vars, then ``overrides``.
+
+    ``None`` values in ``overrides`` are skipped (an unset CLI flag overrides nothing).
+    """
+    fields = dataclasses.fields(cls)
+    unknown = (set(base or {}) | set(overrides or {})) - {f.name for f in fields}
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} option(s): {', '.join(sorted(unknown))}")
     env = os.environ if env is None else env
     hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
+    values = dict(base or {})
+    for field in fields:
         key = ENV_PREFIX + field.name.upper()
         if key in env:
             values[field.name] = _coerce(env[key], hints[field.name], key)
-    unknown = set(overrides or {}) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} option(s): {', '.join(sorted(unknown))}")
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return cls(**values)

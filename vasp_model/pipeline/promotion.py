@@ -1,0 +1,74 @@
+"""Stage ``promote``: gate the date's registered version into alias ``champion`` (or roll it back).
+
+A rejected candidate is a decision, not an error: the champion stays and the reason is
+recorded on the version (tag ``gate.reason``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import TYPE_CHECKING
+
+from vasp_model.core import defaults
+from vasp_model.core.args import add_tracking_argument, add_warehouse_argument
+from vasp_model.data import layout
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vasp_model.mlops.registry import GateDecision
+    from vasp_model.mlops.tracking import TrackingConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class PromoteStageConfig:
+    """Stage ``promote``: gate ``date``'s version (``rollback``: move ``champion`` back to ``previous``)."""
+
+    date: str
+    warehouse: str
+    tracking: TrackingConfig
+    rollback: bool = False
+
+    def __post_init__(self) -> None:
+        layout.check_date(self.date)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--date", required=True, help="Logical date YYYY-MM-DD whose trained version is gated.")
+    add_warehouse_argument(parser)
+    add_tracking_argument(parser)
+    parser.add_argument(
+        "--margin", type=float, default=None, help="Absolute nDCG@100 the candidate must beat EASE by (default 0)."
+    )
+    parser.add_argument("--registered-model", default=None, help="Registered model name (default: vasp).")
+    parser.add_argument(
+        "--rollback", action="store_true", help="Undo this date's promotion: move 'champion' back to 'previous'."
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> PromoteStageConfig:
+    """The stage's config from the flags of :func:`add_arguments` (unset flags: ``VASP_*`` env, then defaults)."""
+    from vasp_model.core.settings import build_config
+    from vasp_model.mlops.tracking import TrackingConfig
+
+    tracking = build_config(
+        TrackingConfig,
+        {"tracking_uri": args.tracking_uri, "gate_margin": args.margin, "registered_model": args.registered_model},
+    )
+    return PromoteStageConfig(args.date, args.warehouse or defaults.default_warehouse(), tracking, args.rollback)
+
+
+def promote_stage(config: PromoteStageConfig) -> GateDecision:
+    """Stage ``promote``: run the registry gate for ``config.date`` (or roll it back); returns the decision."""
+    from vasp_model.mlops import registry
+
+    tracking = config.tracking
+    if config.rollback:
+        return registry.rollback(config.date, tracking.tracking_uri, tracking.registered_model)
+    return registry.promote(
+        config.date,
+        config.warehouse,
+        tracking.tracking_uri,
+        tracking.registered_model,
+        margin=tracking.gate_margin,
+        metric=tracking.gate_metric,
+    )
