@@ -1,15 +1,16 @@
 """Installable package `vasp-pipeline`: the nightly VASP recommender pipeline.
 
 Installs `vasp_model` and the Spark jobs of `jobs/` as `vasp_jobs` (the `dags/` folder is not a
-package: Airflow reads it from its DAG folder). The base install is what every part imports;
-the extras add a role's stack:
+package: Airflow reads it from its DAG folder). The default install is everything `make run`
+needs (Airflow, Spark, training, MLflow); the extras name each role's share of the stack, and
+add what the default lacks:
 
-    pip install .                    # vasp_model's core (and `vasp recommend`)
-    pip install '.[airflow]'         # the whole nightly pipeline: Airflow + Spark + training (`vasp run`)
+    pip install .                    # the whole nightly pipeline (`vasp run`, every subcommand)
+    pip install '.[airflow]'         # the scheduler's share: Airflow + Spark + training
     pip install '.[spark]'           # Spark jobs and executors (they load trained models)
     pip install '.[train]'           # training, MLflow tracking and the registry
-    pip install '.[postgres]'        # PostgreSQL drivers for Airflow's and MLflow's metadata
-    pip install -e '.[dev]'          # all of it plus the test and lint tools (`make run`, `make test`)
+    pip install '.[postgres]'        # + PostgreSQL drivers for Airflow's and MLflow's metadata
+    pip install -e '.[dev]'          # + the test and lint tools (`make test`)
 """
 
 from setuptools import find_packages, setup
@@ -62,13 +63,13 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["vasp_model", "vasp_model.*"]) + ["vasp_jobs", "vasp_jobs.common"],
     package_dir={"vasp_jobs": "jobs"},
-    install_requires=CORE,
+    install_requires=CORE + AIRFLOW,
     extras_require={
         "airflow": AIRFLOW,
         "spark": SPARK,
         "train": TRAIN,
         "postgres": POSTGRES,
-        "dev": AIRFLOW + POSTGRES + DEV,
+        "dev": POSTGRES + DEV,
     },
     entry_points={"console_scripts": ["vasp=vasp_model.cli:main"]},
 )

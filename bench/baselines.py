@@ -3,7 +3,7 @@
 For each data set found under ``--data`` (default ``../shared/data`` beside the checkout) this
 builds ``features/dt=D`` with the Spark job (``vasp build``, skipped when that date is already
 published in ``--warehouse``), then scores closed-form EASE and popularity on the test users
-with the vae_cf protocol (DESIGN.md section 5) and prints one table.
+with the vae_cf protocol (Liang et al. 2018) and prints one table.
 
     .venv/bin/python bench/baselines.py                      # every data set present
     .venv/bin/python bench/baselines.py --datasets ml-100k   # just one

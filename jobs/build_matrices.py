@@ -1,4 +1,4 @@
-"""Spark job ``vasp build``: raw interaction events -> ``features/dt=D/`` (see CONTRACTS / DESIGN 3, 5).
+"""Spark job ``vasp build``: raw interaction events -> ``features/dt=D/`` (the tables of vasp_model/data/layout.py).
 
 Pipeline (extract -> pure transforms on DataFrames -> load):
 

@@ -278,7 +278,7 @@ def model_identity(bundle_dir: str) -> str:
 
     Not the registry URI: ``models:/vasp/1`` of another tracking store is another model. A file is
     hashed once per driver while its inode, size and times stay the same (a local bundle scored
-    again is not re-read: 1.4 s for the 1.7 GB 20k-item bundle).
+    again is not re-read).
     """
     import hashlib
 
@@ -312,7 +312,7 @@ def _bundle_files(bundle_dir: str):
 
 def ship_bundle(spark, bundle_dir: str, version: str, model_key: str) -> str:
     """Where the executors find the bundle: the directory itself on a local master (same machine:
-    nothing to copy; zipping, fetching and unpacking the 1.7 GB 20k-item bundle took 6.7 s), else
+    nothing to copy, and zipping, fetching and unpacking a large bundle costs seconds), else
     the name of an archive shipped once per Spark application and model.
 
     ``addFile(directory)`` is refused on a cluster master (UNSUPPORTED_ADD_FILE.LOCAL_DIRECTORY), so the

@@ -89,7 +89,7 @@ def embedded_environment(home: str | None = None, warehouse: str | None = None) 
 
 
 def ensure_metadata_db() -> None:
-    """Create or migrate Airflow's metadata DB (idempotent, ~1 s the first time)."""
+    """Create or migrate Airflow's metadata DB (idempotent)."""
     from airflow.utils import db
 
     db.initdb()

@@ -1,4 +1,4 @@
-"""Top-k ranking metrics, exactly as the vae_cf protocol (DESIGN.md section 5), and their schema.
+"""Top-k ranking metrics, exactly as the vae_cf protocol (Liang et al. 2018), and their schema.
 
 :data:`ModelMetrics` (keyed by :data:`METRIC_KEYS`) is one model's figures on one split;
 :class:`MetricsReport` is what a training reports for every model and split (``metrics.json``).

@@ -112,7 +112,7 @@ def download_bundle(tracking_uri: str, model_uri: str, dst: str) -> tuple[str, s
         if not os.path.isdir(path):
             raise FileNotFoundError(f"model {model_uri!r} is neither a models:/ URI nor a local bundle directory")
         return bundle_path_in(os.path.abspath(path)), "local", os.path.abspath(path)
-    import mlflow  # only for registry URIs: a local bundle does not pay its import (about 1 s)
+    import mlflow  # only for registry URIs: a local bundle does not pay its import
 
     client = client_for(tracking_uri)
     version = resolve_version(client, model_uri)

@@ -11,7 +11,7 @@ class ZeroDiagonal(keras.constraints.Constraint):
     """Forces the diagonal of a square kernel to zero (applied after every optimizer update).
 
     Uses a scatter of I zeros instead of multiplying by ``1 - eye(I)``, which would need an
-    I×I constant (1.6 GB at 20k items).
+    I×I constant (4·I² bytes).
     """
 
     def __call__(self, w):

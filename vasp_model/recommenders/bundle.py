@@ -25,9 +25,8 @@ META_FILE = "bundle.json"
 
 
 # Batches sparser than this go into Keras as a sparse tensor: the first matmul (Neural EASE, first
-# encoder layer) then costs O(nnz x width) instead of O(items x width). Measured on 2 CPU cores
-# (bench/score.py): dense wins at ML-1M density (95 of 3.5k items, 2.7%), sparse is 3x faster at 72 of
-# 20k items (0.36%).
+# encoder layer) then costs O(nnz x width) instead of O(items x width); bench/score.py measures where
+# dense and sparse cross over.
 SPARSE_INPUT_MAX_DENSITY = 1 / 64
 # Keras' sparse x dense matmul (TensorFlow) gathers one kernel row per nonzero: cap that buffer per call.
 SPARSE_GATHER_BYTES = 256 * 2**20
@@ -243,10 +242,8 @@ class ModelBundle:
 
 class HostEASE:
     """VASP's Neural EASE path in NumPy/SciPy, for weights that no longer change: ``sigmoid(x @ W -
-    x * diag(W))`` for 0/1 rows ``x`` (the layer's ``call``), as CSR x dense products over ``threads``.
-
-    Measured on 2 CPU cores, 1024 users a batch: 0.04 s on one thread vs 0.11 s for TensorFlow's dense
-    matmul at ML-1M's density, and 0.24 s vs 0.8 s for its sparse matmul at 20k items.
+    x * diag(W))`` for 0/1 rows ``x`` (the layer's ``call``), as CSR x dense products over ``threads``
+    (faster than Keras' dense or sparse matmul on CPU: see bench/score.py).
     """
 
     def __init__(self, kernel, threads: int = 1):
