@@ -1,5 +1,5 @@
-"""Helpers for the registry/scoring integration tests: tiny synthetic features on disk, a tiny model,
-and an ``mlflow server`` process started on a free loopback port (stopped by its process group)."""
+"""Helpers for the registry/scoring integration tests: synthetic interactions with a real signal, a
+tiny model's outputs, and an ``mlflow server`` process started on a free loopback port (stopped by its process group)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ import time
 import urllib.request
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vasp_model.data import layout, storage
 
@@ -34,99 +32,6 @@ def synthetic_pairs(n_users: int = 300, n_items: int = 120, seed: int = 0, renam
         users += [f"u{u}"] * len(chosen)
         items += [(rename or {}).get(f"i{i}", f"i{i}") for i in chosen]
     return np.asarray(users), np.asarray(items)
-
-
-def write_features(warehouse: str, date: str, features, fingerprint: str = "synthetic") -> str:
-    """Publish ``features`` (a :class:`vasp_model.data.features.Features`) as the contract's tables."""
-    item_ids = np.asarray(features.item_ids, dtype=object)
-    n_items = item_ids.size
-    groups = [
-        ("train", features.train_user_idx, features.train_user_ids),
-        ("validation", features.validation.user_idx, features.validation.user_ids),
-        ("test", features.test.user_idx, features.test.user_ids),
-    ]
-    old_idx = np.concatenate([g[1] for g in groups]).astype(np.int64)
-    new_of = {int(old): new for new, old in enumerate(np.sort(old_idx))}  # contiguous 0..U-1
-
-    def remap(idx):
-        return np.asarray([new_of[int(i)] for i in idx], dtype=np.int32)
-
-    users = pa.table(
-        {
-            "user_idx": pa.array(np.concatenate([remap(g[1]) for g in groups]), pa.int32()),
-            "user_id": pa.array([str(u) for g in groups for u in g[2]], pa.string()),
-            "split": pa.array([g[0] for g in groups for _ in g[1]], pa.string()),
-        }
-    )
-    inter_u, inter_i, eval_tables = [], [], {}
-    coo = features.train.tocoo()
-    inter_u.append(remap(features.train_user_idx)[coo.row])
-    inter_i.append(coo.col)
-    for name in ("validation", "test"):
-        split = getattr(features, name)
-        rows_u, rows_i, roles = [], [], []
-        for role, matrix in (("fold_in", split.fold_in), ("holdout", split.holdout)):
-            part = matrix.tocoo()
-            rows_u.append(remap(split.user_idx)[part.row])
-            rows_i.append(part.col)
-            roles += [role] * part.nnz
-        u, i = np.concatenate(rows_u), np.concatenate(rows_i)
-        inter_u.append(u)
-        inter_i.append(i)
-        eval_tables[name] = pa.table(
-            {"user_idx": pa.array(u, pa.int32()), "item_idx": pa.array(i, pa.int32()), "role": pa.array(roles)}
-        )
-    iu, ii = np.concatenate(inter_u), np.concatenate(inter_i)
-    ab_rows = {"user_idx": [], "copy": [], "half": [], "item_idx": []}
-    for k, pair in enumerate(features.ab_copies):
-        for half, matrix in zip(("A", "B"), pair, strict=True):
-            part = matrix.tocoo()
-            ab_rows["user_idx"].append(remap(features.train_user_idx)[part.row])
-            ab_rows["copy"].append(np.full(part.nnz, k))
-            ab_rows["half"] += [half] * part.nnz
-            ab_rows["item_idx"].append(part.col)
-    tables = {
-        "items": pa.table(
-            {
-                "item_idx": pa.array(np.arange(n_items), pa.int32()),
-                "item_id": pa.array([str(x) for x in item_ids], pa.string()),
-                "popularity": pa.array(np.asarray(features.popularity), pa.int64()),
-            }
-        ),
-        "users": users,
-        "interactions": pa.table(
-            {
-                "user_idx": pa.array(iu, pa.int32()),
-                "item_id": pa.array(item_ids[ii].astype(str), pa.string()),
-                "item_idx": pa.array(ii, pa.int32()),
-            }
-        ),
-        **eval_tables,
-        "train_ab": pa.table(
-            {
-                "user_idx": pa.array(np.concatenate(ab_rows["user_idx"]), pa.int32()),
-                "copy": pa.array(np.concatenate(ab_rows["copy"]), pa.int32()),
-                "half": pa.array(ab_rows["half"], pa.string()),
-                "item_idx": pa.array(np.concatenate(ab_rows["item_idx"]), pa.int32()),
-            }
-        ),
-        "quarantine": pa.table(
-            {
-                "source": pa.array([], pa.string()),
-                "line": pa.array([], pa.int64()),
-                "raw": pa.array([], pa.string()),
-                "reason": pa.array([], pa.string()),
-            }
-        ),
-    }
-    final = layout.features_dir(warehouse, date)
-    staging = storage.staging_dir(final)
-    for name, table in tables.items():
-        os.makedirs(f"{storage.local_path(staging)}/{name}", exist_ok=True)
-        pq.write_table(table, f"{storage.local_path(staging)}/{name}/part-0.parquet")
-    manifest = {"input_fingerprint": fingerprint, "counts": {"users": users.num_rows, "items": n_items}}
-    storage.publish(staging, final, manifest)
-    return final
 
 
 def save_model_outputs(warehouse: str, date: str, bundle, metrics: dict, history: list | None = None) -> str:

@@ -152,6 +152,22 @@ def test_heldout_table_follows_vae_cf_proportions_and_drops_unknown_items(spark)
     assert set(other[other.role == "holdout"]["item_idx"]) != set(out[out.role == "holdout"]["item_idx"])
 
 
+@pytest.mark.parametrize("min_items", [5, 7])
+def test_heldout_table_boundary_at_holdout_min_items(spark, min_items):
+    """Users with min-1, min and min+1 items (and more): int(0.2 n) held out from n = min on, none below;
+    with min 7 the user below it has 6 items, where int(0.2 * 6) = 1 would be held out without the rule."""
+    sizes = {u: n for u, n in enumerate([min_items - 1, min_items, min_items + 1, 10, 14, 15, 23])}
+    rows = [(u, f"u{u}", "test", f"i{k}", k) for u, n in sizes.items() for k in range(n)]
+    frame = spark.createDataFrame(rows, "user_idx int, user_id string, split string, item_id string, item_idx int")
+    out = bm.heldout_table(frame, "test", bm.BuildConfig(holdout_min_items=min_items)).toPandas()
+    assert len(out) == len(rows)
+    for user, n in sizes.items():
+        mine = out[out.user_idx == user]
+        held, fold = set(mine[mine.role == "holdout"].item_idx), set(mine[mine.role == "fold_in"].item_idx)
+        assert len(held) == (int(0.2 * n) if n >= min_items else 0), (n, min_items)
+        assert held | fold == set(range(n)) and not held & fold and len(mine) == n
+
+
 # ---------------------------------------------------------------------------- A/B copies
 
 

@@ -1,135 +1,155 @@
-"""load_features on tiny hand-written Parquet tables (the data contract), and Features.from_interactions."""
+"""load_features on what the build job writes (a tiny CSV through ``jobs.build_matrices.build``),
+checked against the input itself; and Features.from_interactions."""
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
+from features_fixture import built_features, copy_features, events_csv
 
 from vasp_model.data import layout, storage
 from vasp_model.data.features import Features, load_features
 
-DATE = "2026-01-01"
-# vocabulary: item_idx 0 "b" (3 train users), 1 "a" (2), 2 "c" (1)
-ITEMS = {"item_idx": [0, 1, 2], "item_id": ["b", "a", "c"], "popularity": [3, 2, 1]}
-# user_idx 0..5: 0,2,3 train; 1 validation; 4 test; 5 excluded
-USERS = {
-    "user_idx": [0, 1, 2, 3, 4, 5],
-    "user_id": ["u0", "u1", "u2", "u3", "u4", "u5"],
-    "split": ["train", "validation", "train", "train", "test", "excluded"],
-}
-TRAIN_ITEMS = {0: [0, 1], 2: [0, 2], 3: [0, 1]}
+DATE = "2026-01-02"
+THRESHOLD = 3.5
+CONFIG = {"heldout_users": 4, "ab_copies": 3, "seed": 7}
 
 
-def _write(path: str, columns: dict, schema: pa.Schema, files: int = 1) -> None:
-    table = pa.table(columns, schema=schema)
-    storage.resolve(path)[0].create_dir(path, recursive=True)
-    # several part files + Spark's side files, as a Spark job leaves them
-    step = max(1, -(-table.num_rows // files))
-    for part, start in enumerate(range(0, max(table.num_rows, 1), step)):
-        pq.write_table(table.slice(start, step), f"{path}/part-{part:05d}.parquet")
-    open(f"{path}/_SUCCESS", "w").close()
-    open(f"{path}/.part-00000.parquet.crc", "w").close()
+def _events():
+    """(users, items, ratings): 36 users with >= 5 positives, 4 with 4, one with none; every user
+    has a private item (so held-out users always have one outside the vocabulary), a rating at the
+    threshold (not a positive) and a low duplicate of a liked item (the higher rating wins)."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for u in range(41):
+        user = f"u{u}"
+        if u == 40:
+            rows += [(user, "i0", 2.0), (user, "i1", 1.0)]
+            continue
+        liked = rng.choice(12, size=3 if u < 4 else int(rng.integers(5, 12)), replace=False)
+        rows += [(user, f"i{i}", float(rng.choice([4.0, 4.5, 5.0]))) for i in liked]
+        rows += [(user, f"p{u}", 5.0), (user, f"i{liked[0]}", 1.0), (user, f"i{(liked[-1] + 1) % 12}", THRESHOLD)]
+    return [list(col) for col in zip(*rows, strict=True)]
 
 
-def write_features(warehouse: str, date: str = DATE, publish: bool = True, **overrides) -> None:
-    final = layout.features_dir(warehouse, date)
-    staging = storage.staging_dir(final)
-    i32, s = pa.int32(), pa.string()
-    tables = {
-        "items": (ITEMS, pa.schema([("item_idx", i32), ("item_id", s), ("popularity", pa.int64())])),
-        "users": (USERS, pa.schema([("user_idx", i32), ("user_id", s), ("split", s)])),
-        "interactions": (
-            {
-                # u1 has an out-of-vocabulary item "z" (null item_idx); u5 (excluded) has one item
-                "user_idx": [0, 0, 2, 2, 3, 3, 1, 1, 1, 1, 1, 1, 4, 4, 4, 4, 4, 5],
-                "item_id": ["b", "a", "b", "c", "b", "a", "b", "a", "c", "z", "b", "a", "b", "a", "c", "b", "a", "c"],
-                "item_idx": [0, 1, 0, 2, 0, 1, 0, 1, 2, None, 0, 1, 0, 1, 2, 0, 1, 2],
-            },
-            pa.schema([("user_idx", i32), ("item_id", s), ("item_idx", i32)]),
-        ),
-        "validation": (
-            {"user_idx": [1, 1, 1], "item_idx": [0, 2, 1], "role": ["fold_in", "fold_in", "holdout"]},
-            pa.schema([("user_idx", i32), ("item_idx", i32), ("role", s)]),
-        ),
-        "test": (
-            {"user_idx": [4, 4, 4], "item_idx": [2, 1, 0], "role": ["fold_in", "holdout", "fold_in"]},
-            pa.schema([("user_idx", i32), ("item_idx", i32), ("role", s)]),
-        ),
-        "train_ab": (
-            {
-                "user_idx": [0, 0, 2, 2, 3, 3, 0, 0, 2, 2, 3, 3],
-                "copy": [0] * 6 + [1] * 6,
-                "half": ["A", "B", "B", "A", "A", "B", "B", "A", "A", "B", "B", "A"],
-                "item_idx": [0, 1, 0, 2, 0, 1, 0, 1, 0, 2, 0, 1],
-            },
-            pa.schema([("user_idx", i32), ("copy", i32), ("half", s), ("item_idx", i32)]),
-        ),
-        "quarantine": ({"source": [], "line": [], "raw": [], "reason": []}, None),
-    }
-    tables["quarantine"] = (
-        tables["quarantine"][0],
-        pa.schema([("source", s), ("line", pa.int64()), ("raw", s), ("reason", s)]),
-    )
-    for name, (columns, schema) in tables.items():
-        columns = overrides.get(name, columns)
-        _write(f"{staging}/{name}", columns, schema, files=2)
-    manifest = {"schema_version": 1, "counts": {"users": 6, "items": 3}}
-    if publish:
-        storage.publish(staging, final, manifest)
+def _positives(users, items, ratings) -> dict[str, set[str]]:
+    """Each user's positives, computed here: an item whose highest rating is above the threshold."""
+    best: dict[tuple[str, str], float] = {}
+    for user, item, rating in zip(users, items, ratings, strict=True):
+        best[(user, item)] = max(best.get((user, item), -np.inf), rating)
+    out: dict[str, set[str]] = {user: set() for user in users}
+    for (user, item), rating in best.items():
+        if rating > THRESHOLD:
+            out[user].add(item)
+    return out
 
 
-def test_load_features_reads_the_contract(tmp_path):
-    wh = str(tmp_path / "wh")
-    write_features(wh)
-    f = load_features(wh, DATE)
-    np.testing.assert_array_equal(f.item_ids, ["b", "a", "c"])
-    np.testing.assert_array_equal(f.popularity, [3, 2, 1])
-    assert f.n_items == 3 and f.manifest["counts"]["users"] == 6
+@pytest.fixture(scope="module")
+def build(spark, tmp_path_factory):
+    users, items, ratings = _events()
+    warehouse, manifest = built_features(spark, tmp_path_factory, events_csv(users, items, ratings), DATE, **CONFIG)
+    return warehouse, manifest, _positives(users, items, ratings)
 
-    np.testing.assert_array_equal(f.train_user_idx, [0, 2, 3])
-    np.testing.assert_array_equal(f.train_user_ids, ["u0", "u2", "u3"])
-    np.testing.assert_array_equal(f.train.toarray(), [[1, 1, 0], [1, 0, 1], [1, 1, 0]])
-    assert f.train.dtype == np.float32
 
-    assert f.n_copies == 2
-    a0, b0 = f.ab_copies[0]
-    np.testing.assert_array_equal(a0.toarray(), [[1, 0, 0], [0, 0, 1], [1, 0, 0]])
-    np.testing.assert_array_equal(b0.toarray(), [[0, 1, 0], [1, 0, 0], [0, 1, 0]])
+def _row_items(matrix, row: int, item_ids) -> set[str]:
+    return {str(item_ids[j]) for j in matrix[row].indices}
+
+
+def test_load_features_gives_back_the_input(build):
+    warehouse, manifest, positives = build
+    f = load_features(warehouse, DATE)
+    assert f.manifest == {k: v for k, v in manifest.items() if k != "path"}
+    eligible = {u for u, items in positives.items() if len(items) >= 5}
+    train, validation, test = set(f.train_user_ids), set(f.validation.user_ids), set(f.test.user_ids)
+    assert len(validation) == len(test) == 4 and len(train) == len(eligible) - 8
+    assert train | validation | test == eligible and not train & validation and not train & test
+    for idx, ids in ((f.train_user_idx, f.train_user_ids), (f.test.user_idx, f.test.user_ids)):
+        np.testing.assert_array_equal(idx, [int(u[1:]) for u in ids])  # user_idx in numeric id order
+        assert np.all(np.diff(idx) > 0)
+
+    # vocabulary: the train users' items, by popularity (train users) desc then id asc
+    popularity = {}
+    for user in train:
+        for item in positives[user]:
+            popularity[item] = popularity.get(item, 0) + 1
+    assert list(f.item_ids) == sorted(popularity, key=lambda i: (-popularity[i], i))
+    np.testing.assert_array_equal(f.popularity, [popularity[i] for i in f.item_ids])
+
+    assert f.train.dtype == np.float32 and f.train.max() == 1
+    for row, user in enumerate(f.train_user_ids):
+        assert _row_items(f.train, row, f.item_ids) == positives[user]
+    assert f.n_copies == CONFIG["ab_copies"]
+    halves = set()
     for a, b in f.ab_copies:
         np.testing.assert_array_equal((a + b).toarray(), f.train.toarray())
         assert a.multiply(b).nnz == 0
+        np.testing.assert_array_equal(a.getnnz(axis=1), f.train.getnnz(axis=1) // 2)
+        halves.add(a.indices.tobytes())
+    assert len(halves) == CONFIG["ab_copies"]  # each copy its own shuffle
 
-    np.testing.assert_array_equal(f.validation.user_ids, ["u1"])
-    np.testing.assert_array_equal(f.validation.user_idx, [1])
-    np.testing.assert_array_equal(f.validation.fold_in.toarray(), [[1, 0, 1]])
-    np.testing.assert_array_equal(f.validation.holdout.toarray(), [[0, 1, 0]])
-    np.testing.assert_array_equal(f.test.user_ids, ["u4"])
-    np.testing.assert_array_equal(f.test.fold_in.toarray(), [[1, 0, 1]])
-    np.testing.assert_array_equal(f.test.holdout.toarray(), [[0, 1, 0]])
+    # held-out users: their items in the vocabulary, int(0.2 n) held out; the rest dropped and counted
+    vocabulary = set(popularity)
+    for name, split in (("validation", f.validation), ("test", f.test)):
+        dropped = 0
+        for row, user in enumerate(split.user_ids):
+            fold, hold = _row_items(split.fold_in, row, f.item_ids), _row_items(split.holdout, row, f.item_ids)
+            known = positives[user] & vocabulary
+            assert fold | hold == known and not fold & hold
+            assert len(hold) == int(0.2 * len(known))
+            dropped += len(positives[user] - vocabulary)
+        assert dropped >= split.n_users and manifest["counts"][f"{name}_oov_dropped"] == dropped
+    assert manifest["counts"]["users"] == len(positives) and manifest["counts"]["items"] == f.n_items
 
 
-def test_unpublished_date_is_a_clear_error(tmp_path):
-    wh = str(tmp_path / "wh")
-    write_features(wh, "2026-01-02")
-    write_features(wh, DATE, publish=False)
+def test_unpublished_date_is_a_clear_error(build, tmp_path):
+    warehouse = str(tmp_path / "wh")
+    copy_features(build[0], DATE, warehouse)
+    unpublished = layout.features_dir(warehouse, "2026-01-01")
+    shutil.copytree(layout.features_dir(warehouse, DATE), storage.staging_dir(unpublished))  # a build that died
     with pytest.raises(FileNotFoundError, match=r"not published.*2026-01-02"):
-        load_features(wh, DATE)
+        load_features(warehouse, "2026-01-01")
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
-        load_features(wh, "yesterday")
+        load_features(warehouse, "yesterday")
 
 
-def test_contract_violations_are_reported(tmp_path):
-    wh = str(tmp_path / "wh")
-    bad_users = dict(USERS, split=["train", "train", "train", "train", "test", "excluded"])
-    write_features(wh, users=bad_users)  # validation table now holds a train user
+def _rewrite(warehouse: str, table: str, change) -> None:
+    """Replace one published table by ``change(its rows as a pyarrow Table)``."""
+    path = layout.feature_table(warehouse, DATE, table)
+    rows = pq.read_table(path)
+    shutil.rmtree(path)
+    storage.resolve(path)[0].create_dir(path, recursive=True)
+    pq.write_table(change(rows), f"{path}/part-00000.parquet")
+
+
+def test_contract_violations_are_reported(build, tmp_path):
+    warehouse = str(tmp_path / "wh")
+    copy_features(build[0], DATE, warehouse)
+    load_features(warehouse, DATE)
+
+    def validation_to_train(users):
+        split = [("train" if s == "validation" else s) for s in users.column("split").to_pylist()]
+        return users.set_column(users.schema.get_field_index("split"), "split", pa.array(split, pa.string()))
+
+    _rewrite(warehouse, "users", validation_to_train)  # the validation table now holds train users
     with pytest.raises(ValueError, match="validation"):
-        load_features(wh, DATE)
-    write_features(wh, items=dict(ITEMS, item_idx=[0, 1, 3]))
+        load_features(warehouse, DATE)
+
+    shutil.rmtree(layout.features_dir(warehouse, DATE))
+    copy_features(build[0], DATE, warehouse)
+
+    def gap(items):
+        idx = items.column("item_idx").to_numpy().copy()
+        idx[-1] += 1
+        return items.set_column(0, "item_idx", pa.array(idx, pa.int32()))
+
+    _rewrite(warehouse, "items", gap)
     with pytest.raises(ValueError, match="contiguous"):
-        load_features(wh, DATE)
+        load_features(warehouse, DATE)
 
 
 def test_from_interactions_follows_vae_cf_split():

@@ -1,0 +1,118 @@
+"""``jobs.score.score_partition`` cutting Arrow batches into chunks of ``batch_users`` (more users than
+``batch_users``), on a tiny trained ModelBundle: every user gets the list it gets when scored alone."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pytest  # noqa: E402
+
+from jobs.score import recommendation_rows, score_partition, scored_schema  # noqa: E402
+
+N_ITEMS = 40
+TOP_N = 10
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    """A tiny VASP trained on two taste groups over 40 items, saved as a ModelBundle directory."""
+    from vasp_model.core.config import make_config
+    from vasp_model.data.features import Features
+    from vasp_model.train.trainer import train
+
+    rng = np.random.default_rng(0)
+    X = np.zeros((200, N_ITEMS), np.float32)
+    for u in range(200):
+        X[u, rng.choice(np.arange(u % 2 * 20, u % 2 * 20 + 20), 8, replace=False)] = 1
+    features = Features.from_matrix(X, n_heldout_users=20, n_copies=2, seed=0)
+    config = make_config("tiny", train_overrides={"epochs": (2,), "learning_rates": (1e-2,)}, env={})
+    result = train(features, config, verbose=0, evaluate_baselines=False)
+    return result.bundle.save(str(tmp_path_factory.mktemp("score") / "bundle"))
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir):
+    from vasp_model.recommenders.bundle import ModelBundle
+
+    return ModelBundle.load(bundle_dir, threads=1)
+
+
+def _users(vocabulary) -> dict[str, list[str]]:
+    """23 users' item ids: known ids, repeats, ids outside the vocabulary, no item at all (the
+    popularity fallback), and one who has seen all but 4 items (a list shorter than TOP_N)."""
+    rng = np.random.default_rng(1)
+    users = {}
+    for u in range(23):
+        items = [str(i) for i in rng.choice(vocabulary, int(rng.integers(1, 9)), replace=False)]
+        if u % 5 == 1:
+            items += [items[0], f"unknown{u}"]
+        users[f"user{u}"] = items
+    users["user3"] = []
+    users["user7"] = [f"unknown{k}" for k in range(3)]
+    users["user12"] = [str(i) for i in vocabulary[4:]]
+    return users
+
+
+def _batches(users: dict[str, list[str]], sizes: tuple[int, ...]) -> list[pa.RecordBatch]:
+    """The users as consecutive Arrow batches of ``sizes`` rows (``user_id``, ``item_ids``), as mapInArrow feeds them."""
+    ids, lists = list(users), list(users.values())
+    schema = pa.schema([("user_id", pa.string()), ("item_ids", pa.list_(pa.string()))])
+    bounds = np.cumsum((0, *sizes))
+    assert bounds[-1] == len(ids)
+    return [
+        pa.RecordBatch.from_pydict({"user_id": ids[a:b], "item_ids": lists[a:b]}, schema=schema)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def _score(bundle_dir: str, batches, batch_users: int) -> pa.Table:
+    """``score_partition`` over ``batches``; checks it yields one scored batch per chunk."""
+    out = list(score_partition(iter(batches), bundle_dir, TOP_N, batch_users, f"test:{bundle_dir}", 1))
+    assert len(out) == sum(-(-b.num_rows // batch_users) for b in batches)
+    assert all(b.schema == scored_schema() for b in out)
+    return pa.Table.from_batches(out, schema=scored_schema())
+
+
+@pytest.mark.parametrize("batch_users", [1, 4, 5, 9])
+def test_every_chunk_scores_its_own_users(bundle_dir, bundle, batch_users):
+    users = _users(bundle.item_ids)
+    batches = _batches(users, (13, 10))
+    chunked = _score(bundle_dir, batches, batch_users)
+    whole = _score(bundle_dir, batches, 1000)  # each input batch in one chunk
+    assert chunked.num_rows == whole.num_rows == len(users)
+    assert chunked.column("user_id").to_pylist() == list(users)
+    vocabulary = set(bundle.item_ids)
+    for row, (user, items) in enumerate(users.items()):
+        got = chunked.slice(row, 1).to_pylist()[0]
+        alone = bundle.recommend_ids([items], TOP_N)
+        valid = alone.item_idx[0] >= 0
+        expected = [str(i) for i in alone.item_ids[0][valid]]
+        assert got["item_ids"] == expected, user
+        np.testing.assert_allclose(got["scores"], alone.scores[0][valid], rtol=1e-5)
+        assert got["scores"] == sorted(got["scores"], reverse=True), user
+        one_chunk = whole.slice(row, 1).to_pylist()[0]
+        np.testing.assert_allclose(got.pop("scores"), one_chunk.pop("scores"), rtol=1e-5)  # float32 rounding
+        assert got == one_chunk, user
+        seen = set(items) & vocabulary
+        assert not seen & set(got["item_ids"]), user
+        assert len(got["item_ids"]) == len(set(got["item_ids"])) == min(TOP_N, N_ITEMS - len(seen)), user
+        assert got["fallback"] == (not seen), user
+        assert got["unknown_items"] == sum(i not in vocabulary for i in items), user
+    assert chunked.column("fallback").to_pylist().count(True) == 2  # user3 (no item) and user7 (unknown only)
+
+
+def test_published_rows_rank_each_list_from_one(spark, bundle_dir, bundle):
+    """``recommendation_rows`` on chunked output: one row per (user, rank), ranks 1..n in list order."""
+    users = _users(bundle.item_ids)
+    chunked = _score(bundle_dir, _batches(users, (23,)), 4)
+    rows = recommendation_rows(spark.createDataFrame(chunked.to_pandas()), "7").toPandas()
+    assert set(rows.model_version) == {"7"}
+    for row, user in enumerate(users):
+        mine = rows[rows.user_id == user].sort_values("rank")
+        items = chunked.column("item_ids")[row].as_py()
+        assert list(mine["rank"]) == list(range(1, len(items) + 1)), user
+        assert list(mine["item_id"]) == items, user
