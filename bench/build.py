@@ -37,7 +37,7 @@ ML20M_USERS, ML20M_ITEMS, ML20M_ROWS = 138_493, 26_744, 20_000_000
 
 
 def make_input(rows: int, out_dir: str, seed: int) -> str:
-    from jobs.synth import SynthConfig, generate
+    from vasp_jobs.synth import SynthConfig, generate
 
     scale = rows / ML20M_ROWS
     users = max(100, round(ML20M_USERS * scale))
@@ -145,7 +145,7 @@ def pandas_reference(path: str, out_dir: str, ab_copies: int = 8, seed: int = 98
 
 
 def spark_build(spark, path: str, warehouse: str) -> dict:
-    from jobs.build_matrices import BuildConfig, build
+    from vasp_jobs.build_matrices import BuildConfig, build
 
     started = time.perf_counter()
     manifest = build(spark, path, warehouse, "2024-01-01", BuildConfig())
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     path = make_input(args.rows, args.out, args.seed)
     print(f"input {path} ({os.path.getsize(path) / 2**20:.0f} MiB); load average {os.getloadavg()}", flush=True)
 
-    from jobs.common.spark import get_session, spark_config
+    from vasp_jobs.common.spark import get_session, spark_config
 
     started = time.perf_counter()
     spark = get_session(spark_config({"spark_master": args.master, "spark_driver_memory": args.driver_memory}, env={}))

@@ -63,7 +63,7 @@ def _repeat(seconds_of, reps: int, warmup: int) -> list[float]:
 
 
 def build_ml1m(spark, warehouse: str) -> None:
-    from jobs.build_matrices import BuildConfig, build
+    from vasp_jobs.build_matrices import BuildConfig, build
     from vasp_model.core.settings import build_config
     from vasp_model.data import layout, storage
 
@@ -128,7 +128,7 @@ def user_lists(warehouse: str, date: str, max_users: int | None = None):
 
 def single_process(bundle, user_ids, item_lists, n: int = 100, batch: int = 1024) -> float:
     """The scoring job's per-batch work (``jobs.score.score_lists``) in one process, without Spark."""
-    from jobs.score import score_lists
+    from vasp_jobs.score import score_lists
 
     t0 = time.perf_counter()
     for start in range(0, len(user_ids), batch):
@@ -138,7 +138,7 @@ def single_process(bundle, user_ids, item_lists, n: int = 100, batch: int = 1024
 
 def spark_score(spark, warehouse: str, date: str, bundle_dir: str, reps: int, warmup: int, top_n: int = 100):
     """(cold run s, warm-up run s, timed run s, manifest) of the scoring job."""
-    from jobs.score import score
+    from vasp_jobs.score import score
 
     def run():
         return _timed(lambda: score(spark, date, warehouse, model_uri=bundle_dir, top_n=top_n))
@@ -153,7 +153,7 @@ def als(spark, warehouse: str, date: str, reps: int, warmup: int, rank: int = 64
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
 
-    from jobs.common.spark import spark_path
+    from vasp_jobs.common.spark import spark_path
     from vasp_model.data import layout
 
     inter = (
@@ -293,8 +293,8 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
     """Section 3: the MovieLens-20M-shaped population through the job, and in one process."""
     import keras
 
-    from jobs.common.spark import get_session, spark_config
-    from jobs.score import score
+    from vasp_jobs.common.spark import get_session, spark_config
+    from vasp_jobs.score import score
     from vasp_model.recommenders.bundle import ModelBundle
 
     warehouse = str(workdir / "warehouse")
@@ -388,7 +388,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("VASP_HOME", args.workdir)
 
-    from jobs.common.spark import get_session, spark_config
+    from vasp_jobs.common.spark import get_session, spark_config
 
     workdir = Path(args.workdir)
     spark = get_session(spark_config({"spark_master": args.master, "spark_shuffle_partitions": 8}))

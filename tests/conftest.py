@@ -14,7 +14,7 @@ import pytest
 def spark(tmp_path_factory):
     """One local[2] SparkSession for every test that needs Spark (small shuffles, quiet logs)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers must use this venv
-    from jobs.common.spark import get_session, spark_config
+    from vasp_jobs.common.spark import get_session, spark_config
 
     config = spark_config(
         {

@@ -36,7 +36,7 @@ def events_csv(users, items, ratings=None) -> str:
 def built_features(spark, tmp_path_factory, text: str, date: str, **config) -> tuple[str, dict]:
     """(warehouse, manifest) holding ``features/dt=date`` built from the CSV ``text`` with
     ``BuildConfig(**config)``: built on the first call, the same warehouse for the rest of the session."""
-    from jobs.build_matrices import BuildConfig, build
+    from vasp_jobs.build_matrices import BuildConfig, build
 
     key = hashlib.sha256(json.dumps([text, date, sorted(config.items())]).encode()).hexdigest()
     if key not in _BUILDS:

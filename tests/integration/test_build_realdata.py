@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from jobs.build_matrices import BuildConfig, build
+from vasp_jobs.build_matrices import BuildConfig, build
 from vasp_model.data import layout, storage
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -41,7 +41,7 @@ def _read(directory: str):
 def spark():
     import sys
 
-    from jobs.common.spark import get_session, spark_config
+    from vasp_jobs.common.spark import get_session, spark_config
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the mapInArrow workers need this venv
     return get_session(spark_config({"spark_master": "local[2]", "spark_shuffle_partitions": 4}))
@@ -51,8 +51,8 @@ def spark():
 def world(spark, tmp_path_factory):
     """ML-100K (+3 users) built for DATE, a tiny model registered and promoted to champion, and DATE scored."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from jobs.build_matrices import BuildConfig, build
-    from jobs.score import score
+    from vasp_jobs.build_matrices import BuildConfig, build
+    from vasp_jobs.score import score
     from vasp_model.core.config import make_config
     from vasp_model.core.settings import build_config
     from vasp_model.data.features import load_features
@@ -117,7 +117,7 @@ def world(spark, tmp_path_factory):
 
 
 def test_every_user_gets_n_distinct_unseen_items(world):
-    from jobs.score import output_schema
+    from vasp_jobs.score import output_schema
 
     wh = world["warehouse"]
     table = _read(layout.recommendations_dir(wh, DATE))
@@ -172,7 +172,7 @@ def test_manifest_counts(world):
 
 
 def test_rerun_replaces_only_that_date(spark, world, capsys):
-    from jobs.score import score
+    from vasp_jobs.score import score
 
     wh = world["warehouse"]
     # a second date: same features under another dt (copied), scored with the local bundle, top 10
@@ -239,7 +239,7 @@ def test_a_local_master_scores_the_bundle_in_place(spark, world, tmp_path):
     are (``models:/vasp/1`` of another tracking store is another model)."""
     import pyarrow as pa
 
-    from jobs.score import score
+    from vasp_jobs.score import score
 
     wh, third = world["warehouse"], "2026-04-03"
     shutil.copytree(layout.features_dir(wh, DATE), layout.features_dir(wh, third))
@@ -263,7 +263,7 @@ def test_a_local_master_scores_the_bundle_in_place(spark, world, tmp_path):
 
 def test_lists_are_cut_where_the_catalog_runs_out(spark, world):
     """top N beyond the catalog: each user gets every known item they have not seen, ranked 1..k."""
-    from jobs.score import score
+    from vasp_jobs.score import score
 
     wh, day = world["warehouse"], "2026-04-04"
     shutil.copytree(layout.features_dir(wh, DATE), layout.features_dir(wh, day))

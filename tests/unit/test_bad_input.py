@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import build_matrices as bm
+from vasp_jobs import build_matrices as bm
 from vasp_model import cli
 from vasp_model.data import layout, storage
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from jobs import build_matrices as bm
-from jobs.common import spark as js
+from vasp_jobs import build_matrices as bm
+from vasp_jobs.common import spark as js
 
 EVENT_SCHEMA = (
     "user_id string, item_id string, rating double, reason string, raw string, source string, block long, row long"

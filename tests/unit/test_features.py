@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from features_fixture import built_features, copy_features, events_csv
 
 from vasp_model.data import layout, storage
-from vasp_model.data.features import Features, load_features
+from vasp_model.data.features import Features, input_digest, load_features
 
 DATE = "2026-01-02"
 THRESHOLD = 3.5
@@ -104,6 +104,17 @@ def test_load_features_gives_back_the_input(build):
             dropped += len(positives[user] - vocabulary)
         assert dropped >= split.n_users and manifest["counts"][f"{name}_oov_dropped"] == dropped
     assert manifest["counts"]["users"] == len(positives) and manifest["counts"]["items"] == f.n_items
+
+
+def test_input_digest_is_the_sha256_of_the_input_the_build_read(build):
+    import hashlib
+
+    warehouse, manifest, _ = build
+    users, items, ratings = _events()
+    expected = hashlib.sha256(events_csv(users, items, ratings).encode()).hexdigest()
+    assert input_digest(load_features(warehouse, DATE).manifest) == expected == input_digest(manifest)
+    with pytest.raises(ValueError, match="input.sha256"):
+        input_digest({"input": {"uri": "x"}})
 
 
 def test_unpublished_date_is_a_clear_error(build, tmp_path):

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.score import OUTPUT_COLUMNS, output_schema
+from vasp_jobs.score import OUTPUT_COLUMNS, output_schema
 from vasp_model.cli import main as cli_main
 from vasp_model.cli import recommend as lookup
 from vasp_model.data import layout, storage

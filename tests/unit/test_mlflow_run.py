@@ -79,12 +79,9 @@ def test_tracking_config_defaults_env_and_validation(monkeypatch, tmp_path):
         build_config(tracking.TrackingConfig, {"gate_metric": "coverage@100"})
 
 
-def test_date_and_fingerprint_lookup():
+def test_date_lookup():
     assert tracking.date_of("/wh/models/dt=2026-01-02/model") == "2026-01-02"
     assert tracking.date_of("/wh/models/latest") is None
-    assert tracking.fingerprint_of({"input_fingerprint": "abc"}) == "abc"
-    assert tracking.fingerprint_of({"input": {"fingerprint": "xyz"}}) == "xyz"
-    assert tracking.fingerprint_of(None) == ""
 
 
 def test_plots_are_written(tmp_path):

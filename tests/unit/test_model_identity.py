@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from jobs.score import _file_digest, model_identity
+from vasp_jobs.score import _file_digest, model_identity
 
 
 def _bundle(directory):

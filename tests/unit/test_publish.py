@@ -390,7 +390,7 @@ def test_a_resolved_path_stays_on_its_version(tmp_path):
 
 
 def test_spark_reads_a_published_date_by_path_glob_and_table_root(spark, tmp_path):
-    from jobs.common.spark import spark_path
+    from vasp_jobs.common.spark import spark_path
 
     root = str(tmp_path / "wh")
     final, staging = world(root, "replace")

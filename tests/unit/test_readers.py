@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.common import readers
+from vasp_jobs.common import readers
 
 
 def _write(path, text):

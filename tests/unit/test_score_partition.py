@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pytest  # noqa: E402
 
-from jobs.score import recommendation_rows, score_partition, scored_schema  # noqa: E402
+from vasp_jobs.score import recommendation_rows, score_partition, scored_schema  # noqa: E402
 
 N_ITEMS = 40
 TOP_N = 10

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from jobs import synth
+from vasp_jobs import synth
 from vasp_model import cli
 
 SMALL = synth.SynthConfig(users=1500, items=600, mean_per_user=40, seed=3)

@@ -1,4 +1,4 @@
-"""``vasp train`` end to end on a tiny published features/dt=D (no Spark: the tables are written here)."""
+"""``vasp train`` end to end on a tiny features/dt=D built by the build job."""
 
 from __future__ import annotations
 
@@ -6,107 +6,30 @@ import json
 import os
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from features_fixture import built_features, copy_features, events_csv
 
 from vasp_model.data import layout, storage
-from vasp_model.data.features import Features, load_features
+from vasp_model.data.features import load_features
 
 DATE = "2026-02-03"
 
 
-def publish_features(features: Features, warehouse: str, date: str = DATE) -> None:
-    """Write ``features`` as the features/dt=D tables of the data contract and publish them."""
-    final = layout.features_dir(warehouse, date)
-    staging = storage.staging_dir(final)
-    i32, s = pa.int32(), pa.string()
-    splits = [
-        ("train", features.train_user_idx, features.train_user_ids, features.train),
-        ("validation", features.validation.user_idx, features.validation.user_ids, None),
-        ("test", features.test.user_idx, features.test.user_ids, None),
-    ]
-    users = {"user_idx": [], "user_id": [], "split": []}
-    inter = {"user_idx": [], "item_id": [], "item_idx": []}
-
-    def add_rows(user_idx, csr):
-        for pos, u in enumerate(user_idx):
-            for j in csr[pos].indices:
-                inter["user_idx"].append(int(u))
-                inter["item_id"].append(str(features.item_ids[j]))
-                inter["item_idx"].append(int(j))
-
-    for name, idx, ids, csr in splits:
-        users["user_idx"] += [int(u) for u in idx]
-        users["user_id"] += [str(u) for u in ids]
-        users["split"] += [name] * len(idx)
-        if csr is not None:
-            add_rows(idx, csr)
-    order = np.argsort(users["user_idx"])
-    users = {k: [v[i] for i in order] for k, v in users.items()}
-    # user_idx must be contiguous 0..U-1 in the contract: remap
-    remap = {u: i for i, u in enumerate(users["user_idx"])}
-    users["user_idx"] = list(range(len(remap)))
-    inter["user_idx"] = [remap[u] for u in inter["user_idx"]]
-
-    def eval_table(split):
-        out = {"user_idx": [], "item_idx": [], "role": []}
-        for role, csr in (("fold_in", split.fold_in), ("holdout", split.holdout)):
-            for pos, u in enumerate(split.user_idx):
-                for j in csr[pos].indices:
-                    out["user_idx"].append(remap[int(u)])
-                    out["item_idx"].append(int(j))
-                    out["role"].append(role)
-                    if role == "fold_in":
-                        inter["user_idx"].append(remap[int(u)])
-                        inter["item_id"].append(str(features.item_ids[j]))
-                        inter["item_idx"].append(int(j))
-        return out
-
-    validation, test = eval_table(features.validation), eval_table(features.test)
-    ab = {"user_idx": [], "copy": [], "half": [], "item_idx": []}
-    for k, (a, b) in enumerate(features.ab_copies):
-        for half, csr in (("A", a), ("B", b)):
-            for pos, u in enumerate(features.train_user_idx):
-                for j in csr[pos].indices:
-                    ab["user_idx"].append(remap[int(u)])
-                    ab["copy"].append(k)
-                    ab["half"].append(half)
-                    ab["item_idx"].append(int(j))
-    tables = {
-        "items": (
-            {
-                "item_idx": list(range(features.n_items)),
-                "item_id": [str(i) for i in features.item_ids],
-                "popularity": features.popularity.tolist(),
-            },
-            pa.schema([("item_idx", i32), ("item_id", s), ("popularity", pa.int64())]),
-        ),
-        "users": (users, pa.schema([("user_idx", i32), ("user_id", s), ("split", s)])),
-        "interactions": (inter, pa.schema([("user_idx", i32), ("item_id", s), ("item_idx", i32)])),
-        "validation": (validation, pa.schema([("user_idx", i32), ("item_idx", i32), ("role", s)])),
-        "test": (test, pa.schema([("user_idx", i32), ("item_idx", i32), ("role", s)])),
-        "train_ab": (ab, pa.schema([("user_idx", i32), ("copy", i32), ("half", s), ("item_idx", i32)])),
-        "quarantine": (
-            {"source": [], "line": [], "raw": [], "reason": []},
-            pa.schema([("source", s), ("line", pa.int64()), ("raw", s), ("reason", s)]),
-        ),
-    }
-    for name, (columns, schema) in tables.items():
-        os.makedirs(f"{staging}/{name}", exist_ok=True)
-        pq.write_table(pa.table(columns, schema=schema), f"{staging}/{name}/part-00000.parquet")
-    storage.publish(staging, final, {"schema_version": 1, "input_fingerprint": "test"})
-
-
 @pytest.fixture(scope="module")
-def warehouse(tmp_path_factory):
+def warehouse(spark, tmp_path_factory):
+    """Features for DATE built by the build job from 240 users of two taste groups (7 of 15 items each)."""
     rng = np.random.default_rng(0)
-    X = np.zeros((240, 30), np.float32)
+    users, items = [], []
     for u in range(240):
         g = u % 2
-        X[u, rng.choice(np.arange(g * 15, g * 15 + 15), 7, replace=False)] = 1
+        for i in rng.choice(np.arange(g * 15, g * 15 + 15), 7, replace=False):
+            users.append(f"u{u}")
+            items.append(f"i{i}")
+    text = events_csv(users, items)
+    built, _ = built_features(spark, tmp_path_factory, text, DATE, heldout_users=24, ab_copies=2, seed=0)
     wh = str(tmp_path_factory.mktemp("wh"))
-    publish_features(Features.from_matrix(X, n_heldout_users=24, n_copies=2, seed=0), wh)
+    copy_features(built, DATE, wh)  # vasp train publishes models/ beside it: never into the shared build
     return wh
 
 
@@ -146,6 +69,8 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
     assert len(json.load(open(f"{out}/history.json"))) == 2
     bundle = ModelBundle.load(f"{out}/model")
     assert bundle.metadata["config"]["model"]["hidden"] == 12
+    lineage = storage.read_json(f"{out}/{storage.MANIFEST}")["features_manifest"]
+    assert lineage["input_digest"] == load_features(warehouse, DATE).manifest["input"]["sha256"]
 
     # test_topk: top 100 (here: every unseen item) per test user, fold-in excluded; metrics recompute
     features = load_features(warehouse, DATE)

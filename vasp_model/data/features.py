@@ -11,6 +11,7 @@ rows of ``train``. Column ``j`` of every matrix is item ``item_ids[j]``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -251,6 +252,17 @@ def _positions(user_idx: np.ndarray, members: np.ndarray, table: str) -> np.ndar
 def _check_items(item_idx: np.ndarray, n_items: int, table: str) -> None:
     if item_idx.size and (item_idx.min() < 0 or item_idx.max() >= n_items):
         raise ValueError(f"table {table!r} holds item_idx outside [0, {n_items})")
+
+
+def input_digest(manifest: Mapping[str, Any]) -> str:
+    """The digest of the input a features partition was built from (``input.sha256`` of the build's
+    manifest); a clear error for a manifest the build did not write."""
+    digest = (manifest.get("input") or {}).get("sha256")
+    if not digest:
+        raise ValueError(
+            "the features manifest names no input digest (input.sha256): rebuild the date with `vasp build`"
+        )
+    return str(digest)
 
 
 def load_features(warehouse: str, date: str) -> Features:

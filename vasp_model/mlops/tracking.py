@@ -35,6 +35,7 @@ from typing import Any
 
 from vasp_model.core import defaults
 from vasp_model.data import storage
+from vasp_model.data.features import input_digest
 from vasp_model.data.layout import DATE_RE
 from vasp_model.evaluation.metrics import (
     ACCURACY_KEYS,
@@ -196,21 +197,6 @@ def date_of(path: str) -> str | None:
     return None
 
 
-def fingerprint_of(manifest: Mapping[str, Any] | None) -> str:
-    """The input data fingerprint recorded by the build job (searched by key name)."""
-    if not manifest:
-        return ""
-    for key, value in manifest.items():
-        if "fingerprint" in key.lower() and isinstance(value, str | int):
-            return str(value)
-    for value in manifest.values():
-        if isinstance(value, Mapping):
-            found = fingerprint_of(value)
-            if found:
-                return found
-    return ""
-
-
 def bundle_dir_of(model_dir: str) -> tuple[str, str]:
     """(bundle dir, outputs dir) for either ``models/dt=D`` or ``models/dt=D/model``."""
     path = storage.local_path(model_dir)
@@ -311,7 +297,11 @@ class TrainingTracker:
         self.log_metrics({k: v for k, v in metrics.items() if k not in ("timings",)})
         if best_epoch is not None:
             self.log_metrics({"best_epoch": best_epoch})
-        tags = {"date": date or "", "data_fingerprint": fingerprint_of(manifest), "features_dir": features_dir}
+        tags = {
+            "date": date or "",
+            "data_fingerprint": input_digest(manifest) if manifest else "",
+            "features_dir": features_dir,
+        }
         self.set_tags(tags)
 
         with tempfile.TemporaryDirectory(prefix="vasp-track-") as tmp:

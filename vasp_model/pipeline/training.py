@@ -171,7 +171,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
 
     from vasp_model.core.settings import as_params
     from vasp_model.data import storage
-    from vasp_model.data.features import load_features
+    from vasp_model.data.features import input_digest, load_features
     from vasp_model.train.trainer import train
 
     date, warehouse, vasp = config.date, config.warehouse, config.vasp
@@ -200,7 +200,10 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
                 "config": as_params(vasp),
                 "best_epoch": result.best_epoch,
                 "test": result.metrics.get("test", {}),
-                "features_manifest": {k: features.manifest.get(k) for k in ("input_fingerprint", "schema_version")},
+                "features_manifest": {
+                    "input_digest": input_digest(features.manifest),
+                    "schema_version": features.manifest.get("schema_version"),
+                },
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             storage.publish(staging, final, manifest)
