@@ -119,6 +119,7 @@ def write_features(warehouse: str, date: str, features, fingerprint: str = "synt
             }
         ),
     }
+    tables["consumed"] = tables["interactions"]  # every interaction here is a positive
     final = layout.features_dir(warehouse, date)
     staging = storage.staging_dir(final)
     for name, table in tables.items():

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from vasp_model.data import layout, storage
-from vasp_model.data.features import Features, load_features
+from vasp_model.data.features import EvalSplit, Features, load_features
 
 DATE = "2026-01-01"
 # vocabulary: item_idx 0 "b" (3 train users), 1 "a" (2), 2 "c" (1)
@@ -47,6 +47,16 @@ def write_features(warehouse: str, date: str = DATE, publish: bool = True, **ove
                 "user_idx": [0, 0, 2, 2, 3, 3, 1, 1, 1, 1, 1, 1, 4, 4, 4, 4, 4, 5],
                 "item_id": ["b", "a", "b", "c", "b", "a", "b", "a", "c", "z", "b", "a", "b", "a", "c", "b", "a", "c"],
                 "item_idx": [0, 1, 0, 2, 0, 1, 0, 1, 2, None, 0, 1, 0, 1, 2, 0, 1, 2],
+            },
+            pa.schema([("user_idx", i32), ("item_id", s), ("item_idx", i32)]),
+        ),
+        "consumed": (
+            {
+                # every item a user rated, whatever the rating: the positives and u4's low-rated "y"
+                # (outside the vocabulary) and u0's low-rated "c"
+                "user_idx": [0, 0, 0, 2, 2, 3, 3, 1, 1, 1, 1, 4, 4, 4, 4, 5],
+                "item_id": ["b", "a", "c", "b", "c", "b", "a", "b", "a", "c", "z", "b", "a", "c", "y", "c"],
+                "item_idx": [0, 1, 2, 0, 2, 0, 1, 0, 1, 2, None, 0, 1, 2, None, 2],
             },
             pa.schema([("user_idx", i32), ("item_id", s), ("item_idx", i32)]),
         ),
@@ -109,6 +119,9 @@ def test_load_features_reads_the_contract(tmp_path):
     np.testing.assert_array_equal(f.test.user_ids, ["u4"])
     np.testing.assert_array_equal(f.test.fold_in.toarray(), [[1, 0, 1]])
     np.testing.assert_array_equal(f.test.holdout.toarray(), [[0, 1, 0]])
+    # consumed: the split's users' in-vocabulary items, whatever the rating (u4's "y" is outside)
+    np.testing.assert_array_equal(f.validation.consumed.toarray(), [[1, 1, 1]])
+    np.testing.assert_array_equal(f.test.consumed.toarray(), [[1, 1, 1]])
 
 
 def test_unpublished_date_is_a_clear_error(tmp_path):
@@ -130,6 +143,24 @@ def test_contract_violations_are_reported(tmp_path):
     write_features(wh, items=dict(ITEMS, item_idx=[0, 1, 3]))
     with pytest.raises(ValueError, match="contiguous"):
         load_features(wh, DATE)
+
+
+def test_a_split_excludes_by_the_rule():
+    """all: the fold-in plus every other item the user interacted with except the held-out ones;
+    positives: the fold-in; none: nothing."""
+    rows = lambda *r: sp.csr_matrix(np.array(r, dtype=np.float32))  # noqa: E731
+    split = EvalSplit(
+        fold_in=rows([1, 0, 0, 0], [0, 0, 1, 0]),
+        holdout=rows([0, 1, 0, 0], [0, 0, 0, 0]),
+        user_idx=np.array([3, 7], np.int32),
+        user_ids=np.array(["u3", "u7"], dtype=object),
+        consumed=rows([1, 1, 1, 0], [0, 0, 1, 1]),  # u3 rated item 2 low, u7 item 3
+    )
+    np.testing.assert_array_equal(split.excluded("all").toarray(), [[1, 0, 1, 0], [0, 0, 1, 1]])
+    np.testing.assert_array_equal(split.excluded("positives").toarray(), split.fold_in.toarray())
+    assert split.excluded("none").nnz == 0 and split.excluded("none").shape == (2, 4)
+    with pytest.raises(ValueError, match="exclude must be one of all, positives, none"):
+        split.excluded("seen")
 
 
 def test_from_interactions_follows_vae_cf_split():
@@ -161,6 +192,7 @@ def test_from_interactions_follows_vae_cf_split():
         expected = np.where(n >= 5, (0.2 * n).astype(int), 0)
         np.testing.assert_array_equal(split.holdout.getnnz(axis=1), expected)
         assert split.fold_in.multiply(split.holdout).nnz == 0
+        assert (split.consumed != split.fold_in + split.holdout).nnz == 0  # only positives were given
 
 
 def test_from_interactions_is_seeded():

@@ -14,10 +14,12 @@ from vasp_model.data import layout, storage
 from vasp_model.data.features import Features, load_features
 
 DATE = "2026-02-03"
+LOW_RATED = 3  # items each test user rated without liking them
 
 
-def publish_features(features: Features, warehouse: str, date: str = DATE) -> None:
-    """Write ``features`` as the features/dt=D tables of the data contract and publish them."""
+def publish_features(features: Features, warehouse: str, date: str = DATE, low_rated: int = 0) -> None:
+    """Write ``features`` as the features/dt=D tables of the data contract and publish them; each
+    test user also rated ``low_rated`` items of the vocabulary without liking them (``consumed``)."""
     final = layout.features_dir(warehouse, date)
     staging = storage.staging_dir(final)
     i32, s = pa.int32(), pa.string()
@@ -64,6 +66,16 @@ def publish_features(features: Features, warehouse: str, date: str = DATE) -> No
         return out
 
     validation, test = eval_table(features.validation), eval_table(features.test)
+    consumed = {k: list(v) for k, v in inter.items()}
+    for split in (features.validation, features.test):
+        rated = split.fold_in + split.holdout
+        for pos, u in enumerate(split.user_idx):
+            liked = set(rated[pos].indices)
+            extra = [j for j in range(features.n_items) if j not in liked][:low_rated] if split is features.test else []
+            for j in [*split.holdout[pos].indices, *extra]:
+                consumed["user_idx"].append(remap[int(u)])
+                consumed["item_id"].append(str(features.item_ids[j]))
+                consumed["item_idx"].append(int(j))
     ab = {"user_idx": [], "copy": [], "half": [], "item_idx": []}
     for k, (a, b) in enumerate(features.ab_copies):
         for half, csr in (("A", a), ("B", b)):
@@ -84,6 +96,7 @@ def publish_features(features: Features, warehouse: str, date: str = DATE) -> No
         ),
         "users": (users, pa.schema([("user_idx", i32), ("user_id", s), ("split", s)])),
         "interactions": (inter, pa.schema([("user_idx", i32), ("item_id", s), ("item_idx", i32)])),
+        "consumed": (consumed, pa.schema([("user_idx", i32), ("item_id", s), ("item_idx", i32)])),
         "validation": (validation, pa.schema([("user_idx", i32), ("item_idx", i32), ("role", s)])),
         "test": (test, pa.schema([("user_idx", i32), ("item_idx", i32), ("role", s)])),
         "train_ab": (ab, pa.schema([("user_idx", i32), ("copy", i32), ("half", s), ("item_idx", i32)])),
@@ -106,34 +119,27 @@ def warehouse(tmp_path_factory):
         g = u % 2
         X[u, rng.choice(np.arange(g * 15, g * 15 + 15), 7, replace=False)] = 1
     wh = str(tmp_path_factory.mktemp("wh"))
-    publish_features(Features.from_matrix(X, n_heldout_users=24, n_copies=2, seed=0), wh)
+    publish_features(Features.from_matrix(X, n_heldout_users=24, n_copies=2, seed=0), wh, low_rated=LOW_RATED)
     return wh
 
 
-def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, capsys):
+def _train(warehouse: str, checkpoint_dir, *flags: str) -> int:
     from vasp_model import cli
+
+    argv = ["train", "--warehouse", warehouse, "--date", DATE, "--preset", "tiny", "--epochs", "2", "--hidden", "12"]
+    return cli.main([*argv, "--no-tracking", "--quiet", "--checkpoint-dir", str(checkpoint_dir), *flags])
+
+
+def _lists(out: str) -> dict[str, list[str]]:
+    topk = pq.read_table(f"{out}/test_topk.parquet").to_pandas()
+    assert list(topk.columns) == ["user_id", "rank", "item_id"]
+    return {u: rows.sort_values("rank").item_id.tolist() for u, rows in topk.groupby("user_id")}
+
+
+def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, capsys):
     from vasp_model.recommenders.bundle import ModelBundle
 
-    code = cli.main(
-        [
-            "train",
-            "--warehouse",
-            warehouse,
-            "--date",
-            DATE,
-            "--preset",
-            "tiny",
-            "--epochs",
-            "2",
-            "--hidden",
-            "12",
-            "--no-tracking",
-            "--quiet",
-            "--checkpoint-dir",
-            str(tmp_path / "ckpt"),
-        ]
-    )
-    assert code == 0
+    assert _train(warehouse, tmp_path / "ckpt") == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary["test"]) == {"vasp", "ease", "popularity"}
     assert 0 <= summary["test"]["vasp"]["ndcg@100"] <= 1
@@ -144,23 +150,34 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
     metrics = json.load(open(f"{out}/metrics.json"))
     assert metrics["test"]["vasp"]["ndcg@100"] == pytest.approx(summary["test"]["vasp"]["ndcg@100"])
     assert len(json.load(open(f"{out}/history.json"))) == 2
+    assert storage.read_json(f"{out}/{storage.MANIFEST}")["exclude"] == "all"
     bundle = ModelBundle.load(f"{out}/model")
     assert bundle.metadata["config"]["model"]["hidden"] == 12
 
-    # test_topk: top 100 (here: every unseen item) per test user, fold-in excluded; metrics recompute
+    # test_topk under the default rule: top 100 (here: every item left) per test user, leaving out
+    # everything the user interacted with except the held-out items (what the metrics score)
     features = load_features(warehouse, DATE)
-    topk = pq.read_table(f"{out}/test_topk.parquet").to_pandas()
-    assert list(topk.columns) == ["user_id", "rank", "item_id"]
-    assert set(topk.user_id) == set(features.test.user_ids)
-    index = {str(i): j for j, i in enumerate(features.item_ids)}
+    test, ids = features.test, np.asarray([str(i) for i in features.item_ids], dtype=object)
+    lists = _lists(out)
+    assert set(lists) == set(test.user_ids)
+    for p, user in enumerate(test.user_ids):
+        low_rated = set(ids[(test.consumed[p] - test.fold_in[p] - test.holdout[p]).indices])
+        assert len(low_rated) == LOW_RATED
+        left_out = set(ids[test.fold_in[p].indices]) | low_rated
+        assert set(lists[user]) == set(ids) - left_out and len(lists[user]) == len(set(lists[user]))
+
+    # under `positives` the low-rated items are candidates again, and the lists recompute the metrics
+    assert _train(warehouse, tmp_path / "ckpt-positives", "--exclude", "positives") == 0
+    metrics = json.load(open(f"{out}/metrics.json"))
+    lists = _lists(out)
+    index = {item: j for j, item in enumerate(ids)}
     from vasp_model.evaluation.metrics import evaluate_topk
 
-    mat = np.full((features.test.n_users, 100), -1)
-    pos = {str(u): p for p, u in enumerate(features.test.user_ids)}
-    for row in topk.itertuples():
-        assert row.item_id not in {str(features.item_ids[j]) for j in features.test.fold_in[pos[row.user_id]].indices}
-        mat[pos[row.user_id], row.rank - 1] = index[row.item_id]
-    recomputed = evaluate_topk(mat, features.test.holdout, features.popularity)
+    mat = np.full((test.n_users, 100), -1)
+    for p, user in enumerate(test.user_ids):
+        assert set(lists[user]) == set(ids) - set(ids[test.fold_in[p].indices])
+        mat[p, : len(lists[user])] = [index[item] for item in lists[user]]
+    recomputed = evaluate_topk(mat, test.holdout, features.popularity)
     assert recomputed["ndcg@100"] == pytest.approx(metrics["test"]["vasp"]["ndcg@100"], abs=1e-9)
 
 
