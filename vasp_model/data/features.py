@@ -37,9 +37,10 @@ class EvalSplit:
     def excluded(self, exclude: str) -> sp.csr_matrix:
         """What these users' lists leave out under rule ``exclude``: the fold-in items (``positives``),
         plus every other item the user interacted with except the held-out ones (``all``), or nothing."""
-        if layout.exclusion_table(exclude) is None:
+        table = layout.exclusion_table(exclude)
+        if table is None:
             return sp.csr_matrix(self.fold_in.shape, dtype=np.float32)
-        if exclude == "positives":
+        if table == "interactions":  # the positives a held-out user's list knows of: the fold-in
             return self.fold_in
         out = (self.fold_in + self.consumed - self.consumed.multiply(self.holdout)).tocsr()
         out.eliminate_zeros()

@@ -9,6 +9,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from vasp_model.data import layout
+
 if TYPE_CHECKING:  # pragma: no cover
     from vasp_model.pipeline.plan import Plan
 
@@ -28,8 +30,6 @@ def validate(plan: Plan) -> dict[str, Any]:
 def excluded_items(features: str, exclude: str):
     """(user_idx, item_id) of every item the lists of ``features`` (a features/dt=D URI) leave out under ``exclude``."""
     import pandas as pd
-
-    from vasp_model.data import layout
 
     table = layout.exclusion_table(exclude)
     if table is None:

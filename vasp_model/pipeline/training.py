@@ -223,7 +223,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         from vasp_model.mlops.tracking import TrainingTracker
 
         with TrainingTracker(config.tracking_uri, config.experiment) as tracker:
-            tracker.log_config({**as_params(vasp), "date": date, "warehouse": warehouse})
+            tracker.log_config({**as_params(vasp), "date": date, "warehouse": warehouse, "exclude": config.exclude})
             result = fit(callbacks=[tracker.callback()])
             result.timings["load_features_seconds"] = load_seconds
             publish(result)
