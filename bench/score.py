@@ -107,8 +107,9 @@ def make_floor_bundle(item_ids, popularity, directory: str):
 
 
 def user_lists(warehouse: str, date: str, max_users: int | None = None):
-    """Every user's (user_id, item ids) as the scoring job's tasks receive them: two Arrow arrays
-    (only users with ``user_idx < max_users`` when given)."""
+    """Every user's (user_id, positives' item ids, consumed item ids) as the scoring job's tasks receive
+    them under the default exclusion rule: three Arrow arrays (only users with ``user_idx < max_users``
+    when given)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -118,21 +119,24 @@ def user_lists(warehouse: str, date: str, max_users: int | None = None):
     users = pq.read_table(
         layout.feature_table(warehouse, date, "users"), columns=["user_idx", "user_id"], filters=only
     ).to_pandas()
-    inter = pq.read_table(
-        layout.feature_table(warehouse, date, "interactions"), columns=["user_idx", "item_id"], filters=only
-    )
-    grouped = inter.to_pandas().groupby("user_idx")["item_id"].apply(list)
-    lists = [grouped.get(u, []) for u in users.user_idx]
-    return pa.array(users.user_id, type=pa.string()), pa.array(lists, type=pa.list_(pa.string()))
+
+    def lists(table: str):
+        rows = pq.read_table(
+            layout.feature_table(warehouse, date, table), columns=["user_idx", "item_id"], filters=only
+        )
+        grouped = rows.to_pandas().groupby("user_idx")["item_id"].apply(list)
+        return pa.array([grouped.get(u, []) for u in users.user_idx], type=pa.list_(pa.string()))
+
+    return pa.array(users.user_id, type=pa.string()), lists("interactions"), lists("consumed")
 
 
-def single_process(bundle, user_ids, item_lists, n: int = 100, batch: int = 1024) -> float:
+def single_process(bundle, lists, n: int = 100, batch: int = 1024) -> float:
     """The scoring job's per-batch work (``jobs.score.score_lists``) in one process, without Spark."""
     from vasp_jobs.score import score_lists
 
     t0 = time.perf_counter()
-    for start in range(0, len(user_ids), batch):
-        score_lists(bundle, user_ids.slice(start, batch), item_lists.slice(start, batch), n)
+    for start in range(0, len(lists[0]), batch):
+        score_lists(bundle, *(column.slice(start, batch) for column in lists), n)
     return time.perf_counter() - t0
 
 
@@ -185,7 +189,8 @@ def als(spark, warehouse: str, date: str, reps: int, warmup: int, rank: int = 64
 
 
 def synthetic_population(warehouse: str, date: str, n_users: int, n_items: int, seed: int = 0) -> int:
-    """Publish features/dt=D with only ``users`` + ``interactions`` (all the scoring job reads)."""
+    """Publish features/dt=D with only ``users``, ``interactions`` and ``consumed`` (all the scoring job
+    reads; every interaction is a positive here, so ``consumed`` = ``interactions``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -201,7 +206,6 @@ def synthetic_population(warehouse: str, date: str, n_users: int, n_items: int, 
     staging = storage.staging_dir(final)
     base = storage.local_path(staging)
     os.makedirs(f"{base}/users")
-    os.makedirs(f"{base}/interactions")
     pq.write_table(
         pa.table(
             {
@@ -212,16 +216,16 @@ def synthetic_population(warehouse: str, date: str, n_users: int, n_items: int, 
         ),
         f"{base}/users/part-0.parquet",
     )
-    pq.write_table(
-        pa.table(
-            {
-                "user_idx": pa.array(users),
-                "item_id": pa.array(np.char.add("m", items.astype(str))),
-                "item_idx": pa.array(items),
-            }
-        ),
-        f"{base}/interactions/part-0.parquet",
+    interactions = pa.table(
+        {
+            "user_idx": pa.array(users),
+            "item_id": pa.array(np.char.add("m", items.astype(str))),
+            "item_idx": pa.array(items),
+        }
     )
+    for table in ("interactions", "consumed"):
+        os.makedirs(f"{base}/{table}")
+        pq.write_table(interactions, f"{base}/{table}/part-0.parquet")
     storage.publish(staging, final, {"synthetic": True, "users": n_users, "items": n_items})
     return int(counts.sum())
 
@@ -237,14 +241,14 @@ def bench_ml1m(spark, args, workdir: Path) -> dict:
     bundle_dir = str(workdir / "ml1m-bundle")
     make_bundle(features.item_ids, features.popularity, bundle_dir, features, args.train_epochs)
     bundle = ModelBundle.load(bundle_dir)  # as the job's workers load it (Neural EASE on the host)
-    user_ids, lists = user_lists(warehouse, DATE)
-    n_users = len(lists)
+    lists = user_lists(warehouse, DATE)
+    n_users = len(lists[0])
     print(f"ML-1M: {n_users} users, {bundle.n_items} items, cpu-preset model, {bundle.model.count_params():,} params")
 
     cold, warming, times, manifest = spark_score(spark, warehouse, DATE, bundle_dir, args.reps, args.warmup)
     spark_s = statistics.median(times)
     assert manifest["counts"]["users"] == n_users
-    single_times = _repeat(lambda: single_process(bundle, user_ids, lists), args.reps, args.warmup)
+    single_times = _repeat(lambda: single_process(bundle, lists), args.reps, args.warmup)
     single_s = statistics.median(single_times)
     result = {
         "users": n_users,
@@ -262,7 +266,7 @@ def bench_ml1m(spark, args, workdir: Path) -> dict:
     make_floor_bundle(features.item_ids, features.popularity, floor_dir)
     floor = ModelBundle.load(floor_dir)
     _, _, floor_times, _ = spark_score(spark, warehouse, DATE, floor_dir, args.reps, args.warmup)
-    floor_single = _repeat(lambda: single_process(floor, user_ids, lists), args.reps, args.warmup)
+    floor_single = _repeat(lambda: single_process(floor, lists), args.reps, args.warmup)
     floor_s = statistics.median(floor_times)
     result.update(
         {
@@ -334,14 +338,14 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
         "extrapolated": n_run < n_all,
     }
     if args.synthetic_single_users > 0:
-        user_ids, lists = user_lists(warehouse, "2026-01-02", args.synthetic_single_users)
+        lists = user_lists(warehouse, "2026-01-02", args.synthetic_single_users)
         syn = ModelBundle.load(syn_dir)
-        single_process(syn, user_ids.slice(0, 1024), lists.slice(0, 1024))  # warm-up
-        single_s = single_process(syn, user_ids, lists)
-        single_rate = len(user_ids) / single_s
+        single_process(syn, [column.slice(0, 1024) for column in lists])  # warm-up
+        single_s = single_process(syn, lists)
+        single_rate = len(lists[0]) / single_s
         result.update(
             {
-                "single_process_users": len(user_ids),
+                "single_process_users": len(lists[0]),
                 "single_process_users_per_s": round(single_rate, 1),
                 "single_over_spark": round(single_rate / rate, 2),
             }

@@ -17,8 +17,9 @@ replaces only that date.
    failed night: scoring then uses the unchanged champion and the decision (with its
    reason) is recorded in XCom and in `runs/dt=D/run.json`.
 6. **score_users** (Spark, `vasp score`) → `recommendations/dt=D/` from `vasp@champion`.
-7. **validate_recommendations** — every user present, N items each, no seen items,
-   counts match the manifest.
+7. **validate_recommendations** — every user present, N items each, none of the items the
+   `exclude` rule leaves out (default `all`: anything the user interacted with, whatever the
+   rating), counts match the manifest.
 8. **publish_assets** — emits the `vasp_features` and `vasp_recommendations` Assets
    (data-aware downstream DAGs schedule on them) and writes `runs/dt=D/run.json`.
 
@@ -38,6 +39,7 @@ from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, chain, tas
 from airflow.sdk.serde import allow_class
 
 from vasp_model.core.config import PRESETS
+from vasp_model.core.defaults import EXCLUDE_RULES
 from vasp_model.pipeline import checks, tasks
 from vasp_model.pipeline.plan import Plan, load_config, make_plan
 from vasp_model.pipeline.stages import STAGES
@@ -82,6 +84,12 @@ with DAG(
         "threshold": Param(CFG.threshold, type="number", description="a rating above this is a positive"),
         "min_user_interactions": Param(
             CFG.min_user_interactions, type="integer", minimum=1, description="min positives to train on a user"
+        ),
+        "exclude": Param(
+            CFG.exclude,
+            type="string",
+            enum=list(EXCLUDE_RULES),
+            description="what a list leaves out: all = every item the user interacted with; positives; none",
         ),
         "date": Param(
             None,

@@ -6,7 +6,9 @@ Pipeline (extract -> pure transforms on DataFrames -> load):
 2. :func:`collapse_events` groups the raw events by user in ONE shuffle: duplicates (same
    user and item) are collapsed (the highest rating wins), ratings binarized
    (``rating > threshold``, or every event when there is no rating), and rejected rows kept
-   aside as one group each (so the input is scanned once even when there are bad rows).
+   aside as one group each (so the input is scanned once even when there are bad rows). Every
+   distinct item a user interacted with, whatever the rating, is kept too (``consumed``: what a
+   user's list leaves out under the default exclusion rule; the model reads only the positives).
 3. :func:`assign_users` gives every user a contiguous ``user_idx`` and a split: users with at
    least ``min_user_interactions`` positives are ranked by a seeded hash and the first
    ``heldout`` go to test, the next ``heldout`` to validation, the rest to train; the others are
@@ -118,7 +120,8 @@ def collapse_events(events: DataFrame, threshold: float) -> DataFrame:
     """Group raw events by user: one row per user plus one row per rejected row.
 
     Output: ``is_bad`` (bool), ``user_id`` (null for rejected rows), ``n_rows`` (events read),
-    ``n_distinct`` (distinct items), ``pos`` (distinct positive item ids, unordered), ``n_pos``,
+    ``n_distinct`` (distinct items), ``items`` (distinct item ids, any rating, unordered),
+    ``pos`` (distinct positive item ids, unordered), ``n_pos``,
     ``bad`` (struct reason, raw, source, block, row of a rejected row; null for users).
 
     One shuffle: rows are partitioned by user (a rejected row by its own row id, so it
@@ -152,7 +155,7 @@ def collapse_events(events: DataFrame, threshold: float) -> DataFrame:
         "is_bad",
         "key",
         "n_rows",
-        F.size(F.array_distinct("_all")).alias("n_distinct"),
+        F.array_distinct("_all").alias("items"),
         F.array_distinct("_pos").alias("pos"),
         "bad",
     )
@@ -160,7 +163,8 @@ def collapse_events(events: DataFrame, threshold: float) -> DataFrame:
         "is_bad",
         F.when(~F.col("is_bad"), F.col("key")).alias("user_id"),
         F.col("n_rows").cast("long").alias("n_rows"),
-        F.col("n_distinct").cast("long").alias("n_distinct"),
+        F.size("items").cast("long").alias("n_distinct"),
+        "items",
         "pos",
         F.size("pos").alias("n_pos"),
         "bad",
@@ -203,11 +207,12 @@ def assign_users(users: DataFrame, n_heldout: int, min_positives: int, seed: int
     )
 
 
-def positives(per_user: DataFrame, users: DataFrame) -> DataFrame:
-    """Every positive as a row: (user_idx, user_id, split, item_id)."""
+def item_rows(per_user: DataFrame, users: DataFrame, column: str) -> DataFrame:
+    """Each item of ``column`` as a row (user_idx, user_id, split, item_id): ``pos`` the positives,
+    ``items`` every item whatever the rating."""
     from pyspark.sql import functions as F
 
-    rows = per_user.filter(~F.col("is_bad")).select("user_id", F.explode("pos").alias("item_id"))
+    rows = per_user.filter(~F.col("is_bad")).select("user_id", F.explode(column).alias("item_id"))
     return rows.join(F.broadcast(users.select("user_idx", "user_id", "split")), "user_id")
 
 
@@ -233,7 +238,11 @@ def with_item_idx(pos_rows: DataFrame, items: DataFrame) -> DataFrame:
 
 
 def build_interactions(pos_rows: DataFrame) -> DataFrame:
-    """All users' positives (user_idx, item_id, item_idx); ``pos_rows`` from :func:`with_item_idx`."""
+    """All users' rows (user_idx, item_id, item_idx); ``pos_rows`` from :func:`with_item_idx`.
+
+    On the positives: the ``interactions`` table (the model's input); on every item whatever the
+    rating: the ``consumed`` table.
+    """
     from pyspark.sql import functions as F
 
     return pos_rows.select(F.col("user_idx").cast("int"), "item_id", F.col("item_idx").cast("int"))
@@ -388,7 +397,7 @@ def build(
 
         users_all = per_user.filter(~F.col("is_bad")).select("user_id", "n_pos")
         users = assign_users(users_all, n_heldout, config.min_user_interactions, config.seed).persist()
-        base_rows = positives(per_user, users)
+        base_rows = item_rows(per_user, users, "pos")
         items = build_items(base_rows).persist()
         n_items = items.count()
         pos_rows = with_item_idx(base_rows, items)
@@ -398,6 +407,9 @@ def build(
             "items": items.coalesce(1).sortWithinPartitions("item_idx"),
             "users": users.select("user_idx", "user_id", "split").coalesce(1).sortWithinPartitions("user_idx"),
             "interactions": build_interactions(pos_rows).sortWithinPartitions("user_idx", "item_id"),
+            "consumed": build_interactions(
+                with_item_idx(item_rows(per_user, users, "items"), items)
+            ).sortWithinPartitions("user_idx", "item_id"),
         }
         for split in ("validation", "test"):
             table = heldout_table(pos_rows.filter(F.col("split") == split), split, config)
@@ -419,10 +431,15 @@ def build(
 
             out = dict(counts)
             del out["events"]
-            inter = table("interactions").agg(
-                F.count("*").alias("rows"), F.count(F.when(F.col("item_idx").isNull(), 1)).alias("oov")
-            )
-            inter_row = inter.first()
+
+            def rows_and_oov(name: str) -> Any:
+                return (
+                    table(name)
+                    .agg(F.count("*").alias("rows"), F.count(F.when(F.col("item_idx").isNull(), 1)).alias("oov"))
+                    .first()
+                )
+
+            inter_row, consumed_row = rows_and_oov("interactions"), rows_and_oov("consumed")
             out.update(
                 {
                     "items": n_items,
@@ -430,6 +447,8 @@ def build(
                     **{f"{s}_users": split_counts.get(s, (0, 0))[0] for s in SPLITS},
                     "interactions": int(inter_row["rows"]),
                     "interactions_oov": int(inter_row["oov"]),
+                    "consumed": int(consumed_row["rows"]),
+                    "consumed_oov": int(consumed_row["oov"]),
                     "train_ab_rows": table("train_ab").count(),
                     "quarantine_by_reason": dict(sorted(reasons.items())),
                 }
@@ -598,6 +617,7 @@ SUMMARY_COUNTS = (
     "validation_users",
     "test_users",
     "train_ab_rows",
+    "consumed",
 )
 
 

@@ -9,14 +9,17 @@
   place); each executor Python process loads it once (module-level cache keyed by the bundle's
   SHA-256), on CPUs with the Neural EASE path in SciPy (``ModelBundle.load``).
 * Users come from the ``users`` table (all of them, whatever their split), grouped with their
-  item ids from ``interactions`` in one shuffle; batches of users go through ``mapInArrow`` into
-  ``ModelBundle.recommend_flat`` straight from the Arrow list column: ids unknown to the model's
-  vocabulary are ignored (and counted), seen items are masked, the top N are kept with
-  ``argpartition``, and a user with no known item gets the popularity list (``fallback = true``).
+  item ids from ``interactions`` (the positives: the model's input) and the items their list leaves
+  out (the exclusion rule ``exclude``: ``consumed``, every item the user interacted with whatever
+  the rating, by default) in one shuffle; batches of users go through ``mapInArrow`` into
+  ``ModelBundle.recommend_flat`` straight from the Arrow list columns: ids unknown to the model's
+  vocabulary are ignored (and counted), the excluded items are masked (and counted), the top N are
+  kept with ``argpartition``, and a user with no known item gets the popularity list
+  (``fallback = true``).
   Each task returns one row per user (the list as arrays); Spark explodes it into ranked rows.
 * Output columns: ``user_id``, ``rank`` (1..N), ``item_id``, ``score``, ``model_version``,
-  ``fallback``; written to staging and published atomically with ``_manifest.json`` (counts), so a
-  rerun replaces exactly date D.
+  ``fallback``; written to staging and published atomically with ``_manifest.json`` (the rule
+  ``exclude`` and the counts, ``excluded_candidates`` among them), so a rerun replaces exactly date D.
 """
 
 from __future__ import annotations
@@ -46,7 +49,11 @@ log = logging.getLogger("vasp.score")
 APP_NAME = "vasp-score"
 
 # The columns of features/dt=D the job reads (Spark DDL).
-READ_SCHEMAS = {"users": "user_idx INT, user_id STRING", "interactions": "user_idx INT, item_id STRING"}
+READ_SCHEMAS = {
+    "users": "user_idx INT, user_id STRING",
+    "interactions": "user_idx INT, item_id STRING",
+    "consumed": "user_idx INT, item_id STRING",
+}
 OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score", "model_version", "fallback")
 DEFAULT_MODEL_URI = "models:/vasp@champion"
 
@@ -58,7 +65,7 @@ _SHIPPED: dict[tuple[str, str], str] = {}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vasp_jobs.common.spark import add_spark_arguments
-    from vasp_model.core.args import add_tracking_argument, add_warehouse_argument
+    from vasp_model.core.args import add_exclude_argument, add_tracking_argument, add_warehouse_argument
 
     parser.add_argument("--date", required=True, help="Logical date YYYY-MM-DD: scores features/dt=D.")
     parser.add_argument(
@@ -68,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_MODEL_URI}).",
     )
     parser.add_argument("--top-n", type=int, default=100, help="Items per user (default 100).")
+    add_exclude_argument(parser)
     add_warehouse_argument(parser)
     add_tracking_argument(parser)
     parser.add_argument(
@@ -148,20 +156,20 @@ def scored_schema():
             ("scores", pa.list_(pa.float32())),
             ("fallback", pa.bool_()),
             ("unknown_items", pa.int32()),  # input ids not in the model's vocabulary (ignored)
+            ("excluded_items", pa.int32()),  # vocabulary items left out of the list (the exclusion rule)
         ]
     )
 
 
-def score_lists(bundle, user_ids, item_lists, top_n: int):
+def score_lists(bundle, user_ids, item_lists, excluded_lists, top_n: int):
     """Score one chunk of users -> an Arrow RecordBatch in ``scored_schema`` (only real items, best first).
 
-    ``user_ids`` (strings) and ``item_lists`` (lists of item ids) are Arrow arrays of equal length.
+    ``user_ids`` (strings), ``item_lists`` (lists of item ids: the model's input) and ``excluded_lists``
+    (lists of item ids the lists leave out) are Arrow arrays of equal length.
     """
     import pyarrow as pa
 
-    offsets = item_lists.offsets.to_numpy()
-    items = item_lists.values.slice(offsets[0], offsets[-1] - offsets[0])
-    rec = bundle.recommend_flat(offsets - offsets[0], items, top_n)
+    rec = bundle.recommend_flat(*_flat(item_lists), top_n, exclude=_flat(excluded_lists))
     valid = (rec.item_idx >= 0) & np.isfinite(rec.scores)  # row-major: each user's valid slots in rank order
     list_offsets = pa.array(np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32))
     return pa.RecordBatch.from_arrays(
@@ -171,35 +179,38 @@ def score_lists(bundle, user_ids, item_lists, top_n: int):
             pa.ListArray.from_arrays(list_offsets, pa.array(rec.scores[valid], type=pa.float32())),
             pa.array(rec.fallback, type=pa.bool_()),
             pa.array(rec.unknown_items.astype(np.int32), type=pa.int32()),
+            pa.array(rec.excluded.astype(np.int32), type=pa.int32()),
         ],
         schema=scored_schema(),
     )
 
 
+def _flat(lists):
+    """An Arrow list array (maybe a slice) as (offsets from 0, its values)."""
+    offsets = lists.offsets.to_numpy()
+    return offsets - offsets[0], lists.values.slice(offsets[0], offsets[-1] - offsets[0])
+
+
 def score_partition(batches: Iterator, bundle_ref: str, top_n: int, batch_users: int, model_key: str, threads: int):
-    """``mapInArrow`` body: (user_id, item_ids) batches -> one scored row per user."""
+    """``mapInArrow`` body: (user_id, item_ids, excluded_ids) batches -> one scored row per user."""
     bundle = _bundle(_bundle_path(bundle_ref), model_key, threads)
     for batch in batches:
-        user_ids, item_lists = batch.column("user_id"), batch.column("item_ids")
+        columns = [batch.column(name) for name in ("user_id", "item_ids", "excluded_ids")]
         for start in range(0, batch.num_rows, batch_users):
-            yield score_lists(
-                bundle,
-                user_ids.slice(start, batch_users),
-                item_lists.slice(start, batch_users),
-                top_n,
-            )
+            yield score_lists(bundle, *(column.slice(start, batch_users) for column in columns), top_n)
 
 
 # -- driver side ----------------------------------------------------------------------------------
 
 
-def user_item_lists(spark, warehouse: str, date: str, partitions: int):
-    """Every user of features/dt=D (user_idx, user_id) with the item ids of their positives (empty list if none).
+def user_item_lists(spark, warehouse: str, date: str, partitions: int, exclude: str = defaults.DEFAULT_EXCLUDE):
+    """Every user of features/dt=D (user_idx, user_id) with the item ids of their positives (``item_ids``,
+    empty if none) and of what their list leaves out under rule ``exclude`` (``excluded_ids``).
 
-    One shuffle and no join: the (user_idx, item_id) pairs and one (user_idx, user_id) row per user
-    are hash-partitioned by user_idx into ``partitions`` and grouped in place (``collect_list`` and
-    ``max`` skip the nulls each side leaves). Repeated items are left to the scorer, which counts
-    each once.
+    One shuffle and no join: the (user_idx, item_id) pairs of each table and one (user_idx, user_id)
+    row per user are hash-partitioned by user_idx into ``partitions`` and grouped in place
+    (``collect_list`` and ``max`` skip the nulls each side leaves). Repeated items are left to the
+    scorer, which counts each once.
     """
     from pyspark.sql import functions as F
 
@@ -208,13 +219,18 @@ def user_item_lists(spark, warehouse: str, date: str, partitions: int):
     def read(table: str):  # only the columns used, typed as the build job writes them (no schema inference)
         return spark.read.schema(READ_SCHEMAS[table]).parquet(spark_path(layout.feature_table(warehouse, date, table)))
 
-    return (
-        read("interactions")
-        .unionByName(read("users"), allowMissingColumns=True)  # each side's missing column is null
-        .repartition(partitions, "user_idx")
-        .groupBy("user_idx")
-        .agg(F.max("user_id").alias("user_id"), F.collect_list("item_id").alias("item_ids"))
-    )
+    table = layout.exclusion_table(exclude)
+    rows = read("interactions").unionByName(read("users"), allowMissingColumns=True)  # missing columns are null
+    aggregates = [F.max("user_id").alias("user_id"), F.collect_list("item_id").alias("item_ids")]
+    if table not in (None, "interactions"):
+        rows = rows.unionByName(read(table).withColumnRenamed("item_id", "excluded_id"), allowMissingColumns=True)
+        aggregates.append(F.collect_list("excluded_id").alias("excluded_ids"))
+    lists = rows.repartition(partitions, "user_idx").groupBy("user_idx").agg(*aggregates)
+    if table == "interactions":
+        return lists.withColumn("excluded_ids", F.col("item_ids"))
+    if table is None:
+        return lists.withColumn("excluded_ids", F.array().cast("array<string>"))
+    return lists
 
 
 def transform(lists_df, bundle_ref: str, top_n: int, batch_users: int, model_key: str, threads: int):
@@ -233,7 +249,7 @@ def recommendation_rows(scored_df, model_version: str):
     """One row per user and rank (``OUTPUT_COLUMNS``): the lists exploded on the JVM side.
 
     Exploding in Spark moves one Arrow row per user out of Python instead of one per item; a user
-    with an empty list (who has seen the whole catalog) gets no row.
+    with an empty list (every item excluded for them) gets no row.
     """
     from pyspark.sql import functions as F
 
@@ -260,6 +276,7 @@ def observed_counts(top_n: int) -> dict[str, str]:
         "unknown_items": "sum(unknown_items)",
         "users_with_unknown_items": "count_if(unknown_items > 0)",
         "users_with_full_list": f"count_if(size(item_ids) = {int(top_n)})",
+        "excluded_candidates": "sum(excluded_items)",
     }
 
 
@@ -348,8 +365,12 @@ def score(
     top_n: int = 100,
     batch_users: int = 1024,
     partitions: int = 0,
+    exclude: str = defaults.DEFAULT_EXCLUDE,
 ) -> dict[str, Any]:
-    """Score every user of ``date`` and publish ``recommendations/dt=D``; returns the manifest."""
+    """Score every user of ``date`` and publish ``recommendations/dt=D``; returns the manifest.
+
+    Each list leaves out the items of the rule ``exclude`` (:func:`vasp_model.data.layout.exclusion_table`).
+    """
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
@@ -362,9 +383,12 @@ def score(
         raise ValueError(f"top_n must be a positive integer, got {top_n!r}")
     if batch_users <= 0:
         raise ValueError(f"batch_users must be positive, got {batch_users}")
+    table = layout.exclusion_table(exclude)
     features = layout.features_dir(warehouse, date)
     if not storage.is_published(features):
         raise FileNotFoundError(f"features for {date} are not published at {features}")
+    if table and not storage.exists(layout.feature_table(warehouse, date, table)):
+        raise FileNotFoundError(f"exclude={exclude} needs the {table!r} table, which {features} lacks: rebuild {date}")
     tracking_uri = tracking_uri or defaults.default_tracking_uri()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="vasp-score-") as tmp:
@@ -377,7 +401,7 @@ def score(
         partitions = partitions or max(spark.sparkContext.defaultParallelism, n_users_input // 20000)
         threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
         scored = transform(
-            user_item_lists(spark, warehouse, date, partitions),
+            user_item_lists(spark, warehouse, date, partitions, exclude),
             bundle_ref,
             top_n,
             batch_users,
@@ -403,6 +427,7 @@ def score(
                     "model_resolved_uri": resolved,
                     "model_version": version,
                     "top_n": top_n,
+                    "exclude": exclude,
                     "features": features,
                     "counts": counts,
                     "seconds": round(time.time() - started, 3),
@@ -415,7 +440,7 @@ def score(
         write_tables({"": recommendation_rows(scored, version)}, final, manifest)
     result = published[-1]
     if result["counts"]["users_without_list"]:
-        log.warning("%d users got no list (they have seen the whole catalog)", result["counts"]["users_without_list"])
+        log.warning("%d users got no list (every item is excluded for them)", result["counts"]["users_without_list"])
     log.info("published %s: %s", final, result["counts"])
     return result
 
@@ -432,9 +457,11 @@ class ScoreStageConfig:
     top_n: int = 100
     batch_users: int = 1024  # users per model forward pass inside a task
     partitions: int = 0  # 0 = Spark's default parallelism (more for big populations)
+    exclude: str = defaults.DEFAULT_EXCLUDE  # what each list leaves out (defaults.EXCLUDE_RULES)
 
     def __post_init__(self) -> None:
         layout.check_date(self.date)
+        layout.exclusion_table(self.exclude)
         if self.top_n <= 0:
             raise ValueError(f"top_n must be positive, got {self.top_n}")
 
@@ -452,6 +479,7 @@ def config_from_args(args: argparse.Namespace) -> ScoreStageConfig:
         top_n=args.top_n,
         batch_users=args.batch_users,
         partitions=args.partitions,
+        exclude=args.exclude or defaults.default_exclude(),
     )
 
 
@@ -467,6 +495,7 @@ def to_argv(config: ScoreStageConfig) -> list[str]:
         "--top-n", str(config.top_n),
         "--batch-users", str(config.batch_users),
         "--partitions", str(config.partitions),
+        "--exclude", config.exclude,
         *spark_argv(config.spark),
     ]  # fmt: skip
 
@@ -484,8 +513,14 @@ def score_stage(config: ScoreStageConfig) -> dict[str, Any]:
         top_n=config.top_n,
         batch_users=config.batch_users,
         partitions=config.partitions,
+        exclude=config.exclude,
     )
-    return {"date": config.date, "model_version": result["model_version"], **result["counts"]}
+    return {
+        "date": config.date,
+        "model_version": result["model_version"],
+        "exclude": config.exclude,
+        **result["counts"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

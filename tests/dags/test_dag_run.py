@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from vasp_model.data import layout, storage
@@ -128,13 +129,24 @@ def test_first_night_publishes_everything(synthetic_night):
     assert set(recs["model_version"]) == {str(versions[0].version)}
     record = storage.read_json(f"{layout.dataset_dir(str(wh), 'runs', D1)}/run.json")
     assert record["promotion"]["action"] == "promoted"
+    manifest = storage.read_json(f"{layout.recommendations_dir(str(wh), D1)}/{storage.MANIFEST}")
+    assert manifest["exclude"] == "all" and manifest["counts"]["excluded_candidates"] > 0
     assert record["checks"] == {
         "users": SYNTH_USERS,
         "rows": SYNTH_USERS * TOP_N,
         "top_n": TOP_N,
         "short_lists": 0,
+        "exclude": "all",
+        "excluded_candidates": manifest["counts"]["excluded_candidates"],
         "model_version": str(versions[0].version),
     }
+
+    # no published item is one the user interacted with in the night's raw input, whatever the rating
+    raw = pd.read_csv(wh / "synthetic" / f"dt={D1}" / "interactions.csv", dtype=str)
+    assert {"user_id", "item_id", "rating"} <= set(raw.columns)
+    assert (raw.rating.astype(float) <= 3.5).sum() > 0  # the input holds items users rated without liking
+    hits = recs[["user_id", "item_id"]].astype(str).merge(raw[["user_id", "item_id"]], on=["user_id", "item_id"])
+    assert hits.empty, hits.head()
 
     # data-aware downstream DAGs see both Assets, with the date's URIs
     events = _asset_events(D1)

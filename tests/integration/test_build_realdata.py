@@ -27,7 +27,7 @@ pytestmark = [
     pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not found beside the checkout"),
 ]
 DATE, OTHER_DATE = "2024-05-01", "2024-05-02"
-TABLES = ("items", "users", "interactions", "validation", "test", "train_ab", "quarantine")
+TABLES = ("items", "users", "interactions", "consumed", "validation", "test", "train_ab", "quarantine")
 
 
 def _table(warehouse: str, date: str, name: str) -> pd.DataFrame:
@@ -67,6 +67,14 @@ def check_contract(warehouse: str, date: str, manifest: dict, config: BuildConfi
     pop = train_inter.groupby("item_id").size()
     assert (items.set_index("item_id")["popularity"] == pop.reindex(items["item_id"]).to_numpy()).all()
     assert inter["item_idx"].isna().sum() == counts["interactions_oov"]
+    # consumed: every distinct (user, item) of the input whatever the rating, the positives among them
+    consumed = t["consumed"]
+    assert len(consumed) == counts["consumed"] == counts["used_rows"] >= len(inter)
+    assert not consumed.duplicated(["user_idx", "item_id"]).any()
+    assert len(inter.merge(consumed, on=["user_idx", "item_id"])) == len(inter)
+    vocab_idx = consumed["item_id"].map(items.set_index("item_id")["item_idx"])
+    assert vocab_idx.fillna(-1).astype(int).tolist() == consumed["item_idx"].fillna(-1).astype(int).tolist()
+    assert consumed["item_idx"].isna().sum() == counts["consumed_oov"]
     # held-out users: fold-in + holdout = the user's in-vocabulary positives; int(0.2 n) held out
     known = inter.dropna(subset=["item_idx"])
     for split in ("validation", "test"):

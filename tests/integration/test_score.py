@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -138,9 +139,11 @@ def test_every_user_gets_n_distinct_unseen_items(world):
     # scores descend with rank
     ordered = recs.sort_values(["user_id", "rank"])
     assert (ordered.groupby("user_id")["score"].diff().dropna() <= 1e-6).all()
-    # no seen item
-    seen = inter.merge(users[["user_idx", "user_id"]], on="user_idx")[["user_id", "item_id"]]
-    assert recs.merge(seen, on=["user_id", "item_id"]).empty
+    # no item the user rated, whatever the rating (the default rule: exclude=all), in the raw input
+    raw = pd.read_csv(world["root"] / "input" / "u.data", sep="\t", names=["user_id", "item_id", "rating", "ts"])
+    rated = raw.astype({"user_id": str, "item_id": str})[["user_id", "item_id"]].drop_duplicates()
+    assert (raw.rating <= 3).sum() > 40_000  # ML-100K: ratings are 1..5, so a user rated many items low
+    assert recs.merge(rated, on=["user_id", "item_id"]).empty
     # only items of the model's vocabulary; the recorded version is the champion's
     assert set(recs.item_id) <= world["vocab"]
     assert set(recs.model_version) == {world["version"]}
@@ -156,6 +159,9 @@ def test_every_user_gets_n_distinct_unseen_items(world):
     assert fallback_list == items.item_id.tolist()[:TOP_N]
     partial = ordered[ordered.user_id == PARTIAL_USER]
     assert not partial.fallback.any() and not {"50", "100"} & set(partial.item_id)
+    # a user without any positive gets the popularity list without the items they rated low
+    no_positive = ordered[ordered.user_id == NO_POSITIVE_USER].item_id.tolist()
+    assert no_positive == [i for i in items.item_id if i not in {"50", "100"}][:TOP_N]
 
 
 def test_manifest_counts(world):
@@ -169,6 +175,10 @@ def test_manifest_counts(world):
     # the model is today's, so its unknown items are exactly the interactions outside today's vocabulary
     assert counts["unknown_items"] == int(inter.item_idx.isna().sum()) >= 5
     assert counts["users_with_unknown_items"] >= 2
+    # the rule and the candidates it removed: every rated (user, item) of the model's vocabulary
+    consumed = pq.read_table(layout.feature_table(world["warehouse"], DATE, "consumed")).to_pandas()
+    assert published["exclude"] == "all"
+    assert counts["excluded_candidates"] == int(consumed.item_id.isin(world["vocab"]).sum()) > len(inter)
 
 
 def test_rerun_replaces_only_that_date(spark, world, capsys):
@@ -262,7 +272,7 @@ def test_a_local_master_scores_the_bundle_in_place(spark, world, tmp_path):
 
 
 def test_lists_are_cut_where_the_catalog_runs_out(spark, world):
-    """top N beyond the catalog: each user gets every known item they have not seen, ranked 1..k."""
+    """top N beyond the catalog: each user gets every known item they have not rated, ranked 1..k."""
     from vasp_jobs.score import score
 
     wh, day = world["warehouse"], "2026-04-04"
@@ -271,8 +281,8 @@ def test_lists_are_cut_where_the_catalog_runs_out(spark, world):
     counts = score(spark, day, wh, model_uri=world["bundle_dir"], top_n=top_n)["counts"]
     recs = _read(layout.recommendations_dir(wh, day)).to_pandas()
     users = pq.read_table(layout.feature_table(wh, day, "users")).to_pandas()
-    inter = pq.read_table(layout.feature_table(wh, day, "interactions")).to_pandas()
-    seen = inter.merge(users[["user_idx", "user_id"]], on="user_idx")[["user_id", "item_id"]].drop_duplicates()
+    consumed = pq.read_table(layout.feature_table(wh, day, "consumed")).to_pandas()
+    seen = consumed.merge(users[["user_idx", "user_id"]], on="user_idx")[["user_id", "item_id"]].drop_duplicates()
     seen_known = seen[seen.item_id.isin(world["vocab"])].groupby("user_id").size()
     expected = (len(world["vocab"]) - seen_known.reindex(users.user_id, fill_value=0)).rename("n")
     per_user = recs.groupby("user_id").size().reindex(users.user_id, fill_value=0)

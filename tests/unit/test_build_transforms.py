@@ -54,6 +54,8 @@ def test_collapse_counts_duplicates_binarizes_and_keeps_rejected_rows(spark):
     assert (users["u1"]["n_rows"], users["u1"]["n_distinct"], users["u1"]["n_pos"]) == (4, 3, 2)
     assert sorted(users["u1"]["pos"]) == ["a", "c"]
     assert (users["u2"]["n_rows"], users["u2"]["n_distinct"], users["u2"]["n_pos"]) == (3, 2, 0)
+    # every distinct item whatever the rating (what a list leaves out under exclude=all)
+    assert sorted(users["u1"]["items"]) == ["a", "b", "c"] and sorted(users["u2"]["items"]) == ["a", "b"]
     bad = per_user.filter("is_bad").select("bad.reason", "bad.row").collect()
     assert sorted((r["reason"], r["row"]) for r in bad) == [("null_user", 7), ("wrong_column_count", 8)]
 

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from features_fixture import built_features, copy_features, events_csv
 
 from vasp_model.data import layout, storage
-from vasp_model.data.features import Features, input_digest, load_features
+from vasp_model.data.features import EvalSplit, Features, input_digest, load_features
 
 DATE = "2026-01-02"
 THRESHOLD = 3.5
@@ -101,6 +101,8 @@ def test_load_features_gives_back_the_input(build):
             known = positives[user] & vocabulary
             assert fold | hold == known and not fold & hold
             assert len(hold) == int(0.2 * len(known))
+            rated = {i for u, i in zip(*_events()[:2], strict=True) if u == user}
+            assert _row_items(split.consumed, row, f.item_ids) == rated & vocabulary  # whatever the rating
             dropped += len(positives[user] - vocabulary)
         assert dropped >= split.n_users and manifest["counts"][f"{name}_oov_dropped"] == dropped
     assert manifest["counts"]["users"] == len(positives) and manifest["counts"]["items"] == f.n_items
@@ -126,6 +128,15 @@ def test_unpublished_date_is_a_clear_error(build, tmp_path):
         load_features(warehouse, "2026-01-01")
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         load_features(warehouse, "yesterday")
+
+
+def test_features_of_another_schema_version_are_a_clear_error(build, tmp_path):
+    warehouse = str(tmp_path / "wh")
+    directory = copy_features(build[0], DATE, warehouse)
+    manifest = storage.read_json(f"{directory}/{storage.MANIFEST}")
+    storage.write_json(f"{directory}/{storage.MANIFEST}", {**manifest, "schema_version": layout.SCHEMA_VERSION - 1})
+    with pytest.raises(ValueError, match="schema version .*rebuild the date"):
+        load_features(warehouse, DATE)
 
 
 def _rewrite(warehouse: str, table: str, change) -> None:
@@ -163,6 +174,24 @@ def test_contract_violations_are_reported(build, tmp_path):
         load_features(warehouse, DATE)
 
 
+def test_a_split_excludes_by_the_rule():
+    """all: the fold-in plus every other item the user interacted with except the held-out ones;
+    positives: the fold-in; none: nothing."""
+    rows = lambda *r: sp.csr_matrix(np.array(r, dtype=np.float32))  # noqa: E731
+    split = EvalSplit(
+        fold_in=rows([1, 0, 0, 0], [0, 0, 1, 0]),
+        holdout=rows([0, 1, 0, 0], [0, 0, 0, 0]),
+        user_idx=np.array([3, 7], np.int32),
+        user_ids=np.array(["u3", "u7"], dtype=object),
+        consumed=rows([1, 1, 1, 0], [0, 0, 1, 1]),  # u3 rated item 2 low, u7 item 3
+    )
+    np.testing.assert_array_equal(split.excluded("all").toarray(), [[1, 0, 1, 0], [0, 0, 1, 1]])
+    np.testing.assert_array_equal(split.excluded("positives").toarray(), split.fold_in.toarray())
+    assert split.excluded("none").nnz == 0 and split.excluded("none").shape == (2, 4)
+    with pytest.raises(ValueError, match="exclude must be one of all, positives, none"):
+        split.excluded("seen")
+
+
 def test_from_interactions_follows_vae_cf_split():
     rng = np.random.default_rng(0)
     users, items = [], []
@@ -192,6 +221,7 @@ def test_from_interactions_follows_vae_cf_split():
         expected = np.where(n >= 5, (0.2 * n).astype(int), 0)
         np.testing.assert_array_equal(split.holdout.getnnz(axis=1), expected)
         assert split.fold_in.multiply(split.holdout).nnz == 0
+        assert (split.consumed != split.fold_in + split.holdout).nnz == 0  # only positives were given
 
 
 def test_from_interactions_is_seeded():

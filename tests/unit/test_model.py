@@ -195,6 +195,28 @@ def test_recommend_flat_takes_arrow_lists_and_counts_repeats_once():
         bundle.recommend_flat([0, 3], ["a", "b"], 2)
 
 
+def test_recommend_flat_leaves_out_the_exclusion_lists():
+    """The model reads the input lists; the exclusion lists (any vocabulary) say what is masked, for
+    the popularity fallback too, and how many vocabulary items were left out."""
+    popularity = np.array([1, 50, 3, 40, 2])
+    bundle = ModelBundle(build_model(5, TINY, seed=0), np.array(["a", "b", "c", "d", "e"], dtype=object), popularity)
+    inputs = [["a"], [], ["a", "b"]]
+    excluded = [["a", "c", "zz", "c"], ["b"], []]  # "zz": not in the vocabulary; repeats count once
+    flat = lambda lists: (np.cumsum([0, *map(len, lists)]), [i for ids in lists for i in ids])  # noqa: E731
+    out = bundle.recommend_flat(*flat(inputs), 5, exclude=flat(excluded))
+    assert out.excluded.tolist() == [2, 1, 0]
+    assert out.fallback.tolist() == [False, True, False]
+    assert set(out.item_ids[0, :3]) == {"b", "d", "e"} and out.item_ids[0, 3:].tolist() == [None, None]
+    assert out.item_ids[1, :4].tolist() == ["d", "c", "e", "a"]  # popularity without "b"
+    assert set(out.item_ids[2]) == set("abcde")  # nothing left out: the input items are candidates
+    plain = bundle.recommend_flat(*flat(inputs), 5)  # default: the input items are left out
+    assert plain.excluded.tolist() == [1, 0, 2] and not {"a", "b"} & set(plain.item_ids[2])
+    scores = bundle.scores(sp.csr_matrix(np.array([[1, 0, 0, 0, 0]], np.float32)))[0]
+    assert np.allclose(out.scores[0, :3], np.sort(scores[[1, 3, 4]])[::-1])  # scored from the input alone
+    with pytest.raises(ValueError, match="exclude lists 2 users, the item lists 3"):
+        bundle.recommend_flat(*flat(inputs), 5, exclude=flat(excluded[:2]))
+
+
 def test_sparse_model_input_scores_like_dense(monkeypatch):
     import vasp_model.recommenders.bundle as bundle_module
 

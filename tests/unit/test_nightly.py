@@ -112,7 +112,7 @@ def test_spark_argv_round_trips_through_the_job_parser(tmp_path, monkeypatch, st
             build=dataclasses.replace(config.build, heldout_users=4, user_col="u", seed=7, format="csv"),
         )
     else:
-        changed = dataclasses.replace(config, spark=spark, model_uri="/m", batch_users=16, partitions=3)
+        changed = dataclasses.replace(config, spark=spark, model_uri="/m", batch_users=16, partitions=3, exclude="none")
     assert _parse(stage, STAGES[stage].argv(changed)) == changed
     with pytest.raises(TypeError, match="takes a"):
         STAGES[stage].argv(night)
@@ -128,13 +128,15 @@ VOCAB = {"a", "b", "c", "d", "e"}
 GOOD = [("u1", 1, "b"), ("u1", 2, "c"), ("u2", 1, "a"), ("u2", 2, "d")]
 
 
-def _manifest(rows=4, users=2):
-    return {"top_n": 2, "counts": {"rows": rows, "users": users, "users_input": 2}}
+def _manifest(rows=4, users=2, excluded=3, exclude="all"):
+    counts = {"rows": rows, "users": users, "users_input": 2, "excluded_candidates": excluded}
+    return {"top_n": 2, "exclude": exclude, "counts": counts}
 
 
 def test_valid_lists_pass():
-    counts = checks.check_recommendations(_lists(GOOD), USERS, SEEN, 2, _manifest(), VOCAB)
+    counts = checks.check_recommendations(_lists(GOOD), USERS, SEEN, 2, "all", _manifest(), VOCAB)
     assert counts["users"] == 2 and counts["rows"] == 4 and counts["short_lists"] == 0
+    assert (counts["exclude"], counts["excluded_candidates"]) == ("all", 3)
 
 
 @pytest.mark.parametrize(
@@ -142,20 +144,38 @@ def test_valid_lists_pass():
     [
         (GOOD[:2], _manifest(2, 1), "have no list"),
         (GOOD[:3], _manifest(3, 2), "do not have min"),
-        ([("u1", 1, "a"), *GOOD[1:]], _manifest(), "already seen"),
+        ([("u1", 1, "a"), *GOOD[1:]], _manifest(), r"already seen \(exclude=all\)"),
         ([("u1", 1, "c"), *GOOD[1:]], _manifest(), "repeat an item"),
         ([("u1", 1, "b"), ("u1", 3, "c"), *GOOD[2:]], _manifest(), "ranks"),
         ([*GOOD[:3], ("u2", 2, "zz")], _manifest(), "vocabulary"),
         (GOOD, _manifest(rows=5), "manifest counts rows"),
+        (GOOD, _manifest(excluded=2), "manifest counts excluded_candidates"),
+        (GOOD, _manifest(exclude="positives"), "scored with exclude=positives, expected all"),
     ],
 )
 def test_each_rule_can_fail(rows, manifest, message):
     with pytest.raises(ValueError, match=message):
-        checks.check_recommendations(_lists(rows), USERS, SEEN, 2, manifest, VOCAB)
+        checks.check_recommendations(_lists(rows), USERS, SEEN, 2, "all", manifest, VOCAB)
 
 
 def test_short_list_is_fine_when_the_user_has_seen_almost_everything():
     seen = pd.DataFrame({"user_idx": [0, 0, 0, 0, 1], "item_id": ["a", "b", "c", "d", "a"]})
     rows = [("u1", 1, "e"), ("u2", 1, "b"), ("u2", 2, "c")]
-    manifest = {"top_n": 2, "counts": {"rows": 3, "users": 2, "users_input": 2}}
-    assert checks.check_recommendations(_lists(rows), USERS, seen, 2, manifest, VOCAB)["short_lists"] == 1
+    manifest = _manifest(rows=3, excluded=5)
+    assert checks.check_recommendations(_lists(rows), USERS, seen, 2, "all", manifest, VOCAB)["short_lists"] == 1
+
+
+def test_exclude_is_a_run_setting_with_env_default_and_validation(tmp_path, monkeypatch):
+    cfg = plan.load_config({"warehouse": str(tmp_path)})
+    night = plan.make_plan({}, dt.datetime(2026, 3, 1), config=cfg)
+    assert night.exclude == "all" == night.score_config().exclude == night.train_config().exclude
+    night = plan.make_plan({"exclude": "positives"}, dt.datetime(2026, 3, 1), config=cfg)
+    assert night.score_config().exclude == "positives" == night.train_config().exclude
+    monkeypatch.setenv("VASP_EXCLUDE", "none")
+    assert plan.load_config({"warehouse": str(tmp_path)}).exclude == "none"
+    assert _parse("score", ["--date", "2026-03-01"]).exclude == "none"  # the CLI default follows the env
+    assert _parse("score", ["--date", "2026-03-01", "--exclude", "positives"]).exclude == "positives"
+    with pytest.raises(ConfigError, match="exclude must be one of all, positives, none"):
+        plan.load_config({"exclude": "seen"})
+    with pytest.raises(SystemExit):
+        _parse("train", ["--date", "2026-03-01", "--exclude", "seen"])

@@ -57,14 +57,30 @@ def _users(vocabulary) -> dict[str, list[str]]:
     return users
 
 
-def _batches(users: dict[str, list[str]], sizes: tuple[int, ...]) -> list[pa.RecordBatch]:
-    """The users as consecutive Arrow batches of ``sizes`` rows (``user_id``, ``item_ids``), as mapInArrow feeds them."""
-    ids, lists = list(users), list(users.values())
-    schema = pa.schema([("user_id", pa.string()), ("item_ids", pa.list_(pa.string()))])
+def _excluded(users: dict[str, list[str]], vocabulary) -> dict[str, list[str]]:
+    """What each user's list must leave out: their items, and for every third user two more known
+    items they rated without liking them (the ``consumed`` rule)."""
+    out = {}
+    for u, (user, items) in enumerate(users.items()):
+        extra = [str(i) for i in vocabulary if str(i) not in items][:2] if u % 3 == 0 else []
+        out[user] = items + extra
+    return out
+
+
+def _batches(
+    users: dict[str, list[str]], excluded: dict[str, list[str]], sizes: tuple[int, ...]
+) -> list[pa.RecordBatch]:
+    """The users as consecutive Arrow batches of ``sizes`` rows (``user_id``, ``item_ids``, ``excluded_ids``),
+    as mapInArrow feeds them."""
+    ids, lists, masks = list(users), list(users.values()), [excluded[u] for u in users]
+    ids_type = pa.list_(pa.string())
+    schema = pa.schema([("user_id", pa.string()), ("item_ids", ids_type), ("excluded_ids", ids_type)])
     bounds = np.cumsum((0, *sizes))
     assert bounds[-1] == len(ids)
     return [
-        pa.RecordBatch.from_pydict({"user_id": ids[a:b], "item_ids": lists[a:b]}, schema=schema)
+        pa.RecordBatch.from_pydict(
+            {"user_id": ids[a:b], "item_ids": lists[a:b], "excluded_ids": masks[a:b]}, schema=schema
+        )
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
 
@@ -80,7 +96,8 @@ def _score(bundle_dir: str, batches, batch_users: int) -> pa.Table:
 @pytest.mark.parametrize("batch_users", [1, 4, 5, 9])
 def test_every_chunk_scores_its_own_users(bundle_dir, bundle, batch_users):
     users = _users(bundle.item_ids)
-    batches = _batches(users, (13, 10))
+    excluded = _excluded(users, bundle.item_ids)
+    batches = _batches(users, excluded, (13, 10))
     chunked = _score(bundle_dir, batches, batch_users)
     whole = _score(bundle_dir, batches, 1000)  # each input batch in one chunk
     assert chunked.num_rows == whole.num_rows == len(users)
@@ -88,7 +105,8 @@ def test_every_chunk_scores_its_own_users(bundle_dir, bundle, batch_users):
     vocabulary = set(bundle.item_ids)
     for row, (user, items) in enumerate(users.items()):
         got = chunked.slice(row, 1).to_pylist()[0]
-        alone = bundle.recommend_ids([items], TOP_N)
+        mask = excluded[user]
+        alone = bundle.recommend_flat([0, len(items)], items, TOP_N, exclude=([0, len(mask)], mask))
         valid = alone.item_idx[0] >= 0
         expected = [str(i) for i in alone.item_ids[0][valid]]
         assert got["item_ids"] == expected, user
@@ -97,10 +115,10 @@ def test_every_chunk_scores_its_own_users(bundle_dir, bundle, batch_users):
         one_chunk = whole.slice(row, 1).to_pylist()[0]
         np.testing.assert_allclose(got.pop("scores"), one_chunk.pop("scores"), rtol=1e-5)  # float32 rounding
         assert got == one_chunk, user
-        seen = set(items) & vocabulary
+        seen = set(mask) & vocabulary
         assert not seen & set(got["item_ids"]), user
         assert len(got["item_ids"]) == len(set(got["item_ids"])) == min(TOP_N, N_ITEMS - len(seen)), user
-        assert got["fallback"] == (not seen), user
+        assert got["fallback"] == (not set(items) & vocabulary), user
         assert got["unknown_items"] == sum(i not in vocabulary for i in items), user
     assert chunked.column("fallback").to_pylist().count(True) == 2  # user3 (no item) and user7 (unknown only)
 
@@ -108,7 +126,7 @@ def test_every_chunk_scores_its_own_users(bundle_dir, bundle, batch_users):
 def test_published_rows_rank_each_list_from_one(spark, bundle_dir, bundle):
     """``recommendation_rows`` on chunked output: one row per (user, rank), ranks 1..n in list order."""
     users = _users(bundle.item_ids)
-    chunked = _score(bundle_dir, _batches(users, (23,)), 4)
+    chunked = _score(bundle_dir, _batches(users, _excluded(users, bundle.item_ids), (23,)), 4)
     rows = recommendation_rows(spark.createDataFrame(chunked.to_pandas()), "7").toPandas()
     assert set(rows.model_version) == {"7"}
     for row, user in enumerate(users):

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from vasp_model.core.args import add_warehouse_argument
+from vasp_model.core.args import add_exclude_argument, add_warehouse_argument
 
 DAG_ID = "vasp_nightly"
 HELP = "Run the nightly Airflow DAG end to end for one logical date."
@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Users with fewer positives are not trained on, but still scored (default 5).",
     )
+    add_exclude_argument(parser)
     add_warehouse_argument(parser)
     parser.add_argument(
         "--home", default=None, help="Run directory for Airflow, MLflow and Spark state (default: $VASP_HOME or ./run)."
@@ -163,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         "top_n": args.top_n,
         "threshold": args.threshold,
         "min_user_interactions": args.min_user_interactions,
+        "exclude": args.exclude,
     }
     result = run_dag(date, {k: v for k, v in conf.items() if v is not None})
     return report(result, os.environ["VASP_WAREHOUSE"], args.user, conf["input"])

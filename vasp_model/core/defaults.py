@@ -4,6 +4,7 @@
 SQLite MLflow store, MLflow artifacts, the Airflow home and Spark checkpoints.
 ``VASP_WAREHOUSE`` is the warehouse root (default ``./warehouse``).
 ``VASP_TRACKING_URI`` overrides the MLflow tracking URI.
+``VASP_EXCLUDE`` is what a user's published list leaves out (``EXCLUDE_RULES``, default ``all``).
 Nothing here touches the filesystem; callers create directories when they write.
 """
 
@@ -26,3 +27,13 @@ def default_tracking_uri() -> str:
 
 def default_artifact_root() -> str:
     return os.environ.get("VASP_ARTIFACT_ROOT", "file://" + os.path.join(run_dir(), "mlartifacts"))
+
+
+# What a user's list leaves out: every item the user interacted with, whatever the rating (all),
+# only the positives the model reads (positives), or nothing (none).
+EXCLUDE_RULES = ("all", "positives", "none")
+DEFAULT_EXCLUDE = "all"
+
+
+def default_exclude() -> str:
+    return os.environ.get("VASP_EXCLUDE", DEFAULT_EXCLUDE)

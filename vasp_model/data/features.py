@@ -22,16 +22,31 @@ from vasp_model.data import layout, storage
 
 @dataclasses.dataclass(frozen=True)
 class EvalSplit:
-    """Held-out users of one split (validation or test): the 80% fold-in input and the 20% holdout."""
+    """Held-out users of one split (validation or test): the 80% fold-in input and the 20% holdout,
+    and every vocabulary item they interacted with, whatever the rating (``consumed``)."""
 
     fold_in: sp.csr_matrix  # [U_split, I]
     holdout: sp.csr_matrix  # [U_split, I]
     user_idx: np.ndarray  # [U_split] int32, global user_idx
     user_ids: np.ndarray  # [U_split] str (object)
+    consumed: sp.csr_matrix  # [U_split, I]
 
     @property
     def n_users(self) -> int:
         return self.fold_in.shape[0]
+
+    def excluded(self, exclude: str) -> sp.csr_matrix:
+        """What these users' lists leave out under rule ``exclude``: the fold-in items (``positives``),
+        plus every other item the user interacted with except the held-out ones (``all``), or nothing."""
+        table = layout.exclusion_table(exclude)
+        if table is None:
+            return sp.csr_matrix(self.fold_in.shape, dtype=np.float32)
+        if table == "interactions":  # the positives a held-out user's list knows of: the fold-in
+            return self.fold_in
+        out = (self.fold_in + self.consumed - self.consumed.multiply(self.holdout)).tocsr()
+        out.eliminate_zeros()
+        out.data[:] = 1.0
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +85,9 @@ class Features:
         for name, split in (("validation", self.validation), ("test", self.test)):
             mats[f"{name}.fold_in"] = split.fold_in
             mats[f"{name}.holdout"] = split.holdout
-            if split.fold_in.shape[0] != split.holdout.shape[0] or split.user_ids.size != split.fold_in.shape[0]:
-                raise ValueError(f"{name}: fold_in, holdout and user_ids must have the same number of users")
+            mats[f"{name}.consumed"] = split.consumed
+            if {split.holdout.shape[0], split.consumed.shape[0], split.user_ids.size} != {split.fold_in.shape[0]}:
+                raise ValueError(f"{name}: fold_in, holdout, consumed and user_ids must have the same number of users")
         for k, (a, b) in enumerate(self.ab_copies):
             mats[f"ab_copies[{k}].A"], mats[f"ab_copies[{k}].B"] = a, b
         for name, mat in mats.items():
@@ -175,6 +191,7 @@ class Features:
                 holdout=_rows_to_csr(hold, n_items),
                 user_idx=members.astype(np.int32),
                 user_ids=uniq_users[members].astype(object),
+                consumed=_rows_to_csr(rows, n_items),
             )
 
         validation, test = eval_split("validation"), eval_split("test")
@@ -279,6 +296,11 @@ def load_features(warehouse: str, date: str) -> Features:
             f"published dates: {available or 'none'}"
         )
     manifest = storage.read_json(f"{directory}/{storage.MANIFEST}")
+    if manifest.get("schema_version") != layout.SCHEMA_VERSION:
+        raise ValueError(
+            f"features of {date} have schema version {manifest.get('schema_version')}, this code reads "
+            f"{layout.SCHEMA_VERSION}: rebuild the date with `vasp build`"
+        )
 
     items = _read_table(warehouse, date, "items", ["item_idx", "item_id", "popularity"])
     item_idx = _np(items, "item_idx").astype(np.int64)
@@ -320,6 +342,13 @@ def load_features(warehouse: str, date: str) -> Features:
             pair.append(_coo_csr(ab_pos[sel], ab_item[sel], train_members.size, n_items))
         copies.append(tuple(pair))
 
+    consumed = _read_table(warehouse, date, "consumed", ["user_idx", "item_idx"])
+    c_item = np.asarray(consumed.column("item_idx").to_numpy(zero_copy_only=False), dtype=np.float64)  # NaN: null
+    known = ~np.isnan(c_item)
+    c_user = consumed.column("user_idx").to_numpy(zero_copy_only=False)[known].astype(np.int64)
+    c_item = c_item[known].astype(np.int64)
+    _check_items(c_item, n_items, "consumed")
+
     def eval_split(name: str) -> EvalSplit:
         table = _read_table(warehouse, date, name, ["user_idx", "item_idx", "role"])
         e_user = _np(table, "user_idx").astype(np.int64)
@@ -335,11 +364,13 @@ def load_features(warehouse: str, date: str) -> Features:
             raise ValueError(f"table {name!r} has unknown role values {sorted(roles)}")
         fold = e_role == "fold_in"
         hold = ~fold
+        mine = np.isin(c_user, members)
         return EvalSplit(
             fold_in=_coo_csr(pos[fold], e_item[fold], members.size, n_items),
             holdout=_coo_csr(pos[hold], e_item[hold], members.size, n_items),
             user_idx=members.astype(np.int32),
             user_ids=u_ids[np.searchsorted(u_idx, members)],
+            consumed=_coo_csr(np.searchsorted(members, c_user[mine]), c_item[mine], members.size, n_items),
         )
 
     return Features(

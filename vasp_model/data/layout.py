@@ -6,6 +6,10 @@
 
 Each ``dt=D`` points to an immutable version under ``{warehouse}/<dataset>/_versions/dt=D/``
 (see :mod:`vasp_model.data.storage`).
+
+The exclusion rule (``exclude``, :data:`vasp_model.core.defaults.EXCLUDE_RULES`) names the feature
+table whose (user, item) pairs a user's list leaves out: ``consumed`` (every item the user
+interacted with, whatever the rating), ``interactions`` (the positives) or none.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-FEATURE_TABLES = ("items", "users", "interactions", "validation", "test", "train_ab", "quarantine")
-SCHEMA_VERSION = 1
+from vasp_model.core.defaults import EXCLUDE_RULES
+
+FEATURE_TABLES = ("items", "users", "interactions", "consumed", "validation", "test", "train_ab", "quarantine")
+EXCLUDE_TABLES = dict(zip(EXCLUDE_RULES, ("consumed", "interactions", None), strict=True))
+SCHEMA_VERSION = 2  # 2: + the consumed table
 DATE_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 
 
@@ -27,6 +34,13 @@ def check_date(date: str) -> str:
     if len(date) != 10:
         raise ValueError(f"date must be YYYY-MM-DD, got {date!r}")
     return date
+
+
+def exclusion_table(exclude: str) -> str | None:
+    """The feature table of the items a list leaves out under rule ``exclude`` (None: nothing)."""
+    if exclude not in EXCLUDE_TABLES:
+        raise ValueError(f"exclude must be one of {', '.join(EXCLUDE_RULES)}, got {exclude!r}")
+    return EXCLUDE_TABLES[exclude]
 
 
 def _join(root: str, *parts: str) -> str:

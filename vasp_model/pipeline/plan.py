@@ -29,7 +29,7 @@ SYNTHETIC = "synthetic"
 SPARK_MODES = ("local", "submit")
 SENSOR_MODES = ("poke", "reschedule")
 # Run-level knobs that a DAG run may override (Airflow Params / ``vasp run`` flags).
-RUN_PARAMS = ("input", "preset", "top_n", "threshold", "min_user_interactions")
+RUN_PARAMS = ("input", "preset", "top_n", "threshold", "min_user_interactions", "exclude")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class NightlyConfig:
     top_n: int = 100
     threshold: float = 3.5
     min_user_interactions: int = 5
+    exclude: str = defaults.DEFAULT_EXCLUDE  # what a user's list leaves out (defaults.EXCLUDE_RULES)
     synthetic_users: int = 3000  # size of the synthetic input (input=synthetic)
     synthetic_items: int = 1500
     schedule: str = "0 2 * * *"  # cron; each run covers the day before its run time
@@ -73,6 +74,7 @@ class NightlyConfig:
 
         if not self.warehouse:
             raise ValueError("warehouse must not be empty")
+        layout.exclusion_table(self.exclude)
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if self.spark_mode not in SPARK_MODES:
@@ -153,11 +155,13 @@ class Plan:
     top_n: int
     threshold: float
     min_user_interactions: int
+    exclude: str
     synthetic_users: int
     synthetic_items: int
 
     def __post_init__(self) -> None:
         layout.check_date(self.date)
+        layout.exclusion_table(self.exclude)
 
     @property
     def features(self) -> str:
@@ -194,7 +198,9 @@ class Plan:
         from vasp_model.core.config import make_config
         from vasp_model.pipeline.training import TrainStageConfig
 
-        return TrainStageConfig(self.date, self.warehouse, make_config(self.preset), self.tracking_uri, quiet=True)
+        return TrainStageConfig(
+            self.date, self.warehouse, make_config(self.preset), self.tracking_uri, quiet=True, exclude=self.exclude
+        )
 
     def promote_config(self) -> PromoteStageConfig:
         from vasp_model.mlops.tracking import TrackingConfig
@@ -208,7 +214,12 @@ class Plan:
         from vasp_jobs.score import APP_NAME, ScoreStageConfig
 
         return ScoreStageConfig(
-            self.date, self.warehouse, self.tracking_uri, job_spark_config(APP_NAME), top_n=self.top_n
+            self.date,
+            self.warehouse,
+            self.tracking_uri,
+            job_spark_config(APP_NAME),
+            top_n=self.top_n,
+            exclude=self.exclude,
         )
 
 
@@ -235,6 +246,7 @@ def make_plan(
         top_n=int(values["top_n"]),
         threshold=float(values["threshold"]),
         min_user_interactions=int(values["min_user_interactions"]),
+        exclude=str(values["exclude"]),
         synthetic_users=config.synthetic_users,
         synthetic_items=config.synthetic_items,
     )

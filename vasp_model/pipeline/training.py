@@ -3,7 +3,10 @@
 Writes ``{warehouse}/models/dt=D/`` atomically (staging + publish): ``model/`` (a ModelBundle),
 ``metrics.json`` (test metrics of vasp / ease / popularity, validation, best epoch, timings),
 ``history.json`` (per epoch) and ``test_topk.parquet`` (user_id, rank, item_id: the top 100 of
-every test user, fold-in items excluded); the run is logged to MLflow unless tracking is off.
+every test user from its fold-in items, leaving out what the rule ``exclude`` says: by default
+every item the user interacted with except the held-out ones, see ``EvalSplit.excluded``; the
+metrics keep the vae_cf protocol, fold-in items masked); the run is logged to MLflow unless
+tracking is off.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from typing import Any
 
 from vasp_model.core import defaults
+from vasp_model.core.args import add_exclude_argument
 from vasp_model.core.config import VaspConfig
 from vasp_model.data import layout
 
@@ -84,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", default="vasp", help="MLflow experiment name.")
     parser.add_argument("--no-tracking", action="store_true", help="Do not log the run to MLflow.")
     parser.add_argument("--quiet", action="store_true", help="No Keras progress bar.")
+    add_exclude_argument(parser)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +104,11 @@ class TrainStageConfig:
     checkpoint_dir: str | None = None  # None: VASP_HOME/checkpoints/train-D-CONFIGHASH
     backend: str | None = None  # Keras backend to set before keras is imported (None: the environment's)
     quiet: bool = False  # no Keras progress bar
+    exclude: str = defaults.DEFAULT_EXCLUDE  # what test_topk.parquet leaves out (defaults.EXCLUDE_RULES)
 
     def __post_init__(self) -> None:
         layout.check_date(self.date)
+        layout.exclusion_table(self.exclude)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
@@ -128,11 +135,13 @@ def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
         checkpoint_dir=args.checkpoint_dir,
         backend=args.backend,
         quiet=args.quiet,
+        exclude=args.exclude or defaults.default_exclude(),
     )
 
 
-def write_outputs(result, features, directory: str) -> None:
-    """Write model/, metrics.json, history.json and test_topk.parquet into a local ``directory``."""
+def write_outputs(result, features, directory: str, exclude: str) -> None:
+    """Write model/, metrics.json, history.json and test_topk.parquet (lists leaving out ``exclude``'s
+    items) into a local ``directory``."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -146,7 +155,7 @@ def write_outputs(result, features, directory: str) -> None:
         json.dump(result.history, fh, indent=2, default=float)
     n_items = result.bundle.n_items
     fold_in = features.test.fold_in[:, :n_items].tocsr()
-    topk, _ = result.bundle.recommend(fold_in, 100)
+    topk, _ = result.bundle.recommend(fold_in, 100, exclude=features.test.excluded(exclude)[:, :n_items])
     n_users, k = topk.shape
     valid = topk >= 0
     users = np.repeat(np.asarray(features.test.user_ids, dtype=object), k).reshape(n_users, k)
@@ -193,10 +202,11 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     def publish(result) -> None:
         staging = storage.staging_dir(final)
         try:
-            write_outputs(result, features, storage.local_path(staging))
+            write_outputs(result, features, storage.local_path(staging), config.exclude)
             manifest = {
                 "date": date,
                 "preset": vasp.preset,
+                "exclude": config.exclude,
                 "config": as_params(vasp),
                 "best_epoch": result.best_epoch,
                 "test": result.metrics.get("test", {}),
@@ -216,7 +226,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         from vasp_model.mlops.tracking import TrainingTracker
 
         with TrainingTracker(config.tracking_uri, config.experiment) as tracker:
-            tracker.log_config({**as_params(vasp), "date": date, "warehouse": warehouse})
+            tracker.log_config({**as_params(vasp), "date": date, "warehouse": warehouse, "exclude": config.exclude})
             result = fit(callbacks=[tracker.callback()])
             result.timings["load_features_seconds"] = load_seconds
             publish(result)

@@ -67,15 +67,24 @@ def check_recommend_args(user_items, n, n_items: int) -> sp.csr_matrix:
 
 
 def recommend_batched(
-    score_fn, user_items: sp.csr_matrix, n: int, filter_seen: bool, batch_users: int = _BATCH_USERS
+    score_fn,
+    user_items: sp.csr_matrix,
+    n: int,
+    filter_seen: bool,
+    batch_users: int = _BATCH_USERS,
+    exclude: sp.csr_matrix | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``n`` of ``score_fn(rows)`` (dense ``[rows, I]`` scores) for ``batch_users`` users at a time."""
+    """Top-``n`` of ``score_fn(rows)`` (dense ``[rows, I]`` scores) for ``batch_users`` users at a time.
+
+    Masked: ``exclude``'s items when it is given, else the input rows' items when ``filter_seen``.
+    """
     n_users = user_items.shape[0]
     out_idx = np.full((n_users, n), -1, dtype=np.int64)
     out_scores = np.full((n_users, n), -np.inf, dtype=np.float32)
     for start in range(0, n_users, batch_users):
         rows = user_items[start : start + batch_users]
-        idx, vals = topk_from_scores(score_fn(rows), rows if filter_seen else None, n, return_scores=True)
+        mask = exclude[start : start + batch_users] if exclude is not None else rows if filter_seen else None
+        idx, vals = topk_from_scores(score_fn(rows), mask, n, return_scores=True)
         out_idx[start : start + rows.shape[0]] = idx
         out_scores[start : start + rows.shape[0]] = vals
     return out_idx, out_scores

@@ -38,6 +38,7 @@ class RecommendedIds:
     scores: np.ndarray  # [U, n] float32 (-inf in empty slots)
     unknown_items: np.ndarray  # [U] int: input ids not in the vocabulary (ignored)
     fallback: np.ndarray  # [U] bool: no known item → the popularity list
+    excluded: np.ndarray  # [U] int: vocabulary items left out of the list (masked candidates)
     bundle_item_ids: np.ndarray  # the bundle's item ids (object), in item_idx order
 
     @property
@@ -120,10 +121,18 @@ class ModelBundle:
             out[start : start + rows.shape[0]] = self._predict(rows)
         return out
 
-    def recommend(self, user_items, n: int, filter_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``n`` (item_idx [U, n] int64, scores [U, n] float32); seen items at -inf when ``filter_seen``."""
+    def recommend(self, user_items, n: int, filter_seen: bool = True, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` (item_idx [U, n] int64, scores [U, n] float32); seen items at -inf when ``filter_seen``.
+
+        ``exclude`` (a sparse ``[U, I]`` matrix; any stored entry = leave out) replaces the input
+        rows as what is masked: the model still reads ``user_items``.
+        """
         user_items = check_recommend_args(user_items, n, self.n_items)
-        return recommend_batched(self._predict, user_items, int(n), filter_seen, self.batch_users)
+        if exclude is not None:
+            exclude = sp.csr_matrix(exclude)
+            if exclude.shape != user_items.shape:
+                raise ValueError(f"exclude has shape {exclude.shape}, user_items has {user_items.shape}")
+        return recommend_batched(self._predict, user_items, int(n), filter_seen, self.batch_users, exclude)
 
     def recommend_ids(self, item_id_lists, n: int) -> RecommendedIds:
         """Recommend from lists of item ids (any vocabulary); see :meth:`recommend_flat`."""
@@ -131,14 +140,35 @@ class ModelBundle:
         flat = [str(item) for ids in item_id_lists if ids is not None for item in ids]
         return self.recommend_flat(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]), flat, n)
 
-    def recommend_flat(self, offsets, item_ids, n: int) -> RecommendedIds:
+    def recommend_flat(self, offsets, item_ids, n: int, exclude=None) -> RecommendedIds:
         """Recommend for users whose item ids are ``item_ids[offsets[u]:offsets[u + 1]]`` (Arrow's list
         layout; ``item_ids`` an Arrow array or a sequence). Ids unknown to the vocabulary are counted and
-        ignored, repeats count once, seen items are masked, and a user with no known item gets the
-        popularity list (``fallback``)."""
+        ignored, repeats count once, and a user with no known item gets the popularity list (``fallback``).
+
+        Masked: the user's input items, or with ``exclude = (offsets, item_ids)`` in the same layout
+        exactly those items (ids outside the vocabulary cannot be recommended anyway).
+        """
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         n = int(n)
+        user_items, unknown = self._rows(offsets, item_ids)
+        n_users = user_items.shape[0]
+        mask = user_items if exclude is None else self._rows(*exclude)[0]
+        if mask.shape[0] != n_users:
+            raise ValueError(f"exclude lists {mask.shape[0]} users, the item lists {n_users}")
+        fallback = np.diff(user_items.indptr) == 0
+        idx = np.full((n_users, n), -1, dtype=np.int64)
+        scores = np.full((n_users, n), -np.inf, dtype=np.float32)
+        known_rows = np.flatnonzero(~fallback)
+        if known_rows.size:
+            idx[known_rows], scores[known_rows] = self.recommend(user_items[known_rows], n, exclude=mask[known_rows])
+        if fallback.any():
+            popularity = np.broadcast_to(self.popularity.astype(np.float32), (int(fallback.sum()), self.n_items))
+            idx[fallback], scores[fallback] = topk_from_scores(popularity, mask[fallback], n, True)
+        return RecommendedIds(idx, scores, unknown, fallback, np.diff(mask.indptr), self.item_ids)
+
+    def _rows(self, offsets, item_ids) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Lists of item ids in Arrow's list layout -> (0/1 CSR ``[U, I]`` of the known ids, unknown ids per user)."""
         offsets = np.asarray(offsets, dtype=np.int64)
         n_users = offsets.size - 1
         columns = self.columns_of(item_ids)
@@ -152,22 +182,11 @@ class ModelBundle:
             raise ValueError(f"offsets must rise from 0 to the number of item ids ({columns.size})")
         user_of = np.repeat(np.arange(n_users), np.diff(offsets))
         known = columns >= 0
-        unknown = np.bincount(user_of[~known], minlength=n_users)
-        user_items = sp.csr_matrix(
+        rows = sp.csr_matrix(
             (np.ones(int(known.sum()), np.float32), (user_of[known], columns[known])), shape=(n_users, self.n_items)
         )
-        user_items.data[:] = 1.0  # repeated ids were summed
-        fallback = np.diff(user_items.indptr) == 0
-        idx = np.full((n_users, n), -1, dtype=np.int64)
-        scores = np.full((n_users, n), -np.inf, dtype=np.float32)
-        known_rows = np.flatnonzero(~fallback)
-        if known_rows.size:
-            idx[known_rows], scores[known_rows] = self.recommend(user_items[known_rows], n)
-        if fallback.any():
-            pop_idx, pop_scores = topk_from_scores(self.popularity[None, :].astype(np.float32), None, n, True)
-            idx[fallback] = pop_idx[0]
-            scores[fallback] = pop_scores[0]
-        return RecommendedIds(idx, scores, unknown, fallback, self.item_ids)
+        rows.data[:] = 1.0  # repeated ids were summed
+        return rows, np.bincount(user_of[~known], minlength=n_users)
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str) -> str:
