@@ -336,6 +336,96 @@ def load(
 # ---------------------------------------------------------------------------- the job
 
 
+def input_counts(per_user: DataFrame, config: BuildConfig, input_uri: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(counts, quarantined rows by reason) of the collapsed input; ``ValueError`` when nothing can be built."""
+    from pyspark.sql import functions as F
+
+    kept = F.col("n_pos") >= config.min_user_interactions
+    stats = per_user.agg(
+        F.sum(F.when(~F.col("is_bad"), F.col("n_rows")).otherwise(0)).alias("events"),
+        F.sum(F.col("is_bad").cast("long")).alias("quarantined_rows"),
+        F.sum(F.when(~F.col("is_bad"), F.col("n_distinct")).otherwise(0)).alias("used_rows"),
+        F.sum(F.when(~F.col("is_bad"), F.col("n_pos")).otherwise(0)).alias("positives"),
+        F.count(F.when(~F.col("is_bad"), 1)).alias("users"),
+        F.count(F.when(F.col("n_pos") > 0, 1)).alias("users_with_positive"),
+        F.count(F.when(kept, 1)).alias("users_kept"),
+        F.sum(F.when(kept, F.col("n_pos")).otherwise(0)).alias("positives_kept"),
+    ).first()
+    counts = {k: int(v or 0) for k, v in stats.asDict().items()}
+    counts["input_rows"] = counts["events"] + counts["quarantined_rows"]
+    counts["duplicate_rows"] = counts["events"] - counts["used_rows"]
+    if counts["input_rows"] == 0:
+        raise ValueError(f"input has no rows: {input_uri}")
+    reasons: dict[str, int] = {}
+    if counts["quarantined_rows"]:
+        reasons = {
+            r["reason"]: int(r["count"]) for r in per_user.filter("is_bad").groupBy("bad.reason").count().collect()
+        }
+    if counts["users"] == 0:
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
+        raise ValueError(f"no usable rows in {input_uri}: all {counts['input_rows']} rows were rejected ({detail})")
+    if counts["users_kept"] == 0:
+        raise ValueError(
+            f"no user has >= {config.min_user_interactions} positives (rating > {config.threshold}) in {input_uri}"
+        )
+    return counts, reasons
+
+
+def feature_tables(
+    per_user: DataFrame,
+    users: DataFrame,
+    items: DataFrame,
+    pos_rows: DataFrame,
+    lines: DataFrame | None,
+    config: BuildConfig,
+) -> dict[str, DataFrame]:
+    """Every table of ``features/dt=D`` (lazy), each sorted for compact files."""
+    from pyspark.sql import functions as F
+
+    tables: dict[str, DataFrame] = {
+        "items": items.coalesce(1).sortWithinPartitions("item_idx"),
+        "users": users.select("user_idx", "user_id", "split").coalesce(1).sortWithinPartitions("user_idx"),
+        "interactions": build_interactions(pos_rows).sortWithinPartitions("user_idx", "item_id"),
+        "consumed": build_interactions(with_item_idx(item_rows(per_user, users, "items"), items)).sortWithinPartitions(
+            "user_idx", "item_id"
+        ),
+    }
+    for split in ("validation", "test"):
+        table = heldout_table(pos_rows.filter(F.col("split") == split), split, config)
+        tables[split] = table.coalesce(1).sortWithinPartitions("user_idx", "role", "item_idx")
+    tables["train_ab"] = ab_table(pos_rows, config)
+    tables["quarantine"] = quarantine_table(per_user, lines).coalesce(1).sortWithinPartitions("source", "line")
+    return tables
+
+
+def written_counts(table, split_counts: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """The manifest's counts read back from the written tables (``table(name)`` reads one)."""
+    from pyspark.sql import functions as F
+
+    def rows_and_oov(name: str) -> Any:
+        oov = F.count(F.when(F.col("item_idx").isNull(), 1))
+        return table(name).agg(F.count("*").alias("rows"), oov.alias("oov")).first()
+
+    inter_row, consumed_row = rows_and_oov("interactions"), rows_and_oov("consumed")
+    out: dict[str, Any] = {
+        **{f"{s}_users": split_counts.get(s, (0, 0))[0] for s in SPLITS},
+        "interactions": int(inter_row["rows"]),
+        "interactions_oov": int(inter_row["oov"]),
+        "consumed": int(consumed_row["rows"]),
+        "consumed_oov": int(consumed_row["oov"]),
+        "train_ab_rows": table("train_ab").count(),
+    }
+    for split in ("validation", "test"):
+        roles = {r["role"]: int(r["count"]) for r in table(split).groupBy("role").count().collect()}
+        positives = split_counts.get(split, (0, 0))[1]
+        out[f"{split}_positives"] = positives
+        out[f"{split}_fold_in"] = roles.get("fold_in", 0)
+        out[f"{split}_holdout"] = roles.get("holdout", 0)
+        out[f"{split}_oov_dropped"] = positives - sum(roles.values())
+    out["heldout_oov_dropped"] = out["validation_oov_dropped"] + out["test_oov_dropped"]
+    return out
+
+
 def build(
     spark: SparkSession, input_uri: str, warehouse: str, date: str, config: BuildConfig, input_info: dict | None = None
 ) -> dict[str, Any]:
@@ -363,36 +453,8 @@ def build(
     pool.shutdown(wait=False)
     per_user = collapse_events(raw.events, config.threshold).persist()
     try:
-        stats = per_user.agg(
-            F.sum(F.when(~F.col("is_bad"), F.col("n_rows")).otherwise(0)).alias("events"),
-            F.sum(F.col("is_bad").cast("long")).alias("quarantined_rows"),
-            F.sum(F.when(~F.col("is_bad"), F.col("n_distinct")).otherwise(0)).alias("used_rows"),
-            F.sum(F.when(~F.col("is_bad"), F.col("n_pos")).otherwise(0)).alias("positives"),
-            F.count(F.when(~F.col("is_bad"), 1)).alias("users"),
-            F.count(F.when(F.col("n_pos") > 0, 1)).alias("users_with_positive"),
-            F.count(F.when(F.col("n_pos") >= config.min_user_interactions, 1)).alias("users_kept"),
-            F.sum(F.when(F.col("n_pos") >= config.min_user_interactions, F.col("n_pos")).otherwise(0)).alias(
-                "positives_kept"
-            ),
-        ).first()
+        counts, reasons = input_counts(per_user, config, input_uri)
         lap("read_collapse")
-        counts = {k: int(v or 0) for k, v in stats.asDict().items()}
-        counts["input_rows"] = counts["events"] + counts["quarantined_rows"]
-        counts["duplicate_rows"] = counts["events"] - counts["used_rows"]
-        if counts["input_rows"] == 0:
-            raise ValueError(f"input has no rows: {input_uri}")
-        reasons: dict[str, int] = {}
-        if counts["quarantined_rows"]:
-            reasons = {
-                r["reason"]: int(r["count"]) for r in per_user.filter("is_bad").groupBy("bad.reason").count().collect()
-            }
-        if counts["users"] == 0:
-            detail = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
-            raise ValueError(f"no usable rows in {input_uri}: all {counts['input_rows']} rows were rejected ({detail})")
-        if counts["users_kept"] == 0:
-            raise ValueError(
-                f"no user has >= {config.min_user_interactions} positives (rating > {config.threshold}) in {input_uri}"
-            )
         n_heldout = config.heldout_count(counts["users_kept"])
 
         users_all = per_user.filter(~F.col("is_bad")).select("user_id", "n_pos")
@@ -403,20 +465,8 @@ def build(
         pos_rows = with_item_idx(base_rows, items)
         lap("users_items")
 
-        tables: dict[str, DataFrame] = {
-            "items": items.coalesce(1).sortWithinPartitions("item_idx"),
-            "users": users.select("user_idx", "user_id", "split").coalesce(1).sortWithinPartitions("user_idx"),
-            "interactions": build_interactions(pos_rows).sortWithinPartitions("user_idx", "item_id"),
-            "consumed": build_interactions(
-                with_item_idx(item_rows(per_user, users, "items"), items)
-            ).sortWithinPartitions("user_idx", "item_id"),
-        }
-        for split in ("validation", "test"):
-            table = heldout_table(pos_rows.filter(F.col("split") == split), split, config)
-            tables[split] = table.coalesce(1).sortWithinPartitions("user_idx", "role", "item_idx")
-        tables["train_ab"] = ab_table(pos_rows, config)
         lines = raw.lines if counts["quarantined_rows"] else None
-        tables["quarantine"] = quarantine_table(per_user, lines).coalesce(1).sortWithinPartitions("source", "line")
+        tables = feature_tables(per_user, users, items, pos_rows, lines, config)
 
         by_split = users.groupBy("split").agg(F.count("*").alias("users"), F.sum("n_pos").alias("positives"))
         split_counts = {r["split"]: (int(r["users"]), int(r["positives"] or 0)) for r in by_split.collect()}
@@ -429,38 +479,13 @@ def build(
             def table(name: str) -> DataFrame:
                 return spark.read.parquet(spark_path(f"{staging.rstrip('/')}/{name}"))
 
-            out = dict(counts)
-            del out["events"]
-
-            def rows_and_oov(name: str) -> Any:
-                return (
-                    table(name)
-                    .agg(F.count("*").alias("rows"), F.count(F.when(F.col("item_idx").isNull(), 1)).alias("oov"))
-                    .first()
-                )
-
-            inter_row, consumed_row = rows_and_oov("interactions"), rows_and_oov("consumed")
+            out = {k: v for k, v in counts.items() if k != "events"}
             out.update(
-                {
-                    "items": n_items,
-                    "heldout_users_per_split": n_heldout,
-                    **{f"{s}_users": split_counts.get(s, (0, 0))[0] for s in SPLITS},
-                    "interactions": int(inter_row["rows"]),
-                    "interactions_oov": int(inter_row["oov"]),
-                    "consumed": int(consumed_row["rows"]),
-                    "consumed_oov": int(consumed_row["oov"]),
-                    "train_ab_rows": table("train_ab").count(),
-                    "quarantine_by_reason": dict(sorted(reasons.items())),
-                }
+                items=n_items,
+                heldout_users_per_split=n_heldout,
+                quarantine_by_reason=dict(sorted(reasons.items())),
+                **written_counts(table, split_counts),
             )
-            for split in ("validation", "test"):
-                roles = {r["role"]: int(r["count"]) for r in table(split).groupBy("role").count().collect()}
-                positives = split_counts.get(split, (0, 0))[1]
-                out[f"{split}_positives"] = positives
-                out[f"{split}_fold_in"] = roles.get("fold_in", 0)
-                out[f"{split}_holdout"] = roles.get("holdout", 0)
-                out[f"{split}_oov_dropped"] = positives - sum(roles.values())
-            out["heldout_oov_dropped"] = out["validation_oov_dropped"] + out["test_oov_dropped"]
             return {
                 "schema_version": layout.SCHEMA_VERSION,
                 "dataset": "features",
