@@ -128,33 +128,15 @@ class Features:
         if n_copies < 1:
             raise ValueError(f"n_copies must be >= 1, got {n_copies}")
         rng = np.random.default_rng(seed)
-        order = np.lexsort((items, users))
-        users, items = users[order], items[order]
-        if users.size:
-            first = np.ones(users.size, dtype=bool)
-            first[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
-            users, items = users[first], items[first]
+        users, items = _distinct_pairs(users, items)
         uniq_users, u_starts, u_counts = np.unique(users, return_index=True, return_counts=True)
         kept = np.flatnonzero(u_counts >= min_user_interactions)
         n_kept = kept.size
         n_held = max(1, n_kept // 10) if n_heldout_users is None else int(n_heldout_users)
         if n_kept < 2 * n_held + 1:
             raise ValueError(f"{n_kept} users with >= {min_user_interactions} items: too few for {n_held} held-out")
-        perm = kept[rng.permutation(n_kept)]
-        split_of = np.full(uniq_users.size, "excluded", dtype=object)
-        split_of[perm[:n_held]] = "test"
-        split_of[perm[n_held : 2 * n_held]] = "validation"
-        split_of[perm[2 * n_held :]] = "train"
-
-        pair_split = np.repeat(split_of, u_counts)
-        vocab, pop = np.unique(items[pair_split == "train"], return_counts=True)
-        by_pop = np.lexsort((vocab, -pop))
-        # code of every pair's item in the final vocabulary (-1 outside it)
-        rank = np.empty(vocab.size, dtype=np.int64)
-        rank[by_pop] = np.arange(vocab.size)
-        pos = np.minimum(np.searchsorted(vocab, items), max(vocab.size - 1, 0))
-        item_code = np.where((vocab.size > 0) & (vocab[pos] == items), rank[pos] if vocab.size else -1, -1)
-        vocab, pop = vocab[by_pop], pop[by_pop]
+        split_of = _split_users(kept, uniq_users.size, n_held, rng)
+        vocab, pop, item_code = _vocabulary(items, np.repeat(split_of, u_counts) == "train")
 
         def user_rows(split: str) -> tuple[np.ndarray, list[np.ndarray]]:
             members = np.flatnonzero(split_of == split)  # ascending: user index == sorted id order
@@ -167,25 +149,11 @@ class Features:
         n_items = vocab.size
         train_members, train_rows = user_rows("train")
         train = _rows_to_csr(train_rows, n_items)
-        copies = []
-        for _ in range(n_copies):
-            a_rows, b_rows = [], []
-            for row in train_rows:
-                shuffled = rng.permutation(row)
-                half = len(shuffled) // 2
-                a_rows.append(np.sort(shuffled[:half]))
-                b_rows.append(np.sort(shuffled[half:]))
-            copies.append((_rows_to_csr(a_rows, n_items), _rows_to_csr(b_rows, n_items)))
+        copies = [_ab_halves(train_rows, n_items, rng) for _ in range(n_copies)]
 
         def eval_split(split: str) -> EvalSplit:
             members, rows = user_rows(split)
-            fold, hold = [], []
-            for row in rows:
-                mask = np.zeros(len(row), dtype=bool)
-                if len(row) >= 5:
-                    mask[rng.choice(len(row), size=int(holdout_prop * len(row)), replace=False)] = True
-                fold.append(row[~mask])
-                hold.append(row[mask])
+            fold, hold = _hold_out(rows, holdout_prop, rng)
             return EvalSplit(
                 fold_in=_rows_to_csr(fold, n_items),
                 holdout=_rows_to_csr(hold, n_items),
@@ -217,6 +185,62 @@ class Features:
         coo = sp.coo_matrix(X)
         mask = coo.data != 0
         return cls.from_interactions(coo.row[mask].astype(str), coo.col[mask].astype(str), **kwargs)
+
+
+def _distinct_pairs(users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (user, item) pairs, sorted by user then item."""
+    order = np.lexsort((items, users))
+    users, items = users[order], items[order]
+    if users.size:
+        first = np.ones(users.size, dtype=bool)
+        first[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
+        users, items = users[first], items[first]
+    return users, items
+
+
+def _split_users(kept: np.ndarray, n_users: int, n_held: int, rng: np.random.Generator) -> np.ndarray:
+    """Each user's split: the ``kept`` users shuffled into test, validation, then train; the rest excluded."""
+    perm = kept[rng.permutation(kept.size)]
+    split_of = np.full(n_users, "excluded", dtype=object)
+    split_of[perm[:n_held]] = "test"
+    split_of[perm[n_held : 2 * n_held]] = "validation"
+    split_of[perm[2 * n_held :]] = "train"
+    return split_of
+
+
+def _vocabulary(items: np.ndarray, train_pair: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(item ids, popularity, each pair's item index or -1): the train pairs' items by popularity desc, id asc."""
+    vocab, pop = np.unique(items[train_pair], return_counts=True)
+    by_pop = np.lexsort((vocab, -pop))
+    rank = np.empty(vocab.size, dtype=np.int64)
+    rank[by_pop] = np.arange(vocab.size)
+    pos = np.minimum(np.searchsorted(vocab, items), max(vocab.size - 1, 0))
+    item_code = np.where((vocab.size > 0) & (vocab[pos] == items), rank[pos] if vocab.size else -1, -1)
+    return vocab[by_pop], pop[by_pop], item_code
+
+
+def _ab_halves(rows: list[np.ndarray], n_items: int, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """One A/B copy: each row's items shuffled and cut in half (A the first ``floor(n/2)``)."""
+    a_rows, b_rows = [], []
+    for row in rows:
+        shuffled = rng.permutation(row)
+        half = len(shuffled) // 2
+        a_rows.append(np.sort(shuffled[:half]))
+        b_rows.append(np.sort(shuffled[half:]))
+    return _rows_to_csr(a_rows, n_items), _rows_to_csr(b_rows, n_items)
+
+
+def _hold_out(rows: list[np.ndarray], holdout_prop: float, rng: np.random.Generator, min_items: int = 5):
+    """(fold-in rows, held-out rows): ``int(holdout_prop * n)`` random items of each row with at least
+    ``min_items`` items are held out (vae_cf); shorter rows are all fold-in."""
+    fold, hold = [], []
+    for row in rows:
+        mask = np.zeros(len(row), dtype=bool)
+        if len(row) >= min_items:
+            mask[rng.choice(len(row), size=int(holdout_prop * len(row)), replace=False)] = True
+        fold.append(row[~mask])
+        hold.append(row[mask])
+    return fold, hold
 
 
 def _rows_to_csr(rows: list[np.ndarray], n_items: int) -> sp.csr_matrix:
