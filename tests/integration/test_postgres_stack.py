@@ -144,6 +144,8 @@ def _airflow_env(work: Path, pg, mlflow_url: str, api_port: int) -> dict[str, st
         AIRFLOW__CORE__EXECUTOR="LocalExecutor",
         AIRFLOW__CORE__PARALLELISM="2",
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+        # only the run this test triggers: no scheduled run of the latest interval beside it
+        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=pg.uri("airflow"),
         AIRFLOW__API__HOST="127.0.0.1",
         AIRFLOW__API__PORT=str(api_port),
@@ -241,6 +243,7 @@ def test_nightly_run_under_real_scheduler_on_postgres(work, postgres, mlflow_ser
         assert state == "success", f"dag run state {state}; tasks {tasks}; logs under {logs} and {work / 'airflow'}"
         assert all(s == "success" for s in tasks.values()), tasks
         assert len(tasks) >= 8
+        assert _sql(postgres, "airflow", "SELECT run_id FROM dag_run") == [(run_id,)], "a run beside the triggered one"
     finally:
         for proc in reversed(procs):
             _stop(proc)
