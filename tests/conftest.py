@@ -1,7 +1,7 @@
 """Shared fixtures. The SparkSession is session-scoped and lazy: only tests that ask for
-``spark`` start it (one JVM for the whole run); everything else never touches Spark. The
-expensive ML-1M results are made once per run, for every test that reads them: the features
-(``ml1m_features``) and a whole ``cpu``-preset night (``ml1m_night``)."""
+``spark`` start it (one JVM for the whole run); everything else never touches Spark. ML-1M
+goes through one ``cpu``-preset night per run (``ml1m_night``: one build, one training), which
+every ML-1M test reads (its features: ``ml1m_features``)."""
 
 from __future__ import annotations
 
@@ -39,19 +39,6 @@ def spark(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ml1m_features(spark, tmp_path_factory):
-    """ML-1M built once with the build job's defaults (rating > 3.5, min 5, 8 A/B copies, seed 98765):
-    ``(warehouse, date, config, manifest)``."""
-    from shared_data import ML1M, data_path, require_data
-
-    from vasp_jobs.build_matrices import BuildConfig, build
-
-    require_data(ML1M)
-    warehouse, date, config = str(tmp_path_factory.mktemp("ml1m-warehouse")), "2024-05-01", BuildConfig()
-    return warehouse, date, config, build(spark, str(data_path(ML1M)), warehouse, date, config)
-
-
-@pytest.fixture(scope="session")
 def ml1m_night(tmp_path_factory) -> dict:
     """ML-1M through the README's own command, ``vasp run --preset cpu``, in a fresh process with the
     production gate and defaults (no ``VASP_*`` from this environment): ``{"warehouse", "date"}``.
@@ -84,6 +71,17 @@ def ml1m_night(tmp_path_factory) -> dict:
     if proc.returncode != 0:
         pytest.fail(f"vasp run on ML-1M failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", pytrace=False)
     return {"warehouse": tmp / "warehouse", "date": date}
+
+
+@pytest.fixture(scope="session")
+def ml1m_features(ml1m_night):
+    """The features of the ML-1M night, the run's one ML-1M build: ``(warehouse, date, config, manifest)``."""
+    from vasp_jobs.build_matrices import BuildConfig
+    from vasp_model.data import layout, storage
+
+    warehouse, date = str(ml1m_night["warehouse"]), ml1m_night["date"]
+    manifest = storage.read_json(f"{layout.features_dir(warehouse, date)}/{storage.MANIFEST}")
+    return warehouse, date, BuildConfig(**manifest["params"]), manifest
 
 
 def pytest_configure(config):

@@ -104,8 +104,10 @@ def _headline(counts: dict) -> tuple[int, int, int, int]:
 
 
 @pytest.mark.realdata(ML1M)
+@pytest.mark.slow  # the features of the run's ML-1M night (tests/conftest.py)
 def test_ml1m_counts(ml1m_features):
-    _, _, _, manifest = ml1m_features
+    _, _, config, manifest = ml1m_features
+    assert config == BuildConfig()  # the build job's defaults
     c = manifest["counts"]
     assert _headline(c) == (575_281, 6_038, 6_034, 575_272)
     assert c["input_rows"] == 1_000_209 and c["users"] == 6_040 and c["quarantined_rows"] == 0
@@ -114,6 +116,7 @@ def test_ml1m_counts(ml1m_features):
 
 
 @pytest.mark.realdata(ML1M)
+@pytest.mark.slow
 def test_ml1m_contract_on_every_user(ml1m_features):
     warehouse, date, config, manifest = ml1m_features
     check_contract(warehouse, date, manifest, config)
