@@ -1,4 +1,4 @@
-# The two commands a fresh machine needs: `make run` and `make test`.
+# The two commands a fresh machine needs: `make run` and `make test` (`make test-fast`: the unit tier only).
 # Both create/refresh .venv themselves (idempotent; fast when setup.py is unchanged).
 
 PYTHON ?= python3
@@ -10,7 +10,7 @@ INPUT ?=
 PRESET ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench java clean-run
+.PHONY: run test test-fast lint format bench java clean-run
 
 java:
 	@command -v java >/dev/null 2>&1 || { echo "error: Java 17+ is required for Spark (install e.g. openjdk-17-jre-headless)"; exit 1; }
@@ -31,6 +31,11 @@ run: java $(STAMP)
 test: java $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The unit tier: no trainings to convergence, no real data, no servers (local Spark only).
+test-fast: java $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest tests/unit -m "not slow and not service and not realdata" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -7,22 +7,15 @@ such splits (split-to-split spread ≈ ±0.01); a metric or masking bug moves th
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
+from shared_data import ML1M, data_path
 
 from vasp_model.data.features import Features
 from vasp_model.evaluation.protocol import evaluate_recommender
 from vasp_model.recommenders.baselines import EASE, Popularity
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RATINGS = os.path.join(ROOT, "..", "shared", "data", "ml-1m", "ratings.csv")
-
-pytestmark = [
-    pytest.mark.realdata,
-    pytest.mark.skipif(not os.path.exists(RATINGS), reason="../shared/data/ml-1m is not available"),
-]
+pytestmark = pytest.mark.realdata(ML1M)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +23,7 @@ def ml1m() -> Features:
     import pyarrow.csv as pacsv
 
     table = pacsv.read_csv(
-        RATINGS, convert_options=pacsv.ConvertOptions(include_columns=["user_id", "item_id", "rating"])
+        data_path(ML1M), convert_options=pacsv.ConvertOptions(include_columns=["user_id", "item_id", "rating"])
     )
     positive = table.column("rating").to_numpy() > 3.5
     users = table.column("user_id").to_numpy()[positive].astype(str)

@@ -7,25 +7,18 @@ and replaces only that date. Last.fm and CiteULike-a go through the same job wit
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
+from shared_data import ML1M, data_path
 
 from vasp_jobs.build_matrices import BuildConfig, build
 from vasp_model.data import layout, storage
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-ML1M = DATA / "ml-1m" / "ratings.csv"
-ML100K = DATA / "ml-100k" / "u.data"
-LASTFM = DATA / "hetrec2011-lastfm-2k" / "user_artists.dat"
-CITEULIKE = DATA / "citeulike-a" / "users.dat"
+ML100K = "ml-100k/u.data"
+LASTFM = "hetrec2011-lastfm-2k/user_artists.dat"
+CITEULIKE = "citeulike-a/users.dat"
 
-pytestmark = [
-    pytest.mark.realdata,
-    pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not found beside the checkout"),
-]
 DATE, OTHER_DATE = "2024-05-01", "2024-05-02"
 TABLES = ("items", "users", "interactions", "consumed", "validation", "test", "train_ab", "quarantine")
 
@@ -110,17 +103,11 @@ def _headline(counts: dict) -> tuple[int, int, int, int]:
     return (counts["positives"], counts["users_with_positive"], counts["users_kept"], counts["positives_kept"])
 
 
-@pytest.fixture(scope="module")
-def ml1m(spark, tmp_path_factory):
-    if not ML1M.exists():
-        pytest.skip("ML-1M not found")
-    warehouse = str(tmp_path_factory.mktemp("ml1m"))
-    config = BuildConfig()
-    return warehouse, config, build(spark, str(ML1M), warehouse, DATE, config)
-
-
-def test_ml1m_counts(ml1m):
-    _, _, manifest = ml1m
+@pytest.mark.realdata(ML1M)
+@pytest.mark.slow  # the features of the run's ML-1M night (tests/conftest.py)
+def test_ml1m_counts(ml1m_features):
+    _, _, config, manifest = ml1m_features
+    assert config == BuildConfig()  # the build job's defaults
     c = manifest["counts"]
     assert _headline(c) == (575_281, 6_038, 6_034, 575_272)
     assert c["input_rows"] == 1_000_209 and c["users"] == 6_040 and c["quarantined_rows"] == 0
@@ -128,24 +115,26 @@ def test_ml1m_counts(ml1m):
     assert manifest["schema_version"] == layout.SCHEMA_VERSION and manifest["input"]["sha256"]
 
 
-def test_ml1m_contract_on_every_user(ml1m):
-    warehouse, config, manifest = ml1m
-    check_contract(warehouse, DATE, manifest, config)
+@pytest.mark.realdata(ML1M)
+@pytest.mark.slow
+def test_ml1m_contract_on_every_user(ml1m_features):
+    warehouse, date, config, manifest = ml1m_features
+    check_contract(warehouse, date, manifest, config)
 
 
+@pytest.mark.realdata(ML100K)
 def test_ml100k_counts_contract_and_rerun(spark, tmp_path):
-    if not ML100K.exists():
-        pytest.skip("ML-100K not found")
+    ml100k = str(data_path(ML100K))
     warehouse = str(tmp_path / "wh")
     config = BuildConfig(ab_copies=3)
-    first = build(spark, str(ML100K), warehouse, DATE, config)
+    first = build(spark, ml100k, warehouse, DATE, config)
     c = first["counts"]
     assert _headline(c) == (55_375, 942, 938, 55_361)
     tables = check_contract(warehouse, DATE, first, config)
-    other = build(spark, str(ML100K), warehouse, OTHER_DATE, BuildConfig(ab_copies=3, seed=5))
+    other = build(spark, ml100k, warehouse, OTHER_DATE, BuildConfig(ab_copies=3, seed=5))
     other_manifest = storage.read_json(f"{layout.features_dir(warehouse, OTHER_DATE)}/{storage.MANIFEST}")
     # rerun DATE: identical tables, OTHER_DATE untouched
-    second = build(spark, str(ML100K), warehouse, DATE, config)
+    second = build(spark, ml100k, warehouse, DATE, config)
     assert second["counts"] == first["counts"] and second["input"]["sha256"] == first["input"]["sha256"]
     for name in TABLES:
         pd.testing.assert_frame_equal(_sorted(_table(warehouse, DATE, name)), _sorted(tables[name]))
@@ -160,16 +149,24 @@ def test_ml100k_counts_contract_and_rerun(spark, tmp_path):
 @pytest.mark.parametrize(
     "path, fmt, expect",
     [
-        (LASTFM, "lastfm", {"input_rows": 92_834, "users": 1_892, "positives": 92_834}),
-        (CITEULIKE, "citeulike", {"input_rows": 204_986, "users": 5_551, "positives": 204_986}),
+        pytest.param(
+            LASTFM,
+            "lastfm",
+            {"input_rows": 92_834, "users": 1_892, "positives": 92_834},
+            marks=pytest.mark.realdata(LASTFM),
+        ),
+        pytest.param(
+            CITEULIKE,
+            "citeulike",
+            {"input_rows": 204_986, "users": 5_551, "positives": 204_986},
+            marks=pytest.mark.realdata(CITEULIKE),
+        ),
     ],
 )
 def test_implicit_datasets_no_loss(spark, tmp_path, path, fmt, expect):
-    if not path.exists():
-        pytest.skip(f"{path} not found")
     warehouse = str(tmp_path / "wh")
     config = BuildConfig(ab_copies=1)
-    manifest = build(spark, str(path), warehouse, DATE, config)
+    manifest = build(spark, str(data_path(path)), warehouse, DATE, config)
     c = manifest["counts"]
     assert manifest["input"]["format"]["format"] == fmt
     assert c["input_rows"] == c["used_rows"] + c["quarantined_rows"] + c["duplicate_rows"]

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from infra_helpers import SHARED_DATA, load_infra, read_parquet_files, require, subprocess_env
+from infra_helpers import load_infra, read_parquet_files, require, subprocess_env
+from shared_data import data_path
 
-pytestmark = [pytest.mark.service, pytest.mark.realdata, pytest.mark.slow]
+ML100K = "ml-100k/u.data"
+pytestmark = [pytest.mark.service, pytest.mark.realdata(ML100K), pytest.mark.slow]
 
-U_DATA = SHARED_DATA / "ml-100k" / "u.data"
+U_DATA = data_path(ML100K)
 DATE = "2024-01-01"
 TIMEOUT = 1200
 
@@ -41,8 +43,6 @@ def _run(argv: list[str], env: dict, what: str) -> str:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
-    if not U_DATA.exists():
-        pytest.skip(f"{U_DATA} not found (real data sets are read in place from ../shared/data)")
     require(shutil.which("java") is not None, "java is not on PATH (Spark needs Java 17+)")
     return tmp_path_factory.mktemp("spark-cluster")
 
