@@ -9,22 +9,18 @@ Then ML-1M with the cpu preset: the promoted model beats EASE on its test users.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from shared_data import ML1M
 
 from vasp_model.data import layout, storage
 from vasp_model.pipeline.checks import read_table
 
 pytestmark = pytest.mark.slow
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-ML1M = DATA / "ml-1m" / "ratings.csv"
 D1, D0, D_MISSING = "2026-03-02", "2026-03-01", "2026-03-03"
 SYNTH_USERS, TOP_N = 400, 20
 
@@ -209,28 +205,11 @@ def test_missing_input_fails_clearly_and_publishes_nothing(synthetic_night, capl
         assert _tree_digest(Path(layout.dataset_dir(str(wh), dataset, D1))) == digest
 
 
-@pytest.mark.realdata
-@pytest.mark.skipif(not ML1M.exists(), reason=f"{ML1M} not present")
-def test_ml1m_night_promotes_a_model_that_beats_ease(tmp_path):
-    """ML-1M through the README's own command (``vasp run``), in a fresh process.
-
-    The fresh process lets the training task use Keras on JAX (same model code, about 3x
-    faster per epoch on CPU than TensorFlow); this test process has TensorFlow loaded already.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VASP_")}  # production gate and defaults
-    env.update(_env(tmp_path), KERAS_BACKEND=os.environ.get("VASP_QUALITY_BACKEND", "jax"))
-    vasp = Path(sys.executable).with_name("vasp")
-    date = "2026-03-10"
-    proc = subprocess.run(
-        [str(vasp), "run", "--date", date, "--input", str(ML1M), "--preset", "cpu"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-    wh = tmp_path / "warehouse"
+@pytest.mark.realdata(ML1M)
+def test_ml1m_night_promotes_a_model_that_beats_ease(ml1m_night):
+    """ML-1M through the README's own command (``vasp run``, the run's one ML-1M night: see
+    ``ml1m_night`` in tests/conftest.py), in a fresh process with the production gate and defaults."""
+    wh, date = ml1m_night["warehouse"], ml1m_night["date"]
     record = storage.read_json(f"{layout.dataset_dir(str(wh), 'runs', date)}/run.json")
     decision = record["promotion"]
     assert decision["action"] == "promoted", decision

@@ -11,26 +11,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from shared_data import data_path
 
 from vasp_model.data import layout, storage
 
-ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k" / "u.data"
+ML100K = data_path("ml-100k/u.data")
 DATE, OTHER_DATE = "2026-04-01", "2026-04-02"
 TOP_N = 100
 FALLBACK_USER, PARTIAL_USER, NO_POSITIVE_USER = "900001", "900002", "900003"
 
-pytestmark = [
-    pytest.mark.realdata,
-    pytest.mark.slow,
-    pytest.mark.skipif(not ML100K.exists(), reason="ML-100K not found beside the checkout"),
-]
+pytestmark = [pytest.mark.realdata("ml-100k/u.data"), pytest.mark.slow]
 
 
 def _read(directory: str):
