@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from vasp_model.data.features import load_features
-    from vasp_model.evaluation.protocol import baseline_metrics
+    from vasp_model.recommenders.baselines import baseline_metrics
 
     grid = tuple(float(x) for x in args.grid.split(",") if x.strip())
     results = {}

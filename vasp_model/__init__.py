@@ -1,1 +1,1 @@
-"""The nightly VASP recommender: core → data → nn → recommenders → evaluation → train → mlops → pipeline → cli."""
+"""The nightly VASP recommender: core → data → nn → evaluation → recommenders → train → mlops → pipeline → cli."""

@@ -9,8 +9,8 @@ from recommender_contract import checkerboard
 
 from vasp_model.data.features import Features
 from vasp_model.evaluation.metrics import METRIC_KEYS
-from vasp_model.evaluation.protocol import baseline_metrics, evaluate_recommender, map_topk_ids
-from vasp_model.recommenders.baselines import Popularity
+from vasp_model.evaluation.protocol import evaluate_recommender, map_topk_ids
+from vasp_model.recommenders.baselines import Popularity, baseline_metrics
 
 
 def test_map_topk_ids_unknown_and_missing_become_minus_one():

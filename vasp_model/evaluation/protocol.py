@@ -4,14 +4,9 @@
 * :func:`map_topk_ids`: item-id lists from any model (e.g. the registry's champion, trained on an
   older vocabulary) -> item indices in today's vocabulary, ``-1`` for ids unknown today, so the
   champion and the candidate are compared on exactly the same users and holdout.
-* :func:`baseline_metrics`: EASE (λ tuned on validation) and popularity on a :class:`Features`' test users.
 """
 
 from __future__ import annotations
-
-import time
-from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -55,37 +50,3 @@ def map_topk_ids(topk_item_ids, item_ids_today) -> np.ndarray:
         found = (sorted_vocab[pos] == flat) & ~missing
         out[found] = order[pos[found]]
     return out.reshape(ids.shape)
-
-
-def baseline_metrics(
-    features, grid: Sequence[float] | None = None, n: int = 100, split: str = "test"
-) -> dict[str, dict[str, Any]]:
-    """EASE (λ chosen on validation nDCG@100 over ``grid``) and popularity, scored on ``split`` users.
-
-    Returns ``{"ease": {metrics..., "lambda": λ, "validation_ndcg@100": {λ: v}, "fit_seconds": s},
-    "popularity": {metrics...}}``.
-    """
-    from vasp_model.recommenders.baselines import DEFAULT_EASE_GRID, Popularity, fit_ease_on_validation
-
-    target = getattr(features, split)
-    start = time.perf_counter()
-    ease, by_lambda = fit_ease_on_validation(
-        features.train,
-        features.validation.fold_in,
-        features.validation.holdout,
-        grid=DEFAULT_EASE_GRID if grid is None else grid,
-    )
-    seconds = time.perf_counter() - start
-    ease_metrics = evaluate_recommender(ease, target.fold_in, target.holdout, features.popularity, n)
-    ease_metrics.update(
-        {
-            "lambda": ease.lambda_,
-            "validation_ndcg@100": {str(k): v for k, v in by_lambda.items()},
-            "fit_seconds": seconds,
-        }
-    )
-    pop = Popularity.from_counts(features.popularity)
-    return {
-        "ease": ease_metrics,
-        "popularity": evaluate_recommender(pop, target.fold_in, target.holdout, features.popularity, n),
-    }

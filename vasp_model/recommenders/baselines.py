@@ -9,12 +9,15 @@ remaining slots hold item ``-1`` with score ``-inf``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from vasp_model.evaluation.metrics import ndcg_at_k, topk_from_scores
+from vasp_model.evaluation.protocol import evaluate_recommender
 
 DEFAULT_EASE_GRID = (100.0, 300.0, 1000.0, 3000.0)
 _BATCH_USERS = 2048
@@ -252,3 +255,35 @@ def fit_ease_on_validation(
             pending.append(edge / 3.0 if edge == min(results) else edge * 3.0)
             extra -= 1
     return best, results
+
+
+def baseline_metrics(
+    features, grid: Sequence[float] | None = None, n: int = 100, split: str = "test"
+) -> dict[str, dict[str, Any]]:
+    """EASE (λ chosen on validation nDCG@100 over ``grid``) and popularity, scored on ``split`` users.
+
+    Returns ``{"ease": {metrics..., "lambda": λ, "validation_ndcg@100": {λ: v}, "fit_seconds": s},
+    "popularity": {metrics...}}``.
+    """
+    target = getattr(features, split)
+    start = time.perf_counter()
+    ease, by_lambda = fit_ease_on_validation(
+        features.train,
+        features.validation.fold_in,
+        features.validation.holdout,
+        grid=DEFAULT_EASE_GRID if grid is None else grid,
+    )
+    seconds = time.perf_counter() - start
+    ease_metrics = evaluate_recommender(ease, target.fold_in, target.holdout, features.popularity, n)
+    ease_metrics.update(
+        {
+            "lambda": ease.lambda_,
+            "validation_ndcg@100": {str(k): v for k, v in by_lambda.items()},
+            "fit_seconds": seconds,
+        }
+    )
+    pop = Popularity.from_counts(features.popularity)
+    return {
+        "ease": ease_metrics,
+        "popularity": evaluate_recommender(pop, target.fold_in, target.holdout, features.popularity, n),
+    }
