@@ -6,20 +6,6 @@ champion stays and the reason is recorded on the version (tag ``gate.reason``) a
 
 from __future__ import annotations
 
-import argparse
-import logging
+from vasp_model.cli.stage import stage_command
 
-from vasp_model.pipeline.stages import STAGES
-
-STAGE = STAGES["promote"]
-HELP = STAGE.help
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    STAGE.load().add_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(STAGE.run_args(args).to_json(), flush=True)
-    return 0
+HELP, add_arguments, run = stage_command("promote", show=lambda decision: decision.to_json(), log=True)
