@@ -41,6 +41,11 @@ MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
 }
 TRAIN_FLAGS = {
     "--batch-users": ("batch_users", int, "Users per direction in a step (a step has 2x rows)."),
+    "--min-steps-per-epoch": (
+        "min_steps_per_epoch",
+        int,
+        "Smallest number of steps in an epoch: small data sets train on smaller batches (default 16).",
+    ),
     "--optimizer": ("optimizer", str, "Optimizer: nadam | adam | adamw."),
     "--ease-warmup-epochs": ("ease_warmup_epochs", int, "Epochs fitting Neural EASE alone before the joint fit."),
     "--ease-warmup-lr": ("ease_warmup_lr", float, "Learning rate of the Neural EASE warm-up."),
@@ -71,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Learning rate per phase, comma separated (e.g. 5e-5,1e-5).",
     )
     parser.add_argument("--no-jit", action="store_true", help="Disable jit_compile (XLA) for the train step.")
+    parser.add_argument(
+        "--no-blend", action="store_true", help="Serve VASP alone (no blend with closed-form EASE chosen on validation)."
+    )
     parser.add_argument(
         "--backend",
         choices=("tensorflow", "jax", "torch"),
@@ -125,6 +133,8 @@ def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
         train["learning_rates"] = args.learning_rates
     if args.no_jit:
         train["jit_compile"] = False
+    if args.no_blend:
+        model["blend_ease"] = False
     return TrainStageConfig(
         date=args.date,
         warehouse=args.warehouse,

@@ -2,7 +2,9 @@
 
 ``{dir}/model.keras`` (Keras native format, loaded with ``safe_mode=True``),
 ``{dir}/items.parquet`` (item_idx, item_id, popularity: the model's columns in order) and
-``{dir}/bundle.json`` (format version, counts, the config the model was trained with).
+``{dir}/bundle.json`` (format version, counts, the config the model was trained with) and, when
+validation chose to blend VASP with closed-form EASE, ``{dir}/ease_blend.npy`` (EASE's B; the weight
+is in ``bundle.json``, see :mod:`vasp_model.recommenders.blend`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import scipy.sparse as sp
 
 from vasp_model.evaluation.metrics import topk_from_scores
 from vasp_model.recommenders.baselines import check_recommend_args, recommend_batched
+from vasp_model.recommenders.blend import FILE as BLEND_FILE
+from vasp_model.recommenders.blend import EaseBlend
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -71,6 +75,7 @@ class ModelBundle:
         # Neural EASE path in SciPy, its FLVAE path through Keras (functional models, by input kind).
         self.host_ease: HostEASE | None = None
         self._flvae_models: dict[bool, Any] = {}
+        self.blend: EaseBlend | None = None  # set when validation preferred VASP blended with closed-form EASE
 
     @property
     def n_items(self) -> int:
@@ -102,10 +107,11 @@ class ModelBundle:
         ``host_ease``, VASP's FLVAE path through Keras times its Neural EASE path in SciPy."""
         seen = _seen(rows)
         if self.host_ease is None:
-            return _keras_predict(lambda sparse: self.model, seen, self.n_items)
-        out = self.host_ease(seen)
-        out *= _keras_predict(self._flvae_model, seen, self.model.hidden)
-        return out
+            out = _keras_predict(lambda sparse: self.model, seen, self.n_items)
+        else:
+            out = self.host_ease(seen)
+            out *= _keras_predict(self._flvae_model, seen, self.model.hidden)
+        return out if self.blend is None else self.blend(out, seen)
 
     def _flvae_model(self, sparse: bool):
         if sparse not in self._flvae_models:
@@ -204,6 +210,8 @@ class ModelBundle:
             }
         )
         pq.write_table(table, os.path.join(directory, ITEMS_FILE))
+        if self.blend is not None:
+            np.save(os.path.join(directory, BLEND_FILE), self.blend.B)
         import keras
 
         meta = {
@@ -214,6 +222,7 @@ class ModelBundle:
             "items_file": ITEMS_FILE,
             "keras_version": keras.__version__,
             "trained_backend": self.metadata.get("trained_backend", keras.backend.backend()),
+            "blend_weight": None if self.blend is None else self.blend.weight,
         }
         with open(os.path.join(directory, META_FILE), "w") as fh:
             json.dump(meta, fh, indent=2, sort_keys=True, default=str)
@@ -249,6 +258,8 @@ class ModelBundle:
             metadata=meta,
             batch_users=batch_users,
         )
+        if meta.get("blend_weight"):
+            bundle.blend = EaseBlend(meta["blend_weight"], np.load(os.path.join(directory, BLEND_FILE)))
         is_vasp = isinstance(model, vasp_model.nn.model.VASP)
         if host_ease and not is_vasp:
             raise ValueError(f"host_ease runs VASP's Neural EASE path; {directory} holds a {type(model).__name__}")

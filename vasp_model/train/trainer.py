@@ -56,7 +56,8 @@ def train(
     timings: dict[str, float] = {}
 
     keras.utils.set_random_seed(tc.seed)
-    plan = ABBatches(features.ab_copies, tc.batch_users, seed=tc.seed, n_items=n_items)
+    batch_users = tc.batch_users_for(features.ab_copies[0][0].shape[0])
+    plan = ABBatches(features.ab_copies, batch_users, seed=tc.seed, n_items=n_items)
     bundle = _build_bundle(features, config, n_items)
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
@@ -66,7 +67,7 @@ def train(
     by_split, ease_choice = _evaluate(bundle, features, evaluate_baselines, timings)
     timings["total_seconds"] = time.perf_counter() - start
 
-    metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items}
+    metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items, "batch_users": batch_users}
     bundle.metadata.update({"best_epoch": best_epoch, "test_ndcg@100": metrics["test"]["vasp"]["ndcg@100"]})
     return TrainResult(
         bundle=bundle, metrics=metrics, history=history, best_epoch=best_epoch, config=config, timings=timings
