@@ -188,6 +188,13 @@ def _interval(label: str, bounds: Bounds | None) -> tuple[str, dict[str, float]]
     return f" ({label} interval {bounds})", {f"{label}_low": bounds.low, f"{label}_high": bounds.high}
 
 
+def _insignificant(bounds: Bounds | None, bar: float, bar_text: str, subject: str, missing: str) -> str | None:
+    """Why ``bounds``' lower end does not clear ``bar`` (``missing`` without bounds); None when it does."""
+    if bounds is None:
+        return missing
+    return None if bounds.low > bar else f"not significantly above {subject} interval {bounds} <= {bar_text}"
+
+
 def decide(
     date: str,
     rule: Rule,
@@ -210,14 +217,16 @@ def decide(
     if not logged.candidate > logged.ease + margin:
         reason = f"does not beat EASE: {metric} {logged.candidate:.5f} <= {logged.ease:.5f} + margin {margin:g}"
         return _rejected(date, rule, candidate, aliases, reason + vs_ease, scores)
-    if rule.require_significant and not (logged.interval is not None and logged.interval.low > margin):
-        reason = (
-            f"not significantly above EASE: {metric} lower bound of vasp_minus_ease interval {logged.interval} "
-            f"<= margin {margin:g}"
-            if logged.interval is not None
-            else f"run {candidate.run_id} logged no vasp_minus_ease interval of test {metric}"
+    if rule.require_significant and (
+        why := _insignificant(
+            logged.interval,
+            margin,
+            f"margin {margin:g}",
+            f"EASE: {metric} lower bound of vasp_minus_ease",
+            f"run {candidate.run_id} logged no vasp_minus_ease interval of test {metric}",
         )
-        return _rejected(date, rule, candidate, aliases, reason, scores)
+    ):
+        return _rejected(date, rule, candidate, aliases, why, scores)
     reason = f"beats EASE: {metric} {logged.candidate:.5f} > {logged.ease:.5f} + margin {margin:g}" + vs_ease
     if champ is None:
         return _promoted(date, rule, candidate, aliases, reason + "; no champion yet", scores)
@@ -229,14 +238,16 @@ def decide(
     if not rescored.candidate > rescored.champion:
         reason = f"does not beat {head_to_head}: {rescored.candidate:.5f} <= {rescored.champion:.5f}" + vs_champion
         return _rejected(date, rule, candidate, aliases, reason, scores)
-    if rule.require_significant and not (rescored.interval is not None and rescored.interval.low > 0):
-        reason = (
-            f"not significantly above {head_to_head}: lower bound of candidate_minus_champion interval "
-            f"{rescored.interval} <= 0"
-            if rescored.interval is not None
-            else f"no candidate_minus_champion interval of {head_to_head}"
+    if rule.require_significant and (
+        why := _insignificant(
+            rescored.interval,
+            0.0,
+            "0",
+            f"{head_to_head}: lower bound of candidate_minus_champion",
+            f"no candidate_minus_champion interval of {head_to_head}",
         )
-        return _rejected(date, rule, candidate, aliases, reason, scores)
+    ):
+        return _rejected(date, rule, candidate, aliases, why, scores)
     reason += f"; beats {head_to_head}: {rescored.candidate:.5f} > {rescored.champion:.5f}" + vs_champion
     return _promoted(date, rule, candidate, aliases, reason, scores)
 
