@@ -69,14 +69,8 @@ def train(
     by_split, per_user, ease_choice = _evaluate(bundle, features, evaluate_baselines, timings)
     timings["total_seconds"] = time.perf_counter() - start
 
-    metrics = {
-        **by_split,
-        "intervals": {"test": _intervals(per_user["test"])},
-        "best_epoch": best_epoch,
-        **ease_choice,
-        "timings": timings,
-        "n_items": n_items,
-    }
+    metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items}
+    metrics["intervals"] = {"test": _intervals(per_user["test"])}
     bundle.metadata.update({"best_epoch": best_epoch, "test_ndcg@100": metrics["test"]["vasp"]["ndcg@100"]})
     return TrainResult(
         bundle=bundle,
