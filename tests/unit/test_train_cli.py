@@ -12,6 +12,7 @@ from features_fixture import built_features, copy_features, events_csv
 
 from vasp_model.data import layout, storage
 from vasp_model.data.features import load_features
+from vasp_model.evaluation.metrics import ACCURACY_KEYS
 
 DATE = "2026-02-03"
 LOW_RATED = 3  # items each test user rated without liking them
@@ -61,7 +62,8 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
 
     out = layout.models_dir(warehouse, DATE)
     assert storage.is_published(out)
-    assert {"model", "metrics.json", "history.json", "test_topk.parquet", storage.MANIFEST} <= set(os.listdir(out))
+    published = {"model", "metrics.json", "history.json", "test_topk.parquet", "per_user_metrics.parquet"}
+    assert published | {storage.MANIFEST} <= set(os.listdir(out))
     metrics = json.load(open(f"{out}/metrics.json"))
     assert metrics["test"]["vasp"]["ndcg@100"] == pytest.approx(summary["test"]["vasp"]["ndcg@100"])
     assert len(json.load(open(f"{out}/history.json"))) == 2
@@ -71,9 +73,32 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
     lineage = storage.read_json(f"{out}/{storage.MANIFEST}")["features_manifest"]
     assert lineage["input_digest"] == load_features(warehouse, DATE).manifest["input"]["sha256"]
 
+    # per-user metrics: one row per user, model and split, averaging to metrics.json's figures
+    features = load_features(warehouse, DATE)
+    table = pq.read_table(f"{out}/per_user_metrics.parquet")
+    assert table.column_names == ["split", "user_id", "model", *ACCURACY_KEYS]
+    assert str(table.schema.field("user_id").type) == "string"
+    per_user = table.to_pandas()
+    assert len(per_user) == 3 * (features.test.n_users + features.validation.n_users)
+    for (split, model), rows in per_user.groupby(["split", "model"]):
+        assert list(rows.user_id) == [str(u) for u in getattr(features, split).user_ids]
+        for key in ACCURACY_KEYS:
+            assert rows[key].mean() == pytest.approx(metrics[split][model][key], abs=1e-12)
+    assert set(per_user.model) == {"vasp", "ease", "popularity"} and set(per_user.split) == {"test", "validation"}
+
+    # the paired-bootstrap intervals of VASP minus each baseline on the test users; the summary carries vs EASE
+    intervals = metrics["intervals"]["test"]
+    assert set(intervals) == {"vasp-ease", "vasp-popularity"}
+    assert all(set(by_metric) == set(ACCURACY_KEYS) for by_metric in intervals.values())
+    ndcg = intervals["vasp-ease"]["ndcg@100"]
+    test = metrics["test"]
+    assert ndcg["diff"] == pytest.approx(test["vasp"]["ndcg@100"] - test["ease"]["ndcg@100"], abs=1e-12)
+    assert ndcg["low"] <= ndcg["diff"] <= ndcg["high"] and ndcg["low"] < ndcg["high"]
+    assert ndcg["users"] == test["vasp"]["users"] and ndcg["resamples"] >= 1000
+    assert summary["intervals"] == {"vasp-ease": {"ndcg@100": pytest.approx(ndcg)}}
+
     # test_topk under the default rule: top 100 (here: every item left) per test user, leaving out
     # everything the user interacted with except the held-out items (what the metrics score)
-    features = load_features(warehouse, DATE)
     test, ids = features.test, np.asarray([str(i) for i in features.item_ids], dtype=object)
     lists = _lists(out)
     assert set(lists) == set(test.user_ids)
@@ -96,6 +121,60 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
         mat[p, : len(lists[user])] = [index[item] for item in lists[user]]
     recomputed = evaluate_topk(mat, test.holdout, features.popularity)
     assert recomputed["ndcg@100"] == pytest.approx(metrics["test"]["vasp"]["ndcg@100"], abs=1e-9)
+
+
+def test_tracked_train_logs_the_intervals_and_the_gate_can_require_them(warehouse, tmp_path, monkeypatch, capsys):
+    """MLflow gets the intervals (readable keys) and per_user_metrics.parquet; ``vasp promote
+    --require-significant`` reads the logged lower bound (a), and the head-to-head records its own (b)."""
+    import mlflow
+
+    from vasp_model import cli
+
+    monkeypatch.setenv("VASP_HOME", str(tmp_path / "run"))
+    for name in ("VASP_ARTIFACT_ROOT", "VASP_TRACKING_URI", "VASP_GATE_MARGIN", "VASP_GATE_REQUIRE_SIGNIFICANT"):
+        monkeypatch.delenv(name, raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["train", "--warehouse", warehouse, "--date", DATE, "--preset", "tiny", "--epochs", "2", "--hidden", "12"]
+    assert cli.main([*argv, "--tracking-uri", uri, "--quiet", "--checkpoint-dir", str(tmp_path / "ckpt")]) == 0
+    run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"]
+    metrics = json.load(open(f"{layout.models_dir(warehouse, DATE)}/metrics.json"))
+    ndcg = metrics["intervals"]["test"]["vasp-ease"]["ndcg@100"]
+
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    logged = client.get_run(run_id).data.metrics
+    for pair, by_metric in metrics["intervals"]["test"].items():
+        for key, interval in by_metric.items():
+            name = f"test_{pair.replace('-', '_minus_')}_{key.replace('@', '_at_')}"
+            assert (logged[name], logged[f"{name}_low"], logged[f"{name}_high"]) == pytest.approx(
+                (interval["diff"], interval["low"], interval["high"])
+            )
+    assert "per_user_metrics.parquet" in {a.path for a in client.list_artifacts(run_id)}
+
+    def promote(*flags: str) -> dict:
+        assert cli.main(["promote", "--date", DATE, "--warehouse", warehouse, "--tracking-uri", uri, *flags]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    # (a) a margin between the lower bound and the point estimate: only the point estimate clears it
+    margin = repr((ndcg["low"] + ndcg["diff"]) / 2)
+    d = promote("--margin", margin, "--require-significant")
+    assert d["action"] == "rejected" and d["require_significant"], d
+    assert "not significantly above EASE" in d["reason"] and "vasp_minus_ease interval [" in d["reason"]
+    assert d["scores"]["vasp_minus_ease_low"] == pytest.approx(ndcg["low"])
+    d = promote("--margin", margin)  # the default rule: the interval is recorded, not required
+    assert d["action"] == "promoted" and not d["require_significant"], d
+    assert d["scores"]["vasp_minus_ease_high"] == pytest.approx(ndcg["high"])
+
+    # (b) the same model registered again for the date: re-scored on the same users, the paired
+    # difference to the champion is exactly zero, and the decision records that interval
+    champion = client.get_model_version("vasp", d["candidate_version"])
+    source = client.get_model_version_download_uri("vasp", champion.version)  # the artifacts, not models:/m-...
+    client.create_model_version("vasp", source, run_id=run_id, tags={"date": DATE})
+    for flags in ((), ("--require-significant",)):
+        d = promote("--margin", "-1", *flags)
+        assert d["action"] == "rejected" and "does not beat champion v" in d["reason"], d
+        assert d["scores"]["candidate"] == d["scores"]["champion"]
+        assert (d["scores"]["candidate_minus_champion_low"], d["scores"]["candidate_minus_champion_high"]) == (0, 0)
+        assert "candidate_minus_champion interval [+0.00000, +0.00000]" in d["reason"]
 
 
 def test_train_cli_rejects_bad_config(warehouse):

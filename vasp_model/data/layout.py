@@ -1,7 +1,7 @@
 """The warehouse layout: one place that knows where every table of a date lives.
 
 ``{warehouse}/features/dt=D/<table>/`` (Parquet) + ``_manifest.json`` + ``_SUCCESS``
-``{warehouse}/models/dt=D/`` (model.keras, items.parquet, metrics.json, test_topk.parquet)
+``{warehouse}/models/dt=D/`` (model.keras, items.parquet, metrics.json, test_topk.parquet, per_user_metrics.parquet)
 ``{warehouse}/recommendations/dt=D/`` (Parquet) + ``_manifest.json`` + ``_SUCCESS``
 
 Each ``dt=D`` points to an immutable version under ``{warehouse}/<dataset>/_versions/dt=D/``

@@ -5,7 +5,9 @@ pure) for the outcome and write it back (aliases, ``gate.*`` tags). Re-scoring f
 champion's vocabulary may differ from today's, so fold-in items go in by id through
 ``recommend_ids`` (ids it does not know are ignored) and its returned ids are mapped to today's
 vocabulary (an id today's vocabulary lacks is ``-1``: never a hit). The candidate is re-scored the
-same way, so both numbers come from one protocol on the same users.
+same way, so both numbers come from one protocol on the same users, and their per-user arrays give
+the paired-bootstrap interval of candidate − champion; the interval of VASP − EASE is the one the
+candidate's training run logged.
 
 Every MLflow call here names the store (``tracking_uri``): MLflow's global URIs are left alone.
 """
@@ -134,7 +136,12 @@ def _load_version_bundle(tracking_uri: str, name: str, version: str, dst: str):
 
 def rescore(bundle, item_ids_today: np.ndarray, split, popularity: np.ndarray, n: int = 100) -> dict[str, float]:
     """Evaluate ``bundle`` on ``split`` (fold-in -> holdout) of today's features, mapping by item id."""
-    from vasp_model.evaluation.metrics import evaluate_topk
+    return rescore_per_user(bundle, item_ids_today, split, popularity, n)[0]
+
+
+def rescore_per_user(bundle, item_ids_today: np.ndarray, split, popularity: np.ndarray, n: int = 100):
+    """:func:`rescore`'s metrics and the per-user accuracy arrays they average (rows: ``split``'s users)."""
+    from vasp_model.evaluation.metrics import evaluate_topk_per_user
     from vasp_model.evaluation.protocol import map_topk_ids
 
     fold = split.fold_in.tocsr()
@@ -144,7 +151,7 @@ def rescore(bundle, item_ids_today: np.ndarray, split, popularity: np.ndarray, n
     topk = map_topk_ids(rec.item_ids, today)  # ids today's vocabulary lacks -> -1 (never a hit)
     if topk.shape[1] < 100:  # small catalogs: pad with "no item"
         topk = np.concatenate([topk, np.full((topk.shape[0], 100 - topk.shape[1]), -1, np.int64)], axis=1)
-    return evaluate_topk(topk, split.holdout, popularity)
+    return evaluate_topk_per_user(topk, split.holdout, popularity)
 
 
 # -- the gate -------------------------------------------------------------------------------------
@@ -169,25 +176,34 @@ def _candidate_and_aliases(client, registered_model: str, date: str) -> tuple[ga
 
 
 def _logged(client, run_id: str, metric: str) -> gate.Logged:
-    """The candidate's and EASE's test ``metric`` from the candidate's training run."""
+    """The candidate's and EASE's test ``metric`` and the interval of their difference, from the candidate's run."""
     from vasp_model.evaluation.metrics import model_test_metrics
-    from vasp_model.mlops.tracking import logged_report
+    from vasp_model.mlops.tracking import logged_interval, logged_report
 
     report = logged_report(client, run_id)
-    return gate.Logged(model_test_metrics(report, "vasp").get(metric), model_test_metrics(report, "ease").get(metric))
+    interval = logged_interval(client, run_id, metric)
+    return gate.Logged(
+        model_test_metrics(report, "vasp").get(metric),
+        model_test_metrics(report, "ease").get(metric),
+        gate.Bounds(*interval) if interval is not None else None,
+    )
 
 
 def _head_to_head(tracking_uri: str, warehouse: str, date: str, candidate: gate.Version, champion: str, metric: str):
-    """Candidate and champion re-scored on ``date``'s test users."""
+    """Candidate and champion re-scored on ``date``'s test users, with the paired interval of their difference."""
     from vasp_model.data.features import load_features
+    from vasp_model.evaluation.bootstrap import paired_bootstrap
 
     features = load_features(warehouse, date)
-    scores = {}
+    scores, per_user = {}, {}
     with tempfile.TemporaryDirectory(prefix="vasp-gate-") as tmp:
         for role, version in (("champion", champion), ("candidate", candidate.version)):
             bundle = _load_version_bundle(tracking_uri, candidate.model, version, f"{tmp}/{role}")
-            scores[role] = rescore(bundle, features.item_ids, features.test, features.popularity)[metric]
-    return gate.Rescored(candidate=scores["candidate"], champion=scores["champion"])
+            scores[role], per_user[role] = rescore_per_user(
+                bundle, features.item_ids, features.test, features.popularity
+            )
+    diff = paired_bootstrap(per_user["candidate"], per_user["champion"])[metric]
+    return gate.Rescored(scores["candidate"][metric], scores["champion"][metric], gate.Bounds(diff.low, diff.high))
 
 
 def _apply(client, candidate: gate.Version, before: gate.Aliases, outcome: gate.Outcome) -> None:
@@ -222,10 +238,11 @@ def promote(
     registered_model: str = "vasp",
     margin: float = 0.0,
     metric: str = gate.GATE_METRIC,
+    require_significant: bool = False,
 ) -> gate.GateDecision:
     """Run the gate for ``date``'s candidate and move aliases accordingly (see :mod:`gate`)."""
     client = client_for(tracking_uri)
-    rule = gate.Rule(metric, margin)
+    rule = gate.Rule(metric, margin, require_significant)
     candidate, aliases = _candidate_and_aliases(client, registered_model, date)
     outcome = gate.settled(date, rule, candidate, aliases)
     if outcome is None:  # not decided yet: score it

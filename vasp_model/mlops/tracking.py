@@ -10,8 +10,10 @@ root when new). :class:`TrainingTracker` is a context manager around that run::
         tracker.log_result(result, model_dir, features_dir)
 
 ``log_result`` logs the final metrics (the training's :class:`MetricsReport`, as MLflow-safe keys:
-:func:`to_mlflow_metrics`; :func:`logged_report` reads it back), the artifacts (metrics.json,
-history.json, test_topk.parquet, the build manifest, PNG plots) and the model as a pyfunc whose
+:func:`to_mlflow_metrics`; :func:`logged_report` reads it back), the paired-bootstrap intervals
+(:func:`interval_metrics`: ``test_vasp_minus_ease_ndcg_at_100`` and its ``_low`` / ``_high``;
+:func:`logged_interval` reads one back), the artifacts (metrics.json, history.json,
+test_topk.parquet, per_user_metrics.parquet, the build manifest, PNG plots) and the model as a pyfunc whose
 artifacts are the ModelBundle directory (Keras native file + item vocabulary), then registers a new
 version of the registered model with tags (date, run, data fingerprint, headline test metrics).
 Any tracking URI works the same: the SQLite default or ``http://host:5000``.
@@ -65,6 +67,8 @@ class TrackingConfig:
     registered_model: str = "vasp"
     gate_margin: float = 0.0  # the candidate must beat EASE (and the champion) by more than this (absolute nDCG@100)
     gate_metric: str = GATE_METRIC
+    # the lower ends of the paired intervals must clear the gate too (vs EASE: the margin, vs the champion: 0)
+    gate_require_significant: bool = False
 
     def __post_init__(self):
         if not isinstance(self.tracking_uri, str) or not self.tracking_uri.strip():
@@ -75,6 +79,8 @@ class TrackingConfig:
                 raise ValueError(f"{name} must be a non-empty string")
         if not isinstance(self.gate_margin, int | float) or not math.isfinite(self.gate_margin):
             raise ValueError(f"gate_margin must be a finite number, got {self.gate_margin!r}")
+        if not isinstance(self.gate_require_significant, bool):
+            raise ValueError(f"gate_require_significant must be true or false, got {self.gate_require_significant!r}")
         if self.gate_metric not in ACCURACY_KEYS:
             raise ValueError(f"gate_metric must be one of {', '.join(ACCURACY_KEYS)}, got {self.gate_metric!r}")
 
@@ -117,6 +123,32 @@ def from_mlflow_metrics(metrics: Mapping[str, float]) -> MetricsReport:
         if split in report and model and name:
             report[split].setdefault(model, {})[name.replace("_at_", "@")] = float(value)
     return MetricsReport(**report)
+
+
+def interval_metric_key(split: str, pair: str, metric: str) -> str:
+    """MLflow key of a paired difference: ``("test", "vasp-ease", "ndcg@100")`` -> ``test_vasp_minus_ease_ndcg_at_100``."""
+    return _BAD_METRIC_CHARS.sub("_", f"{split}_{pair.replace('-', '_minus_')}_{metric}".replace("@", "_at_"))
+
+
+def interval_metrics(intervals: Mapping[str, Any]) -> dict[str, float]:
+    """A training's ``intervals`` (``{split: {pair: {metric: PairedDifference.to_dict()}}}``) as MLflow
+    metrics: the difference under :func:`interval_metric_key`, its interval's ends under ``_low`` / ``_high``."""
+    out: dict[str, float] = {}
+    for split, pairs in intervals.items():
+        for pair, by_metric in pairs.items():
+            for metric, diff in by_metric.items():
+                key = interval_metric_key(split, pair, metric)
+                out |= {key: diff["diff"], f"{key}_low": diff["low"], f"{key}_high": diff["high"]}
+    return out
+
+
+def logged_interval(client, run_id: str, metric: str, pair: str = "vasp-ease") -> tuple[float, float] | None:
+    """The (low, high) test interval of ``pair``'s ``metric`` that a training run logged (None: not logged)."""
+    key = interval_metric_key("test", pair, metric)
+    logged = client.get_run(run_id).data.metrics
+    if f"{key}_low" not in logged or f"{key}_high" not in logged:
+        return None
+    return logged[f"{key}_low"], logged[f"{key}_high"]
 
 
 def logged_report(client, run_id: str) -> MetricsReport:
@@ -294,7 +326,8 @@ class TrainingTracker:
         best_epoch = getattr(result, "best_epoch", None)
         manifest = _read_manifest(features_dir)
 
-        self.log_metrics({k: v for k, v in metrics.items() if k not in ("timings",)})
+        self.log_metrics({k: v for k, v in metrics.items() if k not in ("timings", "intervals")})
+        self.log_metrics(interval_metrics(metrics.get("intervals", {})))
         if best_epoch is not None:
             self.log_metrics({"best_epoch": best_epoch})
         tags = {
@@ -305,7 +338,7 @@ class TrainingTracker:
         self.set_tags(tags)
 
         with tempfile.TemporaryDirectory(prefix="vasp-track-") as tmp:
-            for name in (METRICS_FILE, "history.json", "test_topk.parquet"):
+            for name in (METRICS_FILE, "history.json", "test_topk.parquet", "per_user_metrics.parquet"):
                 src = os.path.join(outputs_dir, name)
                 if os.path.exists(src):
                     self.client.log_artifact(self.run_id, src)

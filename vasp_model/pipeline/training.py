@@ -5,8 +5,9 @@ Writes ``{warehouse}/models/dt=D/`` atomically (staging + publish): ``model/`` (
 ``history.json`` (per epoch) and ``test_topk.parquet`` (user_id, rank, item_id: the top 100 of
 every test user from its fold-in items, leaving out what the rule ``exclude`` says: by default
 every item the user interacted with except the held-out ones, see ``EvalSplit.excluded``; the
-metrics keep the vae_cf protocol, fold-in items masked); the run is logged to MLflow unless
-tracking is off.
+metrics keep the vae_cf protocol, fold-in items masked) and ``per_user_metrics.parquet`` (split,
+user_id, model and the accuracy metrics: one row per user, model and split, so that two runs on the
+same users can be compared later); the run is logged to MLflow unless tracking is off.
 """
 
 from __future__ import annotations
@@ -149,9 +150,31 @@ def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
     )
 
 
+def per_user_table(per_user, features):
+    """``TrainResult.per_user`` as an Arrow table: split, user_id (string), model, one column per accuracy metric."""
+    import numpy as np
+    import pyarrow as pa
+
+    from vasp_model.evaluation.metrics import ACCURACY_KEYS
+
+    parts = [
+        (split, model, [str(u) for u in getattr(features, split).user_ids], arrays)
+        for split, models in per_user.items()
+        for model, arrays in models.items()
+    ]
+    columns = {
+        "split": pa.array([split for split, _, ids, _ in parts for _ in ids], pa.string()),
+        "user_id": pa.array([u for _, _, ids, _ in parts for u in ids], pa.string()),
+        "model": pa.array([model for _, model, ids, _ in parts for _ in ids], pa.string()),
+    }
+    for m in ACCURACY_KEYS:
+        columns[m] = pa.array(np.concatenate([np.zeros(0), *(arrays[m] for *_, arrays in parts)]), pa.float64())
+    return pa.table(columns)
+
+
 def write_outputs(result, features, directory: str, exclude: str) -> None:
-    """Write model/, metrics.json, history.json and test_topk.parquet (lists leaving out ``exclude``'s
-    items) into a local ``directory``."""
+    """Write model/, metrics.json, history.json, test_topk.parquet (lists leaving out ``exclude``'s
+    items) and per_user_metrics.parquet into a local ``directory``."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -178,6 +201,7 @@ def write_outputs(result, features, directory: str, exclude: str) -> None:
         }
     )
     pq.write_table(table, os.path.join(directory, "test_topk.parquet"))
+    pq.write_table(per_user_table(result.per_user, features), os.path.join(directory, "per_user_metrics.parquet"))
 
 
 def train_stage(config: TrainStageConfig) -> dict[str, Any]:
@@ -246,6 +270,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         result.timings["load_features_seconds"] = load_seconds
         publish(result)
 
+    vasp_ease = result.metrics["intervals"]["test"].get("vasp-ease")
     return {
         "date": date,
         "model_dir": final,
@@ -259,6 +284,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
             }
             for name, m in result.metrics["test"].items()
         },
+        "intervals": {"vasp-ease": {"ndcg@100": vasp_ease["ndcg@100"]}} if vasp_ease else {},
         "run_id": run_id,
         "train_seconds": round(result.timings.get("fit_seconds", 0.0), 1),
     }

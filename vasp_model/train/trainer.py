@@ -4,7 +4,8 @@
 callbacks (phase learning rates, validation nDCG@100 / Recall@20 / Recall@50 by the vae_cf
 protocol, early stopping that restores the best epoch, checkpoints so an interrupted run
 resumes), then scores VASP, closed-form EASE (λ chosen on validation) and popularity on the same
-validation and test users.
+validation and test users, keeping each model's per-user metric arrays and the paired-bootstrap
+intervals of VASP minus each baseline on the test users.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class TrainResult:
     best_epoch: int  # 1-based
     config: VaspConfig
     timings: dict[str, float]
+    # {"test"|"validation": {"vasp"|"ease"|"popularity": {metric: [U] array}}}, rows in the split's user order
+    per_user: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def train(
@@ -64,13 +67,21 @@ def train(
     if not (checkpoint_dir and os.path.exists(_backup_dir(checkpoint_dir))):  # a resumed fit loads its weights
         _warm_start(bundle.model, features.train, plan, config, verbose, timings)
     history, best_epoch = _fit(bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings)
-    by_split, ease_choice = _evaluate(bundle, features, evaluate_baselines, timings)
+    by_split, per_user, ease_choice = _evaluate(bundle, features, evaluate_baselines, timings)
     timings["total_seconds"] = time.perf_counter() - start
 
-    metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items, "batch_users": batch_users}
+    metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items}
+    metrics["intervals"] = {"test": _intervals(per_user["test"])}
+    metrics["batch_users"] = batch_users
     bundle.metadata.update({"best_epoch": best_epoch, "test_ndcg@100": metrics["test"]["vasp"]["ndcg@100"]})
     return TrainResult(
-        bundle=bundle, metrics=metrics, history=history, best_epoch=best_epoch, config=config, timings=timings
+        bundle=bundle,
+        metrics=metrics,
+        history=history,
+        best_epoch=best_epoch,
+        config=config,
+        timings=timings,
+        per_user=per_user,
     )
 
 
@@ -200,9 +211,10 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     return validation.history, early_stopping.best_epoch + 1
 
 
-def _evaluate(bundle, features, evaluate_baselines: bool, timings: dict[str, float]) -> tuple[dict, dict]:
+def _evaluate(bundle, features, evaluate_baselines: bool, timings: dict[str, float]) -> tuple[dict, dict, dict]:
     """Test and validation metrics of VASP and, with ``evaluate_baselines``, of EASE (λ chosen on
-    validation) and popularity: ``({"test": {name: ...}, "validation": {name: ...}}, EASE's λ and grid)``."""
+    validation) and popularity: ``({"test": {name: ...}, "validation": {name: ...}}``, the same
+    shape of per-user arrays, EASE's λ and grid)."""
     from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
 
     with _timed(timings, "vasp_eval_seconds"):
@@ -216,15 +228,28 @@ def _evaluate(bundle, features, evaluate_baselines: bool, timings: dict[str, flo
         by_model["ease"] = _evaluate_on_splits(ease, features, features.n_items)
         popularity = Popularity.from_counts(features.popularity)
         by_model["popularity"] = _evaluate_on_splits(popularity, features, features.n_items)
-    by_split = {split: {name: scores[split] for name, scores in by_model.items()} for split in ("test", "validation")}
-    return by_split, extra
+    splits = ("test", "validation")
+    by_split = {split: {name: scores[split][0] for name, scores in by_model.items()} for split in splits}
+    per_user = {split: {name: scores[split][1] for name, scores in by_model.items()} for split in splits}
+    return by_split, per_user, extra
 
 
-def _evaluate_on_splits(recommender, features, n_items: int) -> dict[str, dict[str, float]]:
-    """:func:`evaluate_recommender` on the test and the validation users (fold-in cut to ``n_items``)."""
-    from vasp_model.evaluation.protocol import evaluate_recommender
+def _evaluate_on_splits(recommender, features, n_items: int) -> dict[str, tuple[dict, dict]]:
+    """:func:`evaluate_recommender_per_user` on the test and the validation users (fold-in cut to ``n_items``)."""
+    from vasp_model.evaluation.protocol import evaluate_recommender_per_user
 
     return {
-        name: evaluate_recommender(recommender, split.fold_in[:, :n_items], split.holdout, features.popularity)
+        name: evaluate_recommender_per_user(recommender, split.fold_in[:, :n_items], split.holdout, features.popularity)
         for name, split in (("test", features.test), ("validation", features.validation))
+    }
+
+
+def _intervals(per_model: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """``{"vasp-ease": {metric: PairedDifference.to_dict()}, "vasp-popularity": ...}`` over the same users."""
+    from vasp_model.evaluation.bootstrap import paired_bootstrap
+
+    return {
+        f"vasp-{name}": {m: d.to_dict() for m, d in paired_bootstrap(per_model["vasp"], arrays).items()}
+        for name, arrays in per_model.items()
+        if name != "vasp"
     }
