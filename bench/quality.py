@@ -69,7 +69,12 @@ def run_split(name: str, split: int, data_root: str, work: str, preset: str, bac
     else:
         source = os.path.join(data_root, source)
     if not storage.is_published(layout.features_dir(warehouse, date)):
-        _run(_vasp("build", "--input", source, "--warehouse", warehouse, "--date", date, "--seed", str(split), *build_args), log)
+        _run(
+            _vasp(
+                "build", "--input", source, "--warehouse", warehouse, "--date", date, "--seed", str(split), *build_args
+            ),
+            log,
+        )
     start = time.perf_counter()
     train = ["train", "--warehouse", warehouse, "--date", date, "--preset", preset, "--backend", backend]
     _run(_vasp(*train, "--no-tracking", "--quiet", *train_args), log)

@@ -78,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-jit", action="store_true", help="Disable jit_compile (XLA) for the train step.")
     parser.add_argument(
-        "--no-blend", action="store_true", help="Serve VASP alone (no blend with closed-form EASE chosen on validation)."
+        "--no-blend",
+        action="store_true",
+        help="Serve VASP alone (no blend with closed-form EASE chosen on validation).",
     )
     parser.add_argument(
         "--backend",

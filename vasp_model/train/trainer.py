@@ -3,7 +3,8 @@
 :func:`train` warm-starts the Neural EASE path (as configured), fits with ``model.fit`` and Keras
 callbacks (phase learning rates, validation nDCG@100 / Recall@20 / Recall@50 by the vae_cf
 protocol, early stopping that restores the best epoch, checkpoints so an interrupted run
-resumes), then scores VASP, closed-form EASE (λ chosen on validation) and popularity on the same
+resumes), blends VASP with closed-form EASE (λ chosen on validation) at the weight validation
+prefers (``blend_ease``; 0 keeps VASP alone), then scores VASP, EASE and popularity on the same
 validation and test users, keeping each model's per-user metric arrays and the paired-bootstrap
 intervals of VASP minus each baseline on the test users.
 """
@@ -67,7 +68,7 @@ def train(
     if not (checkpoint_dir and os.path.exists(_backup_dir(checkpoint_dir))):  # a resumed fit loads its weights
         _warm_start(bundle.model, features.train, plan, config, verbose, timings)
     history, best_epoch = _fit(bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings)
-    by_split, per_user, ease_choice = _evaluate(bundle, features, evaluate_baselines, timings)
+    by_split, per_user, ease_choice = _evaluate(bundle, features, config, evaluate_baselines, timings)
     timings["total_seconds"] = time.perf_counter() - start
 
     metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items}
@@ -211,20 +212,26 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     return validation.history, early_stopping.best_epoch + 1
 
 
-def _evaluate(bundle, features, evaluate_baselines: bool, timings: dict[str, float]) -> tuple[dict, dict, dict]:
+def _evaluate(bundle, features, config: VaspConfig, evaluate_baselines: bool, timings) -> tuple[dict, dict, dict]:
     """Test and validation metrics of VASP and, with ``evaluate_baselines``, of EASE (λ chosen on
     validation) and popularity: ``({"test": {name: ...}, "validation": {name: ...}}``, the same
-    shape of per-user arrays, EASE's λ and grid)."""
+    shape of per-user arrays, EASE's λ and grid and the blend weight). With ``blend_ease`` the
+    bundle first gets the blend with EASE that validation prefers (weight 0: none)."""
     from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
 
-    with _timed(timings, "vasp_eval_seconds"):
-        by_model = {"vasp": _evaluate_on_splits(bundle, features, bundle.n_items)}
     extra: dict[str, Any] = {}
-    if evaluate_baselines:
+    ease = None
+    if evaluate_baselines or config.model.blend_ease:
         val = features.validation
         with _timed(timings, "ease_fit_seconds"):
             ease, grid = fit_ease_on_validation(features.train, val.fold_in, val.holdout)
         extra = {"ease_lambda": float(ease.lambda_), "ease_validation_grid": {str(k): v for k, v in grid.items()}}
+    if config.model.blend_ease:
+        with _timed(timings, "blend_seconds"):
+            extra |= _choose_blend(bundle, ease, features.validation)
+    with _timed(timings, "vasp_eval_seconds"):
+        by_model = {"vasp": _evaluate_on_splits(bundle, features, bundle.n_items)}
+    if evaluate_baselines:
         by_model["ease"] = _evaluate_on_splits(ease, features, features.n_items)
         popularity = Popularity.from_counts(features.popularity)
         by_model["popularity"] = _evaluate_on_splits(popularity, features, features.n_items)
@@ -232,6 +239,18 @@ def _evaluate(bundle, features, evaluate_baselines: bool, timings: dict[str, flo
     by_split = {split: {name: scores[split][0] for name, scores in by_model.items()} for split in splits}
     per_user = {split: {name: scores[split][1] for name, scores in by_model.items()} for split in splits}
     return by_split, per_user, extra
+
+
+def _choose_blend(bundle, ease, split) -> dict[str, Any]:
+    """Set ``bundle.blend`` to the blend of VASP with ``ease`` that ``split``'s users prefer (none at weight 0);
+    returns the weight and every weight's validation nDCG@100."""
+    from vasp_model.recommenders.blend import EaseBlend, choose_weight
+
+    n = bundle.n_items
+    B = ease.B[:n, :n]
+    weight, grid = choose_weight(bundle.scores, B, split.fold_in[:, :n], split.holdout)
+    bundle.blend = EaseBlend(weight, B) if weight > 0 else None
+    return {"blend_weight": weight, "blend_validation_grid": {str(w): v for w, v in grid.items()}}
 
 
 def _evaluate_on_splits(recommender, features, n_items: int) -> dict[str, tuple[dict, dict]]:
