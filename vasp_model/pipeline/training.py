@@ -245,6 +245,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
                 "exclude": config.exclude,
                 "config": as_params(vasp),
                 "best_epoch": result.best_epoch,
+                "blend_weight": result.metrics.get("blend_weight"),
                 "test": result.metrics.get("test", {}),
                 "features_manifest": {
                     "input_digest": input_digest(features.manifest),
@@ -278,6 +279,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         "model_dir": final,
         "preset": vasp.preset,
         "best_epoch": result.best_epoch,
+        "blend_weight": result.metrics.get("blend_weight"),
         "test": {
             name: {
                 k: v
