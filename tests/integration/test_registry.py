@@ -206,18 +206,22 @@ def test_tracking_register_promote_gate_rollback(store, world, capsys, tmp_path)
     assert len(client.search_model_versions("name='vasp'")) == 4
 
 
-def test_run_and_version_record_the_build_input_fingerprint(store, world):
-    """Lineage: a training run and its model version are tagged with the input fingerprint that the
-    build job recorded in the features manifest (the sha256 of the input file)."""
+def test_run_and_version_record_the_build_input_digest(store, world):
+    """Lineage: a training run and its model version are tagged with the input digest that the build
+    job recorded in the features manifest (the sha256 of the input file) and with the partition."""
     import mlflow
+
+    from vasp_model.data import layout
 
     client = mlflow.MlflowClient(store, registry_uri=store)
     run_id = _log_training(store, world, D1)
     expected = world["manifests"][D1]["input"]["sha256"]
     assert len(expected) == 64
-    assert client.get_run(run_id).data.tags["data_fingerprint"] == expected
+    tags = client.get_run(run_id).data.tags
+    assert tags["input_digest"] == expected
+    assert tags["features_dir"] == os.path.abspath(layout.features_dir(world["warehouse"], D1))
     (version,) = client.search_model_versions(f"run_id='{run_id}'")
-    assert version.tags["data_fingerprint"] == expected
+    assert version.tags["input_digest"] == expected and version.tags["features_digest"] == tags["features_digest"]
 
 
 def test_promote_without_candidate_is_a_clear_error(tmp_path, monkeypatch, capsys):

@@ -19,9 +19,9 @@ LOW_RATED = 3  # items each test user rated without liking them
 
 
 @pytest.fixture(scope="module")
-def warehouse(spark, tmp_path_factory):
-    """Features for DATE built by the build job from 240 users of two taste groups: each likes 7 of its
-    group's 15 items (rating 5) and rated ``LOW_RATED`` of the other group's items without liking them."""
+def events() -> str:
+    """240 users of two taste groups: each likes 7 of its group's 15 items (rating 5) and rated
+    ``LOW_RATED`` of the other group's items without liking them (CSV text)."""
     rng = np.random.default_rng(0)
     users, items, ratings = [], [], []
     for u in range(240):
@@ -32,8 +32,13 @@ def warehouse(spark, tmp_path_factory):
             users.append(f"u{u}")
             items.append(f"i{i}")
             ratings.append(rating)
-    text = events_csv(users, items, ratings)
-    built, _ = built_features(spark, tmp_path_factory, text, DATE, heldout_users=24, ab_copies=2, seed=0)
+    return events_csv(users, items, ratings)
+
+
+@pytest.fixture(scope="module")
+def warehouse(spark, tmp_path_factory, events):
+    """Features for DATE built by the build job from ``events``."""
+    built, _ = built_features(spark, tmp_path_factory, events, DATE, heldout_users=24, ab_copies=2, seed=0)
     wh = str(tmp_path_factory.mktemp("wh"))
     copy_features(built, DATE, wh)  # vasp train publishes models/ beside it: never into the shared build
     return wh
@@ -182,3 +187,86 @@ def test_train_cli_rejects_bad_config(warehouse):
 
     assert cli.main(["train", "--warehouse", warehouse, "--date", DATE, "--dropout", "1.5", "--no-tracking"]) == 1
     assert cli.main(["train", "--warehouse", warehouse, "--date", "2020-01-01", "--no-tracking"]) == 1
+
+
+def test_train_cli_records_where_the_model_came_from(warehouse, events, tmp_path, monkeypatch, capsys, caplog, recwarn):
+    """Lineage through a tracked ``vasp train``: the input's digest (the sha256 of the events the build
+    read) and the features partition reach the MLflow run (tags, datasets), the registered version's
+    tags and the models manifest; the run is named for its date and names its code and Airflow run;
+    the logged model carries an input example its predict accepts."""
+    import hashlib
+    import importlib.metadata
+    import logging
+
+    import mlflow
+
+    from vasp_model import cli
+    from vasp_model.data.features import features_digest, read_manifest
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("VASP_ARTIFACT_ROOT", f"file://{tmp_path}/artifacts")
+    monkeypatch.setenv("VASP_GIT_COMMIT", "0123abc")
+    airflow = {
+        "AIRFLOW_CTX_DAG_ID": "vasp_nightly",
+        "AIRFLOW_CTX_DAG_RUN_ID": "scheduled__x",
+        "AIRFLOW_CTX_TRY_NUMBER": "2",
+    }
+    for name, value in airflow.items():
+        monkeypatch.setenv(name, value)
+    argv = ["train", "--warehouse", warehouse, "--date", DATE, "--preset", "tiny", "--epochs", "1", "--hidden", "12"]
+    mlflow_log = logging.getLogger("mlflow")  # MLflow's loggers do not propagate: listen to it directly
+    mlflow_log.addHandler(caplog.handler)
+    try:
+        assert cli.main([*argv, "--quiet", "--tracking-uri", uri, "--checkpoint-dir", str(tmp_path / "ckpt")]) == 0
+    finally:
+        mlflow_log.removeHandler(caplog.handler)
+    run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"]
+
+    features_dir = os.path.abspath(layout.features_dir(warehouse, DATE))
+    built = read_manifest(features_dir)  # what the build job wrote
+    digest = hashlib.sha256(events.encode()).hexdigest()
+    origin = {
+        "input_uri": built["input"]["uri"],
+        "input_digest": digest,
+        "features_dir": features_dir,
+        "features_digest": features_digest(built),
+        "schema_version": str(layout.SCHEMA_VERSION),
+    }
+    assert built["input"]["sha256"] == digest
+
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.run_name == f"vasp-{DATE}"
+    assert origin.items() <= run.data.tags.items()
+    assert run.data.tags["vasp.package_version"] == importlib.metadata.version("vasp-pipeline")
+    assert run.data.tags["mlflow.source.git.commit"] == "0123abc"
+    assert {k: run.data.tags[k] for k in ("airflow.dag_id", "airflow.run_id", "airflow.try_number")} == dict(
+        zip(("airflow.dag_id", "airflow.run_id", "airflow.try_number"), airflow.values(), strict=True)
+    )
+    datasets = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(datasets) == {"input", "features"}
+    for name, source, full in (
+        ("input", origin["input_uri"], digest),
+        ("features", features_dir, origin["features_digest"]),
+    ):
+        dataset, tags = datasets[name].dataset, {t.key: t.value for t in datasets[name].tags}
+        assert json.loads(dataset.source)["uri"] == source and dataset.source_type == "local"
+        assert dataset.digest == full[:36] and tags["sha256"] == full and tags["mlflow.data.context"] == "training"
+
+    (version,) = client.search_model_versions(f"run_id='{run_id}'")
+    assert origin.items() <= version.tags.items() and version.tags["date"] == DATE
+    manifest = storage.read_json(f"{layout.models_dir(warehouse, DATE)}/{storage.MANIFEST}")
+    assert manifest["features_manifest"] == origin
+
+    # the input example: saved with the model, valid for its predict, and MLflow had nothing to warn about
+    assert not [w for w in recwarn if "input example" in str(w.message)]
+    assert "Validating input example" in caplog.text and "Failed to validate" not in caplog.text
+    from vasp_model.mlops.tracking import mlflow_uri
+
+    with mlflow_uri(uri):
+        model = mlflow.pyfunc.load_model(f"models:/vasp/{version.version}")
+    example = model.input_example
+    assert list(example.columns) == ["item_ids"] and len(example["item_ids"][0]) == 2
+    out = model.predict(example, params={"n": 3})
+    assert len(out["item_ids"][0]) == 3 and not out["fallback"][0]
+    assert not set(out["item_ids"][0]) & set(example["item_ids"][0])

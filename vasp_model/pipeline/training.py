@@ -216,7 +216,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
 
     from vasp_model.core.settings import as_params
     from vasp_model.data import storage
-    from vasp_model.data.features import input_digest, load_features
+    from vasp_model.data.features import lineage, load_features
     from vasp_model.train.trainer import train
 
     date, warehouse, vasp = config.date, config.warehouse, config.vasp
@@ -247,10 +247,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
                 "best_epoch": result.best_epoch,
                 "blend_weight": result.metrics.get("blend_weight"),
                 "test": result.metrics.get("test", {}),
-                "features_manifest": {
-                    "input_digest": input_digest(features.manifest),
-                    "schema_version": features.manifest.get("schema_version"),
-                },
+                "features_manifest": lineage(features.manifest, features_dir),
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             storage.publish(staging, final, manifest)
@@ -262,7 +259,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     if config.tracking:
         from vasp_model.mlops.tracking import TrainingTracker
 
-        with TrainingTracker(config.tracking_uri, config.experiment) as tracker:
+        with TrainingTracker(config.tracking_uri, config.experiment, run_name=f"vasp-{date}") as tracker:
             tracker.log_config({**as_params(vasp), "date": date, "warehouse": warehouse, "exclude": config.exclude})
             result = fit(callbacks=[tracker.callback()])
             result.timings["load_features_seconds"] = load_seconds
