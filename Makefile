@@ -35,7 +35,7 @@ test: java $(STAMP)
 # The unit tier: no trainings to convergence, no real data, no servers (local Spark only).
 test-fast: java $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest tests/unit -m "not slow and not service and not realdata" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest tests/unit tests/faults -m "not slow and not service and not realdata" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -24,6 +24,7 @@ from vasp_model.core import defaults
 from vasp_model.core.args import add_exclude_argument
 from vasp_model.core.config import VaspConfig
 from vasp_model.data import layout
+from vasp_model.train.memory import check_training_memory, parse_bytes
 
 MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
     "--hidden": ("hidden", int, "Width of every encoder/decoder block."),
@@ -99,6 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", default="vasp", help="MLflow experiment name.")
     parser.add_argument("--no-tracking", action="store_true", help="Do not log the run to MLflow.")
     parser.add_argument("--quiet", action="store_true", help="No Keras progress bar.")
+    parser.add_argument(
+        "--memory-budget",
+        default=None,
+        help="Peak memory the run may use, e.g. 16g; a run estimated above it is refused before it starts "
+        "(default: $VASP_MEMORY_BUDGET, else what is in use plus what the machine has available).",
+    )
     add_exclude_argument(parser)
 
 
@@ -116,10 +123,13 @@ class TrainStageConfig:
     backend: str | None = None  # Keras backend to set before keras is imported (None: the environment's)
     quiet: bool = False  # no Keras progress bar
     exclude: str = defaults.DEFAULT_EXCLUDE  # what test_topk.parquet leaves out (defaults.EXCLUDE_RULES)
+    memory_budget: str | None = None  # e.g. "16g" (None: $VASP_MEMORY_BUDGET, else what is available)
 
     def __post_init__(self) -> None:
         layout.check_date(self.date)
         layout.exclusion_table(self.exclude)
+        if self.memory_budget:
+            parse_bytes(self.memory_budget)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
@@ -149,6 +159,7 @@ def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
         backend=args.backend,
         quiet=args.quiet,
         exclude=args.exclude or defaults.default_exclude(),
+        memory_budget=args.memory_budget,
     )
 
 
@@ -223,6 +234,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     features = load_features(warehouse, date)
     load_seconds = time.perf_counter() - t0
+    check_training_memory(features.n_items, features.train.shape[0], vasp, config.memory_budget)
     features_dir = layout.features_dir(warehouse, date)
     final = layout.models_dir(warehouse, date)
     # keyed by date and config: a resumed run never picks up another configuration's checkpoint
