@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -81,6 +82,8 @@ def run_split(name: str, split: int, data_root: str, work: str, preset: str, bac
     models = storage.local_path(layout.models_dir(warehouse, date))
     with open(os.path.join(models, "metrics.json")) as fh:
         metrics = json.load(fh)
+    per_user = os.path.join(warehouse, f"result-{split}-per_user.parquet")  # kept: a later run may replace models/
+    shutil.copyfile(os.path.join(models, "per_user_metrics.parquet"), per_user)
     result = {
         "data": name,
         "split": split,
@@ -88,7 +91,7 @@ def run_split(name: str, split: int, data_root: str, work: str, preset: str, bac
         "test": {m: {k: metrics["test"][m][k] for k in SHOWN} for m in MODELS},
         "users": metrics["test"]["vasp"]["users"],
         "train_seconds": round(time.perf_counter() - start, 1),
-        "per_user": os.path.join(models, "per_user_metrics.parquet"),
+        "per_user": per_user,
     }
     with open(done, "w") as fh:
         json.dump(result, fh, indent=1)
