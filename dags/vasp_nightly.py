@@ -11,11 +11,11 @@ replaces only that date.
 2. **wait_for_input** — sensor: fails clearly if the input never arrives within
    `VASP_INPUT_TIMEOUT_S`; nothing downstream runs, nothing is published.
 3. **build_features** (Spark, `vasp build`) → `features/dt=D/`.
-4. **tune_model** (`vasp tune`, the `tune` Param: `off` by default, `weekly` on
-   `VASP_TUNE_WEEKDAY`, or `nightly`) → the config chosen on validation users within
-   `VASP_TUNE_BUDGET`, `tuning/dt=D/`; skipped on other nights.
-   **train_model** (`vasp train`, in the `gpu` pool/queue when configured; with tuning on, from
-   the latest tuned config) → MLflow run + `models/dt=D/`.
+4. **tune_model** (`vasp tune`; skipped unless the `tune` Param says so: `weekly` on
+   `VASP_TUNE_WEEKDAY`, or `nightly`) → `tuning/dt=D/`, the config chosen on validation
+   users within `VASP_TUNE_BUDGET`; then **train_model** (`vasp train`, in the `gpu`
+   pool/queue when configured; with tuning on, from the latest tuned config) → MLflow run +
+   `models/dt=D/`.
 5. **promote_model** (`vasp promote`) — the registry gate. A rejected candidate is *not* a
    failed night: scoring then uses the unchanged champion and the decision (with its
    reason) is recorded in XCom and in `runs/dt=D/run.json`.

@@ -19,7 +19,8 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 EXPECTED_EDGES = {
     "prepare_input": {"wait_for_input"},
     "wait_for_input": {"build_features"},
-    "build_features": {"train_model"},
+    "build_features": {"tune_model"},
+    "tune_model": {"train_model"},
     "train_model": {"promote_model"},
     "promote_model": {"score_users"},
     "score_users": {"validate_recommendations"},
@@ -62,6 +63,12 @@ def test_schedule_and_dag_settings(nightly_dag):
     assert params["top_n"] == cfg.top_n
     assert params["threshold"] == cfg.threshold
     assert params["min_user_interactions"] == cfg.min_user_interactions
+    assert params["tune"] == cfg.tune == "off"
+
+
+def test_training_follows_a_skipped_tuning(nightly_dag):
+    assert nightly_dag.get_task("train_model").trigger_rule == "none_failed"
+    assert nightly_dag.get_task("tune_model").trigger_rule == "all_success"
 
 
 def test_every_task_has_retries_backoff_and_timeout(nightly_dag):
