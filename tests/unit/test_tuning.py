@@ -88,7 +88,7 @@ def test_every_point_of_the_space_is_a_valid_config():
         SearchSpace(space.base, max_epochs=0)
 
 
-def test_a_study_selects_on_validation_only_prunes_and_logs_child_runs(features, tmp_path):
+def test_a_study_selects_on_validation_only_prunes_and_logs_child_runs(features, tmp_path, monkeypatch):
     import mlflow
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -96,6 +96,7 @@ def test_a_study_selects_on_validation_only_prunes_and_logs_child_runs(features,
     from vasp_model.mlops.trials import TrialRuns
 
     space = SearchSpace(make_config("tiny", env={}), max_epochs=2)
+    monkeypatch.setenv("VASP_ARTIFACT_ROOT", (tmp_path / "mlartifacts").as_uri())
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with TrainingTracker(uri, "tune-test", registered_model=None, run_name="vasp-tune-test") as parent:
         runs = TrialRuns(parent.client, parent.run_id, "vasp-tune-test")
@@ -177,10 +178,11 @@ def test_tuned_config_is_the_latest_at_or_before_the_date(tmp_path):
 
 
 def test_the_plan_tunes_weekly_on_its_weekday_and_trains_from_the_tuned_config(tmp_path, monkeypatch):
-    for name in ("VASP_TUNE", "VASP_TUNE_WEEKDAY", "VASP_TUNE_BUDGET", "VASP_HIDDEN"):
+    for name in ("VASP_TUNE", "VASP_TUNE_WEEKDAY", "VASP_TUNE_BUDGET", "VASP_TUNE_TRIALS", "VASP_HIDDEN"):
         monkeypatch.delenv(name, raising=False)
     warehouse = str(tmp_path / "wh")
-    cfg = plan.load_config({"warehouse": warehouse, "preset": "tiny", "tune_weekday": "sun", "tune_budget": "5m"})
+    settings = {"warehouse": warehouse, "preset": "tiny", "tune_weekday": "sun", "tune_budget": "5m", "tune_trials": 4}
+    cfg = plan.load_config(settings)
     sunday, monday = dt.datetime(2026, 3, 8), dt.datetime(2026, 3, 9)
 
     def night(logical_date, **params):
@@ -192,7 +194,13 @@ def test_the_plan_tunes_weekly_on_its_weekday_and_trains_from_the_tuned_config(t
     weekly = night(sunday, tune="weekly")
     assert plan.Plan(**json.loads(json.dumps(dataclasses.asdict(weekly)))) == weekly
     tune = weekly.tune_config()
-    assert (tune.date, tune.preset, tune.budget_s, tune.warehouse) == ("2026-03-08", "tiny", 300, warehouse)
+    assert (tune.date, tune.preset, tune.budget_s, tune.trials, tune.warehouse) == (
+        "2026-03-08",
+        "tiny",
+        300,
+        4,
+        warehouse,
+    )
 
     assert night(monday, tune="weekly").train_config().vasp == make_config("tiny")  # nothing tuned yet
     tuned = dataclasses.replace(make_config("tiny"), preset="tuned:2026-03-08")
@@ -205,19 +213,9 @@ def test_the_plan_tunes_weekly_on_its_weekday_and_trains_from_the_tuned_config(t
         ({"tune": "daily"}, "tune must be one of off, weekly, nightly"),
         ({"tune_weekday": "sunday"}, "tune_weekday must be one of mon, "),
         ({"tune_budget": "soon"}, "budget must be a positive duration"),
+        ({"tune_trials": 0}, "tune_trials must be >= 1"),
     ):
         with pytest.raises(ValueError, match=message):
             plan.load_config(bad)
     with pytest.raises(ValueError, match="tune must be one of off, weekly, nightly"):
         night(sunday, tune="hourly")
-
-
-def test_the_tune_task_is_skipped_on_nights_that_do_not_tune(tmp_path):
-    from airflow.sdk.exceptions import AirflowSkipException
-
-    from vasp_model.pipeline import tasks
-
-    cfg = plan.load_config({"warehouse": str(tmp_path / "wh")})
-    monday = plan.make_plan({"tune": "weekly"}, dt.datetime(2026, 3, 9), config=cfg)
-    with pytest.raises(AirflowSkipException, match="2026-03-09 is not tuned"):
-        tasks.tune(monday)

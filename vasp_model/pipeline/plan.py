@@ -57,6 +57,7 @@ class NightlyConfig:
     tune: str = "off"  # TUNE_MODES
     tune_weekday: str = "sun"  # the weekday of D on which `tune: weekly` tunes (WEEKDAYS)
     tune_budget: str = "30m"  # wall-clock budget of a tuning study (900s, 30m, 2h)
+    tune_trials: int | None = None  # at most this many trials per study (None: as many as the budget allows)
     synthetic_users: int = 3000  # size of the synthetic input (input=synthetic)
     synthetic_items: int = 1500
     schedule: str = "0 2 * * *"  # cron; each run covers the day before its run time
@@ -84,7 +85,7 @@ class NightlyConfig:
         if not self.warehouse:
             raise ValueError("warehouse must not be empty")
         layout.exclusion_table(self.exclude)
-        _check_tune(self.tune, self.tune_weekday, self.tune_budget)
+        _check_tune(self.tune, self.tune_weekday, self.tune_budget, self.tune_trials)
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if self.spark_mode not in SPARK_MODES:
@@ -115,7 +116,7 @@ class NightlyConfig:
             raise ValueError("task_timeout_s and train_timeout_s must be > 0")
 
 
-def _check_tune(tune: str, weekday: str, budget: str) -> None:
+def _check_tune(tune: str, weekday: str, budget: str, trials: int | None) -> None:
     from vasp_model.pipeline.tuning import parse_budget
 
     if tune not in TUNE_MODES:
@@ -123,6 +124,8 @@ def _check_tune(tune: str, weekday: str, budget: str) -> None:
     if weekday not in WEEKDAYS:
         raise ValueError(f"tune_weekday must be one of {', '.join(WEEKDAYS)}, got {weekday!r}")
     parse_budget(budget)
+    if trials is not None and trials < 1:
+        raise ValueError(f"tune_trials must be >= 1 or unset, got {trials!r}")
 
 
 def load_config(overrides: Mapping[str, Any] | None = None) -> NightlyConfig:
@@ -181,11 +184,12 @@ class Plan:
     tune: str = "off"
     tune_weekday: str = "sun"
     tune_budget: str = "30m"
+    tune_trials: int | None = None
 
     def __post_init__(self) -> None:
         layout.check_date(self.date)
         layout.exclusion_table(self.exclude)
-        _check_tune(self.tune, self.tune_weekday, self.tune_budget)
+        _check_tune(self.tune, self.tune_weekday, self.tune_budget, self.tune_trials)
 
     @property
     def tunes_tonight(self) -> bool:
@@ -250,7 +254,9 @@ class Plan:
     def tune_config(self) -> TuneStageConfig:
         from vasp_model.pipeline.tuning import TuneStageConfig
 
-        return TuneStageConfig(self.date, self.warehouse, self.tracking_uri, self.preset, self.tune_budget)
+        return TuneStageConfig(
+            self.date, self.warehouse, self.tracking_uri, self.preset, self.tune_budget, self.tune_trials
+        )
 
     def promote_config(self) -> PromoteStageConfig:
         from vasp_model.mlops.tracking import TrackingConfig
@@ -302,4 +308,5 @@ def make_plan(
         tune=str(values["tune"]),
         tune_weekday=config.tune_weekday,
         tune_budget=config.tune_budget,
+        tune_trials=config.tune_trials,
     )
