@@ -31,29 +31,22 @@ STOPPED_ATTR = "stopped"  # trial user attribute: "budget" when the budget ran o
 
 
 @dataclasses.dataclass(frozen=True)
-class Float:
+class Range:
+    """Numbers from ``low`` to ``high`` (log-uniform with ``log``; whole numbers with ``integer``)."""
+
     low: float
     high: float
     log: bool = False
+    integer: bool = False
 
-    def suggest(self, trial, name: str) -> float:
+    def suggest(self, trial, name: str) -> float | int:
+        if self.integer:
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
-    def clamp(self, value: float) -> float:
-        return float(min(max(value, self.low), self.high))
-
-
-@dataclasses.dataclass(frozen=True)
-class Int:
-    low: int
-    high: int
-    log: bool = False
-
-    def suggest(self, trial, name: str) -> int:
-        return trial.suggest_int(name, self.low, self.high, log=self.log)
-
-    def clamp(self, value: float) -> int:
-        return int(min(max(round(value), self.low), self.high))
+    def clamp(self, value: float) -> float | int:
+        value = min(max(round(value) if self.integer else value, self.low), self.high)
+        return int(value) if self.integer else float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,24 +78,24 @@ class SearchSpace:
     def epoch_cap(self) -> int:
         return self.max_epochs or 2 * self.base.train.total_epochs
 
-    def dimensions(self) -> dict[str, Float | Int | Choice]:
+    def dimensions(self) -> dict[str, Range | Choice]:
         model, lr = self.base.model, self.base.train.learning_rates[0]
         cap = self.epoch_cap
-        dims: dict[str, Float | Int | Choice] = {
-            "ease_l2": Float(1e-5, 3e-2, log=True),
-            "dropout": Float(0.0, 0.8),
-            "kl_weight": Float(1e-2, 2.0, log=True),
-            "focal_gamma": Float(0.0, 4.0),
-            "lr": Float(lr / 10, lr * 10, log=True),
-            "lr_ratio": Float(0.05, 1.0, log=True),
-            "epochs": Int(max(1, min(self.base.train.total_epochs, cap) // 4), cap, log=True),
-            "second_phase": Float(0.0, 0.5),
-            "ease_warmup_epochs": Int(0, min(2 * self.base.train.ease_warmup_epochs or 8, cap)),
+        dims: dict[str, Range | Choice] = {
+            "ease_l2": Range(1e-5, 3e-2, log=True),
+            "dropout": Range(0.0, 0.8),
+            "kl_weight": Range(1e-2, 2.0, log=True),
+            "focal_gamma": Range(0.0, 4.0),
+            "lr": Range(lr / 10, lr * 10, log=True),
+            "lr_ratio": Range(0.05, 1.0, log=True),
+            "epochs": Range(max(1, min(self.base.train.total_epochs, cap) // 4), cap, log=True, integer=True),
+            "second_phase": Range(0.0, 0.5),
+            "ease_warmup_epochs": Range(0, min(2 * self.base.train.ease_warmup_epochs or 8, cap), integer=True),
             "hidden": Choice((max(1, model.hidden // 2), model.hidden, 2 * model.hidden)),
         }
         if model.ease_init == "closed_form":
-            dims["ease_init_scale"] = Float(0.5, 20.0, log=True)
-            dims["ease_init_lambda"] = Float(50.0, 5000.0, log=True)
+            dims["ease_init_scale"] = Range(0.5, 20.0, log=True)
+            dims["ease_init_lambda"] = Range(50.0, 5000.0, log=True)
         return dims
 
     def suggest(self, trial) -> VaspConfig:
