@@ -15,11 +15,12 @@ import os
 import sys
 from types import ModuleType
 
-from vasp_model.cli import build, promote, recommend, run, score, synth, train
+from vasp_model.cli import build, promote, recommend, run, score, synth, train, tune
 
 SUBCOMMANDS: dict[str, ModuleType] = {
     "synth": synth,
     "build": build,
+    "tune": tune,
     "train": train,
     "promote": promote,
     "score": score,

@@ -192,13 +192,18 @@ def make_config(
     model_overrides: Mapping[str, Any] | None = None,
     train_overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    base: VaspConfig | None = None,
 ) -> VaspConfig:
-    """Preset values, then ``VASP_<FIELD>`` env vars, then explicit overrides (None values skipped)."""
-    if preset not in PRESETS:
+    """Preset values (or ``base``'s, e.g. a tuned config, in their place), then ``VASP_<FIELD>`` env vars,
+    then explicit overrides (None values skipped)."""
+    if base is not None:
+        values, preset = config_to_dict(base), base.preset
+    elif preset in PRESETS:
+        values = PRESETS[preset]
+    else:
         raise ConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    base = PRESETS[preset]
-    model_cfg = build_config(ModelConfig, model_overrides, env, base=base["model"])
-    train_cfg = build_config(TrainConfig, train_overrides, env, base=base["train"])
+    model_cfg = build_config(ModelConfig, model_overrides, env, base=values["model"])
+    train_cfg = build_config(TrainConfig, train_overrides, env, base=values["train"])
     return VaspConfig(model=model_cfg, train=train_cfg, preset=preset)
 
 

@@ -2,6 +2,7 @@
 
 ``{warehouse}/features/dt=D/<table>/`` (Parquet) + ``_manifest.json`` + ``_SUCCESS``
 ``{warehouse}/models/dt=D/`` (model.keras, items.parquet, metrics.json, test_topk.parquet, per_user_metrics.parquet)
+``{warehouse}/tuning/dt=D/`` (config.json: the config ``vasp tune`` chose; summary.json: its study)
 ``{warehouse}/recommendations/dt=D/`` (Parquet) + ``_manifest.json`` + ``_SUCCESS``
 
 Each ``dt=D`` points to an immutable version under ``{warehouse}/<dataset>/_versions/dt=D/``
@@ -64,6 +65,10 @@ def feature_table(warehouse: str, date: str, table: str) -> str:
 
 def models_dir(warehouse: str, date: str) -> str:
     return dataset_dir(warehouse, "models", date)
+
+
+def tuning_dir(warehouse: str, date: str) -> str:
+    return dataset_dir(warehouse, "tuning", date)
 
 
 def recommendations_dir(warehouse: str, date: str) -> str:

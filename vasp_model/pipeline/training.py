@@ -68,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warehouse", default=defaults.default_warehouse(), help="Warehouse root (path or URI).")
     parser.add_argument("--date", required=True, help="Logical date YYYY-MM-DD of the features to train on.")
     parser.add_argument("--preset", default="cpu", help="Config preset: paper | cpu | tiny.")
+    parser.add_argument(
+        "--config",
+        choices=("preset", "tuned"),
+        default="preset",
+        help="Start from --preset, or from the latest config `vasp tune` chose at or before --date (flags override).",
+    )
     for flag, (_field, kind, text) in {**MODEL_FLAGS, **TRAIN_FLAGS}.items():
         parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument("--epochs", type=_ints, default=None, help="Epochs per phase, comma separated (e.g. 50,20,20).")
@@ -133,14 +139,21 @@ class TrainStageConfig:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
-    """The stage's config from the flags of :func:`add_arguments` (unset flags: preset, then ``VASP_*`` env)."""
+    """The stage's config from the flags of :func:`add_arguments` (unset flags: the preset or the tuned
+    config, then ``VASP_*`` env)."""
     from vasp_model.core.config import PRESETS, make_config
+    from vasp_model.pipeline.tuning import tuned_config
 
+    base = tuned_config(args.warehouse, args.date) if args.config == "tuned" else None
     model = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _k, _h) in MODEL_FLAGS.items()}
     train = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _k, _h) in TRAIN_FLAGS.items()}
     train["epochs"] = args.epochs
     if args.epochs is not None and args.learning_rates is None:
-        preset_lrs = PRESETS.get(args.preset, {}).get("train", {}).get("learning_rates", (1e-3,))
+        preset_lrs = (
+            base.train.learning_rates
+            if base
+            else PRESETS.get(args.preset, {}).get("train", {}).get("learning_rates", (1e-3,))
+        )
         train["learning_rates"] = tuple(preset_lrs[min(i, len(preset_lrs) - 1)] for i in range(len(args.epochs)))
     else:
         train["learning_rates"] = args.learning_rates
@@ -151,7 +164,7 @@ def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
     return TrainStageConfig(
         date=args.date,
         warehouse=args.warehouse,
-        vasp=make_config(args.preset, model, train),
+        vasp=make_config(args.preset, model, train, base=base),
         tracking_uri=args.tracking_uri or defaults.default_tracking_uri(),
         tracking=not args.no_tracking,
         experiment=args.experiment,

@@ -41,12 +41,15 @@ def train(
     checkpoint_dir: str | None = None,
     verbose: str | int = "auto",
     evaluate_baselines: bool = True,
+    evaluate: bool = True,
 ) -> TrainResult:
     """Fit VASP on ``features`` (a :class:`vasp_model.data.features.Features`) and evaluate it.
 
     ``callbacks`` are extra Keras callbacks (e.g. the MLflow tracker's); they run after the
     validation callback, so their ``logs`` hold ``val_ndcg@100``, ``val_recall@20``, ``val_recall@50``.
-    With ``checkpoint_dir``, an interrupted call resumes from the last finished epoch.
+    With ``checkpoint_dir``, an interrupted call resumes from the last finished epoch. Without
+    ``evaluate`` nothing is scored after the fit and no test user is read (model selection: the
+    history's validation metrics are the result).
     """
     import keras
 
@@ -68,13 +71,17 @@ def train(
     if not (checkpoint_dir and os.path.exists(_backup_dir(checkpoint_dir))):  # a resumed fit loads its weights
         _warm_start(bundle.model, features.train, plan, config, verbose, timings)
     history, best_epoch = _fit(bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings)
-    by_split, per_user, ease_choice = _evaluate(bundle, features, config, evaluate_baselines, timings)
+    by_split, per_user, ease_choice = (
+        _evaluate(bundle, features, config, evaluate_baselines, timings) if evaluate else ({}, {}, {})
+    )
     timings["total_seconds"] = time.perf_counter() - start
 
     metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items}
-    metrics["intervals"] = {"test": _intervals(per_user["test"])}
     metrics["batch_users"] = batch_users
-    bundle.metadata.update({"best_epoch": best_epoch, "test_ndcg@100": metrics["test"]["vasp"]["ndcg@100"]})
+    bundle.metadata["best_epoch"] = best_epoch
+    if evaluate:
+        metrics["intervals"] = {"test": _intervals(per_user["test"])}
+        bundle.metadata["test_ndcg@100"] = by_split["test"]["vasp"]["ndcg@100"]
     return TrainResult(
         bundle=bundle,
         metrics=metrics,
