@@ -88,9 +88,11 @@ def test_fatal_input_is_one_line_naming_the_file(tmp_path, case):
         assert "Traceback" in debug.stderr and "ArrowInvalid" in debug.stderr
 
 
-def test_unreadable_data_page_is_one_error_line(spark, tmp_path, capsys):
+def test_unreadable_data_page_is_one_error_line(spark, tmp_path, capsys, monkeypatch):
     """A file whose footer reads but whose data does not: Spark's read failure becomes one line."""
     from vasp_model import cli
+
+    monkeypatch.setenv("VASP_HOME", str(tmp_path / "run"))
 
     path = _parquet(tmp_path / "events.parquet", rows=20_000)
     data = bytearray(path.read_bytes())

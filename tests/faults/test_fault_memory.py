@@ -38,6 +38,7 @@ def _vasp_train(warehouse: str, tmp_path, *flags: str, **env) -> subprocess.Comp
     cmd += ["--preset", "tiny", "--quiet", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     cmd += ["--checkpoint-dir", str(tmp_path / "ckpt"), *flags]
     environ = {k: v for k, v in os.environ.items() if k != "VASP_MEMORY_BUDGET"}
+    environ["VASP_HOME"] = str(tmp_path / "run")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**environ, **env})
 
 
@@ -96,7 +97,8 @@ def test_estimate_grows_with_the_catalog_and_the_kernel_dominates():
     cpu = make_config("cpu", env={})
     small, large = (memory.training_memory(n, 10_000, cpu) for n in (10_000, 20_000))
     assert set(large.phases) == {"fit", "baselines", "closed_form_init"}
-    kernel_share = (large.peak - small.peak) / (small.peak - memory.RUNTIME_BYTES)
+    runtime = memory.training_memory(2, 10_000, cpu).peak  # next to nothing but the runtime
+    kernel_share = (large.peak - small.peak) / (small.peak - runtime)
     assert 2.8 < kernel_share < 3.1  # quadratic in the items: (20k² - 10k²) / 10k² = 3
     assert memory.training_memory(20_000, 10_000, make_config("tiny", env={})).peak < large.peak
     capped = memory.training_memory(20_000, 10_000, memory._with_max_items(cpu, 10_000))
@@ -137,8 +139,9 @@ def test_estimate_covers_the_measured_peak_of_a_real_run(spark, tmp_path_factory
     cmd += ["--epochs", "1", "--quiet", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     cmd += ["--checkpoint-dir", str(tmp_path / "ckpt")]
     env = {k: v for k, v in os.environ.items() if k != "VASP_MEMORY_BUDGET"}
+    env.update(VASP_HOME=str(tmp_path / "run"), VASP_LOG_LEVEL="INFO")
     with open(tmp_path / "err", "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env={**env, "VASP_LOG_LEVEL": "INFO"})
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     log = (tmp_path / "err").read_text()
     assert os.waitstatus_to_exitcode(status) == 0, log[-3000:]

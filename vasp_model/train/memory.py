@@ -5,7 +5,7 @@ The estimate counts the arrays that grow with the catalog: the Neural EASE kerne
 with its gradient, optimizer slots and the early-stopping copy of the best weights; the
 closed-form EASE warm start (the float64 Gram matrix, its inverse and the float32 solution); the
 item-wide Dense layers with the same state; a batch's item-wide activations; and the EASE
-baseline fitted after training over the whole catalog, on top of the memory the fit held.
+baseline fitted after training over the whole catalog while the trained model is still held.
 Each phase's peak is counted over what is resident when the check runs (the features), plus the
 runtime Keras brings. The budget is ``VASP_MEMORY_BUDGET`` / ``--memory-budget`` (e.g. ``16g``),
 else what is in use plus what the machine (``MemAvailable``) or the cgroup limit leaves free.
@@ -22,13 +22,16 @@ from vasp_model.core.config import PRESETS, VaspConfig, make_config
 
 FLOAT32, FLOAT64 = 4, 8
 OPTIMIZER_SLOTS = {"nadam": 2, "adam": 2, "adamw": 2}
-# Calibrated on the tensorflow backend (peak RSS of real runs, tiny and cpu presets, 2k and 5k items):
-# what Keras, its backend and MLflow add once loaded, and XLA when the train step is compiled; the
-# I×I float32 temporaries of a train step beyond the kernel's state (gradient of the L2 term, the
-# constraint's copy, the optimizer update); the item-wide float32 tensors per batch row.
-RUNTIME_BYTES = 900 * 2**20
-JIT_BYTES = 256 * 2**20
+# Calibrated on the tensorflow backend against the peak RSS of real `vasp train` runs (tiny and cpu
+# presets, 2k to 10k items): what Keras, its backend and MLflow add once loaded, and XLA when the
+# train step is compiled; the I×I float32 temporaries of a train step beyond the kernel's state
+# (gradient of the L2 term, the constraint's copy, the optimizer update); the I×I float32 arrays
+# still held after the fit besides the weights and the optimizer slots; the item-wide float32
+# tensors per batch row.
+RUNTIME_BYTES = 2**30
+JIT_BYTES = 384 * 2**20
 STEP_TEMPORARIES = 6
+HELD_AFTER_FIT = 5
 ACTIVATIONS = 4
 # A sparse XᵀX chunk before it is added to the dense Gram matrix: float64 value + int32 column +
 # int32 row (COO) per entry, at most I² entries.
@@ -78,8 +81,9 @@ def training_memory(catalog_items: int, train_users: int, config: VaspConfig) ->
 
     # weights + gradient + optimizer slots + the best epoch's copy, a step's temporaries, activations
     fit = (3 + slots) * weights + STEP_TEMPORARIES * FLOAT32 * items * items + ACTIVATIONS * FLOAT32 * rows * items
-    # the fit's memory is not handed back before the EASE baseline is fitted on the whole catalog (measured)
-    phases = {"fit": fit, "baselines": fit + ease_solve(catalog_items)}
+    # what the fit leaves held while the EASE baseline is fitted on the whole catalog
+    held = (1 + slots) * weights + HELD_AFTER_FIT * FLOAT32 * items * items
+    phases = {"fit": fit, "baselines": held + ease_solve(catalog_items)}
     if m.ease_init == "closed_form":
         phases["closed_form_init"] = weights + ease_solve(items)
     runtime = RUNTIME_BYTES + (JIT_BYTES if t.jit_compile else 0)
