@@ -71,6 +71,16 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
     lineage = storage.read_json(f"{out}/{storage.MANIFEST}")["features_manifest"]
     assert lineage["input_digest"] == load_features(warehouse, DATE).manifest["input"]["sha256"]
 
+    # beside it, the EASE the training fitted and measured (the fallback while VASP has no champion)
+    from vasp_model.evaluation.protocol import evaluate_recommender
+    from vasp_model.recommenders.bundle import EaseBundle, load_bundle
+
+    ease = load_bundle(layout.ease_bundle_dir(warehouse, DATE))
+    assert isinstance(ease, EaseBundle) and ease.metadata["lambda"] == metrics["ease_lambda"]
+    test = load_features(warehouse, DATE).test
+    scored = evaluate_recommender(ease, test.fold_in, test.holdout, load_features(warehouse, DATE).popularity)
+    assert scored["ndcg@100"] == pytest.approx(metrics["test"]["ease"]["ndcg@100"], abs=1e-9)
+
     # test_topk under the default rule: top 100 (here: every item left) per test user, leaving out
     # everything the user interacted with except the held-out items (what the metrics score)
     features = load_features(warehouse, DATE)

@@ -1,7 +1,7 @@
 """The warehouse layout: one place that knows where every table of a date lives.
 
 ``{warehouse}/features/dt=D/<table>/`` (Parquet) + ``_manifest.json`` + ``_SUCCESS``
-``{warehouse}/models/dt=D/`` (model.keras, items.parquet, metrics.json, test_topk.parquet)
+``{warehouse}/models/dt=D/`` (model/ and ease/ bundles, metrics.json, test_topk.parquet)
 ``{warehouse}/recommendations/dt=D/`` (Parquet) + ``_manifest.json`` + ``_SUCCESS``
 
 Each ``dt=D`` points to an immutable version under ``{warehouse}/<dataset>/_versions/dt=D/``
@@ -23,6 +23,7 @@ FEATURE_TABLES = ("items", "users", "interactions", "consumed", "validation", "t
 EXCLUDE_TABLES = dict(zip(EXCLUDE_RULES, ("consumed", "interactions", None), strict=True))
 SCHEMA_VERSION = 2  # 2: + the consumed table
 DATE_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+EASE_BUNDLE = "ease"  # models/dt=D/ease: the training's closed-form EASE, the fallback when VASP has no champion
 
 
 def check_date(date: str) -> str:
@@ -64,6 +65,10 @@ def feature_table(warehouse: str, date: str, table: str) -> str:
 
 def models_dir(warehouse: str, date: str) -> str:
     return dataset_dir(warehouse, "models", date)
+
+
+def ease_bundle_dir(warehouse: str, date: str) -> str:
+    return _join(models_dir(warehouse, date), EASE_BUNDLE)
 
 
 def recommendations_dir(warehouse: str, date: str) -> str:

@@ -6,7 +6,10 @@ The candidate version registered for date ``D`` becomes alias ``champion`` only 
     than the margin (strictly), and
 (b) re-scored on D's test users, it beats the current champion re-scored the same way (strictly).
 
-The first night (no champion) only (a) applies. The replaced champion gets alias ``previous``
+The first night (no champion) only (a) applies. While the registered model has no champion, a
+night is still served (:func:`serving_after`): by the champion of the fallback, closed-form EASE
+registered as a model of its own and gated by the same rule against popularity, else by popularity.
+VASP only serves when it won. The replaced champion gets alias ``previous``
 and the candidate records it (tag ``gate.previous_champion``), so that rollbacks walk back one
 promotion at a time. Every decision is recorded on the candidate as ``gate.*`` tags; a rerun for
 the same date returns the recorded decision unless the champion or the rule changed since. A
@@ -33,6 +36,10 @@ TAG_ROLLED_BACK = "gate.rolled_back"
 TAG_METRICS = "gate.metrics"
 TAG_GATE = "gate.rule"  # metric and margin the decision used
 MAX_REASON = 4000  # characters of the reason kept in its tag
+EASE_REGISTERED_MODEL = "vasp-ease"  # default registered model of the fallback (closed-form EASE)
+VASP_VS_EASE = ("vasp", "ease")  # (candidate, baseline): their entries in the training run's report
+EASE_VS_POPULARITY = ("ease", "popularity")  # the fallback's gate
+_LABELS = {"vasp": "VASP", "ease": "EASE"}  # how reasons name a report entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +56,7 @@ class GateDecision:
     metric: str = GATE_METRIC
     margin: float = 0.0
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    serving: dict[str, str | None] = dataclasses.field(default_factory=dict)  # kind, registered_model, version
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=float)
@@ -95,10 +103,16 @@ class Aliases:
 
 @dataclasses.dataclass(frozen=True)
 class Logged:
-    """The candidate's and EASE's test metric from the candidate's run (None: not logged)."""
+    """The candidate's and the baseline's test metric from the candidate's run (None: not logged);
+    ``compared``: their entries in the run's report (the baseline is EASE unless it says otherwise)."""
 
     candidate: float | None
     ease: float | None
+    compared: tuple[str, str] = VASP_VS_EASE
+
+    @property
+    def baseline(self) -> str:
+        return _LABELS.get(self.compared[1], self.compared[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,14 +188,15 @@ def decide(
         return done
     metric, margin, champ = rule.metric, rule.margin, aliases.champion
     if logged.candidate is None or logged.ease is None:
-        return _rejected(
-            date, rule, candidate, aliases, f"run {candidate.run_id} has no test {metric} for vasp and ease", {}
-        )
-    scores = {"candidate_logged": logged.candidate, "ease": logged.ease}
+        missing = f"run {candidate.run_id} has no test {metric} for {' and '.join(logged.compared)}"
+        return _rejected(date, rule, candidate, aliases, missing, {})
+    scores = {"candidate_logged": logged.candidate, logged.compared[1]: logged.ease}
     if not logged.candidate > logged.ease + margin:
-        reason = f"does not beat EASE: {metric} {logged.candidate:.5f} <= {logged.ease:.5f} + margin {margin:g}"
+        reason = (
+            f"does not beat {logged.baseline}: {metric} {logged.candidate:.5f} <= {logged.ease:.5f} + margin {margin:g}"
+        )
         return _rejected(date, rule, candidate, aliases, reason, scores)
-    reason = f"beats EASE: {metric} {logged.candidate:.5f} > {logged.ease:.5f} + margin {margin:g}"
+    reason = f"beats {logged.baseline}: {metric} {logged.candidate:.5f} > {logged.ease:.5f} + margin {margin:g}"
     if champ is None:
         return _promoted(date, rule, candidate, aliases, reason + "; no champion yet", scores)
     if rescored is None:
@@ -243,3 +258,28 @@ def rollback(date: str, candidate: Version, champion: str | None, previous: Vers
     reason = f"rolled back v{cand} ({date}); champion is v{prev} again"
     decision = GateDecision(date, "rolled_back", False, cand, champion, prev, reason)
     return Outcome(decision, after, {TAG_ROLLED_BACK: "true"})
+
+
+# -- what serves ----------------------------------------------------------------------------------
+
+
+def serving_after(
+    decision: GateDecision, registered_model: str, fallback: GateDecision | None = None, ease_model: str = ""
+) -> GateDecision:
+    """``decision`` (the gate's for the date) with what serves the date: the champion of
+    ``registered_model``; with none, the champion of the fallback ``ease_model`` after ``fallback`` (its
+    own gate's decision for the date; None: the EASE fallback is off), else popularity. The reason says
+    which, and why."""
+    if decision.champion_after is not None:
+        return dataclasses.replace(decision, serving=_serving("vasp", registered_model, decision.champion_after))
+    if fallback is not None and fallback.champion_after is not None:
+        serving = _serving("ease", ease_model, fallback.champion_after)
+        note = f"serving fallback ease v{fallback.champion_after} ({ease_model}: {fallback.reason})"
+    else:
+        serving = _serving("popularity")
+        note = "serving popularity (" + (fallback.reason if fallback is not None else "the EASE fallback is off") + ")"
+    return dataclasses.replace(decision, serving=serving, reason=f"{decision.reason}; no champion: {note}")
+
+
+def _serving(kind: str, registered_model: str | None = None, version: str | None = None) -> dict[str, str | None]:
+    return {"kind": kind, "registered_model": registered_model, "version": version}

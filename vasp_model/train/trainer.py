@@ -28,6 +28,7 @@ class TrainResult:
     best_epoch: int  # 1-based
     config: VaspConfig
     timings: dict[str, float]
+    ease: Any = None  # EaseBundle: closed-form EASE with λ chosen on validation (None without baselines)
 
 
 def train(
@@ -63,13 +64,19 @@ def train(
     if not (checkpoint_dir and os.path.exists(_backup_dir(checkpoint_dir))):  # a resumed fit loads its weights
         _warm_start(bundle.model, features.train, plan, config, verbose, timings)
     history, best_epoch = _fit(bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings)
-    by_split, ease_choice = _evaluate(bundle, features, evaluate_baselines, timings)
+    by_split, ease_choice, ease = _evaluate(bundle, features, evaluate_baselines, timings)
     timings["total_seconds"] = time.perf_counter() - start
 
     metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items}
     bundle.metadata.update({"best_epoch": best_epoch, "test_ndcg@100": metrics["test"]["vasp"]["ndcg@100"]})
     return TrainResult(
-        bundle=bundle, metrics=metrics, history=history, best_epoch=best_epoch, config=config, timings=timings
+        bundle=bundle,
+        metrics=metrics,
+        history=history,
+        best_epoch=best_epoch,
+        config=config,
+        timings=timings,
+        ease=ease,
     )
 
 
@@ -199,24 +206,30 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     return validation.history, early_stopping.best_epoch + 1
 
 
-def _evaluate(bundle, features, evaluate_baselines: bool, timings: dict[str, float]) -> tuple[dict, dict]:
+def _evaluate(bundle, features, evaluate_baselines: bool, timings: dict[str, float]) -> tuple[dict, dict, Any]:
     """Test and validation metrics of VASP and, with ``evaluate_baselines``, of EASE (λ chosen on
-    validation) and popularity: ``({"test": {name: ...}, "validation": {name: ...}}, EASE's λ and grid)``."""
+    validation) and popularity: ``({"test": {name: ...}, "validation": {name: ...}}, EASE's λ and grid,
+    the fitted EASE as an EaseBundle over the features' vocabulary or None)``."""
     from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
+    from vasp_model.recommenders.bundle import EaseBundle
 
     with _timed(timings, "vasp_eval_seconds"):
         by_model = {"vasp": _evaluate_on_splits(bundle, features, bundle.n_items)}
     extra: dict[str, Any] = {}
+    ease_bundle = None
     if evaluate_baselines:
         val = features.validation
         with _timed(timings, "ease_fit_seconds"):
             ease, grid = fit_ease_on_validation(features.train, val.fold_in, val.holdout)
         extra = {"ease_lambda": float(ease.lambda_), "ease_validation_grid": {str(k): v for k, v in grid.items()}}
         by_model["ease"] = _evaluate_on_splits(ease, features, features.n_items)
+        ease_bundle = EaseBundle(
+            ease.B, features.item_ids, features.popularity, {"lambda": float(ease.lambda_)}, bundle.batch_users
+        )
         popularity = Popularity.from_counts(features.popularity)
         by_model["popularity"] = _evaluate_on_splits(popularity, features, features.n_items)
     by_split = {split: {name: scores[split] for name, scores in by_model.items()} for split in ("test", "validation")}
-    return by_split, extra
+    return by_split, extra, ease_bundle
 
 
 def _evaluate_on_splits(recommender, features, n_items: int) -> dict[str, dict[str, float]]:
