@@ -12,7 +12,8 @@ EASE into a registered model of its own and says what serves the date (that EASE
 popularity); :func:`serving_uri` is what the scoring job loads by the same rule.
 
 Every MLflow call here names the store (``tracking_uri``): MLflow's global URIs are left alone, but
-for logging the fallback's model into its run (a fluent API: pointed at the store for that call only).
+for logging and registering the fallback's model (a fluent API, and a registry lookup through the
+global URI: pointed at the store for those calls only).
 """
 
 from __future__ import annotations
@@ -323,11 +324,13 @@ def _register_ease(client, tracking_uri: str, bundle_dir: str, name: str, run_id
     if not os.path.exists(os.path.join(path, META_FILE)):
         log.warning("no EASE bundle at %s: the fallback cannot register %s's EASE", bundle_dir, date)
         return False
-    with mlflow_uri(tracking_uri), mlflow.start_run(run_id=run_id):  # the run that fitted and measured it
-        info = log_bundle_model(path, name=EASE_NAME_IN_RUN)
     fingerprint = client.get_run(run_id).data.tags.get("data_fingerprint", "")
     report = logged_report(client, run_id)
-    register_version(client, name, info.model_uri, run_id, date, fingerprint, report, model_id=info.model_id)
+    # MLflow's registry looks the logged model up through its global URI: both calls run pointed at the store
+    with mlflow_uri(tracking_uri):
+        with mlflow.start_run(run_id=run_id):  # the run that fitted and measured it
+            info = log_bundle_model(path, name=EASE_NAME_IN_RUN)
+        register_version(client, name, info.model_uri, run_id, date, fingerprint, report, model_id=info.model_id)
     return True
 
 
