@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -27,14 +28,15 @@ from vasp_model.pipeline.checks import read_table
 
 pytestmark = pytest.mark.slow
 
-D1, D2, D3 = "2026-05-01", "2026-05-02", "2026-05-03"
+D1, D2, D3 = "2026-03-01", "2026-03-02", "2026-03-03"
 TOP_N = 15
 
 
 @pytest.fixture(scope="module")
 def world(spark, tmp_path_factory):
-    """A warehouse with features for D1..D3 (built by the build job) and each date's training outputs
-    (D3: the EASE sabotaged, with its own metrics)."""
+    """A warehouse with the same features for D1..D3 (built once by the build job: test_registry's D1
+    build, shared within a session) and each date's training outputs (D3: the EASE sabotaged, with its
+    own metrics)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from vasp_model.core.config import make_config
     from vasp_model.data.features import load_features
@@ -44,9 +46,10 @@ def world(spark, tmp_path_factory):
     from vasp_model.train.trainer import train
 
     warehouse = str(tmp_path_factory.mktemp("fallback") / "warehouse")
-    text = events_csv(*synthetic_pairs(seed=0))
-    for date in (D1, D2, D3):
-        copy_features(built_features(spark, tmp_path_factory, text, date, ab_copies=2)[0], date, warehouse)
+    text = events_csv(*synthetic_pairs(seed=0))  # test_registry's input of D1: one build per session
+    copy_features(built_features(spark, tmp_path_factory, text, D1, ab_copies=2)[0], D1, warehouse)
+    for date in (D2, D3):
+        shutil.copytree(layout.features_dir(warehouse, D1), layout.features_dir(warehouse, date))
     features = load_features(warehouse, D1)
     # 1e-2: the tiny preset's own rate learns nothing in its 2 epochs here (see test_registry)
     result = train(features, make_config("tiny", train_overrides={"learning_rates": (1e-2,)}), verbose=0)
