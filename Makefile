@@ -23,10 +23,8 @@ $(STAMP): setup.py
 	$(UV) pip install --python $(VENV)/bin/python --compile-bytecode -q -e '.[dev]'
 	@touch $(STAMP)
 
-# The synthetic demo set is small (about 2.2k training users): it trains on the cpu preset's
-# architecture with a longer schedule (30 + 10 epochs) unless VASP_EPOCHS says otherwise.
 run: java $(STAMP)
-	$(if $(INPUT),,VASP_EPOCHS=$${VASP_EPOCHS:-30,10}) $(VENV)/bin/vasp run --date $(DATE) --preset $(PRESET) $(if $(INPUT),--input $(INPUT))
+	$(VENV)/bin/vasp run --date $(DATE) --preset $(PRESET) $(if $(INPUT),--input $(INPUT))
 
 test: java $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -35,7 +33,7 @@ test: java $(STAMP)
 # The unit tier: no trainings to convergence, no real data, no servers (local Spark only).
 test-fast: java $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest tests/unit -m "not slow and not service and not realdata" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest tests/unit tests/faults -m "not slow and not service and not realdata" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -31,6 +31,7 @@ STACK = [
     "numpy>=2,<3",
     "PyYAML>=6,<7",
     "matplotlib>=3.9,<4",
+    "optuna>=4,<6",  # `vasp tune`: TPE search with Hyperband pruning
 ]
 
 POSTGRES = [
@@ -52,7 +53,7 @@ def _stack(*names: str) -> list[str]:
 
 
 CORE = _stack("pyarrow", "scipy", "pandas", "numpy", "pyyaml")
-TRAIN = _stack("tensorflow-cpu", "keras", "mlflow", "matplotlib")
+TRAIN = _stack("tensorflow-cpu", "keras", "mlflow", "matplotlib", "optuna")
 SPARK = _stack("pyspark") + TRAIN  # executors load the trained model; the driver resolves it in MLflow
 AIRFLOW = _stack("apache-airflow", "apache-airflow-providers-apache-spark", "pyspark-client") + SPARK
 

@@ -11,7 +11,10 @@ replaces only that date.
 2. **wait_for_input** — sensor: fails clearly if the input never arrives within
    `VASP_INPUT_TIMEOUT_S`; nothing downstream runs, nothing is published.
 3. **build_features** (Spark, `vasp build`) → `features/dt=D/`.
-4. **train_model** (`vasp train`, in the `gpu` pool/queue when configured) → MLflow run +
+4. **tune_model** (`vasp tune`; skipped unless the `tune` Param says so: `weekly` on
+   `VASP_TUNE_WEEKDAY`, or `nightly`) → `tuning/dt=D/`, the config chosen on validation
+   users within `VASP_TUNE_BUDGET`; then **train_model** (`vasp train`, in the `gpu`
+   pool/queue when configured; with tuning on, from the latest tuned config) → MLflow run +
    `models/dt=D/`.
 5. **promote_model** (`vasp promote`) — the registry gate. A rejected candidate is *not* a
    failed night: scoring then uses the unchanged champion and the decision (with its
@@ -43,7 +46,7 @@ from airflow.sdk.serde import allow_class
 from vasp_model.core.config import PRESETS
 from vasp_model.core.defaults import EXCLUDE_RULES
 from vasp_model.pipeline import checks, tasks
-from vasp_model.pipeline.plan import Plan, load_config, make_plan
+from vasp_model.pipeline.plan import TUNE_MODES, Plan, load_config, make_plan
 from vasp_model.pipeline.stages import STAGES
 
 CFG = load_config()
@@ -92,6 +95,12 @@ with DAG(
             type="string",
             enum=list(EXCLUDE_RULES),
             description="what a list leaves out: all = every item the user interacted with; positives; none",
+        ),
+        "tune": Param(
+            CFG.tune,
+            type="string",
+            enum=list(TUNE_MODES),
+            description="tune the training config on validation before training: off, weekly, nightly",
         ),
         "date": Param(
             None,
@@ -150,7 +159,17 @@ with DAG(
     if CFG.train_pod_template:  # KubernetesExecutor: run training in a GPU pod (infra/k8s)
         gpu["executor_config"] = {"pod_template_file": CFG.train_pod_template}
 
-    @task(task_id="train_model", execution_timeout=dt.timedelta(seconds=CFG.train_timeout_s), **gpu)
+    @task(task_id="tune_model", execution_timeout=dt.timedelta(seconds=CFG.train_timeout_s), **gpu)
+    def tune_model(plan: Plan) -> str:
+        return tasks.tune(plan)
+
+    # none_failed: trains after a skipped tune_model (a night that does not tune) as after a finished one
+    @task(
+        task_id="train_model",
+        execution_timeout=dt.timedelta(seconds=CFG.train_timeout_s),
+        trigger_rule="none_failed",
+        **gpu,
+    )
     def train_model(plan: Plan) -> str:
         return tasks.train(plan)
 
@@ -170,9 +189,10 @@ with DAG(
         events[RECOMMENDATIONS].extra = {"date": plan.date, "uri": plan.recommendations, **counts}
         return summary
 
+    tuned = tune_model(plan)
     trained = train_model(plan)
     decision = promote_model(plan)
     validated = validate_recommendations(plan)
     published = publish_assets(plan, decision, validated)
 
-    chain(plan, wait_for_input, build_features, trained, decision, score_users, validated, published)
+    chain(plan, wait_for_input, build_features, tuned, trained, decision, score_users, validated, published)

@@ -371,6 +371,21 @@ def input_counts(per_user: DataFrame, config: BuildConfig, input_uri: str) -> tu
     return counts, reasons
 
 
+def _read_counts(per_user: DataFrame, config: BuildConfig, input_uri: str) -> tuple[dict[str, int], dict[str, int]]:
+    """:func:`input_counts`, the first scan of the input: a file Spark fails to read is a ``ValueError``."""
+    from py4j.protocol import Py4JJavaError
+
+    from vasp_jobs.common.readers import unreadable_input
+
+    try:
+        return input_counts(per_user, config, input_uri)
+    except Py4JJavaError as exc:
+        error = unreadable_input(exc, input_uri)
+        if error is None:
+            raise
+        raise error from exc
+
+
 def feature_tables(
     per_user: DataFrame,
     users: DataFrame,
@@ -453,7 +468,7 @@ def build(
     pool.shutdown(wait=False)
     per_user = collapse_events(raw.events, config.threshold).persist()
     try:
-        counts, reasons = input_counts(per_user, config, input_uri)
+        counts, reasons = _read_counts(per_user, config, input_uri)
         lap("read_collapse")
         n_heldout = config.heldout_count(counts["users_kept"])
 
@@ -648,13 +663,13 @@ SUMMARY_COUNTS = (
 
 def build_stage(config: BuildStageConfig) -> dict[str, Any]:
     """Stage ``build``: publish features/dt=D; returns a summary (path, date, seconds, the main counts)."""
-    from vasp_jobs.common.readers import _list_files
+    from vasp_jobs.common.readers import check_input
     from vasp_jobs.common.spark import get_session
 
     info: dict = {}
     if config.input:
         input_uri = config.input
-        _list_files(input_uri)  # a missing input fails before Spark starts
+        check_input(input_uri, config.build.format)  # a missing or unreadable input fails before Spark starts
     else:
         input_uri, info = _default_input(config.build.seed)
     spark = get_session(config.spark)

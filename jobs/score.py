@@ -23,8 +23,9 @@
   (``fallback = true``).
   Each task returns one row per user (the list as arrays); Spark explodes it into ranked rows.
 * Output columns: ``user_id``, ``rank`` (1..N), ``item_id``, ``score``, ``model_version``,
-  ``fallback``; written to staging and published atomically with ``_manifest.json`` (the rule
-  ``exclude`` and the counts, ``excluded_candidates`` among them), so a rerun replaces exactly date D.
+  ``fallback``; written to staging and published atomically with ``_manifest.json`` (the model
+  version, the digests of the features and of their input, the rule ``exclude`` and the counts,
+  ``excluded_candidates`` among them), so a rerun replaces exactly date D.
 """
 
 from __future__ import annotations
@@ -414,6 +415,7 @@ def score(
 
     from vasp_jobs.common.spark import write_tables
     from vasp_model.data import storage
+    from vasp_model.data.features import lineage, read_manifest
 
     layout.check_date(date)
     if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0:
@@ -424,6 +426,7 @@ def score(
     features = layout.features_dir(warehouse, date)
     if not storage.is_published(features):
         raise FileNotFoundError(f"features for {date} are not published at {features}")
+    origin = lineage(read_manifest(features), features)
     if table and not storage.exists(layout.feature_table(warehouse, date, table)):
         raise FileNotFoundError(f"exclude={exclude} needs the {table!r} table, which {features} lacks: rebuild {date}")
     tracking_uri = tracking_uri or defaults.default_tracking_uri()
@@ -468,6 +471,8 @@ def score(
                     "top_n": top_n,
                     "exclude": exclude,
                     "features": features,
+                    "features_digest": origin["features_digest"],
+                    "input_digest": origin["input_digest"],
                     "counts": counts,
                     "seconds": round(time.time() - started, 3),
                 }

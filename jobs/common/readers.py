@@ -26,13 +26,16 @@ citeulike  CiteULike ``users.dat``: one line per user, ``count item item ...`` (
 Rejection reasons (the ``reason`` column, see :data:`REASONS`): ``empty_line``,
 ``wrong_column_count``, ``null_user``, ``null_item``, ``null_rating``, ``non_numeric_rating``,
 ``nan_rating`` (NaN or infinite), ``negative_rating``, ``unparsable_line`` and
-``count_mismatch`` (CiteULike). A field is *null* when it is empty or one of
-``null``/``none``/``nan``/``\\N`` (case-insensitive). CSV fields are trimmed and may be wrapped in
-double quotes; a delimiter inside quotes is not supported (such a row has the wrong number of
-columns and is quarantined, never silently mangled).
+``count_mismatch`` (CiteULike), ``unbalanced_quotes`` (CSV). A field is *null* when it is empty
+or one of ``null``/``none``/``nan``/``\\N`` (case-insensitive). CSV fields are trimmed and may be
+quoted as RFC 4180 says (``"a,b"`` holds a delimiter, ``""`` inside quotes is one ``"``); a line
+with an odd number of ``"`` (a quoted field left open, or one spanning lines, which is not
+supported) is quarantined, never silently mangled.
 
-Fatal problems raise before anything is written: ``FileNotFoundError`` for a missing input,
-``ValueError`` for an empty input or a missing required column.
+Fatal problems raise before anything is written (:func:`check_input`, before Spark reads):
+``FileNotFoundError`` for a missing input, ``ValueError`` naming the file for an empty input, a
+directory without data files, a Parquet file that is not readable (truncated, not Parquet) or a
+missing required column.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ import dataclasses
 import re
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from vasp_model.data import storage
@@ -60,6 +65,7 @@ REASONS = (
     "negative_rating",
     "unparsable_line",
     "count_mismatch",
+    "unbalanced_quotes",
 )
 EVENT_COLUMNS = ("user_id", "item_id", "rating", "reason", "raw", "source", "block", "row")
 NULL_TOKENS = ("", "null", "none", "nan", "\\n")
@@ -67,6 +73,9 @@ NULL_TOKENS = ("", "null", "none", "nan", "\\n")
 USER_CANDIDATES = ("user_id", "userId", "userid", "user", "UserID", "userID", "uid")
 ITEM_CANDIDATES = ("item_id", "itemId", "itemid", "item", "movieId", "movie_id", "MovieID", "artistID", "iid")
 RATING_CANDIDATES = ("rating", "Rating", "ratings", "score")
+# A delimiter outside double quotes: followed by an even number of quotes up to the end of the line
+# (possessive quantifiers: linear time, no backtracking). Only lines holding a quote pay for it.
+_OUTSIDE_QUOTES = '(?=(?:[^"]*+"[^"]*+")*+[^"]*+$)'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +123,44 @@ def _list_files(uri: str) -> list[pafs.FileInfo]:
         and not any(part.startswith(("_", ".")) for part in f.path[len(path) :].split("/") if part)
     ]
     return sorted(files, key=lambda f: f.path)
+
+
+def data_files(uri: str) -> list[pafs.FileInfo]:
+    """:func:`_list_files`, with ``ValueError`` when there is none (an empty directory)."""
+    files = _list_files(uri)
+    if not files:
+        raise ValueError(f"input has no data files: {uri} (an empty directory, or only hidden/_ files)")
+    return files
+
+
+def check_input(uri: str, fmt: str = "auto") -> list[pafs.FileInfo]:
+    """The data files of ``uri`` after the checks Spark would fail on with a stack trace: it exists
+    (``FileNotFoundError``), holds a data file, and every Parquet file has a readable footer
+    (``ValueError`` naming the file and the cause)."""
+    files = data_files(uri)
+    if fmt == "parquet" or fmt == "auto" and detect_format(uri) == "parquet":
+        filesystem, _ = storage.resolve(uri)
+        for f in files:
+            try:
+                pq.read_metadata(f.path, filesystem=filesystem)
+            except (pa.ArrowException, OSError) as exc:
+                name = uri if len(files) == 1 and f.type == pafs.FileType.File else f.path
+                raise ValueError(f"input {name} is not a readable Parquet file ({exc})") from exc
+    return files
+
+
+def unreadable_input(exc: BaseException, uri: str) -> ValueError | None:
+    """Spark's ``FAILED_READ_FILE`` error (a data file that fails mid-read) as a ``ValueError`` naming
+    the file and the first cause; None for any other error."""
+    text = str(exc)
+    failed = re.search(r"\[FAILED_READ_FILE[.\w]*\] Encountered error while reading file (\S+?)\.?\s", text)
+    if failed is None:
+        return None
+    path = re.sub(r"^file:(//)?", "", failed.group(1))
+    cause = re.search(r"^Caused by: (.+)$", text, re.MULTILINE)
+    detail = f" ({cause.group(1).strip()})" if cause else ""
+    where = uri if path == uri else f"{path} of {uri}"
+    return ValueError(f"input {where} could not be read{detail}")
 
 
 def fingerprint(uri: str, max_hash_bytes: int = 4 << 30) -> dict[str, object]:
@@ -198,7 +245,7 @@ def resolve_spec(
     """Work out the :class:`ReadSpec` of ``uri`` (raises for a missing file/column or empty input)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown input format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    _list_files(uri)  # FileNotFoundError first
+    data_files(uri)  # FileNotFoundError / ValueError first
     if fmt == "auto":
         fmt = detect_format(uri)
     if fmt == "udata":
@@ -213,7 +260,7 @@ def resolve_spec(
     else:
         header = _first_line(uri)
         delimiter = "\t" if "\t" in header else ","
-        columns = tuple(_unquote(c) for c in header.split(delimiter))
+        columns = tuple(_unquote(c) for c in split_fields(header, delimiter))
     implicit = False
     if fmt == "lastfm":
         user = _pick(columns, user_col or "userID", (), "user", uri)
@@ -233,10 +280,18 @@ def resolve_spec(
     return ReadSpec(fmt, delimiter, header, columns, user, item, rating, implicit)
 
 
+def split_fields(line: str, delimiter: str) -> list[str]:
+    """The fields of one CSV line: split at each delimiter outside double quotes (as the Spark reader does)."""
+    if '"' not in line:
+        return line.split(delimiter)
+    return re.split(re.escape(delimiter) + _OUTSIDE_QUOTES, line)
+
+
 def _unquote(text: str) -> str:
+    """A field trimmed, one pair of surrounding quotes removed and ``""`` inside them made ``"``."""
     text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] == '"':
-        return text[1:-1]
+        return text[1:-1].replace('""', '"')
     return text
 
 
@@ -286,12 +341,12 @@ def _text_lines(spark: SparkSession, uri: str) -> DataFrame:
 
 
 def _clean(col: Column) -> Column:
-    """Trim a field and strip one pair of surrounding double quotes (no regex: this runs per field)."""
+    """:func:`_unquote` on a column (no regex: this runs per field)."""
     from pyspark.sql import functions as F
 
     t = F.trim(col)
     quoted = t.startswith('"') & t.endswith('"') & (F.length(t) >= 2)
-    return F.when(quoted, t.substr(F.lit(2), F.length(t) - 2)).otherwise(t)
+    return F.when(quoted, F.replace(t.substr(F.lit(2), F.length(t) - 2), F.lit('""'), F.lit('"'))).otherwise(t)
 
 
 def _read_delimited(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
@@ -300,7 +355,13 @@ def _read_delimited(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
     lines = _text_lines(spark, uri)
     data = lines if spec.header is None else lines.filter(F.col("value") != F.lit(spec.header))
     pattern = re.escape(spec.delimiter) if spec.delimiter != "\t" else "\t"
-    data = data.withColumn("_f", F.split(F.col("value"), pattern, -1))
+    split = F.split(F.col("value"), pattern, -1)
+    quotes = F.lit(0)
+    if spec.format == "csv":  # RFC 4180 quoting; lines without a quote take the plain split
+        has_quote = F.col("value").contains('"')
+        split = F.when(has_quote, F.split(F.col("value"), pattern + _OUTSIDE_QUOTES, -1)).otherwise(split)
+        quotes = F.when(has_quote, F.length("value") - F.length(F.replace("value", F.lit('"'), F.lit("")))).otherwise(0)
+    data = data.withColumn("_f", split).withColumn("_q", quotes)
 
     def field(name: str) -> Column:
         return _clean(F.get(F.col("_f"), spec.columns.index(name)))
@@ -310,9 +371,10 @@ def _read_delimited(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
     fields = [field(spec.user_col).alias("_u"), field(spec.item_col).alias("_i")]
     if spec.rating_col is not None:
         fields.append(field(spec.rating_col).alias("_r"))
-    data = data.select("value", "source", "block", "row", F.size("_f").alias("_n"), *fields)
+    data = data.select("value", "source", "block", "row", F.size("_f").alias("_n"), "_q", *fields)
     checks = [
         (F.trim(F.col("value")) == "", "empty_line"),
+        (F.col("_q") % 2 == 1, "unbalanced_quotes"),
         (F.col("_n") != len(spec.columns), "wrong_column_count"),
         (_is_null_token(F.col("_u")), "null_user"),
         (_is_null_token(F.col("_i")), "null_item"),
@@ -428,7 +490,7 @@ def read_input(
     """Open ``uri`` with the right adapter; the returned events are lazy (nothing is read yet)."""
     from vasp_jobs.common.spark import spark_path
 
-    _list_files(uri)
+    check_input(uri, fmt)
     if fmt == "auto" and detect_format(uri) == "parquet" or fmt == "parquet":
         schema_columns = tuple(spark.read.parquet(spark_path(uri)).columns)
         spec = resolve_spec(uri, "parquet", user_col, item_col, rating_col, schema_columns)

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from vasp_model.core import defaults
@@ -33,6 +33,23 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
 _MASTER_PREFIXES = ("local", "spark://", "yarn", "k8s://", "mesos://")
+# Properties the jobs run well with, applied only where the cluster's own configuration
+# (spark-defaults.conf, spark-submit --conf) does not set them: a cluster that wants its UI or a
+# different codec keeps them. VASP_SPARK_CONF (``spark_conf``) overrides both.
+DEFAULTS = {
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.sql.autoBroadcastJoinThreshold": str(64 * 1024 * 1024),
+    "spark.sql.parquet.compression.codec": "snappy",
+    # collect_list per user: keep the hash aggregation in memory instead of falling back to
+    # sorting after 128 groups (per task, users / shuffle partitions groups are live).
+    "spark.sql.objectHashAggregate.sortBased.fallbackThreshold": "1000000",
+    # Do not write _SUCCESS marker files inside each table (publish writes one per date).
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    # Local files without Hadoop's .crc checksum files beside them: table directories hold data only.
+    "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+}
 _LOG_LEVELS = ("ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
 
 
@@ -74,25 +91,16 @@ class SparkConfig:
     def is_local(self) -> bool:
         return self.spark_master.startswith("local")
 
-    def settings(self) -> dict[str, str]:
-        """The Spark properties this config sets (before the session is built)."""
+    def settings(self, cluster: Collection[str] = ()) -> dict[str, str]:
+        """The Spark properties this config sets: :data:`DEFAULTS` but those the ``cluster``'s own
+        configuration sets (property names), then the config's own settings and ``spark_conf``."""
         run = defaults.run_dir()
         shuffle = self.spark_shuffle_partitions or (8 if self.is_local else 200)
-        conf = {
+        conf = {key: value for key, value in DEFAULTS.items() if key not in cluster}
+        conf |= {
             "spark.sql.warehouse.dir": self.spark_sql_warehouse or os.path.join(run, "spark-warehouse"),
             "spark.sql.shuffle.partitions": str(shuffle),
             "spark.sql.session.timeZone": "UTC",
-            "spark.ui.enabled": "false",
-            "spark.ui.showConsoleProgress": "false",
-            # Dates/ids are read as strings; the jobs never rely on ANSI overflow errors but use try_cast.
-            "spark.sql.adaptive.enabled": "true",
-            "spark.sql.autoBroadcastJoinThreshold": str(64 * 1024 * 1024),
-            "spark.sql.parquet.compression.codec": "snappy",
-            # collect_list per user: keep the hash aggregation in memory instead of falling back to
-            # sorting after 128 groups (per task, users / shuffle partitions groups are live).
-            "spark.sql.objectHashAggregate.sortBased.fallbackThreshold": "1000000",
-            # Do not write _SUCCESS marker files inside each table (publish writes one per date).
-            "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
             "spark.driver.memory": self.spark_driver_memory,
         }
         if self.spark_executor_memory:
@@ -116,7 +124,8 @@ def get_session(config: SparkConfig | None = None) -> SparkSession:
 
     For local masters ``SPARK_LOCAL_IP`` is pinned to loopback (no network exposure, no
     hostname lookups). If a session is already active (tests, spark-submit) it is reused;
-    settings that can only be set at JVM start are then ignored.
+    settings that can only be set at JVM start are then ignored. :data:`DEFAULTS` apply where the
+    cluster's own configuration, as the JVM loaded it, does not set them.
     """
     config = config or spark_config()
     if config.is_local:
@@ -125,12 +134,13 @@ def get_session(config: SparkConfig | None = None) -> SparkSession:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    cluster = cluster_properties(config)
     builder = SparkSession.builder.appName(config.spark_app_name)
     # Under spark-submit (the driver gets PYSPARK_GATEWAY_PORT) the submitter already chose the
     # master: only an explicitly configured master overrides it.
     if "PYSPARK_GATEWAY_PORT" not in os.environ or config.spark_master != DEFAULT_MASTER:
         builder = builder.master(config.spark_master)
-    for key, value in config.settings().items():
+    for key, value in config.settings(cluster).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(config.spark_log_level.upper())
@@ -139,6 +149,22 @@ def get_session(config: SparkConfig | None = None) -> SparkSession:
         checkpoint = os.path.abspath(checkpoint)
     spark.sparkContext.setCheckpointDir(checkpoint)
     return spark
+
+
+def cluster_properties(config: SparkConfig) -> set[str]:
+    """The names of the Spark properties the cluster's own configuration sets: spark-defaults.conf
+    and spark-submit's ``--conf``, as the JVM loaded them.
+
+    Starts the JVM (or joins spark-submit's) with ``config``'s own settings, as ``getOrCreate``
+    would. The console progress bar that spark-submit turns on for the shell it starts here is the
+    shell's default, not the cluster's choice.
+    """
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized(conf=SparkConf().setAll(config.settings(cluster=DEFAULTS).items()))
+    names = {key for key, _ in SparkConf().getAll()}
+    shell = "PYSPARK_GATEWAY_PORT" not in os.environ  # pyspark started the JVM as spark-submit's pyspark-shell
+    return names - {"spark.ui.showConsoleProgress"} if shell else names
 
 
 def add_spark_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,8 @@
 
 Synthetic data + the tiny preset: a first night (features, MLflow run, registered version,
 alias champion, validated lists, Asset events), a second run of the same date (replaces only
-that date), and a night whose input never arrives (fails at the sensor, publishes nothing).
+that date), a night whose input never arrives (fails at the sensor, publishes nothing), and a
+night that tunes (``tune=weekly`` on its weekday) and trains the config it chose.
 Then ML-1M with the cpu preset: the promoted model beats EASE on its test users.
 """
 
@@ -21,7 +22,7 @@ from vasp_model.pipeline.checks import read_table
 
 pytestmark = pytest.mark.slow
 
-D1, D0, D_MISSING = "2026-03-02", "2026-03-01", "2026-03-03"
+D1, D0, D_MISSING, D_TUNED = "2026-03-02", "2026-03-01", "2026-03-03", "2026-03-08"  # D_TUNED: a Sunday
 SYNTH_USERS, TOP_N = 400, 20
 
 
@@ -96,8 +97,9 @@ def synthetic_night(tmp_path_factory):
 def test_first_night_publishes_everything(synthetic_night):
     result, wh, env = synthetic_night["first"], synthetic_night["wh"], synthetic_night["env"]
     assert result["state"] == "success", result
-    assert {t: i["state"] for t, i in result["tasks"].items()} == dict.fromkeys(result["tasks"], "success")
-    assert len(result["tasks"]) == 8
+    states = {t: i["state"] for t, i in result["tasks"].items()}
+    assert states == {**dict.fromkeys(result["tasks"], "success"), "tune_model": "skipped"}  # tune: off
+    assert len(result["tasks"]) == 9
 
     # the synthetic input of the date, then the features built from it
     assert (wh / "synthetic" / f"dt={D1}" / "interactions.csv").stat().st_size > 0
@@ -218,3 +220,29 @@ def test_ml1m_night_promotes_a_model_that_beats_ease(ml1m_night):
     assert vasp_ndcg > ease_ndcg, (vasp_ndcg, ease_ndcg)
     assert decision["scores"]["candidate_logged"] == pytest.approx(vasp_ndcg)
     assert record["checks"]["users"] == 6040
+
+
+def test_a_tuning_night_trains_from_the_config_it_chose(synthetic_night):
+    """``tune=weekly`` on a night that falls on ``VASP_TUNE_WEEKDAY``: tune_model runs a study (two trials
+    here), publishes its choice, and train_model trains that config."""
+    from vasp_model.recommenders.bundle import ModelBundle
+
+    wh, env, mp = synthetic_night["wh"], synthetic_night["env"], synthetic_night["mp"]
+    for key, value in {"VASP_TUNE_WEEKDAY": "sun", "VASP_TUNE_TRIALS": "2", "VASP_TUNE_BUDGET": "20m"}.items():
+        mp.setenv(key, value)
+
+    result = _run(D_TUNED, preset="tiny", top_n=TOP_N, tune="weekly")
+
+    assert result["state"] == "success", result
+    assert result["tasks"]["tune_model"]["state"] == "success"
+    tuning = layout.tuning_dir(str(wh), D_TUNED)
+    summary = storage.read_json(f"{tuning}/summary.json")
+    assert sum(summary["trials"].values()) == 2 and summary["base_preset"] == "tiny"
+    chosen = storage.read_json(f"{tuning}/config.json")
+    assert chosen["preset"] == f"tuned:{D_TUNED}"
+    assert ModelBundle.load(f"{layout.models_dir(str(wh), D_TUNED)}/model").metadata["config"] == chosen
+    client = _mlflow_client(env["VASP_TRACKING_URI"])
+    parent = client.get_run(summary["run_id"])
+    assert parent.info.run_name == f"vasp-tune-{D_TUNED}"
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 2

@@ -19,7 +19,8 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 EXPECTED_EDGES = {
     "prepare_input": {"wait_for_input"},
     "wait_for_input": {"build_features"},
-    "build_features": {"train_model"},
+    "build_features": {"tune_model"},
+    "tune_model": {"train_model"},
     "train_model": {"promote_model"},
     "promote_model": {"score_users"},
     "score_users": {"validate_recommendations"},
@@ -62,6 +63,20 @@ def test_schedule_and_dag_settings(nightly_dag):
     assert params["top_n"] == cfg.top_n
     assert params["threshold"] == cfg.threshold
     assert params["min_user_interactions"] == cfg.min_user_interactions
+    assert params["tune"] == cfg.tune == "off"
+
+
+def test_training_follows_a_skipped_tuning(nightly_dag, tmp_path):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from vasp_model.pipeline import tasks
+
+    assert nightly_dag.get_task("train_model").trigger_rule == "none_failed"
+    assert nightly_dag.get_task("tune_model").trigger_rule == "all_success"
+    cfg = plan.load_config({"warehouse": str(tmp_path / "wh"), "tune_weekday": "sun"})
+    monday = plan.make_plan({"tune": "weekly"}, dt.datetime(2026, 3, 9), config=cfg)
+    with pytest.raises(AirflowSkipException, match="2026-03-09 is not tuned"):
+        tasks.tune(monday)
 
 
 def test_every_task_has_retries_backoff_and_timeout(nightly_dag):

@@ -7,8 +7,9 @@ EASE gate is driven by the margin: -1 always passes, +1 never can (nDCG <= 1).
 
 Dates: D1 (vocabulary A) sabotaged -> first champion (margin -1); D2 rejected vs EASE; D3
 (vocabulary B, some items renamed, so the champion's vocabulary differs) good -> beats the
-re-scored champion; D4 sabotaged -> below EASE at margin 0, and at margin -1 loses to the
-champion; rollback of D3 -> champion back to D1's version.
+re-scored champion, also when the paired interval must clear 0 (--require-significant); D4
+sabotaged -> below EASE at margin 0, and at margin -1 loses to the champion, the interval of the
+difference below 0; rollback of D3 -> champion back to D1's version.
 """
 
 from __future__ import annotations
@@ -169,10 +170,13 @@ def test_tracking_register_promote_gate_rollback(store, world, capsys, tmp_path)
     d = _promote(capsys, store, world, D2, "--margin", "1")  # same rule, same champion: recorded decision
     assert d["action"] == "unchanged" and not d["promoted"] and _aliases(client) == {"champion": v1}
 
-    # -- D3: beats EASE (margin -1) and the champion re-scored on D3's users (vocabularies differ)
-    d = _promote(capsys, store, world, D3, "--margin", "-1")
-    assert d["action"] == "promoted", d
+    # -- D3: beats EASE (margin -1) and the champion re-scored on D3's users (vocabularies differ), with
+    # the lower bound of the paired interval of candidate - champion above 0
+    d = _promote(capsys, store, world, D3, "--margin", "-1", "--require-significant")
+    assert d["action"] == "promoted" and d["require_significant"], d
     assert d["scores"]["candidate"] > d["scores"]["champion"]
+    assert 0 < d["scores"]["candidate_minus_champion_low"] < d["scores"]["candidate"] - d["scores"]["champion"]
+    assert "candidate_minus_champion interval [+" in d["reason"]
     assert _aliases(client) == {"champion": v3, "previous": v1}
 
     # -- D4: the sabotaged model's own metrics are below EASE; at margin -1 it loses to the re-scored champion
@@ -182,6 +186,7 @@ def test_tracking_register_promote_gate_rollback(store, world, capsys, tmp_path)
     d = _promote(capsys, store, world, D4, "--margin", "-1")  # another rule: the gate runs again
     assert d["action"] == "rejected" and "does not beat champion v" + v3 in d["reason"], d
     assert d["scores"]["candidate"] < d["scores"]["champion"]
+    assert d["scores"]["candidate_minus_champion_high"] < 0  # recorded though not required
     assert _aliases(client) == {"champion": v3, "previous": v1}
     # idempotent: the recorded decision comes back, nothing moves
     d = _promote(capsys, store, world, D4, "--margin", "-1")
@@ -201,18 +206,22 @@ def test_tracking_register_promote_gate_rollback(store, world, capsys, tmp_path)
     assert len(client.search_model_versions("name='vasp'")) == 4
 
 
-def test_run_and_version_record_the_build_input_fingerprint(store, world):
-    """Lineage: a training run and its model version are tagged with the input fingerprint that the
-    build job recorded in the features manifest (the sha256 of the input file)."""
+def test_run_and_version_record_the_build_input_digest(store, world):
+    """Lineage: a training run and its model version are tagged with the input digest that the build
+    job recorded in the features manifest (the sha256 of the input file) and with the partition."""
     import mlflow
+
+    from vasp_model.data import layout
 
     client = mlflow.MlflowClient(store, registry_uri=store)
     run_id = _log_training(store, world, D1)
     expected = world["manifests"][D1]["input"]["sha256"]
     assert len(expected) == 64
-    assert client.get_run(run_id).data.tags["data_fingerprint"] == expected
+    tags = client.get_run(run_id).data.tags
+    assert tags["input_digest"] == expected
+    assert tags["features_dir"] == os.path.abspath(layout.features_dir(world["warehouse"], D1))
     (version,) = client.search_model_versions(f"run_id='{run_id}'")
-    assert version.tags["data_fingerprint"] == expected
+    assert version.tags["input_digest"] == expected and version.tags["features_digest"] == tags["features_digest"]
 
 
 def test_promote_without_candidate_is_a_clear_error(tmp_path, monkeypatch, capsys):

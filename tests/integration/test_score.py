@@ -8,6 +8,7 @@ The model goes through the registry (``models:/vasp@champion``), like the nightl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -104,6 +105,7 @@ def world(spark, tmp_path_factory):
             os.environ["VASP_ARTIFACT_ROOT"] = old_root
     return {
         "root": root,
+        "raw": raw,
         "warehouse": warehouse,
         "tracking_uri": tracking_uri,
         "bundle_dir": f"{model_dir}/model",
@@ -166,6 +168,14 @@ def test_manifest_counts(world):
     published = storage.read_json(f"{layout.recommendations_dir(world['warehouse'], DATE)}/{storage.MANIFEST}")
     assert published["counts"] == counts and published["model_version"] == world["version"]
     assert published["model_uri"] == "models:/vasp@champion"
+    # lineage: the features scored, by their digest and their input's (the sha256 of the input file)
+    from vasp_model.data.features import features_digest, read_manifest
+
+    built = read_manifest(layout.features_dir(world["warehouse"], DATE))
+    assert published["features_digest"] == features_digest(built)
+    assert (
+        published["input_digest"] == built["input"]["sha256"] == hashlib.sha256(world["raw"].read_bytes()).hexdigest()
+    )
     assert counts["users"] == counts["users_input"] and counts["users_without_list"] == 0
     assert counts["rows"] == counts["users"] * TOP_N and counts["users_with_short_list"] == 0
     # the model is today's, so its unknown items are exactly the interactions outside today's vocabulary

@@ -63,3 +63,12 @@ def test_round_trip_and_params():
     params = as_params(c)
     assert params["model.max_items"] == "1000" and params["train.epochs"] == str(c.train.epochs)
     assert ModelConfig().hidden > 0 and TrainConfig().total_epochs > 0
+
+
+def test_small_data_sets_train_on_smaller_batches_so_an_epoch_keeps_its_steps():
+    train = make_config("cpu", env={}).train
+    assert train.batch_users_for(100_000) == train.batch_users  # large data: the preset's batch
+    assert train.batch_users_for(480) == 480 // train.min_steps_per_epoch  # a few hundred users: 16 steps
+    assert train.batch_users_for(5) == 1
+    with pytest.raises(ValueError, match="min_steps_per_epoch"):
+        make_config("cpu", train_overrides={"min_steps_per_epoch": 0}, env={})

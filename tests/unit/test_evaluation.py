@@ -9,7 +9,7 @@ from recommender_contract import checkerboard
 
 from vasp_model.data.features import Features
 from vasp_model.evaluation.metrics import METRIC_KEYS
-from vasp_model.evaluation.protocol import evaluate_recommender, map_topk_ids
+from vasp_model.evaluation.protocol import evaluate_recommender, evaluate_recommender_per_user, map_topk_ids
 from vasp_model.recommenders.baselines import Popularity, baseline_metrics
 
 
@@ -40,6 +40,13 @@ def test_evaluate_recommender_by_hand():
     assert got["coverage@100"] == pytest.approx(100 / 120)
     with pytest.raises(ValueError, match="n must"):
         evaluate_recommender(pop, fold_in, holdout, pop.counts, n=20)
+    metrics, per_user = evaluate_recommender_per_user(pop, fold_in, holdout, pop.counts)
+    assert metrics == pytest.approx(got, nan_ok=True, rel=0, abs=0)
+    assert {k: v.tolist() for k, v in per_user.items()} == {
+        "ndcg@100": [1.0],
+        "recall@20": [1.0],
+        "recall@50": [1.0],
+    }
 
 
 def test_baseline_metrics_ease_beats_popularity_on_block_data():

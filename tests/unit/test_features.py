@@ -3,6 +3,7 @@ checked against the input itself; and Features.from_interactions."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -13,7 +14,15 @@ import scipy.sparse as sp
 from features_fixture import built_features, copy_features, events_csv
 
 from vasp_model.data import layout, storage
-from vasp_model.data.features import EvalSplit, Features, input_digest, load_features
+from vasp_model.data.features import (
+    EvalSplit,
+    Features,
+    features_digest,
+    input_digest,
+    lineage,
+    load_features,
+    read_manifest,
+)
 
 DATE = "2026-01-02"
 THRESHOLD = 3.5
@@ -118,6 +127,15 @@ def test_input_digest_is_the_sha256_of_the_input_the_build_read(build):
     with pytest.raises(ValueError, match="input.sha256"):
         input_digest({"input": {"uri": "x"}})
 
+    # the lineage every output names: one schema, read from the manifest the build wrote
+    directory = layout.features_dir(warehouse, DATE)
+    written = read_manifest(directory)
+    origin = lineage(written, directory)
+    assert origin["input_digest"] == expected and origin["input_uri"] == manifest["input"]["uri"]
+    assert origin["features_dir"] == os.path.abspath(directory) and origin["schema_version"] == "2"
+    assert origin["features_digest"] == features_digest(load_features(warehouse, DATE).manifest)
+    assert features_digest({**written, "seconds": -1.0}) != origin["features_digest"]  # another build, another digest
+
 
 def test_unpublished_date_is_a_clear_error(build, tmp_path):
     warehouse = str(tmp_path / "wh")
@@ -130,12 +148,15 @@ def test_unpublished_date_is_a_clear_error(build, tmp_path):
         load_features(warehouse, "yesterday")
 
 
-def test_features_of_another_schema_version_are_a_clear_error(build, tmp_path):
+def test_features_of_another_schema_or_without_input_digest_are_a_clear_error(build, tmp_path):
     warehouse = str(tmp_path / "wh")
     directory = copy_features(build[0], DATE, warehouse)
     manifest = storage.read_json(f"{directory}/{storage.MANIFEST}")
     storage.write_json(f"{directory}/{storage.MANIFEST}", {**manifest, "schema_version": layout.SCHEMA_VERSION - 1})
     with pytest.raises(ValueError, match="schema version .*rebuild the date"):
+        load_features(warehouse, DATE)
+    storage.write_json(f"{directory}/{storage.MANIFEST}", {**manifest, "input": {"uri": manifest["input"]["uri"]}})
+    with pytest.raises(ValueError, match=r"no input digest \(input.sha256\)"):
         load_features(warehouse, DATE)
 
 

@@ -162,6 +162,7 @@ def test_gate_decision_json_is_one_line_with_todays_fields():
         "metric": "ndcg@100",
         "margin": 0.125,
         "scores": {"candidate_logged": 0.5, "ease": EASE},
+        "require_significant": False,
         "serving": {},  # filled in by serving_after
     }
 
@@ -180,7 +181,7 @@ POPULARITY = 0.125
     ],
 )
 def test_the_fallback_gate_is_the_same_rule_with_popularity_as_the_baseline(ease, action, reason):
-    logged = gate.Logged(ease, POPULARITY, gate.EASE_VS_POPULARITY)
+    logged = gate.Logged(ease, POPULARITY, compared=gate.EASE_VS_POPULARITY)
     candidate = gate.Version(model=gate.EASE_REGISTERED_MODEL, version="1", run_id="run1")
     d = gate.decide(D, gate.Rule(), candidate, gate.Aliases(), logged).decision
     assert (d.action, d.reason) == (action, reason)
@@ -212,6 +213,75 @@ def test_what_serves_a_night():
     d = gate.serving_after(rejected, "vasp")
     assert d.serving["kind"] == "popularity" and d.reason.endswith("(the EASE fallback is off)")
     assert json.loads(d.to_json())["serving"] == d.serving
+
+
+# -- paired-bootstrap intervals ---------------------------------------------------------------------
+
+SURE = gate.Bounds(0.125, 0.375)  # interval of a difference clearly above 0 (and above a margin of 0.0625)
+UNSURE = gate.Bounds(-0.0625, 0.5)  # point estimate above, interval reaching below 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SigRow:
+    name: str
+    require: bool
+    ease: gate.Bounds | None
+    champion: gate.Bounds | None = None  # None: no champion yet (first night)
+    action: str = "rejected"
+    reason: str = ""
+
+
+SIG_ROWS = [
+    # -- (a) vs EASE: the lower bound of VASP - EASE must exceed the margin (0.0625 here)
+    SigRow("EASE interval clears the margin", True, SURE, action="promoted", reason="no champion yet"),
+    SigRow("EASE interval reaches below the margin", True, UNSURE, reason="not significantly above EASE"),
+    SigRow("EASE lower bound exactly at the margin", True, gate.Bounds(0.0625, 0.5), reason="<= margin 0.0625"),
+    SigRow("no EASE interval logged", True, None, reason="run run3 logged no vasp_minus_ease interval"),
+    SigRow("not required: an unsure interval passes", False, UNSURE, action="promoted", reason="[-0.06250, +0.50000]"),
+    SigRow("not required: no interval passes", False, None, action="promoted", reason="no champion yet"),
+    # -- (b) vs the champion re-scored on the same users: the lower bound of candidate - champion must exceed 0
+    SigRow("champion interval above 0", True, SURE, SURE, action="promoted", reason="beats champion v2"),
+    SigRow("champion interval reaches below 0", True, SURE, UNSURE, reason="not significantly above champion v2"),
+    SigRow("champion lower bound exactly 0", True, SURE, gate.Bounds(0.0, 0.25), reason="[+0.00000, +0.25000] <= 0"),
+    SigRow("not required: champion interval recorded", False, SURE, UNSURE, action="promoted", reason="[-0.06250,"),
+]
+
+
+@pytest.mark.parametrize("row", SIG_ROWS, ids=[row.name.replace(" ", "_") for row in SIG_ROWS])
+def test_decide_with_intervals(row: SigRow):
+    rule = gate.Rule(margin=0.0625, require_significant=row.require)
+    before = gate.Aliases(champion="2" if row.champion else None)
+    logged = gate.Logged(0.5, EASE, row.ease)  # the point estimates always pass
+    rescored = gate.Rescored(0.5 + EPS, 0.5, row.champion) if row.champion else None
+    out = gate.decide(D, rule, version("3"), before, logged, rescored)
+    d = out.decision
+    assert (d.action, d.require_significant) == (row.action, row.require), d.reason
+    assert row.reason in d.reason
+    assert out.tags[gate.TAG_GATE] == "ndcg@100 margin=0.0625" + (" significant" if row.require else "")
+    # the intervals are recorded in the scores whenever known, required or not, and the reason gives the
+    # interval of each comparison it reports (a rejection by the champion reports that comparison only)
+    if row.ease is not None:
+        assert (d.scores["vasp_minus_ease_low"], d.scores["vasp_minus_ease_high"]) == (row.ease.low, row.ease.high)
+        assert (f"vasp_minus_ease interval {row.ease}" in d.reason) == (row.champion is None or d.promoted)
+    else:
+        assert "vasp_minus_ease_low" not in d.scores
+    if row.champion is not None:
+        assert (d.scores["candidate_minus_champion_low"], d.scores["candidate_minus_champion_high"]) == (
+            row.champion.low,
+            row.champion.high,
+        )
+        assert f"candidate_minus_champion interval {row.champion}" in d.reason
+    assert json.loads(out.tags[gate.TAG_METRICS]) == d.scores
+
+
+def test_a_decision_without_significance_is_made_again_when_it_is_required():
+    rejected = version("3", {gate.TAG_DECISION: "rejected", gate.TAG_CHAMPION_AT_DECISION: "none"})
+    loose, strict = gate.Rule(), gate.Rule(require_significant=True)
+    recorded = version("3", {**rejected.tags, gate.TAG_GATE: loose.tag})
+    assert gate.settled(D, loose, recorded, gate.Aliases()) is not None
+    assert gate.settled(D, strict, recorded, gate.Aliases()) is None
+    out = gate.decide(D, strict, recorded, gate.Aliases(), gate.Logged(0.5, EASE, UNSURE))
+    assert out.decision.action == "rejected" and json.loads(out.decision.to_json())["require_significant"] is True
 
 
 # -- rollback ---------------------------------------------------------------------------------------

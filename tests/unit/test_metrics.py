@@ -12,7 +12,9 @@ from vasp_model.evaluation import metrics
 from vasp_model.evaluation.metrics import (
     coverage,
     evaluate_topk,
+    evaluate_topk_per_user,
     ndcg_at_k,
+    per_user_accuracy,
     popularity_buckets,
     recall_at_k,
     recall_by_popularity_bucket,
@@ -103,6 +105,29 @@ def test_evaluate_topk_by_hand():
     assert got["recall@20_head"] == pytest.approx(1.0)
     assert got["recall@20_mid"] == pytest.approx(0.5)
     assert got["recall@20_tail"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_per_user_arrays_average_to_evaluate_topks_figures():
+    rng = np.random.default_rng(3)
+    dense = rng.random((40, 150)) < 0.06
+    dense[::7] = False  # these users hold nothing out: NaN in every array, skipped by the averages
+    holdout = sp.csr_matrix(dense)
+    empty = holdout.getnnz(axis=1) == 0
+    assert empty.sum() == 6
+    topk = topk_from_scores(rng.random((40, 150)), None, 100)
+    pop = rng.integers(0, 50, 150)
+    got, per_user = evaluate_topk_per_user(topk, holdout, pop)
+    assert got == evaluate_topk(topk, holdout, pop)
+    assert set(per_user) == set(metrics.ACCURACY_KEYS)
+    np.testing.assert_array_equal(per_user["ndcg@100"], ndcg_at_k(topk, holdout, 100))
+    np.testing.assert_array_equal(per_user["recall@20"], recall_at_k(topk, holdout, 20))
+    np.testing.assert_array_equal(per_user["recall@50"], recall_at_k(topk, holdout, 50))
+    for key, values in per_user.items():
+        assert values.shape == (40,) and np.isnan(values[empty]).all() and not np.isnan(values[~empty]).any()
+        assert values[~empty].mean() == got[key]  # exactly the reported figure
+    assert got["users"] == int((~empty).sum())
+    for key, values in per_user_accuracy(topk, holdout).items():
+        np.testing.assert_array_equal(values, per_user[key])
 
 
 def test_topk_from_scores_masks_fold_in_and_pads():

@@ -40,6 +40,40 @@ def test_mlflow_keys_are_safe_and_come_back_as_the_report():
     assert set(model_test_metrics(back, "vasp")) == set(METRIC_KEYS)
 
 
+def test_intervals_are_logged_under_readable_keys_and_read_back(tmp_path):
+    import mlflow
+
+    from vasp_model.evaluation.bootstrap import PairedDifference
+
+    ndcg = PairedDifference(0.0075, 0.0007, 0.0145, 0.018, 603, 2000, 0).to_dict()
+    recall = PairedDifference(-0.01, -0.03, 0.01, -0.05, 603, 2000, 0).to_dict()
+    intervals = {"test": {"vasp-ease": {"ndcg@100": ndcg}, "vasp-popularity": {"recall@20": recall}}}
+    logged = tracking.interval_metrics(intervals)
+    assert logged == {
+        "test_vasp_minus_ease_ndcg_at_100": 0.0075,
+        "test_vasp_minus_ease_ndcg_at_100_low": 0.0007,
+        "test_vasp_minus_ease_ndcg_at_100_high": 0.0145,
+        "test_vasp_minus_popularity_recall_at_20": -0.01,
+        "test_vasp_minus_popularity_recall_at_20_low": -0.03,
+        "test_vasp_minus_popularity_recall_at_20_high": 0.01,
+    }
+    assert tracking.to_mlflow_metrics(logged) == logged  # already MLflow-safe
+    # the report read back from the run's metrics is not confused by them
+    both = {**tracking.to_mlflow_metrics(REPORT), **logged}
+    assert tracking.from_mlflow_metrics(both) == {"test": REPORT["test"], "validation": REPORT["validation"]}
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    assert tracking.logged_interval(client, run_id, "ndcg@100") is None
+    for key, value in logged.items():
+        client.log_metric(run_id, key, value)
+    assert tracking.logged_interval(client, run_id, "ndcg@100") == (0.0007, 0.0145)
+    assert tracking.logged_interval(client, run_id, "recall@20", pair="vasp-popularity") == (-0.03, 0.01)
+    assert tracking.logged_interval(client, run_id, "recall@50") is None
+
+
 def test_model_test_metrics_reads_the_report_shape_only():
     assert model_test_metrics(REPORT, "ease")["ndcg@100"] == 0.38
     assert model_test_metrics(REPORT, "missing") == {}
@@ -75,6 +109,16 @@ def test_tracking_config_defaults_env_and_validation(monkeypatch, tmp_path):
     assert build_config(tracking.TrackingConfig, {"gate_metric": "recall@50"}).gate_metric == "recall@50"
     with pytest.raises(ConfigError, match="gate_margin"):
         build_config(tracking.TrackingConfig, {"gate_margin": float("nan")})
+    assert cfg.gate_require_significant is False
+    monkeypatch.setenv("VASP_GATE_REQUIRE_SIGNIFICANT", "true")
+    assert build_config(tracking.TrackingConfig, {}).gate_require_significant is True
+    assert build_config(tracking.TrackingConfig, {"gate_require_significant": False}).gate_require_significant is False
+    monkeypatch.setenv("VASP_GATE_REQUIRE_SIGNIFICANT", "maybe")
+    with pytest.raises(ConfigError, match="VASP_GATE_REQUIRE_SIGNIFICANT='maybe' is not a valid bool"):
+        build_config(tracking.TrackingConfig, {})
+    monkeypatch.delenv("VASP_GATE_REQUIRE_SIGNIFICANT")
+    with pytest.raises(ConfigError, match="gate_require_significant must be true or false"):
+        build_config(tracking.TrackingConfig, {"gate_require_significant": "yes"})
     with pytest.raises(ConfigError, match="gate_metric must be one of ndcg@100, recall@20, recall@50"):
         build_config(tracking.TrackingConfig, {"gate_metric": "coverage@100"})
     # the EASE fallback's registered model: its own name, or empty (off)

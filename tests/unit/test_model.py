@@ -312,8 +312,13 @@ def test_train_returns_metrics_history_and_best_epoch(small_features):
     assert set(result.metrics["test"]) == {"vasp", "ease", "popularity"}
     for name in ("vasp", "ease", "popularity"):
         assert set(result.metrics["test"][name]) >= {"ndcg@100", "recall@20", "recall@50", "coverage@100"}
-    # the restored weights are the best epoch's: validation re-scored equals the logged best
-    assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
+    # the restored weights are the best epoch's: validation re-scored without the blend equals the logged best,
+    # and the served model (blended at the chosen weight) scores what the blend's validation grid says
+    grid = result.metrics["blend_validation_grid"]
+    assert grid["0.0"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
+    chosen = grid[str(result.metrics["blend_weight"])]
+    assert chosen == max(grid.values())
+    assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(chosen, abs=1e-6)
     assert result.metrics["test"]["vasp"]["ndcg@100"] > result.metrics["test"]["popularity"]["ndcg@100"]
 
 
@@ -325,7 +330,9 @@ def test_item_cap_models_most_popular_items(small_features):
 
 
 def test_early_stopping(small_features):
-    config = make_config("tiny", train_overrides={"epochs": (30,), "learning_rates": (0.5,), "patience": 1}, env={})
+    config = make_config(
+        "tiny", {"blend_ease": False}, {"epochs": (30,), "learning_rates": (0.5,), "patience": 1}, env={}
+    )
     result = train(small_features, config, verbose=0, evaluate_baselines=False)
     assert len(result.history) < 30
     assert result.best_epoch == len(result.history) - 1  # stopped after one epoch without improvement

@@ -12,15 +12,16 @@ from features_fixture import built_features, copy_features, events_csv
 
 from vasp_model.data import layout, storage
 from vasp_model.data.features import load_features
+from vasp_model.evaluation.metrics import ACCURACY_KEYS
 
 DATE = "2026-02-03"
 LOW_RATED = 3  # items each test user rated without liking them
 
 
 @pytest.fixture(scope="module")
-def warehouse(spark, tmp_path_factory):
-    """Features for DATE built by the build job from 240 users of two taste groups: each likes 7 of its
-    group's 15 items (rating 5) and rated ``LOW_RATED`` of the other group's items without liking them."""
+def events() -> str:
+    """240 users of two taste groups: each likes 7 of its group's 15 items (rating 5) and rated
+    ``LOW_RATED`` of the other group's items without liking them (CSV text)."""
     rng = np.random.default_rng(0)
     users, items, ratings = [], [], []
     for u in range(240):
@@ -31,8 +32,13 @@ def warehouse(spark, tmp_path_factory):
             users.append(f"u{u}")
             items.append(f"i{i}")
             ratings.append(rating)
-    text = events_csv(users, items, ratings)
-    built, _ = built_features(spark, tmp_path_factory, text, DATE, heldout_users=24, ab_copies=2, seed=0)
+    return events_csv(users, items, ratings)
+
+
+@pytest.fixture(scope="module")
+def warehouse(spark, tmp_path_factory, events):
+    """Features for DATE built by the build job from ``events``."""
+    built, _ = built_features(spark, tmp_path_factory, events, DATE, heldout_users=24, ab_copies=2, seed=0)
     wh = str(tmp_path_factory.mktemp("wh"))
     copy_features(built, DATE, wh)  # vasp train publishes models/ beside it: never into the shared build
     return wh
@@ -61,7 +67,8 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
 
     out = layout.models_dir(warehouse, DATE)
     assert storage.is_published(out)
-    assert {"model", "metrics.json", "history.json", "test_topk.parquet", storage.MANIFEST} <= set(os.listdir(out))
+    published = {"model", "metrics.json", "history.json", "test_topk.parquet", "per_user_metrics.parquet"}
+    assert published | {storage.MANIFEST} <= set(os.listdir(out))
     metrics = json.load(open(f"{out}/metrics.json"))
     assert metrics["test"]["vasp"]["ndcg@100"] == pytest.approx(summary["test"]["vasp"]["ndcg@100"])
     assert len(json.load(open(f"{out}/history.json"))) == 2
@@ -71,19 +78,42 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
     lineage = storage.read_json(f"{out}/{storage.MANIFEST}")["features_manifest"]
     assert lineage["input_digest"] == load_features(warehouse, DATE).manifest["input"]["sha256"]
 
+    # per-user metrics: one row per user, model and split, averaging to metrics.json's figures
+    features = load_features(warehouse, DATE)
+    table = pq.read_table(f"{out}/per_user_metrics.parquet")
+    assert table.column_names == ["split", "user_id", "model", *ACCURACY_KEYS]
+    assert str(table.schema.field("user_id").type) == "string"
+    per_user = table.to_pandas()
+    assert len(per_user) == 3 * (features.test.n_users + features.validation.n_users)
+    for (split, model), rows in per_user.groupby(["split", "model"]):
+        assert list(rows.user_id) == [str(u) for u in getattr(features, split).user_ids]
+        for key in ACCURACY_KEYS:
+            assert rows[key].mean() == pytest.approx(metrics[split][model][key], abs=1e-12)
+    assert set(per_user.model) == {"vasp", "ease", "popularity"} and set(per_user.split) == {"test", "validation"}
+
+    # the paired-bootstrap intervals of VASP minus each baseline on the test users; the summary carries vs EASE
+    intervals = metrics["intervals"]["test"]
+    assert set(intervals) == {"vasp-ease", "vasp-popularity"}
+    assert all(set(by_metric) == set(ACCURACY_KEYS) for by_metric in intervals.values())
+    ndcg = intervals["vasp-ease"]["ndcg@100"]
+    test = metrics["test"]
+    assert ndcg["diff"] == pytest.approx(test["vasp"]["ndcg@100"] - test["ease"]["ndcg@100"], abs=1e-12)
+    assert ndcg["low"] <= ndcg["diff"] <= ndcg["high"] and ndcg["low"] < ndcg["high"]
+    assert ndcg["users"] == test["vasp"]["users"] and ndcg["resamples"] >= 1000
+    assert summary["intervals"] == {"vasp-ease": {"ndcg@100": pytest.approx(ndcg)}}
+
     # beside it, the EASE the training fitted and measured (the fallback while VASP has no champion)
     from vasp_model.evaluation.protocol import evaluate_recommender
     from vasp_model.recommenders.bundle import EaseBundle, load_bundle
 
     ease = load_bundle(layout.ease_bundle_dir(warehouse, DATE))
     assert isinstance(ease, EaseBundle) and ease.metadata["lambda"] == metrics["ease_lambda"]
-    test = load_features(warehouse, DATE).test
-    scored = evaluate_recommender(ease, test.fold_in, test.holdout, load_features(warehouse, DATE).popularity)
-    assert scored["ndcg@100"] == pytest.approx(metrics["test"]["ease"]["ndcg@100"], abs=1e-9)
+    split = features.test
+    scored = evaluate_recommender(ease, split.fold_in, split.holdout, features.popularity)
+    assert scored["ndcg@100"] == pytest.approx(test["ease"]["ndcg@100"], abs=1e-9)
 
     # test_topk under the default rule: top 100 (here: every item left) per test user, leaving out
     # everything the user interacted with except the held-out items (what the metrics score)
-    features = load_features(warehouse, DATE)
     test, ids = features.test, np.asarray([str(i) for i in features.item_ids], dtype=object)
     lists = _lists(out)
     assert set(lists) == set(test.user_ids)
@@ -108,8 +138,145 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
     assert recomputed["ndcg@100"] == pytest.approx(metrics["test"]["vasp"]["ndcg@100"], abs=1e-9)
 
 
+def test_tracked_train_logs_the_intervals_and_the_gate_can_require_them(warehouse, tmp_path, monkeypatch, capsys):
+    """MLflow gets the intervals (readable keys) and per_user_metrics.parquet; ``vasp promote
+    --require-significant`` reads the logged lower bound (a), and the head-to-head records its own (b)."""
+    import mlflow
+
+    from vasp_model import cli
+
+    monkeypatch.setenv("VASP_HOME", str(tmp_path / "run"))
+    for name in ("VASP_ARTIFACT_ROOT", "VASP_TRACKING_URI", "VASP_GATE_MARGIN", "VASP_GATE_REQUIRE_SIGNIFICANT"):
+        monkeypatch.delenv(name, raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["train", "--warehouse", warehouse, "--date", DATE, "--preset", "tiny", "--epochs", "2", "--hidden", "12"]
+    assert cli.main([*argv, "--tracking-uri", uri, "--quiet", "--checkpoint-dir", str(tmp_path / "ckpt")]) == 0
+    run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"]
+    metrics = json.load(open(f"{layout.models_dir(warehouse, DATE)}/metrics.json"))
+    ndcg = metrics["intervals"]["test"]["vasp-ease"]["ndcg@100"]
+
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    logged = client.get_run(run_id).data.metrics
+    for pair, by_metric in metrics["intervals"]["test"].items():
+        for key, interval in by_metric.items():
+            name = f"test_{pair.replace('-', '_minus_')}_{key.replace('@', '_at_')}"
+            assert (logged[name], logged[f"{name}_low"], logged[f"{name}_high"]) == pytest.approx(
+                (interval["diff"], interval["low"], interval["high"])
+            )
+    assert "per_user_metrics.parquet" in {a.path for a in client.list_artifacts(run_id)}
+
+    def promote(*flags: str) -> dict:
+        assert cli.main(["promote", "--date", DATE, "--warehouse", warehouse, "--tracking-uri", uri, *flags]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    # (a) a margin between the lower bound and the point estimate: only the point estimate clears it
+    margin = repr((ndcg["low"] + ndcg["diff"]) / 2)
+    d = promote("--margin", margin, "--require-significant")
+    assert d["action"] == "rejected" and d["require_significant"], d
+    assert "not significantly above EASE" in d["reason"] and "vasp_minus_ease interval [" in d["reason"]
+    assert d["scores"]["vasp_minus_ease_low"] == pytest.approx(ndcg["low"])
+    d = promote("--margin", margin)  # the default rule: the interval is recorded, not required
+    assert d["action"] == "promoted" and not d["require_significant"], d
+    assert d["scores"]["vasp_minus_ease_high"] == pytest.approx(ndcg["high"])
+
+    # (b) the same model registered again for the date: re-scored on the same users, the paired
+    # difference to the champion is exactly zero, and the decision records that interval
+    champion = client.get_model_version("vasp", d["candidate_version"])
+    source = client.get_model_version_download_uri("vasp", champion.version)  # the artifacts, not models:/m-...
+    client.create_model_version("vasp", source, run_id=run_id, tags={"date": DATE})
+    for flags in ((), ("--require-significant",)):
+        d = promote("--margin", "-1", *flags)
+        assert d["action"] == "rejected" and "does not beat champion v" in d["reason"], d
+        assert d["scores"]["candidate"] == d["scores"]["champion"]
+        assert (d["scores"]["candidate_minus_champion_low"], d["scores"]["candidate_minus_champion_high"]) == (0, 0)
+        assert "candidate_minus_champion interval [+0.00000, +0.00000]" in d["reason"]
+
+
 def test_train_cli_rejects_bad_config(warehouse):
     from vasp_model import cli
 
     assert cli.main(["train", "--warehouse", warehouse, "--date", DATE, "--dropout", "1.5", "--no-tracking"]) == 1
     assert cli.main(["train", "--warehouse", warehouse, "--date", "2020-01-01", "--no-tracking"]) == 1
+
+
+def test_train_cli_records_where_the_model_came_from(warehouse, events, tmp_path, monkeypatch, capsys, caplog, recwarn):
+    """Lineage through a tracked ``vasp train``: the input's digest (the sha256 of the events the build
+    read) and the features partition reach the MLflow run (tags, datasets), the registered version's
+    tags and the models manifest; the run is named for its date and names its code and Airflow run;
+    the logged model carries an input example its predict accepts."""
+    import hashlib
+    import importlib.metadata
+    import logging
+
+    import mlflow
+
+    from vasp_model import cli
+    from vasp_model.data.features import features_digest, read_manifest
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("VASP_ARTIFACT_ROOT", f"file://{tmp_path}/artifacts")
+    monkeypatch.setenv("VASP_GIT_COMMIT", "0123abc")
+    airflow = {
+        "AIRFLOW_CTX_DAG_ID": "vasp_nightly",
+        "AIRFLOW_CTX_DAG_RUN_ID": "scheduled__x",
+        "AIRFLOW_CTX_TRY_NUMBER": "2",
+    }
+    for name, value in airflow.items():
+        monkeypatch.setenv(name, value)
+    argv = ["train", "--warehouse", warehouse, "--date", DATE, "--preset", "tiny", "--epochs", "1", "--hidden", "12"]
+    mlflow_log = logging.getLogger("mlflow")  # MLflow's loggers do not propagate: listen to it directly
+    mlflow_log.addHandler(caplog.handler)
+    try:
+        assert cli.main([*argv, "--quiet", "--tracking-uri", uri, "--checkpoint-dir", str(tmp_path / "ckpt")]) == 0
+    finally:
+        mlflow_log.removeHandler(caplog.handler)
+    run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"]
+
+    features_dir = os.path.abspath(layout.features_dir(warehouse, DATE))
+    built = read_manifest(features_dir)  # what the build job wrote
+    digest = hashlib.sha256(events.encode()).hexdigest()
+    origin = {
+        "input_uri": built["input"]["uri"],
+        "input_digest": digest,
+        "features_dir": features_dir,
+        "features_digest": features_digest(built),
+        "schema_version": str(layout.SCHEMA_VERSION),
+    }
+    assert built["input"]["sha256"] == digest
+
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.run_name == f"vasp-{DATE}"
+    assert origin.items() <= run.data.tags.items()
+    assert run.data.tags["vasp.package_version"] == importlib.metadata.version("vasp-pipeline")
+    assert run.data.tags["mlflow.source.git.commit"] == "0123abc"
+    assert {k: run.data.tags[k] for k in ("airflow.dag_id", "airflow.run_id", "airflow.try_number")} == dict(
+        zip(("airflow.dag_id", "airflow.run_id", "airflow.try_number"), airflow.values(), strict=True)
+    )
+    datasets = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(datasets) == {"input", "features"}
+    for name, source, full in (
+        ("input", origin["input_uri"], digest),
+        ("features", features_dir, origin["features_digest"]),
+    ):
+        dataset, tags = datasets[name].dataset, {t.key: t.value for t in datasets[name].tags}
+        assert json.loads(dataset.source)["uri"] == source and dataset.source_type == "local"
+        assert dataset.digest == full[:36] and tags["sha256"] == full and tags["mlflow.data.context"] == "training"
+
+    (version,) = client.search_model_versions(f"run_id='{run_id}'")
+    assert origin.items() <= version.tags.items() and version.tags["date"] == DATE
+    manifest = storage.read_json(f"{layout.models_dir(warehouse, DATE)}/{storage.MANIFEST}")
+    assert manifest["features_manifest"] == origin
+
+    # the input example: saved with the model, valid for its predict, and MLflow had nothing to warn about
+    assert not [w for w in recwarn if "input example" in str(w.message)]
+    assert "Validating input example" in caplog.text and "Failed to validate" not in caplog.text
+    from vasp_model.mlops.tracking import mlflow_uri
+
+    with mlflow_uri(uri):
+        model = mlflow.pyfunc.load_model(f"models:/vasp/{version.version}")
+    example = model.input_example
+    assert list(example.columns) == ["item_ids"] and len(example["item_ids"][0]) == 2
+    out = model.predict(example, params={"n": 3})
+    assert len(out["item_ids"][0]) == 3 and not out["fallback"][0]
+    assert not set(out["item_ids"][0]) & set(example["item_ids"][0])

@@ -10,14 +10,17 @@ Heavy libraries are imported only when a subcommand runs, so ``vasp --help`` is 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from types import ModuleType
 
-from vasp_model.cli import build, promote, recommend, run, score, synth, train
+from vasp_model.cli import build, promote, recommend, run, score, synth, train, tune
 
 SUBCOMMANDS: dict[str, ModuleType] = {
     "synth": synth,
     "build": build,
+    "tune": tune,
     "train": train,
     "promote": promote,
     "score": score,
@@ -45,7 +48,19 @@ def main(argv: list[str] | None = None) -> int:
     command.add_arguments(parser)
     args = parser.parse_args(rest)
     try:
+        _configure_logging()
         return int(command.run(args) or 0)
     except (ValueError, FileNotFoundError) as exc:  # bad input or config: one clear line, non-zero exit
         print(f"vasp {name}: error: {exc}", file=sys.stderr)
+        logging.getLogger("vasp").debug("vasp %s failed", name, exc_info=exc)  # VASP_LOG_LEVEL=DEBUG: the trace
         return 1
+
+
+def _configure_logging() -> None:
+    """Log at ``VASP_LOG_LEVEL`` (e.g. DEBUG: an error's traceback too) when it is set."""
+    level = os.environ.get("VASP_LOG_LEVEL")
+    if not level:
+        return
+    if not isinstance(logging.getLevelName(level.upper()), int):
+        raise ValueError(f"VASP_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -51,6 +51,9 @@ class ModelConfig:
     focal_gamma: float = 2.0
     kl_weight: float = 1.0  # weight of the KL term (KL averaged over latent dims)
     max_items: int | None = None  # None = the full catalog; N = only the N most popular items
+    # after training, blend VASP with closed-form EASE at the weight validation users prefer (0 = VASP alone);
+    # see vasp_model.recommenders.blend
+    blend_ease: bool = True
 
     def __post_init__(self) -> None:
         for name in ("hidden", "latent", "encoder_blocks"):
@@ -76,6 +79,9 @@ class TrainConfig:
     """How the model is fitted. ``epochs[i]`` epochs are run at ``learning_rates[i]`` (phases)."""
 
     batch_users: int = 256  # users per direction: a step sees 2×batch rows (A→B and B→A)
+    # An epoch is at least this many optimizer steps: on a small data set the batch shrinks (never grows),
+    # so one schedule in epochs means a comparable number of updates from hundreds to millions of users.
+    min_steps_per_epoch: int = 16
     epochs: tuple[int, ...] = (20, 10)
     learning_rates: tuple[float, ...] = (1e-3, 2e-4)
     optimizer: str = "nadam"
@@ -88,6 +94,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive("batch_users", self.batch_users)
+        _positive("min_steps_per_epoch", self.min_steps_per_epoch)
         if not self.epochs or len(self.epochs) != len(self.learning_rates):
             raise ValueError(
                 f"epochs and learning_rates must be non-empty and of equal length, got {self.epochs!r} / "
@@ -106,6 +113,11 @@ class TrainConfig:
         if self.patience is not None:
             _positive("patience", self.patience)
         _positive("eval_batch_users", self.eval_batch_users)
+
+    def batch_users_for(self, n_users: int) -> int:
+        """Users per direction in a step for ``n_users`` train users: ``batch_users``, or fewer so that an
+        epoch has at least ``min_steps_per_epoch`` steps."""
+        return max(1, min(self.batch_users, n_users // self.min_steps_per_epoch))
 
     @property
     def total_epochs(self) -> int:
@@ -170,7 +182,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "tiny": {
         "model": dict(hidden=16, latent=8, encoder_blocks=2, decoder_blocks=1, dropout=0.2, ease_l2=1e-4),
-        "train": dict(batch_users=16, epochs=(2,), learning_rates=(1e-3,), jit_compile=False),
+        "train": dict(batch_users=16, min_steps_per_epoch=1, epochs=(2,), learning_rates=(1e-3,), jit_compile=False),
     },
 }
 
@@ -180,13 +192,18 @@ def make_config(
     model_overrides: Mapping[str, Any] | None = None,
     train_overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    base: VaspConfig | None = None,
 ) -> VaspConfig:
-    """Preset values, then ``VASP_<FIELD>`` env vars, then explicit overrides (None values skipped)."""
-    if preset not in PRESETS:
+    """Preset values (or ``base``'s, e.g. a tuned config, in their place), then ``VASP_<FIELD>`` env vars,
+    then explicit overrides (None values skipped)."""
+    if base is not None:
+        values, preset = config_to_dict(base), base.preset
+    elif preset in PRESETS:
+        values = PRESETS[preset]
+    else:
         raise ConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-    base = PRESETS[preset]
-    model_cfg = build_config(ModelConfig, model_overrides, env, base=base["model"])
-    train_cfg = build_config(TrainConfig, train_overrides, env, base=base["train"])
+    model_cfg = build_config(ModelConfig, model_overrides, env, base=values["model"])
+    train_cfg = build_config(TrainConfig, train_overrides, env, base=values["train"])
     return VaspConfig(model=model_cfg, train=train_cfg, preset=preset)
 
 

@@ -11,6 +11,9 @@ rows of ``train``. Column ``j`` of every matrix is item ``item_ids[j]``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -306,6 +309,39 @@ def input_digest(manifest: Mapping[str, Any]) -> str:
     return str(digest)
 
 
+def features_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the features manifest's canonical JSON. The manifest names the input digest, the build
+    parameters, the counts and the build's own timings, so the digest names one published build."""
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def read_manifest(directory: str) -> dict[str, Any]:
+    """The ``_manifest.json`` of the published features partition ``directory`` (``…/features/dt=D``),
+    checked: the schema version this code reads and an input digest (:func:`input_digest`)."""
+    manifest = storage.read_json(f"{directory.rstrip('/')}/{storage.MANIFEST}")
+    if manifest.get("schema_version") != layout.SCHEMA_VERSION:
+        raise ValueError(
+            f"features at {directory} have schema version {manifest.get('schema_version')}, this code reads "
+            f"{layout.SCHEMA_VERSION}: rebuild the date with `vasp build`"
+        )
+    input_digest(manifest)
+    return manifest
+
+
+def lineage(manifest: Mapping[str, Any], directory: str) -> dict[str, str]:
+    """What every output of a features partition names as its origin: the input (URI, digest) and the
+    partition (``directory``, absolute when local, and :func:`features_digest`). The keys are the tags
+    of the MLflow run and model version and the ``features_manifest`` of ``models/dt=D``."""
+    return {
+        "input_uri": str((manifest.get("input") or {}).get("uri", "")),
+        "input_digest": input_digest(manifest),
+        "features_dir": directory if "://" in directory else os.path.abspath(directory),
+        "features_digest": features_digest(manifest),
+        "schema_version": str(manifest.get("schema_version")),
+    }
+
+
 def load_items(warehouse: str, date: str) -> tuple[np.ndarray, np.ndarray]:
     """The vocabulary of ``features/dt={date}``: (item ids, popularity), in item_idx order."""
     items = _read_table(warehouse, date, "items", ["item_idx", "item_id", "popularity"])
@@ -329,12 +365,7 @@ def load_features(warehouse: str, date: str) -> Features:
             f"features for {date} are not published at {directory} (no {storage.SUCCESS}); "
             f"published dates: {available or 'none'}"
         )
-    manifest = storage.read_json(f"{directory}/{storage.MANIFEST}")
-    if manifest.get("schema_version") != layout.SCHEMA_VERSION:
-        raise ValueError(
-            f"features of {date} have schema version {manifest.get('schema_version')}, this code reads "
-            f"{layout.SCHEMA_VERSION}: rebuild the date with `vasp build`"
-        )
+    manifest = read_manifest(directory)
 
     item_ids, popularity = load_items(warehouse, date)
     n_items = item_ids.size

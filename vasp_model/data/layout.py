@@ -1,7 +1,8 @@
 """The warehouse layout: one place that knows where every table of a date lives.
 
 ``{warehouse}/features/dt=D/<table>/`` (Parquet) + ``_manifest.json`` + ``_SUCCESS``
-``{warehouse}/models/dt=D/`` (model/ and ease/ bundles, metrics.json, test_topk.parquet)
+``{warehouse}/models/dt=D/`` (model/ and ease/ bundles, metrics.json, test_topk.parquet, per_user_metrics.parquet)
+``{warehouse}/tuning/dt=D/`` (config.json: the config ``vasp tune`` chose; summary.json: its study)
 ``{warehouse}/recommendations/dt=D/`` (Parquet) + ``_manifest.json`` + ``_SUCCESS``
 
 Each ``dt=D`` points to an immutable version under ``{warehouse}/<dataset>/_versions/dt=D/``
@@ -69,6 +70,10 @@ def models_dir(warehouse: str, date: str) -> str:
 
 def ease_bundle_dir(warehouse: str, date: str) -> str:
     return _join(models_dir(warehouse, date), EASE_BUNDLE)
+
+
+def tuning_dir(warehouse: str, date: str) -> str:
+    return dataset_dir(warehouse, "tuning", date)
 
 
 def recommendations_dir(warehouse: str, date: str) -> str:

@@ -45,6 +45,8 @@ ACCURACY_KEYS = ("ndcg@100", "recall@20", "recall@50")  # the headline figures: 
 BUCKETS = ("head", "mid", "tail")
 MODELS = ("vasp", "ease", "popularity")  # the recommenders a training report scores
 SPLITS = ("test", "validation")
+# One model's per-user metric arrays on one split: ``{metric: [U] float array}`` (NaN: empty holdout).
+PerUser = dict[str, np.ndarray]
 
 
 class MetricsReport(TypedDict):
@@ -251,22 +253,34 @@ def _nanmean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
+def per_user_accuracy(topk_idx, holdout_csr) -> PerUser:
+    """Per-user values of the :data:`ACCURACY_KEYS` (``{metric: [U] float array}``, NaN for an empty holdout)."""
+    holdout = _as_csr(holdout_csr, "holdout_csr")
+    topk = _check_topk(topk_idx, holdout.shape[0], holdout.shape[1])
+    return {
+        "ndcg@100": ndcg_at_k(topk, holdout, 100),
+        "recall@20": recall_at_k(topk, holdout, 20),
+        "recall@50": recall_at_k(topk, holdout, 50),
+    }
+
+
+def evaluate_topk_per_user(topk_idx, holdout_csr, popularity) -> tuple[ModelMetrics, PerUser]:
+    """:func:`evaluate_topk`'s metrics and the per-user arrays they average (:func:`per_user_accuracy`)."""
+    holdout = _as_csr(holdout_csr, "holdout_csr")
+    topk = _check_topk(topk_idx, holdout.shape[0], holdout.shape[1])
+    per_user = per_user_accuracy(topk, holdout)
+    out = {key: _nanmean(per_user[key]) for key in ACCURACY_KEYS}
+    out["coverage@100"] = coverage(topk[:, :100], holdout.shape[1])
+    for name, value in recall_by_popularity_bucket(topk, holdout, popularity, k=20).items():
+        out[f"recall@20_{name}"] = value
+    out["users"] = int((~np.isnan(per_user["ndcg@100"])).sum())
+    return out, per_user
+
+
 def evaluate_topk(topk_idx, holdout_csr, popularity) -> ModelMetrics:
     """All reported metrics of one ranked list per user (needs >= 100 columns for the @100 figures).
 
     Keys: ``ndcg@100``, ``recall@20``, ``recall@50``, ``coverage@100`` (catalog = holdout columns),
     ``recall@20_head/_mid/_tail`` and ``users`` (users with a non-empty holdout, averaged over).
     """
-    holdout = _as_csr(holdout_csr, "holdout_csr")
-    topk = _check_topk(topk_idx, holdout.shape[0], holdout.shape[1])
-    ndcg = ndcg_at_k(topk, holdout, 100)
-    out = {
-        "ndcg@100": _nanmean(ndcg),
-        "recall@20": _nanmean(recall_at_k(topk, holdout, 20)),
-        "recall@50": _nanmean(recall_at_k(topk, holdout, 50)),
-        "coverage@100": coverage(topk[:, :100], holdout.shape[1]),
-    }
-    for name, value in recall_by_popularity_bucket(topk, holdout, popularity, k=20).items():
-        out[f"recall@20_{name}"] = value
-    out["users"] = int((~np.isnan(ndcg)).sum())
-    return out
+    return evaluate_topk_per_user(topk_idx, holdout_csr, popularity)[0]

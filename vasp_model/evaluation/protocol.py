@@ -1,6 +1,7 @@
 """Scoring a recommender on held-out users, and re-scoring lists from another vocabulary.
 
-* :func:`evaluate_recommender`: ``recommend(fold_in, n)`` (fold-in items filtered) -> :func:`evaluate_topk`.
+* :func:`evaluate_recommender`: ``recommend(fold_in, n)`` (fold-in items filtered) -> :func:`evaluate_topk`;
+  :func:`evaluate_recommender_per_user` also returns the per-user arrays behind the figures (one scoring pass).
 * :func:`map_topk_ids`: item-id lists from any model (e.g. the registry's champion, trained on an
   older vocabulary) -> item indices in today's vocabulary, ``-1`` for ids unknown today, so the
   champion and the candidate are compared on exactly the same users and holdout.
@@ -10,20 +11,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from vasp_model.evaluation.metrics import evaluate_topk
+from vasp_model.evaluation.metrics import ModelMetrics, PerUser, evaluate_topk_per_user
 
 
-def evaluate_recommender(rec, fold_in, holdout, popularity, n: int = 100) -> dict[str, float]:
+def evaluate_recommender(rec, fold_in, holdout, popularity, n: int = 100) -> ModelMetrics:
     """Top-``n`` of ``rec.recommend(fold_in, n, filter_seen=True)`` scored against ``holdout``.
 
     ``fold_in``/``holdout`` are ``[U, I]`` sparse matrices in the recommender's vocabulary,
     ``popularity`` the per-item training counts (for the head/mid/tail buckets). ``n`` must be
     >= 100 for the @100 figures to be meaningful.
     """
+    return evaluate_recommender_per_user(rec, fold_in, holdout, popularity, n)[0]
+
+
+def evaluate_recommender_per_user(rec, fold_in, holdout, popularity, n: int = 100) -> tuple[ModelMetrics, PerUser]:
+    """:func:`evaluate_recommender`'s metrics and the per-user accuracy arrays they average (row order of ``holdout``)."""
     if n < 100:
         raise ValueError(f"n must be >= 100 (nDCG@100 and coverage@100 are reported), got {n}")
     idx, _ = rec.recommend(fold_in, n, filter_seen=True)
-    return evaluate_topk(idx, holdout, popularity)
+    return evaluate_topk_per_user(idx, holdout, popularity)
 
 
 def map_topk_ids(topk_item_ids, item_ids_today) -> np.ndarray:

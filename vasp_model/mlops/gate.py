@@ -6,6 +6,11 @@ The candidate version registered for date ``D`` becomes alias ``champion`` only 
     than the margin (strictly), and
 (b) re-scored on D's test users, it beats the current champion re-scored the same way (strictly).
 
+With ``require_significant`` the lower end of each paired-bootstrap interval must clear the same
+bar: (a) that of VASP − EASE logged by the run must exceed the margin, (b) that of candidate −
+champion on the re-scored users must exceed 0. The intervals are recorded in the decision's scores
+and reason whenever they are known, required or not.
+
 The first night (no champion) only (a) applies. While the registered model has no champion, a
 night is still served (:func:`serving_after`): by the champion of the fallback, closed-form EASE
 registered as a model of its own and gated by the same rule against popularity, else by popularity.
@@ -56,6 +61,7 @@ class GateDecision:
     metric: str = GATE_METRIC
     margin: float = 0.0
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    require_significant: bool = False
     serving: dict[str, str | None] = dataclasses.field(default_factory=dict)  # kind, registered_model, version
 
     def to_json(self) -> str:
@@ -63,20 +69,32 @@ class GateDecision:
 
     @classmethod
     def unchanged(cls, date: str, candidate: str, champion: str | None, reason: str, **gate) -> GateDecision:
-        """A decision that moves no alias (``gate``: ``metric``, ``margin``, ``scores``)."""
+        """A decision that moves no alias (``gate``: ``metric``, ``margin``, ``scores``, ``require_significant``)."""
         return cls(date, "unchanged", champion == candidate, candidate, champion, champion, reason, **gate)
 
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """What the candidate is compared on, and by how much it must beat EASE."""
+    """What the candidate is compared on, by how much it must beat EASE, and whether the intervals must too."""
 
     metric: str = GATE_METRIC
     margin: float = 0.0
+    require_significant: bool = False
 
     @property
     def tag(self) -> str:
-        return f"{self.metric} margin={self.margin:g}"
+        return f"{self.metric} margin={self.margin:g}" + (" significant" if self.require_significant else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The paired-bootstrap interval of a difference (candidate minus the other model)."""
+
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"[{self.low:+.5f}, {self.high:+.5f}]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +121,13 @@ class Aliases:
 
 @dataclasses.dataclass(frozen=True)
 class Logged:
-    """The candidate's and the baseline's test metric from the candidate's run (None: not logged);
-    ``compared``: their entries in the run's report (the baseline is EASE unless it says otherwise)."""
+    """The candidate's and the baseline's test metric from the candidate's run, and the run's interval
+    of their difference (None: not logged); ``compared``: their entries in the run's report (the
+    baseline is EASE unless it says otherwise)."""
 
     candidate: float | None
     ease: float | None
+    interval: Bounds | None = None
     compared: tuple[str, str] = VASP_VS_EASE
 
     @property
@@ -117,10 +137,12 @@ class Logged:
 
 @dataclasses.dataclass(frozen=True)
 class Rescored:
-    """The candidate and the champion, both re-scored on the date's test users."""
+    """The candidate and the champion, both re-scored on the date's test users, and the interval of
+    candidate − champion over those users."""
 
     candidate: float
     champion: float
+    interval: Bounds | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,15 +169,12 @@ def settled(date: str, rule: Rule, candidate: Version, aliases: Aliases) -> Outc
     """
     cand, champ = candidate.version, aliases.champion
     if champ == cand:
-        decision = GateDecision(
-            date, "already_champion", True, cand, champ, champ, "candidate is the champion", rule.metric, rule.margin
-        )
+        reason = "candidate is the champion"
+        decision = GateDecision(date, "already_champion", True, cand, champ, champ, reason, **_gate(rule))
         return Outcome(decision, aliases)
     if candidate.rolled_back:
         reason = "candidate was promoted and rolled back; not promoting it again"
-        return Outcome(
-            GateDecision.unchanged(date, cand, champ, reason, metric=rule.metric, margin=rule.margin), aliases
-        )
+        return Outcome(GateDecision.unchanged(date, cand, champ, reason, **_gate(rule)), aliases)
     tags = candidate.tags
     recorded = tags.get(TAG_DECISION)
     same_gate = tags.get(TAG_CHAMPION_AT_DECISION) == (champ or "none") and tags.get(TAG_GATE) == rule.tag
@@ -167,11 +186,27 @@ def settled(date: str, rule: Rule, candidate: Version, aliases: Aliases) -> Outc
         reason = f"decided earlier ({recorded}): {tags.get(TAG_REASON, '')}" + (
             "" if recorded != "promoted" else "; no longer champion, left as is"
         )
-        decision = GateDecision.unchanged(
-            date, cand, champ, reason, metric=rule.metric, margin=rule.margin, scores=scores
-        )
+        decision = GateDecision.unchanged(date, cand, champ, reason, scores=scores, **_gate(rule))
         return Outcome(decision, aliases)
     return None
+
+
+def _gate(rule: Rule) -> dict:
+    return {"metric": rule.metric, "margin": rule.margin, "require_significant": rule.require_significant}
+
+
+def _interval(label: str, bounds: Bounds | None) -> tuple[str, dict[str, float]]:
+    """The text a reason gets and the scores a decision records for ``bounds`` (nothing without them)."""
+    if bounds is None:
+        return "", {}
+    return f" ({label} interval {bounds})", {f"{label}_low": bounds.low, f"{label}_high": bounds.high}
+
+
+def _insignificant(bounds: Bounds | None, bar: float, bar_text: str, subject: str, missing: str) -> str | None:
+    """Why ``bounds``' lower end does not clear ``bar`` (``missing`` without bounds); None when it does."""
+    if bounds is None:
+        return missing
+    return None if bounds.low > bar else f"not significantly above {subject} interval {bounds} <= {bar_text}"
 
 
 def decide(
@@ -190,24 +225,50 @@ def decide(
     if logged.candidate is None or logged.ease is None:
         missing = f"run {candidate.run_id} has no test {metric} for {' and '.join(logged.compared)}"
         return _rejected(date, rule, candidate, aliases, missing, {})
-    scores = {"candidate_logged": logged.candidate, logged.compared[1]: logged.ease}
+    difference = "_minus_".join(logged.compared)
+    vs_baseline, baseline_bounds = _interval(difference, logged.interval)
+    scores = {"candidate_logged": logged.candidate, logged.compared[1]: logged.ease, **baseline_bounds}
     if not logged.candidate > logged.ease + margin:
         reason = (
             f"does not beat {logged.baseline}: {metric} {logged.candidate:.5f} <= {logged.ease:.5f} + margin {margin:g}"
         )
-        return _rejected(date, rule, candidate, aliases, reason, scores)
-    reason = f"beats {logged.baseline}: {metric} {logged.candidate:.5f} > {logged.ease:.5f} + margin {margin:g}"
+        return _rejected(date, rule, candidate, aliases, reason + vs_baseline, scores)
+    if rule.require_significant and (
+        why := _insignificant(
+            logged.interval,
+            margin,
+            f"margin {margin:g}",
+            f"{logged.baseline}: {metric} lower bound of {difference}",
+            f"run {candidate.run_id} logged no {difference} interval of test {metric}",
+        )
+    ):
+        return _rejected(date, rule, candidate, aliases, why, scores)
+    reason = (
+        f"beats {logged.baseline}: {metric} {logged.candidate:.5f} > {logged.ease:.5f} + margin {margin:g}"
+        + vs_baseline
+    )
     if champ is None:
         return _promoted(date, rule, candidate, aliases, reason + "; no champion yet", scores)
     if rescored is None:
         return NeedsRescore(champ)
-    scores |= {"candidate": rescored.candidate, "champion": rescored.champion}
+    vs_champion, champion_bounds = _interval("candidate_minus_champion", rescored.interval)
+    scores |= {"candidate": rescored.candidate, "champion": rescored.champion, **champion_bounds}
     head_to_head = f"champion v{champ} re-scored on {date}"
-    if rescored.candidate > rescored.champion:
-        reason += f"; beats {head_to_head}: {rescored.candidate:.5f} > {rescored.champion:.5f}"
-        return _promoted(date, rule, candidate, aliases, reason, scores)
-    reason = f"does not beat {head_to_head}: {rescored.candidate:.5f} <= {rescored.champion:.5f}"
-    return _rejected(date, rule, candidate, aliases, reason, scores)
+    if not rescored.candidate > rescored.champion:
+        reason = f"does not beat {head_to_head}: {rescored.candidate:.5f} <= {rescored.champion:.5f}" + vs_champion
+        return _rejected(date, rule, candidate, aliases, reason, scores)
+    if rule.require_significant and (
+        why := _insignificant(
+            rescored.interval,
+            0.0,
+            "0",
+            f"{head_to_head}: lower bound of candidate_minus_champion",
+            f"no candidate_minus_champion interval of {head_to_head}",
+        )
+    ):
+        return _rejected(date, rule, candidate, aliases, why, scores)
+    reason += f"; beats {head_to_head}: {rescored.candidate:.5f} > {rescored.champion:.5f}" + vs_champion
+    return _promoted(date, rule, candidate, aliases, reason, scores)
 
 
 def _record(rule: Rule, aliases: Aliases, reason: str, scores: Mapping[str, float]) -> dict[str, str]:
@@ -226,7 +287,7 @@ def _promoted(date, rule: Rule, candidate: Version, aliases: Aliases, reason: st
         tags[TAG_PREVIOUS_CHAMPION] = champ
     tags[TAG_DECISION] = "promoted"
     after = Aliases(champion=cand, previous=aliases.previous if champ is None else champ)
-    decision = GateDecision(date, "promoted", True, cand, champ, cand, reason, rule.metric, rule.margin, dict(scores))
+    decision = GateDecision(date, "promoted", True, cand, champ, cand, reason, scores=dict(scores), **_gate(rule))
     return Outcome(decision, after, tags)
 
 
@@ -234,7 +295,7 @@ def _rejected(date, rule: Rule, candidate: Version, aliases: Aliases, reason: st
     champ = aliases.champion
     tags = _record(rule, aliases, reason, scores) | {TAG_DECISION: "rejected"}
     decision = GateDecision(
-        date, "rejected", False, candidate.version, champ, champ, reason, rule.metric, rule.margin, dict(scores)
+        date, "rejected", False, candidate.version, champ, champ, reason, scores=dict(scores), **_gate(rule)
     )
     return Outcome(decision, aliases, tags)
 

@@ -5,7 +5,9 @@ pure) for the outcome and write it back (aliases, ``gate.*`` tags). Re-scoring f
 champion's vocabulary may differ from today's, so fold-in items go in by id through
 ``recommend_ids`` (ids it does not know are ignored) and its returned ids are mapped to today's
 vocabulary (an id today's vocabulary lacks is ``-1``: never a hit). The candidate is re-scored the
-same way, so both numbers come from one protocol on the same users.
+same way, so both numbers come from one protocol on the same users, and their per-user arrays give
+the paired-bootstrap interval of candidate − champion; the interval of VASP − EASE is the one the
+candidate's training run logged.
 
 While the registered model has no champion, :func:`promote_fallback` gates the date's closed-form
 EASE into a registered model of its own and says what serves the date (that EASE's champion, else
@@ -141,7 +143,12 @@ def _load_version_bundle(tracking_uri: str, name: str, version: str, dst: str):
 
 def rescore(bundle, item_ids_today: np.ndarray, split, popularity: np.ndarray, n: int = 100) -> dict[str, float]:
     """Evaluate ``bundle`` on ``split`` (fold-in -> holdout) of today's features, mapping by item id."""
-    from vasp_model.evaluation.metrics import evaluate_topk
+    return rescore_per_user(bundle, item_ids_today, split, popularity, n)[0]
+
+
+def rescore_per_user(bundle, item_ids_today: np.ndarray, split, popularity: np.ndarray, n: int = 100):
+    """:func:`rescore`'s metrics and the per-user accuracy arrays they average (rows: ``split``'s users)."""
+    from vasp_model.evaluation.metrics import evaluate_topk_per_user
     from vasp_model.evaluation.protocol import map_topk_ids
 
     fold = split.fold_in.tocsr()
@@ -151,7 +158,7 @@ def rescore(bundle, item_ids_today: np.ndarray, split, popularity: np.ndarray, n
     topk = map_topk_ids(rec.item_ids, today)  # ids today's vocabulary lacks -> -1 (never a hit)
     if topk.shape[1] < 100:  # small catalogs: pad with "no item"
         topk = np.concatenate([topk, np.full((topk.shape[0], 100 - topk.shape[1]), -1, np.int64)], axis=1)
-    return evaluate_topk(topk, split.holdout, popularity)
+    return evaluate_topk_per_user(topk, split.holdout, popularity)
 
 
 # -- the gate -------------------------------------------------------------------------------------
@@ -176,27 +183,32 @@ def _candidate_and_aliases(client, registered_model: str, date: str) -> tuple[ga
 
 
 def _logged(client, run_id: str, metric: str, compare: tuple[str, str] = gate.VASP_VS_EASE) -> gate.Logged:
-    """The candidate's and its baseline's test ``metric`` (``compare``: their report entries) from the
-    candidate's training run."""
+    """The candidate's and its baseline's test ``metric`` (``compare``: their report entries) and the
+    interval of their difference (None when the run logged none), from the candidate's run."""
     from vasp_model.evaluation.metrics import model_test_metrics
-    from vasp_model.mlops.tracking import logged_report
+    from vasp_model.mlops.tracking import logged_interval, logged_report
 
     report = logged_report(client, run_id)
     candidate, baseline = (model_test_metrics(report, name).get(metric) for name in compare)
-    return gate.Logged(candidate, baseline, compare)
+    interval = logged_interval(client, run_id, metric, "-".join(compare))
+    return gate.Logged(candidate, baseline, gate.Bounds(*interval) if interval is not None else None, compare)
 
 
 def _head_to_head(tracking_uri: str, warehouse: str, date: str, candidate: gate.Version, champion: str, metric: str):
-    """Candidate and champion re-scored on ``date``'s test users."""
+    """Candidate and champion re-scored on ``date``'s test users, with the paired interval of their difference."""
     from vasp_model.data.features import load_features
+    from vasp_model.evaluation.bootstrap import paired_bootstrap
 
     features = load_features(warehouse, date)
-    scores = {}
+    scores, per_user = {}, {}
     with tempfile.TemporaryDirectory(prefix="vasp-gate-") as tmp:
         for role, version in (("champion", champion), ("candidate", candidate.version)):
             bundle = _load_version_bundle(tracking_uri, candidate.model, version, f"{tmp}/{role}")
-            scores[role] = rescore(bundle, features.item_ids, features.test, features.popularity)[metric]
-    return gate.Rescored(candidate=scores["candidate"], champion=scores["champion"])
+            scores[role], per_user[role] = rescore_per_user(
+                bundle, features.item_ids, features.test, features.popularity
+            )
+    diff = paired_bootstrap(per_user["candidate"], per_user["champion"])[metric]
+    return gate.Rescored(scores["candidate"][metric], scores["champion"][metric], gate.Bounds(diff.low, diff.high))
 
 
 def _apply(client, candidate: gate.Version, before: gate.Aliases, outcome: gate.Outcome) -> None:
@@ -231,12 +243,13 @@ def promote(
     registered_model: str = "vasp",
     margin: float = 0.0,
     metric: str = gate.GATE_METRIC,
+    require_significant: bool = False,
     compare: tuple[str, str] = gate.VASP_VS_EASE,
 ) -> gate.GateDecision:
     """Run the gate for ``date``'s candidate and move aliases accordingly (see :mod:`gate`); ``compare``:
     which entries of the run's report are the candidate and the baseline it must beat."""
     client = client_for(tracking_uri)
-    rule = gate.Rule(metric, margin)
+    rule = gate.Rule(metric, margin, require_significant)
     candidate, aliases = _candidate_and_aliases(client, registered_model, date)
     outcome = gate.settled(date, rule, candidate, aliases)
     if outcome is None:  # not decided yet: score it
@@ -301,36 +314,38 @@ def promote_fallback(
     client = client_for(tracking_uri)
     if find_candidate(client, ease_model, date) is None:
         run_id = client.get_model_version(registered_model, decision.candidate_version).run_id
-        bundle_dir = layout.ease_bundle_dir(warehouse, date)
-        if not _register_ease(client, tracking_uri, bundle_dir, ease_model, run_id, date):
+        if not _register_ease(client, tracking_uri, warehouse, date, ease_model, run_id):
             champion = aliases_of(client, ease_model).get(gate.CHAMPION)
-            reason = f"the training of {date} published no EASE bundle ({bundle_dir})"
+            reason = f"the training of {date} published no EASE bundle ({layout.ease_bundle_dir(warehouse, date)})"
             fallback = gate.GateDecision(date, "unchanged", False, None, champion, champion, reason, metric)
             return gate.serving_after(decision, registered_model, fallback, ease_model)
-    fallback = promote(date, warehouse, tracking_uri, ease_model, 0.0, metric, gate.EASE_VS_POPULARITY)
+    fallback = promote(date, warehouse, tracking_uri, ease_model, metric=metric, compare=gate.EASE_VS_POPULARITY)
     return gate.serving_after(decision, registered_model, fallback, ease_model)
 
 
-def _register_ease(client, tracking_uri: str, bundle_dir: str, name: str, run_id: str, date: str) -> bool:
-    """Log the EASE bundle at ``bundle_dir`` into training run ``run_id`` (its model ``ease``) and register
-    it as a version of ``name``, tagged like that run's VASP version; False when there is no bundle."""
+def _register_ease(client, tracking_uri: str, warehouse: str, date: str, name: str, run_id: str) -> bool:
+    """Log ``date``'s EASE bundle (``models/dt=D/ease``) into training run ``run_id`` (its model ``ease``)
+    and register it as a version of ``name``, tagged like that run's VASP version; False when there is
+    no bundle."""
     import mlflow
 
     from vasp_model.data import storage
+    from vasp_model.data.features import lineage, read_manifest
     from vasp_model.mlops.tracking import log_bundle_model, logged_report, mlflow_uri, register_version
     from vasp_model.recommenders.bundle import META_FILE
 
-    path = storage.local_path(bundle_dir)
+    path = storage.local_path(layout.ease_bundle_dir(warehouse, date))
     if not os.path.exists(os.path.join(path, META_FILE)):
-        log.warning("no EASE bundle at %s: the fallback cannot register %s's EASE", bundle_dir, date)
+        log.warning("no EASE bundle at %s: the fallback cannot register %s's EASE", path, date)
         return False
-    fingerprint = client.get_run(run_id).data.tags.get("data_fingerprint", "")
+    features_dir = layout.features_dir(warehouse, date)
+    origin = lineage(read_manifest(features_dir), features_dir)
     report = logged_report(client, run_id)
     # MLflow's registry looks the logged model up through its global URI: both calls run pointed at the store
     with mlflow_uri(tracking_uri):
         with mlflow.start_run(run_id=run_id):  # the run that fitted and measured it
             info = log_bundle_model(path, name=EASE_NAME_IN_RUN)
-        register_version(client, name, info.model_uri, run_id, date, fingerprint, report, model_id=info.model_id)
+        register_version(client, name, info.model_uri, run_id, date, origin, report, model_id=info.model_id)
     return True
 
 

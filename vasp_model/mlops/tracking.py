@@ -10,10 +10,14 @@ root when new). :class:`TrainingTracker` is a context manager around that run::
         tracker.log_result(result, model_dir, features_dir)
 
 ``log_result`` logs the final metrics (the training's :class:`MetricsReport`, as MLflow-safe keys:
-:func:`to_mlflow_metrics`; :func:`logged_report` reads it back), the artifacts (metrics.json,
-history.json, test_topk.parquet, the build manifest, PNG plots) and the model as a pyfunc whose
+:func:`to_mlflow_metrics`; :func:`logged_report` reads it back), the paired-bootstrap intervals
+(:func:`interval_metrics`: ``test_vasp_minus_ease_ndcg_at_100`` and its ``_low`` / ``_high``;
+:func:`logged_interval` reads one back), the artifacts (metrics.json, history.json,
+test_topk.parquet, per_user_metrics.parquet, the build manifest, PNG plots) and the model as a pyfunc whose
 artifacts are the ModelBundle directory (Keras native file + item vocabulary), then registers a new
-version of the registered model with tags (date, run, data fingerprint, headline test metrics).
+version of the registered model with tags (date, run, the features' lineage, headline test metrics).
+The run also records where it came from (:mod:`vasp_model.mlops.lineage`): code and scheduler tags,
+and the input and the features partition as MLflow datasets.
 Any tracking URI works the same: the SQLite default or ``http://host:5000``.
 
 mlflow/keras/matplotlib are imported inside functions (no import-time cost or side effects).
@@ -35,7 +39,8 @@ from typing import Any
 
 from vasp_model.core import defaults
 from vasp_model.data import storage
-from vasp_model.data.features import input_digest
+from vasp_model.data.features import lineage as features_lineage
+from vasp_model.data.features import read_manifest
 from vasp_model.data.layout import DATE_RE
 from vasp_model.evaluation.metrics import (
     ACCURACY_KEYS,
@@ -45,6 +50,7 @@ from vasp_model.evaluation.metrics import (
     MetricsReport,
     model_test_metrics,
 )
+from vasp_model.mlops import lineage
 from vasp_model.mlops.gate import EASE_REGISTERED_MODEL, GATE_METRIC
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,8 @@ class TrackingConfig:
     ease_registered_model: str = EASE_REGISTERED_MODEL
     gate_margin: float = 0.0  # the candidate must beat EASE (and the champion) by more than this (absolute nDCG@100)
     gate_metric: str = GATE_METRIC
+    # the lower ends of the paired intervals must clear the gate too (vs EASE: the margin, vs the champion: 0)
+    gate_require_significant: bool = False
 
     def __post_init__(self):
         if not isinstance(self.tracking_uri, str) or not self.tracking_uri.strip():
@@ -83,6 +91,8 @@ class TrackingConfig:
             )
         if not isinstance(self.gate_margin, int | float) or not math.isfinite(self.gate_margin):
             raise ValueError(f"gate_margin must be a finite number, got {self.gate_margin!r}")
+        if not isinstance(self.gate_require_significant, bool):
+            raise ValueError(f"gate_require_significant must be true or false, got {self.gate_require_significant!r}")
         if self.gate_metric not in ACCURACY_KEYS:
             raise ValueError(f"gate_metric must be one of {', '.join(ACCURACY_KEYS)}, got {self.gate_metric!r}")
 
@@ -125,6 +135,32 @@ def from_mlflow_metrics(metrics: Mapping[str, float]) -> MetricsReport:
         if split in report and model and name:
             report[split].setdefault(model, {})[name.replace("_at_", "@")] = float(value)
     return MetricsReport(**report)
+
+
+def interval_metric_key(split: str, pair: str, metric: str) -> str:
+    """MLflow key of a paired difference: ``("test", "vasp-ease", "ndcg@100")`` -> ``test_vasp_minus_ease_ndcg_at_100``."""
+    return _BAD_METRIC_CHARS.sub("_", f"{split}_{pair.replace('-', '_minus_')}_{metric}".replace("@", "_at_"))
+
+
+def interval_metrics(intervals: Mapping[str, Any]) -> dict[str, float]:
+    """A training's ``intervals`` (``{split: {pair: {metric: PairedDifference.to_dict()}}}``) as MLflow
+    metrics: the difference under :func:`interval_metric_key`, its interval's ends under ``_low`` / ``_high``."""
+    out: dict[str, float] = {}
+    for split, pairs in intervals.items():
+        for pair, by_metric in pairs.items():
+            for metric, diff in by_metric.items():
+                key = interval_metric_key(split, pair, metric)
+                out |= {key: diff["diff"], f"{key}_low": diff["low"], f"{key}_high": diff["high"]}
+    return out
+
+
+def logged_interval(client, run_id: str, metric: str, pair: str = "vasp-ease") -> tuple[float, float] | None:
+    """The (low, high) test interval of ``pair``'s ``metric`` that a training run logged (None: not logged)."""
+    key = interval_metric_key("test", pair, metric)
+    logged = client.get_run(run_id).data.metrics
+    if f"{key}_low" not in logged or f"{key}_high" not in logged:
+        return None
+    return logged[f"{key}_low"], logged[f"{key}_high"]
 
 
 def logged_report(client, run_id: str) -> MetricsReport:
@@ -244,6 +280,7 @@ class TrainingTracker:
             run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name)
             self._scope = scope.pop_all()  # the run is open: keep the URIs until __exit__
         self.run_id = run.info.run_id
+        self.set_tags(lineage.run_tags())
         log.info("mlflow run %s in experiment %r at %s", self.run_id, self.experiment, self.tracking_uri)
         return self
 
@@ -300,20 +337,18 @@ class TrainingTracker:
         metrics = dict(getattr(result, "metrics", None) or {})
         history = getattr(result, "history", None)
         best_epoch = getattr(result, "best_epoch", None)
-        manifest = _read_manifest(features_dir)
+        manifest = read_manifest(features_dir)
+        origin = features_lineage(manifest, features_dir)
 
-        self.log_metrics({k: v for k, v in metrics.items() if k not in ("timings",)})
+        self.log_metrics({k: v for k, v in metrics.items() if k not in ("timings", "intervals")})
+        self.log_metrics(interval_metrics(metrics.get("intervals", {})))
         if best_epoch is not None:
             self.log_metrics({"best_epoch": best_epoch})
-        tags = {
-            "date": date or "",
-            "data_fingerprint": input_digest(manifest) if manifest else "",
-            "features_dir": features_dir,
-        }
-        self.set_tags(tags)
+        self.set_tags({"date": date or "", **origin})
+        lineage.log_datasets(origin)
 
         with tempfile.TemporaryDirectory(prefix="vasp-track-") as tmp:
-            for name in (METRICS_FILE, "history.json", "test_topk.parquet"):
+            for name in (METRICS_FILE, "history.json", "test_topk.parquet", "per_user_metrics.parquet"):
                 src = os.path.join(outputs_dir, name)
                 if os.path.exists(src):
                     self.client.log_artifact(self.run_id, src)
@@ -322,11 +357,10 @@ class TrainingTracker:
                 with open(path, "w") as fh:
                     json.dump(metrics, fh, indent=2, sort_keys=True, default=float)
                 self.client.log_artifact(self.run_id, path)
-            if manifest is not None:
-                path = os.path.join(tmp, "build_manifest.json")
-                with open(path, "w") as fh:
-                    json.dump(manifest, fh, indent=2, sort_keys=True, default=str)
-                self.client.log_artifact(self.run_id, path)
+            path = os.path.join(tmp, "build_manifest.json")
+            with open(path, "w") as fh:
+                json.dump(manifest, fh, indent=2, sort_keys=True, default=str)
+            self.client.log_artifact(self.run_id, path)
             for plot in (
                 plot_training_curves(history, os.path.join(tmp, "training_curves.png")),
                 plot_recall_by_bucket(metrics, os.path.join(tmp, "recall20_by_popularity.png")),
@@ -342,36 +376,33 @@ class TrainingTracker:
                 info.model_uri,
                 self.run_id,
                 date,
-                tags["data_fingerprint"],
+                origin,
                 metrics,
                 model_id=getattr(info, "model_id", None),
             )
         return self.run_id
 
 
-def _read_manifest(features_dir: str) -> dict | None:
-    try:
-        return storage.read_json(f"{features_dir.rstrip('/')}/{storage.MANIFEST}")
-    except (FileNotFoundError, OSError):
-        return None
-
-
 def log_bundle_model(bundle_dir: str, name: str = MODEL_NAME_IN_RUN):
     """Log a bundle directory (any kind) as pyfunc model ``name`` in the active run; returns mlflow's ModelInfo.
 
     The ``vasp_model`` package goes with it (``code_paths``), so the model also loads where the
-    pipeline is not installed (``mlflow models serve``, a notebook).
+    pipeline is not installed (``mlflow models serve``, a notebook). Its input example is a user who
+    interacted with the first two items of the bundle's vocabulary.
     """
     import importlib.metadata as md
     import os
 
     import mlflow
     import pandas as pd
+    import pyarrow.parquet as pq
     from mlflow.models import infer_signature
 
     from vasp_model.mlops.pyfunc import BUNDLE_ARTIFACT, VaspPyfunc
+    from vasp_model.recommenders.bundle import ITEMS_FILE
 
-    example_in = pd.DataFrame({"item_ids": [["1", "2"]]})
+    items = pq.read_table(os.path.join(bundle_dir, ITEMS_FILE), columns=["item_idx", "item_id"]).sort_by("item_idx")
+    example_in = pd.DataFrame({"item_ids": [[str(i) for i in items.column("item_id").to_pylist()[:2]]]})
     example_out = pd.DataFrame({"item_ids": [["3", "4"]], "scores": [[1.0, 0.5]], "fallback": [False]})
     signature = infer_signature(example_in, example_out, params={"n": 100})
     requirements = []
@@ -385,6 +416,7 @@ def log_bundle_model(bundle_dir: str, name: str = MODEL_NAME_IN_RUN):
         python_model=VaspPyfunc(),
         artifacts={BUNDLE_ARTIFACT: bundle_dir},
         signature=signature,
+        input_example=example_in,
         pip_requirements=requirements,
         code_paths=[os.path.dirname(os.path.dirname(os.path.abspath(__file__)))],  # the package: vasp_model/
     )
@@ -396,12 +428,13 @@ def register_version(
     model_uri: str,
     run_id: str,
     date: str | None,
-    fingerprint: str,
+    origin: Mapping[str, str],
     metrics: Mapping[str, Any],
     model_id: str | None = None,
 ) -> str:
-    """Register ``model_uri`` as a new version of ``name`` tagged with date, run, fingerprint and the
-    headline test metrics of every model of the report (``test.vasp.ndcg_at_100``...)."""
+    """Register ``model_uri`` as a new version of ``name`` tagged with date, run, the features' lineage
+    ``origin`` (:func:`vasp_model.data.features.lineage`) and the headline test metrics of every model
+    of the report (``test.vasp.ndcg_at_100``...)."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
@@ -410,7 +443,7 @@ def register_version(
     except MlflowException as exc:
         if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
-    tags = {"date": date or "", "run_id": run_id, "data_fingerprint": fingerprint}
+    tags = {"date": date or "", "run_id": run_id, **origin}
     headline = {m: {k: v for k, v in model_test_metrics(metrics, m).items() if k in ACCURACY_KEYS} for m in MODELS}
     tags.update({k: f"{v:.6f}" for k, v in to_mlflow_metrics({"test": headline}).items()})
     version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)

@@ -20,8 +20,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from vasp_jobs.build_matrices import BuildStageConfig
     from vasp_jobs.score import ScoreStageConfig
     from vasp_jobs.synth import SynthStageConfig
+    from vasp_model.core.config import VaspConfig
     from vasp_model.pipeline.promotion import PromoteStageConfig
     from vasp_model.pipeline.training import TrainStageConfig
+    from vasp_model.pipeline.tuning import TuneStageConfig
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,11 @@ SYNTHETIC = "synthetic"
 SPARK_MODES = ("local", "submit")
 SENSOR_MODES = ("poke", "reschedule")
 # Run-level knobs that a DAG run may override (Airflow Params / ``vasp run`` flags).
-RUN_PARAMS = ("input", "preset", "top_n", "threshold", "min_user_interactions", "exclude")
+RUN_PARAMS = ("input", "preset", "top_n", "threshold", "min_user_interactions", "exclude", "tune")
+# tune: off; weekly = the tune stage runs before train when D falls on ``tune_weekday``; nightly = every
+# night. With tuning on, train starts from the latest tuned config at or before D (the preset until one exists).
+TUNE_MODES = ("off", "weekly", "nightly")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,10 @@ class NightlyConfig:
     threshold: float = 3.5
     min_user_interactions: int = 5
     exclude: str = defaults.DEFAULT_EXCLUDE  # what a user's list leaves out (defaults.EXCLUDE_RULES)
+    tune: str = "off"  # TUNE_MODES
+    tune_weekday: str = "sun"  # the weekday of D on which `tune: weekly` tunes (WEEKDAYS)
+    tune_budget: str = "30m"  # wall-clock budget of a tuning study (900s, 30m, 2h)
+    tune_trials: int | None = None  # at most this many trials per study (None: as many as the budget allows)
     synthetic_users: int = 3000  # size of the synthetic input (input=synthetic)
     synthetic_items: int = 1500
     schedule: str = "0 2 * * *"  # cron; each run covers the day before its run time
@@ -75,6 +85,7 @@ class NightlyConfig:
         if not self.warehouse:
             raise ValueError("warehouse must not be empty")
         layout.exclusion_table(self.exclude)
+        _check_tune(self.tune, self.tune_weekday, self.tune_budget, self.tune_trials)
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if self.spark_mode not in SPARK_MODES:
@@ -103,6 +114,18 @@ class NightlyConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.task_timeout_s <= 0 or self.train_timeout_s <= 0:
             raise ValueError("task_timeout_s and train_timeout_s must be > 0")
+
+
+def _check_tune(tune: str, weekday: str, budget: str, trials: int | None) -> None:
+    from vasp_model.pipeline.tuning import parse_budget
+
+    if tune not in TUNE_MODES:
+        raise ValueError(f"tune must be one of {', '.join(TUNE_MODES)}, got {tune!r}")
+    if weekday not in WEEKDAYS:
+        raise ValueError(f"tune_weekday must be one of {', '.join(WEEKDAYS)}, got {weekday!r}")
+    parse_budget(budget)
+    if trials is not None and trials < 1:
+        raise ValueError(f"tune_trials must be >= 1 or unset, got {trials!r}")
 
 
 def load_config(overrides: Mapping[str, Any] | None = None) -> NightlyConfig:
@@ -158,10 +181,25 @@ class Plan:
     exclude: str
     synthetic_users: int
     synthetic_items: int
+    tune: str = "off"
+    tune_weekday: str = "sun"
+    tune_budget: str = "30m"
+    tune_trials: int | None = None
 
     def __post_init__(self) -> None:
         layout.check_date(self.date)
         layout.exclusion_table(self.exclude)
+        _check_tune(self.tune, self.tune_weekday, self.tune_budget, self.tune_trials)
+
+    @property
+    def tunes_tonight(self) -> bool:
+        """Whether this run tunes before training (``tune`` nightly, or weekly on ``tune_weekday``)."""
+        weekday = WEEKDAYS[dt.date.fromisoformat(self.date).weekday()]
+        return self.tune == "nightly" or (self.tune == "weekly" and weekday == self.tune_weekday)
+
+    @property
+    def tuning(self) -> str:
+        return layout.tuning_dir(self.warehouse, self.date)
 
     @property
     def features(self) -> str:
@@ -198,8 +236,26 @@ class Plan:
         from vasp_model.core.config import make_config
         from vasp_model.pipeline.training import TrainStageConfig
 
-        return TrainStageConfig(
-            self.date, self.warehouse, make_config(self.preset), self.tracking_uri, quiet=True, exclude=self.exclude
+        vasp = make_config(self.preset, base=self.tuned())
+        return TrainStageConfig(self.date, self.warehouse, vasp, self.tracking_uri, quiet=True, exclude=self.exclude)
+
+    def tuned(self) -> VaspConfig | None:
+        """The tuned config training starts from: with tuning on, the latest at or before the date, if any."""
+        if self.tune == "off":
+            return None
+        from vasp_model.pipeline.tuning import tuned_config
+
+        try:
+            return tuned_config(self.warehouse, self.date)
+        except FileNotFoundError:
+            log.info("no tuned config at or before %s yet: training from preset %s", self.date, self.preset)
+            return None
+
+    def tune_config(self) -> TuneStageConfig:
+        from vasp_model.pipeline.tuning import TuneStageConfig
+
+        return TuneStageConfig(
+            self.date, self.warehouse, self.tracking_uri, self.preset, self.tune_budget, self.tune_trials
         )
 
     def promote_config(self) -> PromoteStageConfig:
@@ -251,4 +307,8 @@ def make_plan(
         exclude=str(values["exclude"]),
         synthetic_users=config.synthetic_users,
         synthetic_items=config.synthetic_items,
+        tune=str(values["tune"]),
+        tune_weekday=config.tune_weekday,
+        tune_budget=config.tune_budget,
+        tune_trials=config.tune_trials,
     )

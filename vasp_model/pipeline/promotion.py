@@ -41,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--margin", type=float, default=None, help="Absolute nDCG@100 the candidate must beat EASE by (default 0)."
     )
+    parser.add_argument(
+        "--require-significant",
+        action="store_true",
+        default=None,
+        help="The paired-bootstrap intervals must clear the gate too: the lower bound of VASP - EASE above the "
+        "margin, and of candidate - champion above 0 (default: off, or VASP_GATE_REQUIRE_SIGNIFICANT).",
+    )
     parser.add_argument("--registered-model", default=None, help="Registered model name (default: vasp).")
     parser.add_argument(
         "--ease-registered-model",
@@ -63,6 +70,7 @@ def config_from_args(args: argparse.Namespace) -> PromoteStageConfig:
         {
             "tracking_uri": args.tracking_uri,
             "gate_margin": args.margin,
+            "gate_require_significant": args.require_significant,
             "registered_model": args.registered_model,
             "ease_registered_model": args.ease_registered_model,
         },
@@ -85,6 +93,7 @@ def promote_stage(config: PromoteStageConfig) -> GateDecision:
         tracking.registered_model,
         margin=tracking.gate_margin,
         metric=tracking.gate_metric,
+        require_significant=tracking.gate_require_significant,
     )
     return registry.promote_fallback(
         decision,

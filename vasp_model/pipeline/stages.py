@@ -87,6 +87,12 @@ def _train() -> StageApi:
     return StageApi(training.TrainStageConfig, training.train_stage, training.add_arguments, training.config_from_args)
 
 
+def _tune() -> StageApi:
+    from vasp_model.pipeline import tuning
+
+    return StageApi(tuning.TuneStageConfig, tuning.tune_stage, tuning.add_arguments, tuning.config_from_args)
+
+
 def _promote() -> StageApi:
     from vasp_model.pipeline import promotion
 
@@ -108,6 +114,7 @@ STAGES: dict[str, Stage] = {
     for stage in (
         Stage("synth", "Write a synthetic interaction file with real latent structure.", _synth),
         Stage("build", "Spark job: build features/dt=D (matrices, splits, A/B copies).", _build, "build_matrices.py"),
+        Stage("tune", "Choose the training config on validation users within a budget (Optuna).", _tune),
         Stage("train", "Train VASP on features/dt=D and evaluate it against EASE and popularity.", _train),
         Stage("promote", "Register the date's model and gate it into the 'champion' alias.", _promote),
         Stage("score", "Spark job: write top-N recommendations/dt=D for every user.", _score, "score.py"),

@@ -83,8 +83,23 @@ def build(plan: Plan) -> str:
     return plan.features
 
 
+def tune(plan: Plan) -> str:
+    """Stage ``tune`` on the nights the plan tunes (``tune`` weekly on its weekday, or nightly), publishing
+    ``tuning/dt=D``; returns its URI. Other nights the task is skipped."""
+    if not plan.tunes_tonight:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(f"tune={plan.tune} (weekday {plan.tune_weekday}): {plan.date} is not tuned")
+    from vasp_model.pipeline.tuning import tune_stage
+
+    tune_stage(plan.tune_config())
+    _require_published(plan.tuning, "tune")
+    return plan.tuning
+
+
 def train(plan: Plan) -> str:
-    """Stage ``train``: train + evaluate + log to MLflow, publish ``models/dt=D``; returns its URI."""
+    """Stage ``train``: train + evaluate + log to MLflow, publish ``models/dt=D``; returns its URI. With
+    tuning on it starts from the latest tuned config (:meth:`Plan.tuned`)."""
     from vasp_model.pipeline.training import train_stage
 
     train_stage(plan.train_config())

@@ -6,8 +6,9 @@ Writes ``{warehouse}/models/dt=D/`` atomically (staging + publish): ``model/`` (
 ``history.json`` (per epoch) and ``test_topk.parquet`` (user_id, rank, item_id: the top 100 of
 every test user from its fold-in items, leaving out what the rule ``exclude`` says: by default
 every item the user interacted with except the held-out ones, see ``EvalSplit.excluded``; the
-metrics keep the vae_cf protocol, fold-in items masked); the run is logged to MLflow unless
-tracking is off.
+metrics keep the vae_cf protocol, fold-in items masked) and ``per_user_metrics.parquet`` (split,
+user_id, model and the accuracy metrics: one row per user, model and split, so that two runs on the
+same users can be compared later); the run is logged to MLflow unless tracking is off.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from vasp_model.core import defaults
 from vasp_model.core.args import add_exclude_argument
 from vasp_model.core.config import VaspConfig
 from vasp_model.data import layout
+from vasp_model.train.memory import check_training_memory, parse_bytes
 
 MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
     "--hidden": ("hidden", int, "Width of every encoder/decoder block."),
@@ -42,6 +44,11 @@ MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
 }
 TRAIN_FLAGS = {
     "--batch-users": ("batch_users", int, "Users per direction in a step (a step has 2x rows)."),
+    "--min-steps-per-epoch": (
+        "min_steps_per_epoch",
+        int,
+        "Smallest number of steps in an epoch: small data sets train on smaller batches (default 16).",
+    ),
     "--optimizer": ("optimizer", str, "Optimizer: nadam | adam | adamw."),
     "--ease-warmup-epochs": ("ease_warmup_epochs", int, "Epochs fitting Neural EASE alone before the joint fit."),
     "--ease-warmup-lr": ("ease_warmup_lr", float, "Learning rate of the Neural EASE warm-up."),
@@ -62,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warehouse", default=defaults.default_warehouse(), help="Warehouse root (path or URI).")
     parser.add_argument("--date", required=True, help="Logical date YYYY-MM-DD of the features to train on.")
     parser.add_argument("--preset", default="cpu", help="Config preset: paper | cpu | tiny.")
+    parser.add_argument(
+        "--config",
+        choices=("preset", "tuned"),
+        default="preset",
+        help="Start from --preset, or from the latest config `vasp tune` chose at or before --date (flags override).",
+    )
     for flag, (_field, kind, text) in {**MODEL_FLAGS, **TRAIN_FLAGS}.items():
         parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument("--epochs", type=_ints, default=None, help="Epochs per phase, comma separated (e.g. 50,20,20).")
@@ -72,6 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Learning rate per phase, comma separated (e.g. 5e-5,1e-5).",
     )
     parser.add_argument("--no-jit", action="store_true", help="Disable jit_compile (XLA) for the train step.")
+    parser.add_argument(
+        "--no-blend",
+        action="store_true",
+        help="Serve VASP alone (no blend with closed-form EASE chosen on validation).",
+    )
     parser.add_argument(
         "--backend",
         choices=("tensorflow", "jax", "torch"),
@@ -89,6 +107,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", default="vasp", help="MLflow experiment name.")
     parser.add_argument("--no-tracking", action="store_true", help="Do not log the run to MLflow.")
     parser.add_argument("--quiet", action="store_true", help="No Keras progress bar.")
+    parser.add_argument(
+        "--memory-budget",
+        default=None,
+        help="Peak memory the run may use, e.g. 16g; a run estimated above it is refused before it starts "
+        "(default: $VASP_MEMORY_BUDGET, else what is in use plus what the machine has available).",
+    )
     add_exclude_argument(parser)
 
 
@@ -106,30 +130,42 @@ class TrainStageConfig:
     backend: str | None = None  # Keras backend to set before keras is imported (None: the environment's)
     quiet: bool = False  # no Keras progress bar
     exclude: str = defaults.DEFAULT_EXCLUDE  # what test_topk.parquet leaves out (defaults.EXCLUDE_RULES)
+    memory_budget: str | None = None  # e.g. "16g" (None: $VASP_MEMORY_BUDGET, else what is available)
 
     def __post_init__(self) -> None:
         layout.check_date(self.date)
         layout.exclusion_table(self.exclude)
+        if self.memory_budget:
+            parse_bytes(self.memory_budget)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
-    """The stage's config from the flags of :func:`add_arguments` (unset flags: preset, then ``VASP_*`` env)."""
+    """The stage's config from the flags of :func:`add_arguments` (unset flags: the preset or the tuned
+    config, then ``VASP_*`` env)."""
     from vasp_model.core.config import PRESETS, make_config
+    from vasp_model.pipeline.tuning import tuned_config
 
+    base = tuned_config(args.warehouse, args.date) if args.config == "tuned" else None
     model = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _k, _h) in MODEL_FLAGS.items()}
     train = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _k, _h) in TRAIN_FLAGS.items()}
     train["epochs"] = args.epochs
     if args.epochs is not None and args.learning_rates is None:
-        preset_lrs = PRESETS.get(args.preset, {}).get("train", {}).get("learning_rates", (1e-3,))
+        preset_lrs = (
+            base.train.learning_rates
+            if base
+            else PRESETS.get(args.preset, {}).get("train", {}).get("learning_rates", (1e-3,))
+        )
         train["learning_rates"] = tuple(preset_lrs[min(i, len(preset_lrs) - 1)] for i in range(len(args.epochs)))
     else:
         train["learning_rates"] = args.learning_rates
     if args.no_jit:
         train["jit_compile"] = False
+    if args.no_blend:
+        model["blend_ease"] = False
     return TrainStageConfig(
         date=args.date,
         warehouse=args.warehouse,
-        vasp=make_config(args.preset, model, train),
+        vasp=make_config(args.preset, model, train, base=base),
         tracking_uri=args.tracking_uri or defaults.default_tracking_uri(),
         tracking=not args.no_tracking,
         experiment=args.experiment,
@@ -137,12 +173,35 @@ def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
         backend=args.backend,
         quiet=args.quiet,
         exclude=args.exclude or defaults.default_exclude(),
+        memory_budget=args.memory_budget,
     )
 
 
+def per_user_table(per_user, features):
+    """``TrainResult.per_user`` as an Arrow table: split, user_id (string), model, one column per accuracy metric."""
+    import numpy as np
+    import pyarrow as pa
+
+    from vasp_model.evaluation.metrics import ACCURACY_KEYS
+
+    parts = [
+        (split, model, [str(u) for u in getattr(features, split).user_ids], arrays)
+        for split, models in per_user.items()
+        for model, arrays in models.items()
+    ]
+    columns = {
+        "split": pa.array([split for split, _, ids, _ in parts for _ in ids], pa.string()),
+        "user_id": pa.array([u for _, _, ids, _ in parts for u in ids], pa.string()),
+        "model": pa.array([model for _, model, ids, _ in parts for _ in ids], pa.string()),
+    }
+    for m in ACCURACY_KEYS:
+        columns[m] = pa.array(np.concatenate([np.zeros(0), *(arrays[m] for *_, arrays in parts)]), pa.float64())
+    return pa.table(columns)
+
+
 def write_outputs(result, features, directory: str, exclude: str) -> None:
-    """Write model/, ease/ (with baselines), metrics.json, history.json and test_topk.parquet (lists
-    leaving out ``exclude``'s items) into a local ``directory``."""
+    """Write model/, ease/ (with baselines), metrics.json, history.json, test_topk.parquet (lists leaving
+    out ``exclude``'s items) and per_user_metrics.parquet into a local ``directory``."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -171,6 +230,7 @@ def write_outputs(result, features, directory: str, exclude: str) -> None:
         }
     )
     pq.write_table(table, os.path.join(directory, "test_topk.parquet"))
+    pq.write_table(per_user_table(result.per_user, features), os.path.join(directory, "per_user_metrics.parquet"))
 
 
 def train_stage(config: TrainStageConfig) -> dict[str, Any]:
@@ -183,13 +243,14 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
 
     from vasp_model.core.settings import as_params
     from vasp_model.data import storage
-    from vasp_model.data.features import input_digest, load_features
+    from vasp_model.data.features import lineage, load_features
     from vasp_model.train.trainer import train
 
     date, warehouse, vasp = config.date, config.warehouse, config.vasp
     t0 = time.perf_counter()
     features = load_features(warehouse, date)
     load_seconds = time.perf_counter() - t0
+    check_training_memory(features.n_items, features.train.shape[0], vasp, config.memory_budget)
     features_dir = layout.features_dir(warehouse, date)
     final = layout.models_dir(warehouse, date)
     # keyed by date and config: a resumed run never picks up another configuration's checkpoint
@@ -212,11 +273,9 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
                 "exclude": config.exclude,
                 "config": as_params(vasp),
                 "best_epoch": result.best_epoch,
+                "blend_weight": result.metrics.get("blend_weight"),
                 "test": result.metrics.get("test", {}),
-                "features_manifest": {
-                    "input_digest": input_digest(features.manifest),
-                    "schema_version": features.manifest.get("schema_version"),
-                },
+                "features_manifest": lineage(features.manifest, features_dir),
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             storage.publish(staging, final, manifest)
@@ -228,7 +287,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     if config.tracking:
         from vasp_model.mlops.tracking import TrainingTracker
 
-        with TrainingTracker(config.tracking_uri, config.experiment) as tracker:
+        with TrainingTracker(config.tracking_uri, config.experiment, run_name=f"vasp-{date}") as tracker:
             tracker.log_config({**as_params(vasp), "date": date, "warehouse": warehouse, "exclude": config.exclude})
             result = fit(callbacks=[tracker.callback()])
             result.timings["load_features_seconds"] = load_seconds
@@ -239,11 +298,13 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         result.timings["load_features_seconds"] = load_seconds
         publish(result)
 
+    vasp_ease = result.metrics["intervals"]["test"].get("vasp-ease")
     return {
         "date": date,
         "model_dir": final,
         "preset": vasp.preset,
         "best_epoch": result.best_epoch,
+        "blend_weight": result.metrics.get("blend_weight"),
         "test": {
             name: {
                 k: v
@@ -252,6 +313,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
             }
             for name, m in result.metrics["test"].items()
         },
+        "intervals": {"vasp-ease": {"ndcg@100": vasp_ease["ndcg@100"]}} if vasp_ease else {},
         "run_id": run_id,
         "train_seconds": round(result.timings.get("fit_seconds", 0.0), 1),
     }

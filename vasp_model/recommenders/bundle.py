@@ -5,7 +5,9 @@ columns in order) and ``{dir}/bundle.json`` (format version, ``kind``, counts, m
 serves the same interface (``recommend``, ``recommend_ids``, ``recommend_flat`` with ``exclude``):
 
 * ``vasp`` (:class:`ModelBundle`): the trained network, ``{dir}/model.keras`` (Keras native
-  format, loaded with ``safe_mode=True``);
+  format, loaded with ``safe_mode=True``) and, when validation chose to blend VASP with
+  closed-form EASE, ``{dir}/ease_blend.npy`` (EASE's B; the weight is in ``bundle.json``, see
+  :mod:`vasp_model.recommenders.blend`);
 * ``ease`` (:class:`EaseBundle`): closed-form EASE, its ``I x I`` float32 matrix ``B`` in ``{dir}/B.npy``;
 * ``popularity`` (:class:`PopularityBundle`): the items by popularity, the same list for everyone.
 
@@ -24,6 +26,8 @@ import scipy.sparse as sp
 
 from vasp_model.evaluation.metrics import topk_from_scores
 from vasp_model.recommenders.baselines import check_recommend_args, recommend_batched
+from vasp_model.recommenders.blend import FILE as BLEND_FILE
+from vasp_model.recommenders.blend import EaseBlend
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -246,16 +250,18 @@ class ModelBundle(Bundle):
         # Neural EASE path in SciPy, its FLVAE path through Keras (functional models, by input kind).
         self.host_ease: HostEASE | None = None
         self._flvae_models: dict[bool, Any] = {}
+        self.blend: EaseBlend | None = None  # set when validation preferred VASP blended with closed-form EASE
 
     def _predict(self, rows: sp.csr_matrix) -> np.ndarray:
         """Scores ``[rows, I]`` of one batch (any nonzero = seen): the model through Keras or, with
         ``host_ease``, VASP's FLVAE path through Keras times its Neural EASE path in SciPy."""
         seen = _seen(rows)
         if self.host_ease is None:
-            return _keras_predict(lambda sparse: self.model, seen, self.n_items)
-        out = self.host_ease(seen)
-        out *= _keras_predict(self._flvae_model, seen, self.model.hidden)
-        return out
+            out = _keras_predict(lambda sparse: self.model, seen, self.n_items)
+        else:
+            out = self.host_ease(seen)
+            out *= _keras_predict(self._flvae_model, seen, self.model.hidden)
+        return out if self.blend is None else self.blend(out, seen)
 
     def _flvae_model(self, sparse: bool):
         if sparse not in self._flvae_models:
@@ -266,10 +272,13 @@ class ModelBundle(Bundle):
         import keras
 
         self.model.save(os.path.join(directory, MODEL_FILE))
+        if self.blend is not None:
+            np.save(os.path.join(directory, BLEND_FILE), self.blend.B)
         return {
             "model_file": MODEL_FILE,
             "keras_version": keras.__version__,
             "trained_backend": self.metadata.get("trained_backend", keras.backend.backend()),
+            "blend_weight": None if self.blend is None else self.blend.weight,
         }
 
     @classmethod
@@ -291,6 +300,8 @@ class ModelBundle(Bundle):
 
         model = keras.saving.load_model(os.path.join(directory, MODEL_FILE), safe_mode=True, compile=False)
         bundle = cls(model, item_ids, popularity, metadata=meta, batch_users=batch_users)
+        if meta.get("blend_weight"):
+            bundle.blend = EaseBlend(meta["blend_weight"], np.load(os.path.join(directory, BLEND_FILE)))
         is_vasp = isinstance(model, vasp_model.nn.model.VASP)
         if host_ease and not is_vasp:
             raise ValueError(f"host_ease runs VASP's Neural EASE path; {directory} holds a {type(model).__name__}")

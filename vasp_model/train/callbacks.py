@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 MONITOR = "val_ndcg@100"
 
 
+class TrainingDiverged(ValueError):
+    """The training loss stopped being finite."""
+
+
 class ValidationMetrics(keras.callbacks.Callback):
     """Scores ``recommender`` on the validation users after every epoch; raises if the loss diverged."""
 
@@ -61,7 +65,7 @@ class ValidationMetrics(keras.callbacks.Callback):
         )
         self.history.append(row)
         if not np.isfinite(row.get("loss", 0.0)):
-            raise ValueError(f"training diverged: loss is {row.get('loss')} at epoch {epoch + 1}")
+            raise TrainingDiverged(f"training diverged: loss is {row.get('loss')} at epoch {epoch + 1}")
         best = max(self.history, key=lambda r: r[MONITOR])
         print(
             f"epoch {epoch + 1}: val ndcg@100={val['ndcg@100']:.4f} recall@20={val['recall@20']:.4f} "

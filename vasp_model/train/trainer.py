@@ -3,8 +3,10 @@
 :func:`train` warm-starts the Neural EASE path (as configured), fits with ``model.fit`` and Keras
 callbacks (phase learning rates, validation nDCG@100 / Recall@20 / Recall@50 by the vae_cf
 protocol, early stopping that restores the best epoch, checkpoints so an interrupted run
-resumes), then scores VASP, closed-form EASE (λ chosen on validation) and popularity on the same
-validation and test users.
+resumes), blends VASP with closed-form EASE (λ chosen on validation) at the weight validation
+prefers (``blend_ease``; 0 keeps VASP alone), then scores VASP, EASE and popularity on the same
+validation and test users, keeping each model's per-user metric arrays and the paired-bootstrap
+intervals of VASP minus each baseline on the test users.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class TrainResult:
     best_epoch: int  # 1-based
     config: VaspConfig
     timings: dict[str, float]
+    # {"test"|"validation": {"vasp"|"ease"|"popularity": {metric: [U] array}}}, rows in the split's user order
+    per_user: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     ease: Any = None  # EaseBundle: closed-form EASE with λ chosen on validation (None without baselines)
 
 
@@ -38,12 +42,15 @@ def train(
     checkpoint_dir: str | None = None,
     verbose: str | int = "auto",
     evaluate_baselines: bool = True,
+    evaluate: bool = True,
 ) -> TrainResult:
     """Fit VASP on ``features`` (a :class:`vasp_model.data.features.Features`) and evaluate it.
 
     ``callbacks`` are extra Keras callbacks (e.g. the MLflow tracker's); they run after the
     validation callback, so their ``logs`` hold ``val_ndcg@100``, ``val_recall@20``, ``val_recall@50``.
-    With ``checkpoint_dir``, an interrupted call resumes from the last finished epoch.
+    With ``checkpoint_dir``, an interrupted call resumes from the last finished epoch. Without
+    ``evaluate`` nothing is scored after the fit and no test user is read (model selection: the
+    history's validation metrics are the result).
     """
     import keras
 
@@ -57,18 +64,25 @@ def train(
     timings: dict[str, float] = {}
 
     keras.utils.set_random_seed(tc.seed)
-    plan = ABBatches(features.ab_copies, tc.batch_users, seed=tc.seed, n_items=n_items)
+    batch_users = tc.batch_users_for(features.ab_copies[0][0].shape[0])
+    plan = ABBatches(features.ab_copies, batch_users, seed=tc.seed, n_items=n_items)
     bundle = _build_bundle(features, config, n_items)
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
     if not (checkpoint_dir and os.path.exists(_backup_dir(checkpoint_dir))):  # a resumed fit loads its weights
         _warm_start(bundle.model, features.train, plan, config, verbose, timings)
     history, best_epoch = _fit(bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings)
-    by_split, ease_choice, ease = _evaluate(bundle, features, evaluate_baselines, timings)
+    by_split, per_user, ease_choice, ease = (
+        _evaluate(bundle, features, config, evaluate_baselines, timings) if evaluate else ({}, {}, {}, None)
+    )
     timings["total_seconds"] = time.perf_counter() - start
 
     metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items}
-    bundle.metadata.update({"best_epoch": best_epoch, "test_ndcg@100": metrics["test"]["vasp"]["ndcg@100"]})
+    metrics["batch_users"] = batch_users
+    bundle.metadata["best_epoch"] = best_epoch
+    if evaluate:
+        metrics["intervals"] = {"test": _intervals(per_user["test"])}
+        bundle.metadata["test_ndcg@100"] = by_split["test"]["vasp"]["ndcg@100"]
     return TrainResult(
         bundle=bundle,
         metrics=metrics,
@@ -76,6 +90,7 @@ def train(
         best_epoch=best_epoch,
         config=config,
         timings=timings,
+        per_user=per_user,
         ease=ease,
     )
 
@@ -206,37 +221,68 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     return validation.history, early_stopping.best_epoch + 1
 
 
-def _evaluate(bundle, features, evaluate_baselines: bool, timings: dict[str, float]) -> tuple[dict, dict, Any]:
+def _evaluate(bundle, features, config: VaspConfig, evaluate_baselines: bool, timings) -> tuple[dict, dict, dict, Any]:
     """Test and validation metrics of VASP and, with ``evaluate_baselines``, of EASE (λ chosen on
-    validation) and popularity: ``({"test": {name: ...}, "validation": {name: ...}}, EASE's λ and grid,
-    the fitted EASE as an EaseBundle over the features' vocabulary or None)``."""
+    validation) and popularity: ``({"test": {name: ...}, "validation": {name: ...}}``, the same
+    shape of per-user arrays, EASE's λ and grid and the blend weight, the fitted EASE as an
+    EaseBundle over the features' vocabulary or None). With ``blend_ease`` the bundle first gets
+    the blend with EASE that validation prefers (weight 0: none)."""
     from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
     from vasp_model.recommenders.bundle import EaseBundle
 
-    with _timed(timings, "vasp_eval_seconds"):
-        by_model = {"vasp": _evaluate_on_splits(bundle, features, bundle.n_items)}
     extra: dict[str, Any] = {}
-    ease_bundle = None
-    if evaluate_baselines:
+    ease = ease_bundle = None
+    if evaluate_baselines or config.model.blend_ease:
         val = features.validation
         with _timed(timings, "ease_fit_seconds"):
             ease, grid = fit_ease_on_validation(features.train, val.fold_in, val.holdout)
         extra = {"ease_lambda": float(ease.lambda_), "ease_validation_grid": {str(k): v for k, v in grid.items()}}
+    if config.model.blend_ease:
+        with _timed(timings, "blend_seconds"):
+            extra |= _choose_blend(bundle, ease, features.validation)
+    with _timed(timings, "vasp_eval_seconds"):
+        by_model = {"vasp": _evaluate_on_splits(bundle, features, bundle.n_items)}
+    if evaluate_baselines:
         by_model["ease"] = _evaluate_on_splits(ease, features, features.n_items)
         ease_bundle = EaseBundle(
             ease.B, features.item_ids, features.popularity, {"lambda": float(ease.lambda_)}, bundle.batch_users
         )
         popularity = Popularity.from_counts(features.popularity)
         by_model["popularity"] = _evaluate_on_splits(popularity, features, features.n_items)
-    by_split = {split: {name: scores[split] for name, scores in by_model.items()} for split in ("test", "validation")}
-    return by_split, extra, ease_bundle
+    splits = ("test", "validation")
+    by_split = {split: {name: scores[split][0] for name, scores in by_model.items()} for split in splits}
+    per_user = {split: {name: scores[split][1] for name, scores in by_model.items()} for split in splits}
+    return by_split, per_user, extra, ease_bundle
 
 
-def _evaluate_on_splits(recommender, features, n_items: int) -> dict[str, dict[str, float]]:
-    """:func:`evaluate_recommender` on the test and the validation users (fold-in cut to ``n_items``)."""
-    from vasp_model.evaluation.protocol import evaluate_recommender
+def _choose_blend(bundle, ease, split) -> dict[str, Any]:
+    """Set ``bundle.blend`` to the blend of VASP with ``ease`` that ``split``'s users prefer (none at weight 0);
+    returns the weight and every weight's validation nDCG@100."""
+    from vasp_model.recommenders.blend import EaseBlend, choose_weight
+
+    n = bundle.n_items
+    B = ease.B[:n, :n]
+    weight, grid = choose_weight(bundle.scores, B, split.fold_in[:, :n], split.holdout)
+    bundle.blend = EaseBlend(weight, B) if weight > 0 else None
+    return {"blend_weight": weight, "blend_validation_grid": {str(w): v for w, v in grid.items()}}
+
+
+def _evaluate_on_splits(recommender, features, n_items: int) -> dict[str, tuple[dict, dict]]:
+    """:func:`evaluate_recommender_per_user` on the test and the validation users (fold-in cut to ``n_items``)."""
+    from vasp_model.evaluation.protocol import evaluate_recommender_per_user
 
     return {
-        name: evaluate_recommender(recommender, split.fold_in[:, :n_items], split.holdout, features.popularity)
+        name: evaluate_recommender_per_user(recommender, split.fold_in[:, :n_items], split.holdout, features.popularity)
         for name, split in (("test", features.test), ("validation", features.validation))
+    }
+
+
+def _intervals(per_model: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """``{"vasp-ease": {metric: PairedDifference.to_dict()}, "vasp-popularity": ...}`` over the same users."""
+    from vasp_model.evaluation.bootstrap import paired_bootstrap
+
+    return {
+        f"vasp-{name}": {m: d.to_dict() for m, d in paired_bootstrap(per_model["vasp"], arrays).items()}
+        for name, arrays in per_model.items()
+        if name != "vasp"
     }

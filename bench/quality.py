@@ -1,0 +1,202 @@
+"""Quality benchmark: VASP, EASE and popularity on every data set × user split, with paired intervals.
+
+For each data set present and each split seed, this builds the features with the Spark job
+(``vasp build --seed S``, one logical date per split) and trains with the product's own stage
+(``vasp train --no-tracking``: ``models/dt=D/metrics.json`` and ``per_user_metrics.parquet``). It
+then prints one table: per data set, each model's nDCG@100 / Recall@20 / Recall@50 as the mean
+over splits, and the paired-bootstrap 95% interval of VASP − EASE over the test users of all
+splits pooled. Finished (data set, split) pairs are kept under ``--work`` and not rerun, so data
+sets can be run separately and the table assembled at the end; ``--readme`` writes it into the
+README between the ``quality`` markers.
+
+    .venv/bin/python bench/quality.py                                   # every data set present
+    .venv/bin/python bench/quality.py --datasets ml-100k --splits 3     # one data set
+    .venv/bin/python bench/quality.py --report-only --readme            # table from finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a plain script from anywhere
+    sys.path.insert(0, REPO)
+
+SYNTHETIC = "synthetic"
+# name -> (input under the data root or SYNTHETIC, extra `vasp build` args, extra `vasp train` args, splits)
+DATASETS = {
+    "ml-1m": ("ml-1m/ratings.csv", [], [], 5),
+    "ml-100k": ("ml-100k/u.data", [], [], 3),
+    "lastfm-4k": ("hetrec2011-lastfm-2k/user_artists.dat", [], ["--max-items", "4000"], 3),
+    SYNTHETIC: (SYNTHETIC, [], [], 3),
+}
+MODELS = ("vasp", "ease", "popularity")
+SHOWN = ("ndcg@100", "recall@20", "recall@50")
+MARK_BEGIN, MARK_END = "<!-- quality:begin -->", "<!-- quality:end -->"
+
+
+def _vasp(*args: str) -> list[str]:
+    return [os.path.join(os.path.dirname(sys.executable), "vasp"), *args]
+
+
+def _run(cmd: list[str], log: str) -> None:
+    print("$", " ".join(cmd), file=sys.stderr, flush=True)
+    with open(log, "a") as out:
+        subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
+
+
+def run_split(name: str, split: int, data_root: str, work: str, preset: str, backend: str) -> dict:
+    """Build and train one (data set, split) unless done; returns its result (metrics + per-user path)."""
+    from vasp_model.data import layout, storage
+
+    source, build_args, train_args, _ = DATASETS[name]
+    warehouse = os.path.join(work, name)
+    date = f"2026-01-{split + 1:02d}"
+    done = os.path.join(warehouse, f"result-{split}.json")
+    if os.path.exists(done):
+        with open(done) as fh:
+            return json.load(fh)
+    os.makedirs(warehouse, exist_ok=True)
+    log = os.path.join(warehouse, f"split-{split}.log")
+    if source == SYNTHETIC:
+        source = os.path.join(warehouse, f"events-{split}.csv")
+        _run(_vasp("synth", "--out", source, "--seed", str(split)), log)
+    else:
+        source = os.path.join(data_root, source)
+    if not storage.is_published(layout.features_dir(warehouse, date)):
+        _run(
+            _vasp(
+                "build", "--input", source, "--warehouse", warehouse, "--date", date, "--seed", str(split), *build_args
+            ),
+            log,
+        )
+    start = time.perf_counter()
+    train = ["train", "--warehouse", warehouse, "--date", date, "--preset", preset, "--backend", backend]
+    _run(_vasp(*train, "--no-tracking", "--quiet", *train_args), log)
+    models = storage.local_path(layout.models_dir(warehouse, date))
+    with open(os.path.join(models, "metrics.json")) as fh:
+        metrics = json.load(fh)
+    per_user = os.path.join(warehouse, f"result-{split}-per_user.parquet")  # kept: a later run may replace models/
+    shutil.copyfile(os.path.join(models, "per_user_metrics.parquet"), per_user)
+    result = {
+        "data": name,
+        "split": split,
+        "date": date,
+        "test": {m: {k: metrics["test"][m][k] for k in SHOWN} for m in MODELS},
+        "users": metrics["test"]["vasp"]["users"],
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "per_user": per_user,
+    }
+    with open(done, "w") as fh:
+        json.dump(result, fh, indent=1)
+    return result
+
+
+def summarize(name: str, results: list[dict]) -> dict:
+    """Means over splits per model, and the pooled paired interval of VASP − EASE per metric."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from vasp_model.evaluation.bootstrap import paired_bootstrap, pool
+
+    means = {m: {k: float(np.mean([r["test"][m][k] for r in results])) for k in SHOWN} for m in MODELS}
+    runs: dict[str, list] = {"vasp": [], "ease": []}
+    for r in results:
+        table = pq.read_table(r["per_user"]).to_pandas()
+        test = table[table["split"] == "test"]
+        for m in runs:
+            rows = test[test["model"] == m].sort_values("user_id")
+            runs[m].append({k: rows[k].to_numpy(dtype=float) for k in SHOWN})
+    differences = paired_bootstrap(pool(runs["vasp"]), pool(runs["ease"]))
+    intervals = {k: differences[k].to_dict() for k in SHOWN}
+    per_split = [r["test"]["vasp"]["ndcg@100"] / r["test"]["ease"]["ndcg@100"] - 1 for r in results]
+    return {
+        "data": name,
+        "splits": len(results),
+        "users": int(sum(r["users"] for r in results)),
+        "means": means,
+        "intervals": intervals,
+        "vasp_vs_ease_per_split": per_split,
+    }
+
+
+def table(summaries: list[dict]) -> str:
+    """The Markdown table of :func:`summarize` results."""
+    lines = [
+        "| data (splits, pooled test users) | model | nDCG@100 | Recall@20 | Recall@50 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for s in summaries:
+        label = f"{s['data']} ({s['splits']}, {s['users']})"
+        for m in MODELS:
+            cells = " | ".join(f"{s['means'][m][k]:.4f}" for k in SHOWN)
+            lines.append(f"| {label} | {m} | {cells} |")
+            label = ""
+        diffs = []
+        for k in SHOWN:
+            iv = s["intervals"][k]
+            diffs.append(f"{iv['diff']:+.4f} [{iv['low']:+.4f}, {iv['high']:+.4f}]")
+        lines.append(f"| | VASP − EASE (95% CI) | {' | '.join(diffs)} |")
+        per_split = ", ".join(f"{100 * x:+.1f}%" for x in s["vasp_vs_ease_per_split"])
+        lines.append(f"| | VASP vs EASE nDCG@100 per split | {per_split} | | |")
+    return "\n".join(lines)
+
+
+def write_readme(text: str, readme: str) -> None:
+    with open(readme) as fh:
+        content = fh.read()
+    if MARK_BEGIN not in content or MARK_END not in content:
+        raise ValueError(f"{readme} has no {MARK_BEGIN} ... {MARK_END} section")
+    head, rest = content.split(MARK_BEGIN, 1)
+    _, tail = rest.split(MARK_END, 1)
+    with open(readme, "w") as fh:
+        fh.write(f"{head}{MARK_BEGIN}\n{text}\n{MARK_END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data"), help="Root of the data sets.")
+    parser.add_argument("--work", default="/tmp/vasp_bench_quality", help="Warehouses and finished results.")
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), help="Data sets (default: all present).")
+    parser.add_argument("--splits", type=int, default=None, help="Splits per data set (default: the data set's own).")
+    parser.add_argument("--preset", default="cpu", help="Training preset.")
+    parser.add_argument("--backend", default="jax", help="Keras backend of the trainings.")
+    parser.add_argument("--report-only", action="store_true", help="Only tabulate finished runs.")
+    parser.add_argument("--readme", action="store_true", help="Write the table into README.md.")
+    parser.add_argument("--json", default=None, help="Also write the summaries to this JSON file.")
+    args = parser.parse_args(argv)
+
+    summaries = []
+    for name in args.datasets:
+        if name not in DATASETS:
+            parser.error(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+        source, _, _, default_splits = DATASETS[name]
+        if source != SYNTHETIC and not os.path.exists(os.path.join(args.data, source)):
+            print(f"skip {name}: {os.path.join(args.data, source)} not found", file=sys.stderr)
+            continue
+        results = []
+        for split in range(args.splits or default_splits):
+            done = os.path.join(args.work, name, f"result-{split}.json")
+            if args.report_only and not os.path.exists(done):
+                continue
+            results.append(run_split(name, split, args.data, args.work, args.preset, args.backend))
+        if results:
+            summaries.append(summarize(name, results))
+    text = table(summaries)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(summaries, fh, indent=1)
+    if args.readme:
+        write_readme(text, os.path.join(REPO, "README.md"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

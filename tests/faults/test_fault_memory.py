@@ -1,0 +1,148 @@
+"""A run that does not fit in memory is refused before anything is allocated: one line saying what it
+needs, what is available and what would fit; nothing published, no MLflow run, no checkpoint."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from features_fixture import built_features, copy_features, events_csv
+
+from vasp_model.core.config import make_config
+from vasp_model.data import layout, storage
+from vasp_model.train import memory
+
+DATE = "2026-04-05"
+GOWALLA = (40_981, 29_858)  # items, train users of the catalog that was SIGKILLed
+
+
+@pytest.fixture(scope="module")
+def warehouse(spark, tmp_path_factory):
+    """Tiny features for DATE built by the build job, copied into a warehouse of this module."""
+    rng = np.random.default_rng(1)
+    users = [f"u{u}" for u in range(120) for _ in range(8)]
+    items = [f"i{i}" for u in range(120) for i in rng.choice(40, 8, replace=False)]
+    built, _ = built_features(spark, tmp_path_factory, events_csv(users, items), DATE, heldout_users=12, ab_copies=2)
+    wh = str(tmp_path_factory.mktemp("wh"))
+    copy_features(built, DATE, wh)
+    return wh
+
+
+def _vasp_train(warehouse: str, tmp_path, *flags: str, **env) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "vasp_model.cli", "train", "--warehouse", warehouse, "--date", DATE]
+    cmd += ["--preset", "tiny", "--quiet", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    cmd += ["--checkpoint-dir", str(tmp_path / "ckpt"), *flags]
+    environ = {k: v for k, v in os.environ.items() if k != "VASP_MEMORY_BUDGET"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**environ, **env})
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_train_over_budget_is_refused_in_one_line_before_anything_starts(warehouse, tmp_path, how):
+    if how == "env":
+        proc = _vasp_train(warehouse, tmp_path, VASP_MEMORY_BUDGET="64m")
+    else:
+        proc = _vasp_train(warehouse, tmp_path, "--memory-budget", "64m")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1
+    assert len(lines) == 1, proc.stderr
+    line = lines[0]
+    assert line.startswith("vasp train: error: training ") and "items needs about" in line
+    assert "more than the memory budget: 0.1 GiB" in line and "no --max-items fits" in line
+    assert "VASP_MEMORY_BUDGET" in line
+    assert not storage.exists(layout.models_dir(warehouse, DATE))
+    assert not (tmp_path / "ckpt").exists()
+    if (tmp_path / "mlflow.db").exists():  # a store may be created, but holds no run
+        with sqlite3.connect(tmp_path / "mlflow.db") as db:
+            assert db.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_bad_budget_is_one_line(warehouse, tmp_path):
+    proc = _vasp_train(warehouse, tmp_path, "--memory-budget", "lots")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "vasp train: error: memory budget must be a size like 16g, 512m or 2000000 " + (
+        "(bytes), got 'lots'"
+    )
+
+
+def test_refusal_names_the_largest_max_items_that_fits():
+    items, users = GOWALLA
+    cpu = make_config("cpu", env={})
+    resident = 2 * 2**30
+    # the whole catalog does not fit in 24 GiB, and no cap does: the EASE baseline alone is too big
+    limit = 24 * 2**30
+    line = memory.refusal(memory.training_memory(items, users, cpu), users, cpu, resident, limit, "the memory budget")
+    assert line.startswith(f"training {items:,} of {items:,} items needs about ")
+    assert "more than the memory budget: 24.0 GiB" in line and "no --max-items fits" in line
+    # with room for the baseline, the largest cap that fits is named, and it is the largest
+    limit = resident + memory.training_memory(items, users, memory._with_max_items(cpu, 20_000)).peak + 1
+    line = memory.refusal(memory.training_memory(items, users, cpu), users, cpu, resident, limit, "the memory budget")
+    capped = int(re.search(r"--max-items ([\d,]+) fits with preset cpu", line).group(1).replace(",", ""))
+    assert capped == 20_000
+
+    def fits(n):
+        estimate = memory.training_memory(items, users, memory._with_max_items(cpu, n))
+        return memory.refusal(estimate, users, cpu, resident, limit, "the memory budget") is None
+
+    assert fits(capped) and not fits(capped + 1)
+    assert memory.refusal(memory.training_memory(items, users, cpu), users, cpu, resident, 10**15, "x") is None
+
+
+def test_estimate_grows_with_the_catalog_and_the_kernel_dominates():
+    cpu = make_config("cpu", env={})
+    small, large = (memory.training_memory(n, 10_000, cpu) for n in (10_000, 20_000))
+    assert set(large.phases) == {"fit", "baselines", "closed_form_init"}
+    kernel_share = (large.peak - small.peak) / (small.peak - memory.RUNTIME_BYTES)
+    assert 2.8 < kernel_share < 3.1  # quadratic in the items: (20k² - 10k²) / 10k² = 3
+    assert memory.training_memory(20_000, 10_000, make_config("tiny", env={})).peak < large.peak
+    capped = memory.training_memory(20_000, 10_000, memory._with_max_items(cpu, 10_000))
+    assert capped.items == 10_000 and capped.catalog == 20_000 and small.peak < capped.peak < large.peak
+
+
+@pytest.mark.parametrize(
+    "text, expected", [("16g", 16 * 2**30), ("512M", 512 * 2**20), ("1.5GiB", 3 * 2**29), ("2000000", 2_000_000)]
+)
+def test_parse_bytes(text, expected):
+    assert memory.parse_bytes(text) == expected
+
+
+def test_memory_limit_prefers_the_budget_then_the_machine(monkeypatch):
+    monkeypatch.setenv("VASP_MEMORY_BUDGET", "3g")
+    assert memory.memory_limit(None, 10) == (3 * 2**30, "the memory budget")
+    assert memory.memory_limit("1g", 10) == (2**30, "the memory budget")
+    monkeypatch.delenv("VASP_MEMORY_BUDGET")
+    free, origin = memory.available_bytes()
+    limit, source = memory.memory_limit(None, 10)
+    assert free and free > 0 and origin in source
+    assert abs(limit - (10 + free)) < 2**30  # what is free moves a little between two reads
+
+
+@pytest.mark.slow
+def test_estimate_covers_the_measured_peak_of_a_real_run(spark, tmp_path_factory, tmp_path):
+    """``vasp train`` in a fresh process: its peak RSS (``wait4``) is within the estimate it logged."""
+    rng = np.random.default_rng(2)
+    n_users, n_items = 1500, 1500
+    users = np.repeat(np.arange(n_users), 40)
+    items = rng.zipf(1.3, users.size) % n_items
+    text = events_csv([f"u{u}" for u in users], [f"i{i}" for i in items])
+    built, manifest = built_features(spark, tmp_path_factory, text, DATE, ab_copies=2)
+    wh = str(tmp_path / "wh")
+    copy_features(built, DATE, wh)
+
+    cmd = [sys.executable, "-m", "vasp_model.cli", "train", "--warehouse", wh, "--date", DATE, "--preset", "tiny"]
+    cmd += ["--epochs", "1", "--quiet", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    cmd += ["--checkpoint-dir", str(tmp_path / "ckpt")]
+    env = {k: v for k, v in os.environ.items() if k != "VASP_MEMORY_BUDGET"}
+    with open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env={**env, "VASP_LOG_LEVEL": "INFO"})
+        _, status, usage = os.wait4(proc.pid, 0)
+    log = (tmp_path / "err").read_text()
+    assert os.waitstatus_to_exitcode(status) == 0, log[-3000:]
+    estimated = int(re.search(r"memory: \d+ resident, estimated peak (\d+)", log).group(1))
+    measured = usage.ru_maxrss * 1024
+    assert manifest["counts"]["items"] > 1000
+    assert measured <= estimated <= 1.5 * measured, (measured, estimated)

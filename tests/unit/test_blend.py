@@ -1,0 +1,87 @@
+"""VASP blended with closed-form EASE: the score rule, the weight chosen on validation, and persistence."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+
+from vasp_model.core.config import ModelConfig  # noqa: E402
+from vasp_model.nn.model import build_model  # noqa: E402
+from vasp_model.recommenders.baselines import EASE  # noqa: E402
+from vasp_model.recommenders.blend import EaseBlend, blended, choose_weight  # noqa: E402
+from vasp_model.recommenders.bundle import ModelBundle  # noqa: E402
+
+TINY = ModelConfig(hidden=16, latent=8, encoder_blocks=2, decoder_blocks=1, dropout=0.2, ease_init="glorot_uniform")
+
+
+def _two_groups(users: int, seed: int) -> sp.csr_matrix:
+    """Users who each take 8 items of one of two blocks of 20 items: EASE learns the blocks."""
+    rng = np.random.default_rng(seed)
+    X = np.zeros((users, 40), np.float32)
+    for u, g in enumerate(rng.integers(0, 2, users)):
+        X[u, rng.choice(np.arange(g * 20, g * 20 + 20), 8, replace=False)] = 1
+    return sp.csr_matrix(X)
+
+
+def _fold_in_holdout(X: sp.csr_matrix, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    rng = np.random.default_rng(seed)
+    dense = X.toarray()
+    holdout = np.zeros_like(dense)
+    for u in range(dense.shape[0]):
+        items = np.flatnonzero(dense[u])
+        held = rng.choice(items, 2, replace=False)
+        dense[u, held], holdout[u, held] = 0, 1
+    return sp.csr_matrix(dense), sp.csr_matrix(holdout)
+
+
+def test_weight_zero_ranks_like_vasp_and_rows_are_standardized():
+    rng = np.random.default_rng(0)
+    p, s = rng.uniform(0.01, 0.99, (5, 30)), rng.normal(size=(5, 30))
+    alone = blended(p, s, 0.0)
+    assert np.array_equal(np.argsort(-alone, axis=1), np.argsort(-p, axis=1))
+    mixed = blended(p, s, 0.3)
+    assert np.allclose(mixed.mean(axis=1), 0, atol=1e-5)
+    assert np.allclose(
+        mixed, 0.7 * blended(p, s, 0.0) + 0.3 * (s - s.mean(1, keepdims=True)) / s.std(1, keepdims=True), atol=1e-5
+    )
+
+
+def test_validation_picks_ease_for_an_uninformed_vasp_and_nothing_for_an_oracle():
+    fold_in, holdout = _fold_in_holdout(_two_groups(200, 1), seed=2)
+    B = EASE(10.0).fit(_two_groups(400, 3)).B
+    rng = np.random.default_rng(4)
+    noise = lambda x: rng.uniform(0.01, 0.99, x.shape)  # noqa: E731
+    weight, grid = choose_weight(noise, B, fold_in, holdout)
+    assert weight == max(grid) and grid[weight] > grid[0.0]
+    oracle = lambda x: np.where(holdout.toarray() > 0, 0.99, 0.01)  # noqa: E731
+    weight, grid = choose_weight(oracle, B, fold_in, holdout)
+    assert weight == 0.0 and grid[0.0] == pytest.approx(1.0)
+
+
+def test_blend_weight_must_be_inside_zero_one():
+    for w in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="blend weight"):
+            EaseBlend(w, np.zeros((3, 3)))
+
+
+def test_a_blended_bundle_scores_the_blend_and_keeps_it_through_save_and_load(tmp_path):
+    X = _two_groups(50, 5)
+    bundle = ModelBundle(
+        build_model(40, TINY, seed=0), np.array([f"i{j}" for j in range(40)], dtype=object), np.arange(40)
+    )
+    alone = bundle.scores(X)
+    B = EASE(10.0).fit(X).B
+    bundle.blend = EaseBlend(0.3, B)
+    expected = blended(alone, X.toarray() @ B, 0.3)
+    np.testing.assert_allclose(bundle.scores(X), expected, rtol=1e-4, atol=1e-4)
+    bundle.save(str(tmp_path))
+    loaded = ModelBundle.load(str(tmp_path))
+    assert loaded.blend is not None and loaded.blend.weight == 0.3
+    np.testing.assert_allclose(loaded.scores(X), expected, rtol=1e-4, atol=1e-4)
+    idx, _ = loaded.recommend(X, 5)
+    assert not (X.toarray()[np.arange(50)[:, None], idx] > 0).any()  # seen items stay out

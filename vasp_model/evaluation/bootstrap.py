@@ -1,0 +1,97 @@
+"""Paired bootstrap intervals of the difference between two models scored on the same users.
+
+The inputs are per-user metric arrays (:data:`vasp_model.evaluation.metrics.PerUser`): row ``u`` of
+every array of ``a`` and of ``b`` is the same user. A resample draws users with replacement; one
+seeded ``[resamples, users]`` index matrix serves every metric, and all resampled means come from one
+matrix product of the resample counts with the per-user differences. A user whose value is NaN in
+any metric of ``a`` or ``b`` (an empty holdout) is dropped before resampling, so the point
+difference is the difference of the averages :func:`~vasp_model.evaluation.metrics.evaluate_topk`
+reports. :func:`pool` concatenates the arrays of several runs (e.g. the test users of several
+splits) so that one interval covers all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+RESAMPLES = 2000
+SEED = 0
+CONFIDENCE = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedDifference:
+    """Mean of ``a − b`` over the paired users, its percentile interval, and how it was drawn."""
+
+    diff: float  # mean over users of a − b
+    low: float  # lower end of the percentile interval of the mean difference
+    high: float
+    relative: float  # diff / mean of b (NaN when that mean is 0)
+    users: int  # users with a value in both a and b
+    resamples: int
+    seed: int
+    confidence: float = CONFIDENCE
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self)
+
+
+def resample_indices(users: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
+    """The ``[resamples, users]`` int matrix of user indices drawn with replacement (seeded)."""
+    if isinstance(resamples, bool) or not isinstance(resamples, int | np.integer) or resamples <= 0:
+        raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
+    return np.random.default_rng(seed).integers(0, users, size=(resamples, users))
+
+
+def paired_bootstrap(
+    a: Mapping[str, np.ndarray],
+    b: Mapping[str, np.ndarray],
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+) -> dict[str, PairedDifference]:
+    """``{metric: PairedDifference of a − b}`` for every metric of ``a`` (``b`` must have the same ones).
+
+    With no user left (all NaN) every figure is NaN and ``users`` is 0.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if set(a) != set(b) or not a:
+        raise ValueError(f"a and b must hold the same metrics, got {sorted(a)} and {sorted(b)}")
+    names = list(a)
+    left = np.stack([np.asarray(a[m], dtype=np.float64) for m in names])
+    right = np.stack([np.asarray(b[m], dtype=np.float64) for m in names])
+    if left.ndim != 2 or left.shape != right.shape:
+        raise ValueError(f"per-user arrays must be 1-D and of one length per pair, got {left.shape} and {right.shape}")
+    keep = ~(np.isnan(left) | np.isnan(right)).any(axis=0)
+    left, right = left[:, keep], right[:, keep]
+    users = int(keep.sum())
+    if users == 0:
+        nan = float("nan")
+        return {m: PairedDifference(nan, nan, nan, nan, 0, resamples, seed, confidence) for m in names}
+    diffs = left - right  # [M, U]
+    idx = resample_indices(users, resamples, seed)
+    counts = np.bincount((idx + users * np.arange(resamples)[:, None]).ravel(), minlength=resamples * users)
+    means = counts.reshape(resamples, users).astype(np.float64) @ diffs.T / users  # [B, M]
+    tail = (1 - confidence) / 2 * 100
+    lows, highs = np.percentile(means, [tail, 100 - tail], axis=0)
+    out = {}
+    for j, m in enumerate(names):
+        diff, base = float(diffs[j].mean()), float(right[j].mean())
+        relative = diff / base if base != 0 else float("nan")
+        out[m] = PairedDifference(diff, float(lows[j]), float(highs[j]), relative, users, resamples, seed, confidence)
+    return out
+
+
+def pool(runs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The per-user arrays of several runs concatenated per metric, in run order (every run: the same metrics)."""
+    if not runs:
+        raise ValueError("pool needs at least one run")
+    names = set(runs[0])
+    for run in runs[1:]:
+        if set(run) != names:
+            raise ValueError(f"every run must hold the same metrics, got {sorted(names)} and {sorted(run)}")
+    return {m: np.concatenate([np.asarray(run[m], dtype=np.float64).ravel() for run in runs]) for m in runs[0]}

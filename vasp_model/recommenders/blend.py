@@ -1,0 +1,80 @@
+"""VASP blended with closed-form EASE, the weight chosen on validation users.
+
+A user's blended score of item ``i`` is ``(1 − w) · z(log p_i) + w · z(s_i)``: ``p`` VASP's
+probabilities, ``s = x B`` EASE's scores of the same input row, ``z`` standardizes a row over the
+catalog (mean 0, standard deviation 1) so that both scales meet. ``w = 0`` is VASP alone, and a
+training keeps the blend only when validation prefers a positive weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from vasp_model.evaluation.metrics import ndcg_at_k, topk_from_scores
+
+WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # the validation grid; 0 = VASP alone
+FILE = "ease_blend.npy"  # B, beside the bundle's model when the blend is on
+
+
+def _standardized(scores: np.ndarray) -> np.ndarray:
+    """Each row minus its mean, over its standard deviation (in place on a float32 copy)."""
+    out = np.array(scores, dtype=np.float32)
+    out -= out.mean(axis=1, keepdims=True)
+    out /= out.std(axis=1, keepdims=True) + 1e-9
+    return out
+
+
+@dataclasses.dataclass
+class EaseBlend:
+    """EASE's item-item matrix ``B`` (I × I, float32, zero diagonal) and the blend weight ``w`` in (0, 1)."""
+
+    weight: float
+    B: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.weight < 1.0:
+            raise ValueError(f"blend weight must be in (0, 1), got {self.weight!r}")
+        self.B = np.ascontiguousarray(self.B, dtype=np.float32)
+        if self.B.ndim != 2 or self.B.shape[0] != self.B.shape[1]:
+            raise ValueError(f"B must be square, got shape {self.B.shape}")
+
+    def __call__(self, probabilities: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
+        """Blended ``[rows, I]`` scores from VASP's ``probabilities`` of the 0/1 input rows ``seen``."""
+        return blended(probabilities, np.asarray(seen @ self.B), self.weight)
+
+
+def blended(probabilities: np.ndarray, ease_scores: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 − weight) · z(log probabilities) + weight · z(ease_scores)`` per row."""
+    vasp = _standardized(np.log(np.maximum(probabilities, 1e-30)))
+    if weight == 0.0:
+        return vasp
+    vasp *= 1.0 - weight
+    vasp += weight * _standardized(ease_scores)
+    return vasp
+
+
+def choose_weight(
+    probabilities: Callable[[sp.csr_matrix], np.ndarray],
+    B: np.ndarray,
+    fold_in: sp.csr_matrix,
+    holdout: sp.csr_matrix,
+    weights: Sequence[float] = WEIGHTS,
+    k: int = 100,
+) -> tuple[float, dict[float, float]]:
+    """The weight of ``weights`` with the best mean nDCG@k on these (validation) users, and every weight's.
+
+    ``probabilities(fold_in)`` gives VASP's ``[U, I]`` probabilities; ties go to the smaller weight.
+    """
+    fold_in = sp.csr_matrix(fold_in, dtype=np.float32)
+    vasp = probabilities(fold_in)
+    ease = np.asarray(fold_in @ np.asarray(B, dtype=np.float32))
+    results = {}
+    for w in sorted({float(x) for x in weights}):
+        topk = topk_from_scores(blended(vasp, ease, w), fold_in, k)
+        results[w] = float(np.nanmean(ndcg_at_k(topk, holdout, k)))
+    best = max(results, key=lambda w: (results[w], -w))
+    return best, results

@@ -1,0 +1,215 @@
+"""The memory a training run needs at its peak, estimated before anything is allocated, and the
+budget it has to fit in.
+
+The estimate counts the arrays that grow with the catalog: the Neural EASE kernel (I×I float32)
+with its gradient, optimizer slots and the early-stopping copy of the best weights; the
+closed-form EASE warm start (the float64 Gram matrix, its inverse and the float32 solution); the
+item-wide Dense layers with the same state; a batch's item-wide activations; and the EASE
+baseline fitted after training over the whole catalog, on top of the memory the fit held.
+Each phase's peak is counted over what is resident when the check runs (the features), plus the
+runtime Keras brings. The budget is ``VASP_MEMORY_BUDGET`` / ``--memory-budget`` (e.g. ``16g``),
+else what is in use plus what the machine (``MemAvailable``) or the cgroup limit leaves free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+
+from vasp_model.core.config import PRESETS, VaspConfig, make_config
+
+FLOAT32, FLOAT64 = 4, 8
+OPTIMIZER_SLOTS = {"nadam": 2, "adam": 2, "adamw": 2}
+# Calibrated on the tensorflow backend (peak RSS of real runs, tiny and cpu presets, 2k and 5k items):
+# what Keras, its backend and MLflow add once loaded, and XLA when the train step is compiled; the
+# I×I float32 temporaries of a train step beyond the kernel's state (gradient of the L2 term, the
+# constraint's copy, the optimizer update); the item-wide float32 tensors per batch row.
+RUNTIME_BYTES = 900 * 2**20
+JIT_BYTES = 256 * 2**20
+STEP_TEMPORARIES = 6
+ACTIVATIONS = 4
+# A sparse XᵀX chunk before it is added to the dense Gram matrix: float64 value + int32 column +
+# int32 row (COO) per entry, at most I² entries.
+SPARSE_GRAM_BYTES = 16
+log = logging.getLogger(__name__)
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingMemory:
+    """Estimated bytes at the peak of each phase of a run, over what is resident before it."""
+
+    items: int  # modelled items (the catalog, or ``max_items`` of it)
+    catalog: int  # items of the features (the EASE baseline's width)
+    phases: dict[str, int]
+
+    @property
+    def peak(self) -> int:
+        return max(self.phases.values())
+
+
+def dense_params(items: int, config: VaspConfig) -> int:
+    """Parameters of the FLVAE path (every weight but the Neural EASE kernel) for ``items`` items."""
+    m = config.model
+    h, z = m.hidden, m.latent
+    encoder = items * h + h + (m.encoder_blocks - 1) * (h * h + h) + 2 * h * m.encoder_blocks
+    heads = 2 * (h * z + z)
+    decoder = (z * h + h + (m.decoder_blocks - 1) * (h * h + h) + 2 * h * m.decoder_blocks) if m.decoder_blocks else 0
+    outputs = (h if m.decoder_blocks else z) * items + items + z * items + items
+    return encoder + heads + decoder + outputs
+
+
+def training_memory(catalog_items: int, train_users: int, config: VaspConfig) -> TrainingMemory:
+    """The peak bytes of each phase of training ``config`` on ``catalog_items`` items and ``train_users`` users."""
+    if catalog_items < 1 or train_users < 1:
+        raise ValueError(f"need items and train users, got {catalog_items} items, {train_users} users")
+    m, t = config.model, config.train
+    items = catalog_items if m.max_items is None else min(m.max_items, catalog_items)
+    weights = FLOAT32 * (items * items + dense_params(items, config))
+    slots = OPTIMIZER_SLOTS[t.optimizer]
+    rows = 2 * min(t.batch_users, train_users)
+
+    def ease_solve(n: int) -> int:
+        # the Gram matrix, then the larger of its sparse chunk and (its inverse + the new solution +
+        # the best and the previous λ's solutions)
+        return FLOAT64 * n * n + max(SPARSE_GRAM_BYTES * n * n, (FLOAT64 + 3 * FLOAT32) * n * n)
+
+    # weights + gradient + optimizer slots + the best epoch's copy, a step's temporaries, activations
+    fit = (3 + slots) * weights + STEP_TEMPORARIES * FLOAT32 * items * items + ACTIVATIONS * FLOAT32 * rows * items
+    # the fit's memory is not handed back before the EASE baseline is fitted on the whole catalog (measured)
+    phases = {"fit": fit, "baselines": fit + ease_solve(catalog_items)}
+    if m.ease_init == "closed_form":
+        phases["closed_form_init"] = weights + ease_solve(items)
+    runtime = RUNTIME_BYTES + (JIT_BYTES if t.jit_compile else 0)
+    return TrainingMemory(items, catalog_items, {k: v + runtime for k, v in phases.items()})
+
+
+def parse_bytes(text: str) -> int:
+    """``"16g"``, ``"512M"``, ``"1.5GiB"``, ``"2000000"`` -> bytes (binary units)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"memory budget must be a size like 16g, 512m or 2000000 (bytes), got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _proc_kib(path: str, key: str) -> int | None:
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def resident_bytes() -> int:
+    """This process's resident set now (``VmRSS``; 0 where /proc is missing)."""
+    return _proc_kib("/proc/self/status", "VmRSS") or 0
+
+
+def available_bytes() -> tuple[int | None, str]:
+    """(bytes this process can still allocate, where that figure comes from): the machine's
+    ``MemAvailable``, or the cgroup's limit minus its usage when that is lower; None if neither is known."""
+    found: list[tuple[int, str]] = []
+    machine = _proc_kib("/proc/meminfo", "MemAvailable")
+    if machine is not None:
+        found.append((machine, "MemAvailable"))
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        cap, used = _read_int(limit), _read_int(usage)
+        if cap is not None and used is not None and cap < 2**60:
+            found.append((max(cap - used, 0), "cgroup limit"))
+            break
+    return min(found) if found else (None, "unknown")
+
+
+def largest_max_items(catalog_items: int, train_users: int, config: VaspConfig, budget: int) -> int | None:
+    """The largest ``max_items`` whose run fits in ``budget`` bytes of peak (None: not even 2 items)."""
+
+    def fits(n: int) -> bool:
+        return training_memory(catalog_items, train_users, _with_max_items(config, n)).peak <= budget
+
+    if not fits(2):
+        return None
+    lo, hi = 2, catalog_items
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def memory_limit(budget: str | None = None, resident: int = 0) -> tuple[int | None, str]:
+    """(peak bytes a run may reach, where the figure comes from): ``budget`` (a size), else
+    ``VASP_MEMORY_BUDGET``, else ``resident`` plus what is available (None when unknown)."""
+    budget = budget or os.environ.get("VASP_MEMORY_BUDGET") or None
+    if budget:
+        return parse_bytes(budget), "the memory budget"
+    free, origin = available_bytes()
+    return (None if free is None else resident + free), f"in use + available ({origin})"
+
+
+def refusal(
+    estimate: TrainingMemory, train_users: int, config: VaspConfig, resident: int, limit: int, source: str
+) -> str | None:
+    """Why a run of ``estimate`` does not fit in ``limit`` bytes with ``resident`` in use, and what
+    would fit (the largest ``--max-items``, other presets); None when it fits."""
+    need = resident + estimate.peak
+    if need <= limit:
+        return None
+    room, catalog = limit - resident, estimate.catalog
+    phase = max(estimate.phases, key=estimate.phases.get)
+    fixes = []
+    capped = largest_max_items(catalog, train_users, config, room)
+    if capped is None:
+        alone = resident + training_memory(catalog, train_users, _with_max_items(config, 2)).peak
+        fixes.append(f"no --max-items fits: the EASE baseline over all {catalog:,} items alone needs {gib(alone)}")
+    elif capped < estimate.items:
+        fixes.append(f"--max-items {capped:,} fits with preset {config.preset}")
+    for name in PRESETS:
+        other = make_config(name, {"max_items": config.model.max_items})
+        if name != config.preset and training_memory(catalog, train_users, other).peak <= room:
+            fixes.append(f"preset {name} fits")
+    return (
+        f"training {estimate.items:,} of {catalog:,} items needs about {gib(need)} at its peak ({phase}), "
+        f"more than {source}: {gib(limit)}; {'; '.join(fixes) or 'nothing smaller fits'} "
+        "(VASP_MEMORY_BUDGET or --memory-budget sets the budget)"
+    )
+
+
+def check_training_memory(
+    catalog_items: int, train_users: int, config: VaspConfig, budget: str | None = None
+) -> TrainingMemory:
+    """The estimate of a run, or ``ValueError`` with :func:`refusal`'s line when it does not fit
+    :func:`memory_limit` (``budget``, else ``VASP_MEMORY_BUDGET``, else what is available)."""
+    estimate = training_memory(catalog_items, train_users, config)
+    resident = resident_bytes()
+    limit, source = memory_limit(budget, resident)
+    log.info(
+        "memory: %d resident, estimated peak %d (%s), limit %s (%s)",
+        resident, resident + estimate.peak, ", ".join(f"{k} {v}" for k, v in estimate.phases.items()), limit, source,
+    )  # fmt: skip
+    if limit is not None and (reason := refusal(estimate, train_users, config, resident, limit, source)):
+        raise ValueError(reason)
+    return estimate
+
+
+def _with_max_items(config: VaspConfig, n: int) -> VaspConfig:
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, max_items=n))
