@@ -18,8 +18,10 @@ replaces only that date.
    `models/dt=D/`.
 5. **promote_model** (`vasp promote`) — the registry gate. A rejected candidate is *not* a
    failed night: scoring then uses the unchanged champion and the decision (with its
-   reason) is recorded in XCom and in `runs/dt=D/run.json`.
-6. **score_users** (Spark, `vasp score`) → `recommendations/dt=D/` from `vasp@champion`.
+   reason) is recorded in XCom and in `runs/dt=D/run.json`. With no champion yet, the
+   fallback serves (the date's EASE, registered as `vasp-ease`, else popularity).
+6. **score_users** (Spark, `vasp score`) → `recommendations/dt=D/` from `vasp@champion`
+   (or the fallback the decision names).
 7. **validate_recommendations** — every user present, N items each, none of the items the
    `exclude` rule leaves out (default `all`: anything the user interacted with, whatever the
    rating), counts match the manifest.

@@ -4,15 +4,20 @@
 ``spark-submit jobs/score.py --date D ...``.
 
 * The driver resolves the model URI once (an alias becomes a concrete version, recorded in every
-  row as ``model_version``), downloads the ModelBundle directory and ships it to the executors
+  row as ``model_version``), downloads the bundle directory and ships it to the executors
   with ``SparkContext.addArchive``, once per session and model content (a local master reads it in
   place); each executor Python process loads it once (module-level cache keyed by the bundle's
-  SHA-256), on CPUs with the Neural EASE path in SciPy (``ModelBundle.load``).
+  SHA-256), on CPUs with the Neural EASE path in SciPy (``load_bundle``).
+* While the registered model has no champion (``models:/NAME@champion`` resolves to nothing), the
+  fallback serves (``registry.serving_uri``): the champion of the EASE fallback's registered model
+  (rows' ``model_version`` ``NAME/VERSION``, e.g. ``vasp-ease/1``), else popularity computed from
+  the date's features (``popularity``); the manifest's ``serving`` names the kind
+  (vasp | ease | popularity), the registered model and the version.
 * Users come from the ``users`` table (all of them, whatever their split), grouped with their
   item ids from ``interactions`` (the positives: the model's input) and the items their list leaves
   out (the exclusion rule ``exclude``: ``consumed``, every item the user interacted with whatever
   the rating, by default) in one shuffle; batches of users go through ``mapInArrow`` into
-  ``ModelBundle.recommend_flat`` straight from the Arrow list columns: ids unknown to the model's
+  the bundle's ``recommend_flat`` straight from the Arrow list columns: ids unknown to the model's
   vocabulary are ignored (and counted), the excluded items are masked (and counted), the top N are
   kept with ``argpartition``, and a user with no known item gets the popularity list
   (``fallback = true``).
@@ -42,6 +47,7 @@ import numpy as np
 
 from vasp_model.core import defaults
 from vasp_model.data import layout
+from vasp_model.mlops.gate import EASE_REGISTERED_MODEL
 
 if TYPE_CHECKING:  # pragma: no cover
     from vasp_jobs.common.spark import SparkConfig
@@ -75,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Model to score with: models:/NAME@ALIAS, models:/NAME/VERSION or a local ModelBundle directory "
         f"(default {DEFAULT_MODEL_URI}).",
     )
+    parser.add_argument(
+        "--ease-registered-model",
+        default=None,
+        help="Registered model of the EASE fallback, which serves while --model-uri names a champion that does "
+        "not exist yet (default: $VASP_EASE_REGISTERED_MODEL or vasp-ease; '': popularity serves then).",
+    )
     parser.add_argument("--top-n", type=int, default=100, help="Items per user (default 100).")
     add_exclude_argument(parser)
     add_warehouse_argument(parser)
@@ -95,14 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _bundle(path: str, key: str, threads: int):
-    """The ModelBundle at ``path``, loaded at most once per Python process and model (``key``)."""
+    """The bundle at ``path``, loaded at most once per Python process and model (``key``)."""
     bundle = _BUNDLES.get(key)
     if bundle is None:
         _limit_threads(threads)
-        from vasp_model.recommenders.bundle import ModelBundle
+        from vasp_model.recommenders.bundle import load_bundle
 
         _BUNDLES.clear()  # a new model for this worker: drop the old one
-        bundle = ModelBundle.load(path, threads=threads)
+        bundle = load_bundle(path, threads=threads)
         _BUNDLES[key] = bundle
     return bundle
 
@@ -357,6 +369,30 @@ def ship_bundle(spark, bundle_dir: str, version: str, model_key: str) -> str:
     return _SHIPPED[key]
 
 
+def serving_bundle(
+    tracking_uri: str, model_uri: str, ease_model: str, warehouse: str, date: str, dst: str
+) -> tuple[str, dict[str, Any]]:
+    """(bundle directory under ``dst``, ``serving``) of the model that serves ``model_uri`` on ``date``
+    (``registry.serving_uri``): a registered or local bundle, downloaded, or popularity of the date's
+    features. ``serving``: ``kind``, ``registered_model``, ``version``, ``resolved_uri`` and ``label``
+    (the rows' ``model_version``: the version of the model asked for, else ``NAME/VERSION`` of the
+    fallback, or ``popularity``)."""
+    from vasp_model.data.features import load_items
+    from vasp_model.mlops.registry import download_bundle, parse_model_uri, serving_uri
+    from vasp_model.recommenders.bundle import PopularityBundle, read_metadata
+
+    served = serving_uri(tracking_uri, model_uri, ease_model)
+    if served is None:
+        bundle = PopularityBundle(*load_items(warehouse, date), {"date": date})
+        serving = {"kind": bundle.kind, "registered_model": None, "version": None, "resolved_uri": None}
+        return bundle.save(os.path.join(dst, "popularity")), {**serving, "label": bundle.kind}
+    bundle_dir, version, resolved = download_bundle(tracking_uri, served, os.path.join(dst, "download"))
+    name = parse_model_uri(resolved)[0] if resolved.startswith("models:/") else None
+    serving = {"kind": read_metadata(bundle_dir)["kind"], "registered_model": name, "version": version}
+    label = version if served == model_uri else f"{name}/{version}"
+    return bundle_dir, {**serving, "resolved_uri": resolved, "label": label}
+
+
 def score(
     spark,
     date: str,
@@ -367,10 +403,12 @@ def score(
     batch_users: int = 1024,
     partitions: int = 0,
     exclude: str = defaults.DEFAULT_EXCLUDE,
+    ease_model: str = EASE_REGISTERED_MODEL,
 ) -> dict[str, Any]:
     """Score every user of ``date`` and publish ``recommendations/dt=D``; returns the manifest.
 
     Each list leaves out the items of the rule ``exclude`` (:func:`vasp_model.data.layout.exclusion_table`).
+    While ``model_uri`` names a champion that does not exist, the fallback serves (:func:`serving_bundle`).
     """
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
@@ -378,7 +416,6 @@ def score(
     from vasp_jobs.common.spark import write_tables
     from vasp_model.data import storage
     from vasp_model.data.features import lineage, read_manifest
-    from vasp_model.mlops.registry import download_bundle
 
     layout.check_date(date)
     if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n <= 0:
@@ -395,10 +432,11 @@ def score(
     tracking_uri = tracking_uri or defaults.default_tracking_uri()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="vasp-score-") as tmp:
-        bundle_dir, version, resolved = download_bundle(tracking_uri, model_uri, os.path.join(tmp, "download"))
+        bundle_dir, serving = serving_bundle(tracking_uri, model_uri, ease_model, warehouse, date, tmp)
+        version = serving["label"]
         model_key = model_identity(bundle_dir)
         bundle_ref = ship_bundle(spark, bundle_dir, version, model_key)
-        log.info("scoring %s with %s (version %s)", date, resolved, version)
+        log.info("scoring %s with %s (%s, version %s)", date, serving["resolved_uri"], serving["kind"], version)
 
         n_users_input = count_rows(layout.feature_table(warehouse, date, "users"))
         partitions = partitions or max(spark.sparkContext.defaultParallelism, n_users_input // 20000)
@@ -427,8 +465,9 @@ def score(
                     "dataset": "recommendations",
                     "schema_version": layout.SCHEMA_VERSION,
                     "model_uri": model_uri,
-                    "model_resolved_uri": resolved,
+                    "model_resolved_uri": serving["resolved_uri"],
                     "model_version": version,
+                    "serving": {k: serving[k] for k in ("kind", "registered_model", "version")},
                     "top_n": top_n,
                     "exclude": exclude,
                     "features": features,
@@ -463,6 +502,7 @@ class ScoreStageConfig:
     batch_users: int = 1024  # users per model forward pass inside a task
     partitions: int = 0  # 0 = Spark's default parallelism (more for big populations)
     exclude: str = defaults.DEFAULT_EXCLUDE  # what each list leaves out (defaults.EXCLUDE_RULES)
+    ease_registered_model: str = EASE_REGISTERED_MODEL  # the fallback's registered model ('': popularity only)
 
     def __post_init__(self) -> None:
         layout.check_date(self.date)
@@ -474,17 +514,23 @@ class ScoreStageConfig:
 def config_from_args(args: argparse.Namespace) -> ScoreStageConfig:
     """The stage's config from the flags of :func:`add_arguments` (unset flags: ``VASP_*`` env, then defaults)."""
     from vasp_jobs.common.spark import spark_config_from_args
+    from vasp_model.core.settings import build_config
+    from vasp_model.mlops.tracking import TrackingConfig
 
+    tracking = build_config(
+        TrackingConfig, {"tracking_uri": args.tracking_uri, "ease_registered_model": args.ease_registered_model}
+    )
     return ScoreStageConfig(
         date=args.date,
         warehouse=args.warehouse or defaults.default_warehouse(),
-        tracking_uri=args.tracking_uri or defaults.default_tracking_uri(),
+        tracking_uri=tracking.tracking_uri,
         spark=spark_config_from_args(args, APP_NAME),
         model_uri=args.model_uri,
         top_n=args.top_n,
         batch_users=args.batch_users,
         partitions=args.partitions,
         exclude=args.exclude or defaults.default_exclude(),
+        ease_registered_model=tracking.ease_registered_model,
     )
 
 
@@ -501,6 +547,7 @@ def to_argv(config: ScoreStageConfig) -> list[str]:
         "--batch-users", str(config.batch_users),
         "--partitions", str(config.partitions),
         "--exclude", config.exclude,
+        "--ease-registered-model", config.ease_registered_model,
         *spark_argv(config.spark),
     ]  # fmt: skip
 
@@ -519,10 +566,12 @@ def score_stage(config: ScoreStageConfig) -> dict[str, Any]:
         batch_users=config.batch_users,
         partitions=config.partitions,
         exclude=config.exclude,
+        ease_model=config.ease_registered_model,
     )
     return {
         "date": config.date,
         "model_version": result["model_version"],
+        "serving": result["serving"],
         "exclude": config.exclude,
         **result["counts"],
     }

@@ -163,7 +163,56 @@ def test_gate_decision_json_is_one_line_with_todays_fields():
         "margin": 0.125,
         "scores": {"candidate_logged": 0.5, "ease": EASE},
         "require_significant": False,
+        "serving": {},  # filled in by serving_after
     }
+
+
+# -- the fallback -----------------------------------------------------------------------------------
+
+POPULARITY = 0.125
+
+
+@pytest.mark.parametrize(
+    ("ease", "action", "reason"),
+    [
+        (0.25, "promoted", "beats popularity: ndcg@100 0.25000 > 0.12500 + margin 0; no champion yet"),
+        (POPULARITY, "rejected", "does not beat popularity: ndcg@100 0.12500 <= 0.12500 + margin 0"),
+        (None, "rejected", "run run1 has no test ndcg@100 for ease and popularity"),
+    ],
+)
+def test_the_fallback_gate_is_the_same_rule_with_popularity_as_the_baseline(ease, action, reason):
+    logged = gate.Logged(ease, POPULARITY, compared=gate.EASE_VS_POPULARITY)
+    candidate = gate.Version(model=gate.EASE_REGISTERED_MODEL, version="1", run_id="run1")
+    d = gate.decide(D, gate.Rule(), candidate, gate.Aliases(), logged).decision
+    assert (d.action, d.reason) == (action, reason)
+    assert d.scores == ({} if ease is None else {"candidate_logged": ease, "popularity": POPULARITY})
+
+
+def test_what_serves_a_night():
+    rejected = gate.decide(D, gate.Rule(), version("3"), gate.Aliases(), gate.Logged(0.125, EASE)).decision
+    assert rejected.champion_after is None
+
+    def ease(champion: str | None, reason: str) -> gate.GateDecision:
+        return gate.GateDecision(D, "promoted" if champion == "7" else "rejected", False, "7", None, champion, reason)
+
+    # a champion serves, whatever the fallback holds
+    kept = dataclasses.replace(rejected, champion_before="2", champion_after="2")
+    d = gate.serving_after(kept, "vasp", ease("7", "unused"), "vasp-ease")
+    assert d.serving == {"kind": "vasp", "registered_model": "vasp", "version": "2"} and d.reason == kept.reason
+
+    # no champion: the fallback's champion (today's EASE, or an earlier one), else popularity
+    d = gate.serving_after(rejected, "vasp", ease("7", "beats popularity"), "vasp-ease")
+    assert d.serving == {"kind": "ease", "registered_model": "vasp-ease", "version": "7"}
+    assert d.reason == rejected.reason + "; no champion: serving fallback ease v7 (vasp-ease: beats popularity)"
+    assert (d.action, d.promoted, d.champion_after) == ("rejected", False, None)  # VASP's decision stands
+    d = gate.serving_after(rejected, "vasp", ease("5", "does not beat popularity"), "vasp-ease")
+    assert d.serving == {"kind": "ease", "registered_model": "vasp-ease", "version": "5"}
+    d = gate.serving_after(rejected, "vasp", ease(None, "does not beat popularity"), "vasp-ease")
+    assert d.serving == {"kind": "popularity", "registered_model": None, "version": None}
+    assert d.reason.endswith("; no champion: serving popularity (does not beat popularity)")
+    d = gate.serving_after(rejected, "vasp")
+    assert d.serving["kind"] == "popularity" and d.reason.endswith("(the EASE fallback is off)")
+    assert json.loads(d.to_json())["serving"] == d.serving
 
 
 # -- paired-bootstrap intervals ---------------------------------------------------------------------

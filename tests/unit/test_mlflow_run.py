@@ -121,6 +121,13 @@ def test_tracking_config_defaults_env_and_validation(monkeypatch, tmp_path):
         build_config(tracking.TrackingConfig, {"gate_require_significant": "yes"})
     with pytest.raises(ConfigError, match="gate_metric must be one of ndcg@100, recall@20, recall@50"):
         build_config(tracking.TrackingConfig, {"gate_metric": "coverage@100"})
+    # the EASE fallback's registered model: its own name, or empty (off)
+    assert cfg.ease_registered_model == "vasp-ease"
+    monkeypatch.setenv("VASP_EASE_REGISTERED_MODEL", "")
+    assert build_config(tracking.TrackingConfig, {}).ease_registered_model == ""
+    for bad in ("vasp", " vasp-ease"):
+        with pytest.raises(ConfigError, match="ease_registered_model must be empty .* or a name other than"):
+            build_config(tracking.TrackingConfig, {"ease_registered_model": bad})
 
 
 def test_date_lookup():

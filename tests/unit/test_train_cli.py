@@ -102,6 +102,16 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
     assert ndcg["users"] == test["vasp"]["users"] and ndcg["resamples"] >= 1000
     assert summary["intervals"] == {"vasp-ease": {"ndcg@100": pytest.approx(ndcg)}}
 
+    # beside it, the EASE the training fitted and measured (the fallback while VASP has no champion)
+    from vasp_model.evaluation.protocol import evaluate_recommender
+    from vasp_model.recommenders.bundle import EaseBundle, load_bundle
+
+    ease = load_bundle(layout.ease_bundle_dir(warehouse, DATE))
+    assert isinstance(ease, EaseBundle) and ease.metadata["lambda"] == metrics["ease_lambda"]
+    split = features.test
+    scored = evaluate_recommender(ease, split.fold_in, split.holdout, features.popularity)
+    assert scored["ndcg@100"] == pytest.approx(test["ease"]["ndcg@100"], abs=1e-9)
+
     # test_topk under the default rule: top 100 (here: every item left) per test user, leaving out
     # everything the user interacted with except the held-out items (what the metrics score)
     test, ids = features.test, np.asarray([str(i) for i in features.item_ids], dtype=object)

@@ -197,7 +197,11 @@ def report(result: dict[str, Any], warehouse: str, user: str | None = None, inpu
     print(f"MLflow:          {record['tracking_uri']}")
     print(f"run record:      {layout.dataset_dir(warehouse, 'runs', date)}/run.json")
     print(f"promotion:       {decision['action']} (candidate v{decision['candidate_version']}, "
-          f"champion v{decision['champion_after']}): {decision['reason']}")  # fmt: skip
+          f"champion {'v' + decision['champion_after'] if decision['champion_after'] else 'none'}): "
+          f"{decision['reason']}")  # fmt: skip
+    if serving := record.get("serving"):
+        name = f" {serving['registered_model']} v{serving['version']}" if serving.get("registered_model") else ""
+        print(f"serving:         {serving['kind']}{name}")
     _print_top(warehouse, date, user)
     return 0
 

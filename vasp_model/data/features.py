@@ -342,6 +342,16 @@ def lineage(manifest: Mapping[str, Any], directory: str) -> dict[str, str]:
     }
 
 
+def load_items(warehouse: str, date: str) -> tuple[np.ndarray, np.ndarray]:
+    """The vocabulary of ``features/dt={date}``: (item ids, popularity), in item_idx order."""
+    items = _read_table(warehouse, date, "items", ["item_idx", "item_id", "popularity"])
+    item_idx = _np(items, "item_idx").astype(np.int64)
+    order = np.argsort(item_idx, kind="stable")
+    if not np.array_equal(item_idx[order], np.arange(item_idx.size)):
+        raise ValueError("items.item_idx must be contiguous 0..I-1 without duplicates")
+    return _np(items, "item_id").astype(object)[order], _np(items, "popularity").astype(np.int64)[order]
+
+
 def load_features(warehouse: str, date: str) -> Features:
     """Read the published ``{warehouse}/features/dt={date}`` into :class:`Features`.
 
@@ -357,13 +367,7 @@ def load_features(warehouse: str, date: str) -> Features:
         )
     manifest = read_manifest(directory)
 
-    items = _read_table(warehouse, date, "items", ["item_idx", "item_id", "popularity"])
-    item_idx = _np(items, "item_idx").astype(np.int64)
-    order = np.argsort(item_idx, kind="stable")
-    if not np.array_equal(item_idx[order], np.arange(item_idx.size)):
-        raise ValueError("items.item_idx must be contiguous 0..I-1 without duplicates")
-    item_ids = _np(items, "item_id").astype(object)[order]
-    popularity = _np(items, "popularity").astype(np.int64)[order]
+    item_ids, popularity = load_items(warehouse, date)
     n_items = item_ids.size
 
     users = _read_table(warehouse, date, "users", ["user_idx", "user_id", "split"])

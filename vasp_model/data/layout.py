@@ -1,7 +1,7 @@
 """The warehouse layout: one place that knows where every table of a date lives.
 
 ``{warehouse}/features/dt=D/<table>/`` (Parquet) + ``_manifest.json`` + ``_SUCCESS``
-``{warehouse}/models/dt=D/`` (model.keras, items.parquet, metrics.json, test_topk.parquet, per_user_metrics.parquet)
+``{warehouse}/models/dt=D/`` (model/ and ease/ bundles, metrics.json, test_topk.parquet, per_user_metrics.parquet)
 ``{warehouse}/tuning/dt=D/`` (config.json: the config ``vasp tune`` chose; summary.json: its study)
 ``{warehouse}/recommendations/dt=D/`` (Parquet) + ``_manifest.json`` + ``_SUCCESS``
 
@@ -24,6 +24,7 @@ FEATURE_TABLES = ("items", "users", "interactions", "consumed", "validation", "t
 EXCLUDE_TABLES = dict(zip(EXCLUDE_RULES, ("consumed", "interactions", None), strict=True))
 SCHEMA_VERSION = 2  # 2: + the consumed table
 DATE_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+EASE_BUNDLE = "ease"  # models/dt=D/ease: the training's closed-form EASE, the fallback when VASP has no champion
 
 
 def check_date(date: str) -> str:
@@ -65,6 +66,10 @@ def feature_table(warehouse: str, date: str, table: str) -> str:
 
 def models_dir(warehouse: str, date: str) -> str:
     return dataset_dir(warehouse, "models", date)
+
+
+def ease_bundle_dir(warehouse: str, date: str) -> str:
+    return _join(models_dir(warehouse, date), EASE_BUNDLE)
 
 
 def tuning_dir(warehouse: str, date: str) -> str:

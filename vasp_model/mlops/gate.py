@@ -11,7 +11,10 @@ bar: (a) that of VASP − EASE logged by the run must exceed the margin, (b) tha
 champion on the re-scored users must exceed 0. The intervals are recorded in the decision's scores
 and reason whenever they are known, required or not.
 
-The first night (no champion) only (a) applies. The replaced champion gets alias ``previous``
+The first night (no champion) only (a) applies. While the registered model has no champion, a
+night is still served (:func:`serving_after`): by the champion of the fallback, closed-form EASE
+registered as a model of its own and gated by the same rule against popularity, else by popularity.
+VASP only serves when it won. The replaced champion gets alias ``previous``
 and the candidate records it (tag ``gate.previous_champion``), so that rollbacks walk back one
 promotion at a time. Every decision is recorded on the candidate as ``gate.*`` tags; a rerun for
 the same date returns the recorded decision unless the champion or the rule changed since. A
@@ -38,6 +41,10 @@ TAG_ROLLED_BACK = "gate.rolled_back"
 TAG_METRICS = "gate.metrics"
 TAG_GATE = "gate.rule"  # metric and margin the decision used
 MAX_REASON = 4000  # characters of the reason kept in its tag
+EASE_REGISTERED_MODEL = "vasp-ease"  # default registered model of the fallback (closed-form EASE)
+VASP_VS_EASE = ("vasp", "ease")  # (candidate, baseline): their entries in the training run's report
+EASE_VS_POPULARITY = ("ease", "popularity")  # the fallback's gate
+_LABELS = {"vasp": "VASP", "ease": "EASE"}  # how reasons name a report entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +62,7 @@ class GateDecision:
     margin: float = 0.0
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
     require_significant: bool = False
+    serving: dict[str, str | None] = dataclasses.field(default_factory=dict)  # kind, registered_model, version
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, default=float)
@@ -113,12 +121,18 @@ class Aliases:
 
 @dataclasses.dataclass(frozen=True)
 class Logged:
-    """The candidate's and EASE's test metric from the candidate's run, and the run's interval of
-    their difference (None: not logged)."""
+    """The candidate's and the baseline's test metric from the candidate's run, and the run's interval
+    of their difference (None: not logged); ``compared``: their entries in the run's report (the
+    baseline is EASE unless it says otherwise)."""
 
     candidate: float | None
     ease: float | None
     interval: Bounds | None = None
+    compared: tuple[str, str] = VASP_VS_EASE
+
+    @property
+    def baseline(self) -> str:
+        return _LABELS.get(self.compared[1], self.compared[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,25 +223,30 @@ def decide(
         return done
     metric, margin, champ = rule.metric, rule.margin, aliases.champion
     if logged.candidate is None or logged.ease is None:
-        return _rejected(
-            date, rule, candidate, aliases, f"run {candidate.run_id} has no test {metric} for vasp and ease", {}
-        )
-    vs_ease, ease_bounds = _interval("vasp_minus_ease", logged.interval)
-    scores = {"candidate_logged": logged.candidate, "ease": logged.ease, **ease_bounds}
+        missing = f"run {candidate.run_id} has no test {metric} for {' and '.join(logged.compared)}"
+        return _rejected(date, rule, candidate, aliases, missing, {})
+    difference = "_minus_".join(logged.compared)
+    vs_baseline, baseline_bounds = _interval(difference, logged.interval)
+    scores = {"candidate_logged": logged.candidate, logged.compared[1]: logged.ease, **baseline_bounds}
     if not logged.candidate > logged.ease + margin:
-        reason = f"does not beat EASE: {metric} {logged.candidate:.5f} <= {logged.ease:.5f} + margin {margin:g}"
-        return _rejected(date, rule, candidate, aliases, reason + vs_ease, scores)
+        reason = (
+            f"does not beat {logged.baseline}: {metric} {logged.candidate:.5f} <= {logged.ease:.5f} + margin {margin:g}"
+        )
+        return _rejected(date, rule, candidate, aliases, reason + vs_baseline, scores)
     if rule.require_significant and (
         why := _insignificant(
             logged.interval,
             margin,
             f"margin {margin:g}",
-            f"EASE: {metric} lower bound of vasp_minus_ease",
-            f"run {candidate.run_id} logged no vasp_minus_ease interval of test {metric}",
+            f"{logged.baseline}: {metric} lower bound of {difference}",
+            f"run {candidate.run_id} logged no {difference} interval of test {metric}",
         )
     ):
         return _rejected(date, rule, candidate, aliases, why, scores)
-    reason = f"beats EASE: {metric} {logged.candidate:.5f} > {logged.ease:.5f} + margin {margin:g}" + vs_ease
+    reason = (
+        f"beats {logged.baseline}: {metric} {logged.candidate:.5f} > {logged.ease:.5f} + margin {margin:g}"
+        + vs_baseline
+    )
     if champ is None:
         return _promoted(date, rule, candidate, aliases, reason + "; no champion yet", scores)
     if rescored is None:
@@ -300,3 +319,28 @@ def rollback(date: str, candidate: Version, champion: str | None, previous: Vers
     reason = f"rolled back v{cand} ({date}); champion is v{prev} again"
     decision = GateDecision(date, "rolled_back", False, cand, champion, prev, reason)
     return Outcome(decision, after, {TAG_ROLLED_BACK: "true"})
+
+
+# -- what serves ----------------------------------------------------------------------------------
+
+
+def serving_after(
+    decision: GateDecision, registered_model: str, fallback: GateDecision | None = None, ease_model: str = ""
+) -> GateDecision:
+    """``decision`` (the gate's for the date) with what serves the date: the champion of
+    ``registered_model``; with none, the champion of the fallback ``ease_model`` after ``fallback`` (its
+    own gate's decision for the date; None: the EASE fallback is off), else popularity. The reason says
+    which, and why."""
+    if decision.champion_after is not None:
+        return dataclasses.replace(decision, serving=_serving("vasp", registered_model, decision.champion_after))
+    if fallback is not None and fallback.champion_after is not None:
+        serving = _serving("ease", ease_model, fallback.champion_after)
+        note = f"serving fallback ease v{fallback.champion_after} ({ease_model}: {fallback.reason})"
+    else:
+        serving = _serving("popularity")
+        note = "serving popularity (" + (fallback.reason if fallback is not None else "the EASE fallback is off") + ")"
+    return dataclasses.replace(decision, serving=serving, reason=f"{decision.reason}; no champion: {note}")
+
+
+def _serving(kind: str, registered_model: str | None = None, version: str | None = None) -> dict[str, str | None]:
+    return {"kind": kind, "registered_model": registered_model, "version": version}

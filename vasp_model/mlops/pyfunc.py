@@ -1,7 +1,8 @@
-"""The MLflow pyfunc wrapper of a ModelBundle (imported only by code that already uses mlflow).
+"""The MLflow pyfunc wrapper of a bundle (imported only by code that already uses mlflow).
 
-The logged model's artifacts are the ModelBundle directory (Keras native ``model.keras``, loaded
-in safe mode, plus the item vocabulary), so the vocabulary always travels with the weights.
+The logged model's artifacts are the bundle directory (the model's own files plus the item
+vocabulary), so the vocabulary always travels with the weights; any kind loads (``load_bundle``):
+a VASP (Keras native ``model.keras``, loaded in safe mode) or closed-form EASE (``B.npy``).
 Input: a DataFrame with a column ``item_ids`` (each row: the user's interacted item ids, strings).
 Output: ``item_ids`` (top-n ids), ``scores``, ``fallback`` (popularity list: no known item).
 """
@@ -10,14 +11,14 @@ from __future__ import annotations
 
 import mlflow.pyfunc
 
-BUNDLE_ARTIFACT = "bundle"  # key of the ModelBundle directory among the pyfunc artifacts
+BUNDLE_ARTIFACT = "bundle"  # key of the bundle directory among the pyfunc artifacts
 
 
 class VaspPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from vasp_model.recommenders.bundle import ModelBundle
+        from vasp_model.recommenders.bundle import load_bundle
 
-        self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
+        self.bundle = load_bundle(context.artifacts[BUNDLE_ARTIFACT])
 
     def predict(self, context, model_input, params=None):
         import pandas as pd

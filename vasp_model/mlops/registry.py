@@ -9,7 +9,13 @@ same way, so both numbers come from one protocol on the same users, and their pe
 the paired-bootstrap interval of candidate − champion; the interval of VASP − EASE is the one the
 candidate's training run logged.
 
-Every MLflow call here names the store (``tracking_uri``): MLflow's global URIs are left alone.
+While the registered model has no champion, :func:`promote_fallback` gates the date's closed-form
+EASE into a registered model of its own and says what serves the date (that EASE's champion, else
+popularity); :func:`serving_uri` is what the scoring job loads by the same rule.
+
+Every MLflow call here names the store (``tracking_uri``): MLflow's global URIs are left alone, but
+for logging and registering the fallback's model (a fluent API, and a registry lookup through the
+global URI: pointed at the store for those calls only).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import tempfile
 
 import numpy as np
 
+from vasp_model.data import layout
 from vasp_model.mlops import gate
 
 log = logging.getLogger(__name__)
@@ -125,10 +132,10 @@ def download_bundle(tracking_uri: str, model_uri: str, dst: str) -> tuple[str, s
 
 
 def _load_version_bundle(tracking_uri: str, name: str, version: str, dst: str):
-    from vasp_model.recommenders.bundle import ModelBundle
+    from vasp_model.recommenders.bundle import load_bundle
 
     bundle_dir, _, _ = download_bundle(tracking_uri, f"models:/{name}/{version}", dst)
-    return ModelBundle.load(bundle_dir)
+    return load_bundle(bundle_dir)
 
 
 # -- re-scoring -----------------------------------------------------------------------------------
@@ -175,18 +182,16 @@ def _candidate_and_aliases(client, registered_model: str, date: str) -> tuple[ga
     return _version(candidate), gate.Aliases(aliases.get(gate.CHAMPION), aliases.get(gate.PREVIOUS))
 
 
-def _logged(client, run_id: str, metric: str) -> gate.Logged:
-    """The candidate's and EASE's test ``metric`` and the interval of their difference, from the candidate's run."""
+def _logged(client, run_id: str, metric: str, compare: tuple[str, str] = gate.VASP_VS_EASE) -> gate.Logged:
+    """The candidate's and its baseline's test ``metric`` (``compare``: their report entries) and the
+    interval of their difference (None when the run logged none), from the candidate's run."""
     from vasp_model.evaluation.metrics import model_test_metrics
     from vasp_model.mlops.tracking import logged_interval, logged_report
 
     report = logged_report(client, run_id)
-    interval = logged_interval(client, run_id, metric)
-    return gate.Logged(
-        model_test_metrics(report, "vasp").get(metric),
-        model_test_metrics(report, "ease").get(metric),
-        gate.Bounds(*interval) if interval is not None else None,
-    )
+    candidate, baseline = (model_test_metrics(report, name).get(metric) for name in compare)
+    interval = logged_interval(client, run_id, metric, "-".join(compare))
+    return gate.Logged(candidate, baseline, gate.Bounds(*interval) if interval is not None else None, compare)
 
 
 def _head_to_head(tracking_uri: str, warehouse: str, date: str, candidate: gate.Version, champion: str, metric: str):
@@ -239,14 +244,16 @@ def promote(
     margin: float = 0.0,
     metric: str = gate.GATE_METRIC,
     require_significant: bool = False,
+    compare: tuple[str, str] = gate.VASP_VS_EASE,
 ) -> gate.GateDecision:
-    """Run the gate for ``date``'s candidate and move aliases accordingly (see :mod:`gate`)."""
+    """Run the gate for ``date``'s candidate and move aliases accordingly (see :mod:`gate`); ``compare``:
+    which entries of the run's report are the candidate and the baseline it must beat."""
     client = client_for(tracking_uri)
     rule = gate.Rule(metric, margin, require_significant)
     candidate, aliases = _candidate_and_aliases(client, registered_model, date)
     outcome = gate.settled(date, rule, candidate, aliases)
     if outcome is None:  # not decided yet: score it
-        logged = _logged(client, candidate.run_id, metric)
+        logged = _logged(client, candidate.run_id, metric, compare)
         outcome = gate.decide(date, rule, candidate, aliases, logged)
         if isinstance(outcome, gate.NeedsRescore):
             rescored = _head_to_head(tracking_uri, warehouse, date, candidate, outcome.champion, metric)
@@ -278,3 +285,84 @@ def rollback(date: str, tracking_uri: str, registered_model: str = "vasp") -> ga
     if outcome.decision.action == "rolled_back":
         log.warning("promote --rollback %s: %s", date, outcome.decision.reason)
     return outcome.decision
+
+
+# -- the fallback: what serves while the registered model has no champion -------------------------
+
+EASE_NAME_IN_RUN = "ease"  # the EASE model's name among its training run's logged models
+
+
+def promote_fallback(
+    decision: gate.GateDecision,
+    warehouse: str,
+    tracking_uri: str,
+    registered_model: str = "vasp",
+    ease_model: str = gate.EASE_REGISTERED_MODEL,
+    metric: str = gate.GATE_METRIC,
+) -> gate.GateDecision:
+    """``decision`` (the gate's for its date) with what serves that date (:func:`gate.serving_after`).
+
+    With no champion of ``registered_model``, the date's closed-form EASE (``models/dt=D/ease``, fitted
+    by the candidate's training) goes through the gate of its own registered model ``ease_model``:
+    registered on first use (logged into the candidate's training run), it becomes that model's
+    champion when it beats popularity on the run's test users and the EASE champion re-scored.
+    ``ease_model`` empty: popularity serves.
+    """
+    date = decision.date
+    if decision.champion_after is not None or not ease_model:
+        return gate.serving_after(decision, registered_model)
+    client = client_for(tracking_uri)
+    if find_candidate(client, ease_model, date) is None:
+        run_id = client.get_model_version(registered_model, decision.candidate_version).run_id
+        if not _register_ease(client, tracking_uri, warehouse, date, ease_model, run_id):
+            champion = aliases_of(client, ease_model).get(gate.CHAMPION)
+            reason = f"the training of {date} published no EASE bundle ({layout.ease_bundle_dir(warehouse, date)})"
+            fallback = gate.GateDecision(date, "unchanged", False, None, champion, champion, reason, metric)
+            return gate.serving_after(decision, registered_model, fallback, ease_model)
+    fallback = promote(date, warehouse, tracking_uri, ease_model, metric=metric, compare=gate.EASE_VS_POPULARITY)
+    return gate.serving_after(decision, registered_model, fallback, ease_model)
+
+
+def _register_ease(client, tracking_uri: str, warehouse: str, date: str, name: str, run_id: str) -> bool:
+    """Log ``date``'s EASE bundle (``models/dt=D/ease``) into training run ``run_id`` (its model ``ease``)
+    and register it as a version of ``name``, tagged like that run's VASP version; False when there is
+    no bundle."""
+    import mlflow
+
+    from vasp_model.data import storage
+    from vasp_model.data.features import lineage, read_manifest
+    from vasp_model.mlops.tracking import log_bundle_model, logged_report, mlflow_uri, register_version
+    from vasp_model.recommenders.bundle import META_FILE
+
+    path = storage.local_path(layout.ease_bundle_dir(warehouse, date))
+    if not os.path.exists(os.path.join(path, META_FILE)):
+        log.warning("no EASE bundle at %s: the fallback cannot register %s's EASE", path, date)
+        return False
+    features_dir = layout.features_dir(warehouse, date)
+    origin = lineage(read_manifest(features_dir), features_dir)
+    report = logged_report(client, run_id)
+    # MLflow's registry looks the logged model up through its global URI: both calls run pointed at the store
+    with mlflow_uri(tracking_uri):
+        with mlflow.start_run(run_id=run_id):  # the run that fitted and measured it
+            info = log_bundle_model(path, name=EASE_NAME_IN_RUN)
+        register_version(client, name, info.model_uri, run_id, date, origin, report, model_id=info.model_id)
+    return True
+
+
+def serving_uri(tracking_uri: str, model_uri: str, ease_model: str = gate.EASE_REGISTERED_MODEL) -> str | None:
+    """The model that serves when ``model_uri`` is asked for: ``model_uri`` itself, unless it names the
+    champion of a registered model that has none; then the champion of the fallback ``ease_model`` when
+    it has one, else None (popularity serves). A version number or a local bundle is served as given."""
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    name, alias, _ = parse_model_uri(model_uri)
+    if alias != gate.CHAMPION:
+        return model_uri
+    client = client_for(tracking_uri)
+    if gate.CHAMPION in aliases_of(client, name):
+        return model_uri
+    if ease_model and gate.CHAMPION in aliases_of(client, ease_model):
+        log.warning("registered model %r has no champion: serving the fallback %s@%s", name, ease_model, gate.CHAMPION)
+        return f"models:/{ease_model}@{gate.CHAMPION}"
+    log.warning("registered model %r has no champion and no fallback EASE does: serving popularity", name)
+    return None

@@ -51,7 +51,7 @@ from vasp_model.evaluation.metrics import (
     model_test_metrics,
 )
 from vasp_model.mlops import lineage
-from vasp_model.mlops.gate import GATE_METRIC
+from vasp_model.mlops.gate import EASE_REGISTERED_MODEL, GATE_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class TrackingConfig:
     tracking_uri: str = dataclasses.field(default_factory=defaults.default_tracking_uri)
     experiment: str = "vasp"
     registered_model: str = "vasp"
+    # the fallback while registered_model has no champion: closed-form EASE, registered under this name
+    # (empty: no EASE fallback, popularity serves)
+    ease_registered_model: str = EASE_REGISTERED_MODEL
     gate_margin: float = 0.0  # the candidate must beat EASE (and the champion) by more than this (absolute nDCG@100)
     gate_metric: str = GATE_METRIC
     # the lower ends of the paired intervals must clear the gate too (vs EASE: the margin, vs the champion: 0)
@@ -81,6 +84,11 @@ class TrackingConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must be a non-empty string")
+        ease = self.ease_registered_model
+        if not isinstance(ease, str) or ease != ease.strip() or ease == self.registered_model:
+            raise ValueError(
+                f"ease_registered_model must be empty (no EASE fallback) or a name other than registered_model, got {ease!r}"
+            )
         if not isinstance(self.gate_margin, int | float) or not math.isfinite(self.gate_margin):
             raise ValueError(f"gate_margin must be a finite number, got {self.gate_margin!r}")
         if not isinstance(self.gate_require_significant, bool):
@@ -375,8 +383,8 @@ class TrainingTracker:
         return self.run_id
 
 
-def log_bundle_model(bundle_dir: str):
-    """Log the ModelBundle directory as a pyfunc model in the active run; returns mlflow's ModelInfo.
+def log_bundle_model(bundle_dir: str, name: str = MODEL_NAME_IN_RUN):
+    """Log a bundle directory (any kind) as pyfunc model ``name`` in the active run; returns mlflow's ModelInfo.
 
     The ``vasp_model`` package goes with it (``code_paths``), so the model also loads where the
     pipeline is not installed (``mlflow models serve``, a notebook). Its input example is a user who
@@ -404,7 +412,7 @@ def log_bundle_model(bundle_dir: str):
         except md.PackageNotFoundError:
             continue
     return mlflow.pyfunc.log_model(
-        name=MODEL_NAME_IN_RUN,
+        name=name,
         python_model=VaspPyfunc(),
         artifacts={BUNDLE_ARTIFACT: bundle_dir},
         signature=signature,

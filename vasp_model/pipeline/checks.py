@@ -23,7 +23,12 @@ def validate(plan: Plan) -> dict[str, Any]:
     users = read_table(f"{plan.features}/users", columns=["user_idx", "user_id"])
     excluded = excluded_items(plan.features, plan.exclude)
     manifest = storage.read_json(f"{plan.recommendations}/{storage.MANIFEST}")
-    vocabulary = model_vocabulary(plan.tracking_uri, manifest["model_resolved_uri"])
+    if (manifest.get("serving") or {}).get("kind") == "popularity":  # the fallback of last resort: the features' items
+        from vasp_model.data.features import load_items
+
+        vocabulary = {str(i) for i in load_items(plan.warehouse, plan.date)[0]}
+    else:
+        vocabulary = model_vocabulary(plan.tracking_uri, manifest["model_resolved_uri"])
     return check_recommendations(recs, users, excluded, plan.top_n, plan.exclude, manifest, vocabulary)
 
 

@@ -266,6 +266,7 @@ class Plan:
         return PromoteStageConfig(self.date, self.warehouse, tracking)
 
     def score_config(self) -> ScoreStageConfig:
+        """The fallback's registered model comes from the same settings as the promote stage's."""
         from vasp_jobs.common.spark import job_spark_config
         from vasp_jobs.score import APP_NAME, ScoreStageConfig
 
@@ -276,6 +277,7 @@ class Plan:
             job_spark_config(APP_NAME),
             top_n=self.top_n,
             exclude=self.exclude,
+            ease_registered_model=self.promote_config().tracking.ease_registered_model,
         )
 
 

@@ -1,7 +1,9 @@
 """Stage ``promote``: gate the date's registered version into alias ``champion`` (or roll it back).
 
 A rejected candidate is a decision, not an error: the champion stays and the reason is
-recorded on the version (tag ``gate.reason``).
+recorded on the version (tag ``gate.reason``). With no champion at all, the night is served by
+the fallback (the date's closed-form EASE, gated into a registered model of its own, else
+popularity) and the decision's ``serving`` and reason say so.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--registered-model", default=None, help="Registered model name (default: vasp).")
     parser.add_argument(
+        "--ease-registered-model",
+        default=None,
+        help="Registered model of the EASE fallback, which serves while the registered model has no champion "
+        "(default: vasp-ease; '': no EASE fallback, popularity serves).",
+    )
+    parser.add_argument(
         "--rollback", action="store_true", help="Undo this date's promotion: move 'champion' back to 'previous'."
     )
 
@@ -64,19 +72,21 @@ def config_from_args(args: argparse.Namespace) -> PromoteStageConfig:
             "gate_margin": args.margin,
             "gate_require_significant": args.require_significant,
             "registered_model": args.registered_model,
+            "ease_registered_model": args.ease_registered_model,
         },
     )
     return PromoteStageConfig(args.date, args.warehouse or defaults.default_warehouse(), tracking, args.rollback)
 
 
 def promote_stage(config: PromoteStageConfig) -> GateDecision:
-    """Stage ``promote``: run the registry gate for ``config.date`` (or roll it back); returns the decision."""
+    """Stage ``promote``: run the registry gate for ``config.date`` (or roll it back); returns the decision,
+    which says what serves the date (``serving``) unless it is a rollback."""
     from vasp_model.mlops import registry
 
     tracking = config.tracking
     if config.rollback:
         return registry.rollback(config.date, tracking.tracking_uri, tracking.registered_model)
-    return registry.promote(
+    decision = registry.promote(
         config.date,
         config.warehouse,
         tracking.tracking_uri,
@@ -84,4 +94,12 @@ def promote_stage(config: PromoteStageConfig) -> GateDecision:
         margin=tracking.gate_margin,
         metric=tracking.gate_metric,
         require_significant=tracking.gate_require_significant,
+    )
+    return registry.promote_fallback(
+        decision,
+        config.warehouse,
+        tracking.tracking_uri,
+        tracking.registered_model,
+        tracking.ease_registered_model,
+        tracking.gate_metric,
     )

@@ -110,25 +110,18 @@ def train(plan: Plan) -> str:
 def promote(plan: Plan) -> dict[str, Any]:
     """Stage ``promote``: the registry gate; returns the decision as a dict (XCom, run record).
 
-    A rejected candidate is a decision, not a failure, unless there is no champion at all
-    (first night): then nothing can be scored and the task fails without retrying.
+    A rejected candidate is a decision, not a failure: the champion serves, or with none yet the
+    fallback (EASE of its own registered model, else popularity), which the decision names.
     """
     from vasp_model.pipeline.promotion import promote_stage
 
     decision = promote_stage(plan.promote_config())
     log.info("promotion decision for %s: %s", plan.date, decision.to_json())
-    if decision.champion_after is None:
-        from airflow.sdk.exceptions import AirflowFailException  # no retry: the decision is recorded
-
-        raise AirflowFailException(
-            f"no champion to score {plan.date} with: the first candidate v{decision.candidate_version} "
-            f"was rejected ({decision.reason}); the night publishes no recommendations"
-        )
     return dataclasses.asdict(decision)
 
 
 def score(plan: Plan) -> str:
-    """Stage ``score``: publish ``recommendations/dt=D`` from the champion; returns its URI."""
+    """Stage ``score``: publish ``recommendations/dt=D`` from the champion (or the fallback); returns its URI."""
     from vasp_jobs.score import score_stage
 
     _spark_in_process()
@@ -153,9 +146,11 @@ def _require_published(uri: str, stage: str) -> None:
 
 
 def publish(plan: Plan, decision: Mapping[str, Any], checks: Mapping[str, Any]) -> dict[str, Any]:
-    """Write the run record ``runs/dt=D/run.json`` (atomically; replaces only this date's record)."""
+    """Write the run record ``runs/dt=D/run.json`` (atomically; replaces only this date's record); ``serving``
+    is the model the lists were scored with (kind vasp | ease | popularity, registered model, version)."""
     from vasp_model.data import storage
 
+    lists = storage.read_json(f"{plan.recommendations}/{storage.MANIFEST}")
     summary = {
         "date": plan.date,
         "input": plan.input,
@@ -164,6 +159,7 @@ def publish(plan: Plan, decision: Mapping[str, Any], checks: Mapping[str, Any]) 
         "recommendations": plan.recommendations,
         "tracking_uri": plan.tracking_uri,
         "promotion": dict(decision),
+        "serving": lists.get("serving"),
         "checks": dict(checks),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

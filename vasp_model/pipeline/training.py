@@ -1,6 +1,7 @@
 """Stage ``train``: fit VASP on ``features/dt=D`` and publish ``models/dt=D``.
 
 Writes ``{warehouse}/models/dt=D/`` atomically (staging + publish): ``model/`` (a ModelBundle),
+``ease/`` (the training's closed-form EASE as an EaseBundle: what serves while VASP has no champion),
 ``metrics.json`` (test metrics of vasp / ease / popularity, validation, best epoch, timings),
 ``history.json`` (per epoch) and ``test_topk.parquet`` (user_id, rank, item_id: the top 100 of
 every test user from its fold-in items, leaving out what the rule ``exclude`` says: by default
@@ -199,14 +200,16 @@ def per_user_table(per_user, features):
 
 
 def write_outputs(result, features, directory: str, exclude: str) -> None:
-    """Write model/, metrics.json, history.json, test_topk.parquet (lists leaving out ``exclude``'s
-    items) and per_user_metrics.parquet into a local ``directory``."""
+    """Write model/, ease/ (with baselines), metrics.json, history.json, test_topk.parquet (lists leaving
+    out ``exclude``'s items) and per_user_metrics.parquet into a local ``directory``."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     os.makedirs(directory, exist_ok=True)
     result.bundle.save(os.path.join(directory, "model"))
+    if result.ease is not None:
+        result.ease.save(os.path.join(directory, layout.EASE_BUNDLE))
     metrics = dict(result.metrics)
     with open(os.path.join(directory, "metrics.json"), "w") as fh:
         json.dump(metrics, fh, indent=2, sort_keys=True, default=float)

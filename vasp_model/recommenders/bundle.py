@@ -1,10 +1,17 @@
-"""ModelBundle: a trained VASP model plus the vocabulary it scores, saved as one directory.
+"""Bundles: a model that can serve, plus the vocabulary it scores, saved as one directory.
 
-``{dir}/model.keras`` (Keras native format, loaded with ``safe_mode=True``),
-``{dir}/items.parquet`` (item_idx, item_id, popularity: the model's columns in order) and
-``{dir}/bundle.json`` (format version, counts, the config the model was trained with) and, when
-validation chose to blend VASP with closed-form EASE, ``{dir}/ease_blend.npy`` (EASE's B; the weight
-is in ``bundle.json``, see :mod:`vasp_model.recommenders.blend`).
+Every bundle kind writes ``{dir}/items.parquet`` (item_idx, item_id, popularity: the model's
+columns in order) and ``{dir}/bundle.json`` (format version, ``kind``, counts, metadata), and
+serves the same interface (``recommend``, ``recommend_ids``, ``recommend_flat`` with ``exclude``):
+
+* ``vasp`` (:class:`ModelBundle`): the trained network, ``{dir}/model.keras`` (Keras native
+  format, loaded with ``safe_mode=True``) and, when validation chose to blend VASP with
+  closed-form EASE, ``{dir}/ease_blend.npy`` (EASE's B; the weight is in ``bundle.json``, see
+  :mod:`vasp_model.recommenders.blend`);
+* ``ease`` (:class:`EaseBundle`): closed-form EASE, its ``I x I`` float32 matrix ``B`` in ``{dir}/B.npy``;
+* ``popularity`` (:class:`PopularityBundle`): the items by popularity, the same list for everyone.
+
+:func:`load_bundle` loads any kind (a bundle without ``kind`` is a ``vasp`` one).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from vasp_model.recommenders.blend import EaseBlend
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
+EASE_FILE = "B.npy"
 ITEMS_FILE = "items.parquet"
 META_FILE = "bundle.json"
 
@@ -54,28 +62,23 @@ class RecommendedIds:
         return out
 
 
-class ModelBundle:
-    """A keras model whose output columns are ``item_ids`` (in item_idx order), plus popularity."""
+class Bundle:
+    """What every bundle kind shares: the vocabulary (``item_ids`` in column order), popularity, and
+    recommending from sparse rows or from lists of item ids. A kind provides ``_predict`` (dense
+    scores of one batch), ``_save_model`` and ``_load`` (its own files)."""
 
-    def __init__(self, model, item_ids, popularity, metadata: dict[str, Any] | None = None, batch_users: int = 1024):
-        self.model = model
+    kind = ""
+
+    def __init__(self, item_ids, popularity, metadata: dict[str, Any] | None = None, batch_users: int = 1024):
         self.item_ids = np.asarray(item_ids).astype(object)
         self.popularity = np.asarray(popularity, dtype=np.int64)
         if self.item_ids.ndim != 1 or self.popularity.shape != self.item_ids.shape:
             raise ValueError(
                 f"item_ids {self.item_ids.shape} and popularity {self.popularity.shape} must be 1-D of equal length"
             )
-        n_out = getattr(model, "n_items", None)
-        if n_out is not None and n_out != self.item_ids.size:
-            raise ValueError(f"model scores {n_out} items but item_ids has {self.item_ids.size}")
         self.metadata = dict(metadata or {})
         self.batch_users = int(batch_users)
         self._vocabulary = None
-        # Set by load() on a CPU-only backend (the weights of a loaded bundle do not change): VASP's
-        # Neural EASE path in SciPy, its FLVAE path through Keras (functional models, by input kind).
-        self.host_ease: HostEASE | None = None
-        self._flvae_models: dict[bool, Any] = {}
-        self.blend: EaseBlend | None = None  # set when validation preferred VASP blended with closed-form EASE
 
     @property
     def n_items(self) -> int:
@@ -103,20 +106,8 @@ class ModelBundle:
 
     # ------------------------------------------------------------------ scoring
     def _predict(self, rows: sp.csr_matrix) -> np.ndarray:
-        """Scores ``[rows, I]`` of one batch (any nonzero = seen): the model through Keras or, with
-        ``host_ease``, VASP's FLVAE path through Keras times its Neural EASE path in SciPy."""
-        seen = _seen(rows)
-        if self.host_ease is None:
-            out = _keras_predict(lambda sparse: self.model, seen, self.n_items)
-        else:
-            out = self.host_ease(seen)
-            out *= _keras_predict(self._flvae_model, seen, self.model.hidden)
-        return out if self.blend is None else self.blend(out, seen)
-
-    def _flvae_model(self, sparse: bool):
-        if sparse not in self._flvae_models:
-            self._flvae_models[sparse] = self.model.flvae_model(sparse=sparse)
-        return self._flvae_models[sparse]
+        """Dense scores ``[rows, I]`` of one batch (any nonzero = seen)."""
+        raise NotImplementedError
 
     def scores(self, user_items) -> np.ndarray:
         """Dense model scores ``[U, I]`` (no masking), computed in batches of users."""
@@ -195,13 +186,17 @@ class ModelBundle:
         return rows, np.bincount(user_of[~known], minlength=n_users)
 
     # ------------------------------------------------------------------ persistence
+    def _save_model(self, directory: str) -> dict[str, Any]:
+        """Write the kind's own files into ``directory``; returns what ``bundle.json`` adds about them."""
+        raise NotImplementedError
+
     def save(self, directory: str) -> str:
-        """Write ``model.keras``, ``items.parquet`` and ``bundle.json`` into ``directory`` (local path)."""
+        """Write the kind's files, ``items.parquet`` and ``bundle.json`` into ``directory`` (local path)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         os.makedirs(directory, exist_ok=True)
-        self.model.save(os.path.join(directory, MODEL_FILE))
+        files = self._save_model(directory)
         table = pa.table(
             {
                 "item_idx": pa.array(np.arange(self.n_items, dtype=np.int32)),
@@ -210,54 +205,101 @@ class ModelBundle:
             }
         )
         pq.write_table(table, os.path.join(directory, ITEMS_FILE))
-        if self.blend is not None:
-            np.save(os.path.join(directory, BLEND_FILE), self.blend.B)
-        import keras
-
         meta = {
             **self.metadata,
+            **files,
+            "kind": self.kind,
             "format_version": FORMAT_VERSION,
             "n_items": self.n_items,
-            "model_file": MODEL_FILE,
             "items_file": ITEMS_FILE,
-            "keras_version": keras.__version__,
-            "trained_backend": self.metadata.get("trained_backend", keras.backend.backend()),
-            "blend_weight": None if self.blend is None else self.blend.weight,
         }
         with open(os.path.join(directory, META_FILE), "w") as fh:
             json.dump(meta, fh, indent=2, sort_keys=True, default=str)
         return directory
 
     @classmethod
+    def load(cls, directory: str, batch_users: int = 1024, threads: int | None = None, **options) -> Bundle:
+        """Load a saved bundle of this class's kind (``options``: the kind's own, see its ``_load``)."""
+        meta = read_metadata(directory)
+        if meta["kind"] != cls.kind:
+            raise ValueError(f"{directory} holds a {meta['kind']!r} bundle, not a {cls.kind!r} one: use load_bundle")
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(os.path.join(directory, ITEMS_FILE)).sort_by("item_idx")
+        item_ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
+        popularity = table.column("popularity").to_numpy()
+        return cls._load(directory, item_ids, popularity, meta, batch_users, threads or os.cpu_count() or 1, **options)
+
+    @classmethod
+    def _load(cls, directory, item_ids, popularity, meta, batch_users: int, threads: int, **options) -> Bundle:
+        raise NotImplementedError
+
+
+class ModelBundle(Bundle):
+    """A trained VASP: a keras model whose output columns are ``item_ids`` (in item_idx order)."""
+
+    kind = "vasp"
+
+    def __init__(self, model, item_ids, popularity, metadata: dict[str, Any] | None = None, batch_users: int = 1024):
+        super().__init__(item_ids, popularity, metadata, batch_users)
+        self.model = model
+        n_out = getattr(model, "n_items", None)
+        if n_out is not None and n_out != self.item_ids.size:
+            raise ValueError(f"model scores {n_out} items but item_ids has {self.item_ids.size}")
+        # Set by load() on a CPU-only backend (the weights of a loaded bundle do not change): VASP's
+        # Neural EASE path in SciPy, its FLVAE path through Keras (functional models, by input kind).
+        self.host_ease: HostEASE | None = None
+        self._flvae_models: dict[bool, Any] = {}
+        self.blend: EaseBlend | None = None  # set when validation preferred VASP blended with closed-form EASE
+
+    def _predict(self, rows: sp.csr_matrix) -> np.ndarray:
+        """Scores ``[rows, I]`` of one batch (any nonzero = seen): the model through Keras or, with
+        ``host_ease``, VASP's FLVAE path through Keras times its Neural EASE path in SciPy."""
+        seen = _seen(rows)
+        if self.host_ease is None:
+            out = _keras_predict(lambda sparse: self.model, seen, self.n_items)
+        else:
+            out = self.host_ease(seen)
+            out *= _keras_predict(self._flvae_model, seen, self.model.hidden)
+        return out if self.blend is None else self.blend(out, seen)
+
+    def _flvae_model(self, sparse: bool):
+        if sparse not in self._flvae_models:
+            self._flvae_models[sparse] = self.model.flvae_model(sparse=sparse)
+        return self._flvae_models[sparse]
+
+    def _save_model(self, directory: str) -> dict[str, Any]:
+        import keras
+
+        self.model.save(os.path.join(directory, MODEL_FILE))
+        if self.blend is not None:
+            np.save(os.path.join(directory, BLEND_FILE), self.blend.B)
+        return {
+            "model_file": MODEL_FILE,
+            "keras_version": keras.__version__,
+            "trained_backend": self.metadata.get("trained_backend", keras.backend.backend()),
+            "blend_weight": None if self.blend is None else self.blend.weight,
+        }
+
+    @classmethod
     def load(
         cls, directory: str, batch_users: int = 1024, threads: int | None = None, host_ease: bool | None = None
     ) -> ModelBundle:
-        """Load a saved bundle (the model with ``safe_mode=True``: no pickled code is executed).
+        """Load a saved VASP bundle (the model with ``safe_mode=True``: no pickled code is executed).
 
         ``host_ease`` (default: for a VASP when Keras sees only CPUs) runs the Neural EASE path in
         SciPy over ``threads`` threads (default: all cores); it keeps a NumPy copy of the I x I kernel.
         """
+        return super().load(directory, batch_users, threads, host_ease=host_ease)
+
+    @classmethod
+    def _load(cls, directory, item_ids, popularity, meta, batch_users, threads, host_ease=None) -> ModelBundle:
         import keras
-        import pyarrow.parquet as pq
 
         import vasp_model.nn.model  # registers the custom layers for deserialization
 
-        meta_path = os.path.join(directory, META_FILE)
-        if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"no {META_FILE} in {directory}: not a saved ModelBundle")
-        with open(meta_path) as fh:
-            meta = json.load(fh)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"bundle format_version {meta.get('format_version')} != supported {FORMAT_VERSION}")
         model = keras.saving.load_model(os.path.join(directory, MODEL_FILE), safe_mode=True, compile=False)
-        table = pq.read_table(os.path.join(directory, ITEMS_FILE)).sort_by("item_idx")
-        bundle = cls(
-            model,
-            np.asarray(table.column("item_id").to_pylist(), dtype=object),
-            table.column("popularity").to_numpy(),
-            metadata=meta,
-            batch_users=batch_users,
-        )
+        bundle = cls(model, item_ids, popularity, metadata=meta, batch_users=batch_users)
         if meta.get("blend_weight"):
             bundle.blend = EaseBlend(meta["blend_weight"], np.load(os.path.join(directory, BLEND_FILE)))
         is_vasp = isinstance(model, vasp_model.nn.model.VASP)
@@ -266,23 +308,99 @@ class ModelBundle:
         if host_ease is None:
             host_ease = is_vasp and _cpu_only()
         if host_ease:
-            bundle.host_ease = HostEASE(keras.ops.convert_to_numpy(model.ease.kernel), threads or os.cpu_count() or 1)
+            bundle.host_ease = HostEASE(keras.ops.convert_to_numpy(model.ease.kernel), threads)
         return bundle
 
 
+class EaseBundle(Bundle):
+    """Closed-form EASE: scores ``x @ B`` of the 0/1 rows ``x`` (``B``: ``I x I`` float32, zero
+    diagonal), computed on the host over ``threads`` threads (:class:`HostEASE`)."""
+
+    kind = "ease"
+
+    def __init__(
+        self, B, item_ids, popularity, metadata: dict[str, Any] | None = None, batch_users: int = 1024, threads: int = 1
+    ):
+        super().__init__(item_ids, popularity, metadata, batch_users)
+        self.host = HostEASE(B, threads, logits=True)
+        if self.host.kernel.shape != (self.n_items, self.n_items):
+            raise ValueError(f"B has shape {self.host.kernel.shape}; expected {(self.n_items, self.n_items)}")
+
+    @property
+    def B(self) -> np.ndarray:
+        return self.host.kernel
+
+    def _predict(self, rows: sp.csr_matrix) -> np.ndarray:
+        return self.host(_seen(rows))
+
+    def _save_model(self, directory: str) -> dict[str, Any]:
+        np.save(os.path.join(directory, EASE_FILE), self.B, allow_pickle=False)
+        return {"model_file": EASE_FILE}
+
+    @classmethod
+    def _load(cls, directory, item_ids, popularity, meta, batch_users, threads) -> EaseBundle:
+        B = np.load(os.path.join(directory, EASE_FILE), allow_pickle=False)
+        return cls(B, item_ids, popularity, metadata=meta, batch_users=batch_users, threads=threads)
+
+
+class PopularityBundle(Bundle):
+    """The most popular items the user has not seen, the same order for everyone (scores: popularity)."""
+
+    kind = "popularity"
+
+    def _predict(self, rows: sp.csr_matrix) -> np.ndarray:
+        return np.broadcast_to(self.popularity.astype(np.float32), (rows.shape[0], self.n_items))
+
+    def _save_model(self, directory: str) -> dict[str, Any]:
+        return {}  # items.parquet is the whole model
+
+    @classmethod
+    def _load(cls, directory, item_ids, popularity, meta, batch_users, threads) -> PopularityBundle:
+        return cls(item_ids, popularity, metadata=meta, batch_users=batch_users)
+
+
+BUNDLE_KINDS: dict[str, type[Bundle]] = {cls.kind: cls for cls in (ModelBundle, EaseBundle, PopularityBundle)}
+
+
+def read_metadata(directory: str) -> dict[str, Any]:
+    """A saved bundle's ``bundle.json`` (``kind`` filled in: ``vasp`` for bundles written before kinds)."""
+    meta_path = os.path.join(directory, META_FILE)
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"no {META_FILE} in {directory}: not a saved bundle")
+    with open(meta_path) as fh:
+        meta = json.load(fh)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"bundle format_version {meta.get('format_version')} != supported {FORMAT_VERSION}")
+    meta.setdefault("kind", ModelBundle.kind)
+    if meta["kind"] not in BUNDLE_KINDS:
+        raise ValueError(
+            f"{directory} holds a bundle of unknown kind {meta['kind']!r} (known: {', '.join(BUNDLE_KINDS)})"
+        )
+    return meta
+
+
+def load_bundle(directory: str, batch_users: int = 1024, threads: int | None = None) -> Bundle:
+    """Load a saved bundle of any kind (its ``bundle.json`` says which)."""
+    return BUNDLE_KINDS[read_metadata(directory)["kind"]].load(directory, batch_users, threads)
+
+
 class HostEASE:
-    """VASP's Neural EASE path in NumPy/SciPy, for weights that no longer change: ``sigmoid(x @ W -
-    x * diag(W))`` for 0/1 rows ``x`` (the layer's ``call``), as CSR x dense products over ``threads``
-    (faster than Keras' dense or sparse matmul on CPU: see bench/score.py).
+    """An EASE-shaped product in NumPy/SciPy, for weights that no longer change: ``x @ W - x * diag(W)``
+    for 0/1 rows ``x``, as CSR x dense products over ``threads`` (faster than Keras' dense or sparse
+    matmul on CPU: see bench/score.py). Through a sigmoid, VASP's Neural EASE path (the layer's
+    ``call``); with ``logits``, as is: closed-form EASE's scores (its diagonal is zero).
     """
 
-    def __init__(self, kernel, threads: int = 1):
+    def __init__(self, kernel, threads: int = 1, logits: bool = False):
         self.kernel = np.ascontiguousarray(kernel, dtype=np.float32)
+        if self.kernel.ndim != 2 or self.kernel.shape[0] != self.kernel.shape[1]:
+            raise ValueError(f"kernel must be a square [items, items] matrix, got shape {self.kernel.shape}")
         self.diagonal = np.diagonal(self.kernel).copy()
         self.threads = max(1, int(threads))
+        self.logits = logits
 
     def __call__(self, ones: sp.csr_matrix) -> np.ndarray:
-        """``[rows, I]`` probabilities for a ``_seen`` batch (0/1, one entry per seen item)."""
+        """``[rows, I]`` scores (probabilities unless ``logits``) for a ``_seen`` batch (0/1, one entry per seen item)."""
         from concurrent.futures import ThreadPoolExecutor
 
         from scipy.special import expit
@@ -298,7 +416,7 @@ class HostEASE:
             list(pool.map(product, range(self.threads)))
         users = np.repeat(np.arange(ones.shape[0]), np.diff(ones.indptr))
         out[users, ones.indices] -= self.diagonal[ones.indices]  # an item never predicts itself
-        return expit(out, out=out)
+        return out if self.logits else expit(out, out=out)
 
 
 def _seen(rows: sp.csr_matrix) -> sp.csr_matrix:

@@ -32,6 +32,7 @@ class TrainResult:
     timings: dict[str, float]
     # {"test"|"validation": {"vasp"|"ease"|"popularity": {metric: [U] array}}}, rows in the split's user order
     per_user: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    ease: Any = None  # EaseBundle: closed-form EASE with λ chosen on validation (None without baselines)
 
 
 def train(
@@ -71,8 +72,8 @@ def train(
     if not (checkpoint_dir and os.path.exists(_backup_dir(checkpoint_dir))):  # a resumed fit loads its weights
         _warm_start(bundle.model, features.train, plan, config, verbose, timings)
     history, best_epoch = _fit(bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings)
-    by_split, per_user, ease_choice = (
-        _evaluate(bundle, features, config, evaluate_baselines, timings) if evaluate else ({}, {}, {})
+    by_split, per_user, ease_choice, ease = (
+        _evaluate(bundle, features, config, evaluate_baselines, timings) if evaluate else ({}, {}, {}, None)
     )
     timings["total_seconds"] = time.perf_counter() - start
 
@@ -90,6 +91,7 @@ def train(
         config=config,
         timings=timings,
         per_user=per_user,
+        ease=ease,
     )
 
 
@@ -219,15 +221,17 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     return validation.history, early_stopping.best_epoch + 1
 
 
-def _evaluate(bundle, features, config: VaspConfig, evaluate_baselines: bool, timings) -> tuple[dict, dict, dict]:
+def _evaluate(bundle, features, config: VaspConfig, evaluate_baselines: bool, timings) -> tuple[dict, dict, dict, Any]:
     """Test and validation metrics of VASP and, with ``evaluate_baselines``, of EASE (λ chosen on
     validation) and popularity: ``({"test": {name: ...}, "validation": {name: ...}}``, the same
-    shape of per-user arrays, EASE's λ and grid and the blend weight). With ``blend_ease`` the
-    bundle first gets the blend with EASE that validation prefers (weight 0: none)."""
+    shape of per-user arrays, EASE's λ and grid and the blend weight, the fitted EASE as an
+    EaseBundle over the features' vocabulary or None). With ``blend_ease`` the bundle first gets
+    the blend with EASE that validation prefers (weight 0: none)."""
     from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
+    from vasp_model.recommenders.bundle import EaseBundle
 
     extra: dict[str, Any] = {}
-    ease = None
+    ease = ease_bundle = None
     if evaluate_baselines or config.model.blend_ease:
         val = features.validation
         with _timed(timings, "ease_fit_seconds"):
@@ -240,12 +244,15 @@ def _evaluate(bundle, features, config: VaspConfig, evaluate_baselines: bool, ti
         by_model = {"vasp": _evaluate_on_splits(bundle, features, bundle.n_items)}
     if evaluate_baselines:
         by_model["ease"] = _evaluate_on_splits(ease, features, features.n_items)
+        ease_bundle = EaseBundle(
+            ease.B, features.item_ids, features.popularity, {"lambda": float(ease.lambda_)}, bundle.batch_users
+        )
         popularity = Popularity.from_counts(features.popularity)
         by_model["popularity"] = _evaluate_on_splits(popularity, features, features.n_items)
     splits = ("test", "validation")
     by_split = {split: {name: scores[split][0] for name, scores in by_model.items()} for split in splits}
     per_user = {split: {name: scores[split][1] for name, scores in by_model.items()} for split in splits}
-    return by_split, per_user, extra
+    return by_split, per_user, extra, ease_bundle
 
 
 def _choose_blend(bundle, ease, split) -> dict[str, Any]:
