@@ -201,6 +201,7 @@ def test_nightly_run_under_real_scheduler_on_postgres(night, work):
     assert state == "success", (
         f"dag run state {state}; tasks {tasks}; logs under {night['logs']} and {work / 'airflow'}"
     )
+    assert tasks.pop("tune_model", None) == "skipped", tasks  # tuning is off by default
     assert all(s == "success" for s in tasks.values()), tasks
     assert len(tasks) >= 8
     assert night["runs"] == [(RUN_ID,)], "a run beside the triggered one"
