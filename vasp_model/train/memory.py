@@ -23,12 +23,12 @@ from vasp_model.core.config import PRESETS, VaspConfig, make_config
 FLOAT32, FLOAT64 = 4, 8
 OPTIMIZER_SLOTS = {"nadam": 2, "adam": 2, "adamw": 2}
 # Calibrated on the tensorflow backend against the peak RSS of real `vasp train` runs (tiny and cpu
-# presets, 2k to 10k items): what Keras, its backend and MLflow add once loaded, and XLA when the
-# train step is compiled; the I×I float32 temporaries of a train step beyond the kernel's state
+# presets, 2k to 10k items): what Keras, its backend and MLflow add once loaded (logging the model
+# loads it back to check its input example), and XLA when the train step is compiled; the I×I float32 temporaries of a train step beyond the kernel's state
 # (gradient of the L2 term, the constraint's copy, the optimizer update); the I×I float32 arrays
 # still held after the fit besides the weights and the optimizer slots; the item-wide float32
 # tensors per batch row.
-RUNTIME_BYTES = 2**30
+RUNTIME_BYTES = 1280 * 2**20
 JIT_BYTES = 384 * 2**20
 STEP_TEMPORARIES = 6
 HELD_AFTER_FIT = 5
