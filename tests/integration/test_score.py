@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.realdata("ml-100k/u.data"), pytest.mark.slow]
 
 def _read(directory: str):
     """A published recommendations directory as a pyarrow Table (manifest/_SUCCESS skipped)."""
-    return ds.dataset(directory, format="parquet", ignore_prefixes=[".", "_", "manifest"]).to_table()
+    return ds.dataset(directory, format="parquet", ignore_prefixes=[".", "_"]).to_table()
 
 
 @pytest.fixture(scope="module")

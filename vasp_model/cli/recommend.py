@@ -52,9 +52,7 @@ def user_recommendations(warehouse: str, user_id: str, date: str | None = None, 
         raise ValueError(f"n must be a positive integer, got {n!r}")
     date = resolve_date(warehouse, date)
     filesystem, path = storage.resolve(layout.recommendations_dir(warehouse, date))
-    dataset = ds.dataset(
-        path, format="parquet", filesystem=filesystem, ignore_prefixes=[".", "_", storage.MANIFEST.split(".")[0]]
-    )
+    dataset = ds.dataset(path, format="parquet", filesystem=filesystem, ignore_prefixes=[".", "_"])
     table = dataset.to_table(filter=ds.field("user_id") == str(user_id))
     if table.num_rows == 0:
         raise ValueError(f"user {user_id!r} has no recommendations on {date} (unknown user id?)")

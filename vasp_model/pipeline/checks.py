@@ -132,7 +132,5 @@ def read_table(uri: str, columns: list[str] | None = None):
     from vasp_model.data import storage
 
     filesystem, path = storage.resolve(uri)
-    dataset = pads.dataset(
-        path, filesystem=filesystem, format="parquet", ignore_prefixes=[".", "_", storage.MANIFEST.split(".")[0]]
-    )
+    dataset = pads.dataset(path, filesystem=filesystem, format="parquet", ignore_prefixes=[".", "_"])
     return dataset.to_table(columns=columns).to_pandas()

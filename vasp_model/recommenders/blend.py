@@ -8,13 +8,13 @@ training keeps the blend only when validation prefers a positive weight.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
 from vasp_model.evaluation.metrics import ndcg_at_k, topk_from_scores
+from vasp_model.recommenders.host_ease import HostEASE
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # the validation grid; 0 = VASP alone
 FILE = "ease_blend.npy"  # B, beside the bundle's model when the blend is on
@@ -28,23 +28,23 @@ def _standardized(scores: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclasses.dataclass
 class EaseBlend:
-    """EASE's item-item matrix ``B`` (I × I, float32, zero diagonal) and the blend weight ``w`` in (0, 1)."""
+    """EASE's item-item matrix ``B`` (I × I, float32, zero diagonal) and the blend weight ``w`` in (0, 1);
+    ``x B`` is computed on the host over ``threads`` threads."""
 
-    weight: float
-    B: np.ndarray
+    def __init__(self, weight: float, B: np.ndarray, threads: int = 1):
+        if not 0.0 < weight < 1.0:
+            raise ValueError(f"blend weight must be in (0, 1), got {weight!r}")
+        self.weight = float(weight)
+        self.ease = HostEASE(B, threads, logits=True)
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.weight < 1.0:
-            raise ValueError(f"blend weight must be in (0, 1), got {self.weight!r}")
-        self.B = np.ascontiguousarray(self.B, dtype=np.float32)
-        if self.B.ndim != 2 or self.B.shape[0] != self.B.shape[1]:
-            raise ValueError(f"B must be square, got shape {self.B.shape}")
+    @property
+    def B(self) -> np.ndarray:
+        return self.ease.kernel
 
     def __call__(self, probabilities: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
         """Blended ``[rows, I]`` scores from VASP's ``probabilities`` of the 0/1 input rows ``seen``."""
-        return blended(probabilities, np.asarray(seen @ self.B), self.weight)
+        return blended(probabilities, self.ease(seen), self.weight)
 
 
 def blended(probabilities: np.ndarray, ease_scores: np.ndarray, weight: float) -> np.ndarray:

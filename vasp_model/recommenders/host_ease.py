@@ -1,0 +1,41 @@
+"""Products of EASE-shaped item-item matrices on the host, for weights that no longer change."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class HostEASE:
+    """An EASE-shaped product in NumPy/SciPy, for weights that no longer change: ``x @ W - x * diag(W)``
+    for 0/1 rows ``x``, as CSR x dense products over ``threads`` (faster than Keras' dense or sparse
+    matmul on CPU: see bench/score.py). Through a sigmoid, VASP's Neural EASE path (the layer's
+    ``call``); with ``logits``, as is: closed-form EASE's scores (its diagonal is zero).
+    """
+
+    def __init__(self, kernel, threads: int = 1, logits: bool = False):
+        self.kernel = np.ascontiguousarray(kernel, dtype=np.float32)
+        if self.kernel.ndim != 2 or self.kernel.shape[0] != self.kernel.shape[1]:
+            raise ValueError(f"kernel must be a square [items, items] matrix, got shape {self.kernel.shape}")
+        self.diagonal = np.diagonal(self.kernel).copy()
+        self.threads = max(1, int(threads))
+        self.logits = logits
+
+    def __call__(self, ones: sp.csr_matrix) -> np.ndarray:
+        """``[rows, I]`` scores (probabilities unless ``logits``) for a ``_seen`` batch (0/1, one entry per seen item)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from scipy.special import expit
+
+        out = np.empty(ones.shape, dtype=np.float32)
+        bounds = np.linspace(0, ones.shape[0], self.threads + 1).astype(np.int64)
+
+        def product(part: int) -> None:  # SciPy releases the GIL: the parts run in parallel
+            start, end = bounds[part], bounds[part + 1]
+            out[start:end] = ones[start:end] @ self.kernel
+
+        with ThreadPoolExecutor(self.threads) as pool:
+            list(pool.map(product, range(self.threads)))
+        users = np.repeat(np.arange(ones.shape[0]), np.diff(ones.indptr))
+        out[users, ones.indices] -= self.diagonal[ones.indices]  # an item never predicts itself
+        return out if self.logits else expit(out, out=out)
