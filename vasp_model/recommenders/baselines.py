@@ -9,6 +9,7 @@ remaining slots hold item ``-1`` with score ``-inf``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +19,8 @@ import scipy.sparse as sp
 
 from vasp_model.evaluation.metrics import ndcg_at_k, topk_from_scores
 from vasp_model.evaluation.protocol import evaluate_recommender
+
+log = logging.getLogger(__name__)
 
 DEFAULT_EASE_GRID = (100.0, 300.0, 1000.0, 3000.0)
 _BATCH_USERS = 2048
@@ -248,6 +251,14 @@ def fit_ease_on_validation(
         model = EASE(lam).fit_gram(G)
         idx, _ = model.recommend(val_fold_in, k)
         results[lam] = float(np.nanmean(ndcg_at_k(idx, val_holdout, k)))
+        log.info(
+            "EASE λ search %d/%d: λ=%g, validation nDCG@%d %.4f",
+            len(results),
+            len(results) + len(pending),
+            lam,
+            k,
+            results[lam],
+        )
         if best is None or results[lam] > results[best.lambda_]:
             best = model
         edge = best.lambda_

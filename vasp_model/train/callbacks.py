@@ -67,12 +67,25 @@ class ValidationMetrics(keras.callbacks.Callback):
         if not np.isfinite(row.get("loss", 0.0)):
             raise TrainingDiverged(f"training diverged: loss is {row.get('loss')} at epoch {epoch + 1}")
         best = max(self.history, key=lambda r: r[MONITOR])
+        total = int((self.params or {}).get("epochs") or 0)
+        seconds = [r["train_seconds"] + r["validation_seconds"] for r in self.history[-5:]]
+        left = max(0, total - epoch - 1) * float(np.mean(seconds))
+        of = f"/{total}" if total else ""
         print(
-            f"epoch {epoch + 1}: val ndcg@100={val['ndcg@100']:.4f} recall@20={val['recall@20']:.4f} "
+            f"epoch {epoch + 1}{of}: val ndcg@100={val['ndcg@100']:.4f} recall@20={val['recall@20']:.4f} "
             f"recall@50={val['recall@50']:.4f} (best {best[MONITOR]:.4f} @ {best['epoch']}) "
-            f"train {train_seconds:.1f}s",
+            f"lr {row['learning_rate']:.2g} train {train_seconds:.1f}s"
+            + (f", at most {_duration(left)} left" if total else ""),
             flush=True,
         )
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as ``1h02m``, ``3m05s`` or ``42s``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 class ResumeState(keras.callbacks.Callback):
