@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -22,6 +23,18 @@ from typing import Any
 from vasp_model.core.args import add_exclude_argument, add_warehouse_argument
 
 DAG_ID = "vasp_nightly"
+# Framework loggers whose INFO lines are bookkeeping (the metadata DB migration, DAG parsing, the
+# task API's state updates): at WARNING in an interactive run (VASP_LOG_LEVEL=DEBUG keeps them).
+QUIET_LOGGERS = (
+    "alembic",
+    "airflow.utils.db",
+    "airflow.dag_processing",
+    "airflow.serialization",
+    "airflow.models",
+    "airflow.api_fastapi",
+)
+# Deprecation notices raised inside the installed frameworks, not by this package's code.
+FRAMEWORK_WARNINGS = ("Using `httpx` with `starlette.testclient`", "The `airflow.utils.operator_helpers")
 HELP = "Run the nightly Airflow DAG end to end for one logical date."
 
 
@@ -84,9 +97,24 @@ def embedded_environment(home: str | None = None, warehouse: str | None = None) 
         "VASP_SENSOR_MODE": "poke",
         "SPARK_LOCAL_IP": "127.0.0.1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per download, in a log
     }.items():
         env.setdefault(key, os.environ.get(key, value))
+    if os.environ.get("VASP_LOG_LEVEL", "").upper() != "DEBUG":
+        for key, value in {  # stdlib loggers through the logging config, structlog ones by namespace
+            "AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS": "vasp_model.cli.airflow_logging.LOGGING_CONFIG",
+            "AIRFLOW__LOGGING__NAMESPACE_LEVELS": " ".join(f"{name}=warning" for name in QUIET_LOGGERS),
+        }.items():
+            env.setdefault(key, os.environ.get(key, value))
     return env
+
+
+def ignore_framework_warnings() -> None:
+    """Keep the frameworks' own deprecation notices off the console."""
+    import warnings
+
+    for message in FRAMEWORK_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message))
 
 
 def ensure_metadata_db() -> None:
@@ -128,6 +156,7 @@ def run_dag(date: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
 
     Airflow must already be configured (``AIRFLOW_HOME`` etc. set before airflow was first imported).
     """
+    ignore_framework_warnings()
     ensure_metadata_db()
     dag = load_dag()
     started = time.monotonic()
