@@ -32,6 +32,8 @@ Configuration comes from `VASP_*` environment variables (`vasp_model.pipeline.pl
 `VASP_SCHEDULE`, `VASP_TIMEZONE`, `VASP_WAREHOUSE`, `VASP_TRACKING_URI`,
 `VASP_SPARK_MODE=local|submit` (submit: `SparkSubmitOperator` on the `spark` connection),
 `VASP_GPU_POOL`, `VASP_GPU_QUEUE`, retries and timeouts. Run-level choices are Params.
+Alerting (off by default; `VASP_ALERT_*`, `vasp_model.pipeline.alerts`): failed tasks and runs, a late
+run (deadline alert), rejection streaks, a stale model, a failed output check, drift flags.
 A run triggered without a logical date processes the day before it runs (or the `date` Param).
 """
 

@@ -89,7 +89,7 @@ def test_a_failed_night_mails_the_task_and_the_run_failure(smtp_server, webhook_
     assert mails[task_subject]["to"] == ["oncall@example.org"]
     assert "AirflowSensorTimeout" in mails[task_subject]["body"]
     assert record in mails[task_subject]["body"] and record in mails[run_subject]["body"]
-    assert "first failed task: wait_for_input" in mails[run_subject]["body"]
+    assert "failed task: wait_for_input" in mails[run_subject]["body"]
     posts = {p["json"]["subject"]: p for p in received}
     assert sorted(posts) == sorted(mails)
     assert all(p["path"] == "/hooks/night" for p in received)

@@ -102,7 +102,7 @@ def test_a_webhook_url_is_logged_as_its_host_only():
 def test_the_alert_names_dag_date_what_and_where():
     alert = _alert()
     assert alert.subject == f"[vasp_nightly] {DATE}: task build_features failed"
-    assert "input has no user_id column" in alert.text() and alert.run_record in alert.text()
+    assert "input has no user_id column" in alert.html() and alert.run_record in alert.html()
     assert f"file:///wh/runs/dt={DATE}/run.json" in alert.html()
     payload = json.loads(json.dumps(alert.payload()))
     assert payload["text"].startswith(alert.subject) and payload["date"] == DATE and payload["event"] == "task_failed"
@@ -289,3 +289,36 @@ def test_night_checks_alert_on_a_rejection_streak_and_a_stale_model(smtp_server,
         alert_champion_max_age_days=14,
     )
     assert alerts.check_night(record, str(wh), lenient) == [] and mailbox.messages == []
+
+
+def test_a_failed_output_check_names_the_task_the_rule_and_the_night(monkeypatch, tmp_path):
+    """The context Airflow gives a task's ``on_failure_callback`` (the parts the alert reads)."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("VASP_WAREHOUSE", str(tmp_path / "wh"))
+    ti = SimpleNamespace(task_id="validate_recommendations", try_number=3, log_url="http://airflow/log?try=3")
+    dag_run = SimpleNamespace(
+        dag_id="vasp_nightly", run_id="scheduled__x", run_after=dt.datetime(2026, 3, 6, 2, tzinfo=dt.UTC)
+    )
+    context = {
+        "ti": ti,
+        "dag_run": dag_run,
+        "run_id": "scheduled__x",
+        "params": {"date": None},
+        "logical_date": dt.datetime(2026, 3, 5, tzinfo=dt.UTC),
+        "exception": ValueError("published recommendations are invalid: 3 user(s) have no list"),
+    }
+
+    alert = alerts.from_task_context("output_check_failed", context)
+
+    assert alert.subject == f"[vasp_nightly] {DATE}: output check failed (validate_recommendations)"
+    assert alert.reason == "ValueError: published recommendations are invalid: 3 user(s) have no list"
+    assert alert.run_record == f"{tmp_path}/wh/runs/dt={DATE}/run.json" and alert.log_url == ti.log_url
+    assert alert.details == {
+        "task_id": "validate_recommendations",
+        "try_number": 3,
+        "run_record": "not written: the night did not publish",
+    }
+    rerun = alerts.from_task_context("task_failed", {**context, "params": {"date": "2026-02-01"}})
+    assert rerun.date == "2026-02-01" and rerun.summary == "task validate_recommendations failed"

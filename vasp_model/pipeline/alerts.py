@@ -135,10 +135,6 @@ class Alert:
         facts += [("task log", self.log_url)] if self.log_url else []
         return facts
 
-    def text(self) -> str:
-        lines = [f"{key}: {value}" for key, value in self._facts()]
-        return "\n".join([*lines, "", "reason:", self.reason])
-
     def html(self) -> str:
         rows = "".join(
             f"<tr><th align='left'>{html.escape(k)}</th><td>{_link(v) if k in ('run record', 'task log') else html.escape(v)}</td></tr>"
@@ -150,7 +146,7 @@ class Alert:
         """The webhook's JSON: ``text`` for chat tools, the fields for machines."""
         return {
             "text": f"{self.subject}\n{self.reason}",
-            **{k: v for k, v in dataclasses.asdict(self).items()},
+            **dataclasses.asdict(self),
             "subject": self.subject,
         }
 
@@ -398,7 +394,7 @@ def from_task_context(event: str, context: Mapping[str, Any]) -> Alert:
     if event == "run_failed":
         summary = f"run failed (task {task_id} failed)" if task_id else "run failed"
         reason = (
-            f"the run ended failed ({context.get('reason', 'failed')}); first failed task: {task_id or 'unknown'}. "
+            f"the run ended failed ({context.get('reason', 'failed')}); failed task: {task_id or 'unknown'}. "
             "Nothing after it was published for this date; the champion is unchanged unless promote_model finished."
         )
     elif event == "output_check_failed":
