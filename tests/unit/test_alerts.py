@@ -322,3 +322,18 @@ def test_a_failed_output_check_names_the_task_the_rule_and_the_night(monkeypatch
     }
     rerun = alerts.from_task_context("task_failed", {**context, "params": {"date": "2026-02-01"}})
     assert rerun.date == "2026-02-01" and rerun.summary == "task validate_recommendations failed"
+
+
+@pytest.mark.service
+def test_the_webhook_notifier_works_as_any_tasks_callback(webhook_server):  # noqa: F811
+    """Standalone, as Airflow calls a notifier: the payload is templated with the context, then POSTed."""
+    from types import SimpleNamespace
+
+    from vasp_model.pipeline.notifiers import WebhookNotifier
+
+    url, received = webhook_server
+    notifier = WebhookNotifier(url=f"{url}/chat", payload={"text": "task {{ ti.task_id }} of {{ ds }} failed"})
+    notifier({"ti": SimpleNamespace(task_id="score_users"), "ds": DATE})
+    assert received == [
+        {"path": "/chat", "type": "application/json", "json": {"text": f"task score_users of {DATE} failed"}}
+    ]
