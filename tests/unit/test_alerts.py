@@ -162,7 +162,7 @@ def test_mail_and_webhook_carry_the_alert(smtp_server, webhook_server):  # noqa:
 
 
 @pytest.mark.service
-def test_drift_flags_alert_once_for_all_flags(smtp_server, webhook_server):  # noqa: F811
+def test_drift_flags_alert_once_for_all_flags(smtp_server, webhook_server, monkeypatch, tmp_path):  # noqa: F811
     host, port, mailbox = smtp_server
     url, received = webhook_server
     config = _config(alert_email="oncall@example.org", alert_smtp=f"{host}:{port}", alert_webhook=url)
@@ -171,12 +171,14 @@ def test_drift_flags_alert_once_for_all_flags(smtp_server, webhook_server):  # n
         {"rule": "volume_drop", "message": "input rows 61% of the median of the last 7 nights"},
     ]
 
-    sent = alerts.alert_flags(DATE, flags, config, run_record=alerts.run_record("/wh", DATE))
+    monkeypatch.setenv("VASP_WAREHOUSE", str(tmp_path / "wh"))
+    sent = alerts.alert_flags(DATE, flags, config)
 
     assert sent == {"email": True, "webhook": True}
     [mail] = mailbox.messages
     assert mail["subject"] == f"[vasp_nightly] {DATE}: drift flagged: catalog_shift, volume_drop"
     assert "41 new items" in mail["body"] and "61% of the median" in mail["body"]
+    assert f"{tmp_path}/wh/runs/dt={DATE}/run.json" in mail["body"]
     assert [f["rule"] for f in received[0]["json"]["details"]["flags"]] == ["catalog_shift", "volume_drop"]
     assert received[0]["json"]["event"] == "drift"
 

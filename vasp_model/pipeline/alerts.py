@@ -250,7 +250,10 @@ def alert_flags(
     date: str, flags: Iterable[Mapping[str, Any]], config: AlertConfig | None = None, **where: str
 ) -> dict[str, bool]:
     """Alert on the drift flags of ``date``'s report (each a dict with at least ``rule`` and ``message``);
-    one alert for all of them, none when there are none. ``where``: ``run_record``, ``run_id``, ``dag_id``."""
+    one alert for all of them, none when there are none. ``where``: ``run_record`` (default: the date's
+    run.json in ``VASP_WAREHOUSE``), ``run_id``, ``dag_id``."""
+    from vasp_model.core.defaults import default_warehouse
+
     flags = [dict(f) for f in flags]
     for flag in flags:
         if "rule" not in flag or "message" not in flag:
@@ -258,6 +261,7 @@ def alert_flags(
     if not flags:
         return {}
     rules = sorted({str(f["rule"]) for f in flags})
+    where.setdefault("run_record", run_record(default_warehouse(), date))
     alert = Alert(
         event="drift",
         summary=f"drift flagged: {', '.join(rules)}",
