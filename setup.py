@@ -20,6 +20,7 @@ from setuptools import find_packages, setup
 STACK = [
     "apache-airflow==3.3.2",
     "apache-airflow-providers-apache-spark==6.3.4",
+    "apache-airflow-providers-smtp==3.2.0",  # alert mail (SmtpNotifier)
     "pyspark==4.2.0",
     "pyspark-client==4.2.0",  # pulled in by the Spark provider; must equal pyspark
     "tensorflow-cpu==2.21.0",
@@ -44,6 +45,7 @@ DEV = [
     "ruff==0.17.5",
     "duckdb>=1.1,<3",
     "jax[cpu]>=0.7,<0.13",  # second Keras backend for the cross-backend test
+    "aiosmtpd>=1.4,<2",  # a real SMTP server on 127.0.0.1 for the alerting tests
 ]
 
 
@@ -55,7 +57,10 @@ def _stack(*names: str) -> list[str]:
 CORE = _stack("pyarrow", "scipy", "pandas", "numpy", "pyyaml")
 TRAIN = _stack("tensorflow-cpu", "keras", "mlflow", "matplotlib", "optuna")
 SPARK = _stack("pyspark") + TRAIN  # executors load the trained model; the driver resolves it in MLflow
-AIRFLOW = _stack("apache-airflow", "apache-airflow-providers-apache-spark", "pyspark-client") + SPARK
+AIRFLOW = (
+    _stack("apache-airflow", "apache-airflow-providers-apache-spark", "apache-airflow-providers-smtp", "pyspark-client")
+    + SPARK
+)
 
 setup(
     name="vasp-pipeline",

@@ -32,6 +32,8 @@ Configuration comes from `VASP_*` environment variables (`vasp_model.pipeline.pl
 `VASP_SCHEDULE`, `VASP_TIMEZONE`, `VASP_WAREHOUSE`, `VASP_TRACKING_URI`,
 `VASP_SPARK_MODE=local|submit` (submit: `SparkSubmitOperator` on the `spark` connection),
 `VASP_GPU_POOL`, `VASP_GPU_QUEUE`, retries and timeouts. Run-level choices are Params.
+Alerting (off by default; `VASP_ALERT_*`, `vasp_model.pipeline.alerts`): failed tasks and runs, a late
+run (deadline alert), rejection streaks, a stale model, a failed output check, drift flags.
 A run triggered without a logical date processes the day before it runs (or the `date` Param).
 """
 
@@ -45,11 +47,13 @@ from airflow.sdk.serde import allow_class
 
 from vasp_model.core.config import PRESETS
 from vasp_model.core.defaults import EXCLUDE_RULES
-from vasp_model.pipeline import checks, tasks
+from vasp_model.pipeline import alerts, checks, tasks
+from vasp_model.pipeline.callbacks import NightlyAlert, deadline_alert
 from vasp_model.pipeline.plan import TUNE_MODES, Plan, load_config, make_plan
 from vasp_model.pipeline.stages import STAGES
 
 CFG = load_config()
+ALERTS = alerts.load_alert_config()
 PLAN = "ti.xcom_pull(task_ids='prepare_input')"
 allow_class(Plan)  # the plan crosses XCom as a dataclass (JSON), deserialized back into a Plan
 
@@ -69,6 +73,7 @@ default_args = {
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": dt.timedelta(seconds=CFG.max_retry_delay_s),
     "execution_timeout": dt.timedelta(seconds=CFG.task_timeout_s),
+    "on_failure_callback": NightlyAlert("task_failed"),  # alerting: off unless VASP_ALERT_* (pipeline.alerts)
 }
 
 with DAG(
@@ -80,6 +85,8 @@ with DAG(
     default_args=default_args,
     tags=["vasp", "recommendations", "nightly"],
     doc_md=__doc__,
+    on_failure_callback=NightlyAlert("run_failed"),
+    deadline=deadline_alert(ALERTS),  # VASP_ALERT_DEADLINE: a run not finished that long after it was queued
     render_template_as_native_obj=True,  # spark-submit receives the stage's argv as a list
     user_defined_macros={"spark_argv": tasks.spark_argv},  # Spark stage + plan -> spark-submit arguments
     params={
@@ -124,7 +131,7 @@ with DAG(
         timeout=CFG.input_timeout_s,
         poke_interval=CFG.input_poke_s,
         mode=CFG.sensor_mode,
-        on_failure_callback=tasks.on_input_missing,
+        on_failure_callback=[tasks.on_input_missing, NightlyAlert("task_failed")],
     )
 
     if CFG.spark_mode == "submit":
@@ -177,13 +184,14 @@ with DAG(
     def promote_model(plan: Plan) -> dict:
         return tasks.promote(plan)
 
-    @task(task_id="validate_recommendations")
+    @task(task_id="validate_recommendations", on_failure_callback=NightlyAlert("output_check_failed"))
     def validate_recommendations(plan: Plan) -> dict:
         return checks.validate(plan)
 
     @task(task_id="publish_assets", outlets=[FEATURES, RECOMMENDATIONS])
     def publish_assets(plan: Plan, decision: dict, counts: dict, **context) -> dict:
         summary = tasks.publish(plan, decision, counts)
+        alerts.check_night(summary, plan.warehouse, run_id=context["run_id"])  # gate rejection streak, stale model
         events = context["outlet_events"]
         events[FEATURES].extra = {"date": plan.date, "uri": plan.features}
         events[RECOMMENDATIONS].extra = {"date": plan.date, "uri": plan.recommendations, **counts}
