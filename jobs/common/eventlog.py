@@ -37,8 +37,9 @@ class LogFile:
 
     @property
     def roles(self) -> tuple | None:
+        """(user, item, rating, timestamp) columns; None without a usable user, item and timestamp."""
         s = self.spec
-        return None if s is None else (s.user_col, s.item_col, s.rating_col, s.timestamp_col)
+        return None if s is None or s.timestamp_col is None else (s.user_col, s.item_col, s.rating_col, s.timestamp_col)
 
     @property
     def layout(self) -> tuple:
@@ -55,8 +56,6 @@ def _file_spec(uri: str, columns: dict[str, str | None]) -> readers.ReadSpec | N
     try:
         spec = readers.resolve_spec(uri, fmt, schema_columns=schema, **columns)
     except ValueError:
-        return None
-    if spec.timestamp_col is None:
         return None
     return dataclasses.replace(spec, timestamp_required=True)
 
@@ -91,13 +90,12 @@ def _mismatched(spark: SparkSession, group: list[LogFile]) -> readers.RawInput:
 
     spec = group[0].spec
     paths = [f.uri for f in group]
-    if spec is not None and spec.format == "parquet" or spec is None and paths[0].endswith(".parquet"):
+    is_parquet = spec.format == "parquet" if spec is not None else paths[0].endswith(".parquet")
+    if is_parquet:
         frame = spark.read.parquet(*readers._spark_paths(paths))
         raw = F.to_json(F.struct(*[F.col(c) for c in frame.columns]))
     else:
         frame = spark.read.text(readers._spark_paths(paths))
-        if spec is not None and spec.header is not None:
-            frame = frame.filter(F.col("value") != F.lit(spec.header))
         raw = F.col("value")
     frame = frame.select(
         raw.alias("raw"),
@@ -105,6 +103,12 @@ def _mismatched(spark: SparkSession, group: list[LogFile]) -> readers.RawInput:
         F.col("_metadata.file_block_start").alias("block"),
         F.monotonically_increasing_id().alias("row"),
     )
+    lines = frame.select("source", "block", "row")  # every physical line, the header too: line numbers
+    if spec is not None and spec.header is not None:
+        frame = frame.filter(F.col("raw") != F.lit(spec.header))
+    elif spec is None and not is_parquet:  # unknown columns: the first line of a delimited file is its header
+        headers = sorted({readers._first_line(path) for path in paths})
+        frame = frame.filter(~F.col("raw").isin(*headers))
     events = frame.select(
         F.lit(None).cast("string").alias("user_id"),
         F.lit(None).cast("string").alias("item_id"),
@@ -116,7 +120,7 @@ def _mismatched(spark: SparkSession, group: list[LogFile]) -> readers.RawInput:
         "block",
         "row",
     )
-    return readers.RawInput(spec or readers.ReadSpec("unknown"), events, frame.select("source", "block", "row"))
+    return readers.RawInput(spec or readers.ReadSpec("unknown"), events, lines)
 
 
 def read_log(spark: SparkSession, log_uri: str, window: ev.Window, columns: dict[str, str | None]) -> readers.RawInput:
