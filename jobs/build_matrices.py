@@ -346,8 +346,12 @@ def build_interactions(pos_rows: DataFrame) -> DataFrame:
     """
     from pyspark.sql import functions as F
 
+    timestamp = F.col("timestamp") if "timestamp" in pos_rows.columns else F.lit(None)
     return pos_rows.select(
-        F.col("user_idx").cast("int"), "item_id", F.col("item_idx").cast("int"), F.col("timestamp").cast("long")
+        F.col("user_idx").cast("int"),
+        "item_id",
+        F.col("item_idx").cast("int"),
+        timestamp.cast("long").alias("timestamp"),
     )
 
 
