@@ -84,7 +84,11 @@ with DAG(
     render_template_as_native_obj=True,  # spark-submit receives the stage's argv as a list
     user_defined_macros={"spark_argv": tasks.spark_argv},  # Spark stage + plan -> spark-submit arguments
     params={
-        "input": Param(CFG.input, type="string", description="'synthetic', an input path/URI ({date} = D) or events:DIR (an event log)"),
+        "input": Param(
+            CFG.input,
+            type="string",
+            description="'synthetic', an input path/URI ({date} = D) or events:DIR (an event log)",
+        ),
         "preset": Param(CFG.preset, type="string", enum=sorted(PRESETS), description="training preset"),
         "top_n": Param(CFG.top_n, type="integer", minimum=1, description="items per user in the lists"),
         "threshold": Param(CFG.threshold, type="number", description="a rating above this is a positive"),
