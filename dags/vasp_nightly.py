@@ -9,7 +9,8 @@ replaces only that date.
    `Plan`, passed on through XCom; every stage's config is built from it); with the default
    `synthetic` input, write the date's synthetic interaction file first.
 2. **wait_for_input** — sensor: fails clearly if the input never arrives within
-   `VASP_INPUT_TIMEOUT_S`; nothing downstream runs, nothing is published.
+   `VASP_INPUT_TIMEOUT_S`; nothing downstream runs, nothing is published. With an event log
+   (`input` = `events:DIR`) it waits for the date's partition `DIR/dt=D/`.
 3. **build_features** (Spark, `vasp build`) → `features/dt=D/`.
 4. **tune_model** (`vasp tune`; skipped unless the `tune` Param says so: `weekly` on
    `VASP_TUNE_WEEKDAY`, or `nightly`) → `tuning/dt=D/`, the config chosen on validation
@@ -90,7 +91,11 @@ with DAG(
     render_template_as_native_obj=True,  # spark-submit receives the stage's argv as a list
     user_defined_macros={"spark_argv": tasks.spark_argv},  # Spark stage + plan -> spark-submit arguments
     params={
-        "input": Param(CFG.input, type="string", description="'synthetic' or an input path/URI; {date} = D"),
+        "input": Param(
+            CFG.input,
+            type="string",
+            description="'synthetic', an input path/URI ({date} = D) or events:DIR (an event log)",
+        ),
         "preset": Param(CFG.preset, type="string", enum=sorted(PRESETS), description="training preset"),
         "top_n": Param(CFG.top_n, type="integer", minimum=1, description="items per user in the lists"),
         "threshold": Param(CFG.threshold, type="number", description="a rating above this is a positive"),
@@ -127,7 +132,7 @@ with DAG(
     wait_for_input = PythonSensor(
         task_id="wait_for_input",
         python_callable=tasks.input_available,
-        op_kwargs={"input_uri": "{{ " + PLAN + ".input }}"},
+        op_kwargs={"input_uri": "{{ " + PLAN + ".awaited_input }}"},
         timeout=CFG.input_timeout_s,
         poke_interval=CFG.input_poke_s,
         mode=CFG.sensor_mode,

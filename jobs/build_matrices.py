@@ -67,6 +67,9 @@ class BuildConfig:
     user_col: str | None = None
     item_col: str | None = None
     rating_col: str | None = None
+    timestamp_col: str | None = None
+    history_days: int | None = None  # event log: days of history up to the end of D (None: all of it)
+    temporal_holdout_days: int = 0  # > 0: the model learns events before D - h; (D - h, D] is the temporal holdout
 
     def __post_init__(self) -> None:
         from vasp_jobs.common.readers import FORMATS
@@ -89,6 +92,23 @@ class BuildConfig:
             raise ValueError(f"ab_copies must be in [1, 1000], got {self.ab_copies}")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.history_days is not None and self.history_days < 1:
+            raise ValueError(f"history_days must be >= 1 or unset, got {self.history_days}")
+        if self.temporal_holdout_days < 0:
+            raise ValueError(f"temporal_holdout_days must be >= 0, got {self.temporal_holdout_days}")
+        if self.history_days is not None and self.temporal_holdout_days >= self.history_days:
+            raise ValueError(
+                f"temporal_holdout_days={self.temporal_holdout_days} leaves no training history "
+                f"in history_days={self.history_days}"
+            )
+
+    def cutoff(self, date: str) -> int | None:
+        """Epoch seconds of D - h (the end of D minus ``temporal_holdout_days``); None without a temporal holdout."""
+        from vasp_model.data.events import DAY_S, Window
+
+        if not self.temporal_holdout_days:
+            return None
+        return Window(date).end - self.temporal_holdout_days * DAY_S
 
     def heldout_count(self, eligible_users: int) -> int:
         """Users per held-out split (validation and test each) among ``eligible_users``."""
@@ -106,14 +126,43 @@ class BuildConfig:
 # ---------------------------------------------------------------------------- extract
 
 
-def extract(spark: SparkSession, input_uri: str, config: BuildConfig) -> RawInput:
-    """Open the input with its format adapter (lazy; raises for a missing file/column, empty input)."""
+def extract(spark: SparkSession, input_uri: str, config: BuildConfig, date: str) -> RawInput:
+    """Open the input with its format adapter (lazy; raises for a missing file/column, empty input);
+    an event log (``events:DIR``) as of ``date`` (:mod:`jobs.common.eventlog`)."""
+    from vasp_jobs.common import eventlog
     from vasp_jobs.common.readers import read_input
+    from vasp_model.data.events import Window, split_input
 
-    return read_input(spark, input_uri, config.format, config.user_col, config.item_col, config.rating_col)
+    location, is_log = split_input(input_uri)
+    if is_log:
+        return eventlog.read_log(spark, location, Window(date, config.history_days), column_options(config))
+    raw = read_input(
+        spark, location, config.format, config.user_col, config.item_col, config.rating_col, config.timestamp_col
+    )
+    if config.temporal_holdout_days and raw.spec.timestamp_col is None:
+        raise ValueError(f"a temporal holdout needs event times: {input_uri} has no timestamp column")
+    return raw
+
+
+def column_options(config: BuildConfig) -> dict[str, str | None]:
+    """The ``--*-col`` choices, as :func:`jobs.common.readers.resolve_spec` keywords."""
+    return {
+        "user_col": config.user_col,
+        "item_col": config.item_col,
+        "rating_col": config.rating_col,
+        "timestamp_col": config.timestamp_col,
+    }
 
 
 # ---------------------------------------------------------------------------- transforms
+
+
+def _first_per_item(column: str) -> Any:
+    """A sorted (item_id, timestamp) struct array column reduced to one entry per item, the earliest time."""
+    from pyspark.sql import functions as F
+
+    ordered = F.col(column)
+    return F.filter(ordered, lambda x, i: (i == 0) | (x["item_id"] != ordered[i - 1]["item_id"]))
 
 
 def collapse_events(events: DataFrame, threshold: float) -> DataFrame:
@@ -121,53 +170,101 @@ def collapse_events(events: DataFrame, threshold: float) -> DataFrame:
 
     Output: ``is_bad`` (bool), ``user_id`` (null for rejected rows), ``n_rows`` (events read),
     ``n_distinct`` (distinct items), ``items`` (distinct item ids, any rating, unordered),
-    ``pos`` (distinct positive item ids, unordered), ``n_pos``,
-    ``bad`` (struct reason, raw, source, block, row of a rejected row; null for users).
+    ``pos`` (distinct positive item ids, unordered), ``n_pos``, ``items_time`` / ``pos_time``
+    (the earliest event time of each entry of ``items`` / ``pos``, epoch seconds, null without
+    timestamps), ``n_late`` (late events), ``n_repeated`` (events repeating an earlier one: same
+    item and time), ``bad`` (struct reason, raw, source, block, row of a rejected row; null for users).
 
     One shuffle: rows are partitioned by user (a rejected row by its own row id, so it
     rides along and the input is scanned once); duplicates (user, item) are collapsed: the
     item counts once and is a positive if any of its events is (``rating > threshold``, i.e.
-    the highest rating wins; a null rating = implicit data = positive). An event without an item (a CiteULike user with
-    no items) makes the user known without adding an event.
+    the highest rating wins; a null rating = implicit data = positive); its time is its first
+    event's (its first positive event's in ``pos_time``). An event without an item (a CiteULike
+    user with no items) makes the user known without adding an event.
     """
     from pyspark.sql import functions as F
 
     bad = F.col("reason").isNotNull()
+    timestamp = F.col("timestamp") if "timestamp" in events.columns else F.lit(None).cast("long")
+    late = F.col("late") if "late" in events.columns else F.lit(False)
     rows = events.select(
         bad.alias("is_bad"),
         F.when(bad, F.col("row").cast("string")).otherwise(F.col("user_id")).alias("key"),
         F.when(~bad, F.col("item_id")).alias("item_id"),
         F.when(~bad, F.col("rating")).alias("rating"),
+        F.when(~bad, timestamp).alias("timestamp"),
+        (~bad & late).alias("late"),
         F.when(bad, F.struct("reason", "raw", "source", "block", "row")).alias("bad"),
     )
     # Partition by user once (rejected rows by their own row id: they ride along, so the
     # input is scanned once), then aggregate each user without another exchange.
     rows = rows.repartition("is_bad", "key")
-    positive = F.col("item_id").isNotNull() & (F.col("rating").isNull() | (F.col("rating") > F.lit(float(threshold))))
+    has_item = F.col("item_id").isNotNull()
+    positive = has_item & (F.col("rating").isNull() | (F.col("rating") > F.lit(float(threshold))))
+    event = F.struct("item_id", "timestamp")
     per_user = rows.groupBy("is_bad", "key").agg(
         F.count("item_id").alias("n_rows"),
-        F.collect_list("item_id").alias("_all"),
-        F.collect_list(F.when(positive, F.col("item_id"))).alias("_pos"),
+        F.collect_list(F.when(has_item, event)).alias("_all"),
+        F.collect_list(F.when(positive, event)).alias("_pos"),
+        F.sum(F.col("late").cast("long")).alias("n_late"),
         F.first("bad", ignorenulls=True).alias("bad"),
     )
     # An item is a positive if any of its (duplicate) events is: distinct(positive events).
+    # Sorted in their own projection: the dedup below reads each array twice.
     per_user = per_user.select(
         "is_bad",
         "key",
         "n_rows",
-        F.array_distinct("_all").alias("items"),
-        F.array_distinct("_pos").alias("pos"),
+        "n_late",
+        F.sort_array("_all").alias("_all"),
+        F.sort_array("_pos").alias("_pos"),
+        "bad",
+    )
+    per_user = per_user.select(
+        "is_bad",
+        "key",
+        "n_rows",
+        "n_late",
+        (F.col("n_rows") - F.size(F.array_distinct("_all"))).alias("n_repeated"),
+        _first_per_item("_all").alias("_items"),
+        _first_per_item("_pos").alias("_pos"),
         "bad",
     )
     return per_user.select(
         "is_bad",
         F.when(~F.col("is_bad"), F.col("key")).alias("user_id"),
         F.col("n_rows").cast("long").alias("n_rows"),
-        F.size("items").cast("long").alias("n_distinct"),
-        "items",
-        "pos",
-        F.size("pos").alias("n_pos"),
+        F.size("_items").cast("long").alias("n_distinct"),
+        F.transform("_items", lambda x: x["item_id"]).alias("items"),
+        F.transform("_pos", lambda x: x["item_id"]).alias("pos"),
+        F.size("_pos").alias("n_pos"),
+        F.transform("_items", lambda x: x["timestamp"]).alias("items_time"),
+        F.transform("_pos", lambda x: x["timestamp"]).alias("pos_time"),
+        F.col("n_late").cast("long").alias("n_late"),
+        F.col("n_repeated").cast("long").alias("n_repeated"),
         "bad",
+    )
+
+
+def with_training_history(per_user: DataFrame, cutoff: int | None) -> DataFrame:
+    """``per_user`` plus ``train_pos`` / ``train_pos_time`` / ``n_pos_train``: the positives the model
+    learns from, those first seen before ``cutoff`` (epoch seconds); all of them without a cutoff."""
+    from pyspark.sql import functions as F
+
+    if cutoff is None:
+        return per_user.select(
+            "*",
+            F.col("pos").alias("train_pos"),
+            F.col("pos_time").alias("train_pos_time"),
+            F.col("n_pos").alias("n_pos_train"),
+        )
+    zipped = F.filter(F.arrays_zip("pos", "pos_time"), lambda x: x["pos_time"] < F.lit(int(cutoff)))
+    out = per_user.select("*", zipped.alias("_z"))
+    return out.select(
+        *per_user.columns,
+        F.transform("_z", lambda x: x["pos"]).alias("train_pos"),
+        F.transform("_z", lambda x: x["pos_time"]).alias("train_pos_time"),
+        F.size("_z").alias("n_pos_train"),
     )
 
 
@@ -208,11 +305,14 @@ def assign_users(users: DataFrame, n_heldout: int, min_positives: int, seed: int
 
 
 def item_rows(per_user: DataFrame, users: DataFrame, column: str) -> DataFrame:
-    """Each item of ``column`` as a row (user_idx, user_id, split, item_id): ``pos`` the positives,
-    ``items`` every item whatever the rating."""
+    """Each item of ``column`` as a row (user_idx, user_id, split, item_id, timestamp): ``pos`` the
+    positives, ``items`` every item whatever the rating; ``timestamp`` from ``{column}_time``."""
     from pyspark.sql import functions as F
 
-    rows = per_user.filter(~F.col("is_bad")).select("user_id", F.explode(column).alias("item_id"))
+    rows = per_user.filter(~F.col("is_bad")).select(
+        "user_id", F.col(f"{column}_time").alias("_t"), F.posexplode(column).alias("_p", "item_id")
+    )
+    rows = rows.select("user_id", "item_id", F.get(F.col("_t"), F.col("_p")).alias("timestamp"))
     return rows.join(F.broadcast(users.select("user_idx", "user_id", "split")), "user_id")
 
 
@@ -238,14 +338,21 @@ def with_item_idx(pos_rows: DataFrame, items: DataFrame) -> DataFrame:
 
 
 def build_interactions(pos_rows: DataFrame) -> DataFrame:
-    """All users' rows (user_idx, item_id, item_idx); ``pos_rows`` from :func:`with_item_idx`.
+    """All users' rows (user_idx, item_id, item_idx, timestamp); ``pos_rows`` from :func:`with_item_idx`.
 
     On the positives: the ``interactions`` table (the model's input); on every item whatever the
-    rating: the ``consumed`` table.
+    rating: the ``consumed`` table. ``timestamp``: the pair's first event (epoch seconds; null
+    when the input has no time).
     """
     from pyspark.sql import functions as F
 
-    return pos_rows.select(F.col("user_idx").cast("int"), "item_id", F.col("item_idx").cast("int"))
+    timestamp = F.col("timestamp") if "timestamp" in pos_rows.columns else F.lit(None)
+    return pos_rows.select(
+        F.col("user_idx").cast("int"),
+        "item_id",
+        F.col("item_idx").cast("int"),
+        timestamp.cast("long").alias("timestamp"),
+    )
 
 
 def heldout_table(pos_rows: DataFrame, split: str, config: BuildConfig) -> DataFrame:
@@ -340,7 +447,8 @@ def input_counts(per_user: DataFrame, config: BuildConfig, input_uri: str) -> tu
     """(counts, quarantined rows by reason) of the collapsed input; ``ValueError`` when nothing can be built."""
     from pyspark.sql import functions as F
 
-    kept = F.col("n_pos") >= config.min_user_interactions
+    pos = F.col("n_pos_train") if "n_pos_train" in per_user.columns else F.col("n_pos")
+    kept = pos >= config.min_user_interactions
     stats = per_user.agg(
         F.sum(F.when(~F.col("is_bad"), F.col("n_rows")).otherwise(0)).alias("events"),
         F.sum(F.col("is_bad").cast("long")).alias("quarantined_rows"),
@@ -349,7 +457,10 @@ def input_counts(per_user: DataFrame, config: BuildConfig, input_uri: str) -> tu
         F.count(F.when(~F.col("is_bad"), 1)).alias("users"),
         F.count(F.when(F.col("n_pos") > 0, 1)).alias("users_with_positive"),
         F.count(F.when(kept, 1)).alias("users_kept"),
-        F.sum(F.when(kept, F.col("n_pos")).otherwise(0)).alias("positives_kept"),
+        F.sum(F.when(kept, pos).otherwise(0)).alias("positives_kept"),
+        F.sum(F.when(~F.col("is_bad"), F.col("n_late")).otherwise(0)).alias("late_events"),
+        F.sum(F.when(~F.col("is_bad"), F.col("n_repeated")).otherwise(0)).alias("repeated_events"),
+        F.sum(F.when(~F.col("is_bad"), F.col("n_pos") - pos).otherwise(0)).alias("temporal_holdout_positives"),
     ).first()
     counts = {k: int(v or 0) for k, v in stats.asDict().items()}
     counts["input_rows"] = counts["events"] + counts["quarantined_rows"]
@@ -365,8 +476,10 @@ def input_counts(per_user: DataFrame, config: BuildConfig, input_uri: str) -> tu
         detail = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
         raise ValueError(f"no usable rows in {input_uri}: all {counts['input_rows']} rows were rejected ({detail})")
     if counts["users_kept"] == 0:
+        before = " before the temporal holdout" if config.temporal_holdout_days else ""
         raise ValueError(
-            f"no user has >= {config.min_user_interactions} positives (rating > {config.threshold}) in {input_uri}"
+            f"no user has >= {config.min_user_interactions} positives (rating > {config.threshold}){before} "
+            f"in {input_uri}"
         )
     return counts, reasons
 
@@ -393,8 +506,11 @@ def feature_tables(
     pos_rows: DataFrame,
     lines: DataFrame | None,
     config: BuildConfig,
+    train_rows: DataFrame | None = None,
 ) -> dict[str, DataFrame]:
-    """Every table of ``features/dt=D`` (lazy), each sorted for compact files."""
+    """Every table of ``features/dt=D`` (lazy), each sorted for compact files. ``pos_rows``: every
+    positive (the scoring input); ``train_rows``: those before the temporal cutoff (default: all),
+    from which the held-out splits and the A/B copies are drawn."""
     from pyspark.sql import functions as F
 
     tables: dict[str, DataFrame] = {
@@ -405,10 +521,11 @@ def feature_tables(
             "user_idx", "item_id"
         ),
     }
+    train_rows = pos_rows if train_rows is None else train_rows
     for split in ("validation", "test"):
-        table = heldout_table(pos_rows.filter(F.col("split") == split), split, config)
+        table = heldout_table(train_rows.filter(F.col("split") == split), split, config)
         tables[split] = table.coalesce(1).sortWithinPartitions("user_idx", "role", "item_idx")
-    tables["train_ab"] = ab_table(pos_rows, config)
+    tables["train_ab"] = ab_table(train_rows, config)
     tables["quarantine"] = quarantine_table(per_user, lines).coalesce(1).sortWithinPartitions("source", "line")
     return tables
 
@@ -449,7 +566,9 @@ def build(
 
     from pyspark.sql import functions as F
 
+    from vasp_jobs.common import eventlog
     from vasp_jobs.common.readers import fingerprint
+    from vasp_model.data.events import Window, split_input
 
     layout.check_date(date)
     started = time.perf_counter()
@@ -461,27 +580,35 @@ def build(
         timings[name] = round(now - mark[0], 3)
         mark[0] = now
 
-    raw = extract(spark, input_uri, config)
+    raw = extract(spark, input_uri, config, date)
     # Hash the input's bytes in a thread while Spark works (hashlib releases the GIL).
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    input_fp = pool.submit(fingerprint, input_uri)
+    location, is_log = split_input(input_uri)
+    if is_log:
+        input_fp = pool.submit(
+            eventlog.fingerprint, location, Window(date, config.history_days), column_options(config)
+        )
+    else:
+        input_fp = pool.submit(fingerprint, input_uri)
     pool.shutdown(wait=False)
-    per_user = collapse_events(raw.events, config.threshold).persist()
+    cutoff = config.cutoff(date)
+    per_user = with_training_history(collapse_events(raw.events, config.threshold), cutoff).persist()
     try:
         counts, reasons = _read_counts(per_user, config, input_uri)
         lap("read_collapse")
         n_heldout = config.heldout_count(counts["users_kept"])
 
-        users_all = per_user.filter(~F.col("is_bad")).select("user_id", "n_pos")
+        users_all = per_user.filter(~F.col("is_bad")).select("user_id", F.col("n_pos_train").alias("n_pos"))
         users = assign_users(users_all, n_heldout, config.min_user_interactions, config.seed).persist()
-        base_rows = item_rows(per_user, users, "pos")
+        base_rows = item_rows(per_user, users, "train_pos")
         items = build_items(base_rows).persist()
         n_items = items.count()
-        pos_rows = with_item_idx(base_rows, items)
+        train_rows = with_item_idx(base_rows, items)
+        pos_rows = train_rows if cutoff is None else with_item_idx(item_rows(per_user, users, "pos"), items)
         lap("users_items")
 
         lines = raw.lines if counts["quarantined_rows"] else None
-        tables = feature_tables(per_user, users, items, pos_rows, lines, config)
+        tables = feature_tables(per_user, users, items, pos_rows, lines, config, train_rows)
 
         by_split = users.groupBy("split").agg(F.count("*").alias("users"), F.sum("n_pos").alias("positives"))
         split_counts = {r["split"]: (int(r["users"]), int(r["positives"] or 0)) for r in by_split.collect()}
@@ -501,10 +628,14 @@ def build(
                 quarantine_by_reason=dict(sorted(reasons.items())),
                 **written_counts(table, split_counts),
             )
+            temporal = None
+            if cutoff is not None:
+                temporal = {"holdout_days": config.temporal_holdout_days, "cutoff": cutoff}
             return {
                 "schema_version": layout.SCHEMA_VERSION,
                 "dataset": "features",
                 "date": date,
+                "temporal": temporal,
                 "input": {**input_fp.result(), **info, "format": raw.spec.describe()},
                 "params": dataclasses.asdict(config),
                 "seed": config.seed,
@@ -534,7 +665,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input",
         default=None,
         help="Interaction file or directory (CSV, Parquet, u.data, ratings.dat, user_artists.dat, users.dat). "
-        "Omitted: generate a synthetic data set (vasp synth) into the run directory and use it.",
+        "Omitted: generate a synthetic data set (vasp synth) into the run directory and use it. "
+        "events:DIR reads DIR as an append-only event log (as --events does).",
+    )
+    parser.add_argument(
+        "--events",
+        default=None,
+        help="Append-only event log: a directory of date partitions dt=YYYY-MM-DD/ (or of files), CSV or "
+        "Parquet with a timestamp column; the build reads the history as of --date, never a later event.",
+    )
+    parser.add_argument(
+        "--history-days", type=int, default=None, help="Event log: days of history up to the end of --date (all)."
+    )
+    parser.add_argument(
+        "--timestamp-col", default=None, help="Event time column (default: timestamp/ts/event_time/time if present)."
+    )
+    parser.add_argument(
+        "--temporal-holdout-days",
+        type=int,
+        default=None,
+        help="Hold out the last N days up to the end of --date: the model learns the earlier events and is "
+        "also evaluated on the next period (0: off).",
     )
     parser.add_argument(
         "--warehouse", default=None, help="Warehouse root URI (default ./warehouse or $VASP_WAREHOUSE)."
@@ -586,6 +737,7 @@ def config_from_args(args: argparse.Namespace) -> BuildStageConfig:
     import datetime as dt
 
     from vasp_jobs.common.spark import spark_config_from_args
+    from vasp_model.data.events import EVENTS_PREFIX
 
     build = build_config(
         BuildConfig,
@@ -600,12 +752,17 @@ def config_from_args(args: argparse.Namespace) -> BuildStageConfig:
             "user_col": args.user_col,
             "item_col": args.item_col,
             "rating_col": args.rating_col,
+            "timestamp_col": args.timestamp_col,
+            "history_days": args.history_days,
+            "temporal_holdout_days": args.temporal_holdout_days,
         },
     )
+    if args.events and args.input:
+        raise ValueError("give either --input or --events, not both")
     return BuildStageConfig(
         date=args.date or dt.datetime.now(dt.UTC).date().isoformat(),
         warehouse=args.warehouse or defaults.default_warehouse(),
-        input=args.input,
+        input=EVENTS_PREFIX + args.events if args.events else args.input,
         build=build,
         spark=spark_config_from_args(args, APP_NAME),
     )
@@ -622,12 +779,15 @@ def to_argv(config: BuildStageConfig) -> list[str]:
     argv += ["--heldout-users", str(build.heldout_users)] if build.heldout_users is not None else []
     argv += ["--holdout-fraction", str(build.holdout_fraction), "--ab-copies", str(build.ab_copies)]
     argv += ["--seed", str(build.seed), "--format", build.format]
+    argv += ["--temporal-holdout-days", str(build.temporal_holdout_days)]
     for flag, value in (
         ("--user-col", build.user_col),
         ("--item-col", build.item_col),
         ("--rating-col", build.rating_col),
+        ("--timestamp-col", build.timestamp_col),
+        ("--history-days", build.history_days),
     ):
-        argv += [flag, value] if value is not None else []
+        argv += [flag, str(value)] if value is not None else []
     return argv + spark_argv(config.spark)
 
 
@@ -658,18 +818,28 @@ SUMMARY_COUNTS = (
     "test_users",
     "train_ab_rows",
     "consumed",
+    "late_events",
+    "repeated_events",
+    "temporal_holdout_positives",
 )
 
 
 def build_stage(config: BuildStageConfig) -> dict[str, Any]:
     """Stage ``build``: publish features/dt=D; returns a summary (path, date, seconds, the main counts)."""
+    from vasp_jobs.common.eventlog import log_files
     from vasp_jobs.common.readers import check_input
     from vasp_jobs.common.spark import get_session
+    from vasp_model.data.events import Window, split_input
 
     info: dict = {}
     if config.input:
         input_uri = config.input
-        check_input(input_uri, config.build.format)  # a missing or unreadable input fails before Spark starts
+        location, is_log = split_input(input_uri)
+        # A missing or unreadable input (or a missing partition of a log) fails before Spark starts.
+        if is_log:
+            log_files(location, Window(config.date, config.build.history_days), column_options(config.build))
+        else:
+            check_input(input_uri, config.build.format)
     else:
         input_uri, info = _default_input(config.build.seed)
     spark = get_session(config.spark)

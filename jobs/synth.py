@@ -81,6 +81,29 @@ class SynthStageConfig:
     out: str
     format: str = "csv"
     data: SynthConfig = dataclasses.field(default_factory=SynthConfig)
+    log: EventLogConfig | None = None  # set: write an event log (a directory of dt= partitions) to ``out``
+
+
+@dataclasses.dataclass(frozen=True)
+class EventLogConfig:
+    """An event log of ``days`` days ending with ``end_date``: each event gets a time in that span and
+    lands in the partition of its day, except a ``late_share`` that arrives one day late."""
+
+    days: int = 7
+    end_date: str = "2024-01-07"
+    late_share: float = 0.02
+
+    def __post_init__(self) -> None:
+        import datetime as dt
+
+        if self.days < 1:
+            raise ValueError(f"days must be >= 1, got {self.days}")
+        try:
+            dt.date.fromisoformat(self.end_date)
+        except ValueError as exc:
+            raise ValueError(f"end_date must be YYYY-MM-DD, got {self.end_date!r}") from exc
+        if not 0.0 <= self.late_share < 1.0:
+            raise ValueError(f"late_share must be in [0, 1), got {self.late_share}")
 
 
 def _activity(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
@@ -237,9 +260,77 @@ def generate(
     return summary
 
 
+def generate_log(
+    config: SynthConfig | None = None, out: str = "events", log: EventLogConfig | None = None, fmt: str = "csv"
+) -> dict[str, Any]:
+    """Write the data set as an append-only event log ``out/dt=YYYY-MM-DD/part-00000.{csv,parquet}``.
+
+    Event times are uniform over the ``log.days`` days ending with ``log.end_date`` (UTC); each event
+    lands in its day's partition, a ``late_share`` in the next day's (a partition after ``end_date``
+    when the event is of the last day). Each partition is written to a temporary name and renamed.
+    """
+    import datetime as dt
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    config, log = config or SynthConfig(), log or EventLogConfig()
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"fmt must be csv or parquet, got {fmt!r}")
+    started = time.perf_counter()
+    frame = generate(config, None)["frame"]
+    rng = np.random.default_rng([config.seed, log.days])
+    end = int(dt.datetime.combine(dt.date.fromisoformat(log.end_date), dt.time(), tzinfo=dt.UTC).timestamp()) + 86_400
+    frame["timestamp"] = np.sort(rng.integers(end - log.days * 86_400, end, len(frame)))[rng.permutation(len(frame))]
+    day = (frame["timestamp"].to_numpy() // 86_400) + (rng.random(len(frame)) < log.late_share)
+    partitions = {}
+    for d in np.unique(day):
+        date = (dt.date(1970, 1, 1) + dt.timedelta(days=int(d))).isoformat()
+        part = frame[day == d].sort_values(["timestamp", "user_id"], kind="stable")
+        final = os.path.join(out, f"dt={date}")
+        tmp = f"{final}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        table = pa.Table.from_pandas(part, preserve_index=False)
+        if fmt == "csv":
+            pcsv.write_csv(table, os.path.join(tmp, "part-00000.csv"), pcsv.WriteOptions(quoting_style="none"))
+        else:
+            pq.write_table(table, os.path.join(tmp, "part-00000.parquet"), compression="zstd")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        partitions[date] = len(part)
+    return {
+        "path": out,
+        "format": fmt,
+        "rows": len(frame),
+        "users": config.users,
+        "partitions": partitions,
+        "late_events": int((day > frame["timestamp"].to_numpy() // 86_400).sum()),
+        "seconds": round(time.perf_counter() - started, 2),
+        "config": dataclasses.asdict(config),
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = SynthConfig()
-    parser.add_argument("--out", required=True, help="Output file (.csv or .parquet).")
+    parser.add_argument("--out", required=True, help="Output file (.csv or .parquet), or directory with --log-days.")
+    parser.add_argument(
+        "--log-days",
+        type=int,
+        default=None,
+        help="Write an event log instead: OUT/dt=YYYY-MM-DD/ partitions over this many days, with timestamps.",
+    )
+    parser.add_argument(
+        "--log-end-date", default=EventLogConfig.end_date, help="Last day of the event log (YYYY-MM-DD)."
+    )
+    parser.add_argument(
+        "--log-late-share",
+        type=float,
+        default=EventLogConfig.late_share,
+        help="Share of events that arrive in the next day's partition.",
+    )
     parser.add_argument(
         "--format", default=None, choices=("csv", "parquet"), help="Output format (default: from --out's suffix, csv)."
     )
@@ -267,11 +358,18 @@ def config_from_args(args: argparse.Namespace) -> SynthStageConfig:
         zipf=args.zipf,
         seed=args.seed,
     )
-    return SynthStageConfig(args.out, args.format or ("parquet" if args.out.endswith(".parquet") else "csv"), data)
+    log = None
+    if args.log_days is not None:
+        log = EventLogConfig(args.log_days, args.log_end_date, args.log_late_share)
+    fmt = args.format or ("parquet" if args.out.endswith(".parquet") else "csv")
+    return SynthStageConfig(args.out, fmt, data, log)
 
 
 def synth_stage(config: SynthStageConfig) -> dict[str, Any]:
     """Stage ``synth``: write the data set to ``config.out``; returns the summary (path, rows, users, ...)."""
-    summary = generate(config.data, config.out, config.format)
+    if config.log is not None:
+        summary = generate_log(config.data, config.out, config.log, config.format)
+    else:
+        summary = generate(config.data, config.out, config.format)
     summary.pop("config")
     return summary

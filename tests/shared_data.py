@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# VASP_DATA_ROOT: the data folder of a checkout that does not sit beside it (a git worktree)
+DATA_ROOT = Path(os.environ.get("VASP_DATA_ROOT") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 REQUIRE_DATA = "VASP_REQUIRE_DATA"
 ML1M = "ml-1m/ratings.csv"
 

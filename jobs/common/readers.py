@@ -66,13 +66,17 @@ REASONS = (
     "unparsable_line",
     "count_mismatch",
     "unbalanced_quotes",
+    "null_timestamp",
+    "unparsable_timestamp",
 )
-EVENT_COLUMNS = ("user_id", "item_id", "rating", "reason", "raw", "source", "block", "row")
+EVENT_COLUMNS = ("user_id", "item_id", "rating", "timestamp", "reason", "raw", "source", "block", "row")
 NULL_TOKENS = ("", "null", "none", "nan", "\\n")
 
 USER_CANDIDATES = ("user_id", "userId", "userid", "user", "UserID", "userID", "uid")
 ITEM_CANDIDATES = ("item_id", "itemId", "itemid", "item", "movieId", "movie_id", "MovieID", "artistID", "iid")
 RATING_CANDIDATES = ("rating", "Rating", "ratings", "score")
+TIMESTAMP_CANDIDATES = ("timestamp", "Timestamp", "ts", "event_time", "time", "datetime")
+MILLIS_ABOVE = 1e11  # a numeric timestamp this large is in milliseconds (1e11 s is the year 5138)
 # A delimiter outside double quotes: followed by an even number of quotes up to the end of the line
 # (possessive quantifiers: linear time, no backtracking). Only lines holding a quote pay for it.
 _OUTSIDE_QUOTES = '(?=(?:[^"]*+"[^"]*+")*+[^"]*+$)'
@@ -90,6 +94,8 @@ class ReadSpec:
     item_col: str = "item_id"
     rating_col: str | None = None
     implicit: bool = False  # the rating column is a count: validated, but every row is a positive
+    timestamp_col: str | None = None  # event time: epoch seconds / milliseconds or an ISO 8601 string
+    timestamp_required: bool = False  # an event log: a row without a parsable time is rejected
 
     def describe(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -241,6 +247,7 @@ def resolve_spec(
     item_col: str | None = None,
     rating_col: str | None = None,
     schema_columns: tuple[str, ...] | None = None,
+    timestamp_col: str | None = None,
 ) -> ReadSpec:
     """Work out the :class:`ReadSpec` of ``uri`` (raises for a missing file/column or empty input)."""
     if fmt not in FORMATS:
@@ -249,9 +256,11 @@ def resolve_spec(
     if fmt == "auto":
         fmt = detect_format(uri)
     if fmt == "udata":
-        return ReadSpec(fmt, "\t", None, ("user", "item", "rating", "timestamp"), "user", "item", "rating")
+        columns = ("user", "item", "rating", "timestamp")
+        return ReadSpec(fmt, "\t", None, columns, "user", "item", "rating", timestamp_col="timestamp")
     if fmt == "ratings-dat":
-        return ReadSpec(fmt, "::", None, ("user", "item", "rating", "timestamp"), "user", "item", "rating")
+        columns = ("user", "item", "rating", "timestamp")
+        return ReadSpec(fmt, "::", None, columns, "user", "item", "rating", timestamp_col="timestamp")
     if fmt == "citeulike":
         _first_line(uri)
         return ReadSpec(fmt, " ", None, (), "line", "item", None, implicit=True)
@@ -271,13 +280,14 @@ def resolve_spec(
         user = _pick(columns, user_col, USER_CANDIDATES, "user", uri)
         item = _pick(columns, item_col, ITEM_CANDIDATES, "item", uri)
         rating = _pick(columns, rating_col, RATING_CANDIDATES, "rating", uri)
+    timestamp = _pick(columns, timestamp_col, TIMESTAMP_CANDIDATES, "timestamp", uri)
     if user is None:
         raise ValueError(f"no user column in {uri} (columns: {', '.join(columns)}); pass --user-col")
     if item is None:
         raise ValueError(f"no item column in {uri} (columns: {', '.join(columns)}); pass --item-col")
     if fmt == "parquet":
-        return ReadSpec(fmt, "", None, columns, user, item, rating, implicit)
-    return ReadSpec(fmt, delimiter, header, columns, user, item, rating, implicit)
+        return ReadSpec(fmt, "", None, columns, user, item, rating, implicit, timestamp)
+    return ReadSpec(fmt, delimiter, header, columns, user, item, rating, implicit, timestamp)
 
 
 def split_fields(line: str, delimiter: str) -> list[str]:
@@ -317,6 +327,26 @@ def rating_checks(missing: Column, numeric: Column) -> list[tuple[Column, str]]:
     ]
 
 
+def timestamp_seconds(col: Column, numeric: bool = False) -> Column:
+    """Epoch seconds (long) of a timestamp field: a number (seconds; milliseconds above
+    :data:`MILLIS_ABOVE`), an ISO 8601 string (UTC unless it names a zone) or a Spark timestamp;
+    null when it does not parse."""
+    from pyspark.sql import functions as F
+
+    number = col.cast("double") if numeric else col.try_cast("double")
+    finite = number.isNotNull() & ~F.isnan(number) & (F.abs(number) != float("inf"))
+    seconds = F.when(F.abs(number) >= MILLIS_ABOVE, number / 1000.0).otherwise(number)
+    from_number = F.when(finite, F.floor(seconds)).cast("long")
+    if numeric:
+        return from_number
+    return F.coalesce(from_number, col.try_cast("timestamp").cast("long"))
+
+
+def timestamp_checks(missing: Column, seconds: Column) -> list[tuple[Column, str]]:
+    """(condition, reason) pairs validating an event log's time: present and parsable."""
+    return [(missing, "null_timestamp"), (seconds.isNull(), "unparsable_timestamp")]
+
+
 def first_failure(checks: list[tuple[Column, str]]) -> Column:
     """The reason of the first failing check (null when every check passes)."""
     from pyspark.sql import functions as F
@@ -327,12 +357,16 @@ def first_failure(checks: list[tuple[Column, str]]) -> Column:
     return out if out is not None else F.lit(None).cast("string")
 
 
-def _text_lines(spark: SparkSession, uri: str) -> DataFrame:
-    from pyspark.sql import functions as F
-
+def _spark_paths(uri: str | list[str]) -> list[str]:
     from vasp_jobs.common.spark import spark_path
 
-    return spark.read.text(spark_path(uri)).select(
+    return [spark_path(u) for u in ([uri] if isinstance(uri, str) else uri)]
+
+
+def _text_lines(spark: SparkSession, uri: str | list[str]) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return spark.read.text(_spark_paths(uri)).select(
         F.col("value"),
         F.col("_metadata.file_path").alias("source"),
         F.col("_metadata.file_block_start").alias("block"),
@@ -349,7 +383,7 @@ def _clean(col: Column) -> Column:
     return F.when(quoted, F.replace(t.substr(F.lit(2), F.length(t) - 2), F.lit('""'), F.lit('"'))).otherwise(t)
 
 
-def _read_delimited(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
+def _read_delimited(spark: SparkSession, uri: str | list[str], spec: ReadSpec) -> RawInput:
     from pyspark.sql import functions as F
 
     lines = _text_lines(spark, uri)
@@ -371,6 +405,8 @@ def _read_delimited(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
     fields = [field(spec.user_col).alias("_u"), field(spec.item_col).alias("_i")]
     if spec.rating_col is not None:
         fields.append(field(spec.rating_col).alias("_r"))
+    if spec.timestamp_col is not None:
+        fields.append(field(spec.timestamp_col).alias("_t"))
     data = data.select("value", "source", "block", "row", F.size("_f").alias("_n"), "_q", *fields)
     checks = [
         (F.trim(F.col("value")) == "", "empty_line"),
@@ -388,11 +424,18 @@ def _read_delimited(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
             (F.length(raw_rating) <= 4) & F.lower(raw_rating).isin(*[t for t in NULL_TOKENS if t != "nan"])
         )
         checks += rating_checks(missing, rating)
+    timestamp = F.lit(None).cast("long")
+    if spec.timestamp_col is not None:
+        data = data.withColumn("_s", timestamp_seconds(F.col("_t")))
+        timestamp = F.col("_s")
+        if spec.timestamp_required:
+            checks += timestamp_checks(_is_null_token(F.col("_t")), timestamp)
     reason = first_failure(checks)
     events = data.select(
         F.col("_u").alias("user_id"),
         F.col("_i").alias("item_id"),
         (F.lit(None).cast("double") if spec.implicit else rating).alias("rating"),
+        timestamp.alias("timestamp"),
         reason.alias("reason"),
         F.col("value").alias("raw"),
         "source",
@@ -402,13 +445,11 @@ def _read_delimited(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
     return RawInput(spec, events, lines.select("source", "block", "row"))
 
 
-def _read_parquet(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
+def _read_parquet(spark: SparkSession, uri: str | list[str], spec: ReadSpec) -> RawInput:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from vasp_jobs.common.spark import spark_path
-
-    frame = spark.read.parquet(spark_path(uri))
+    frame = spark.read.parquet(*_spark_paths(uri))
     columns = list(frame.columns)
     frame = frame.select(
         *columns,
@@ -427,10 +468,20 @@ def _read_parquet(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
         else:
             rating = F.col(spec.rating_col).cast("double")
         checks += rating_checks(F.col(spec.rating_col).isNull(), rating)
+    timestamp = F.lit(None).cast("long")
+    if spec.timestamp_col is not None:
+        kind = frame.schema[spec.timestamp_col].dataType
+        if isinstance(kind, T.TimestampType | T.TimestampNTZType | T.DateType):
+            timestamp = F.unix_timestamp(F.col(spec.timestamp_col).cast("timestamp"))
+        else:
+            timestamp = timestamp_seconds(F.col(spec.timestamp_col), numeric=isinstance(kind, T.NumericType))
+        if spec.timestamp_required:
+            checks += timestamp_checks(F.col(spec.timestamp_col).isNull(), timestamp)
     events = frame.select(
         user.alias("user_id"),
         item.alias("item_id"),
         (F.lit(None).cast("double") if spec.implicit else rating).alias("rating"),
+        timestamp.alias("timestamp"),
         first_failure(checks).alias("reason"),
         F.to_json(F.struct(*[F.col(c) for c in columns])).alias("raw"),
         "source",
@@ -470,6 +521,7 @@ def _read_citeulike(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
         "user_id",
         F.explode_outer("_items").alias("item_id"),
         F.lit(None).cast("double").alias("rating"),
+        F.lit(None).cast("long").alias("timestamp"),
         "reason",
         "raw",
         "source",
@@ -486,6 +538,7 @@ def read_input(
     user_col: str | None = None,
     item_col: str | None = None,
     rating_col: str | None = None,
+    timestamp_col: str | None = None,
 ) -> RawInput:
     """Open ``uri`` with the right adapter; the returned events are lazy (nothing is read yet)."""
     from vasp_jobs.common.spark import spark_path
@@ -493,9 +546,9 @@ def read_input(
     check_input(uri, fmt)
     if fmt == "auto" and detect_format(uri) == "parquet" or fmt == "parquet":
         schema_columns = tuple(spark.read.parquet(spark_path(uri)).columns)
-        spec = resolve_spec(uri, "parquet", user_col, item_col, rating_col, schema_columns)
+        spec = resolve_spec(uri, "parquet", user_col, item_col, rating_col, schema_columns, timestamp_col)
         return _read_parquet(spark, uri, spec)
-    spec = resolve_spec(uri, fmt, user_col, item_col, rating_col)
+    spec = resolve_spec(uri, fmt, user_col, item_col, rating_col, timestamp_col=timestamp_col)
     if spec.format == "citeulike":
         return _read_citeulike(spark, uri, spec)
     return _read_delimited(spark, uri, spec)

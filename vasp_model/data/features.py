@@ -59,7 +59,11 @@ class Features:
     ``item_ids`` [I] (str, by item_idx), ``popularity`` [I] (train users with the item),
     ``train`` [U_train, I] binary csr, ``train_user_idx`` / ``train_user_ids`` [U_train],
     ``ab_copies`` a list of K ``(A, B)`` csr pairs over the rows of ``train`` (A + B = train),
-    ``validation`` / ``test`` :class:`EvalSplit`, ``manifest`` (the published _manifest.json).
+    ``validation`` / ``test`` :class:`EvalSplit`, ``manifest`` (the published _manifest.json),
+    ``temporal`` (built with a temporal holdout, else None): the users seen before the cutoff
+    ``D - h`` with a positive after it, fold-in = their positives before it, holdout = their new
+    positives in ``(D - h, D]`` that today's vocabulary knows; ``temporal_new_items`` counts
+    those the vocabulary does not know (items new to the catalog), ``temporal_next_items`` all of them.
     """
 
     item_ids: np.ndarray
@@ -71,6 +75,9 @@ class Features:
     validation: EvalSplit
     test: EvalSplit
     manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
+    temporal: EvalSplit | None = None
+    temporal_new_items: int = 0
+    temporal_next_items: int = 0
 
     @property
     def n_items(self) -> int:
@@ -85,7 +92,9 @@ class Features:
         if self.popularity.shape != (n_items,):
             raise ValueError(f"popularity has shape {self.popularity.shape}, expected ({n_items},)")
         mats = {"train": self.train}
-        for name, split in (("validation", self.validation), ("test", self.test)):
+        splits = [("validation", self.validation), ("test", self.test)]
+        splits += [("temporal", self.temporal)] if self.temporal is not None else []
+        for name, split in splits:
             mats[f"{name}.fold_in"] = split.fold_in
             mats[f"{name}.holdout"] = split.holdout
             mats[f"{name}.consumed"] = split.consumed
@@ -378,10 +387,13 @@ def load_features(warehouse: str, date: str) -> Features:
     u_idx, u_ids, u_split = u_idx[by_idx], u_ids[by_idx], u_split[by_idx]
 
     train_members = u_idx[u_split == "train"]
-    inter = _read_table(warehouse, date, "interactions", ["user_idx", "item_idx"])
+    cutoff = (manifest.get("temporal") or {}).get("cutoff")
+    inter = _read_table(warehouse, date, "interactions", ["user_idx", "item_idx", *(["timestamp"] if cutoff else [])])
     i_user = inter.column("user_idx").to_numpy(zero_copy_only=False)
     i_item = inter.column("item_idx").to_numpy(zero_copy_only=False)  # float with NaN where null
-    in_train = np.isin(i_user, train_members) & ~np.isnan(np.asarray(i_item, dtype=np.float64))
+    # With a temporal holdout the model learns only what happened before the cutoff.
+    i_before = _before(inter, cutoff)
+    in_train = np.isin(i_user, train_members) & ~np.isnan(np.asarray(i_item, dtype=np.float64)) & i_before
     t_user, t_item = i_user[in_train].astype(np.int64), np.asarray(i_item[in_train]).astype(np.int64)
     _check_items(t_item, n_items, "interactions")
     train = _coo_csr(_positions(t_user, train_members, "interactions"), t_item, train_members.size, n_items)
@@ -401,9 +413,9 @@ def load_features(warehouse: str, date: str) -> Features:
             pair.append(_coo_csr(ab_pos[sel], ab_item[sel], train_members.size, n_items))
         copies.append(tuple(pair))
 
-    consumed = _read_table(warehouse, date, "consumed", ["user_idx", "item_idx"])
+    consumed = _read_table(warehouse, date, "consumed", ["user_idx", "item_idx", *(["timestamp"] if cutoff else [])])
     c_item = np.asarray(consumed.column("item_idx").to_numpy(zero_copy_only=False), dtype=np.float64)  # NaN: null
-    known = ~np.isnan(c_item)
+    known = ~np.isnan(c_item) & _before(consumed, cutoff)
     c_user = consumed.column("user_idx").to_numpy(zero_copy_only=False)[known].astype(np.int64)
     c_item = c_item[known].astype(np.int64)
     _check_items(c_item, n_items, "consumed")
@@ -432,6 +444,14 @@ def load_features(warehouse: str, date: str) -> Features:
             consumed=_coo_csr(np.searchsorted(members, c_user[mine]), c_item[mine], members.size, n_items),
         )
 
+    temporal: dict[str, Any] = {}
+    if cutoff:
+        i_item_f = np.asarray(i_item, dtype=np.float64)
+        temporal = _temporal_split(i_user.astype(np.int64), i_item_f, i_before, n_items, u_idx, u_ids)
+        c_users = np.isin(c_user, temporal["split"].user_idx)
+        c_pos = np.searchsorted(temporal["split"].user_idx, c_user[c_users])
+        consumed_t = _coo_csr(c_pos, c_item[c_users], temporal["split"].n_users, n_items)
+        temporal["split"] = dataclasses.replace(temporal["split"], consumed=consumed_t)
     return Features(
         item_ids=item_ids,
         popularity=popularity,
@@ -442,4 +462,35 @@ def load_features(warehouse: str, date: str) -> Features:
         validation=eval_split("validation"),
         test=eval_split("test"),
         manifest=manifest,
+        temporal=temporal.get("split"),
+        temporal_new_items=int(temporal.get("new_items", 0)),
+        temporal_next_items=int(temporal.get("next_items", 0)),
     )
+
+
+def _before(table, cutoff: int | None) -> np.ndarray:
+    """Rows of ``table`` whose ``timestamp`` is before ``cutoff`` (all rows without a cutoff)."""
+    if not cutoff:
+        return np.ones(table.num_rows, dtype=bool)
+    ts = np.asarray(table.column("timestamp").to_numpy(zero_copy_only=False), dtype=np.float64)
+    return ts < cutoff  # a null time (NaN) is never before it
+
+
+def _temporal_split(i_user, i_item, before, n_items: int, u_idx, u_ids) -> dict[str, Any]:
+    """The next-period holdout from the positives (user, item or NaN, first seen before the cutoff?):
+    users with a known positive before the cutoff and one after it."""
+    known = ~np.isnan(i_item)
+    history = before & known
+    seen = np.unique(i_user[history])
+    nxt = ~before & np.isin(i_user, seen)
+    members = np.unique(i_user[nxt & known])
+    fold = history & np.isin(i_user, members)
+    hold = nxt & known
+    split = EvalSplit(
+        fold_in=_coo_csr(np.searchsorted(members, i_user[fold]), i_item[fold].astype(np.int64), members.size, n_items),
+        holdout=_coo_csr(np.searchsorted(members, i_user[hold]), i_item[hold].astype(np.int64), members.size, n_items),
+        user_idx=members.astype(np.int32),
+        user_ids=u_ids[np.searchsorted(u_idx, members)],
+        consumed=sp.csr_matrix((members.size, n_items), dtype=np.float32),
+    )
+    return {"split": split, "new_items": int((nxt & ~known).sum()), "next_items": int(nxt.sum())}

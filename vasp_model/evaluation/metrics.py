@@ -44,6 +44,9 @@ METRIC_KEYS: tuple[str, ...] = tuple(ModelMetrics.__annotations__)
 ACCURACY_KEYS = ("ndcg@100", "recall@20", "recall@50")  # the headline figures: version tags, gate metric
 BUCKETS = ("head", "mid", "tail")
 MODELS = ("vasp", "ease", "popularity")  # the recommenders a training report scores
+# The evaluation protocols and the report section of each: vae_cf's test users, or the next period
+# (``temporal``, :mod:`vasp_model.evaluation.temporal`).
+PROTOCOL_SECTIONS = {"vae_cf": "test", "temporal": "temporal"}
 SPLITS = ("test", "validation")
 # One model's per-user metric arrays on one split: ``{metric: [U] float array}`` (NaN: empty holdout).
 PerUser = dict[str, np.ndarray]
@@ -60,12 +63,14 @@ class MetricsReport(TypedDict):
     validation: dict[str, ModelMetrics]
 
 
-def model_test_metrics(report: Mapping[str, Any], model: str) -> dict[str, float]:
-    """``report["test"][model]`` of a :class:`MetricsReport` (empty when that model was not scored)."""
+def model_test_metrics(report: Mapping[str, Any], model: str, section: str = "test") -> dict[str, float]:
+    """``report[section][model]`` of a :class:`MetricsReport` (empty when that model or, for a section
+    other than ``test``, that section was not scored)."""
     test = report.get("test") if isinstance(report, Mapping) else None
     if not isinstance(test, Mapping):
         raise ValueError("not a metrics report: expected {'test': {model: {metric: value}}, 'validation': {...}}")
-    return dict(test.get(model) or {})
+    scores = report.get(section)
+    return dict((scores or {}).get(model) or {}) if isinstance(scores, Mapping) else {}
 
 
 def _check_k(k) -> int:

@@ -80,10 +80,12 @@ class Rule:
     metric: str = GATE_METRIC
     margin: float = 0.0
     require_significant: bool = False
+    protocol: str = "vae_cf"  # vae_cf: held-out test users; temporal: the next period (D - h, D]
 
     @property
     def tag(self) -> str:
-        return f"{self.metric} margin={self.margin:g}" + (" significant" if self.require_significant else "")
+        protocol = "" if self.protocol == "vae_cf" else f"{self.protocol} "
+        return f"{protocol}{self.metric} margin={self.margin:g}" + (" significant" if self.require_significant else "")
 
 
 @dataclasses.dataclass(frozen=True)

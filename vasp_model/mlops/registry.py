@@ -182,31 +182,48 @@ def _candidate_and_aliases(client, registered_model: str, date: str) -> tuple[ga
     return _version(candidate), gate.Aliases(aliases.get(gate.CHAMPION), aliases.get(gate.PREVIOUS))
 
 
-def _logged(client, run_id: str, metric: str, compare: tuple[str, str] = gate.VASP_VS_EASE) -> gate.Logged:
-    """The candidate's and its baseline's test ``metric`` (``compare``: their report entries) and the
-    interval of their difference (None when the run logged none), from the candidate's run."""
-    from vasp_model.evaluation.metrics import model_test_metrics
+def _logged(
+    client, run_id: str, metric: str, compare: tuple[str, str] = gate.VASP_VS_EASE, protocol: str = "vae_cf"
+) -> gate.Logged:
+    """The candidate's and its baseline's test ``metric`` (``compare``: their report entries) under
+    ``protocol`` and the interval of their difference (None when the run logged none: intervals are
+    logged for vae_cf's test users only), from the candidate's run."""
+    from vasp_model.evaluation.metrics import PROTOCOL_SECTIONS, model_test_metrics
     from vasp_model.mlops.tracking import logged_interval, logged_report
 
     report = logged_report(client, run_id)
-    candidate, baseline = (model_test_metrics(report, name).get(metric) for name in compare)
-    interval = logged_interval(client, run_id, metric, "-".join(compare))
+    section = PROTOCOL_SECTIONS[protocol]
+    candidate, baseline = (model_test_metrics(report, name, section).get(metric) for name in compare)
+    interval = logged_interval(client, run_id, metric, "-".join(compare)) if protocol == "vae_cf" else None
     return gate.Logged(candidate, baseline, gate.Bounds(*interval) if interval is not None else None, compare)
 
 
-def _head_to_head(tracking_uri: str, warehouse: str, date: str, candidate: gate.Version, champion: str, metric: str):
-    """Candidate and champion re-scored on ``date``'s test users, with the paired interval of their difference."""
+def _head_to_head(
+    tracking_uri: str,
+    warehouse: str,
+    date: str,
+    candidate: gate.Version,
+    champion: str,
+    metric: str,
+    protocol: str = "vae_cf",
+):
+    """Candidate and champion re-scored on ``date``'s test users (``temporal``: its next-period users),
+    with the paired interval of their difference."""
     from vasp_model.data.features import load_features
     from vasp_model.evaluation.bootstrap import paired_bootstrap
 
     features = load_features(warehouse, date)
+    split = features.test if protocol == "vae_cf" else features.temporal
+    if split is None:
+        raise ValueError(
+            f"the gate's protocol is {protocol} but features of {date} have no temporal holdout "
+            "(build with --temporal-holdout-days)"
+        )
     scores, per_user = {}, {}
     with tempfile.TemporaryDirectory(prefix="vasp-gate-") as tmp:
         for role, version in (("champion", champion), ("candidate", candidate.version)):
             bundle = _load_version_bundle(tracking_uri, candidate.model, version, f"{tmp}/{role}")
-            scores[role], per_user[role] = rescore_per_user(
-                bundle, features.item_ids, features.test, features.popularity
-            )
+            scores[role], per_user[role] = rescore_per_user(bundle, features.item_ids, split, features.popularity)
     diff = paired_bootstrap(per_user["candidate"], per_user["champion"])[metric]
     return gate.Rescored(scores["candidate"][metric], scores["champion"][metric], gate.Bounds(diff.low, diff.high))
 
@@ -245,18 +262,19 @@ def promote(
     metric: str = gate.GATE_METRIC,
     require_significant: bool = False,
     compare: tuple[str, str] = gate.VASP_VS_EASE,
+    protocol: str = "vae_cf",
 ) -> gate.GateDecision:
     """Run the gate for ``date``'s candidate and move aliases accordingly (see :mod:`gate`); ``compare``:
     which entries of the run's report are the candidate and the baseline it must beat."""
     client = client_for(tracking_uri)
-    rule = gate.Rule(metric, margin, require_significant)
+    rule = gate.Rule(metric, margin, require_significant, protocol)
     candidate, aliases = _candidate_and_aliases(client, registered_model, date)
     outcome = gate.settled(date, rule, candidate, aliases)
     if outcome is None:  # not decided yet: score it
-        logged = _logged(client, candidate.run_id, metric, compare)
+        logged = _logged(client, candidate.run_id, metric, compare, protocol)
         outcome = gate.decide(date, rule, candidate, aliases, logged)
         if isinstance(outcome, gate.NeedsRescore):
-            rescored = _head_to_head(tracking_uri, warehouse, date, candidate, outcome.champion, metric)
+            rescored = _head_to_head(tracking_uri, warehouse, date, candidate, outcome.champion, metric, protocol)
             outcome = gate.decide(date, rule, candidate, aliases, logged, rescored)
     _apply(client, candidate, aliases, outcome)
     decision = outcome.decision
@@ -299,6 +317,7 @@ def promote_fallback(
     registered_model: str = "vasp",
     ease_model: str = gate.EASE_REGISTERED_MODEL,
     metric: str = gate.GATE_METRIC,
+    protocol: str = "vae_cf",
 ) -> gate.GateDecision:
     """``decision`` (the gate's for its date) with what serves that date (:func:`gate.serving_after`).
 
@@ -319,7 +338,9 @@ def promote_fallback(
             reason = f"the training of {date} published no EASE bundle ({layout.ease_bundle_dir(warehouse, date)})"
             fallback = gate.GateDecision(date, "unchanged", False, None, champion, champion, reason, metric)
             return gate.serving_after(decision, registered_model, fallback, ease_model)
-    fallback = promote(date, warehouse, tracking_uri, ease_model, metric=metric, compare=gate.EASE_VS_POPULARITY)
+    fallback = promote(
+        date, warehouse, tracking_uri, ease_model, metric=metric, compare=gate.EASE_VS_POPULARITY, protocol=protocol
+    )
     return gate.serving_after(decision, registered_model, fallback, ease_model)
 
 

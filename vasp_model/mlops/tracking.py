@@ -46,6 +46,7 @@ from vasp_model.evaluation.metrics import (
     ACCURACY_KEYS,
     BUCKETS,
     MODELS,
+    PROTOCOL_SECTIONS,
     SPLITS,
     MetricsReport,
     model_test_metrics,
@@ -74,6 +75,7 @@ class TrackingConfig:
     ease_registered_model: str = EASE_REGISTERED_MODEL
     gate_margin: float = 0.0  # the candidate must beat EASE (and the champion) by more than this (absolute nDCG@100)
     gate_metric: str = GATE_METRIC
+    gate_protocol: str = "vae_cf"  # whose test the gate reads: vae_cf's held-out users, or temporal's next period
     # the lower ends of the paired intervals must clear the gate too (vs EASE: the margin, vs the champion: 0)
     gate_require_significant: bool = False
 
@@ -93,6 +95,8 @@ class TrackingConfig:
             raise ValueError(f"gate_margin must be a finite number, got {self.gate_margin!r}")
         if not isinstance(self.gate_require_significant, bool):
             raise ValueError(f"gate_require_significant must be true or false, got {self.gate_require_significant!r}")
+        if self.gate_protocol not in PROTOCOL_SECTIONS:
+            raise ValueError(f"gate_protocol must be one of {', '.join(PROTOCOL_SECTIONS)}, got {self.gate_protocol!r}")
         if self.gate_metric not in ACCURACY_KEYS:
             raise ValueError(f"gate_metric must be one of {', '.join(ACCURACY_KEYS)}, got {self.gate_metric!r}")
 
@@ -128,12 +132,14 @@ def to_mlflow_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 def from_mlflow_metrics(metrics: Mapping[str, float]) -> MetricsReport:
     """The report sections (test, validation) of a run's MLflow metrics: the inverse of
     :func:`to_mlflow_metrics` on them (``test.vasp.ndcg_at_100`` -> ``report["test"]["vasp"]["ndcg@100"]``)."""
-    report: dict[str, dict[str, dict[str, float]]] = {split: {} for split in SPLITS}
+    report: dict[str, dict[str, dict[str, float]]] = {split: {} for split in (*SPLITS, "temporal")}
     for key, value in metrics.items():
         split, _, rest = key.partition(".")
         model, _, name = rest.partition(".")
         if split in report and model and name:
             report[split].setdefault(model, {})[name.replace("_at_", "@")] = float(value)
+    if not report["temporal"]:
+        del report["temporal"]
     return MetricsReport(**report)
 
 

@@ -43,7 +43,8 @@ class NightlyConfig:
     """Deployment settings of the nightly DAG: defaults, then ``VASP_<FIELD>`` env vars.
 
     ``input`` is ``synthetic`` (generate a synthetic file for the date) or a path/URI;
-    ``{date}`` in it is replaced by the logical date (``/data/events/dt={date}/``).
+    ``{date}`` in it is replaced by the logical date (``/data/events/dt={date}/``);
+    ``events:DIR`` is an append-only event log read as of the date (the sensor waits for ``DIR/dt=D``).
     """
 
     warehouse: str = dataclasses.field(default_factory=defaults.default_warehouse)
@@ -196,6 +197,14 @@ class Plan:
         """Whether this run tunes before training (``tune`` nightly, or weekly on ``tune_weekday``)."""
         weekday = WEEKDAYS[dt.date.fromisoformat(self.date).weekday()]
         return self.tune == "nightly" or (self.tune == "weekly" and weekday == self.tune_weekday)
+
+    @property
+    def awaited_input(self) -> str:
+        """What the input sensor waits for: the input, or the partition of the date of an event log."""
+        from vasp_model.data.events import partition_dir, split_input
+
+        location, is_log = split_input(self.input)
+        return partition_dir(location, self.date) if is_log else self.input
 
     @property
     def tuning(self) -> str:

@@ -94,6 +94,7 @@ def promote_stage(config: PromoteStageConfig) -> GateDecision:
         margin=tracking.gate_margin,
         metric=tracking.gate_metric,
         require_significant=tracking.gate_require_significant,
+        protocol=tracking.gate_protocol,
     )
     return registry.promote_fallback(
         decision,
@@ -102,4 +103,5 @@ def promote_stage(config: PromoteStageConfig) -> GateDecision:
         tracking.registered_model,
         tracking.ease_registered_model,
         tracking.gate_metric,
+        tracking.gate_protocol,
     )

@@ -233,6 +233,21 @@ def write_outputs(result, features, directory: str, exclude: str) -> None:
     pq.write_table(per_user_table(result.per_user, features), os.path.join(directory, "per_user_metrics.parquet"))
 
 
+def add_temporal_metrics(result, features) -> None:
+    """Score VASP, EASE and popularity on the features' temporal holdout (if any) into
+    ``result.metrics["temporal"]`` (MLflow: ``temporal.<model>.<metric>``), beside vae_cf's test/validation."""
+    from vasp_model.evaluation.temporal import SECTION, evaluate_temporal
+    from vasp_model.recommenders.baselines import Popularity
+
+    recommenders = {"vasp": (result.bundle, result.bundle.n_items)}
+    if result.ease is not None:
+        recommenders["ease"] = (result.ease, features.n_items)
+        recommenders["popularity"] = (Popularity.from_counts(features.popularity), features.n_items)
+    temporal = evaluate_temporal(recommenders, features)
+    if temporal:
+        result.metrics[SECTION] = temporal
+
+
 def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     """Stage ``train``: train, evaluate, publish ``models/dt=D`` (and log to MLflow); returns a summary."""
     if config.backend:
@@ -261,7 +276,9 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     verbose = 0 if config.quiet else "auto"
 
     def fit(callbacks=()):
-        return train(features, vasp, callbacks=callbacks, checkpoint_dir=checkpoint_dir, verbose=verbose)
+        result = train(features, vasp, callbacks=callbacks, checkpoint_dir=checkpoint_dir, verbose=verbose)
+        add_temporal_metrics(result, features)
+        return result
 
     def publish(result) -> None:
         staging = storage.staging_dir(final)
@@ -275,6 +292,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
                 "best_epoch": result.best_epoch,
                 "blend_weight": result.metrics.get("blend_weight"),
                 "test": result.metrics.get("test", {}),
+                "temporal": result.metrics.get("temporal", {}),
                 "features_manifest": lineage(features.manifest, features_dir),
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
@@ -312,6 +330,10 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
                 if k in ("ndcg@100", "recall@20", "recall@50", "coverage@100", "recall@20_tail")
             }
             for name, m in result.metrics["test"].items()
+        },
+        "temporal": {
+            name: {k: v for k, v in m.items() if k in ("ndcg@100", "recall@20", "recall@50", "hit_rate@20")}
+            for name, m in result.metrics.get("temporal", {}).items()
         },
         "intervals": {"vasp-ease": {"ndcg@100": vasp_ease["ndcg@100"]}} if vasp_ease else {},
         "run_id": run_id,
