@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from vasp_model.core import defaults
+from vasp_model.core.errors import CLEAR_ERRORS
 from vasp_model.core.settings import build_config
 from vasp_model.data import storage
 
@@ -262,12 +263,12 @@ def write_tables(
     tables are written (so it can include metrics observed during the writes, or count rows of
     the written tables).
     ``timings`` (optional) receives ``write_<name>`` -> seconds per table.
-    On any error the staging directory is removed and the published date is left untouched.
+    On any error the staging directory is removed and the published date is left untouched
+    (``storage.staged``; a full disk is one ``OutOfSpace`` line).
     """
     import time
 
-    staging = storage.staging_dir(final_uri)
-    try:
+    with storage.staged(final_uri) as staging:
         for name, frame in tables.items():
             started = time.perf_counter()
             if files and files.get(name):
@@ -277,9 +278,6 @@ def write_tables(
                 timings[f"write_{name}"] = round(time.perf_counter() - started, 3)
         payload = manifest(staging) if callable(manifest) else dict(manifest)
         storage.publish(staging, final_uri, payload)
-    except BaseException:
-        storage.discard(staging)
-        raise
 
 
 def submit_main(
@@ -299,7 +297,7 @@ def submit_main(
     args = parser.parse_args(argv)
     try:
         summary = stage(config_from_args(args))
-    except (ValueError, FileNotFoundError) as exc:
+    except CLEAR_ERRORS as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary), flush=True)

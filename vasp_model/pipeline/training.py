@@ -25,6 +25,7 @@ from vasp_model.core import defaults
 from vasp_model.core.args import add_exclude_argument
 from vasp_model.core.config import VaspConfig
 from vasp_model.data import layout
+from vasp_model.data.locks import locked
 from vasp_model.train.memory import check_training_memory, parse_bytes
 
 MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
@@ -233,6 +234,7 @@ def write_outputs(result, features, directory: str, exclude: str) -> None:
     pq.write_table(per_user_table(result.per_user, features), os.path.join(directory, "per_user_metrics.parquet"))
 
 
+@locked("train")
 def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     """Stage ``train``: train, evaluate, publish ``models/dt=D`` (and log to MLflow); returns a summary."""
     if config.backend:
@@ -264,8 +266,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         return train(features, vasp, callbacks=callbacks, checkpoint_dir=checkpoint_dir, verbose=verbose)
 
     def publish(result) -> None:
-        staging = storage.staging_dir(final)
-        try:
+        with storage.staged(final) as staging:
             write_outputs(result, features, storage.local_path(staging), config.exclude)
             manifest = {
                 "date": date,
@@ -279,9 +280,6 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             storage.publish(staging, final, manifest)
-        except BaseException:
-            storage.discard(staging)
-            raise
 
     run_id = None
     if config.tracking:
