@@ -44,6 +44,8 @@ DEV = [
     "ruff==0.17.5",
     "duckdb>=1.1,<3",
     "jax[cpu]>=0.7,<0.13",  # second Keras backend for the cross-backend test
+    "moto[server]>=5,<6",  # a local S3-compatible server for the object-store tests
+    "s3fs>=2024.2",  # those tests' view of the bucket (fsspec)
 ]
 
 

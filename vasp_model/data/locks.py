@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import functools
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
@@ -31,8 +33,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from vasp_model.core import defaults
-from vasp_model.core.errors import DateLocked
+from vasp_model.core.errors import DateLocked, OutOfSpace
+from vasp_model.data import storage
 from vasp_model.data.layout import check_date
+
+log = logging.getLogger(__name__)
 
 LOCKS = "_locks"
 _POLL_S = 0.2
@@ -43,7 +48,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def lock_path(warehouse: str, stage: str, date: str) -> str:
     """Where the lock of ``stage`` for ``date`` lives (module docstring)."""
     name = f"{stage}-dt={check_date(date)}.lock"
-    if "://" not in warehouse or warehouse.startswith("file://"):
+    if storage.is_local(warehouse):
         return os.path.join(os.path.abspath(warehouse.removeprefix("file://")), LOCKS, name)
     key = hashlib.sha1(warehouse.rstrip("/").encode()).hexdigest()[:12]  # one folder per remote warehouse
     return os.path.join(defaults.run_dir(), "locks", key, name)
@@ -69,9 +74,14 @@ def date_lock(warehouse: str, stage: str, date: str, wait: float | None = None) 
     seconds (default :func:`wait_seconds`).
     """
     path = lock_path(warehouse, stage, date)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     wait = wait_seconds() if wait is None else wait
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutOfSpace(f"no space left on device while taking the lock {path}") from exc
+        raise
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -82,14 +92,12 @@ def date_lock(warehouse: str, stage: str, date: str, wait: float | None = None) 
                 if time.monotonic() >= deadline:
                     raise DateLocked(_refusal(stage, date, path, wait)) from None
                 time.sleep(_POLL_S)
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "stage": stage, "date": date}
-        holder["since"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        _record(fd, stage, date)
         try:
             yield path
         finally:
-            os.ftruncate(fd, 0)  # released: the file stays (removing it would race the next run's open)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # released: the file stays (removing it would race the next run's open)
     finally:
         os.close(fd)  # closing drops the flock
 
@@ -115,6 +123,17 @@ def holder(path: str) -> dict[str, Any]:
             return json.loads(src.read() or "{}")
     except (OSError, ValueError):
         return {}
+
+
+def _record(fd: int, stage: str, date: str) -> None:
+    """Write who holds the lock into its file; best effort (on a full disk the lock holds all the same)."""
+    since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    who = {"pid": os.getpid(), "host": socket.gethostname(), "stage": stage, "date": date, "since": since}
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(who).encode(), 0)
+    except OSError as exc:
+        log.debug("could not record the holder of the lock: %s", exc)
 
 
 def _refusal(stage: str, date: str, path: str, wait: float) -> str:

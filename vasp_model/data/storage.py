@@ -79,6 +79,11 @@ def locate(uri: str) -> str:
     return _follow(filesystem, path, uri)
 
 
+def is_local(uri: str) -> bool:
+    """Whether ``uri`` is a path or ``file://`` URI (a local or mounted filesystem), by its form alone."""
+    return "://" not in uri or uri.startswith("file://")
+
+
 def local_path(uri: str) -> str:
     """The local filesystem path of ``uri`` (raises for non-local URIs)."""
     filesystem, path = resolve(uri)

@@ -249,6 +249,8 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     from vasp_model.train.trainer import train
 
     date, warehouse, vasp = config.date, config.warehouse, config.vasp
+    if not storage.is_local(warehouse):  # Keras writes the bundle to a path: say so before training, not after
+        raise ValueError(f"vasp train writes the model bundle to a local or mounted warehouse, not {warehouse}")
     t0 = time.perf_counter()
     features = load_features(warehouse, date)
     load_seconds = time.perf_counter() - t0
