@@ -179,3 +179,33 @@ def test_train_on_a_full_disk_publishes_nothing(built, small_disk, tmp_path):
     rerun = _vasp_train(warehouse, tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert snapshot(final)[".version"] != before[".version"]
+
+
+def test_out_of_space_is_recognised_through_the_chain():
+    class JavaError(Exception):  # how py4j reports a Spark write failure: the cause is text
+        pass
+
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as exc:
+            raise RuntimeError("task failed") from exc
+    except RuntimeError as exc:
+        assert storage.is_out_of_space(exc)
+    assert storage.is_out_of_space(JavaError("Caused by: java.io.IOException: No space left on device"))
+    assert not storage.is_out_of_space(OSError(13, "Permission denied"))
+    assert not storage.is_out_of_space(ValueError("bad input"))
+
+
+def test_staged_discards_and_names_the_table_date_and_place(tmp_path):
+    final = layout.models_dir(str(tmp_path / "wh"), DATE)
+    with pytest.raises(OSError, match=f"^no space left on device while writing models for {DATE} under {tmp_path}/wh$"):
+        with storage.staged(final) as staging:
+            os.makedirs(staging)
+            raise OSError(28, "No space left on device")
+    assert os.listdir(tmp_path / "wh" / "models" / storage.VERSIONS / f"dt={DATE}") == []
+    with pytest.raises(KeyError):  # any other error passes through as it is, staging removed all the same
+        with storage.staged(final) as staging:
+            os.makedirs(staging)
+            raise KeyError("x")
+    assert os.listdir(tmp_path / "wh" / "models" / storage.VERSIONS / f"dt={DATE}") == []
