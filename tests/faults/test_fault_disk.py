@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,11 @@ from vasp_model import cli
 from vasp_model.data import layout, storage
 
 DATE = "2024-06-01"
+# What every Spark process prints as it starts, failing or not.
+SPARK_BANNER = re.compile(
+    r"^WARNING: Using incubator modules|^Using Spark's default log4j profile|^Setting default log level|"
+    r"^To adjust logging level|WARN NativeCodeLoader: "
+)
 
 
 class SmallDisk:
@@ -123,10 +129,26 @@ def test_build_on_a_full_disk_publishes_nothing(spark, built, small_disk, tmp_pa
     events.write_text(events_csv([f"u{u}" for u in range(40) for _ in range(6)], [f"i{i % 25}" for i in range(240)]))
     argv = ["build", "--input", str(events), "--warehouse", str(warehouse), "--date", DATE]
 
-    with small_disk.full():
-        code = cli.main(argv)
-    assert code == 1
-    one_line(capsys.readouterr().err, "build", "features", warehouse)
+    with small_disk.full():  # in a process of its own: stderr as a user sees it, the JVM's included
+        proc = subprocess.run(
+            [sys.executable, "-m", "vasp_model.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={
+                **os.environ,
+                "VASP_HOME": str(tmp_path / "run"),
+                "VASP_SPARK_MASTER": "local[1]",
+                "VASP_SPARK_DRIVER_MEMORY": "1g",
+            },
+        )
+    assert proc.returncode == 1
+    one_line(
+        "\n".join(line for line in proc.stderr.splitlines() if not SPARK_BANNER.search(line)),
+        "build",
+        "features",
+        warehouse,
+    )
     assert_untouched(final, before)
 
     assert cli.main(argv) == 0  # space again: the rerun publishes
