@@ -184,6 +184,7 @@ def _vasp_train(warehouse: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
 
 
+@pytest.mark.slow  # three trainings in processes of their own
 def test_train_on_a_full_disk_publishes_nothing(built, small_disk, tmp_path):
     warehouse = small_disk.path / "wh"
     publish_copy(layout.features_dir(built, DATE), layout.features_dir(str(warehouse), DATE))
