@@ -46,6 +46,8 @@ DEV = [
     "duckdb>=1.1,<3",
     "jax[cpu]>=0.7,<0.13",  # second Keras backend for the cross-backend test
     "aiosmtpd>=1.4,<2",  # a real SMTP server on 127.0.0.1 for the alerting tests
+    "moto[server]>=5,<6",  # a local S3-compatible server for the object-store tests
+    "s3fs>=2024.2",  # those tests' view of the bucket (fsspec)
 ]
 
 

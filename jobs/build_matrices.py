@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from vasp_model.core import defaults
 from vasp_model.core.settings import build_config
 from vasp_model.data import layout, storage
+from vasp_model.data.locks import locked
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -824,6 +825,7 @@ SUMMARY_COUNTS = (
 )
 
 
+@locked("build")
 def build_stage(config: BuildStageConfig) -> dict[str, Any]:
     """Stage ``build``: publish features/dt=D; returns a summary (path, date, seconds, the main counts)."""
     from vasp_jobs.common.eventlog import log_files

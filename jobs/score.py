@@ -47,6 +47,7 @@ import numpy as np
 
 from vasp_model.core import defaults
 from vasp_model.data import layout
+from vasp_model.data.locks import locked
 from vasp_model.mlops.gate import EASE_REGISTERED_MODEL
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -552,10 +553,13 @@ def to_argv(config: ScoreStageConfig) -> list[str]:
     ]  # fmt: skip
 
 
+@locked("score")
 def score_stage(config: ScoreStageConfig) -> dict[str, Any]:
     """Stage ``score``: publish recommendations/dt=D; returns the date, the model version and the counts."""
     from vasp_jobs.common.spark import get_session
+    from vasp_model.data.features import require_features
 
+    require_features(config.warehouse, config.date)  # before Spark starts: one line, no JVM noise
     result = score(
         get_session(config.spark),
         config.date,

@@ -70,6 +70,7 @@ REASONS = (
     "unparsable_timestamp",
 )
 EVENT_COLUMNS = ("user_id", "item_id", "rating", "timestamp", "reason", "raw", "source", "block", "row")
+HEADER_FORMATS = ("csv", "lastfm")  # the delimited formats whose first line names the columns
 NULL_TOKENS = ("", "null", "none", "nan", "\\n")
 
 USER_CANDIDATES = ("user_id", "userId", "userid", "user", "UserID", "userID", "uid")
@@ -141,18 +142,45 @@ def data_files(uri: str) -> list[pafs.FileInfo]:
 
 def check_input(uri: str, fmt: str = "auto") -> list[pafs.FileInfo]:
     """The data files of ``uri`` after the checks Spark would fail on with a stack trace: it exists
-    (``FileNotFoundError``), holds a data file, and every Parquet file has a readable footer
-    (``ValueError`` naming the file and the cause)."""
+    (``FileNotFoundError``), holds a data file, every Parquet file has a readable footer
+    (``ValueError`` naming the file and the cause), and it holds a row: not only a header, not only
+    Parquet schemas (``ValueError``)."""
     files = data_files(uri)
-    if fmt == "parquet" or fmt == "auto" and detect_format(uri) == "parquet":
-        filesystem, _ = storage.resolve(uri)
+    filesystem, _ = storage.resolve(uri)
+    kind = detect_format(uri) if fmt == "auto" else fmt
+    if kind == "parquet":
+        rows = 0
         for f in files:
             try:
-                pq.read_metadata(f.path, filesystem=filesystem)
+                rows += pq.read_metadata(f.path, filesystem=filesystem).num_rows
             except (pa.ArrowException, OSError) as exc:
                 name = uri if len(files) == 1 and f.type == pafs.FileType.File else f.path
                 raise ValueError(f"input {name} is not a readable Parquet file ({exc})") from exc
+        if rows == 0:
+            raise ValueError(f"input has no rows: {uri} (Parquet with a schema but zero rows)")
+    elif kind in HEADER_FORMATS and _only_header(files, filesystem):
+        raise ValueError(f"input has no rows: {uri} (only a header line)")
     return files
+
+
+def _only_header(files: list[pafs.FileInfo], filesystem: pafs.FileSystem, probe: int = 1 << 16) -> bool:
+    """Whether every non-blank line of the text files ``files`` repeats the first one (a header and no
+    row, as each file of a CSV directory may repeat its header). Reads at most ``probe`` bytes of a file
+    and answers False when that is not enough to tell (or for too many files): Spark counts those."""
+    if len(files) > 64:
+        return False
+    first = None
+    for f in files:
+        with filesystem.open_input_stream(f.path) as src:
+            head = src.read(probe)
+        if len(head) == probe:
+            return False
+        for line in head.decode("utf-8", errors="replace").splitlines():
+            if line.strip():
+                first = line if first is None else first
+                if line != first:
+                    return False
+    return first is not None
 
 
 def unreadable_input(exc: BaseException, uri: str) -> ValueError | None:

@@ -16,14 +16,17 @@ side effects.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from vasp_model.core import defaults
+from vasp_model.core.errors import CLEAR_ERRORS
 from vasp_model.core.settings import build_config
 from vasp_model.data import storage
 
@@ -262,12 +265,13 @@ def write_tables(
     tables are written (so it can include metrics observed during the writes, or count rows of
     the written tables).
     ``timings`` (optional) receives ``write_<name>`` -> seconds per table.
-    On any error the staging directory is removed and the published date is left untouched.
+    On any error the staging directory is removed and the published date is left untouched
+    (``storage.staged``; a full disk is one ``OutOfSpace`` line).
     """
     import time
 
-    staging = storage.staging_dir(final_uri)
-    try:
+    spark = next(iter(tables.values())).sparkSession if tables else None
+    with storage.staged(final_uri) as staging, quiet_task_failures(spark):
         for name, frame in tables.items():
             started = time.perf_counter()
             if files and files.get(name):
@@ -277,9 +281,36 @@ def write_tables(
                 timings[f"write_{name}"] = round(time.perf_counter() - started, 3)
         payload = manifest(staging) if callable(manifest) else dict(manifest)
         storage.publish(staging, final_uri, payload)
-    except BaseException:
-        storage.discard(staging)
-        raise
+
+
+# Driver-side loggers that print a failed write task's whole Java trace (at ERROR) before the driver
+# raises the same failure to Python, where the CLI turns it into one line (its trace at DEBUG).
+TASK_FAILURE_LOGGERS = (
+    "org.apache.spark.util.Utils",
+    "org.apache.spark.executor.Executor",
+    "org.apache.spark.scheduler.TaskSetManager",
+    "org.apache.spark.sql.execution.datasources.FileFormatWriter",
+)
+
+
+@contextlib.contextmanager
+def quiet_task_failures(spark: SparkSession | None) -> Iterator[None]:
+    """Silence :data:`TASK_FAILURE_LOGGERS` for the body (a write that fails, e.g. on a full disk, then
+    says so once, through the exception); a no-op without a JVM (Spark Connect) or below ERROR logging."""
+    jvm = getattr(spark, "_jvm", None) if spark is not None else None
+    if jvm is None or logging.getLogger("vasp").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    log4j = jvm.org.apache.logging.log4j
+    configurator = log4j.core.config.Configurator
+    before = {name: log4j.LogManager.getLogger(name).getLevel() for name in TASK_FAILURE_LOGGERS}
+    for name in TASK_FAILURE_LOGGERS:
+        configurator.setLevel(name, log4j.Level.OFF)
+    try:
+        yield
+    finally:
+        for name, level in before.items():
+            configurator.setLevel(name, level)
 
 
 def submit_main(
@@ -299,7 +330,7 @@ def submit_main(
     args = parser.parse_args(argv)
     try:
         summary = stage(config_from_args(args))
-    except (ValueError, FileNotFoundError) as exc:
+    except CLEAR_ERRORS as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary), flush=True)

@@ -224,8 +224,10 @@ def test_run_and_version_record_the_build_input_digest(store, world):
     assert version.tags["input_digest"] == expected and version.tags["features_digest"] == tags["features_digest"]
 
 
-def test_promote_without_candidate_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("VASP_HOME", str(tmp_path / "run"))
+def test_promote_without_candidate_is_a_clear_error(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VASP_HOME", str(tmp_path / "run"))  # a fresh, empty registry
     monkeypatch.delenv("VASP_TRACKING_URI", raising=False)
-    assert cli_main(["promote", "--date", "2026-03-09", "--warehouse", str(tmp_path / "wh")]) == 1
-    assert "no version of registered model 'vasp' is tagged date=2026-03-09" in capsys.readouterr().err
+    assert cli_main(["promote", "--date", D1, "--warehouse", world["warehouse"]]) == 1
+    assert f"no version of registered model 'vasp' is tagged date={D1}" in capsys.readouterr().err
+    assert cli_main(["promote", "--date", "2026-03-09", "--warehouse", world["warehouse"]]) == 1  # no features either
+    assert "features for 2026-03-09 are not published" in capsys.readouterr().err

@@ -361,19 +361,25 @@ def load_items(warehouse: str, date: str) -> tuple[np.ndarray, np.ndarray]:
     return _np(items, "item_id").astype(object)[order], _np(items, "popularity").astype(np.int64)[order]
 
 
+def require_features(warehouse: str, date: str) -> str:
+    """The published ``features/dt=date``; ``FileNotFoundError`` naming the published dates when it is not."""
+    directory = layout.features_dir(warehouse, date)
+    if not storage.is_published(directory):
+        available = storage.published_dates(warehouse, "features")
+        raise FileNotFoundError(
+            f"features for {date} are not published at {directory} (no {storage.SUCCESS}); "
+            f"published dates: {', '.join(available) or 'none'}"
+        )
+    return directory
+
+
 def load_features(warehouse: str, date: str) -> Features:
     """Read the published ``{warehouse}/features/dt={date}`` into :class:`Features`.
 
     Raises FileNotFoundError if that date is not published (no ``_SUCCESS``), ValueError if the
     tables break the data contract (non-contiguous indices, users in the wrong split, ...).
     """
-    directory = layout.features_dir(warehouse, date)
-    if not storage.is_published(directory):
-        available = storage.published_dates(warehouse, "features")
-        raise FileNotFoundError(
-            f"features for {date} are not published at {directory} (no {storage.SUCCESS}); "
-            f"published dates: {available or 'none'}"
-        )
+    directory = require_features(warehouse, date)
     manifest = read_manifest(directory)
 
     item_ids, popularity = load_items(warehouse, date)

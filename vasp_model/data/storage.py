@@ -22,11 +22,15 @@ The pointer is what the filesystem can replace atomically:
 version (a read that outlives the next publish fails rather than mix). ``recover`` (run by
 ``staging_dir``, so by the date's next run) finishes a publish cut after ``_SUCCESS`` and removes
 every other version, ``_SUCCESS`` first so that a half-removed one is never complete. Version ids
-sort by creation time; runs of one date must not overlap.
+sort by creation time; runs of one date must not overlap (:mod:`vasp_model.data.locks`).
+
+``staged`` wraps a write: the staging directory is removed on any error, and a write that ran out of
+space becomes one :class:`~vasp_model.core.errors.OutOfSpace` naming the table, the date and the place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import json
@@ -34,10 +38,12 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from pyarrow import fs as pafs
 
+from vasp_model.core.errors import OutOfSpace
 from vasp_model.data.layout import DATE_RE
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,11 @@ def locate(uri: str) -> str:
     return _follow(filesystem, path, uri)
 
 
+def is_local(uri: str) -> bool:
+    """Whether ``uri`` is a path or ``file://`` URI (a local or mounted filesystem), by its form alone."""
+    return "://" not in uri or uri.startswith("file://")
+
+
 def local_path(uri: str) -> str:
     """The local filesystem path of ``uri`` (raises for non-local URIs)."""
     filesystem, path = resolve(uri)
@@ -92,6 +103,42 @@ def staging_dir(final_uri: str) -> str:
     final = _date_partition(final_uri)
     recover(final)
     return _new_version(final)
+
+
+@contextlib.contextmanager
+def staged(final_uri: str) -> Iterator[str]:
+    """``staging_dir(final_uri)`` for the body to write into and ``publish``; on any error the staging
+    directory is removed (``discard``) and the published date stays as it was. Running out of space
+    (``ENOSPC``, from Python, Arrow or Spark's JVM) is re-raised as one ``OutOfSpace`` line."""
+    final = _date_partition(final_uri)
+    staging = None
+    try:
+        staging = staging_dir(final)
+        yield staging
+    except BaseException as exc:
+        if staging is not None:
+            try:
+                discard(staging)
+            except Exception as cleanup:  # never hide the write's own error behind the cleanup's
+                log.warning("could not remove the staging directory %s: %s", staging, cleanup)
+        if is_out_of_space(exc):
+            root, _, date = final.rpartition("/")
+            warehouse, _, table = root.rpartition("/")
+            full = OutOfSpace(f"no space left on device while writing {table} for {date[3:]} under {warehouse or '/'}")
+            full.errno = errno.ENOSPC
+            raise full from exc
+        raise
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` or an error it was raised from is a full disk (``ENOSPC`` or its text, as Spark reports it)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def write_json(uri: str, payload: Any) -> None:

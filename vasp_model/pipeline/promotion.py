@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from vasp_model.core import defaults
 from vasp_model.core.args import add_tracking_argument, add_warehouse_argument
 from vasp_model.data import layout
+from vasp_model.data.locks import locked
 
 if TYPE_CHECKING:  # pragma: no cover
     from vasp_model.mlops.registry import GateDecision
@@ -78,14 +79,17 @@ def config_from_args(args: argparse.Namespace) -> PromoteStageConfig:
     return PromoteStageConfig(args.date, args.warehouse or defaults.default_warehouse(), tracking, args.rollback)
 
 
+@locked("promote")
 def promote_stage(config: PromoteStageConfig) -> GateDecision:
     """Stage ``promote``: run the registry gate for ``config.date`` (or roll it back); returns the decision,
     which says what serves the date (``serving``) unless it is a rollback."""
+    from vasp_model.data.features import require_features
     from vasp_model.mlops import registry
 
     tracking = config.tracking
     if config.rollback:
         return registry.rollback(config.date, tracking.tracking_uri, tracking.registered_model)
+    require_features(config.warehouse, config.date)  # the gate re-scores on them: say so before the registry
     decision = registry.promote(
         config.date,
         config.warehouse,

@@ -163,7 +163,7 @@ def publish(plan: Plan, decision: Mapping[str, Any], checks: Mapping[str, Any]) 
         "checks": dict(checks),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    staging = storage.staging_dir(plan.runs)
-    storage.write_json(f"{staging}/run.json", summary)
-    storage.publish(staging, plan.runs)
+    with storage.staged(plan.runs) as staging:
+        storage.write_json(f"{staging}/run.json", summary)
+        storage.publish(staging, plan.runs)
     return summary

@@ -25,6 +25,7 @@ from vasp_model.core import defaults
 from vasp_model.core.args import add_exclude_argument
 from vasp_model.core.config import VaspConfig
 from vasp_model.data import layout
+from vasp_model.data.locks import locked
 from vasp_model.train.memory import check_training_memory, parse_bytes
 
 MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
@@ -248,6 +249,7 @@ def add_temporal_metrics(result, features) -> None:
         result.metrics[SECTION] = temporal
 
 
+@locked("train")
 def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     """Stage ``train``: train, evaluate, publish ``models/dt=D`` (and log to MLflow); returns a summary."""
     if config.backend:
@@ -262,6 +264,8 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     from vasp_model.train.trainer import train
 
     date, warehouse, vasp = config.date, config.warehouse, config.vasp
+    if not storage.is_local(warehouse):  # Keras writes the bundle to a path: say so before training, not after
+        raise ValueError(f"vasp train writes the model bundle to a local or mounted warehouse, not {warehouse}")
     t0 = time.perf_counter()
     features = load_features(warehouse, date)
     load_seconds = time.perf_counter() - t0
@@ -281,8 +285,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         return result
 
     def publish(result) -> None:
-        staging = storage.staging_dir(final)
-        try:
+        with storage.staged(final) as staging:
             write_outputs(result, features, storage.local_path(staging), config.exclude)
             manifest = {
                 "date": date,
@@ -297,9 +300,6 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             storage.publish(staging, final, manifest)
-        except BaseException:
-            storage.discard(staging)
-            raise
 
     run_id = None
     if config.tracking:

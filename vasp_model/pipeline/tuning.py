@@ -21,6 +21,7 @@ from typing import Any
 from vasp_model.core import defaults
 from vasp_model.core.config import VaspConfig
 from vasp_model.data import layout
+from vasp_model.data.locks import locked
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -127,14 +128,10 @@ def publish_tuning(warehouse: str, date: str, config: VaspConfig, summary: dict[
     from vasp_model.data import storage
 
     final = layout.tuning_dir(warehouse, date)
-    staging = storage.staging_dir(final)
-    try:
+    with storage.staged(final) as staging:
         storage.write_json(f"{staging}/{CONFIG_FILE}", config_to_dict(config))
         storage.write_json(f"{staging}/{SUMMARY_FILE}", summary)
         storage.publish(staging, final, manifest)
-    except BaseException:
-        storage.discard(staging)
-        raise
     return final
 
 
@@ -152,6 +149,7 @@ def tuned_config(warehouse: str, date: str) -> VaspConfig:
     return config_from_dict(storage.read_json(f"{layout.tuning_dir(warehouse, dates[-1])}/{CONFIG_FILE}"))
 
 
+@locked("tune")
 def tune_stage(config: TuneStageConfig) -> dict[str, Any]:
     """Stage ``tune``: run the study on validation users, publish ``tuning/dt=D``, log it; returns the summary."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
