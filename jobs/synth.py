@@ -240,13 +240,15 @@ def _iter_chunks(cfg: SynthConfig, chunk_users: int):
         group_start = np.searchsorted(user, np.arange(stop - start))
         rank = np.arange(user.size) - group_start[user]
         keep = rank < n_u[user]
-        keep &= active[start + user]
         user, item = user[keep], item[keep]
         # Rating from the affinity relative to the user's strongest topic.
         affinity = np.einsum("ij,ij->i", theta[user], factors[item]) / theta.max(axis=1)[user]
         latent = RATING_BASE + RATING_SCALE * np.clip(affinity, 0, 1) ** RATING_POWER + rng.normal(0, 0.6, user.size)
         rating = np.clip(np.round(latent * 2) / 2, 0.5, 5.0)
         timestamp = rng.integers(_T0, _T1, user.size)
+        if cfg.volume_scale < 1.0:  # dropped after every draw, so the other users' events stay as they were
+            sends = active[start + user]
+            user, item, rating, timestamp = user[sends], item[sends], rating[sends], timestamp[sends]
         yield {
             "user_id": (user + start + 1).astype(np.int64),
             "item_id": item_ids[item].astype(np.int64),

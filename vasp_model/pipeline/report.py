@@ -49,6 +49,7 @@ class ReportStageConfig:
     warehouse: str = dataclasses.field(default_factory=defaults.default_warehouse)
     tracking_uri: str | None = dataclasses.field(default_factory=defaults.default_tracking_uri)  # None: no MLflow
     drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
+    snapshot: str | None = None  # also write the report's panels as one PNG here (a picture for docs, mail)
 
     def __post_init__(self) -> None:
         layout.check_date(self.date)
@@ -581,6 +582,59 @@ def render_html(facts: Mapping[str, Any], flags: list[dict[str, Any]], pngs: Map
     )
 
 
+def write_snapshot(facts: Mapping[str, Any], flags: list[dict[str, Any]], pngs: Mapping[str, str], path: str) -> str:
+    """The report at a glance as one PNG: its headline figures and flags, then its plots as rendered in the HTML."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    tonight, comp = facts["tonight"], facts["comparison"]
+    lines = [
+        f"VASP morning report — {facts['date']}   (previous night {comp['previous_date']}: "
+        f"{'available' if comp.get('previous') else UNAVAILABLE})",
+        f"input rows {tonight['input_rows']:,} · users {tonight['users']:,} · items {tonight['items']:,}"
+        + (f" · median rows of last nights {comp['median_input_rows']:,.0f}" if comp.get("median_input_rows") else ""),
+    ]
+    if "coverage" in tonight:
+        lines.append(
+            f"coverage {tonight['coverage']:.1%} · Gini {tonight['gini']:.2f} · top-1% share "
+            f"{tonight['top1pct_share']:.1%}"
+            + (f" · mean Jaccard vs last night {comp['mean_jaccard']:.2f}" if "mean_jaccard" in comp else "")
+        )
+    lines += [f"FLAG {f['rule']}: {f['message']}" for f in flags] or ["no drift rule fired"]
+    order = [[n] for n in ("training",) if n in pngs] + [
+        row for row in (["volume", "quality"], ["churn", "concentration"]) if any(n in pngs for n in row)
+    ]
+    fig = plt.figure(figsize=(12, 1.2 + 0.3 * len(lines) + 4.2 * len(order)))
+    grid = fig.add_gridspec(1 + len(order), 2, height_ratios=[0.3 * len(lines) + 0.4] + [4.2] * len(order))
+    head = fig.add_subplot(grid[0, :])
+    head.axis("off")
+    for i, line in enumerate(lines):
+        color = "#b22" if line.startswith("FLAG") else "#222"
+        head.text(
+            0,
+            1 - i / len(lines),
+            line,
+            va="top",
+            fontsize=12 if i == 0 else 10,
+            color=color,
+            weight="bold" if i == 0 else None,
+        )
+    for r, row in enumerate(order, start=1):
+        for c, name in enumerate(row):
+            if name not in pngs:
+                continue
+            ax = fig.add_subplot(grid[r, :] if len(row) == 1 else grid[r, c])
+            ax.imshow(mpimg.imread(io.BytesIO(base64.b64decode(pngs[name])), format="png"))
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 # -- the stage -----------------------------------------------------------------------------------
 
 
@@ -592,6 +646,8 @@ def build_report(config: ReportStageConfig) -> tuple[str, list[dict[str, Any]], 
     flags = evaluate(facts["tonight"], facts["comparison"], config.drift) if "coverage" in facts["tonight"] else []
     figs = figures(facts)
     pngs = {name: _png(fig) for name, fig in figs.items()}
+    if config.snapshot:
+        write_snapshot(facts, flags, pngs, config.snapshot)
     return render_html(facts, flags, pngs), flags, figs, facts
 
 
@@ -705,6 +761,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_warehouse_argument(parser)
     add_tracking_argument(parser)
     parser.add_argument("--no-mlflow", action="store_true", help="Do not log the report to MLflow.")
+    parser.add_argument(
+        "--snapshot", default=None, help="Also write the report's figures and plots as one PNG to this path."
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ReportStageConfig:
@@ -714,4 +773,5 @@ def config_from_args(args: argparse.Namespace) -> ReportStageConfig:
         warehouse=args.warehouse or defaults.default_warehouse(),
         tracking_uri=tracking,
         drift=load_drift_config(),
+        snapshot=args.snapshot,
     )
