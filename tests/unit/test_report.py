@@ -156,3 +156,12 @@ def test_a_report_without_features_is_a_clear_error(tmp_path, capsys):
 
     assert cli.main(["report", "--date", "2026-05-01", "--warehouse", str(tmp_path), "--no-mlflow"]) == 1
     assert "no readable features for 2026-05-01" in capsys.readouterr().err
+
+
+def test_the_dag_task_never_fails_the_night(tmp_path, caplog):
+    from vasp_model.pipeline import plan, tasks
+
+    night = plan.make_plan({"date": "2026-05-01"}, None, config=plan.load_config({"warehouse": str(tmp_path)}))
+    result = tasks.report(night)  # no features at all: the report cannot be made, the task still returns
+    assert result["flags"] == [] and result["report"] is None
+    assert "no readable features for 2026-05-01" in result["error"] and "could not be made" in caplog.text

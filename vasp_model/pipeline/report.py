@@ -141,25 +141,30 @@ def concentration(recs, catalog: int) -> dict[str, float]:
 def churn(recs, previous) -> dict[str, Any]:
     """Per-user Jaccard of tonight's list vs the previous night's (users in both), and the share of users
     whose top 10 (as a set) changed."""
-    import numpy as np
-
+    key = ["user_id", "item_id"]
     n = int(min(recs["rank"].max(), previous["rank"].max()))
-
-    def sets(frame, k):
-        top = frame[frame["rank"] <= k]
-        return top.groupby("user_id")["item_id"].agg(frozenset)
-
-    now, before = sets(recs, n), sets(previous, n)
-    common = now.index.intersection(before.index)
+    common = recs["user_id"].drop_duplicates()
+    common = common[common.isin(previous["user_id"])]
     if common.empty:
         return {}
-    jaccard = np.array([len(now[u] & before[u]) / len(now[u] | before[u]) for u in common])
-    now10, before10 = sets(recs, CHURN_TOP), sets(previous, CHURN_TOP)
-    changed = np.mean([now10[u] != before10[u] for u in common])
+
+    def overlap(k: int):
+        now = recs.loc[(recs["rank"] <= k) & recs["user_id"].isin(common), key]
+        before = previous.loc[(previous["rank"] <= k) & previous["user_id"].isin(common), key]
+        shared = now.merge(before, on=key).groupby("user_id").size().reindex(common, fill_value=0)
+        sizes = [frame.groupby("user_id").size().reindex(common, fill_value=0) for frame in (now, before)]
+        return shared.to_numpy(), sizes[0].to_numpy(), sizes[1].to_numpy()
+
+    shared, a, b = overlap(n)
+    union = a + b - shared
+    jaccard = (shared / union.clip(min=1)).astype(float)
+    jaccard[union == 0] = 1.0
+    shared10, a10, b10 = overlap(CHURN_TOP)
+    changed = ~((shared10 == a10) & (shared10 == b10))
     return {
         "mean_jaccard": float(jaccard.mean()),
         "jaccards": jaccard,
-        "top10_changed_share": float(changed),
+        "top10_changed_share": float(changed.mean()),
         "churn_users": int(common.size),
         "churn_depth": n,
     }
