@@ -21,7 +21,6 @@ import dataclasses
 import datetime as dt
 import html
 import io
-import json
 import logging
 import statistics
 import time
@@ -479,6 +478,13 @@ def _fmt(value: Any, kind: str = "num") -> str:
     return html.escape(str(value))
 
 
+def _serving(serving: Mapping[str, Any] | None) -> str:
+    if not serving:
+        return UNAVAILABLE
+    name = f" ({serving['registered_model']} v{serving['version']})" if serving.get("registered_model") else ""
+    return f"{serving.get('kind')}{name}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
@@ -490,7 +496,7 @@ def render_html(facts: Mapping[str, Any], flags: list[dict[str, Any]], pngs: Map
     previous = comp.get("previous") or {}
     parts = [
         f"<h1>VASP morning report — {facts['date']}</h1>",
-        f'<p class="sub">serving: {html.escape(json.dumps(tonight.get("serving") or {}))} · '
+        f'<p class="sub">served by: {html.escape(_serving(tonight.get("serving")))} · '
         f"previous night {comp['previous_date']}: "
         f"{'available' if previous else UNAVAILABLE}</p>",
         "<h2>Drift flags</h2>",
@@ -508,7 +514,9 @@ def render_html(facts: Mapping[str, Any], flags: list[dict[str, Any]], pngs: Map
         rows.append([label, _fmt(tonight[key]), _fmt(previous.get(key)), _fmt(comp.get(f"median_{key}"))])
     parts += [
         "<h2>Input</h2>",
-        _table(["", "tonight", "previous night", f"median of last {len(comp.get('window', []))} nights"], rows),
+        _table(
+            ["", "tonight", "previous night", f"median of the last {len(comp.get('window', [])) or ''} nights"], rows
+        ),
     ]
     new, vanished = comp.get("new_items"), comp.get("vanished_items")
     parts.append(
