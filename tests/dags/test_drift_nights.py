@@ -74,7 +74,12 @@ def test_every_night_succeeds_with_a_report(nights):
 
 def test_the_report_flags_exactly_the_drift_of_each_night(nights):
     flagged = {night: [f["rule"] for f in _record(nights["wh"], night)["flags"]] for night in NIGHTS}
-    print("flags per night:", flagged)
+    for night in NIGHTS:  # the simulation's figures, for the record (pytest -s)
+        record, tasks = _record(nights["wh"], night), nights["results"][night]["tasks"]
+        print(night, record["promotion"]["action"], record["serving"], record["flags"])
+        print(
+            f"  morning_report {tasks['morning_report']['seconds']:.1f} s of a {nights['results'][night]['seconds']:.0f} s night"
+        )
     assert {night: set(rules) for night, rules in flagged.items()} == EXPECTED
     for night in NIGHTS:
         for flag in _record(nights["wh"], night)["flags"]:

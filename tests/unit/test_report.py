@@ -27,7 +27,9 @@ def _publish_table(final: str, frame: pd.DataFrame, manifest: dict, table: str |
     storage.publish(staging, final, manifest)
 
 
-def make_night(wh: Path, date: str, items: list[int], users: int = 40, rows: int = 1000, shift: int = 0, fallback=0):
+def make_night(
+    wh: Path, date: str, items: list[int], users: int = 40, rows: int = 1000, shift: int = 0, fallback=0, version="3"
+):
     """features (items table + manifest counts), recommendations (top TOP_N per user) and a run record."""
     features = layout.features_dir(str(wh), date)
     counts = {"input_rows": rows, "users": users, "items": len(items)}
@@ -40,8 +42,8 @@ def make_night(wh: Path, date: str, items: list[int], users: int = 40, rows: int
             for r in range(TOP_N)
         ]
     )
-    serving = {"kind": "vasp", "registered_model": "vasp", "version": "3"}
-    manifest = {"counts": {"users": users, "fallback_users": fallback}, "model_version": "3", "serving": serving}
+    serving = {"kind": "vasp", "registered_model": "vasp", "version": version}
+    manifest = {"counts": {"users": users, "fallback_users": fallback}, "model_version": version, "serving": serving}
     _publish_table(layout.recommendations_dir(str(wh), date), recs, manifest)
     runs = layout.dataset_dir(str(wh), "runs", date)
     staging = storage.staging_dir(runs)
@@ -95,6 +97,13 @@ def test_catalog_shift_volume_drop_churn_coverage_and_fallback_are_flagged(quiet
     # the thresholds are configuration: raised above tonight's values, nothing fires
     relaxed = dict(drift_new_items=0.2, drift_vanished_items=0.2, drift_volume_drop=0.7, drift_churn=1.0)
     assert _stage(quiet_week, "2026-05-08", **relaxed, drift_fallback_rise=0.6)["flags"] == []
+
+
+def test_churn_under_a_new_champion_has_its_own_threshold(quiet_week):
+    make_night(quiet_week, "2026-05-08", CATALOG, shift=3, version="4")  # the gate promoted v4: new lists
+    assert _stage(quiet_week, "2026-05-08")["flags"] == []
+    (flag,) = _stage(quiet_week, "2026-05-08", drift_churn_new_model=0.5)["flags"]
+    assert flag["rule"] == "churn" and "another model" in flag["message"]
 
 
 def test_volume_rise_and_coverage_drop(quiet_week):

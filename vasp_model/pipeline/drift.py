@@ -25,7 +25,8 @@ class DriftConfig:
     drift_volume_rise: float = 0.5  # input rows above that median by more than this share
     drift_new_items: float = 0.05  # share of tonight's items that the previous night did not have
     drift_vanished_items: float = 0.05  # share of the previous night's items gone tonight
-    drift_churn: float = 0.5  # 1 - mean Jaccard of each user's list vs the previous night
+    drift_churn: float = 0.5  # 1 - mean Jaccard of each user's list vs the previous night, the same model serving
+    drift_churn_new_model: float = 1.0  # the same, when another model serves than last night (1: never flagged)
     drift_coverage_drop: float = 0.2  # catalog coverage of the lists below the previous night's by this share
     drift_fallback_rise: float = 0.05  # share of users served by a fallback up by more than this (absolute)
     drift_window: int = 7  # nights in the median of the volume rules
@@ -84,13 +85,17 @@ def evaluate(tonight: Mapping[str, Any], comparison: Mapping[str, Any], config: 
             count = comparison[key.replace("_share", "s")]
             flags.append(_flag(rule, f"{share:.1%} {what} ({len(count)} items)", share, limit))
     jaccard = comparison.get("mean_jaccard")
-    if jaccard is not None and 1 - jaccard > config.drift_churn:
+    # A new champion changes the lists by the gate's decision (the report's gate table says so); the rule
+    # is about lists that move while the same model serves, i.e. moved by the data.
+    limit = config.drift_churn_new_model if comparison.get("model_changed") else config.drift_churn
+    if jaccard is not None and 1 - jaccard > limit:
+        cause = " with another model serving" if comparison.get("model_changed") else ""
         flags.append(
             _flag(
                 "churn",
-                f"lists changed: mean Jaccard vs last night {jaccard:.2f} (churn {1 - jaccard:.0%})",
+                f"lists changed{cause}: mean Jaccard vs last night {jaccard:.2f} (churn {1 - jaccard:.0%})",
                 1 - jaccard,
-                config.drift_churn,
+                limit,
             )
         )
     previous_coverage = comparison.get("previous_coverage")

@@ -217,6 +217,8 @@ def gather(config: ReportStageConfig) -> dict[str, Any]:
         prev_inputs = previous_in or {"items": 0}
         comparison["previous_coverage"] = concentration(previous_lists["recs"], prev_inputs["items"])["coverage"]
         comparison["previous_fallback_share"] = previous_lists["fallback_share"]
+        comparison["previous_serving"] = previous_lists["serving"]
+        comparison["model_changed"] = previous_lists["serving"] != tonight_lists["serving"]
 
     window = []
     for night in _published_before(warehouse, date, config.drift.drift_window):
@@ -544,6 +546,11 @@ def render_html(facts: Mapping[str, Any], flags: list[dict[str, Any]], pngs: Map
                     "",
                 ],
                 [f"users whose top {CHURN_TOP} changed", _fmt(comp.get("top10_changed_share"), "pct"), ""],
+                [
+                    "model serving",
+                    html.escape(_serving(tonight.get("serving"))),
+                    html.escape(_serving(comp.get("previous_serving"))),
+                ],
                 ["catalog coverage", _fmt(tonight.get("coverage"), "pct"), _fmt(comp.get("previous_coverage"), "pct")],
                 ["Gini of list slots over items", _fmt(tonight.get("gini")), ""],
                 ["share of slots to the top 1% items", _fmt(tonight.get("top1pct_share"), "pct"), ""],

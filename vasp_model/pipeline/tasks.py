@@ -182,5 +182,7 @@ def report(plan: Plan) -> dict[str, Any]:
         config = ReportStageConfig(plan.date, plan.warehouse, plan.tracking_uri, load_drift_config())
         return report_stage(config)
     except Exception as exc:  # noqa: BLE001 - the night's outputs stand whatever happens to its report
-        log.error("the morning report of %s could not be made: %s", plan.date, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        log.error(
+            "the morning report of %s could not be made: %s", plan.date, exc, exc_info=log.isEnabledFor(logging.DEBUG)
+        )
         return {"date": plan.date, "report": None, "flags": [], "error": str(exc)}
