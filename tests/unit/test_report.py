@@ -174,3 +174,22 @@ def test_the_dag_task_never_fails_the_night(tmp_path, caplog):
     result = tasks.report(night)  # no features at all: the report cannot be made, the task still returns
     assert result["flags"] == [] and result["report"] is None
     assert "no readable features for 2026-05-01" in result["error"] and "could not be made" in caplog.text
+
+
+def test_training_plot_marks_best_epoch_learning_rate_changes_and_ease():
+    history = [
+        {"epoch": e, "loss": 5.0 - e * 0.1, "val_ndcg@100": 0.3 + e * 0.01, "learning_rate": 1e-3 if e <= 3 else 1e-4}
+        for e in range(1, 7)
+    ]
+    facts = {
+        "date": "2026-05-01",
+        "tonight": {"model_version": "7"},
+        "record": {"promotion": {"candidate_version": "8"}},
+        "training": {"history": history, "best_epoch": 5, "ease_validation": 0.42},
+    }
+    fig = report.plot_training(facts)
+    left, right = fig.axes
+    labels = {line.get_label() for line in right.get_lines()}
+    assert {"best epoch 5", "learning rate 0.001 → 0.0001", "EASE (validation)"} <= labels
+    assert "2026-05-01 · candidate v8" in left.get_title() and right.get_ylabel() == "validation nDCG@100"
+    assert report.plot_training({**facts, "training": {"history": []}}) is None

@@ -404,9 +404,11 @@ def plot_training(facts: Mapping[str, Any]):
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
     left.set_ylabel("loss")
-    left.set_title(f"Training loss — {_label(facts)}")
+    candidate = (facts["record"].get("promotion") or {}).get("candidate_version")
+    label = f"{facts['date']} · candidate v{candidate}" if candidate else _label(facts)
+    left.set_title(f"Training loss — {label}")
     right.set_ylabel("validation nDCG@100")
-    right.set_title(f"Validation nDCG@100 — {_label(facts)}")
+    right.set_title(f"Validation nDCG@100 — {label}")
     return fig
 
 
