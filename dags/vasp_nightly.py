@@ -28,6 +28,10 @@ replaces only that date.
    rating), counts match the manifest.
 8. **publish_assets** — emits the `vasp_features` and `vasp_recommendations` Assets
    (data-aware downstream DAGs schedule on them) and writes `runs/dt=D/run.json`.
+9. **morning_report** (`vasp report`) — `runs/dt=D/report.html` (one self-contained file, also
+   logged to the night's MLflow run) and the drift rules' flags (`VASP_DRIFT_*` thresholds), which
+   go to `run.json`, this task's XCom and alerting. It never fails the night: a missing previous night is
+   reported as unavailable, and a report that cannot be made is logged and returned as `error`.
 
 Configuration comes from `VASP_*` environment variables (`vasp_model.pipeline.plan.NightlyConfig`):
 `VASP_SCHEDULE`, `VASP_TIMEZONE`, `VASP_WAREHOUSE`, `VASP_TRACKING_URI`,
@@ -202,10 +206,19 @@ with DAG(
         events[RECOMMENDATIONS].extra = {"date": plan.date, "uri": plan.recommendations, **counts}
         return summary
 
+    @task(task_id="morning_report")
+    def morning_report(plan: Plan, summary: dict, **context) -> dict:
+        made = tasks.report(plan)
+        if made["flags"]:  # alerting: off unless VASP_ALERT_* (pipeline.alerts)
+            run_record = alerts.run_record(plan.warehouse, plan.date)
+            alerts.alert_flags(plan.date, made["flags"], run_record=run_record, run_id=context["run_id"])
+        return made
+
     tuned = tune_model(plan)
     trained = train_model(plan)
     decision = promote_model(plan)
     validated = validate_recommendations(plan)
     published = publish_assets(plan, decision, validated)
+    reported = morning_report(plan, published)
 
-    chain(plan, wait_for_input, build_features, tuned, trained, decision, score_users, validated, published)
+    chain(plan, wait_for_input, build_features, tuned, trained, decision, score_users, validated, published, reported)

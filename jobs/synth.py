@@ -10,6 +10,13 @@ keeps the taste-driven events: a model can learn something, a popularity baselin
 User activity is log-normal (heavy users and light users). Each (user, item) pair appears at
 most once; rows are grouped by user like MovieLens' ``ratings.csv``.
 
+Drift, for simulating nights that differ (all off by default, which leaves the output unchanged):
+``launch_items`` new items (ids after ``items``) enter with head-of-catalog popularity,
+``retire_items`` items drop out of the catalog (no events), ``popularity_shift`` moves the
+popularity ranks along the catalog (a share of its length), ``volume_scale`` keeps that share of
+the users (the others send no events). The drift draws its own random stream, so a drifted data
+set keeps every other user's events as they were.
+
 Vectorized numpy, generated and written in chunks of users: a MovieLens-20M-sized file
 (138k users, 27k items, 20M rows) takes well under a minute.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import os
 import time
 from typing import Any
@@ -45,6 +53,10 @@ class SynthConfig:
     item_concentration: float = 0.1
     activity_sigma: float = 0.9  # log-normal spread of events per user
     seed: int = 0
+    launch_items: int = 0  # drift: new items (ids items+1..) with head-of-catalog popularity
+    retire_items: int = 0  # drift: items that get no events any more
+    popularity_shift: float = 0.0  # drift: popularity ranks move by this share of the catalog
+    volume_scale: float = 1.0  # drift: the share of users that send events
 
     def __post_init__(self) -> None:
         if self.users < 1:
@@ -65,6 +77,23 @@ class SynthConfig:
             raise ValueError("zipf must be >= 0 and the concentrations > 0")
         if self.activity_sigma < 0:
             raise ValueError(f"activity_sigma must be >= 0, got {self.activity_sigma}")
+        if self.launch_items < 0:
+            raise ValueError(f"launch_items must be >= 0, got {self.launch_items}")
+        if not 0 <= self.retire_items <= self.items // 2:
+            raise ValueError(f"retire_items must be in [0, items / 2], got {self.retire_items}")
+        if not 0.0 <= self.popularity_shift < 1.0:
+            raise ValueError(f"popularity_shift must be in [0, 1), got {self.popularity_shift}")
+        if not 0.0 < self.volume_scale <= 1.0:
+            raise ValueError(f"volume_scale must be in (0, 1], got {self.volume_scale}")
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.launch_items or self.retire_items or self.popularity_shift or self.volume_scale != 1.0)
+
+    @property
+    def catalog(self) -> int:
+        """Item ids run 1..catalog (launched items included)."""
+        return self.items + self.launch_items
 
     @property
     def total(self) -> int:
@@ -72,6 +101,63 @@ class SynthConfig:
 
     def tag(self) -> str:
         return f"synth-u{self.users}-i{self.items}-n{self.total}-s{self.seed}"
+
+
+DRIFT_FIELDS = {"launch_items": int, "retire_items": int, "popularity_shift": float, "volume_scale": float}
+
+
+def parse_drift(spec: str) -> dict[str, dict[str, float]]:
+    """A drift schedule ``"D1:launch_items=30,retire_items=30;D2:volume_scale=0.5"`` as ``{date: {field: value}}``."""
+    schedule: dict[str, dict[str, float]] = {}
+    for entry in filter(None, (e.strip() for e in spec.split(";"))):
+        date, sep, body = entry.partition(":")
+        if not sep:
+            raise ValueError(f"drift entry {entry!r} must be DATE:field=value,...")
+        try:
+            dt.date.fromisoformat(date.strip())
+        except ValueError as exc:
+            raise ValueError(f"drift entry {entry!r}: {date.strip()!r} is not a date YYYY-MM-DD") from exc
+        changes: dict[str, float] = {}
+        for pair in filter(None, (p.strip() for p in body.split(","))):
+            name, eq, value = pair.partition("=")
+            if not eq or name.strip() not in DRIFT_FIELDS:
+                raise ValueError(f"drift entry {entry!r}: expected one of {', '.join(DRIFT_FIELDS)} as field=value")
+            try:
+                changes[name.strip()] = DRIFT_FIELDS[name.strip()](value)
+            except ValueError as exc:
+                raise ValueError(f"drift entry {entry!r}: {value!r} is not a number") from exc
+        schedule[date.strip()] = changes
+    return schedule
+
+
+def drift_on(schedule: dict[str, dict[str, float]], date: str) -> dict[str, float]:
+    """The drift in force on ``date``: every change dated on or before it, later ones winning
+    (a catalog shift stays shifted; a volume drop lasts until a later entry lifts it)."""
+    drift: dict[str, float] = {}
+    for when in sorted(schedule):
+        if when <= date:
+            drift.update(schedule[when])
+    return drift
+
+
+def _drift_catalog(
+    cfg: SynthConfig, popularity: np.ndarray, item_ids: np.ndarray, factors: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The catalog after ``cfg``'s drift: shifted popularity, retired items at zero, launched items appended."""
+    rng = np.random.default_rng([cfg.seed, 1])  # the drift's own stream: the base draws stay as they were
+    n = popularity.size
+    popularity = np.roll(popularity, int(round(cfg.popularity_shift * n)))
+    if cfg.retire_items:
+        popularity = popularity.copy()
+        popularity[rng.choice(n, cfg.retire_items, replace=False)] = 0.0
+    if cfg.launch_items:
+        head = popularity[popularity > 0][: max(1, n // 10)]  # launches are as popular as the current head
+        launched = rng.choice(head, cfg.launch_items)
+        popularity = np.concatenate([popularity, launched])
+        item_ids = np.concatenate([item_ids, np.arange(n + 1, n + cfg.launch_items + 1)])
+        new_factors = rng.dirichlet(np.full(factors.shape[1], cfg.item_concentration), cfg.launch_items)
+        factors = np.vstack([factors, new_factors.astype(np.float32)])
+    return popularity / popularity.sum(), item_ids, factors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +221,9 @@ def _iter_chunks(cfg: SynthConfig, chunk_users: int):
     popularity /= popularity.sum()
     item_ids = rng.permutation(n_items) + 1  # popularity rank -> public item id
     factors = rng.dirichlet(np.full(k, cfg.item_concentration), n_items).astype(np.float32)  # (I, K)
+    if cfg.drifted:
+        popularity, item_ids, factors = _drift_catalog(cfg, popularity, item_ids, factors)
+        n_items = popularity.size
     # within a topic, popularity is damped (^0.75) so that tastes, not only popularity, pick items
     topic_item = popularity[:, None] ** 0.75 * factors  # (I, K)
     rows = np.vstack([(topic_item / topic_item.sum(axis=0, keepdims=True)).T, popularity[None, :]])  # (K+1, I)
@@ -142,6 +231,9 @@ def _iter_chunks(cfg: SynthConfig, chunk_users: int):
     item_cdf /= item_cdf[:, -1:]
     item_cdf = (item_cdf + np.arange(k + 1)[:, None]).ravel()  # row t offset by t: one searchsorted
     counts = _activity(cfg, rng)
+    active = np.ones(cfg.users, dtype=bool)
+    if cfg.volume_scale < 1.0:  # the other users send no events tonight
+        active = np.random.default_rng([cfg.seed, 2]).random(cfg.users) < cfg.volume_scale
 
     for start in range(0, cfg.users, chunk_users):
         stop = min(cfg.users, start + chunk_users)
@@ -177,6 +269,9 @@ def _iter_chunks(cfg: SynthConfig, chunk_users: int):
         latent = RATING_BASE + RATING_SCALE * np.clip(affinity, 0, 1) ** RATING_POWER + rng.normal(0, 0.6, user.size)
         rating = np.clip(np.round(latent * 2) / 2, 0.5, 5.0)
         timestamp = rng.integers(_T0, _T1, user.size)
+        if cfg.volume_scale < 1.0:  # dropped after every draw, so the other users' events stay as they were
+            sends = active[start + user]
+            user, item, rating, timestamp = user[sends], item[sends], rating[sends], timestamp[sends]
         yield {
             "user_id": (user + start + 1).astype(np.int64),
             "item_id": item_ids[item].astype(np.int64),
@@ -200,8 +295,8 @@ def generate(
         raise ValueError(f"fmt must be csv or parquet, got {fmt!r}")
     started = time.perf_counter()
     schema = pa.schema([(c, pa.float64() if c == "rating" else pa.int64()) for c in COLUMNS])
-    rows = positives = 0
-    items_seen = np.zeros(config.items + 1, dtype=bool)
+    rows = positives = users = 0
+    items_seen = np.zeros(config.catalog + 1, dtype=bool)
     frames = []
     writer = sink = None
     tmp = None
@@ -212,6 +307,7 @@ def generate(
         for chunk in _iter_chunks(config, chunk_users):
             table = pa.table(chunk, schema=schema)
             rows += table.num_rows
+            users += int(np.unique(chunk["user_id"]).size)
             positives += int((chunk["rating"] > 3.5).sum())
             items_seen[chunk["item_id"]] = True
             if out is None:
@@ -249,7 +345,7 @@ def generate(
         "path": out,
         "format": fmt,
         "rows": rows,
-        "users": config.users,
+        "users": users,
         "items_with_events": int(items_seen.sum()),
         "positive_share": round(positives / max(rows, 1), 4),
         "seconds": round(time.perf_counter() - started, 2),
@@ -344,6 +440,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", type=float, default=d.noise, help=f"Share of popularity-only events ({d.noise}).")
     parser.add_argument("--zipf", type=float, default=d.zipf, help=f"Popularity long-tail exponent ({d.zipf}).")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"Random seed ({d.seed}).")
+    parser.add_argument("--launch-items", type=int, default=0, help="Drift: new items with head popularity (0).")
+    parser.add_argument("--retire-items", type=int, default=0, help="Drift: items that get no events any more (0).")
+    parser.add_argument(
+        "--popularity-shift", type=float, default=0.0, help="Drift: move popularity ranks by this share of items (0)."
+    )
+    parser.add_argument(
+        "--volume-scale", type=float, default=1.0, help="Drift: the share of users that send events (1 = all)."
+    )
+    parser.add_argument(
+        "--drift",
+        default="",
+        help="Drift by date, e.g. '2026-03-03:launch_items=30,retire_items=30;2026-03-04:volume_scale=0.5': "
+        "with --date D, every entry dated on or before D applies (overriding the single drift flags).",
+    )
+    parser.add_argument("--date", default=None, help="The date YYYY-MM-DD the file stands for (picks --drift entries).")
 
 
 def config_from_args(args: argparse.Namespace) -> SynthStageConfig:
@@ -357,7 +468,15 @@ def config_from_args(args: argparse.Namespace) -> SynthStageConfig:
         noise=args.noise,
         zipf=args.zipf,
         seed=args.seed,
+        launch_items=args.launch_items,
+        retire_items=args.retire_items,
+        popularity_shift=args.popularity_shift,
+        volume_scale=args.volume_scale,
     )
+    if args.drift:
+        if not args.date:
+            raise ValueError("--drift needs --date (the date whose drift applies)")
+        data = dataclasses.replace(data, **drift_on(parse_drift(args.drift), args.date))
     log = None
     if args.log_days is not None:
         log = EventLogConfig(args.log_days, args.log_end_date, args.log_late_share)

@@ -99,7 +99,7 @@ def test_first_night_publishes_everything(synthetic_night):
     assert result["state"] == "success", result
     states = {t: i["state"] for t, i in result["tasks"].items()}
     assert states == {**dict.fromkeys(result["tasks"], "success"), "tune_model": "skipped"}  # tune: off
-    assert len(result["tasks"]) == 9
+    assert len(result["tasks"]) == 10
 
     # the synthetic input of the date, then the features built from it
     assert (wh / "synthetic" / f"dt={D1}" / "interactions.csv").stat().st_size > 0

@@ -25,7 +25,8 @@ EXPECTED_EDGES = {
     "promote_model": {"score_users"},
     "score_users": {"validate_recommendations"},
     "validate_recommendations": {"publish_assets"},
-    "publish_assets": set(),
+    "publish_assets": {"morning_report"},
+    "morning_report": set(),
 }
 
 

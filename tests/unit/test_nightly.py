@@ -76,7 +76,7 @@ def test_plan_crosses_xcom_as_json(tmp_path):
 
 
 def test_registry_lists_every_stage_with_its_config():
-    assert list(STAGES) == ["synth", "build", "tune", "train", "promote", "score"]
+    assert list(STAGES) == ["synth", "build", "tune", "train", "promote", "score", "report"]
     assert {name for name, stage in STAGES.items() if stage.script} == {"build", "score"}
     for name, stage in STAGES.items():
         api = stage.load()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -107,3 +108,67 @@ def test_cli_and_validation(tmp_path, capsys):
     for bad in ({"users": 0}, {"items": 1}, {"noise": 1.0}, {"mean_per_user": 0}):
         with pytest.raises(ValueError):
             synth.SynthConfig(**bad)
+
+
+def test_default_output_is_byte_identical_to_before_drift_existed(tmp_path):
+    """The drift options are off by default and leave the file exactly as the generator wrote it before them."""
+    import hashlib
+
+    out = tmp_path / "base.csv"
+    synth.generate(synth.SynthConfig(users=300, items=150, seed=0), str(out))
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == (
+        "b06ef116d2250bcb35150abf6837390d2b7213309435d5a29e011d11664b457c"
+    )
+
+
+BASE = synth.SynthConfig(users=400, items=200, seed=5)
+
+
+def test_catalog_drift_launches_and_retires_items():
+    base = synth.generate(BASE)["frame"]
+    drifted = synth.generate(dataclasses.replace(BASE, launch_items=20, retire_items=20))["frame"]
+    before, after = set(base["item_id"]), set(drifted["item_id"])
+    launched, retired = after - before, before - after
+    assert launched == set(range(BASE.items + 1, BASE.items + 21))
+    assert len(retired) == 20
+    # launched items enter with head-of-catalog popularity: each is above the median item
+    counts = drifted.groupby("item_id").size()
+    assert counts[sorted(launched)].min() > counts.median() / 3
+    assert counts[sorted(launched)].median() > counts.median()
+
+
+def test_volume_scale_keeps_a_share_of_users_with_their_events():
+    base = synth.generate(BASE)["frame"]
+    half = synth.generate(dataclasses.replace(BASE, volume_scale=0.5))
+    frame = half["frame"]
+    assert 0.4 * BASE.users < frame["user_id"].nunique() == half["users"] < 0.6 * BASE.users
+    kept = base[base["user_id"].isin(frame["user_id"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, frame.reset_index(drop=True))  # the users left send what they sent
+
+
+def test_popularity_shift_moves_the_head():
+    def head(frame):
+        return set(frame.groupby("item_id").size().nlargest(20).index)
+
+    base = synth.generate(BASE)["frame"]
+    shifted = synth.generate(dataclasses.replace(BASE, popularity_shift=0.3))["frame"]
+    assert len(head(base) & head(shifted)) < 5
+
+
+def test_drift_schedule_by_date(tmp_path):
+    schedule = synth.parse_drift("2026-03-03:launch_items=30,retire_items=10; 2026-03-04:volume_scale=0.5")
+    assert synth.drift_on(schedule, "2026-03-02") == {}
+    assert synth.drift_on(schedule, "2026-03-03") == {"launch_items": 30, "retire_items": 10}
+    assert synth.drift_on(schedule, "2026-03-09") == {"launch_items": 30, "retire_items": 10, "volume_scale": 0.5}
+    for bad in ("2026-03-03", "03/03/2026:launch_items=1", "2026-03-03:colour=1", "2026-03-03:launch_items=x"):
+        with pytest.raises(ValueError):
+            synth.parse_drift(bad)
+    parser = argparse.ArgumentParser()
+    synth.add_arguments(parser)
+    argv = ["--out", str(tmp_path / "x.csv"), "--drift", "2026-03-03:volume_scale=0.25", "--date", "2026-03-05"]
+    assert synth.config_from_args(parser.parse_args(argv)).data.volume_scale == 0.25
+    with pytest.raises(ValueError, match="needs --date"):
+        synth.config_from_args(parser.parse_args(argv[:4]))
+    for bad in ({"retire_items": 101}, {"popularity_shift": 1.0}, {"volume_scale": 0.0}, {"launch_items": -1}):
+        with pytest.raises(ValueError):
+            dataclasses.replace(BASE, **bad)

@@ -15,7 +15,7 @@ import os
 import sys
 from types import ModuleType
 
-from vasp_model.cli import build, promote, recommend, run, score, synth, train, tune
+from vasp_model.cli import build, promote, recommend, report, run, score, synth, train, tune
 from vasp_model.core.errors import CLEAR_ERRORS
 
 SUBCOMMANDS: dict[str, ModuleType] = {
@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, ModuleType] = {
     "train": train,
     "promote": promote,
     "score": score,
+    "report": report,
     "recommend": recommend,
     "run": run,
 }

@@ -231,6 +231,9 @@ def report(result: dict[str, Any], warehouse: str, user: str | None = None, inpu
     if serving := record.get("serving"):
         name = f" {serving['registered_model']} v{serving['version']}" if serving.get("registered_model") else ""
         print(f"serving:         {serving['kind']}{name}")
+    if "flags" in record:
+        rules = ", ".join(f["rule"] for f in record["flags"]) or "none"
+        print(f"morning report:  {layout.dataset_dir(warehouse, 'runs', date)}/report.html (drift flags: {rules})")
     _print_top(warehouse, date, user)
     return 0
 

@@ -109,6 +109,12 @@ def _score() -> StageApi:
     )
 
 
+def _report() -> StageApi:
+    from vasp_model.pipeline import report
+
+    return StageApi(report.ReportStageConfig, report.report_stage, report.add_arguments, report.config_from_args)
+
+
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
@@ -118,5 +124,6 @@ STAGES: dict[str, Stage] = {
         Stage("train", "Train VASP on features/dt=D and evaluate it against EASE and popularity.", _train),
         Stage("promote", "Register the date's model and gate it into the 'champion' alias.", _promote),
         Stage("score", "Spark job: write top-N recommendations/dt=D for every user.", _score, "score.py"),
+        Stage("report", "Write the morning report runs/dt=D/report.html and flag drift.", _report),
     )
 }

@@ -167,3 +167,22 @@ def publish(plan: Plan, decision: Mapping[str, Any], checks: Mapping[str, Any]) 
         storage.write_json(f"{staging}/run.json", summary)
         storage.publish(staging, plan.runs)
     return summary
+
+
+def report(plan: Plan) -> dict[str, Any]:
+    """Stage ``report``: the morning report and its drift flags (XCom: ``flags``, ``report``, ``seconds``).
+
+    Never fails the night: the lists are published by now, so a report that cannot be made is logged
+    and returned with ``error`` (and no flags) instead.
+    """
+    from vasp_model.pipeline.drift import load_drift_config
+    from vasp_model.pipeline.report import ReportStageConfig, report_stage
+
+    try:
+        config = ReportStageConfig(plan.date, plan.warehouse, plan.tracking_uri, load_drift_config())
+        return report_stage(config)
+    except Exception as exc:  # noqa: BLE001 - the night's outputs stand whatever happens to its report
+        log.error(
+            "the morning report of %s could not be made: %s", plan.date, exc, exc_info=log.isEnabledFor(logging.DEBUG)
+        )
+        return {"date": plan.date, "report": None, "flags": [], "error": str(exc)}

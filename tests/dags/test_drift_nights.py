@@ -1,0 +1,104 @@
+"""Four consecutive nights through the real DAG (``vasp run``'s ``run_dag``, tiny preset) on synthetic input
+that drifts: a catalog shift on night 3 (items launched and retired), a volume drop on night 4.
+
+The morning report of each night must flag exactly the drift injected that night, by rule name, and
+nothing on the quiet nights; the first night's report marks the comparison unavailable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vasp_model import cli
+from vasp_model.data import layout, storage
+
+pytestmark = pytest.mark.slow
+
+NIGHTS = ("2026-04-01", "2026-04-02", "2026-04-03", "2026-04-04")
+DRIFT = f"{NIGHTS[2]}:launch_items=20,retire_items=20;{NIGHTS[3]}:volume_scale=0.5"
+EXPECTED = {
+    NIGHTS[0]: set(),
+    NIGHTS[1]: set(),
+    NIGHTS[2]: {"new_items", "vanished_items"},
+    NIGHTS[3]: {"volume_drop"},
+}
+USERS, ITEMS, TOP_N = 400, 200, 20
+
+
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("drift")
+    events = tmp / "events"
+    for night in NIGHTS:  # the project's own generator, one file per night
+        out = events / f"dt={night}" / "interactions.csv"
+        argv = ["synth", "--out", str(out), "--users", str(USERS), "--items", str(ITEMS), "--drift", DRIFT]
+        assert cli.main([*argv, "--date", night]) == 0
+    env = {
+        "VASP_HOME": str(tmp / "run"),
+        "VASP_WAREHOUSE": str(tmp / "warehouse"),
+        "VASP_TRACKING_URI": f"sqlite:///{tmp / 'run' / 'mlflow.db'}",
+        "VASP_ARTIFACT_ROOT": f"file://{tmp / 'run' / 'mlartifacts'}",
+        "VASP_RETRIES": "0",
+        "VASP_GATE_MARGIN": "-1",  # the tiny preset does not beat EASE; let the gate admit it
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    from vasp_model.cli.run import run_dag
+
+    results = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        for night in NIGHTS:
+            results[night] = run_dag(
+                night, {"input": str(events / "dt={date}" / "interactions.csv"), "preset": "tiny", "top_n": TOP_N}
+            )
+    return {"wh": tmp / "warehouse", "results": results, "tracking": env["VASP_TRACKING_URI"]}
+
+
+def _record(wh: Path, night: str) -> dict:
+    return storage.read_json(f"{layout.dataset_dir(str(wh), 'runs', night)}/run.json")
+
+
+def test_every_night_succeeds_with_a_report(nights):
+    for night, result in nights["results"].items():
+        assert result["state"] == "success", (night, result)
+        assert result["tasks"]["morning_report"]["state"] == "success"
+        html = (Path(layout.dataset_dir(str(nights["wh"]), "runs", night)) / "report.html").read_text()
+        assert html.startswith("<!DOCTYPE html>") and "data:image/png;base64," in html
+        assert "<script" not in html and "http" not in html.split("<body>")[1]  # self-contained
+        assert f"VASP morning report — {night}" in html
+
+
+def test_the_report_flags_exactly_the_drift_of_each_night(nights):
+    flagged = {night: [f["rule"] for f in _record(nights["wh"], night)["flags"]] for night in NIGHTS}
+    for night in NIGHTS:  # the simulation's figures, for the record (pytest -s)
+        record, tasks = _record(nights["wh"], night), nights["results"][night]["tasks"]
+        print(night, record["promotion"]["action"], record["serving"], record["flags"])
+        print(
+            f"  morning_report {tasks['morning_report']['seconds']:.1f} s of a {nights['results'][night]['seconds']:.0f} s night"
+        )
+    assert {night: set(rules) for night, rules in flagged.items()} == EXPECTED
+    for night in NIGHTS:
+        for flag in _record(nights["wh"], night)["flags"]:
+            assert set(flag) >= {"rule", "message", "value", "threshold"} and flag["message"]
+
+
+def test_the_first_night_has_no_comparison(nights):
+    record = _record(nights["wh"], NIGHTS[0])
+    assert record["report"]["previous"] == "unavailable"
+    assert _record(nights["wh"], NIGHTS[1])["report"]["previous"] == "available"
+    html = (Path(layout.dataset_dir(str(nights["wh"]), "runs", NIGHTS[0])) / "report.html").read_text()
+    assert "unavailable" in html
+
+
+def test_the_report_is_logged_to_the_nights_mlflow_run(nights):
+    import mlflow
+
+    client = mlflow.MlflowClient(nights["tracking"])
+    experiment = client.get_experiment_by_name("vasp")
+    (run,) = client.search_runs([experiment.experiment_id], f"attributes.run_name = 'vasp-{NIGHTS[3]}'")
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} >= {"report/report.html"}
+    assert run.data.tags["drift_flags"] == "volume_drop"
