@@ -16,6 +16,7 @@ import sys
 from types import ModuleType
 
 from vasp_model.cli import build, promote, recommend, run, score, synth, train, tune
+from vasp_model.mlops.server import TrackingServerError
 
 SUBCOMMANDS: dict[str, ModuleType] = {
     "synth": synth,
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _configure_logging()
         return int(command.run(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:  # bad input or config: one clear line, non-zero exit
+    except (ValueError, FileNotFoundError, TrackingServerError) as exc:  # bad input, config or server: one line
         print(f"vasp {name}: error: {exc}", file=sys.stderr)
         logging.getLogger("vasp").debug("vasp %s failed", name, exc_info=exc)  # VASP_LOG_LEVEL=DEBUG: the trace
         return 1

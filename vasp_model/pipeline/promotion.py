@@ -81,25 +81,30 @@ def config_from_args(args: argparse.Namespace) -> PromoteStageConfig:
 def promote_stage(config: PromoteStageConfig) -> GateDecision:
     """Stage ``promote``: run the registry gate for ``config.date`` (or roll it back); returns the decision,
     which says what serves the date (``serving``) unless it is a rollback."""
-    from vasp_model.mlops import registry
+    from vasp_model.mlops import registry, server
 
-    tracking = config.tracking
+    tracking, date = config.tracking, config.date
+    server.configure_http_client()
+    server.check_reachable(tracking.tracking_uri, f"promoting {date}")
     if config.rollback:
-        return registry.rollback(config.date, tracking.tracking_uri, tracking.registered_model)
-    decision = registry.promote(
-        config.date,
-        config.warehouse,
-        tracking.tracking_uri,
-        tracking.registered_model,
-        margin=tracking.gate_margin,
-        metric=tracking.gate_metric,
-        require_significant=tracking.gate_require_significant,
-    )
-    return registry.promote_fallback(
-        decision,
-        config.warehouse,
-        tracking.tracking_uri,
-        tracking.registered_model,
-        tracking.ease_registered_model,
-        tracking.gate_metric,
-    )
+        with server.tracking_step(tracking.tracking_uri, f"rolling back the promotion of {date}"):
+            return registry.rollback(date, tracking.tracking_uri, tracking.registered_model)
+    with server.tracking_step(tracking.tracking_uri, f"gating the candidate of {date} (registry, aliases)") as step:
+        decision = registry.promote(
+            date,
+            config.warehouse,
+            tracking.tracking_uri,
+            tracking.registered_model,
+            margin=tracking.gate_margin,
+            metric=tracking.gate_metric,
+            require_significant=tracking.gate_require_significant,
+        )
+        step.doing = f"settling what serves {date} (the fallback's registry, aliases)"
+        return registry.promote_fallback(
+            decision,
+            config.warehouse,
+            tracking.tracking_uri,
+            tracking.registered_model,
+            tracking.ease_registered_model,
+            tracking.gate_metric,
+        )
