@@ -524,6 +524,9 @@ def write_auth_config(state: Path, admin_username: str = MLFLOW_ADMIN) -> Path:
         f"database_uri = sqlite:///{state / 'basic_auth.db'}\n"
         f"admin_username = {admin_username}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # a verified password is remembered for a minute: the hash check costs ~0.1-2 s per request, and
+        # logging a model reads every metric of its run back one request at a time
+        "auth_cache_ttl_seconds = 60\n"
     )
     return path
 
