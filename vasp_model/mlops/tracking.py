@@ -407,7 +407,9 @@ class TrainingTracker:
         pending, self._pending_registration = self._pending_registration, None
         if pending is None:
             return self.model_version
-        self.model_version = register_version(self.client, self.registered_model, run_id=self.run_id, **pending)
+        # A local (SQLite) registry resolves a models:/m-... source through MLflow's global tracking URI
+        with mlflow_uri(self.tracking_uri):
+            self.model_version = register_version(self.client, self.registered_model, run_id=self.run_id, **pending)
         return self.model_version
 
 
