@@ -40,6 +40,10 @@ POSTGRES = [
     "asyncpg>=0.29,<1",  # Airflow 3's async engine on a PostgreSQL metadata DB
 ]
 
+SERVER = [
+    "Flask-WTF>=1.2,<2",  # `mlflow server --app-name basic-auth` (what mlflow[auth] adds)
+]
+
 DEV = [
     "pytest>=8,<10",
     "ruff==0.17.5",
@@ -77,7 +81,8 @@ setup(
         "spark": SPARK,
         "train": TRAIN,
         "postgres": POSTGRES,
-        "dev": POSTGRES + DEV,
+        "server": POSTGRES + SERVER,
+        "dev": POSTGRES + SERVER + DEV,
     },
     entry_points={"console_scripts": ["vasp=vasp_model.cli:main"]},
 )

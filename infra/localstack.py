@@ -506,6 +506,29 @@ class MlflowServer:
     pid: int
     backend_store_uri: str
     artifacts_destination: str
+    auth_username: str | None = None  # set: behind MLflow's basic-auth app (the password is never stored here)
+
+
+MLFLOW_ADMIN = "admin"
+MLFLOW_PASSWORD_FILE = "admin-password"  # the CLI's generated admin password (mode 0600), in <state>/mlflow/
+
+
+def write_auth_config(state: Path, admin_username: str = MLFLOW_ADMIN) -> Path:
+    """MLflow's basic-auth config (``MLFLOW_AUTH_CONFIG_PATH``): users in ``<state>/basic_auth.db``, an
+    authenticated user may read everything and write what it creates, anonymous requests get 401.
+    The admin password is not in it: the server reads ``MLFLOW_AUTH_ADMIN_PASSWORD`` on first start."""
+    path = state / "basic_auth.ini"
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{state / 'basic_auth.db'}\n"
+        f"admin_username = {admin_username}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # a verified password is remembered for a minute: the hash check costs ~0.1-2 s per request, and
+        # logging a model reads every metric of its run back one request at a time
+        "auth_cache_ttl_seconds = 60\n"
+    )
+    return path
 
 
 def start_mlflow(
@@ -514,11 +537,15 @@ def start_mlflow(
     artifacts_destination: str | None = None,
     port: int | None = None,
     timeout: float = 120.0,
+    admin_password: str | None = None,
 ) -> MlflowServer:
     """``mlflow server`` on 127.0.0.1 with ``backend_store_uri`` (PostgreSQL) and proxied local artifacts.
 
     Clients only need the tracking URI (``http://127.0.0.1:PORT``); artifacts go through the
     server (``--serve-artifacts``), as they would to an object store behind it on a cluster.
+    With ``admin_password`` it runs MLflow's basic-auth app (``--app-name basic-auth``): every request
+    needs credentials (clients: ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``); the admin
+    user is created with that password on first start (a restart keeps the users it stored).
     """
     state = Path(state_dir).resolve() / "mlflow"
     state.mkdir(parents=True, exist_ok=True)
@@ -527,11 +554,20 @@ def start_mlflow(
     artifacts = artifacts_destination or (state / "artifacts").as_uri()
     port = port or free_port()
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    # MLflow 3.x also forks a job runner (huey consumers for GenAI jobs) that this pipeline never uses
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    auth_args: list[str] = []
+    if admin_password:
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(write_auth_config(state))
+        env["MLFLOW_AUTH_ADMIN_PASSWORD"] = admin_password
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or os.urandom(24).hex()
+        auth_args = ["--app-name", "basic-auth"]
     pid = spawn(
         "mlflow",
         [
             mlflow_bin,
             "server",
+            *auth_args,
             "--host",
             HOST,
             "--port",
@@ -545,11 +581,11 @@ def start_mlflow(
             artifacts,
         ],
         state,
-        # MLflow 3.x also forks a job runner (huey consumers for GenAI jobs) that this pipeline never uses
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env=env,
         cwd=state,
     )
-    server = MlflowServer(f"http://{HOST}:{port}", port, str(state), pid, backend_store_uri, artifacts)
+    user = MLFLOW_ADMIN if admin_password else None
+    server = MlflowServer(f"http://{HOST}:{port}", port, str(state), pid, backend_store_uri, artifacts, user)
     _save_state(state, "mlflow", dataclasses.asdict(server))
     try:
         wait_until(lambda: http_ok(f"{server.url}/health"), timeout, "mlflow server", pid, state / "mlflow.log")
@@ -557,6 +593,24 @@ def start_mlflow(
         stop_mlflow(server)
         raise
     return server
+
+
+def mlflow_admin_password(state: Path) -> tuple[str, str]:
+    """(password, what the user exports) of the CLI's auth-enabled server: ``$MLFLOW_TRACKING_PASSWORD``
+    if set, else the one generated into ``<state>/admin-password`` (0600) on first start. Never printed."""
+    import secrets
+
+    if os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        return os.environ["MLFLOW_TRACKING_PASSWORD"], f" MLFLOW_TRACKING_USERNAME={MLFLOW_ADMIN}"
+    path = state / MLFLOW_PASSWORD_FILE
+    if not path.exists():
+        state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(18) + "\n")
+    return path.read_text().strip(), (
+        f" MLFLOW_TRACKING_USERNAME={MLFLOW_ADMIN} MLFLOW_TRACKING_PASSWORD=$(cat {path})"
+    )
 
 
 def stop_mlflow(server: MlflowServer | str | Path) -> None:
@@ -603,6 +657,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backend-store-uri", default=None, help="MLflow backend store (default: the local PostgreSQL's mlflow DB)"
     )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="mlflow server without MLflow's basic-auth app (default: auth on; the admin password is "
+        "$MLFLOW_TRACKING_PASSWORD, else generated into <state>/mlflow/admin-password)",
+    )
     args = parser.parse_args(argv)
     state = Path(args.state_dir).resolve()
     services = ["postgres", "mlflow", "spark"] if args.service == "all" else [args.service]
@@ -630,8 +690,11 @@ def main(argv: list[str] | None = None) -> int:
                 if not info:
                     raise SystemExit("mlflow: no local PostgreSQL running; start it or pass --backend-store-uri")
                 backend = Postgres(**info).uri("mlflow")
-            server = start_mlflow(state, backend, port=args.mlflow_port or None)
-            print(f"mlflow: pid {server.pid}; export VASP_TRACKING_URI={server.url}")
+            password, hint = None, ""
+            if not args.no_auth:
+                password, hint = mlflow_admin_password(state / "mlflow")
+            server = start_mlflow(state, backend, port=args.mlflow_port or None, admin_password=password)
+            print(f"mlflow: pid {server.pid}; export VASP_TRACKING_URI={server.url}{hint}")
         else:
             cluster = start_spark(
                 state,

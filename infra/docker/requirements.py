@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 
 ROLES = ("airflow", "spark", "train-gpu")
-EXTRA = ["psycopg2-binary>=2.9,<3"]  # MLflow / Airflow metadata on PostgreSQL
+EXTRA = [
+    "psycopg2-binary>=2.9,<3",  # MLflow / Airflow metadata on PostgreSQL
+    "Flask-WTF>=1.2,<2",  # `mlflow server --app-name basic-auth` (what mlflow[auth] adds)
+]
 # Airflow 3 also opens an async engine on its metadata DB: postgresql -> asyncpg (the official image has it)
 AIRFLOW_EXTRA = ["asyncpg>=0.29,<1"]
 

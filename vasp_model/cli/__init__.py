@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _configure_logging()
         return int(command.run(args) or 0)
-    except CLEAR_ERRORS as exc:  # bad input or config, a full disk, a locked date: one clear line, non-zero exit
+    except CLEAR_ERRORS as exc:  # bad input or config, a full disk, a locked date, the tracking server: one line
         print(f"vasp {name}: error: {exc}", file=sys.stderr)
         logging.getLogger("vasp").debug("vasp %s failed", name, exc_info=exc)  # VASP_LOG_LEVEL=DEBUG: the trace
         return 1

@@ -16,4 +16,14 @@ class DateLocked(RuntimeError):
     """Another run of the same stage and date holds its lock."""
 
 
-CLEAR_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, OutOfSpace, DateLocked)
+class TrackingServerError(ConnectionError):
+    """The tracking server could not be reached (or refused us) during a step: one line says which and what."""
+
+
+CLEAR_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    OutOfSpace,
+    DateLocked,
+    TrackingServerError,
+)

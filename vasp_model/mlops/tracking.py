@@ -271,6 +271,7 @@ class TrainingTracker:
         self.run_name = run_name
         self.run_id: str | None = None
         self.model_version: str | None = None
+        self._pending_registration: dict[str, Any] | None = None
         self._scope = contextlib.ExitStack()
 
     # -- run lifecycle -------------------------------------------------------------------------
@@ -294,7 +295,13 @@ class TrainingTracker:
         import mlflow
 
         with self._scope:
-            mlflow.end_run(status="FAILED" if exc_type is not None else "FINISHED")
+            try:
+                mlflow.end_run(status="FAILED" if exc_type is not None else "FINISHED")
+            except Exception as end_error:
+                if exc_type is None:
+                    raise
+                # already failing (often: the server is gone): the run's first error is the one to report
+                log.warning("could not mark mlflow run %s FAILED: %s", self.run_id, str(end_error).splitlines()[0])
 
     @functools.cached_property
     def client(self):
@@ -330,14 +337,27 @@ class TrainingTracker:
         tracker = self
 
         class MlflowEpochLogger(keras.callbacks.Callback):
+            """Per-epoch metrics to the run; if the server stops answering, training goes on without them
+            (they are in history.json, logged with the result)."""
+
+            failed = False
+
             def on_epoch_end(self, epoch, logs=None):
-                if logs:
+                if not logs or self.failed:
+                    return
+                try:
                     tracker.log_metrics(dict(logs), step=int(epoch))
+                except Exception as exc:
+                    self.failed = True
+                    log.warning("epoch metrics no longer logged to MLflow: %s", str(exc).splitlines()[0][:300])
 
         return MlflowEpochLogger()
 
-    def log_result(self, result, model_dir: str, features_dir: str, date: str | None = None) -> str:
-        """Log final metrics, artifacts and the model; register a model version. Returns the run id."""
+    def log_result(
+        self, result, model_dir: str, features_dir: str, date: str | None = None, register: bool = True
+    ) -> str:
+        """Log final metrics, artifacts and the model; register a model version (``register=False``: later,
+        by :meth:`register`, e.g. once the run has ended). Returns the run id."""
         bundle_dir, outputs_dir = bundle_dir_of(model_dir)
         date = date or date_of(model_dir) or date_of(features_dir)
         metrics = dict(getattr(result, "metrics", None) or {})
@@ -376,17 +396,27 @@ class TrainingTracker:
 
         info = log_bundle_model(bundle_dir)
         if self.registered_model:
-            self.model_version = register_version(
-                self.client,
-                self.registered_model,
-                info.model_uri,
-                self.run_id,
-                date,
-                origin,
-                metrics,
-                model_id=getattr(info, "model_id", None),
-            )
+            self._pending_registration = {
+                "model_uri": info.model_uri,
+                "date": date,
+                "origin": origin,
+                "metrics": metrics,
+                "model_id": getattr(info, "model_id", None),
+            }
+            if register:
+                self.register()
         return self.run_id
+
+    def register(self) -> str | None:
+        """Register the model :meth:`log_result` logged as a new version (one request: the version and its
+        tags appear together). Returns the version (None: nothing to register)."""
+        pending, self._pending_registration = self._pending_registration, None
+        if pending is None:
+            return self.model_version
+        # A local (SQLite) registry resolves a models:/m-... source through MLflow's global tracking URI
+        with mlflow_uri(self.tracking_uri):
+            self.model_version = register_version(self.client, self.registered_model, run_id=self.run_id, **pending)
+        return self.model_version
 
 
 def log_bundle_model(bundle_dir: str, name: str = MODEL_NAME_IN_RUN):

@@ -65,6 +65,7 @@ class NightlyConfig:
     timezone: str = "UTC"
     spark_mode: str = "local"  # local: in-process Spark; submit: SparkSubmitOperator
     spark_conn_id: str = "spark"
+    mlflow_conn_id: str = "mlflow"  # Airflow connection whose login/password sign MLflow's client in, if it exists
     spark_py_files: str = ""  # submit mode: the package zip shipped to executors (infra/spark/submit.py builds it)
     train_pod_template: str = ""  # KubernetesExecutor: pod template file of the GPU training task
     gpu_pool: str | None = None  # Airflow pool of the training task (None = default pool)

@@ -84,28 +84,34 @@ def promote_stage(config: PromoteStageConfig) -> GateDecision:
     """Stage ``promote``: run the registry gate for ``config.date`` (or roll it back); returns the decision,
     which says what serves the date (``serving``) unless it is a rollback."""
     from vasp_model.data.features import require_features
-    from vasp_model.mlops import registry
+    from vasp_model.mlops import registry, server
 
-    tracking = config.tracking
+    tracking, date = config.tracking, config.date
+    if not config.rollback:  # the gate re-scores on the date's features: say so before the registry
+        require_features(config.warehouse, date)
+    server.configure_http_client()
+    server.check_reachable(tracking.tracking_uri, f"promoting {date}")
     if config.rollback:
-        return registry.rollback(config.date, tracking.tracking_uri, tracking.registered_model)
-    require_features(config.warehouse, config.date)  # the gate re-scores on them: say so before the registry
-    decision = registry.promote(
-        config.date,
-        config.warehouse,
-        tracking.tracking_uri,
-        tracking.registered_model,
-        margin=tracking.gate_margin,
-        metric=tracking.gate_metric,
-        require_significant=tracking.gate_require_significant,
-        protocol=tracking.gate_protocol,
-    )
-    return registry.promote_fallback(
-        decision,
-        config.warehouse,
-        tracking.tracking_uri,
-        tracking.registered_model,
-        tracking.ease_registered_model,
-        tracking.gate_metric,
-        tracking.gate_protocol,
-    )
+        with server.tracking_step(tracking.tracking_uri, f"rolling back the promotion of {date}"):
+            return registry.rollback(date, tracking.tracking_uri, tracking.registered_model)
+    with server.tracking_step(tracking.tracking_uri, f"gating the candidate of {date} (registry, aliases)") as step:
+        decision = registry.promote(
+            date,
+            config.warehouse,
+            tracking.tracking_uri,
+            tracking.registered_model,
+            margin=tracking.gate_margin,
+            metric=tracking.gate_metric,
+            require_significant=tracking.gate_require_significant,
+            protocol=tracking.gate_protocol,
+        )
+        step.doing = f"settling what serves {date} (the fallback's registry, aliases)"
+        return registry.promote_fallback(
+            decision,
+            config.warehouse,
+            tracking.tracking_uri,
+            tracking.registered_model,
+            tracking.ease_registered_model,
+            tracking.gate_metric,
+            tracking.gate_protocol,
+        )

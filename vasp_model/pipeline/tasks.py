@@ -24,6 +24,35 @@ from vasp_model.pipeline.stages import STAGES
 log = logging.getLogger(__name__)
 
 
+def sign_in_to_mlflow(conn_id: str | None = None) -> None:
+    """MLflow's client credentials for a task's stage: ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` from the
+    environment, else the login/password of the Airflow connection ``conn_id`` (default: the config's
+    ``mlflow_conn_id``, ``VASP_MLFLOW_CONN_ID``) when it exists. The password goes to Airflow's secrets
+    masker, so a task log shows ``***`` wherever it would appear."""
+    if conn_id is None:
+        from vasp_model.pipeline.plan import load_config
+
+        conn_id = load_config().mlflow_conn_id
+    if conn_id and not os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        try:
+            from airflow.sdk import Connection
+
+            connection = Connection.get(conn_id)
+        except Exception as exc:  # not defined (or no Airflow here): the environment's credentials, if any
+            log.debug("no Airflow connection %r for MLflow: %s", conn_id, exc)
+            connection = None
+        if connection is not None and connection.login:
+            os.environ["MLFLOW_TRACKING_USERNAME"] = connection.login
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = connection.password or ""
+    if password := os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        try:
+            from airflow.sdk.log import mask_secret
+
+            mask_secret(password)
+        except ImportError:  # pragma: no cover - the DAG always has Airflow
+            pass
+
+
 def prepare_input(plan: Plan) -> Plan:
     """Generate the date's synthetic input (deterministic, so re-runs rewrite the same file)."""
     if plan.synthetic:
@@ -90,6 +119,7 @@ def tune(plan: Plan) -> str:
         from airflow.sdk.exceptions import AirflowSkipException
 
         raise AirflowSkipException(f"tune={plan.tune} (weekday {plan.tune_weekday}): {plan.date} is not tuned")
+    sign_in_to_mlflow()
     from vasp_model.pipeline.tuning import tune_stage
 
     tune_stage(plan.tune_config())
@@ -100,6 +130,7 @@ def tune(plan: Plan) -> str:
 def train(plan: Plan) -> str:
     """Stage ``train``: train + evaluate + log to MLflow, publish ``models/dt=D``; returns its URI. With
     tuning on it starts from the latest tuned config (:meth:`Plan.tuned`)."""
+    sign_in_to_mlflow()
     from vasp_model.pipeline.training import train_stage
 
     train_stage(plan.train_config())
@@ -113,6 +144,7 @@ def promote(plan: Plan) -> dict[str, Any]:
     A rejected candidate is a decision, not a failure: the champion serves, or with none yet the
     fallback (EASE of its own registered model, else popularity), which the decision names.
     """
+    sign_in_to_mlflow()
     from vasp_model.pipeline.promotion import promote_stage
 
     decision = promote_stage(plan.promote_config())
@@ -122,6 +154,7 @@ def promote(plan: Plan) -> dict[str, Any]:
 
 def score(plan: Plan) -> str:
     """Stage ``score``: publish ``recommendations/dt=D`` from the champion (or the fallback); returns its URI."""
+    sign_in_to_mlflow()
     from vasp_jobs.score import score_stage
 
     _spark_in_process()
@@ -149,6 +182,7 @@ def publish(plan: Plan, decision: Mapping[str, Any], checks: Mapping[str, Any]) 
     """Write the run record ``runs/dt=D/run.json`` (atomically; replaces only this date's record); ``serving``
     is the model the lists were scored with (kind vasp | ease | popularity, registered model, version)."""
     from vasp_model.data import storage
+    from vasp_model.mlops.server import redacted
 
     lists = storage.read_json(f"{plan.recommendations}/{storage.MANIFEST}")
     summary = {
@@ -157,7 +191,7 @@ def publish(plan: Plan, decision: Mapping[str, Any], checks: Mapping[str, Any]) 
         "features": plan.features,
         "models": plan.models,
         "recommendations": plan.recommendations,
-        "tracking_uri": plan.tracking_uri,
+        "tracking_uri": redacted(plan.tracking_uri),  # never a user:password@ of the URI
         "promotion": dict(decision),
         "serving": lists.get("serving"),
         "checks": dict(checks),

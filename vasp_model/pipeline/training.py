@@ -24,7 +24,7 @@ from typing import Any
 from vasp_model.core import defaults
 from vasp_model.core.args import add_exclude_argument
 from vasp_model.core.config import VaspConfig
-from vasp_model.data import layout
+from vasp_model.data import layout, storage
 from vasp_model.data.locks import locked
 from vasp_model.train.memory import check_training_memory, parse_bytes
 
@@ -249,6 +249,35 @@ def add_temporal_metrics(result, features) -> None:
         result.metrics[SECTION] = temporal
 
 
+def _fit_tracked(config: TrainStageConfig, fit, stage, features_dir: str):
+    """Train inside an MLflow run, log the staged outputs, end the run, then register the version.
+
+    The version is registered only after its run ended FINISHED, and the models partition is published
+    only after that: a tracking server that dies on the way leaves no version of a failed attempt and
+    nothing published (the caller discards the staging directory), with one line naming the server and the
+    step. ``stage(result)`` writes the outputs into the staging directory. Returns (result, run id).
+    """
+    from vasp_model.core.settings import as_params
+    from vasp_model.mlops.server import tracking_step
+    from vasp_model.mlops.tracking import TrainingTracker
+
+    date = config.date
+    with tracking_step(config.tracking_uri, f"starting the MLflow run of {date}") as step:
+        with TrainingTracker(config.tracking_uri, config.experiment, run_name=f"vasp-{date}") as tracker:
+            params = {**as_params(config.vasp), "date": date, "warehouse": config.warehouse}
+            tracker.log_config({**params, "exclude": config.exclude})
+            step.doing = f"training {date}"
+            result = fit(callbacks=[tracker.callback()])
+            staging = stage(result)
+            step.doing = f"logging the metrics, artifacts and model of {date}"
+            model_dir = f"{storage.local_path(staging)}/model"
+            run_id = tracker.log_result(result, model_dir, features_dir, date=date, register=False)
+            step.doing = f"ending the MLflow run of {date}"
+        step.doing = f"registering the model version of {date}"
+        tracker.register()
+    return result, run_id
+
+
 @locked("train")
 def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     """Stage ``train``: train, evaluate, publish ``models/dt=D`` (and log to MLflow); returns a summary."""
@@ -259,13 +288,17 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from vasp_model.core.settings import as_params
-    from vasp_model.data import storage
     from vasp_model.data.features import lineage, load_features
     from vasp_model.train.trainer import train
 
     date, warehouse, vasp = config.date, config.warehouse, config.vasp
     if not storage.is_local(warehouse):  # Keras writes the bundle to a path: say so before training, not after
         raise ValueError(f"vasp train writes the model bundle to a local or mounted warehouse, not {warehouse}")
+    if config.tracking:  # before any time is spent: a server that is down or refuses us fails here
+        from vasp_model.mlops import server
+
+        server.configure_http_client()
+        server.check_reachable(config.tracking_uri, f"starting the training of {date}")
     t0 = time.perf_counter()
     features = load_features(warehouse, date)
     load_seconds = time.perf_counter() - t0
@@ -282,39 +315,36 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     def fit(callbacks=()):
         result = train(features, vasp, callbacks=callbacks, checkpoint_dir=checkpoint_dir, verbose=verbose)
         add_temporal_metrics(result, features)
+        result.timings["load_features_seconds"] = load_seconds
         return result
 
-    def publish(result) -> None:
-        with storage.staged(final) as staging:
-            write_outputs(result, features, storage.local_path(staging), config.exclude)
-            manifest = {
-                "date": date,
-                "preset": vasp.preset,
-                "exclude": config.exclude,
-                "config": as_params(vasp),
-                "best_epoch": result.best_epoch,
-                "blend_weight": result.metrics.get("blend_weight"),
-                "test": result.metrics.get("test", {}),
-                "temporal": result.metrics.get("temporal", {}),
-                "features_manifest": lineage(features.manifest, features_dir),
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            storage.publish(staging, final, manifest)
+    def manifest_of(result) -> dict[str, Any]:
+        return {
+            "date": date,
+            "preset": vasp.preset,
+            "exclude": config.exclude,
+            "config": as_params(vasp),
+            "best_epoch": result.best_epoch,
+            "blend_weight": result.metrics.get("blend_weight"),
+            "test": result.metrics.get("test", {}),
+            "temporal": result.metrics.get("temporal", {}),
+            "features_manifest": lineage(features.manifest, features_dir),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
 
     run_id = None
-    if config.tracking:
-        from vasp_model.mlops.tracking import TrainingTracker
+    with storage.staged(final) as staging:  # on any error: staging removed, the published date untouched
 
-        with TrainingTracker(config.tracking_uri, config.experiment, run_name=f"vasp-{date}") as tracker:
-            tracker.log_config({**as_params(vasp), "date": date, "warehouse": warehouse, "exclude": config.exclude})
-            result = fit(callbacks=[tracker.callback()])
-            result.timings["load_features_seconds"] = load_seconds
-            publish(result)
-            run_id = tracker.log_result(result, final, features_dir)
-    else:
-        result = fit()
-        result.timings["load_features_seconds"] = load_seconds
-        publish(result)
+        def stage(result) -> str:
+            write_outputs(result, features, storage.local_path(staging), config.exclude)
+            return staging
+
+        if config.tracking:  # registered after its run ended, published only after that
+            result, run_id = _fit_tracked(config, fit, stage, features_dir)
+        else:
+            result = fit()
+            stage(result)
+        storage.publish(staging, final, manifest_of(result))
 
     vasp_ease = result.metrics["intervals"]["test"].get("vasp-ease")
     return {
