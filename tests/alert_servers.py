@@ -6,6 +6,7 @@ Import the fixtures into a test module: ``from alert_servers import smtp_server,
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
@@ -53,9 +54,9 @@ class Mailbox:
         return AuthResult(success=ok, handled=False)  # handled=False: the server answers 535 on failure
 
 
-@pytest.fixture
-def smtp_server():
-    """A real SMTP server on 127.0.0.1 (AUTH allowed without TLS): ``(host, port, mailbox)``."""
+@contextlib.contextmanager
+def running_smtp_server():
+    """A real SMTP server on 127.0.0.1 (AUTH allowed without TLS) while the block runs: ``(host, port, mailbox)``."""
     from aiosmtpd.controller import Controller
 
     _import_airflow()
@@ -69,6 +70,13 @@ def smtp_server():
         yield "127.0.0.1", port, mailbox
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on 127.0.0.1 for one test: ``(host, port, mailbox)``."""
+    with running_smtp_server() as server:
+        yield server
 
 
 class _Hook(BaseHTTPRequestHandler):

@@ -2,7 +2,9 @@
 that drifts: a catalog shift on night 3 (items launched and retired), a volume drop on night 4.
 
 The morning report of each night must flag exactly the drift injected that night, by rule name, and
-nothing on the quiet nights; the first night's report marks the comparison unavailable.
+nothing on the quiet nights; the first night's report marks the comparison unavailable; the flags reach
+a real SMTP server on 127.0.0.1 as mail; the champion's history in the registry matches the nights'
+records.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ USERS, ITEMS, TOP_N = 400, 200, 20
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory):
+    from alert_servers import running_smtp_server
+
     tmp = tmp_path_factory.mktemp("drift")
     events = tmp / "events"
     for night in NIGHTS:  # the project's own generator, one file per night
@@ -48,14 +52,16 @@ def nights(tmp_path_factory):
     from vasp_model.cli.run import run_dag
 
     results = {}
-    with pytest.MonkeyPatch.context() as mp:
+    with running_smtp_server() as (host, port, mailbox), pytest.MonkeyPatch.context() as mp:
+        env.update({"VASP_ALERT_EMAIL": "ops@example.com", "VASP_ALERT_SMTP": f"{host}:{port}"})
         for key, value in env.items():
             mp.setenv(key, value)
         for night in NIGHTS:
             results[night] = run_dag(
                 night, {"input": str(events / "dt={date}" / "interactions.csv"), "preset": "tiny", "top_n": TOP_N}
             )
-    return {"wh": tmp / "warehouse", "results": results, "tracking": env["VASP_TRACKING_URI"]}
+            mailbox.messages.append({"night_done": night})  # marks which night each mail came with
+    return {"wh": tmp / "warehouse", "results": results, "tracking": env["VASP_TRACKING_URI"], "mail": mailbox}
 
 
 def _record(wh: Path, night: str) -> dict:
@@ -102,3 +108,44 @@ def test_the_report_is_logged_to_the_nights_mlflow_run(nights):
     (run,) = client.search_runs([experiment.experiment_id], f"attributes.run_name = 'vasp-{NIGHTS[3]}'")
     assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} >= {"report/report.html"}
     assert run.data.tags["drift_flags"] == "volume_drop"
+
+
+def _mails_by_night(mailbox) -> dict[str, list[dict]]:
+    by_night, pending = {}, []
+    for message in mailbox.messages:
+        if "night_done" in message:
+            by_night[message["night_done"]], pending = pending, []
+        else:
+            pending.append(message)
+    return by_night
+
+
+def test_the_flags_arrive_as_mail_on_exactly_the_drifting_nights(nights):
+    drift = {
+        night: [m for m in mails if "drift flagged" in m["subject"]]
+        for night, mails in _mails_by_night(nights["mail"]).items()
+    }
+    assert [night for night in NIGHTS if drift[night]] == [NIGHTS[2], NIGHTS[3]]
+    for night in (NIGHTS[2], NIGHTS[3]):
+        (mail,) = drift[night]
+        assert night in mail["subject"] and mail["to"] == ["ops@example.com"]
+        for rule in EXPECTED[night]:
+            assert rule in mail["subject"] and rule in mail["body"]
+        assert "run.json" in mail["body"]
+
+
+def test_the_champion_history_matches_the_nights_records(nights):
+    import mlflow
+
+    client = mlflow.MlflowClient(nights["tracking"])
+    champion = None
+    for night in NIGHTS:
+        record = _record(nights["wh"], night)
+        decision = record["promotion"]
+        assert decision["champion_before"] == champion  # each night starts from the previous night's champion
+        champion = decision["champion_after"]
+        if decision["action"] == "promoted":
+            assert champion == decision["candidate_version"]
+        if champion is not None:  # the night served its champion
+            assert record["serving"]["version"] == champion
+    assert client.get_model_version_by_alias("vasp", "champion").version == champion
