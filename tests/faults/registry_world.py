@@ -14,8 +14,18 @@ from integration.registry_helpers import report_of, sabotaged, save_model_output
 D1, D2 = "2026-05-01", "2026-05-02"
 
 
+_WORLD: dict[str, dict] = {}
+
+
 def build_world(spark, tmp_path_factory) -> dict:
-    """``{"warehouse", "results"}``: features and models/dt=D for D1 (sabotaged) and D2 (good)."""
+    """``{"warehouse", "results"}``: features and models/dt=D for D1 (sabotaged) and D2 (good); built
+    once per test session (tests only read it)."""
+    if "world" not in _WORLD:
+        _WORLD["world"] = _build(spark, tmp_path_factory)
+    return _WORLD["world"]
+
+
+def _build(spark, tmp_path_factory) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from vasp_model.core.config import make_config
     from vasp_model.data.features import load_features
