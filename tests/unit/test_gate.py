@@ -147,6 +147,21 @@ def test_a_candidate_that_beats_ease_needs_the_head_to_head_when_there_is_a_cham
     assert out.decision.scores == {"candidate_logged": 0.5, "ease": EASE, "candidate": 0.5 + EPS, "champion": 0.5}
 
 
+def test_a_promotion_stopped_before_its_decision_tag_records_it_on_the_rerun():
+    """Killed after ``champion`` moved and before ``gate.decision``: the rerun finds the candidate champion
+    and writes the decision; a champion the gate never decided on (set by hand) gets none."""
+    before = gate.Aliases(champion="2")
+    decided = gate.decide(D, gate.Rule(), version("3"), before, PASSES, gate.Rescored(0.5 + EPS, 0.5))
+    written = {k: v for k, v in decided.tags.items() if k != gate.TAG_DECISION}
+    rerun = gate.settled(D, gate.Rule(), version("3", written), decided.aliases)
+    assert rerun.decision.action == "already_champion" and rerun.tags == {gate.TAG_DECISION: "promoted"}
+    assert rerun.aliases == decided.aliases
+    done = gate.settled(D, gate.Rule(), version("3", dict(decided.tags)), decided.aliases)
+    assert done.tags == {}
+    by_hand = gate.settled(D, gate.Rule(), version("3"), gate.Aliases(champion="3"))
+    assert by_hand.tags == {}
+
+
 def test_gate_decision_json_is_one_line_with_todays_fields():
     out = gate.decide(D, gate.Rule(margin=0.125), version("3"), gate.Aliases(), gate.Logged(0.5, EASE))
     line = out.decision.to_json()

@@ -173,7 +173,9 @@ def settled(date: str, rule: Rule, candidate: Version, aliases: Aliases) -> Outc
     if champ == cand:
         reason = "candidate is the champion"
         decision = GateDecision(date, "already_champion", True, cand, champ, champ, reason, **_gate(rule))
-        return Outcome(decision, aliases)
+        # a promotion stopped after its aliases moved and before its last tag: record the decision it made
+        interrupted = TAG_CHAMPION_AT_DECISION in candidate.tags and TAG_DECISION not in candidate.tags
+        return Outcome(decision, aliases, {TAG_DECISION: "promoted"} if interrupted else {})
     if candidate.rolled_back:
         reason = "candidate was promoted and rolled back; not promoting it again"
         return Outcome(GateDecision.unchanged(date, cand, champ, reason, **_gate(rule)), aliases)

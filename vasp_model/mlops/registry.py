@@ -27,7 +27,7 @@ import tempfile
 import numpy as np
 
 from vasp_model.data import layout
-from vasp_model.mlops import gate
+from vasp_model.mlops import gate, integrity
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,9 @@ def download_bundle(tracking_uri: str, model_uri: str, dst: str) -> tuple[str, s
 
     ``model_uri`` is ``models:/NAME@ALIAS`` / ``models:/NAME/N`` (resolved once to a version, so an
     alias that moves meanwhile does not matter) or a local ModelBundle directory. Returns
-    (bundle dir, version, resolved URI); version is ``"local"`` for a directory.
+    (bundle dir, version, resolved URI); version is ``"local"`` for a directory. A registered
+    version's files are checked against the digest recorded at its registration
+    (:func:`vasp_model.mlops.integrity.verify_bundle`: a mismatch is refused).
     """
     if not model_uri.startswith("models:/"):
         path = model_uri[len("file://") :] if model_uri.startswith("file://") else model_uri
@@ -128,7 +130,10 @@ def download_bundle(tracking_uri: str, model_uri: str, dst: str) -> tuple[str, s
     # The version's own artifact location: a models:/ URI would be resolved against MLflow's global registry.
     source = client.get_model_version_download_uri(version.name, version.version)
     local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=dst, tracking_uri=tracking_uri)
-    return bundle_path_in(local), str(version.version), f"models:/{version.name}/{version.version}"
+    resolved = f"models:/{version.name}/{version.version}"
+    bundle_dir = bundle_path_in(local)
+    integrity.verify_bundle(bundle_dir, version.tags, resolved)
+    return bundle_dir, str(version.version), resolved
 
 
 def _load_version_bundle(tracking_uri: str, name: str, version: str, dst: str):
@@ -366,7 +371,7 @@ def _register_ease(client, tracking_uri: str, warehouse: str, date: str, name: s
     with mlflow_uri(tracking_uri):
         with mlflow.start_run(run_id=run_id):  # the run that fitted and measured it
             info = log_bundle_model(path, name=EASE_NAME_IN_RUN)
-        register_version(client, name, info.model_uri, run_id, date, origin, report, model_id=info.model_id)
+        register_version(client, name, info.model_uri, run_id, date, origin, report, path, model_id=info.model_id)
     return True
 
 

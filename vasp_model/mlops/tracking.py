@@ -51,12 +51,13 @@ from vasp_model.evaluation.metrics import (
     MetricsReport,
     model_test_metrics,
 )
-from vasp_model.mlops import lineage
+from vasp_model.mlops import integrity, lineage
 from vasp_model.mlops.gate import EASE_REGISTERED_MODEL, GATE_METRIC
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME_IN_RUN = "model"  # the logged model's name (MLflow 3 ``name=``)
+PYFUNC_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyfunc_model.py")  # models-from-code script
 METRICS_FILE = "metrics.json"  # the run artifact holding the training's MetricsReport
 _BAD_METRIC_CHARS = re.compile(r"[^/\w.\- :]")
 # The environment variables MLflow's URI setters write (so that subprocesses inherit the URIs).
@@ -400,6 +401,7 @@ class TrainingTracker:
                 "model_uri": info.model_uri,
                 "date": date,
                 "origin": origin,
+                "bundle_dir": bundle_dir,  # the staged bundle: its digest goes into the version's tags
                 "metrics": metrics,
                 "model_id": getattr(info, "model_id", None),
             }
@@ -422,7 +424,9 @@ class TrainingTracker:
 def log_bundle_model(bundle_dir: str, name: str = MODEL_NAME_IN_RUN):
     """Log a bundle directory (any kind) as pyfunc model ``name`` in the active run; returns mlflow's ModelInfo.
 
-    The ``vasp_model`` package goes with it (``code_paths``), so the model also loads where the
+    The wrapper is logged as code (MLflow's models-from-code: the script
+    :mod:`vasp_model.mlops.pyfunc_model`), not as a pickle, so loading it runs no unpickled code. The
+    ``vasp_model`` package goes with it (``code_paths``), so the model also loads where the
     pipeline is not installed (``mlflow models serve``, a notebook). Its input example is a user who
     interacted with the first two items of the bundle's vocabulary.
     """
@@ -434,7 +438,7 @@ def log_bundle_model(bundle_dir: str, name: str = MODEL_NAME_IN_RUN):
     import pyarrow.parquet as pq
     from mlflow.models import infer_signature
 
-    from vasp_model.mlops.pyfunc import BUNDLE_ARTIFACT, VaspPyfunc
+    from vasp_model.mlops.pyfunc import BUNDLE_ARTIFACT
     from vasp_model.recommenders.bundle import ITEMS_FILE
 
     items = pq.read_table(os.path.join(bundle_dir, ITEMS_FILE), columns=["item_idx", "item_id"]).sort_by("item_idx")
@@ -449,7 +453,7 @@ def log_bundle_model(bundle_dir: str, name: str = MODEL_NAME_IN_RUN):
             continue
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=VaspPyfunc(),
+        python_model=PYFUNC_CODE,  # models-from-code: a file path, never a pickled object
         artifacts={BUNDLE_ARTIFACT: bundle_dir},
         signature=signature,
         input_example=example_in,
@@ -466,11 +470,14 @@ def register_version(
     date: str | None,
     origin: Mapping[str, str],
     metrics: Mapping[str, Any],
+    bundle_dir: str,
     model_id: str | None = None,
 ) -> str:
     """Register ``model_uri`` as a new version of ``name`` tagged with date, run, the features' lineage
-    ``origin`` (:func:`vasp_model.data.features.lineage`) and the headline test metrics of every model
-    of the report (``test.vasp.ndcg_at_100``...)."""
+    ``origin`` (:func:`vasp_model.data.features.lineage`), the headline test metrics of every model
+    of the report (``test.vasp.ndcg_at_100``...) and the digest of the logged bundle ``bundle_dir``
+    (:func:`vasp_model.mlops.integrity.digest_tags`). The tags go with the version in one call: a
+    version never exists without them."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
@@ -482,6 +489,7 @@ def register_version(
     tags = {"date": date or "", "run_id": run_id, **origin}
     headline = {m: {k: v for k, v in model_test_metrics(metrics, m).items() if k in ACCURACY_KEYS} for m in MODELS}
     tags.update({k: f"{v:.6f}" for k, v in to_mlflow_metrics({"test": headline}).items()})
+    tags.update(integrity.digest_tags(bundle_dir))
     version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
     log.info("registered %s version %s (date=%s, run=%s)", name, version.version, date, run_id)
     return str(version.version)

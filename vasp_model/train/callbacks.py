@@ -114,6 +114,11 @@ class ResumeState(keras.callbacks.Callback):
             stopping.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
         log.info("resuming: %d epochs done, best epoch %d", len(state["history"]), stopping.best_epoch + 1)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        # killed between this state's save and BackupAndRestore's, the fit resumes one epoch earlier
+        # than the history says: that epoch runs again, its row goes
+        self.validation.history = [row for row in self.validation.history if row["epoch"] <= epoch]
+
     def on_epoch_end(self, epoch, logs=None):
         stopping = self.early_stopping
         if stopping.best_epoch == epoch:  # this epoch is the new best

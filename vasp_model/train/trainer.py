@@ -206,11 +206,12 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     if checkpoint_dir:
         # BackupAndRestore restores weights, optimizer and epoch, not EarlyStopping's best weights / wait nor
         # the history rows: ResumeState persists those (a callback of its own rather than an EarlyStopping
-        # subclass, since it also carries ValidationMetrics' history).
-        fit_callbacks += [
-            ResumeState(checkpoint_dir, validation, early_stopping),
-            keras.callbacks.BackupAndRestore(_backup_dir(checkpoint_dir), save_freq="epoch", delete_checkpoint=True),
-        ]
+        # subclass, since it also carries ValidationMetrics' history). double_checkpoint: a kill while the
+        # weights are written leaves the previous epoch's copy, which the rerun falls back to.
+        backup = keras.callbacks.BackupAndRestore(
+            _backup_dir(checkpoint_dir), save_freq="epoch", delete_checkpoint=True, double_checkpoint=True
+        )
+        fit_callbacks += [ResumeState(checkpoint_dir, validation, early_stopping), backup]
     with _timed(timings, "fit_seconds"):
         model.fit(make_dataset(plan), epochs=tc.total_epochs, callbacks=[*fit_callbacks, *callbacks], verbose=verbose)
     epoch_seconds = [row["train_seconds"] for row in validation.history]
