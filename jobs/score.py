@@ -399,8 +399,7 @@ def serving_bundle(
     from vasp_model.mlops.registry import download_bundle, parse_model_uri, serving_for_date
     from vasp_model.recommenders.bundle import PopularityBundle, read_metadata
 
-    served, pin = serving_for_date(tracking_uri, warehouse, date, model_uri, ease_model)
-    reason = pin.reason if pin is not None else ""
+    served, _, reason = serving_for_date(tracking_uri, warehouse, date, model_uri, ease_model)
     if served is None:
         bundle = PopularityBundle(*load_items(warehouse, date), {"date": date})
         serving = {"kind": bundle.kind, "registered_model": None, "version": None, "resolved_uri": None}

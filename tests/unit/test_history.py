@@ -36,7 +36,9 @@ def test_a_rerun_is_pinned_to_its_own_record(warehouse):
     assert history.later_night(D2, history.recorded_dates(warehouse)) is None  # the latest night is not past
     pin = history.pinned(warehouse, D1, D2)
     assert (pin.model_uri, pin.source) == ("models:/vasp/1", D1)
-    assert pin.reason == f"{D1} ran before (a later night, {D2}, is recorded): scoring with what served it, vasp vasp v1"
+    assert (
+        pin.reason == f"{D1} ran before (a later night, {D2}, is recorded): scoring with what served it, vasp vasp v1"
+    )
 
 
 def test_a_date_that_never_ran_gets_the_closest_earlier_night(warehouse):

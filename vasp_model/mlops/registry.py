@@ -403,13 +403,15 @@ def serving_uri(tracking_uri: str, model_uri: str, ease_model: str = gate.EASE_R
 
 def serving_for_date(
     tracking_uri: str, warehouse: str, date: str, model_uri: str, ease_model: str = gate.EASE_REGISTERED_MODEL
-) -> tuple[str | None, history.Pin | None]:
-    """(the model that serves ``date`` when ``model_uri`` is asked for, the pin it comes from).
+) -> tuple[str | None, history.Pin | None, str]:
+    """(the model that serves ``date`` when ``model_uri`` is asked for, the pin it comes from, why; "" when
+    nothing special applies).
 
     A registered model's champion asked for a past date (:func:`later_night`) gives the version that
     served it (:func:`history.pinned`; None: popularity); otherwise, and when no night at or before
     the date is recorded, :func:`serving_uri` (the champion now, or the fallback), pin None.
     """
+    reason = ""
     if model_uri.startswith("models:/"):
         name, alias, _ = parse_model_uri(model_uri)
         if alias == gate.CHAMPION:
@@ -418,11 +420,10 @@ def serving_for_date(
                 pin = history.pinned(warehouse, date, later)
                 if pin is not None:
                     log.warning("%s", pin.reason)
-                    return pin.model_uri, pin
-                log.warning(
-                    "%s is a past date (a later night, %s, is recorded) but no night at or before it is: "
-                    "scoring with the current champion",
-                    date,
-                    later,
+                    return pin.model_uri, pin, pin.reason
+                reason = (
+                    f"{date} is a past date (a later night, {later}, is recorded) but no night at or before it is: "
+                    "scoring with the current champion"
                 )
-    return serving_uri(tracking_uri, model_uri, ease_model), None
+                log.warning("%s", reason)
+    return serving_uri(tracking_uri, model_uri, ease_model), None, reason

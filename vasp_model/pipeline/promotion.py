@@ -130,7 +130,7 @@ def _served_as_recorded(config: PromoteStageConfig, decision: GateDecision) -> G
     from vasp_model.mlops import registry
 
     tracking = config.tracking
-    _, pin = registry.serving_for_date(
+    _, pin, _ = registry.serving_for_date(
         tracking.tracking_uri,
         config.warehouse,
         config.date,
