@@ -595,6 +595,7 @@ def score_stage(config: ScoreStageConfig) -> dict[str, Any]:
         "date": config.date,
         "model_version": result["model_version"],
         "serving": result["serving"],
+        "serving_reason": result["serving_reason"],
         "exclude": config.exclude,
         **result["counts"],
     }

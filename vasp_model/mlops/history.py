@@ -3,8 +3,8 @@
 The record of date ``D`` is the ``serving`` of its published lists (``recommendations/dt=D/_manifest.json``,
 whose one writer is the scoring job): the kind (vasp | ease | popularity), registered model and
 version that scored them. A date is *past* when a later night is recorded: a later date has
-published lists, or a version of the registered model is tagged with a later date (that night
-trained and went through the gate, even if its scoring never finished). A past date never moves
+published lists, or a version of the registered model tagged with a later date went through the
+gate (that night may have moved the champion, even if its scoring never finished). A past date never moves
 an alias (:func:`vasp_model.mlops.gate.backfill`), and it is scored with (:func:`pinned`)
 
 * its own record when it has one, so a rerun reproduces its lists;

@@ -72,8 +72,9 @@ def find_candidate(client, name: str, date: str):
     return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def registered_dates(client, name: str) -> list[str]:
-    """The dates the versions of ``name`` are tagged with (empty when the model does not exist)."""
+def gated_dates(client, name: str) -> list[str]:
+    """The dates of the versions of ``name`` that went through the gate (tag ``gate.decision``), oldest
+    first (empty when the model does not exist)."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
@@ -83,13 +84,13 @@ def registered_dates(client, name: str) -> list[str]:
         if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             return []
         raise
-    return sorted({v.tags.get("date") for v in versions if v.tags.get("date")})
+    return sorted({v.tags["date"] for v in versions if v.tags.get("date") and v.tags.get(gate.TAG_DECISION)})
 
 
 def later_night(client, warehouse: str, name: str, date: str) -> str | None:
     """The latest recorded night after ``date`` (published lists, or a version of ``name`` tagged with
-    its date); None: ``date`` is not a past date."""
-    return history.later_night(date, [*history.recorded_dates(warehouse), *registered_dates(client, name)])
+    its date that went through the gate); None: ``date`` is not a past date."""
+    return history.later_night(date, [*history.recorded_dates(warehouse), *gated_dates(client, name)])
 
 
 def champion_uri(registered_model: str) -> str:
