@@ -28,7 +28,8 @@
   ``serving_reason`` says so. The default model is ``models:/$VASP_REGISTERED_MODEL@champion``.
 * Output is deterministic: each user's input is sorted, users are scored in ``user_idx`` order
   within their partition and the part files are named by partition, so scoring a date again with
-  the same model writes the same files, byte for byte.
+  the same model writes the same files, byte for byte (a rerun pinned to the date's own record
+  reuses its recorded ``partitions``).
 * Output columns: ``user_id``, ``rank`` (1..N), ``item_id``, ``score``, ``model_version``,
   ``fallback``; written to staging and published atomically with ``_manifest.json`` (the model
   version, the digests of the features and of their input, the rule ``exclude`` and the counts,
@@ -394,22 +395,24 @@ def serving_bundle(
     (``registry.serving_uri``): a registered or local bundle, downloaded, or popularity of the date's
     features. ``serving``: ``kind``, ``registered_model``, ``version``, ``resolved_uri`` and ``label``
     (the rows' ``model_version``: the version of the model asked for, else ``NAME/VERSION`` of the
-    fallback, or ``popularity``)."""
+    fallback, or ``popularity``), ``reason`` (why, when the date is past) and ``pinned_from`` (the date whose
+    record it reproduces, else None)."""
     from vasp_model.data.features import load_items
     from vasp_model.mlops.registry import download_bundle, parse_model_uri, serving_for_date
     from vasp_model.recommenders.bundle import PopularityBundle, read_metadata
 
-    served, _, reason = serving_for_date(tracking_uri, warehouse, date, model_uri, ease_model)
+    served, pin, reason = serving_for_date(tracking_uri, warehouse, date, model_uri, ease_model)
+    why = {"reason": reason, "pinned_from": pin.source if pin is not None else None}
     if served is None:
         bundle = PopularityBundle(*load_items(warehouse, date), {"date": date})
         serving = {"kind": bundle.kind, "registered_model": None, "version": None, "resolved_uri": None}
-        return bundle.save(os.path.join(dst, "popularity")), {**serving, "label": bundle.kind, "reason": reason}
+        return bundle.save(os.path.join(dst, "popularity")), {**serving, "label": bundle.kind, **why}
     bundle_dir, version, resolved = download_bundle(tracking_uri, served, os.path.join(dst, "download"))
     name = parse_model_uri(resolved)[0] if resolved.startswith("models:/") else None
     asked = parse_model_uri(model_uri)[0] if model_uri.startswith("models:/") else None
     serving = {"kind": read_metadata(bundle_dir)["kind"], "registered_model": name, "version": version}
     label = version if name == asked else f"{name}/{version}"  # a fallback's rows name its registered model
-    return bundle_dir, {**serving, "resolved_uri": resolved, "label": label, "reason": reason}
+    return bundle_dir, {**serving, "resolved_uri": resolved, "label": label, **why}
 
 
 def score(
@@ -460,6 +463,11 @@ def score(
         log.info("scoring %s with %s (%s, version %s)", date, serving["resolved_uri"], serving["kind"], version)
 
         n_users_input = count_rows(layout.feature_table(warehouse, date, "users"))
+        if not partitions and serving["pinned_from"] == date:  # a rerun: the same partitions give the same files
+            partitions = int(
+                storage.read_json(f"{layout.recommendations_dir(warehouse, date)}/{storage.MANIFEST}").get("partitions")
+                or 0
+            )
         partitions = partitions or max(spark.sparkContext.defaultParallelism, n_users_input // 20000)
         threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
         scored = transform(
@@ -492,6 +500,7 @@ def score(
                     "serving_reason": serving["reason"],
                     "top_n": top_n,
                     "exclude": exclude,
+                    "partitions": partitions,
                     "features": features,
                     "features_digest": origin["features_digest"],
                     "input_digest": origin["input_digest"],

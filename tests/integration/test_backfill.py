@@ -152,6 +152,7 @@ def test_backfills_keep_the_champion_and_rerun_what_served(store, world, spark, 
     assert client.get_model_version("vasp", "3").tags["gate.decision"] == "backfill"
     rerun = _score(spark, store, world, D1)
     assert rerun["serving"]["version"] == "1" and "scoring with what served it" in rerun["serving_reason"]
+    assert rerun["partitions"] == first["partitions"]
     assert _files(world, D1) == d1_files  # the same files, byte for byte
 
     # D2 never ran: what served the closest earlier night (D1); D0, before every night: the champion now
