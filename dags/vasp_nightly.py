@@ -22,7 +22,9 @@ replaces only that date.
    reason) is recorded in XCom and in `runs/dt=D/run.json`. With no champion yet, the
    fallback serves (the date's EASE, registered as `vasp-ease`, else popularity).
 6. **score_users** (Spark, `vasp score`) → `recommendations/dt=D/` from `vasp@champion`
-   (or the fallback the decision names).
+   (or the fallback the decision names). A past date (a backfill, or a rerun once a later
+   night is recorded) moves no alias (decision `backfill`) and is scored with the version
+   that served it, so its lists come out the same, byte for byte.
 7. **validate_recommendations** — every user present, N items each, none of the items the
    `exclude` rule leaves out (default `all`: anything the user interacted with, whatever the
    rating), counts match the manifest.

@@ -1,6 +1,6 @@
 """Spark job: top-N recommendations for EVERY user of ``features/dt=D`` -> ``recommendations/dt=D/``.
 
-``vasp score --date D [--model-uri models:/vasp@champion] [--top-n 100]`` or
+``vasp score --date D [--model-uri models:/NAME@champion] [--top-n 100]`` or
 ``spark-submit jobs/score.py --date D ...``.
 
 * The driver resolves the model URI once (an alias becomes a concrete version, recorded in every
@@ -22,6 +22,14 @@
   kept with ``argpartition``, and a user with no known item gets the popularity list
   (``fallback = true``).
   Each task returns one row per user (the list as arrays); Spark explodes it into ranked rows.
+* A past date (a later night is recorded) asked for the champion is scored with the version that
+  served it (``registry.serving_for_date``: its own record, else the closest earlier night's), so
+  a rerun or a backfill never serves what a later night promoted; the manifest's
+  ``serving_reason`` says so. The default model is ``models:/$VASP_REGISTERED_MODEL@champion``.
+* Output is deterministic: each user's input is sorted, users are scored in ``user_idx`` order
+  within their partition and the part files are named by partition, so scoring a date again with
+  the same model writes the same files, byte for byte (a rerun pinned to the date's own record
+  reuses its recorded ``partitions``).
 * Output columns: ``user_id``, ``rank`` (1..N), ``item_id``, ``score``, ``model_version``,
   ``fallback``; written to staging and published atomically with ``_manifest.json`` (the model
   version, the digests of the features and of their input, the rule ``exclude`` and the counts,
@@ -63,7 +71,16 @@ READ_SCHEMAS = {
     "consumed": "user_idx INT, item_id STRING",
 }
 OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score", "model_version", "fallback")
-DEFAULT_MODEL_URI = "models:/vasp@champion"
+
+
+def default_model_uri() -> str:
+    """``models:/NAME@champion`` of the configured registered model (``VASP_REGISTERED_MODEL``, default vasp)."""
+    from vasp_model.core.settings import build_config
+    from vasp_model.mlops.registry import champion_uri
+    from vasp_model.mlops.tracking import TrackingConfig
+
+    return champion_uri(build_config(TrackingConfig).registered_model)
+
 
 # Executor-side cache: one loaded ModelBundle per Python worker process, keyed by model identity.
 _BUNDLES: dict[str, Any] = {}
@@ -78,9 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--date", required=True, help="Logical date YYYY-MM-DD: scores features/dt=D.")
     parser.add_argument(
         "--model-uri",
-        default=DEFAULT_MODEL_URI,
+        default=None,
         help="Model to score with: models:/NAME@ALIAS, models:/NAME/VERSION or a local ModelBundle directory "
-        f"(default {DEFAULT_MODEL_URI}).",
+        "(default models:/$VASP_REGISTERED_MODEL@champion, vasp@champion; a past date asked for the champion "
+        "is scored with the version that served it).",
     )
     parser.add_argument(
         "--ease-registered-model",
@@ -235,16 +253,17 @@ def user_item_lists(spark, warehouse: str, date: str, partitions: int, exclude: 
 
     table = layout.exclusion_table(exclude)
     rows = read("interactions").unionByName(read("users"), allowMissingColumns=True)  # missing columns are null
-    aggregates = [F.max("user_id").alias("user_id"), F.collect_list("item_id").alias("item_ids")]
+    # sorted lists, users in user_idx order: a task's batches do not depend on the shuffle's fetch order
+    aggregates = [F.max("user_id").alias("user_id"), F.array_sort(F.collect_list("item_id")).alias("item_ids")]
     if table not in (None, "interactions"):
         rows = rows.unionByName(read(table).withColumnRenamed("item_id", "excluded_id"), allowMissingColumns=True)
-        aggregates.append(F.collect_list("excluded_id").alias("excluded_ids"))
+        aggregates.append(F.array_sort(F.collect_list("excluded_id")).alias("excluded_ids"))
     lists = rows.repartition(partitions, "user_idx").groupBy("user_idx").agg(*aggregates)
     if table == "interactions":
-        return lists.withColumn("excluded_ids", F.col("item_ids"))
-    if table is None:
-        return lists.withColumn("excluded_ids", F.array().cast("array<string>"))
-    return lists
+        lists = lists.withColumn("excluded_ids", F.col("item_ids"))
+    elif table is None:
+        lists = lists.withColumn("excluded_ids", F.array().cast("array<string>"))
+    return lists.sortWithinPartitions("user_idx")
 
 
 def transform(lists_df, bundle_ref: str, top_n: int, batch_users: int, model_key: str, threads: int):
@@ -377,28 +396,31 @@ def serving_bundle(
     (``registry.serving_uri``): a registered or local bundle, downloaded, or popularity of the date's
     features. ``serving``: ``kind``, ``registered_model``, ``version``, ``resolved_uri`` and ``label``
     (the rows' ``model_version``: the version of the model asked for, else ``NAME/VERSION`` of the
-    fallback, or ``popularity``)."""
+    fallback, or ``popularity``), ``reason`` (why, when the date is past) and ``pinned_from`` (the date whose
+    record it reproduces, else None)."""
     from vasp_model.data.features import load_items
-    from vasp_model.mlops.registry import download_bundle, parse_model_uri, serving_uri
+    from vasp_model.mlops.registry import download_bundle, parse_model_uri, serving_for_date
     from vasp_model.recommenders.bundle import PopularityBundle, read_metadata
 
-    served = serving_uri(tracking_uri, model_uri, ease_model)
+    served, pin, reason = serving_for_date(tracking_uri, warehouse, date, model_uri, ease_model)
+    why = {"reason": reason, "pinned_from": pin.source if pin is not None else None}
     if served is None:
         bundle = PopularityBundle(*load_items(warehouse, date), {"date": date})
         serving = {"kind": bundle.kind, "registered_model": None, "version": None, "resolved_uri": None}
-        return bundle.save(os.path.join(dst, "popularity")), {**serving, "label": bundle.kind}
+        return bundle.save(os.path.join(dst, "popularity")), {**serving, "label": bundle.kind, **why}
     bundle_dir, version, resolved = download_bundle(tracking_uri, served, os.path.join(dst, "download"))
     name = parse_model_uri(resolved)[0] if resolved.startswith("models:/") else None
+    asked = parse_model_uri(model_uri)[0] if model_uri.startswith("models:/") else None
     serving = {"kind": read_metadata(bundle_dir)["kind"], "registered_model": name, "version": version}
-    label = version if served == model_uri else f"{name}/{version}"
-    return bundle_dir, {**serving, "resolved_uri": resolved, "label": label}
+    label = version if name == asked else f"{name}/{version}"  # a fallback's rows name its registered model
+    return bundle_dir, {**serving, "resolved_uri": resolved, "label": label, **why}
 
 
 def score(
     spark,
     date: str,
     warehouse: str,
-    model_uri: str = DEFAULT_MODEL_URI,
+    model_uri: str | None = None,
     tracking_uri: str | None = None,
     top_n: int = 100,
     batch_users: int = 1024,
@@ -409,7 +431,8 @@ def score(
     """Score every user of ``date`` and publish ``recommendations/dt=D``; returns the manifest.
 
     Each list leaves out the items of the rule ``exclude`` (:func:`vasp_model.data.layout.exclusion_table`).
-    While ``model_uri`` names a champion that does not exist, the fallback serves (:func:`serving_bundle`).
+    While ``model_uri`` names a champion that does not exist, the fallback serves (:func:`serving_bundle`);
+    a past date is scored with what served it. ``model_uri`` None: :func:`default_model_uri`.
     """
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
@@ -431,6 +454,7 @@ def score(
     if table and not storage.exists(layout.feature_table(warehouse, date, table)):
         raise FileNotFoundError(f"exclude={exclude} needs the {table!r} table, which {features} lacks: rebuild {date}")
     tracking_uri = tracking_uri or defaults.default_tracking_uri()
+    model_uri = model_uri or default_model_uri()
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="vasp-score-") as tmp:
         bundle_dir, serving = serving_bundle(tracking_uri, model_uri, ease_model, warehouse, date, tmp)
@@ -440,6 +464,11 @@ def score(
         log.info("scoring %s with %s (%s, version %s)", date, serving["resolved_uri"], serving["kind"], version)
 
         n_users_input = count_rows(layout.feature_table(warehouse, date, "users"))
+        if not partitions and serving["pinned_from"] == date:  # a rerun: the same partitions give the same files
+            partitions = int(
+                storage.read_json(f"{layout.recommendations_dir(warehouse, date)}/{storage.MANIFEST}").get("partitions")
+                or 0
+            )
         partitions = partitions or max(spark.sparkContext.defaultParallelism, n_users_input // 20000)
         threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
         scored = transform(
@@ -469,8 +498,10 @@ def score(
                     "model_resolved_uri": serving["resolved_uri"],
                     "model_version": version,
                     "serving": {k: serving[k] for k in ("kind", "registered_model", "version")},
+                    "serving_reason": serving["reason"],
                     "top_n": top_n,
                     "exclude": exclude,
+                    "partitions": partitions,
                     "features": features,
                     "features_digest": origin["features_digest"],
                     "input_digest": origin["input_digest"],
@@ -498,7 +529,7 @@ class ScoreStageConfig:
     warehouse: str
     tracking_uri: str
     spark: SparkConfig
-    model_uri: str = DEFAULT_MODEL_URI
+    model_uri: str = dataclasses.field(default_factory=default_model_uri)
     top_n: int = 100
     batch_users: int = 1024  # users per model forward pass inside a task
     partitions: int = 0  # 0 = Spark's default parallelism (more for big populations)
@@ -516,6 +547,7 @@ def config_from_args(args: argparse.Namespace) -> ScoreStageConfig:
     """The stage's config from the flags of :func:`add_arguments` (unset flags: ``VASP_*`` env, then defaults)."""
     from vasp_jobs.common.spark import spark_config_from_args
     from vasp_model.core.settings import build_config
+    from vasp_model.mlops.registry import champion_uri
     from vasp_model.mlops.tracking import TrackingConfig
 
     tracking = build_config(
@@ -526,7 +558,7 @@ def config_from_args(args: argparse.Namespace) -> ScoreStageConfig:
         warehouse=args.warehouse or defaults.default_warehouse(),
         tracking_uri=tracking.tracking_uri,
         spark=spark_config_from_args(args, APP_NAME),
-        model_uri=args.model_uri,
+        model_uri=args.model_uri or champion_uri(tracking.registered_model),
         top_n=args.top_n,
         batch_users=args.batch_users,
         partitions=args.partitions,
@@ -576,6 +608,7 @@ def score_stage(config: ScoreStageConfig) -> dict[str, Any]:
         "date": config.date,
         "model_version": result["model_version"],
         "serving": result["serving"],
+        "serving_reason": result["serving_reason"],
         "exclude": config.exclude,
         **result["counts"],
     }

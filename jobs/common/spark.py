@@ -21,9 +21,12 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+
+from pyarrow import fs as pafs
 
 from vasp_model.core import defaults
 from vasp_model.core.errors import CLEAR_ERRORS
@@ -277,6 +280,7 @@ def write_tables(
             if files and files.get(name):
                 frame = frame.coalesce(files[name])
             frame.write.mode("errorifexists").parquet(spark_path(f"{staging.rstrip('/')}/{name}"))
+            stable_file_names(f"{staging.rstrip('/')}/{name}")
             if timings is not None:
                 timings[f"write_{name}"] = round(time.perf_counter() - started, 3)
         payload = manifest(staging) if callable(manifest) else dict(manifest)
@@ -311,6 +315,21 @@ def quiet_task_failures(spark: SparkSession | None) -> Iterator[None]:
     finally:
         for name, level in before.items():
             configurator.setLevel(name, level)
+
+
+# Spark's part files: part-<task>-<write job uuid>-c<file>.<ext>, and a local filesystem's checksum beside each
+_PART_FILE = re.compile(r"^(\.?part-\d+)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(-c\d+\..+)$")
+
+
+def stable_file_names(uri: str) -> None:
+    """Drop the write job's random id from the part files under ``uri`` (``part-00003-c000.snappy.parquet``):
+    rows written again in the same order give the same files, names included."""
+    filesystem, path = storage.resolve(uri)
+    for info in filesystem.get_file_info(pafs.FileSelector(path, recursive=True)):
+        match = _PART_FILE.match(info.base_name)
+        if match and info.type == pafs.FileType.File:
+            directory = info.path[: -len(info.base_name)]
+            filesystem.move(info.path, directory + match.group(1) + match.group(2))
 
 
 def submit_main(

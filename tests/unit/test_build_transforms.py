@@ -248,3 +248,23 @@ def test_write_tables_publishes_atomically_and_discards_on_failure(spark, tmp_pa
     assert storage.read_json(f"{final}/{storage.MANIFEST}") == {"n": 1}  # the old partition is untouched
     # only the published version is left
     assert os.listdir(tmp_path / "features" / "_versions" / "dt=2024-01-01") == [os.path.basename(os.readlink(final))]
+
+
+def test_part_files_lose_the_write_job_id(tmp_path):
+    """Spark names part files after a random write-job id; renamed, a rewrite of the same rows is the same files."""
+    uuid = "3f2b8c1e-0a4d-4e6f-9b7a-1c2d3e4f5a6b"
+    table = tmp_path / "table"
+    table.mkdir()
+    names = [f"part-00000-{uuid}-c000.snappy.parquet", f".part-00000-{uuid}-c000.snappy.parquet.crc", "_SUCCESS"]
+    for name in [*names, f"part-00001-{uuid}-c000.snappy.parquet"]:
+        (table / name).write_bytes(name.encode())
+    js.stable_file_names(str(table))
+    assert sorted(os.listdir(table)) == sorted(
+        [
+            ".part-00000-c000.snappy.parquet.crc",
+            "_SUCCESS",
+            "part-00000-c000.snappy.parquet",
+            "part-00001-c000.snappy.parquet",
+        ]
+    )
+    assert (table / "part-00000-c000.snappy.parquet").read_bytes() == names[0].encode()  # moved, not rewritten

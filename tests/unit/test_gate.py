@@ -361,3 +361,22 @@ def test_rollback_of_a_version_that_is_not_champion_moves_nothing():
     assert (out.decision.action, out.decision.promoted) == ("unchanged", False)
     assert out.decision.reason == f"{D}'s version v2 is not champion; nothing to roll back"
     assert out.aliases == gate.Aliases(champion="3", previous="1") and out.tags == {}
+
+
+def test_a_past_date_moves_no_alias_and_says_so():
+    aliases = gate.Aliases(champion="5", previous="4")
+    outcome = gate.backfill(D, gate.Rule(), version("3"), aliases, later="2026-03-05")
+    decision = outcome.decision
+    assert outcome.aliases == aliases
+    assert (decision.action, decision.promoted, decision.champion_before, decision.champion_after) == (
+        "backfill",
+        False,
+        "5",
+        "5",
+    )
+    assert decision.reason.startswith("backfill: champion not moved (a later night, 2026-03-05, is recorded")
+    assert outcome.tags[gate.TAG_DECISION] == "backfill"
+    assert outcome.tags[gate.TAG_CHAMPION_AT_DECISION] == "5"
+    # not a decision that stands: once the date is no longer past (its later nights deleted), the gate runs
+    tagged = version("3", dict(outcome.tags))
+    assert gate.settled(D, gate.Rule(), tagged, aliases) is None

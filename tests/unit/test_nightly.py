@@ -68,6 +68,20 @@ def test_plan_resolves_input_outputs_and_stage_configs(tmp_path):
         plan.make_plan({"date": "yesterday"}, None, config=cfg)
 
 
+def test_the_champion_scored_is_that_of_the_configured_registered_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("VASP_REGISTERED_MODEL", "recs")
+    night = plan.make_plan({}, dt.datetime(2026, 3, 1), config=plan.load_config({"warehouse": str(tmp_path)}))
+    assert night.score_config().model_uri == "models:/recs@champion"
+    assert _parse("score", ["--date", "2026-03-01"]).model_uri == "models:/recs@champion"
+    assert _parse("score", ["--date", "2026-03-01", "--model-uri", "models:/vasp/3"]).model_uri == "models:/vasp/3"
+
+
+def test_rescore_goes_with_rollback():
+    assert _parse("promote", ["--date", "2026-03-01", "--rollback", "--rescore"]).rescore
+    with pytest.raises(ValueError, match="--rescore goes with --rollback"):
+        _parse("promote", ["--date", "2026-03-01", "--rescore"])
+
+
 def test_plan_crosses_xcom_as_json(tmp_path):
     night = plan.make_plan({}, dt.datetime(2026, 3, 1), config=plan.load_config({"warehouse": str(tmp_path)}))
     assert plan.Plan(**json.loads(json.dumps(dataclasses.asdict(night)))) == night

@@ -18,7 +18,9 @@ VASP only serves when it won. The replaced champion gets alias ``previous``
 and the candidate records it (tag ``gate.previous_champion``), so that rollbacks walk back one
 promotion at a time. Every decision is recorded on the candidate as ``gate.*`` tags; a rerun for
 the same date returns the recorded decision unless the champion or the rule changed since. A
-version that was rolled back is never promoted again.
+version that was rolled back is never promoted again. A past date (a later night is recorded)
+moves no alias: its candidate stays registered and the gate records ``backfill``
+(:func:`backfill`).
 
 No MLflow here: :mod:`vasp_model.mlops.registry` reads the registry into :class:`Version` /
 :class:`Aliases`, calls :func:`decide` or :func:`rollback` and writes the :class:`Outcome` back.
@@ -33,7 +35,7 @@ from collections.abc import Mapping
 GATE_METRIC = "ndcg@100"
 CHAMPION = "champion"
 PREVIOUS = "previous"
-TAG_DECISION = "gate.decision"  # promoted | rejected
+TAG_DECISION = "gate.decision"  # promoted | rejected | backfill
 TAG_REASON = "gate.reason"
 TAG_CHAMPION_AT_DECISION = "gate.champion_version"  # champion when the decision was made ("none")
 TAG_PREVIOUS_CHAMPION = "gate.previous_champion"  # champion this version replaced
@@ -52,7 +54,7 @@ class GateDecision:
     """The outcome of ``vasp promote`` for one date (printed as one JSON line)."""
 
     date: str
-    action: str  # promoted | rejected | already_champion | unchanged | rolled_back
+    action: str  # promoted | rejected | backfill | already_champion | unchanged | rolled_back
     promoted: bool  # is the date's candidate the champion after this call?
     candidate_version: str | None
     champion_before: str | None
@@ -273,6 +275,17 @@ def decide(
         return _rejected(date, rule, candidate, aliases, why, scores)
     reason += f"; beats {head_to_head}: {rescored.candidate:.5f} > {rescored.champion:.5f}" + vs_champion
     return _promoted(date, rule, candidate, aliases, reason, scores)
+
+
+def backfill(date: str, rule: Rule, candidate: Version, aliases: Aliases, later: str) -> Outcome:
+    """``date`` is past (``later``: a later recorded night): no alias moves, whatever the candidate scores.
+    The candidate stays registered; the decision is recorded on it (and taken again on a rerun)."""
+    reason = f"backfill: champion not moved (a later night, {later}, is recorded; {date}'s v{candidate.version} "
+    reason += "stays registered, not gated)"
+    tags = _record(rule, aliases, reason, {}) | {TAG_DECISION: "backfill"}
+    champ = aliases.champion
+    decision = GateDecision(date, "backfill", False, candidate.version, champ, champ, reason, **_gate(rule))
+    return Outcome(decision, aliases, tags)
 
 
 def _record(rule: Rule, aliases: Aliases, reason: str, scores: Mapping[str, float]) -> dict[str, str]:

@@ -13,6 +13,10 @@ While the registered model has no champion, :func:`promote_fallback` gates the d
 EASE into a registered model of its own and says what serves the date (that EASE's champion, else
 popularity); :func:`serving_uri` is what the scoring job loads by the same rule.
 
+A past date (a later night is recorded, :mod:`vasp_model.mlops.history`) moves no alias: its
+candidate stays registered and the gate records ``backfill`` (:func:`gate.backfill`); scoring it
+asks :func:`serving_for_date`, which pins the version that served it.
+
 Every MLflow call here names the store (``tracking_uri``): MLflow's global URIs are left alone, but
 for logging and registering the fallback's model (a fluent API, and a registry lookup through the
 global URI: pointed at the store for those calls only).
@@ -27,7 +31,7 @@ import tempfile
 import numpy as np
 
 from vasp_model.data import layout
-from vasp_model.mlops import gate, integrity
+from vasp_model.mlops import gate, history, integrity
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,32 @@ def find_candidate(client, name: str, date: str):
         raise
     versions = [v for v in versions if v.tags.get("date") == date]
     return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def gated_dates(client, name: str) -> list[str]:
+    """The dates of the versions of ``name`` that went through the gate (tag ``gate.decision``), oldest
+    first (empty when the model does not exist)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return []
+        raise
+    return sorted({v.tags["date"] for v in versions if v.tags.get("date") and v.tags.get(gate.TAG_DECISION)})
+
+
+def later_night(client, warehouse: str, name: str, date: str) -> str | None:
+    """The latest recorded night after ``date`` (published lists, or a version of ``name`` tagged with
+    its date that went through the gate); None: ``date`` is not a past date."""
+    return history.later_night(date, [*history.recorded_dates(warehouse), *gated_dates(client, name)])
+
+
+def champion_uri(registered_model: str) -> str:
+    """``models:/NAME@champion``: what serves by default."""
+    return f"models:/{registered_model}@{gate.CHAMPION}"
 
 
 def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
@@ -275,6 +305,8 @@ def promote(
     rule = gate.Rule(metric, margin, require_significant, protocol)
     candidate, aliases = _candidate_and_aliases(client, registered_model, date)
     outcome = gate.settled(date, rule, candidate, aliases)
+    if outcome is None and (later := later_night(client, warehouse, registered_model, date)):
+        outcome = gate.backfill(date, rule, candidate, aliases, later)
     if outcome is None:  # not decided yet: score it
         logged = _logged(client, candidate.run_id, metric, compare, protocol)
         outcome = gate.decide(date, rule, candidate, aliases, logged)
@@ -285,6 +317,8 @@ def promote(
     decision = outcome.decision
     if decision.action == "promoted":
         log.info("promote %s: v%s is champion (%s)", date, decision.candidate_version, decision.reason)
+    elif decision.action == "backfill":
+        log.warning("promote %s: %s", date, decision.reason)
     elif decision.action == "rejected":
         log.warning(
             "promote %s: v%s rejected, champion stays %s (%s)",
@@ -392,3 +426,31 @@ def serving_uri(tracking_uri: str, model_uri: str, ease_model: str = gate.EASE_R
         return f"models:/{ease_model}@{gate.CHAMPION}"
     log.warning("registered model %r has no champion and no fallback EASE does: serving popularity", name)
     return None
+
+
+def serving_for_date(
+    tracking_uri: str, warehouse: str, date: str, model_uri: str, ease_model: str = gate.EASE_REGISTERED_MODEL
+) -> tuple[str | None, history.Pin | None, str]:
+    """(the model that serves ``date`` when ``model_uri`` is asked for, the pin it comes from, why; "" when
+    nothing special applies).
+
+    A registered model's champion asked for a past date (:func:`later_night`) gives the version that
+    served it (:func:`history.pinned`; None: popularity); otherwise, and when no night at or before
+    the date is recorded, :func:`serving_uri` (the champion now, or the fallback), pin None.
+    """
+    reason = ""
+    if model_uri.startswith("models:/"):
+        name, alias, _ = parse_model_uri(model_uri)
+        if alias == gate.CHAMPION:
+            later = later_night(client_for(tracking_uri), warehouse, name, date)
+            if later is not None:
+                pin = history.pinned(warehouse, date, later)
+                if pin is not None:
+                    log.warning("%s", pin.reason)
+                    return pin.model_uri, pin, pin.reason
+                reason = (
+                    f"{date} is a past date (a later night, {later}, is recorded) but no night at or before it is: "
+                    "scoring with the current champion"
+                )
+                log.warning("%s", reason)
+    return serving_uri(tracking_uri, model_uri, ease_model), None, reason

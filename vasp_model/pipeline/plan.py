@@ -276,18 +276,22 @@ class Plan:
         return PromoteStageConfig(self.date, self.warehouse, tracking)
 
     def score_config(self) -> ScoreStageConfig:
-        """The fallback's registered model comes from the same settings as the promote stage's."""
+        """The registered model (its champion) and the fallback's come from the same settings as the promote
+        stage's."""
         from vasp_jobs.common.spark import job_spark_config
         from vasp_jobs.score import APP_NAME, ScoreStageConfig
+        from vasp_model.mlops.registry import champion_uri
 
+        tracking = self.promote_config().tracking
         return ScoreStageConfig(
             self.date,
             self.warehouse,
             self.tracking_uri,
             job_spark_config(APP_NAME),
+            model_uri=champion_uri(tracking.registered_model),
             top_n=self.top_n,
             exclude=self.exclude,
-            ease_registered_model=self.promote_config().tracking.ease_registered_model,
+            ease_registered_model=tracking.ease_registered_model,
         )
 
 

@@ -153,7 +153,8 @@ def promote(plan: Plan) -> dict[str, Any]:
 
 
 def score(plan: Plan) -> str:
-    """Stage ``score``: publish ``recommendations/dt=D`` from the champion (or the fallback); returns its URI."""
+    """Stage ``score``: publish ``recommendations/dt=D`` from the champion (or the fallback; a past date: the
+    version that served it); returns its URI."""
     sign_in_to_mlflow()
     from vasp_jobs.score import score_stage
 
@@ -194,6 +195,7 @@ def publish(plan: Plan, decision: Mapping[str, Any], checks: Mapping[str, Any]) 
         "tracking_uri": redacted(plan.tracking_uri),  # never a user:password@ of the URI
         "promotion": dict(decision),
         "serving": lists.get("serving"),
+        "serving_reason": lists.get("serving_reason", ""),  # a past date: why it was scored with what it was
         "checks": dict(checks),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
