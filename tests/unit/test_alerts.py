@@ -120,11 +120,13 @@ def test_rejection_streak_counts_back_from_the_date(tmp_path):
         ("2026-03-01", "promoted"),
         ("2026-03-02", "rejected"),
         ("2026-03-03", "rejected"),
-        ("2026-03-05", "rejected"),  # 03-04 has no record (a failed night): skipped, not a break
+        ("2026-03-04", "backfill"),  # a past date re-run later: it decided nothing, skipped
+        ("2026-03-05", "rejected"),
         ("2026-03-06", "promoted"),
     ]:
         _write_record(wh, date, action)
     assert alerts.rejection_streak(str(wh), "2026-03-05") == ["2026-03-05", "2026-03-03", "2026-03-02"]
+    assert alerts.check_night({"date": "2026-03-04", "promotion": {"action": "backfill"}}, str(wh)) == []
     assert alerts.rejection_streak(str(wh), "2026-03-06") == []
     assert alerts.rejection_streak(str(wh), "2026-03-01") == []
     assert alerts.rejection_streak(str(tmp_path / "empty"), "2026-03-05") == []

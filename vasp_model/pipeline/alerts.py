@@ -285,6 +285,8 @@ def rejection_streak(warehouse: str, date: str) -> list[str]:
         except (OSError, ValueError):
             log.warning("run record of %s is unreadable: the rejection streak stops there", night)
             break
+        if action == "backfill":  # a past date re-run decided nothing: it neither breaks nor extends a streak
+            continue
         if action != "rejected":
             break
         streak.append(night)
@@ -307,6 +309,8 @@ def check_night(
         return []
     announce_off(config)
     alerts: list[Alert] = []
+    if (record.get("promotion") or {}).get("action") == "backfill":
+        return alerts  # a past date re-run: streaks and the model's age are about the latest night
     try:
         date = record["date"]
         where = {"date": date, "run_record": run_record(warehouse, date), "run_id": run_id}
