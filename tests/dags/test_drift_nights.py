@@ -4,7 +4,8 @@ that drifts: a catalog shift on night 3 (items launched and retired), a volume d
 The morning report of each night must flag exactly the drift injected that night, by rule name, and
 nothing on the quiet nights; the first night's report marks the comparison unavailable; the flags reach
 a real SMTP server on 127.0.0.1 as mail; the champion's history in the registry matches the nights'
-records.
+records; then a backfill of night 2 through the same DAG leaves the champion where it was and
+reproduces night 2's lists byte for byte.
 """
 
 from __future__ import annotations
@@ -61,10 +62,39 @@ def nights(tmp_path_factory):
                 night, {"input": str(events / "dt={date}" / "interactions.csv"), "preset": "tiny", "top_n": TOP_N}
             )
             mailbox.messages.append({"night_done": night})  # marks which night each mail came with
-    return {"wh": tmp / "warehouse", "results": results, "tracking": env["VASP_TRACKING_URI"], "mail": mailbox}
+        wh = str(tmp / "warehouse")
+        records = {night: _record(Path(wh), night) for night in NIGHTS}  # as the four nights left them
+        before = {"lists": _list_files(wh, NIGHTS[1]), "aliases": _aliases(env["VASP_TRACKING_URI"])}
+        backfill = run_dag(
+            NIGHTS[1], {"input": str(events / "dt={date}" / "interactions.csv"), "preset": "tiny", "top_n": TOP_N}
+        )
+        after = {"lists": _list_files(wh, NIGHTS[1]), "aliases": _aliases(env["VASP_TRACKING_URI"])}
+    return {
+        "wh": tmp / "warehouse",
+        "results": results,
+        "tracking": env["VASP_TRACKING_URI"],
+        "mail": mailbox,
+        "records": records,
+        "backfill": {"result": backfill, "before": before, "after": after},
+    }
+
+
+def _list_files(warehouse: str, night: str) -> dict[str, bytes]:
+    """Every file of the night's published lists but its manifest (which records the job's duration)."""
+    root = Path(storage.local_path(storage.locate(layout.recommendations_dir(warehouse, night))))
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != storage.MANIFEST
+    }
+
+
+def _aliases(tracking_uri: str) -> dict[str, str]:
+    import mlflow
+
+    return dict(mlflow.MlflowClient(tracking_uri).get_registered_model("vasp").aliases)
 
 
 def _record(wh: Path, night: str) -> dict:
+    """The night's run record as it is now (after the backfill of night 2: see ``nights["records"]``)."""
     return storage.read_json(f"{layout.dataset_dir(str(wh), 'runs', night)}/run.json")
 
 
@@ -79,23 +109,23 @@ def test_every_night_succeeds_with_a_report(nights):
 
 
 def test_the_report_flags_exactly_the_drift_of_each_night(nights):
-    flagged = {night: [f["rule"] for f in _record(nights["wh"], night)["flags"]] for night in NIGHTS}
+    flagged = {night: [f["rule"] for f in nights["records"][night]["flags"]] for night in NIGHTS}
     for night in NIGHTS:  # the simulation's figures, for the record (pytest -s)
-        record, tasks = _record(nights["wh"], night), nights["results"][night]["tasks"]
+        record, tasks = nights["records"][night], nights["results"][night]["tasks"]
         print(night, record["promotion"]["action"], record["serving"], record["flags"])
         print(
             f"  morning_report {tasks['morning_report']['seconds']:.1f} s of a {nights['results'][night]['seconds']:.0f} s night"
         )
     assert {night: set(rules) for night, rules in flagged.items()} == EXPECTED
     for night in NIGHTS:
-        for flag in _record(nights["wh"], night)["flags"]:
+        for flag in nights["records"][night]["flags"]:
             assert set(flag) >= {"rule", "message", "value", "threshold"} and flag["message"]
 
 
 def test_the_first_night_has_no_comparison(nights):
-    record = _record(nights["wh"], NIGHTS[0])
+    record = nights["records"][NIGHTS[0]]
     assert record["report"]["previous"] == "unavailable"
-    assert _record(nights["wh"], NIGHTS[1])["report"]["previous"] == "available"
+    assert nights["records"][NIGHTS[1]]["report"]["previous"] == "available"
     html = (Path(layout.dataset_dir(str(nights["wh"]), "runs", NIGHTS[0])) / "report.html").read_text()
     assert "unavailable" in html
 
@@ -140,7 +170,7 @@ def test_the_champion_history_matches_the_nights_records(nights):
     client = mlflow.MlflowClient(nights["tracking"])
     champion = None
     for night in NIGHTS:
-        record = _record(nights["wh"], night)
+        record = nights["records"][night]
         decision = record["promotion"]
         assert decision["champion_before"] == champion  # each night starts from the previous night's champion
         champion = decision["champion_after"]
@@ -149,3 +179,12 @@ def test_the_champion_history_matches_the_nights_records(nights):
         if champion is not None:  # the night served its champion
             assert record["serving"]["version"] == champion
     assert client.get_model_version_by_alias("vasp", "champion").version == champion
+
+
+def test_a_backfill_of_night_2_moves_no_alias_and_reproduces_its_lists(nights):
+    backfill = nights["backfill"]
+    assert backfill["result"]["state"] == "success", backfill["result"]
+    assert backfill["after"]["aliases"] == backfill["before"]["aliases"]
+    assert backfill["before"]["lists"] and backfill["after"]["lists"] == backfill["before"]["lists"]
+    decision = _record(nights["wh"], NIGHTS[1])["promotion"]
+    assert decision["action"] == "backfill" and decision["reason"].startswith("backfill: champion not moved")
