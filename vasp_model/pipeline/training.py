@@ -105,6 +105,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tracking-uri", default=None, help="MLflow tracking URI (default: local SQLite under VASP_HOME)."
     )
     parser.add_argument("--experiment", default="vasp", help="MLflow experiment name.")
+    parser.add_argument(
+        "--warm-start",
+        default="none",
+        help="Start from a trained model, items mapped by id, on the shorter warm schedule (warm_epochs): none "
+        "(cold start), champion (the registered model's champion, if trained for an earlier date; else cold), "
+        "or a model bundle directory.",
+    )
+    parser.add_argument(
+        "--registered-model", default="vasp", help="Registered model whose champion --warm-start champion uses."
+    )
     parser.add_argument("--no-tracking", action="store_true", help="Do not log the run to MLflow.")
     parser.add_argument("--quiet", action="store_true", help="No Keras progress bar.")
     parser.add_argument(
@@ -131,8 +141,13 @@ class TrainStageConfig:
     quiet: bool = False  # no Keras progress bar
     exclude: str = defaults.DEFAULT_EXCLUDE  # what test_topk.parquet leaves out (defaults.EXCLUDE_RULES)
     memory_budget: str | None = None  # e.g. "16g" (None: $VASP_MEMORY_BUDGET, else what is available)
+    warm_start: str = "none"  # none | champion | a model bundle directory (vasp_model.pipeline.warm_start)
+    registered_model: str = "vasp"  # whose champion warm_start "champion" starts from
 
     def __post_init__(self) -> None:
+        from vasp_model.pipeline.warm_start import check_spec
+
+        check_spec(self.warm_start)
         layout.check_date(self.date)
         layout.exclusion_table(self.exclude)
         if self.memory_budget:
@@ -174,6 +189,8 @@ def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
         quiet=args.quiet,
         exclude=args.exclude or defaults.default_exclude(),
         memory_budget=args.memory_budget,
+        warm_start=args.warm_start,
+        registered_model=args.registered_model,
     )
 
 
@@ -233,6 +250,24 @@ def write_outputs(result, features, directory: str, exclude: str) -> None:
     pq.write_table(per_user_table(result.per_user, features), os.path.join(directory, "per_user_metrics.parquet"))
 
 
+def _warm_start_source(config: TrainStageConfig):
+    """The model ``config.warm_start`` names, loaded (None: a cold start)."""
+    import tempfile
+
+    from vasp_model.pipeline.warm_start import resolve
+
+    with tempfile.TemporaryDirectory(prefix="vasp-warm-") as tmp:  # the model is in memory once loaded
+        return resolve(config.warm_start, config.date, config.tracking_uri, config.registered_model, tmp)
+
+
+def warm_start_params(spec: str, source) -> dict[str, str]:
+    """What the run starts from, as MLflow params: the flag, and the resolved model (or ``none``)."""
+    params = {"warm_start": spec, "warm_start.from": "none" if source is None else source.uri}
+    if source is not None:
+        params.update({"warm_start.version": source.version, "warm_start.trained_for": str(source.date)})
+    return params
+
+
 def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     """Stage ``train``: train, evaluate, publish ``models/dt=D`` (and log to MLflow); returns a summary."""
     if config.backend:
@@ -251,17 +286,24 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     features = load_features(warehouse, date)
     load_seconds = time.perf_counter() - t0
     check_training_memory(features.n_items, features.train.shape[0], vasp, config.memory_budget)
+    source = _warm_start_source(config)
+    if source is not None:
+        vasp = dataclasses.replace(vasp, train=vasp.train.warm_schedule())
+    warm_params = warm_start_params(config.warm_start, source)
     features_dir = layout.features_dir(warehouse, date)
     final = layout.models_dir(warehouse, date)
-    # keyed by date and config: a resumed run never picks up another configuration's checkpoint
+    # keyed by date, config and starting point: a resumed run never picks up another run's checkpoint
     import hashlib
 
-    key = hashlib.sha1(json.dumps(as_params(vasp), sort_keys=True).encode()).hexdigest()[:10]
+    key_params = {**as_params(vasp), **warm_params}
+    key = hashlib.sha1(json.dumps(key_params, sort_keys=True).encode()).hexdigest()[:10]
     checkpoint_dir = config.checkpoint_dir or os.path.join(defaults.run_dir(), "checkpoints", f"train-{date}-{key}")
     verbose = 0 if config.quiet else "auto"
 
     def fit(callbacks=()):
-        return train(features, vasp, callbacks=callbacks, checkpoint_dir=checkpoint_dir, verbose=verbose)
+        return train(
+            features, vasp, callbacks=callbacks, checkpoint_dir=checkpoint_dir, verbose=verbose, init_from=source
+        )
 
     def publish(result) -> None:
         staging = storage.staging_dir(final)
@@ -274,6 +316,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
                 "config": as_params(vasp),
                 "best_epoch": result.best_epoch,
                 "blend_weight": result.metrics.get("blend_weight"),
+                "warm_start": result.metrics.get("warm_start"),
                 "test": result.metrics.get("test", {}),
                 "features_manifest": lineage(features.manifest, features_dir),
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -288,8 +331,12 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         from vasp_model.mlops.tracking import TrainingTracker
 
         with TrainingTracker(config.tracking_uri, config.experiment, run_name=f"vasp-{date}") as tracker:
-            tracker.log_config({**as_params(vasp), "date": date, "warehouse": warehouse, "exclude": config.exclude})
+            params = {**as_params(vasp), "date": date, "warehouse": warehouse, "exclude": config.exclude}
+            tracker.log_config({**params, **warm_params})
             result = fit(callbacks=[tracker.callback()])
+            if source is not None:
+                warm = result.metrics["warm_start"]
+                tracker.log_config({f"warm_start.{k}": warm[k] for k in ("items_kept", "items_new", "items_dropped")})
             result.timings["load_features_seconds"] = load_seconds
             publish(result)
             run_id = tracker.log_result(result, final, features_dir)
@@ -315,5 +362,6 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         },
         "intervals": {"vasp-ease": {"ndcg@100": vasp_ease["ndcg@100"]}} if vasp_ease else {},
         "run_id": run_id,
+        "warm_start": result.metrics.get("warm_start"),
         "train_seconds": round(result.timings.get("fit_seconds", 0.0), 1),
     }
