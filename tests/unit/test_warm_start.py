@@ -209,3 +209,20 @@ def test_warm_start_champion_registered_earlier_and_fallbacks(two_days, day1_bun
         assert _train(two_days, DAY1, tmp_path / "c", *flags) == 0
     assert _summary(capsys)["warm_start"] is None
     assert "not before 2026-02-03" in caplog.text
+
+
+def test_nightly_warm_start_setting_reaches_the_train_stage(tmp_path, monkeypatch):
+    import datetime
+
+    from vasp_model.pipeline import plan
+
+    cfg = plan.load_config({"warehouse": str(tmp_path)})
+    night = plan.make_plan({}, datetime.datetime(2026, 3, 1), config=cfg)
+    assert night.train_config().warm_start == cfg.warm_start
+    monkeypatch.setenv("VASP_WARM_START", "champion")
+    monkeypatch.setenv("VASP_REGISTERED_MODEL", "vasp-test")
+    night = plan.make_plan({}, datetime.datetime(2026, 3, 1), config=plan.load_config({"warehouse": str(tmp_path)}))
+    train = night.train_config()
+    assert (train.warm_start, train.registered_model) == ("champion", "vasp-test")
+    with pytest.raises(ValueError, match="warm_start must be none or champion"):
+        plan.load_config({"warm_start": "/some/bundle"})
