@@ -135,7 +135,7 @@ def two_days(spark, tmp_path_factory):
 def _train(warehouse: str, date: str, tmp_path, *flags: str) -> int:
     from vasp_model import cli
 
-    argv = ["train", "--warehouse", warehouse, "--date", date, "--preset", "tiny", "--epochs", "4", "--hidden", "12"]
+    argv = ["train", "--warehouse", warehouse, "--date", date, "--preset", "tiny", "--epochs", "8", "--hidden", "12"]
     return cli.main([*argv, "--quiet", "--checkpoint-dir", str(tmp_path / f"ckpt-{date}"), *flags])
 
 
@@ -166,7 +166,7 @@ def test_warm_train_from_a_bundle_with_a_shifted_catalog(two_days, day1_bundle, 
     assert warm["items_new"] == len(new - old) and warm["items_dropped"] == len(old - new)
     assert warm["uri"].endswith("model") and warm["version"] == "local"
     out = layout.models_dir(two_days, DAY2)
-    assert len(json.load(open(f"{out}/history.json"))) == 2  # half of --epochs 4 (warm_epochs 0.5)
+    assert len(json.load(open(f"{out}/history.json"))) == 2  # a quarter of --epochs 8 (warm_epochs 0.25)
     assert ModelBundle.load(f"{out}/model").metadata["warm_start"]["items_kept"] == warm["items_kept"]
 
 
@@ -183,10 +183,15 @@ def test_warm_start_from_a_missing_directory_is_a_clear_error(two_days, tmp_path
     assert "neither a models:/ URI nor a local bundle directory" in capsys.readouterr().err
 
 
-def test_warm_start_champion_registered_earlier_and_fallbacks(two_days, day1_bundle, tmp_path, capsys, caplog):
+def test_warm_start_champion_registered_earlier_and_fallbacks(
+    two_days, day1_bundle, tmp_path, capsys, caplog, monkeypatch
+):
     """No champion: a warning and a cold start. A champion trained for an earlier date: warm from that
-    version. The same champion for a rerun of its own date: cold (never from the date's own model)."""
+    version, recorded in the MLflow run. The same champion for a rerun of its own date: cold (never from
+    the date's own model)."""
     import mlflow
+
+    monkeypatch.setenv("VASP_HOME", str(tmp_path / "home"))
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     flags = ("--no-tracking", "--tracking-uri", uri, "--warm-start", "champion")
@@ -198,11 +203,18 @@ def test_warm_start_champion_registered_earlier_and_fallbacks(two_days, day1_bun
 
     client = mlflow.MlflowClient(uri, registry_uri=uri)
     client.create_registered_model("vasp")
-    version = client.create_model_version("vasp", day1_bundle, tags={"date": DAY1}).version
+    version = str(client.create_model_version("vasp", day1_bundle, tags={"date": DAY1}).version)
     client.set_registered_model_alias("vasp", "champion", version)
-    assert _train(two_days, DAY2, tmp_path / "b", *flags) == 0
-    warm = _summary(capsys)["warm_start"]
+    assert _train(two_days, DAY2, tmp_path / "b", *flags[1:]) == 0  # tracked
+    summary = _summary(capsys)
+    warm = summary["warm_start"]
     assert warm["uri"] == f"models:/vasp/{version}" and warm["date"] == DAY1 and warm["items_kept"] > 0
+    params = client.get_run(summary["run_id"]).data.params
+    assert params["warm_start"] == "champion" and params["warm_start.from"] == warm["uri"]
+    assert params["warm_start.version"] == version and params["warm_start.trained_for"] == DAY1
+    assert int(params["warm_start.items_kept"]) == warm["items_kept"]
+    assert int(params["warm_start.items_new"]) == warm["items_new"] > 0
+    assert params["train.epochs"] == "(2,)" and params["train.ease_warmup_epochs"] == "0"  # the warm schedule
 
     caplog.clear()
     with caplog.at_level("WARNING"):

@@ -91,7 +91,7 @@ class TrainConfig:
     patience: int | None = None  # early stopping on validation nDCG@100 (None = off)
     # a warm-started run (from a trained model, e.g. the champion) runs this fraction of every phase's epochs
     # and no Neural EASE warm-up: see warm_schedule
-    warm_epochs: float = 0.5
+    warm_epochs: float = 0.25
     seed: int = 42
     jit_compile: bool = True
     eval_batch_users: int = 1024  # users per forward pass when scoring
