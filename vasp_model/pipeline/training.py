@@ -54,6 +54,7 @@ TRAIN_FLAGS = {
     "--ease-warmup-lr": ("ease_warmup_lr", float, "Learning rate of the Neural EASE warm-up."),
     "--patience": ("patience", int, "Early stopping patience in epochs on validation nDCG@100 (default off)."),
     "--seed": ("seed", int, "Random seed (batches, initialization, sampling)."),
+    "--warm-epochs": ("warm_epochs", float, "Share of every phase's epochs a warm-started run trains (default 0.25)."),
 }
 
 
