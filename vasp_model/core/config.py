@@ -16,6 +16,7 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,9 @@ class TrainConfig:
     ease_warmup_epochs: int = 0  # epochs training the Neural EASE path alone before the joint fit
     ease_warmup_lr: float = 1e-3
     patience: int | None = None  # early stopping on validation nDCG@100 (None = off)
+    # a warm-started run (from a trained model, e.g. the champion) runs this fraction of every phase's epochs
+    # and no Neural EASE warm-up: see warm_schedule
+    warm_epochs: float = 0.25
     seed: int = 42
     jit_compile: bool = True
     eval_batch_users: int = 1024  # users per forward pass when scoring
@@ -112,12 +116,20 @@ class TrainConfig:
         _positive("ease_warmup_lr", self.ease_warmup_lr)
         if self.patience is not None:
             _positive("patience", self.patience)
+        if not 0.0 < self.warm_epochs <= 1.0:
+            raise ValueError(f"warm_epochs must be in (0, 1], got {self.warm_epochs!r}")
         _positive("eval_batch_users", self.eval_batch_users)
 
     def batch_users_for(self, n_users: int) -> int:
         """Users per direction in a step for ``n_users`` train users: ``batch_users``, or fewer so that an
         epoch has at least ``min_steps_per_epoch`` steps."""
         return max(1, min(self.batch_users, n_users // self.min_steps_per_epoch))
+
+    def warm_schedule(self) -> TrainConfig:
+        """The schedule of a warm-started run: ``warm_epochs`` of every phase (rounded up, at least one
+        epoch in all) at the same learning rates, without the Neural EASE warm-up (the kernel is trained)."""
+        epochs = tuple(math.ceil(self.warm_epochs * n) for n in self.epochs)
+        return dataclasses.replace(self, epochs=epochs, ease_warmup_epochs=0)
 
     @property
     def total_epochs(self) -> int:

@@ -101,6 +101,19 @@ class VASP(keras.Model):
         x = keras.Input((self.n_items,), sparse=sparse)
         return keras.Model(x, ops.cast(self.flvae(x), "float32"), name=f"{self.name}_flvae")
 
+    def item_weights(self) -> list[tuple[keras.Variable, tuple[int, ...]]]:
+        """Every weight with an axis indexed by item, and those axes: the first encoder layer's rows,
+        the output layers' columns and biases, Neural EASE's rows and columns. Every other weight is
+        independent of the catalog (a warm start copies it as is, see ``vasp_model.train.warm_start``)."""
+        return [
+            (self.encoder.denses[0].kernel, (0,)),
+            (self.decoder_out.kernel, (1,)),
+            (self.decoder_out.bias, (0,)),
+            (self.latent_out.kernel, (1,)),
+            (self.latent_out.bias, (0,)),
+            (self.ease.kernel, (0, 1)),
+        ]
+
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.n_items)
 

@@ -59,6 +59,8 @@ class NightlyConfig:
     tune_weekday: str = "sun"  # the weekday of D on which `tune: weekly` tunes (WEEKDAYS)
     tune_budget: str = "30m"  # wall-clock budget of a tuning study (900s, 30m, 2h)
     tune_trials: int | None = None  # at most this many trials per study (None: as many as the budget allows)
+    # train from: none (cold) | champion (the champion of an earlier date, items mapped by id, shorter schedule)
+    warm_start: str = "none"
     synthetic_users: int = 3000  # size of the synthetic input (input=synthetic)
     synthetic_items: int = 1500
     schedule: str = "0 2 * * *"  # cron; each run covers the day before its run time
@@ -116,6 +118,8 @@ class NightlyConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.task_timeout_s <= 0 or self.train_timeout_s <= 0:
             raise ValueError("task_timeout_s and train_timeout_s must be > 0")
+        if self.warm_start not in ("none", "champion"):
+            raise ValueError(f"warm_start must be none or champion, got {self.warm_start!r}")
 
 
 def _check_tune(tune: str, weekday: str, budget: str, trials: int | None) -> None:
@@ -187,6 +191,7 @@ class Plan:
     tune_weekday: str = "sun"
     tune_budget: str = "30m"
     tune_trials: int | None = None
+    warm_start: str = "none"
 
     def __post_init__(self) -> None:
         layout.check_date(self.date)
@@ -244,10 +249,21 @@ class Plan:
 
     def train_config(self) -> TrainStageConfig:
         from vasp_model.core.config import make_config
+        from vasp_model.mlops.tracking import TrackingConfig
         from vasp_model.pipeline.training import TrainStageConfig
 
         vasp = make_config(self.preset, base=self.tuned())
-        return TrainStageConfig(self.date, self.warehouse, vasp, self.tracking_uri, quiet=True, exclude=self.exclude)
+        registered_model = settings.build_config(TrackingConfig, {"tracking_uri": self.tracking_uri}).registered_model
+        return TrainStageConfig(
+            self.date,
+            self.warehouse,
+            vasp,
+            self.tracking_uri,
+            quiet=True,
+            exclude=self.exclude,
+            warm_start=self.warm_start,
+            registered_model=registered_model,
+        )
 
     def tuned(self) -> VaspConfig | None:
         """The tuned config training starts from: with tuning on, the latest at or before the date, if any."""
@@ -325,4 +341,5 @@ def make_plan(
         tune_weekday=config.tune_weekday,
         tune_budget=config.tune_budget,
         tune_trials=config.tune_trials,
+        warm_start=config.warm_start,
     )

@@ -55,6 +55,7 @@ TRAIN_FLAGS = {
     "--ease-warmup-lr": ("ease_warmup_lr", float, "Learning rate of the Neural EASE warm-up."),
     "--patience": ("patience", int, "Early stopping patience in epochs on validation nDCG@100 (default off)."),
     "--seed": ("seed", int, "Random seed (batches, initialization, sampling)."),
+    "--warm-epochs": ("warm_epochs", float, "Share of every phase's epochs a warm-started run trains (default 0.25)."),
 }
 
 
@@ -106,6 +107,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tracking-uri", default=None, help="MLflow tracking URI (default: local SQLite under VASP_HOME)."
     )
     parser.add_argument("--experiment", default="vasp", help="MLflow experiment name.")
+    parser.add_argument(
+        "--warm-start",
+        default="none",
+        help="Start from a trained model, items mapped by id, on the shorter warm schedule (warm_epochs): none "
+        "(cold start), champion (the registered model's champion, if trained for an earlier date; else cold), "
+        "or a model bundle directory.",
+    )
+    parser.add_argument(
+        "--registered-model", default="vasp", help="Registered model whose champion --warm-start champion uses."
+    )
     parser.add_argument("--no-tracking", action="store_true", help="Do not log the run to MLflow.")
     parser.add_argument("--quiet", action="store_true", help="No Keras progress bar.")
     parser.add_argument(
@@ -132,8 +143,13 @@ class TrainStageConfig:
     quiet: bool = False  # no Keras progress bar
     exclude: str = defaults.DEFAULT_EXCLUDE  # what test_topk.parquet leaves out (defaults.EXCLUDE_RULES)
     memory_budget: str | None = None  # e.g. "16g" (None: $VASP_MEMORY_BUDGET, else what is available)
+    warm_start: str = "none"  # none | champion | a model bundle directory (vasp_model.pipeline.warm_start)
+    registered_model: str = "vasp"  # whose champion warm_start "champion" starts from
 
     def __post_init__(self) -> None:
+        from vasp_model.pipeline.warm_start import check_spec
+
+        check_spec(self.warm_start)
         layout.check_date(self.date)
         layout.exclusion_table(self.exclude)
         if self.memory_budget:
@@ -175,6 +191,8 @@ def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
         quiet=args.quiet,
         exclude=args.exclude or defaults.default_exclude(),
         memory_budget=args.memory_budget,
+        warm_start=args.warm_start,
+        registered_model=args.registered_model,
     )
 
 
@@ -249,25 +267,26 @@ def add_temporal_metrics(result, features) -> None:
         result.metrics[SECTION] = temporal
 
 
-def _fit_tracked(config: TrainStageConfig, fit, stage, features_dir: str):
+def _fit_tracked(config: TrainStageConfig, params: dict[str, Any], fit, stage, features_dir: str):
     """Train inside an MLflow run, log the staged outputs, end the run, then register the version.
 
     The version is registered only after its run ended FINISHED, and the models partition is published
     only after that: a tracking server that dies on the way leaves no version of a failed attempt and
     nothing published (the caller discards the staging directory), with one line naming the server and the
-    step. ``stage(result)`` writes the outputs into the staging directory. Returns (result, run id).
+    step. ``params``: the run's MLflow params; ``stage(result)`` writes the outputs into the staging
+    directory. Returns (result, run id).
     """
-    from vasp_model.core.settings import as_params
     from vasp_model.mlops.server import tracking_step
     from vasp_model.mlops.tracking import TrainingTracker
 
     date = config.date
     with tracking_step(config.tracking_uri, f"starting the MLflow run of {date}") as step:
         with TrainingTracker(config.tracking_uri, config.experiment, run_name=f"vasp-{date}") as tracker:
-            params = {**as_params(config.vasp), "date": date, "warehouse": config.warehouse}
-            tracker.log_config({**params, "exclude": config.exclude})
+            tracker.log_config(params)
             step.doing = f"training {date}"
             result = fit(callbacks=[tracker.callback()])
+            if warm := result.metrics.get("warm_start"):
+                tracker.log_config({f"warm_start.{k}": warm[k] for k in ("items_kept", "items_new", "items_dropped")})
             staging = stage(result)
             step.doing = f"logging the metrics, artifacts and model of {date}"
             model_dir = f"{storage.local_path(staging)}/model"
@@ -276,6 +295,24 @@ def _fit_tracked(config: TrainStageConfig, fit, stage, features_dir: str):
         step.doing = f"registering the model version of {date}"
         tracker.register()
     return result, run_id
+
+
+def _warm_start_source(config: TrainStageConfig):
+    """The model ``config.warm_start`` names, loaded (None: a cold start)."""
+    import tempfile
+
+    from vasp_model.pipeline.warm_start import resolve
+
+    with tempfile.TemporaryDirectory(prefix="vasp-warm-") as tmp:  # the model is in memory once loaded
+        return resolve(config.warm_start, config.date, config.tracking_uri, config.registered_model, tmp)
+
+
+def warm_start_params(spec: str, source) -> dict[str, str]:
+    """What the run starts from, as MLflow params: the flag, and the resolved model (or ``none``)."""
+    params = {"warm_start": spec, "warm_start.from": "none" if source is None else source.uri}
+    if source is not None:
+        params.update({"warm_start.version": source.version, "warm_start.trained_for": str(source.date)})
+    return params
 
 
 @locked("train")
@@ -303,17 +340,24 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     features = load_features(warehouse, date)
     load_seconds = time.perf_counter() - t0
     check_training_memory(features.n_items, features.train.shape[0], vasp, config.memory_budget)
+    source = _warm_start_source(config)
+    if source is not None:
+        vasp = dataclasses.replace(vasp, train=vasp.train.warm_schedule())
+    warm_params = warm_start_params(config.warm_start, source)
     features_dir = layout.features_dir(warehouse, date)
     final = layout.models_dir(warehouse, date)
-    # keyed by date and config: a resumed run never picks up another configuration's checkpoint
+    # keyed by date, config and starting point: a resumed run never picks up another run's checkpoint
     import hashlib
 
-    key = hashlib.sha1(json.dumps(as_params(vasp), sort_keys=True).encode()).hexdigest()[:10]
+    key_params = {**as_params(vasp), **warm_params}
+    key = hashlib.sha1(json.dumps(key_params, sort_keys=True).encode()).hexdigest()[:10]
     checkpoint_dir = config.checkpoint_dir or os.path.join(defaults.run_dir(), "checkpoints", f"train-{date}-{key}")
     verbose = 0 if config.quiet else "auto"
 
     def fit(callbacks=()):
-        result = train(features, vasp, callbacks=callbacks, checkpoint_dir=checkpoint_dir, verbose=verbose)
+        result = train(
+            features, vasp, callbacks=callbacks, checkpoint_dir=checkpoint_dir, verbose=verbose, init_from=source
+        )
         add_temporal_metrics(result, features)
         result.timings["load_features_seconds"] = load_seconds
         return result
@@ -326,6 +370,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
             "config": as_params(vasp),
             "best_epoch": result.best_epoch,
             "blend_weight": result.metrics.get("blend_weight"),
+            "warm_start": result.metrics.get("warm_start"),
             "test": result.metrics.get("test", {}),
             "temporal": result.metrics.get("temporal", {}),
             "features_manifest": lineage(features.manifest, features_dir),
@@ -340,7 +385,8 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
             return staging
 
         if config.tracking:  # registered after its run ended, published only after that
-            result, run_id = _fit_tracked(config, fit, stage, features_dir)
+            params = {**as_params(vasp), "date": date, "warehouse": warehouse, "exclude": config.exclude}
+            result, run_id = _fit_tracked(config, {**params, **warm_params}, fit, stage, features_dir)
         else:
             result = fit()
             stage(result)
@@ -367,5 +413,6 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         },
         "intervals": {"vasp-ease": {"ndcg@100": vasp_ease["ndcg@100"]}} if vasp_ease else {},
         "run_id": run_id,
+        "warm_start": result.metrics.get("warm_start"),
         "train_seconds": round(result.timings.get("fit_seconds", 0.0), 1),
     }

@@ -1,7 +1,8 @@
 """Training VASP on the built features, with per-epoch validation and the baselines on test.
 
-:func:`train` warm-starts the Neural EASE path (as configured), fits with ``model.fit`` and Keras
-callbacks (phase learning rates, validation nDCG@100 / Recall@20 / Recall@50 by the vae_cf
+:func:`train` warm-starts the Neural EASE path (as configured) and, optionally, the whole network from
+a trained VASP (items mapped by id: :mod:`vasp_model.train.warm_start`), fits with ``model.fit`` and
+Keras callbacks (phase learning rates, validation nDCG@100 / Recall@20 / Recall@50 by the vae_cf
 protocol, early stopping that restores the best epoch, checkpoints so an interrupted run
 resumes), blends VASP with closed-form EASE (λ chosen on validation) at the weight validation
 prefers (``blend_ease``; 0 keeps VASP alone), then scores VASP, EASE and popularity on the same
@@ -43,6 +44,7 @@ def train(
     verbose: str | int = "auto",
     evaluate_baselines: bool = True,
     evaluate: bool = True,
+    init_from=None,
 ) -> TrainResult:
     """Fit VASP on ``features`` (a :class:`vasp_model.data.features.Features`) and evaluate it.
 
@@ -50,7 +52,9 @@ def train(
     validation callback, so their ``logs`` hold ``val_ndcg@100``, ``val_recall@20``, ``val_recall@50``.
     With ``checkpoint_dir``, an interrupted call resumes from the last finished epoch. Without
     ``evaluate`` nothing is scored after the fit and no test user is read (model selection: the
-    history's validation metrics are the result).
+    history's validation metrics are the result). ``init_from`` (a
+    :class:`vasp_model.train.warm_start.WarmStartSource`) warm-starts the network from a trained VASP,
+    items mapped by id (``metrics["warm_start"]`` counts the items kept, new and dropped).
     """
     import keras
 
@@ -69,8 +73,13 @@ def train(
     bundle = _build_bundle(features, config, n_items)
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
+    mapping = None
+    if init_from is not None:
+        from vasp_model.train.warm_start import ItemMapping
+
+        mapping = ItemMapping.by_id(init_from.item_ids, bundle.item_ids)
     if not (checkpoint_dir and os.path.exists(_backup_dir(checkpoint_dir))):  # a resumed fit loads its weights
-        _warm_start(bundle.model, features.train, plan, config, verbose, timings)
+        _warm_start(bundle.model, features.train, plan, config, verbose, timings, init_from, mapping)
     history, best_epoch = _fit(bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings)
     by_split, per_user, ease_choice, ease = (
         _evaluate(bundle, features, config, evaluate_baselines, timings) if evaluate else ({}, {}, {}, None)
@@ -79,6 +88,9 @@ def train(
 
     metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items}
     metrics["batch_users"] = batch_users
+    if init_from is not None:
+        warm = {"uri": init_from.uri, "version": init_from.version, "date": init_from.date, **mapping.counts()}
+        metrics["warm_start"] = bundle.metadata["warm_start"] = warm
     bundle.metadata["best_epoch"] = best_epoch
     if evaluate:
         metrics["intervals"] = {"test": _intervals(per_user["test"])}
@@ -140,11 +152,19 @@ def _compile(model, config: VaspConfig, learning_rate: float) -> None:
     )
 
 
-def _warm_start(model, train_csr, plan, config: VaspConfig, verbose, timings: dict[str, float]) -> None:
-    """Initialize the shallow (Neural EASE) path as configured: closed-form EASE, then a warm-up fit."""
+def _warm_start(
+    model, train_csr, plan, config: VaspConfig, verbose, timings: dict[str, float], init_from=None, mapping=None
+) -> None:
+    """Initialize the shallow (Neural EASE) path as configured: closed-form EASE; then, with ``init_from``,
+    every weight of that model (for the items ``mapping`` keeps); then a warm-up fit."""
     if config.model.ease_init == "closed_form":
         with _timed(timings, "ease_init_seconds"):
             _closed_form_init(model, train_csr, config.model)
+    if init_from is not None:
+        from vasp_model.train.warm_start import transfer_weights
+
+        with _timed(timings, "warm_start_seconds"):
+            transfer_weights(init_from.model, model, mapping)
     if config.train.ease_warmup_epochs:
         with _timed(timings, "ease_warmup_seconds"):
             _ease_warmup(model, plan, config, verbose)
