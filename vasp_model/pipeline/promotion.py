@@ -102,10 +102,10 @@ def promote_stage(config: PromoteStageConfig) -> GateDecision:
     from vasp_model.mlops import registry, server
 
     tracking, date = config.tracking, config.date
-    if not config.rollback:  # the gate re-scores on the date's features: say so before the registry
-        require_features(config.warehouse, date)
     server.configure_http_client()
     server.check_reachable(tracking.tracking_uri, f"promoting {date}")
+    if not config.rollback:  # the gate re-scores on the date's features: say so before the registry
+        require_features(config.warehouse, date)
     if config.rollback:
         with server.tracking_step(tracking.tracking_uri, f"rolling back the promotion of {date}"):
             decision = registry.rollback(date, tracking.tracking_uri, tracking.registered_model)
