@@ -256,7 +256,16 @@ def _head_to_head(
         )
     scores, per_user = {}, {}
     with tempfile.TemporaryDirectory(prefix="vasp-gate-") as tmp:
-        for role, version in (("champion", champion), ("candidate", candidate.version)):
+        for step, (role, version) in enumerate((("champion", champion), ("candidate", candidate.version)), 1):
+            log.info(
+                "gate %s: re-scoring the %s v%s on %d %s users (%d/2)",
+                date,
+                role,
+                version,
+                split.n_users,
+                protocol,
+                step,
+            )
             bundle = _load_version_bundle(tracking_uri, candidate.model, version, f"{tmp}/{role}")
             scores[role], per_user[role] = rescore_per_user(bundle, features.item_ids, split, features.popularity)
     diff = paired_bootstrap(per_user["candidate"], per_user["champion"])[metric]

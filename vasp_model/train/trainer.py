@@ -158,6 +158,7 @@ def _warm_start(
     """Initialize the shallow (Neural EASE) path as configured: closed-form EASE; then, with ``init_from``,
     every weight of that model (for the items ``mapping`` keeps); then a warm-up fit."""
     if config.model.ease_init == "closed_form":
+        print(f"Neural EASE init: closed-form EASE of {model.n_items} items", flush=True)
         with _timed(timings, "ease_init_seconds"):
             _closed_form_init(model, train_csr, config.model)
     if init_from is not None:
@@ -166,6 +167,7 @@ def _warm_start(
         with _timed(timings, "warm_start_seconds"):
             transfer_weights(init_from.model, model, mapping)
     if config.train.ease_warmup_epochs:
+        print(f"Neural EASE warm-up: {config.train.ease_warmup_epochs} epochs", flush=True)
         with _timed(timings, "ease_warmup_seconds"):
             _ease_warmup(model, plan, config, verbose)
 
@@ -233,6 +235,8 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
         )
         fit_callbacks += [ResumeState(checkpoint_dir, validation, early_stopping), backup]
     with _timed(timings, "fit_seconds"):
+        phases = ", ".join(f"{n} at lr {lr:g}" for n, lr in zip(tc.epochs, tc.learning_rates, strict=False))
+        print(f"joint fit: {tc.total_epochs} epochs ({phases}), validation after each", flush=True)
         model.fit(make_dataset(plan), epochs=tc.total_epochs, callbacks=[*fit_callbacks, *callbacks], verbose=verbose)
     epoch_seconds = [row["train_seconds"] for row in validation.history]
     if epoch_seconds:
