@@ -54,8 +54,8 @@ def test_the_deadline_alert_comes_from_the_env(monkeypatch):
 
 
 @pytest.mark.service
-def test_a_failed_night_mails_the_task_and_the_run_failure(smtp_server, webhook_server, tmp_path, monkeypatch):  # noqa: F811
-    from vasp_model.cli.run import run_dag
+def test_a_failed_night_mails_the_task_and_the_run_failure(smtp_server, webhook_server, tmp_path):  # noqa: F811
+    from night_process import run_night_in_own_process
 
     host, port, mailbox = smtp_server
     url, received = webhook_server
@@ -73,10 +73,7 @@ def test_a_failed_night_mails_the_task_and_the_run_failure(smtp_server, webhook_
         "VASP_ALERT_WEBHOOK": f"{url}/hooks/night",
         "VASP_ALERT_DEADLINE": "2h",
     }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-
-    result = run_dag(D_MISSING, {"input": str(missing)})
+    result = run_night_in_own_process(D_MISSING, {"input": str(missing)}, env)
 
     assert result["state"] == "failed"
     assert result["tasks"]["wait_for_input"]["state"] == "failed"

@@ -50,24 +50,19 @@ def nights(tmp_path_factory):
         "SPARK_LOCAL_IP": "127.0.0.1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    from vasp_model.cli.run import run_dag
+    from night_process import run_night_in_own_process
 
     results = {}
-    with running_smtp_server() as (host, port, mailbox), pytest.MonkeyPatch.context() as mp:
+    with running_smtp_server() as (host, port, mailbox):
         env.update({"VASP_ALERT_EMAIL": "ops@example.com", "VASP_ALERT_SMTP": f"{host}:{port}"})
-        for key, value in env.items():
-            mp.setenv(key, value)
+        conf = {"input": str(events / "dt={date}" / "interactions.csv"), "preset": "tiny", "top_n": TOP_N}
         for night in NIGHTS:
-            results[night] = run_dag(
-                night, {"input": str(events / "dt={date}" / "interactions.csv"), "preset": "tiny", "top_n": TOP_N}
-            )
+            results[night] = run_night_in_own_process(night, conf, env)
             mailbox.messages.append({"night_done": night})  # marks which night each mail came with
         wh = str(tmp / "warehouse")
         records = {night: _record(Path(wh), night) for night in NIGHTS}  # as the four nights left them
         before = {"lists": _list_files(wh, NIGHTS[1]), "aliases": _aliases(env["VASP_TRACKING_URI"])}
-        backfill = run_dag(
-            NIGHTS[1], {"input": str(events / "dt={date}" / "interactions.csv"), "preset": "tiny", "top_n": TOP_N}
-        )
+        backfill = run_night_in_own_process(NIGHTS[1], conf, env)
         after = {"lists": _list_files(wh, NIGHTS[1]), "aliases": _aliases(env["VASP_TRACKING_URI"])}
     return {
         "wh": tmp / "warehouse",
