@@ -34,7 +34,6 @@ from typing import Any, TypeVar
 
 from vasp_model.core import defaults
 from vasp_model.core.errors import DateLocked, OutOfSpace
-from vasp_model.data import storage
 from vasp_model.data.layout import check_date
 
 log = logging.getLogger(__name__)
@@ -47,6 +46,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def lock_path(warehouse: str, stage: str, date: str) -> str:
     """Where the lock of ``stage`` for ``date`` lives (module docstring)."""
+    from vasp_model.data import storage  # pyarrow: not at import (the DAG file imports stages decorated here)
+
     name = f"{stage}-dt={check_date(date)}.lock"
     if storage.is_local(warehouse):
         return os.path.join(os.path.abspath(warehouse.removeprefix("file://")), LOCKS, name)
