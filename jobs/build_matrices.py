@@ -44,6 +44,7 @@ from vasp_model.data.locks import locked
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
+    from vasp_jobs.common.progress import SparkProgress
     from vasp_jobs.common.readers import RawInput
     from vasp_jobs.common.spark import SparkConfig
 
@@ -431,13 +432,18 @@ def quarantine_table(per_user: DataFrame, lines: DataFrame | None) -> DataFrame:
 
 
 def load(
-    tables: dict[str, DataFrame], warehouse: str, date: str, manifest: Any, timings: dict[str, float] | None = None
+    tables: dict[str, DataFrame],
+    warehouse: str,
+    date: str,
+    manifest: Any,
+    timings: dict[str, float] | None = None,
+    progress: SparkProgress | None = None,
 ) -> str:
     """Write the feature tables into staging and publish ``features/dt=D`` atomically."""
     from vasp_jobs.common.spark import write_tables
 
     final = layout.features_dir(warehouse, date)
-    write_tables(tables, final, manifest, timings=timings)
+    write_tables(tables, final, manifest, timings=timings, progress=progress)
     return final
 
 
@@ -568,6 +574,7 @@ def build(
     from pyspark.sql import functions as F
 
     from vasp_jobs.common import eventlog
+    from vasp_jobs.common.progress import SparkProgress
     from vasp_jobs.common.readers import fingerprint
     from vasp_model.data.events import Window, split_input
 
@@ -595,62 +602,67 @@ def build(
     cutoff = config.cutoff(date)
     per_user = with_training_history(collapse_events(raw.events, config.threshold), cutoff).persist()
     try:
-        counts, reasons = _read_counts(per_user, config, input_uri)
-        lap("read_collapse")
-        n_heldout = config.heldout_count(counts["users_kept"])
+        with SparkProgress(spark, f"build {date}") as progress:
+            progress.step("reading the input")
+            counts, reasons = _read_counts(per_user, config, input_uri)
+            lap("read_collapse")
+            n_heldout = config.heldout_count(counts["users_kept"])
 
-        users_all = per_user.filter(~F.col("is_bad")).select("user_id", F.col("n_pos_train").alias("n_pos"))
-        users = assign_users(users_all, n_heldout, config.min_user_interactions, config.seed).persist()
-        base_rows = item_rows(per_user, users, "train_pos")
-        items = build_items(base_rows).persist()
-        n_items = items.count()
-        train_rows = with_item_idx(base_rows, items)
-        pos_rows = train_rows if cutoff is None else with_item_idx(item_rows(per_user, users, "pos"), items)
-        lap("users_items")
+            progress.step("assigning users and items")
+            users_all = per_user.filter(~F.col("is_bad")).select("user_id", F.col("n_pos_train").alias("n_pos"))
+            users = assign_users(users_all, n_heldout, config.min_user_interactions, config.seed).persist()
+            base_rows = item_rows(per_user, users, "train_pos")
+            items = build_items(base_rows).persist()
+            n_items = items.count()
+            train_rows = with_item_idx(base_rows, items)
+            pos_rows = train_rows if cutoff is None else with_item_idx(item_rows(per_user, users, "pos"), items)
+            lap("users_items")
 
-        lines = raw.lines if counts["quarantined_rows"] else None
-        tables = feature_tables(per_user, users, items, pos_rows, lines, config, train_rows)
+            lines = raw.lines if counts["quarantined_rows"] else None
+            tables = feature_tables(per_user, users, items, pos_rows, lines, config, train_rows)
 
-        by_split = users.groupBy("split").agg(F.count("*").alias("users"), F.sum("n_pos").alias("positives"))
-        split_counts = {r["split"]: (int(r["users"]), int(r["positives"] or 0)) for r in by_split.collect()}
-        info = input_info or {}
-        lap("plan")
+            by_split = users.groupBy("split").agg(F.count("*").alias("users"), F.sum("n_pos").alias("positives"))
+            split_counts = {r["split"]: (int(r["users"]), int(r["positives"] or 0)) for r in by_split.collect()}
+            info = input_info or {}
+            lap("plan")
 
-        def manifest(staging: str) -> dict[str, Any]:
-            from vasp_jobs.common.spark import spark_path
+            def manifest(staging: str) -> dict[str, Any]:
+                from vasp_jobs.common.spark import spark_path
 
-            def table(name: str) -> DataFrame:
-                return spark.read.parquet(spark_path(f"{staging.rstrip('/')}/{name}"))
+                progress.step("counting the written tables")
 
-            out = {k: v for k, v in counts.items() if k != "events"}
-            out.update(
-                items=n_items,
-                heldout_users_per_split=n_heldout,
-                quarantine_by_reason=dict(sorted(reasons.items())),
-                **written_counts(table, split_counts),
-            )
-            temporal = None
-            if cutoff is not None:
-                temporal = {"holdout_days": config.temporal_holdout_days, "cutoff": cutoff}
-            return {
-                "schema_version": layout.SCHEMA_VERSION,
-                "dataset": "features",
-                "date": date,
-                "temporal": temporal,
-                "input": {**input_fp.result(), **info, "format": raw.spec.describe()},
-                "params": dataclasses.asdict(config),
-                "seed": config.seed,
-                "counts": out,
-                "tables": list(tables),
-                "spark": {"version": spark.version, "master": spark.sparkContext.master},
-                "seconds": round(time.perf_counter() - started, 3),
-                "timings": timings,
-            }
+                def table(name: str) -> DataFrame:
+                    return spark.read.parquet(spark_path(f"{staging.rstrip('/')}/{name}"))
 
-        final = load(tables, warehouse, date, manifest, timings)
-        result = storage.read_json(f"{final}/{storage.MANIFEST}")
-        result["path"] = final
-        return result
+                out = {k: v for k, v in counts.items() if k != "events"}
+                out.update(
+                    items=n_items,
+                    heldout_users_per_split=n_heldout,
+                    quarantine_by_reason=dict(sorted(reasons.items())),
+                    **written_counts(table, split_counts),
+                )
+                temporal = None
+                if cutoff is not None:
+                    temporal = {"holdout_days": config.temporal_holdout_days, "cutoff": cutoff}
+                return {
+                    "schema_version": layout.SCHEMA_VERSION,
+                    "dataset": "features",
+                    "date": date,
+                    "temporal": temporal,
+                    "input": {**input_fp.result(), **info, "format": raw.spec.describe()},
+                    "params": dataclasses.asdict(config),
+                    "seed": config.seed,
+                    "counts": out,
+                    "tables": list(tables),
+                    "spark": {"version": spark.version, "master": spark.sparkContext.master},
+                    "seconds": round(time.perf_counter() - started, 3),
+                    "timings": timings,
+                }
+
+            final = load(tables, warehouse, date, manifest, timings, progress)
+            result = storage.read_json(f"{final}/{storage.MANIFEST}")
+            result["path"] = final
+            return result
     finally:
         per_user.unpersist()
 

@@ -437,6 +437,7 @@ def score(
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
+    from vasp_jobs.common.progress import SparkProgress
     from vasp_jobs.common.spark import write_tables
     from vasp_model.data import storage
     from vasp_model.data.features import lineage, read_manifest
@@ -512,8 +513,10 @@ def score(
             return published[-1]
 
         final = layout.recommendations_dir(warehouse, date)
-        # Table name "" = the date directory itself: recommendations/dt=D/ holds the Parquet files directly.
-        write_tables({"": recommendation_rows(scored, version)}, final, manifest)
+        with SparkProgress(spark, f"score {date}") as progress:
+            progress.step(f"scoring {n_users_input} users in {partitions} partitions of batches of {batch_users}")
+            # Table name "" = the date directory itself: recommendations/dt=D/ holds the Parquet files directly.
+            write_tables({"": recommendation_rows(scored, version)}, final, manifest, progress=progress)
     result = published[-1]
     if result["counts"]["users_without_list"]:
         log.warning("%d users got no list (every item is excluded for them)", result["counts"]["users_without_list"])

@@ -38,6 +38,8 @@ DEFAULT_MASTER = "local[*]"
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
+    from vasp_jobs.common.progress import SparkProgress
+
 _MASTER_PREFIXES = ("local", "spark://", "yarn", "k8s://", "mesos://")
 # Properties the jobs run well with, applied only where the cluster's own configuration
 # (spark-defaults.conf, spark-submit --conf) does not set them: a cluster that wants its UI or a
@@ -259,6 +261,7 @@ def write_tables(
     manifest: Mapping[str, Any] | Any,
     files: Mapping[str, int] | None = None,
     timings: dict[str, float] | None = None,
+    progress: SparkProgress | None = None,
 ) -> None:
     """Write ``tables`` as Parquet (``final_uri/<name>/``) into staging, then publish atomically.
 
@@ -267,7 +270,8 @@ def write_tables(
     ``manifest`` is a dict, or a callable ``manifest(staging_uri)`` returning one, called after all
     tables are written (so it can include metrics observed during the writes, or count rows of
     the written tables).
-    ``timings`` (optional) receives ``write_<name>`` -> seconds per table.
+    ``timings`` (optional) receives ``write_<name>`` -> seconds per table; ``progress`` (optional) is told
+    which table is being written.
     On any error the staging directory is removed and the published date is left untouched
     (``storage.staged``; a full disk is one ``OutOfSpace`` line).
     """
@@ -277,6 +281,8 @@ def write_tables(
     with storage.staged(final_uri) as staging, quiet_task_failures(spark):
         for name, frame in tables.items():
             started = time.perf_counter()
+            if progress is not None and name:
+                progress.step(f"writing {name}")
             if files and files.get(name):
                 frame = frame.coalesce(files[name])
             frame.write.mode("errorifexists").parquet(spark_path(f"{staging.rstrip('/')}/{name}"))

@@ -241,7 +241,7 @@ def test_the_deadline_callback_mails_that_the_run_is_late(smtp_server, monkeypat
     context = {
         "dag_run": {
             "dag_id": "vasp_nightly",
-            "run_id": "scheduled__2026-03-05T02:00:00+00:00",
+            "dag_run_id": "scheduled__2026-03-05T02:00:00+00:00",  # the REST API's name, as the scheduler sends it
             "logical_date": "2026-03-05T00:00:00Z",
             "run_after": "2026-03-06T02:00:00Z",
             "queued_at": "2026-03-06T02:00:05Z",
@@ -256,6 +256,7 @@ def test_the_deadline_callback_mails_that_the_run_is_late(smtp_server, monkeypat
     [mail] = mailbox.messages
     assert mail["subject"] == "[vasp_nightly] 2026-03-05: run not finished by its deadline 2026-03-06T08:00:05+00:00"
     assert "had not finished 6h later" in mail["body"]
+    assert "the run scheduled__2026-03-05T02:00:00+00:00 (state running)" in mail["body"]
     assert f"{tmp_path}/wh/runs/dt=2026-03-05/run.json" in mail["body"]
 
 

@@ -428,18 +428,19 @@ def from_task_context(event: str, context: Mapping[str, Any]) -> Alert:
 
 def from_deadline_context(context: Mapping[str, Any], deadline: str = "") -> Alert:
     """The alert of a missed deadline: ``context`` as the scheduler gives a deadline callback
-    (``{"dag_run": {...}, "deadline": {"deadline_time": ...}}``)."""
+    (``{"dag_run": <the REST API's DAG run, as JSON>, "deadline": {"deadline_time": ...}}``)."""
     dag_run = context.get("dag_run") or {}
+    run_id = dag_run.get("dag_run_id") or dag_run.get("run_id")
     deadline_time = (context.get("deadline") or {}).get("deadline_time")
     date, record = _night_of(dag_run.get("conf"), dag_run.get("logical_date"), dag_run.get("run_after"))
     return Alert(
         event="run_late",
         summary=f"run not finished by its deadline {deadline_time}",
-        reason=f"the run {dag_run.get('run_id')} (state {dag_run.get('state')}) was queued at {dag_run.get('queued_at')} "
+        reason=f"the run {run_id} (state {dag_run.get('state')}) was queued at {dag_run.get('queued_at')} "
         f"and had not finished {deadline or 'its allowed time'} later; the night's lists may be late.",
         date=date,
         dag_id=dag_run.get("dag_id") or DAG_ID,
-        run_id=dag_run.get("run_id"),
+        run_id=run_id,
         run_record=record,
         details={"deadline_time": str(deadline_time), "state": dag_run.get("state")},
     )
