@@ -595,6 +595,11 @@ def score_stage(config: ScoreStageConfig) -> dict[str, Any]:
     from vasp_model.data.features import require_features
 
     require_features(config.warehouse, config.date)  # before Spark starts: one line, no JVM noise
+    if (config.model_uri or default_model_uri()).startswith("models:/"):  # the registry says what serves
+        from vasp_model.mlops import server
+
+        server.configure_http_client()
+        server.check_reachable(config.tracking_uri, f"scoring {config.date}")
     result = score(
         get_session(config.spark),
         config.date,

@@ -1,4 +1,4 @@
-"""The MLflow tracking server down, hung or refusing us around ``vasp train`` and ``vasp promote``.
+"""The MLflow tracking server down, hung or refusing us around ``vasp train``, ``vasp promote`` and ``vasp score``.
 
 A real ``mlflow server`` behind MLflow's basic-auth app (``infra/localstack.py``: the local stack's
 own), killed with SIGKILL, frozen with SIGSTOP (a server that accepts connections but never answers)
@@ -137,6 +137,19 @@ def test_train_with_the_server_down_fails_fast_then_a_rerun_succeeds(server, war
     finally:
         server.start()
     assert server.versions(DATE) == []
+
+
+def test_score_with_the_server_down_fails_fast_before_spark_starts(server, warehouse, outputs, tmp_path):
+    server.kill()
+    try:
+        result = _finish(
+            _vasp(server, outputs, tmp_path / "run", "score", "--warehouse", warehouse, "--date", DATE), outputs
+        )
+        _one_clear_line(result, server, "is not reachable", f"scoring {DATE}")
+        assert "Spark" not in result.stderr and "py4j" not in result.stderr, result.stderr[-2000:]
+        assert not storage.exists(layout.recommendations_dir(warehouse, DATE))
+    finally:
+        server.start()
 
 
 def test_server_killed_during_train_leaves_no_version_and_nothing_published(server, warehouse, outputs, tmp_path):
