@@ -103,6 +103,13 @@ def test_train_killed_mid_fit_publishes_nothing_and_the_rerun_resumes(world, tmp
     assert steps == list(range(steps[0], EPOCHS)) and done - 1 <= steps[0] <= done
     assert len(json.load(open(os.path.join(storage.local_path(models), "history.json")))) == EPOCHS
     assert os.listdir(checkpoint_dir) == []  # the finished fit removed its resume state
+    # the killed process never ended its MLflow run: the rerun marked it KILLED before opening its own
+    experiment = _client(uri).get_run(version.run_id).info.experiment_id
+    runs = _client(uri).search_runs([experiment])
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [
+        (f"vasp-{D2}", "FINISHED"),
+        (f"vasp-{D2}", "KILLED"),
+    ]
 
 
 # -- promote ----------------------------------------------------------------------------------------

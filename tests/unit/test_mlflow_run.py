@@ -175,3 +175,38 @@ def test_mlflow_uri_scope_restores_the_settings_it_found(monkeypatch, tmp_path):
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+
+
+def test_runs_left_running_by_a_dead_process_of_this_host_are_marked_killed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("vasp", artifact_location=f"file://{tmp_path / 'artifacts'}")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    here = socket.gethostname()
+
+    def running(name: str, host: str, pid: str, parent: str | None = None) -> str:
+        tags = {"vasp.host": host, "vasp.pid": pid, **({"mlflow.parentRunId": parent} if parent else {})}
+        return client.create_run(experiment, run_name=name, tags=tags).info.run_id
+
+    abandoned = running("vasp-2026-03-01", here, dead.stdout.strip())
+    child = running("trial-0", here, dead.stdout.strip(), parent=abandoned)
+    live = running("vasp-2026-03-01", here, str(os.getpid()))  # this process: still running
+    elsewhere = running("vasp-2026-03-01", "another-host", dead.stdout.strip())  # cannot tell: left alone
+    other_date = running("vasp-2026-03-02", here, dead.stdout.strip())
+
+    closed = tracking.close_abandoned_runs(client, experiment, "vasp-2026-03-01")
+
+    assert sorted(closed) == sorted([abandoned, child])
+    status = {run_id: client.get_run(run_id).info.status for run_id in (abandoned, child, live, elsewhere, other_date)}
+    assert status == {
+        abandoned: "KILLED",
+        child: "KILLED",
+        live: "RUNNING",
+        elsewhere: "RUNNING",
+        other_date: "RUNNING",
+    }

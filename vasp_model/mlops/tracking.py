@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -256,6 +257,46 @@ def bundle_dir_of(model_dir: str) -> tuple[str, str]:
     return os.path.join(path, "model"), path
 
 
+OWNER_TAGS = ("vasp.host", "vasp.pid")  # the process that opened a run: to tell an abandoned run from a live one
+
+
+def owner_tags() -> dict[str, str]:
+    return dict(zip(OWNER_TAGS, (socket.gethostname(), str(os.getpid())), strict=True))
+
+
+def close_abandoned_runs(client, experiment_id: str, run_name: str) -> list[str]:
+    """Mark ``KILLED`` the runs named ``run_name`` (and their child runs) left ``RUNNING`` by a process of
+    this host that no longer exists (killed outright, it never ended its run); returns their ids."""
+    running = "attributes.status = 'RUNNING'"
+    stale = [
+        run.info.run_id
+        for run in client.search_runs([experiment_id], f"attributes.run_name = '{run_name}' and {running}")
+        if run.data.tags.get("vasp.host") == socket.gethostname() and not _alive(run.data.tags.get("vasp.pid"))
+    ]
+    for parent in list(stale):
+        children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}' and {running}")
+        stale += [child.info.run_id for child in children]
+    for run_id in stale:
+        client.set_terminated(run_id, status="KILLED")
+    if stale:
+        log.warning(
+            "marked %d run(s) of an earlier %s KILLED: its process ended without closing them", len(stale), run_name
+        )
+    return stale
+
+
+def _alive(pid: str | None) -> bool:
+    if not (pid or "").isdigit():
+        return True  # no owner recorded: leave the run alone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class TrainingTracker:
     """A context manager around one MLflow run of one training (see module docstring)."""
 
@@ -285,10 +326,12 @@ class TrainingTracker:
         with contextlib.ExitStack() as scope:
             scope.enter_context(mlflow_uri(self.tracking_uri))
             experiment_id = ensure_experiment(self.client, self.experiment, self.tracking_uri)
+            if self.run_name:
+                close_abandoned_runs(self.client, experiment_id, self.run_name)
             run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name)
             self._scope = scope.pop_all()  # the run is open: keep the URIs until __exit__
         self.run_id = run.info.run_id
-        self.set_tags(lineage.run_tags())
+        self.set_tags({**lineage.run_tags(), **owner_tags()})
         log.info("mlflow run %s in experiment %r at %s", self.run_id, self.experiment, self.tracking_uri)
         return self
 
