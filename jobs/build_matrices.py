@@ -132,7 +132,7 @@ def extract(spark: SparkSession, input_uri: str, config: BuildConfig, date: str)
     """Open the input with its format adapter (lazy; raises for a missing file/column, empty input);
     an event log (``events:DIR``) as of ``date`` (:mod:`jobs.common.eventlog`)."""
     from vasp_jobs.common import eventlog
-    from vasp_jobs.common.readers import read_input
+    from vasp_jobs.common.readers import ORDER_FORMATS, read_input
     from vasp_model.data.events import Window, split_input
 
     location, is_log = split_input(input_uri)
@@ -143,6 +143,10 @@ def extract(spark: SparkSession, input_uri: str, config: BuildConfig, date: str)
     )
     if config.temporal_holdout_days and raw.spec.timestamp_col is None:
         raise ValueError(f"a temporal holdout needs event times: {input_uri} has no timestamp column")
+    if config.temporal_holdout_days and raw.spec.format in ORDER_FORMATS:
+        raise ValueError(
+            f"a temporal holdout needs event times: {input_uri} ({raw.spec.format}) has only the order of its lines"
+        )
     return raw
 
 
@@ -677,7 +681,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input",
         default=None,
-        help="Interaction file or directory (CSV, Parquet, u.data, ratings.dat, user_artists.dat, users.dat). "
+        help="Interaction file or directory (CSV, Parquet, u.data, ratings.dat, user_artists.dat, users.dat, "
+        "LightGCN train.txt, SASRec user-item lines with --format user-item-seq). "
         "Omitted: generate a synthetic data set (vasp synth) into the run directory and use it. "
         "events:DIR reads DIR as an append-only event log (as --events does).",
     )

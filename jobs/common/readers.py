@@ -7,26 +7,42 @@ when the format has no rating or the rating is a play count, i.e. every event is
 positive), ``reason`` (null for a good row, else why the row is rejected), ``raw`` (the
 original line / row as JSON), and ``source`` / ``block`` / ``row`` (file, split start,
 ``monotonically_increasing_id``) from which :func:`with_line_numbers` recovers the physical
-line number of a row only when it is needed (quarantined rows, CiteULike's user ids).
+line number of a row only when it is needed (quarantined rows, CiteULike's user ids, SASRec's order).
 
 Formats (``--format``, autodetected from the file name and first line when ``auto``):
 
-========== ================================================================================
-csv        delimited text with a header (``,`` or tab, sniffed); ``--user-col/--item-col/
-           --rating-col`` pick the columns (defaults try user_id/userId/..., item_id/movieId/...)
-parquet    a Parquet file or directory; same column options
-udata      MovieLens 100K ``u.data``: ``user<TAB>item<TAB>rating<TAB>timestamp``, no header
-ratings-dat MovieLens ``ratings.dat``: ``user::item::rating::timestamp``, no header
-lastfm     Last.fm HetRec ``user_artists.dat``: ``userID<TAB>artistID<TAB>weight`` with header;
-           weight is a play count (validated: a non-negative number), every row is a positive
-citeulike  CiteULike ``users.dat``: one line per user, ``count item item ...`` (0-based
-           item ids); the user id is the 0-based line number
-========== ================================================================================
+============= ==============================================================================
+csv           delimited text with a header (``,`` or tab, sniffed); ``--user-col/--item-col/
+              --rating-col`` pick the columns (defaults try user_id/userId/..., item_id/movieId/...)
+parquet       a Parquet file or directory; same column options
+udata         MovieLens 100K ``u.data``: ``user<TAB>item<TAB>rating<TAB>timestamp``, no header
+ratings-dat   MovieLens ``ratings.dat``: ``user::item::rating::timestamp``, no header
+lastfm        Last.fm HetRec ``user_artists.dat``: ``userID<TAB>artistID<TAB>weight`` with header;
+              weight is a play count (validated: a non-negative number), every row is a positive
+citeulike     CiteULike ``users.dat``: one line per user, ``count item item ...`` (0-based
+              item ids); the user id is the 0-based line number
+user-items    LightGCN ``train.txt``/``test.txt``: one line per user, ``user item item ...``
+              (whitespace, non-negative integer ids); a line with only a user id is a user
+              without events; every pair is a positive
+user-item-seq SASRec: ``user item`` per line (whitespace, non-negative integer ids), each user's
+              lines in time order; every pair is a positive. ``timestamp`` is the line's position,
+              not a time: its 1-based line number, counted on through the files of a directory
+              in the order of their paths (so the build's ``timestamp`` orders each user's events;
+              a temporal holdout in days does not apply and is refused)
+============= ==============================================================================
+
+Autodetection (``auto``) takes a name that says the format (``*.parquet``, ``u.data``,
+``ratings.dat``, ``user_artists.dat``, ``users.dat`` of integers) or a first line with ``::``;
+``user-items`` only for ``train.txt``/``test.txt`` whose first lines are integers with a varying
+count that is not a leading item count (CiteULike's layout). ``user-item-seq`` is never guessed
+(two integers per line could be any edge list): pass ``--format user-item-seq``. Anything else is
+read as ``csv``.
 
 Rejection reasons (the ``reason`` column, see :data:`REASONS`): ``empty_line``,
 ``wrong_column_count``, ``null_user``, ``null_item``, ``null_rating``, ``non_numeric_rating``,
-``nan_rating`` (NaN or infinite), ``negative_rating``, ``unparsable_line`` and
-``count_mismatch`` (CiteULike), ``unbalanced_quotes`` (CSV). A field is *null* when it is empty
+``nan_rating`` (NaN or infinite), ``negative_rating``, ``unparsable_line`` (CiteULike,
+user-items, user-item-seq: a token that is not a non-negative integer), ``count_mismatch``
+(CiteULike), ``unbalanced_quotes`` (CSV). A field is *null* when it is empty
 or one of ``null``/``none``/``nan``/``\\N`` (case-insensitive). CSV fields are trimmed and may be
 quoted as RFC 4180 says (``"a,b"`` holds a delimiter, ``""`` inside quotes is one ``"``); a line
 with an odd number of ``"`` (a quoted field left open, or one spanning lines, which is not
@@ -53,7 +69,8 @@ from vasp_model.data import storage
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession
 
-FORMATS = ("auto", "csv", "parquet", "udata", "ratings-dat", "lastfm", "citeulike")
+FORMATS = ("auto", "csv", "parquet", "udata", "ratings-dat", "lastfm", "citeulike", "user-items", "user-item-seq")
+ORDER_FORMATS = ("user-item-seq",)  # ``timestamp`` is the line's position in the input, not a time
 REASONS = (
     "empty_line",
     "wrong_column_count",
@@ -229,6 +246,31 @@ def _first_line(uri: str) -> str:
     return head.decode("utf-8", errors="replace").splitlines()[0] if head else ""
 
 
+def _head_lines(uri: str, probe: int = 1 << 16) -> list[str]:
+    """The complete non-blank lines within the first ``probe`` bytes of the first non-empty file."""
+    files = [f for f in _list_files(uri) if (f.size or 0) > 0]
+    if not files:
+        return []
+    filesystem, _ = storage.resolve(uri)
+    with filesystem.open_input_stream(files[0].path) as src:
+        head = src.read(probe)
+    lines = head.decode("utf-8", errors="replace").splitlines()
+    if len(head) == probe:
+        lines = lines[:-1]  # the last one may be cut
+    return [line for line in lines if line.strip()]
+
+
+def _is_user_items(lines: list[str]) -> bool:
+    """Whether ``lines`` look like LightGCN's ``user item item ...`` and nothing else: integers only,
+    token counts that vary (not a fixed-column file) and reach 3, and not CiteULike's leading count."""
+    tokens = [line.split() for line in lines]
+    if len(tokens) < 2 or not all(re.fullmatch(r"[0-9]+", t) for row in tokens for t in row):
+        return False
+    counts = {len(row) for row in tokens}
+    counted = all(int(row[0]) == len(row) - 1 for row in tokens)
+    return len(counts) > 1 and max(counts) >= 3 and not counted
+
+
 def _is_parquet(uri: str) -> bool:
     files = _list_files(uri)
     return (
@@ -252,6 +294,8 @@ def detect_format(uri: str) -> str:
     first = _first_line(uri)
     if name.endswith("users.dat") and re.fullmatch(r"\s*\d+(\s+\d+)*\s*", first or "0"):
         return "citeulike"
+    if name in ("train.txt", "test.txt") and _is_user_items(_head_lines(uri)):
+        return "user-items"
     if "::" in first:
         return "ratings-dat"
     return "csv"
@@ -292,6 +336,12 @@ def resolve_spec(
     if fmt == "citeulike":
         _first_line(uri)
         return ReadSpec(fmt, " ", None, (), "line", "item", None, implicit=True)
+    if fmt == "user-items":
+        _first_line(uri)
+        return ReadSpec(fmt, " ", None, (), "user", "item", None, implicit=True)
+    if fmt == "user-item-seq":
+        _first_line(uri)
+        return ReadSpec(fmt, " ", None, ("user", "item"), "user", "item", None, implicit=True, timestamp_col="line")
     if fmt == "parquet":
         columns = tuple(schema_columns or ())
     else:
@@ -559,6 +609,84 @@ def _read_citeulike(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
     return RawInput(spec, events, lines.select("source", "block", "row"))
 
 
+def _tokens(value: Column) -> Column:
+    """The whitespace-separated tokens of a line (none for a blank line)."""
+    from pyspark.sql import functions as F
+
+    return F.filter(F.split(value, r"\s+", -1), lambda t: t != "")
+
+
+def _all_ids(tokens: Column) -> Column:
+    """Whether every token is a non-negative integer id."""
+    from pyspark.sql import functions as F
+
+    return F.forall(tokens, lambda t: t.rlike(r"^[0-9]+$"))
+
+
+def _read_user_items(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
+    """LightGCN ``user item item ...``: one row per (user, item); a user without items is one row
+    with a null item (a known user without events), as CiteULike's."""
+    from pyspark.sql import functions as F
+
+    lines = _text_lines(spark, uri)
+    data = lines.withColumn("_t", _tokens(F.col("value")))
+    reason = first_failure([(F.size("_t") == 0, "empty_line"), (~_all_ids(F.col("_t")), "unparsable_line")])
+    data = data.select(
+        F.get(F.col("_t"), 0).alias("user_id"),
+        F.when(reason.isNull(), F.slice(F.col("_t"), 2, F.greatest(F.size("_t") - 1, F.lit(0)))).alias("_items"),
+        reason.alias("reason"),
+        F.col("value").alias("raw"),
+        "source",
+        "block",
+        "row",
+    )
+    events = data.select(
+        "user_id",
+        F.explode_outer("_items").alias("item_id"),
+        F.lit(None).cast("double").alias("rating"),
+        F.lit(None).cast("long").alias("timestamp"),
+        "reason",
+        "raw",
+        "source",
+        "block",
+        "row",
+    )
+    return RawInput(spec, events, lines.select("source", "block", "row"))
+
+
+def _read_user_item_seq(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
+    """SASRec ``user item`` lines in time order: ``timestamp`` is the line's 1-based position in the
+    input (the files of a directory one after the other, in the order of their paths)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    lines = _text_lines(spark, uri)
+    sizes = lines.groupBy("source").agg(F.count("*").alias("_n"))
+    before = F.sum("_n").over(Window.orderBy("source").rowsBetween(Window.unboundedPreceding, -1))
+    offsets = sizes.select("source", F.coalesce(before, F.lit(0)).alias("_offset"))
+    numbered = with_line_numbers(lines, lines).join(F.broadcast(offsets), "source", "left")
+    data = numbered.withColumn("_t", _tokens(F.col("value")))
+    reason = first_failure(
+        [
+            (F.size("_t") == 0, "empty_line"),
+            (F.size("_t") != 2, "wrong_column_count"),
+            (~_all_ids(F.col("_t")), "unparsable_line"),
+        ]
+    )
+    events = data.select(
+        F.get(F.col("_t"), 0).alias("user_id"),
+        F.get(F.col("_t"), 1).alias("item_id"),
+        F.lit(None).cast("double").alias("rating"),
+        (F.col("_offset") + F.col("line")).cast("long").alias("timestamp"),
+        reason.alias("reason"),
+        F.col("value").alias("raw"),
+        "source",
+        "block",
+        "row",
+    )
+    return RawInput(spec, events, lines.select("source", "block", "row"))
+
+
 def read_input(
     spark: SparkSession,
     uri: str,
@@ -579,6 +707,10 @@ def read_input(
     spec = resolve_spec(uri, fmt, user_col, item_col, rating_col, timestamp_col=timestamp_col)
     if spec.format == "citeulike":
         return _read_citeulike(spark, uri, spec)
+    if spec.format == "user-items":
+        return _read_user_items(spark, uri, spec)
+    if spec.format == "user-item-seq":
+        return _read_user_item_seq(spark, uri, spec)
     return _read_delimited(spark, uri, spec)
 
 

@@ -10,7 +10,7 @@ from vasp_jobs import build_matrices as bm
 from vasp_model import cli
 from vasp_model.data import layout, storage
 
-DATE = "2024-03-01"
+DATE, OTHER_DATE = "2024-03-01", "2024-03-02"
 
 # (line text, what it is); line 1 is the header
 CORPUS = [
@@ -100,6 +100,52 @@ def test_citeulike_bad_lines(spark, tmp_path):
     assert counts["input_rows"] == counts["used_rows"] + counts["quarantined_rows"] + counts["duplicate_rows"]
     users = _read_table(layout.feature_table(str(tmp_path / "wh"), DATE, "users"))
     assert sorted(users["user_id"]) == ["0", "4", "5"]  # user id = 0-based line number
+
+
+def test_user_items_bad_lines(spark, tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("0 1 2 3\n1\n\n2 4 x\n3 5 5 6\n")
+    warehouse = str(tmp_path / "wh")
+    manifest = bm.build(spark, str(path), warehouse, DATE, bm.BuildConfig(format="user-items", min_user_interactions=2))
+    counts = manifest["counts"]
+    assert counts["quarantine_by_reason"] == {"empty_line": 1, "unparsable_line": 1}
+    assert (counts["input_rows"], counts["used_rows"], counts["duplicate_rows"]) == (3 + 3 + 2, 5, 1)
+    assert counts["input_rows"] == counts["used_rows"] + counts["quarantined_rows"] + counts["duplicate_rows"]
+    users = _read_table(layout.feature_table(warehouse, DATE, "users"))
+    assert sorted(users["user_id"]) == ["0", "1", "3"]  # user 1 has no items and is still a user
+    quarantine = _read_table(layout.feature_table(warehouse, DATE, "quarantine"))
+    assert sorted(zip(quarantine["line"], quarantine["reason"], strict=True)) == [
+        (3, "empty_line"),
+        (4, "unparsable_line"),
+    ]
+
+
+def test_user_item_seq_build_keeps_line_order_as_time(spark, tmp_path, capsys):
+    path = tmp_path / "Video.txt"
+    path.write_text("1 30\n1 10\n2 10\n\n1 20\n1 10\n2 x y\n2 11\n")
+    warehouse = tmp_path / "wh"
+    args = ["build", "--input", str(path), "--format", "user-item-seq", "--warehouse", str(warehouse)]
+    code = cli.main([*args, "--date", DATE, "--min-user-interactions", "2"])
+    assert code == 0, capsys.readouterr().err
+    manifest = storage.read_json(f"{layout.features_dir(str(warehouse), DATE)}/{storage.MANIFEST}")
+    counts = manifest["counts"]
+    assert counts["quarantine_by_reason"] == {"empty_line": 1, "wrong_column_count": 1}
+    assert (counts["input_rows"], counts["used_rows"], counts["duplicate_rows"], counts["users"]) == (8, 5, 1, 2)
+    users = _read_table(layout.feature_table(str(warehouse), DATE, "users")).set_index("user_idx")["user_id"]
+    inter = _read_table(layout.feature_table(str(warehouse), DATE, "interactions"))
+    got = sorted(zip(inter["user_idx"].map(users), inter["item_id"], inter["timestamp"], strict=True))
+    # each pair's time is its first line; the repeated (1, 10) on line 6 keeps line 2
+    assert got == [("1", "10", 2), ("1", "20", 5), ("1", "30", 1), ("2", "10", 3), ("2", "11", 8)]
+    quarantine = _read_table(layout.feature_table(str(warehouse), DATE, "quarantine"))
+    assert sorted(zip(quarantine["line"], quarantine["reason"], strict=True)) == [
+        (4, "empty_line"),
+        (7, "wrong_column_count"),
+    ]
+    # line order is no clock: a temporal holdout in days is one clear error, nothing written
+    code = cli.main([*args, "--date", OTHER_DATE, "--temporal-holdout-days", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "only the order of its lines" in err and len(err.splitlines()) == 1, err
+    assert not storage.exists(layout.features_dir(str(warehouse), OTHER_DATE))
 
 
 @pytest.mark.parametrize(

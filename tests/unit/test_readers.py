@@ -98,6 +98,66 @@ def test_citeulike_user_is_line_number(spark, tmp_path):
     assert ("3", None, None, None) in events  # a user with zero items is still a user
 
 
+def test_detect_user_items_only_when_unambiguous(tmp_path):
+    (tmp_path / "lightgcn").mkdir()
+    ragged = _write(tmp_path / "lightgcn" / "train.txt", "0 0 1 2 3\n1 4 5\n2\n3 1 2 9 10 11\n")
+    assert readers.detect_format(ragged) == "user-items"
+    (tmp_path / "fixed").mkdir()  # user item rating timestamp, whitespace: never user-items
+    fixed = _write(tmp_path / "fixed" / "train.txt", "196 242 3 881250949\n186 302 3 891717742\n")
+    assert readers.detect_format(fixed) == "csv"
+    (tmp_path / "counted").mkdir()  # CiteULike's layout (a leading count) under another name
+    assert readers.detect_format(_write(tmp_path / "counted" / "test.txt", "2 1 5\n3 0 4 7\n")) == "csv"
+    (tmp_path / "other").mkdir()
+    assert readers.detect_format(_write(tmp_path / "other" / "data.txt", "0 0 1 2 3\n1 4 5\n")) == "csv"
+    assert readers.detect_format(_write(tmp_path / "Video.txt", "1 6393\n1 13504\n")) == "csv"  # never guessed
+    assert readers.resolve_spec(_write(tmp_path / "seq.txt", "1 2\n"), "user-item-seq").timestamp_col == "line"
+
+
+def test_user_items_one_line_per_user(spark, tmp_path):
+    path = _write(tmp_path / "ui.txt", "0 10 11 12\n7\n  3\t4  \n\n5 x 6\n")
+    raw = readers.read_input(spark, path, "user-items")
+    assert raw.spec.implicit and raw.spec.timestamp_col is None
+    rows = raw.events.select("user_id", "item_id", "rating", "timestamp", "reason").collect()
+    events = sorted((tuple(r) for r in rows), key=str)
+    assert events == sorted(
+        [
+            ("0", "10", None, None, None),
+            ("0", "11", None, None, None),
+            ("0", "12", None, None, None),
+            ("7", None, None, None, None),  # a user without items: known, no event
+            ("3", "4", None, None, None),  # any whitespace
+            (None, None, None, None, "empty_line"),
+            ("5", None, None, None, "unparsable_line"),
+        ],
+        key=str,
+    )
+
+
+def test_user_item_seq_line_order_is_timestamp(spark, tmp_path):
+    path = _write(tmp_path / "Video.txt", "1 30\n1 10\n2 10\n\n1 20\n3\n2 x\n1 5 6\n")
+    raw = readers.read_input(spark, path, "user-item-seq")
+    rows = raw.events.select("user_id", "item_id", "rating", "timestamp", "reason").collect()
+    assert sorted((tuple(r) for r in rows), key=lambda r: r[3]) == [
+        ("1", "30", None, 1, None),
+        ("1", "10", None, 2, None),
+        ("2", "10", None, 3, None),
+        (None, None, None, 4, "empty_line"),
+        ("1", "20", None, 5, None),
+        ("3", None, None, 6, "wrong_column_count"),
+        ("2", "x", None, 7, "unparsable_line"),
+        ("1", "5", None, 8, "wrong_column_count"),
+    ]
+
+
+def test_user_item_seq_directory_counts_on_in_path_order(spark, tmp_path):
+    (tmp_path / "seq").mkdir()
+    _write(tmp_path / "seq" / "b.txt", "2 7\n2 8\n")
+    _write(tmp_path / "seq" / "a.txt", "1 5\n1 6\n1 7\n")
+    raw = readers.read_input(spark, str(tmp_path / "seq"), "user-item-seq")
+    rows = raw.events.select("user_id", "item_id", "timestamp").collect()
+    assert sorted(tuple(r) for r in rows) == [("1", "5", 1), ("1", "6", 2), ("1", "7", 3), ("2", "7", 4), ("2", "8", 5)]
+
+
 def test_parquet_input_with_typed_columns(spark, tmp_path):
     table = pa.table({"user": [1, 2, None], "item": ["a", "b", "c"], "rating": [4.0, float("nan"), 5.0]})
     pq.write_table(table, tmp_path / "in.parquet")
