@@ -34,7 +34,7 @@ class SparkProgress:
         self.label = label
         self.every_s = every_s
         self.current = ""
-        self._context = spark.sparkContext
+        self._context = _context_of(spark)  # None under Spark Connect: no status tracker, no lines
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seen: dict[int, tuple[float, int]] = {}  # stage id -> (when first seen running, tasks done then)
@@ -42,9 +42,12 @@ class SparkProgress:
     def step(self, name: str) -> None:
         """Name what the job does next (the progress lines and the Spark UI's job description say it)."""
         self.current = name
-        self._context.setJobDescription(f"{self.label}: {name}")
+        if self._context is not None:
+            self._context.setJobDescription(f"{self.label}: {name}")
 
     def __enter__(self) -> SparkProgress:
+        if self._context is None:
+            return self
         self._thread = threading.Thread(target=self._watch, name=f"progress {self.label}", daemon=True)
         self._thread.start()
         return self
@@ -53,7 +56,7 @@ class SparkProgress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.every_s + 5)
-        self._context.setJobDescription(None)
+            self._context.setJobDescription(None)
 
     def _watch(self) -> None:
         tracker = self._context.statusTracker()
@@ -76,6 +79,13 @@ class SparkProgress:
             pace = (now - seen, info.numCompletedTasks - done_then)
             lines.append(f"{where}: stage {stage_id} {stage_line(info.numCompletedTasks, info.numTasks, *pace)}")
         return lines
+
+
+def _context_of(spark: SparkSession):
+    try:
+        return spark.sparkContext
+    except Exception:  # Spark Connect sessions have no SparkContext
+        return None
 
 
 def stage_line(done: int, total: int, seconds: float, done_in_seconds: int) -> str:

@@ -44,3 +44,14 @@ def test_nothing_is_logged_after_it_closes(spark, caplog):
     time.sleep(0.2)
     spark.sparkContext.parallelize(range(4), 4).map(lambda x: time.sleep(0.2) or x).count()
     assert not [r for r in caplog.records if r.name == "vasp.progress"]
+
+
+def test_a_session_without_a_spark_context_gets_no_lines_and_no_error():
+    class ConnectSession:  # Spark Connect: no SparkContext, no status tracker
+        @property
+        def sparkContext(self):
+            raise RuntimeError("[JVM_ATTRIBUTE_NOT_SUPPORTED] sparkContext is not supported in Spark Connect")
+
+    with SparkProgress(ConnectSession(), "score 2026-03-01", every_s=0.01) as progress:
+        progress.step("scoring 10 users")
+    assert progress.current == "scoring 10 users" and progress._thread is None
