@@ -30,10 +30,10 @@ from vasp_model import cli
 from vasp_model.data import layout, storage
 
 DATE = "2024-06-01"
-# What every Spark process prints as it starts, failing or not.
+# What every Spark process prints as it starts, failing or not, and the job's progress lines (a slow stage).
 SPARK_BANNER = re.compile(
     r"^WARNING: Using incubator modules|^Using Spark's default log4j profile|^Setting default log level|"
-    r"^To adjust logging level|WARN NativeCodeLoader: "
+    r"^To adjust logging level|WARN NativeCodeLoader: | INFO vasp\.progress: "
 )
 
 

@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from vasp_model.cli.stage import stage_command
 
-HELP, add_arguments, run = stage_command("build")
+HELP, add_arguments, run = stage_command("build", log=True)

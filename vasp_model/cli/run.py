@@ -32,6 +32,7 @@ QUIET_LOGGERS = (
     "airflow.serialization",
     "airflow.models",
     "airflow.api_fastapi",
+    "py4j",  # the Spark gateway's connection bookkeeping
 )
 # Deprecation notices raised inside the installed frameworks, not by this package's code.
 FRAMEWORK_WARNINGS = ("Using `httpx` with `starlette.testclient`", "The `airflow.utils.operator_helpers")

@@ -25,6 +25,7 @@ def stage_command(
     def run(args: argparse.Namespace) -> int:
         if log:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            logging.getLogger("py4j").setLevel(logging.WARNING)  # the Spark gateway's connection bookkeeping
         print(show(stage.run_args(args)), flush=True)
         return 0
 
