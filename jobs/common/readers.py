@@ -585,8 +585,18 @@ def _read_citeulike(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
             (F.col("_t")[0].cast("long") != F.size(items), "count_mismatch"),
         ]
     )
+    events = _user_line_events(data, (F.col("line") - 1).cast("string"), items, reason)
+    return RawInput(spec, events, lines.select("source", "block", "row"))
+
+
+def _user_line_events(data: DataFrame, user_id: Column, items: Column, reason: Column) -> DataFrame:
+    """The events of a one-line-per-user format: one row per item of a good line (``items``), one per bad
+    line (``reason``); explode_outer keeps a user whose line lists no items (item_id null: a user without
+    events)."""
+    from pyspark.sql import functions as F
+
     data = data.select(
-        (F.col("line") - 1).cast("string").alias("user_id"),
+        user_id.alias("user_id"),
         F.when(reason.isNull(), items).alias("_items"),
         reason.alias("reason"),
         F.col("value").alias("raw"),
@@ -594,8 +604,7 @@ def _read_citeulike(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
         "block",
         "row",
     )
-    # explode_outer keeps a user whose line lists no items (item_id null: a user without events).
-    events = data.select(
+    return data.select(
         "user_id",
         F.explode_outer("_items").alias("item_id"),
         F.lit(None).cast("double").alias("rating"),
@@ -606,7 +615,6 @@ def _read_citeulike(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
         "block",
         "row",
     )
-    return RawInput(spec, events, lines.select("source", "block", "row"))
 
 
 def _tokens(value: Column) -> Column:
@@ -631,26 +639,8 @@ def _read_user_items(spark: SparkSession, uri: str, spec: ReadSpec) -> RawInput:
     lines = _text_lines(spark, uri)
     data = lines.withColumn("_t", _tokens(F.col("value")))
     reason = first_failure([(F.size("_t") == 0, "empty_line"), (~_all_ids(F.col("_t")), "unparsable_line")])
-    data = data.select(
-        F.get(F.col("_t"), 0).alias("user_id"),
-        F.when(reason.isNull(), F.slice(F.col("_t"), 2, F.greatest(F.size("_t") - 1, F.lit(0)))).alias("_items"),
-        reason.alias("reason"),
-        F.col("value").alias("raw"),
-        "source",
-        "block",
-        "row",
-    )
-    events = data.select(
-        "user_id",
-        F.explode_outer("_items").alias("item_id"),
-        F.lit(None).cast("double").alias("rating"),
-        F.lit(None).cast("long").alias("timestamp"),
-        "reason",
-        "raw",
-        "source",
-        "block",
-        "row",
-    )
+    items = F.slice(F.col("_t"), 2, F.greatest(F.size("_t") - 1, F.lit(0)))
+    events = _user_line_events(data, F.get(F.col("_t"), 0), items, reason)
     return RawInput(spec, events, lines.select("source", "block", "row"))
 
 
