@@ -94,9 +94,9 @@ def _rows(files: dict[str, bytes]):
 
 def _same_files(before: dict[str, bytes], after: dict[str, bytes]) -> bool:
     """The same files, byte for byte, but for the order of each column chunk's encoding list in a Parquet
-    footer: a set in the format, which parquet-mr writes in the order of a HashSet of enum constants, i.e.
-    of JVM identity hash codes, which differ from one JVM to the next. The data pages before the footer
-    must be identical, and every other footer field."""
+    footer: a set in the format, which parquet-java writes in the order of a HashSet of enum constants, i.e.
+    of JVM identity hash codes, which differ from one JVM to the next (apache/parquet-java#3215). The data
+    pages before the footer must be identical, and every other footer field."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
