@@ -17,22 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow_service import PASSWORD, Server
+from mlflow_service import PASSWORD
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 DATE = "2026-03-04"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF (the dev extra installs it)")
-    server = Server(tmp_path_factory.mktemp("mlflow-night"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_night_signs_in_through_an_airflow_connection_and_never_shows_the_password(server, tmp_path):

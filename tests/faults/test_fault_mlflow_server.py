@@ -37,18 +37,6 @@ FAST_GIVE_UP = {  # MLflow's own retry settings, shortened: the pipeline's defau
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF (the dev extra installs it)")
-    server = Server(tmp_path_factory.mktemp("mlflow-server"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        assert not server.ls.pid_alive(server.info.pid)
-
-
-@pytest.fixture(scope="module")
 def warehouse(spark, tmp_path_factory) -> str:
     """Features for DATE from 300 users of four taste groups (the real build job)."""
     rng = np.random.default_rng(0)
