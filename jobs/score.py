@@ -598,8 +598,7 @@ def score_stage(config: ScoreStageConfig) -> dict[str, Any]:
     if (config.model_uri or default_model_uri()).startswith("models:/"):  # the registry says what serves
         from vasp_model.mlops import server
 
-        server.configure_http_client()
-        server.check_reachable(config.tracking_uri, f"scoring {config.date}")
+        server.ready_for(config.tracking_uri, f"scoring {config.date}")
     result = score(
         get_session(config.spark),
         config.date,

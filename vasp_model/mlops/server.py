@@ -132,6 +132,13 @@ def check_reachable(uri: str, doing: str, attempts: int = 3) -> None:
     )
 
 
+def ready_for(uri: str, doing: str) -> None:
+    """What a stage calls before it spends time: the HTTP client's defaults (:func:`configure_http_client`),
+    then :func:`check_reachable`."""
+    configure_http_client()
+    check_reachable(uri, doing)
+
+
 def _is_connection_failure(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}"
     return any(sign in text for sign in _CONNECTION_SIGNS)

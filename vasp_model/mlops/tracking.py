@@ -268,10 +268,11 @@ def close_abandoned_runs(client, experiment_id: str, run_name: str) -> list[str]
     """Mark ``KILLED`` the runs named ``run_name`` (and their child runs) left ``RUNNING`` by a process of
     this host that no longer exists (killed outright, it never ended its run); returns their ids."""
     running = "attributes.status = 'RUNNING'"
+    host_tag, pid_tag = OWNER_TAGS
     stale = [
         run.info.run_id
         for run in client.search_runs([experiment_id], f"attributes.run_name = '{run_name}' and {running}")
-        if run.data.tags.get("vasp.host") == socket.gethostname() and not _alive(run.data.tags.get("vasp.pid"))
+        if run.data.tags.get(host_tag) == socket.gethostname() and not _alive(run.data.tags.get(pid_tag))
     ]
     for parent in list(stale):
         children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}' and {running}")

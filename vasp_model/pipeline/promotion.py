@@ -102,8 +102,7 @@ def promote_stage(config: PromoteStageConfig) -> GateDecision:
     from vasp_model.mlops import registry, server
 
     tracking, date = config.tracking, config.date
-    server.configure_http_client()
-    server.check_reachable(tracking.tracking_uri, f"promoting {date}")
+    server.ready_for(tracking.tracking_uri, f"promoting {date}")
     if not config.rollback:  # the gate re-scores on the date's features: say so before the registry
         require_features(config.warehouse, date)
     if config.rollback:

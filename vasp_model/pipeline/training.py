@@ -334,8 +334,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     if config.tracking:  # before any time is spent: a server that is down or refuses us fails here
         from vasp_model.mlops import server
 
-        server.configure_http_client()
-        server.check_reachable(config.tracking_uri, f"starting the training of {date}")
+        server.ready_for(config.tracking_uri, f"starting the training of {date}")
     t0 = time.perf_counter()
     features = load_features(warehouse, date)
     load_seconds = time.perf_counter() - t0
