@@ -141,3 +141,38 @@ def test_fit_ease_on_validation_steps_past_an_edge_optimum():
     assert 1000.0 in results and 27000.0 not in results
     assert 3 <= len(results) <= 4
     assert model.lambda_ == max(results, key=results.get)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_ease_in_place_float32_solve_matches_float64(order):
+    # the bounded-memory solve: B is the Gram matrix's own memory, and agrees with the float64 solve
+    rng = np.random.default_rng(4)
+    X = sp.csr_matrix((rng.random((300, 50)) < 0.2).astype(np.float64))
+    G = np.asarray(EASE.gram(X, np.float32), order=order)
+    assert G.dtype == np.float32
+    got = EASE(7.0).fit_gram(G, overwrite=True).B
+    assert np.shares_memory(got, G) and got.dtype == np.float32
+    np.testing.assert_allclose(got, EASE(7.0).fit(X).B, rtol=1e-4, atol=1e-6)
+    assert np.all(np.diag(got) == 0)
+
+
+def test_ease_default_solve_leaves_the_gram_matrix_alone():
+    X, _ = checkerboard()
+    G = EASE.gram(X)
+    before = G.copy()
+    EASE(3.0).fit_gram(G)
+    np.testing.assert_array_equal(G, before)
+
+
+def test_fit_ease_on_validation_float32_picks_the_same_lambda():
+    X, _ = checkerboard()
+    features = Features.from_matrix(X, n_heldout_users=10, min_user_interactions=5, seed=3)
+    v = features.validation
+    args = (features.train, v.fold_in, v.holdout)
+    m64, r64 = fit_ease_on_validation(*args, grid=(0.5, 50.0, 5000.0), max_expand=0)
+    m32, r32 = fit_ease_on_validation(*args, grid=(0.5, 50.0, 5000.0), max_expand=0, precision="float32")
+    assert m32.lambda_ == m64.lambda_
+    assert r32 == pytest.approx(r64, abs=1e-6)
+    np.testing.assert_allclose(m32.B, m64.B, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="precision"):
+        fit_ease_on_validation(*args, grid=(1.0,), precision="float16")

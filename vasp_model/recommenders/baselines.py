@@ -23,6 +23,10 @@ from vasp_model.evaluation.protocol import evaluate_recommender
 log = logging.getLogger(__name__)
 
 DEFAULT_EASE_GRID = (100.0, 300.0, 1000.0, 3000.0)
+# How the λ search solves EASE: float64 keeps one Gram matrix and solves each λ in a float64 copy;
+# float32 rebuilds the Gram matrix for each λ and solves it in place (two I×I float32 arrays at
+# most: the current and the best solution), for catalogs too wide for the float64 solve.
+EASE_PRECISIONS = ("float64", "float32")
 _BATCH_USERS = 2048
 
 
@@ -49,6 +53,23 @@ def _mirror_upper_in_place(P: np.ndarray, block: int = 1024) -> None:
         P[i:j, :i] = P[:i, i:j].T
         tile = P[i:j, i:j]
         tile[np.tril_indices(j - i, -1)] = tile.T[np.tril_indices(j - i, -1)]
+
+
+def _invert_spd_in_place(A: np.ndarray) -> None:
+    """Invert the symmetric positive definite Fortran-ordered ``A`` (float32/float64) in place through
+    its Cholesky factor (LAPACK potrf + potri: about half the flops of a general inverse)."""
+    from scipy.linalg import get_lapack_funcs
+
+    potrf, potri = get_lapack_funcs(("potrf", "potri"), (A,))
+    c, info = potrf(A, lower=False, overwrite_a=True, clean=False)
+    if info != 0:
+        raise ValueError(f"XᵀX + λI is not positive definite (LAPACK potrf info={info}); check X and lambda_")
+    P, info = potri(c, lower=False, overwrite_c=True)
+    if info != 0:
+        raise ValueError(f"inverting XᵀX + λI failed (LAPACK potri info={info})")
+    if not np.shares_memory(P, A):
+        raise RuntimeError("LAPACK did not invert in place")
+    _mirror_upper_in_place(A)  # potri fills only the upper triangle
 
 
 def check_recommend_args(user_items, n, n_items: int) -> sp.csr_matrix:
@@ -119,54 +140,46 @@ class EASE:
             raise RuntimeError("EASE is not fitted; call fit(X) first")
 
     @staticmethod
-    def gram(X) -> np.ndarray:
-        """XᵀX as a dense float64 array (reusable across λ via :meth:`fit_gram`)."""
+    def gram(X, dtype=np.float64) -> np.ndarray:
+        """XᵀX as a dense ``dtype`` array (reusable across λ via :meth:`fit_gram`)."""
         X = _check_fit_matrix(X)
         n_items = X.shape[1]
-        G = np.zeros((n_items, n_items), dtype=np.float64)
+        G = np.zeros((n_items, n_items), dtype=dtype)
         # Sparse products over large user chunks (bounds the sparse I×I intermediate on big inputs).
         chunk = 16384
         for start in range(0, X.shape[0], chunk):
             rows = X[start : start + chunk]
             product = (rows.T @ rows).tocoo()  # from a CSR product: (row, col) pairs are unique
-            if start == 0:
-                product.toarray(out=G)
-            else:
-                G[product.row, product.col] += product.data
+            G[product.row, product.col] += product.data.astype(dtype, copy=False)
         return G
 
     def fit(self, X) -> EASE:
         """Fit on a ``[users, items]`` implicit-feedback matrix (values used as given)."""
         return self.fit_gram(self.gram(X))
 
-    def fit_gram(self, G: np.ndarray) -> EASE:
-        """Fit from a precomputed Gram matrix XᵀX (not modified)."""
-        from scipy.linalg import lapack
+    def fit_gram(self, G: np.ndarray, overwrite: bool = False) -> EASE:
+        """Fit from a precomputed Gram matrix XᵀX.
 
-        G = np.asarray(G, dtype=np.float64)
+        By default ``G`` is not modified: the solve works in one float64 copy, so the peak is
+        ``G`` + that copy + the float32 B. With ``overwrite=True`` a float32 (or float64) ``G`` is
+        factored, inverted and turned into B in place: one I×I array in all, the way a catalog too
+        wide for the float64 solve still fits (B then is ``G``'s memory, cast to float32 if needed).
+        """
+        G = np.asarray(G)
         if G.ndim != 2 or G.shape[0] != G.shape[1]:
             raise ValueError(f"G must be a square Gram matrix, got shape {G.shape}")
         if np.isnan(G).any():
             raise ValueError("G contains NaN values")
-        # Work in one Fortran-ordered copy (LAPACK then factors/inverts it in place): peak memory
-        # is G + this copy + the float32 B, which matters at tens of thousands of items.
-        A = np.array(G, dtype=np.float64, order="F", copy=True)
+        if overwrite and G.dtype in (np.float32, np.float64) and (G.flags.c_contiguous or G.flags.f_contiguous):
+            # LAPACK works on Fortran order; a symmetric C-ordered G is the same matrix as its transpose.
+            A = G if G.flags.f_contiguous else G.T
+        else:
+            A = np.array(G, dtype=np.float64, order="F", copy=True)
         A[np.diag_indices_from(A)] += self.lambda_
-        # A = Gram + λI is symmetric positive definite: invert through its Cholesky factor
-        # (LAPACK potrf + potri, float64; about half the flops of a general inverse).
-        c, info = lapack.dpotrf(A, lower=False, overwrite_a=True)
-        if info != 0:
-            raise ValueError(f"XᵀX + λI is not positive definite (LAPACK potrf info={info}); check X and lambda_")
-        del A
-        P, info = lapack.dpotri(c, lower=False, overwrite_c=True)
-        if info != 0:
-            raise ValueError(f"inverting XᵀX + λI failed (LAPACK potri info={info})")
-        del c
-        _mirror_upper_in_place(P)  # potri fills only the upper triangle
-        P /= -np.diag(P).copy()  # B_ij = -P_ij / P_jj
-        P[np.diag_indices_from(P)] = 0.0
-        B = P
-        self.B = B.astype(np.float32)
+        _invert_spd_in_place(A)
+        A /= -np.diag(A).copy()  # B_ij = -P_ij / P_jj
+        A[np.diag_indices_from(A)] = 0.0
+        self.B = A if A.dtype == np.float32 else A.astype(np.float32)
         return self
 
     def scores(self, user_items) -> np.ndarray:
@@ -227,28 +240,42 @@ def fit_ease_on_validation(
     grid: Sequence[float] = DEFAULT_EASE_GRID,
     k: int = 100,
     max_expand: int = 2,
+    precision: str = "float64",
 ) -> tuple[EASE, dict[float, float]]:
     """Fit EASE for each λ in ``grid`` on ``train_csr``; keep the best validation nDCG@k.
 
     If the best λ lies on an edge of the grid, the search steps past that edge by a factor of 3
     (at most ``max_expand`` extra fits), so a data set whose optimum is outside the default grid
     (sparse catalogs such as Last.fm or CiteULike want a smaller λ than MovieLens) still gets an
-    interior optimum. Returns ``(best_model, {λ: validation nDCG@k})``; the Gram matrix is computed once.
+    interior optimum. ``precision``: one of :data:`EASE_PRECISIONS`. Returns
+    ``(best_model, {λ: validation nDCG@k})``.
     """
     grid = sorted({float(g) for g in grid})
     if not grid:
         raise ValueError("grid must hold at least one λ")
     if max_expand < 0:
         raise ValueError(f"max_expand must be >= 0, got {max_expand}")
-    G = EASE.gram(train_csr)
-    if sp.csr_matrix(val_fold_in).shape[1] != G.shape[0]:
-        raise ValueError(f"val_fold_in has {val_fold_in.shape[1]} items, train_csr has {G.shape[0]}")
+    if precision not in EASE_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(EASE_PRECISIONS)}, got {precision!r}")
+    n_items = sp.csr_matrix(train_csr).shape[1]
+    if sp.csr_matrix(val_fold_in).shape[1] != n_items:
+        raise ValueError(f"val_fold_in has {val_fold_in.shape[1]} items, train_csr has {n_items}")
+    if precision == "float64":
+        G = EASE.gram(train_csr)
+
+        def fit(lam: float) -> EASE:
+            return EASE(lam).fit_gram(G)
+    else:
+
+        def fit(lam: float) -> EASE:
+            return EASE(lam).fit_gram(EASE.gram(train_csr, np.float32), overwrite=True)
+
     results: dict[float, float] = {}
     best: EASE | None = None
     pending, extra = list(grid), (max_expand if len(grid) > 1 else 0)
     while pending:
         lam = pending.pop(0)
-        model = EASE(lam).fit_gram(G)
+        model = fit(lam)
         idx, _ = model.recommend(val_fold_in, k)
         results[lam] = float(np.nanmean(ndcg_at_k(idx, val_holdout, k)))
         log.info(
@@ -261,6 +288,7 @@ def fit_ease_on_validation(
         )
         if best is None or results[lam] > results[best.lambda_]:
             best = model
+        del model  # a losing solution is freed before the next λ is solved
         edge = best.lambda_
         if not pending and extra and edge in (min(results), max(results)):  # step past the optimum's edge
             pending.append(edge / 3.0 if edge == min(results) else edge * 3.0)
@@ -269,7 +297,7 @@ def fit_ease_on_validation(
 
 
 def baseline_metrics(
-    features, grid: Sequence[float] | None = None, n: int = 100, split: str = "test"
+    features, grid: Sequence[float] | None = None, n: int = 100, split: str = "test", precision: str = "float64"
 ) -> dict[str, dict[str, Any]]:
     """EASE (λ chosen on validation nDCG@100 over ``grid``) and popularity, scored on ``split`` users.
 
@@ -283,6 +311,7 @@ def baseline_metrics(
         features.validation.fold_in,
         features.validation.holdout,
         grid=DEFAULT_EASE_GRID if grid is None else grid,
+        precision=precision,
     )
     seconds = time.perf_counter() - start
     ease_metrics = evaluate_recommender(ease, target.fold_in, target.holdout, features.popularity, n)
