@@ -21,7 +21,10 @@ Pipeline (extract -> pure transforms on DataFrames -> load):
    chosen by a seeded hash instead of ``np.random.choice``), the rest is the fold-in input.
 6. :func:`ab_table`: ``ab_copies`` seeded shuffles of each train user's items, split in halves
    A (the first ``floor(n/2)`` of the shuffle) and B (the rest).
-7. :func:`load` writes every table into a staging directory and publishes it atomically.
+7. With a given test file (``--test-input``, LightGCN's ``test.txt`` beside its ``train.txt``),
+   :func:`given_table` keeps its positives for the users the build knows: the given split, where
+   every such user is scored from all of its input positives against the test file's items.
+8. :func:`load` writes every table into a staging directory and publishes it atomically.
 
 Randomness is never ``rand()``: every draw is ``xxhash64(seed, purpose, user_id[, copy], item_id)``,
 so the output depends only on the input and the seed, not on partitioning or row order.
@@ -418,6 +421,46 @@ def ab_table(pos_rows: DataFrame, config: BuildConfig) -> DataFrame:
     )
 
 
+def given_table(test_per_user: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:
+    """(user_idx, item_id, item_idx) of each positive of the given test input whose user the build
+    knows; ``item_idx`` is null for an item outside the vocabulary (still a test item: the given
+    split's recall counts it as missed)."""
+    from pyspark.sql import functions as F
+
+    rows = test_per_user.filter(~F.col("is_bad")).select("user_id", F.explode("pos").alias("item_id"))
+    rows = rows.join(F.broadcast(users.select("user_idx", "user_id")), "user_id")
+    return with_item_idx(rows, items).select(F.col("user_idx").cast("int"), "item_id", F.col("item_idx").cast("int"))
+
+
+def given_read_counts(test_per_user: DataFrame) -> dict[str, int]:
+    """The given test input's rows read and quarantined, and its distinct positive (user, item) pairs."""
+    from pyspark.sql import functions as F
+
+    read = test_per_user.agg(
+        F.sum(F.when(~F.col("is_bad"), F.col("n_rows")).otherwise(0)).alias("events"),
+        F.sum(F.col("is_bad").cast("long")).alias("quarantined_rows"),
+        F.sum(F.when(~F.col("is_bad"), F.col("n_pos")).otherwise(0)).alias("positives"),
+    ).first()
+    out = {k: int(v or 0) for k, v in read.asDict().items()}
+    out["input_rows"] = out.pop("events") + out["quarantined_rows"]
+    return out
+
+
+def given_written_counts(given: DataFrame, read: dict[str, int]) -> dict[str, int]:
+    """``read`` plus the written ``given`` table's users and items in / outside the vocabulary, and
+    the positives of users the build does not know (not evaluated)."""
+    from pyspark.sql import functions as F
+
+    table = given.agg(
+        F.countDistinct("user_idx").alias("users"),
+        F.count(F.col("item_idx")).alias("holdout"),
+        F.count(F.when(F.col("item_idx").isNull(), 1)).alias("oov"),
+    ).first()
+    out = {**read, **{k: int(v or 0) for k, v in table.asDict().items()}}
+    out["unknown_user_positives"] = out["positives"] - out["holdout"] - out["oov"]
+    return out
+
+
 def quarantine_table(per_user: DataFrame, lines: DataFrame | None) -> DataFrame:
     """Rejected rows: (source, line, raw, reason); ``lines`` numbers them (None: line = -1)."""
     from pyspark.sql import functions as F
@@ -570,9 +613,16 @@ def written_counts(table, split_counts: dict[str, tuple[int, int]]) -> dict[str,
 
 
 def build(
-    spark: SparkSession, input_uri: str, warehouse: str, date: str, config: BuildConfig, input_info: dict | None = None
+    spark: SparkSession,
+    input_uri: str,
+    warehouse: str,
+    date: str,
+    config: BuildConfig,
+    input_info: dict | None = None,
+    test_input: str | None = None,
 ) -> dict[str, Any]:
-    """Run the whole build for one date; returns the manifest (also written beside the tables)."""
+    """Run the whole build for one date; returns the manifest (also written beside the tables).
+    ``test_input``: a given test file in the input's format (the given split)."""
     import concurrent.futures
 
     from pyspark.sql import functions as F
@@ -602,6 +652,11 @@ def build(
         )
     else:
         input_fp = pool.submit(fingerprint, input_uri)
+    raw_test = test_per_user = None
+    if test_input:
+        raw_test = extract(spark, test_input, config, date)
+        test_fp = pool.submit(fingerprint, test_input)
+        test_per_user = collapse_events(raw_test.events, config.threshold).persist()
     pool.shutdown(wait=False)
     cutoff = config.cutoff(date)
     per_user = with_training_history(collapse_events(raw.events, config.threshold), cutoff).persist()
@@ -624,6 +679,17 @@ def build(
 
             lines = raw.lines if counts["quarantined_rows"] else None
             tables = feature_tables(per_user, users, items, pos_rows, lines, config, train_rows)
+            given_read: dict[str, int] = {}
+            if test_per_user is not None:
+                progress.step("reading the given test input")
+                given_read = given_read_counts(test_per_user)
+                test_lines = raw_test.lines if given_read["quarantined_rows"] else None
+                bad = quarantine_table(test_per_user, test_lines)
+                tables["quarantine"] = (
+                    tables["quarantine"].unionByName(bad).coalesce(1).sortWithinPartitions("source", "line")
+                )
+                given = given_table(test_per_user, users, items)
+                tables[layout.GIVEN_TABLE] = given.coalesce(1).sortWithinPartitions("user_idx", "item_id")
 
             by_split = users.groupBy("split").agg(F.count("*").alias("users"), F.sum("n_pos").alias("positives"))
             split_counts = {r["split"]: (int(r["users"]), int(r["positives"] or 0)) for r in by_split.collect()}
@@ -648,11 +714,18 @@ def build(
                 temporal = None
                 if cutoff is not None:
                     temporal = {"holdout_days": config.temporal_holdout_days, "cutoff": cutoff}
+                given = None
+                if raw_test is not None:
+                    given = {
+                        "input": {**test_fp.result(), "format": raw_test.spec.describe()},
+                        "counts": given_written_counts(table(layout.GIVEN_TABLE), given_read),
+                    }
                 return {
                     "schema_version": layout.SCHEMA_VERSION,
                     "dataset": "features",
                     "date": date,
                     "temporal": temporal,
+                    "given": given,
                     "input": {**input_fp.result(), **info, "format": raw.spec.describe()},
                     "params": dataclasses.asdict(config),
                     "seed": config.seed,
@@ -669,6 +742,8 @@ def build(
             return result
     finally:
         per_user.unpersist()
+        if test_per_user is not None:
+            test_per_user.unpersist()
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -691,6 +766,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Append-only event log: a directory of date partitions dt=YYYY-MM-DD/ (or of files), CSV or "
         "Parquet with a timestamp column; the build reads the history as of --date, never a later event.",
+    )
+    parser.add_argument(
+        "--test-input",
+        default=None,
+        help="A given test file in --input's format (LightGCN's test.txt beside its train.txt): every user it "
+        "names is also evaluated from all of its --input positives against these items (the given split, "
+        "metrics @20 by LightGCN's definitions beside vae_cf's).",
     )
     parser.add_argument(
         "--history-days", type=int, default=None, help="Event log: days of history up to the end of --date (all)."
@@ -745,9 +827,18 @@ class BuildStageConfig:
     input: str | None
     build: BuildConfig
     spark: SparkConfig
+    test_input: str | None = None  # a given test file: the given split (LightGCN's train.txt / test.txt)
 
     def __post_init__(self) -> None:
+        from vasp_model.data.events import split_input
+
         layout.check_date(self.date)
+        if self.test_input is None:
+            return
+        if not self.input or split_input(self.input)[1] or split_input(self.test_input)[1]:
+            raise ValueError("--test-input goes with a training file given as --input (not an event log or the demo)")
+        if self.build.temporal_holdout_days:
+            raise ValueError("--test-input and --temporal-holdout-days are two test protocols: choose one")
 
 
 def config_from_args(args: argparse.Namespace) -> BuildStageConfig:
@@ -783,6 +874,7 @@ def config_from_args(args: argparse.Namespace) -> BuildStageConfig:
         input=EVENTS_PREFIX + args.events if args.events else args.input,
         build=build,
         spark=spark_config_from_args(args, APP_NAME),
+        test_input=args.test_input,
     )
 
 
@@ -793,6 +885,7 @@ def to_argv(config: BuildStageConfig) -> list[str]:
     build = config.build
     argv = ["--date", config.date, "--warehouse", config.warehouse]
     argv += ["--input", config.input] if config.input else []
+    argv += ["--test-input", config.test_input] if config.test_input else []
     argv += ["--threshold", str(build.threshold), "--min-user-interactions", str(build.min_user_interactions)]
     argv += ["--heldout-users", str(build.heldout_users)] if build.heldout_users is not None else []
     argv += ["--holdout-fraction", str(build.holdout_fraction), "--ab-copies", str(build.ab_copies)]
@@ -861,10 +954,14 @@ def build_stage(config: BuildStageConfig) -> dict[str, Any]:
             check_input(input_uri, config.build.format)
     else:
         input_uri, info = _default_input(config.build.seed)
+    if config.test_input:
+        check_input(config.test_input, config.build.format)
     spark = get_session(config.spark)
-    manifest = build(spark, input_uri, config.warehouse, config.date, config.build, info)
+    manifest = build(spark, input_uri, config.warehouse, config.date, config.build, info, config.test_input)
     summary = {"path": manifest["path"], "date": config.date, "seconds": manifest["seconds"]}
     summary.update({k: manifest["counts"][k] for k in SUMMARY_COUNTS})
+    if manifest.get("given"):
+        summary["given"] = manifest["given"]["counts"]
     return summary
 
 

@@ -20,6 +20,7 @@ ML100K = "ml-100k/u.data"
 LASTFM = "hetrec2011-lastfm-2k/user_artists.dat"
 CITEULIKE = "citeulike-a/users.dat"
 GOWALLA = "gowalla-lightgcn/train.txt"
+GOWALLA_TEST = "gowalla-lightgcn/test.txt"
 AMAZON_GAMES = "amazon-games-sasrec/Video.txt"
 
 DATE, OTHER_DATE = "2024-05-01", "2024-05-02"
@@ -180,31 +181,41 @@ def test_implicit_datasets_no_loss(spark, tmp_path, path, fmt, expect):
 
 
 @pytest.mark.parametrize(
-    "path, fmt, expect, max_items",
+    "path, fmt, expect, max_items, test_input",
     [
         pytest.param(
             GOWALLA,
             "auto",
             {"input_rows": 810_128, "users": 29_858, "positives": 810_128},
             40_981,
-            marks=pytest.mark.realdata(GOWALLA),
+            GOWALLA_TEST,
+            marks=pytest.mark.realdata(GOWALLA, GOWALLA_TEST),
         ),
         pytest.param(
             AMAZON_GAMES,
             "user-item-seq",
             {"input_rows": 287_107, "users": 31_013, "positives": 287_107},
             23_715,
+            None,
             marks=pytest.mark.realdata(AMAZON_GAMES),
         ),
     ],
 )
-def test_user_item_line_formats_no_loss(spark, tmp_path, path, fmt, expect, max_items):
+def test_user_item_line_formats_no_loss(spark, tmp_path, path, fmt, expect, max_items, test_input):
     """LightGCN's user-items (autodetected) and SASRec's user-item-seq: the counts of SOURCES.md, nothing
-    quarantined; SASRec's line order is each interaction's timestamp."""
+    quarantined; SASRec's line order is each interaction's timestamp. Gowalla's test.txt as the given
+    split: all of its 217,242 pairs kept for its 29,858 users (every one of them known to train.txt)."""
     warehouse = str(tmp_path / "wh")
     config = BuildConfig(ab_copies=1, format=fmt)
-    manifest = build(spark, str(data_path(path)), warehouse, DATE, config)
+    given = str(data_path(test_input)) if test_input else None
+    manifest = build(spark, str(data_path(path)), warehouse, DATE, config, test_input=given)
     c = manifest["counts"]
+    if test_input:
+        g = manifest["given"]["counts"]
+        assert g["input_rows"] == g["positives"] == g["holdout"] + g["oov"] == 217_242
+        assert g["users"] == 29_858 and g["quarantined_rows"] == 0 and g["unknown_user_positives"] == 0
+        held = _table(warehouse, DATE, "given")
+        assert len(held) == 217_242 and held["item_idx"].isna().sum() == g["oov"]
     assert manifest["input"]["format"]["format"] == ("user-items" if fmt == "auto" else fmt)
     assert {k: c[k] for k in expect} == expect
     assert c["quarantined_rows"] == 0 and c["duplicate_rows"] == 0

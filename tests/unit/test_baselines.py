@@ -176,3 +176,30 @@ def test_fit_ease_on_validation_float32_picks_the_same_lambda():
     np.testing.assert_allclose(m32.B, m64.B, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="precision"):
         fit_ease_on_validation(*args, grid=(1.0,), precision="float16")
+
+
+def test_wide_solves_run_on_one_blas_thread(monkeypatch):
+    # OpenBLAS's threaded potrf crashes on very wide matrices: past the limit the solve runs on one thread
+    import scipy.linalg
+    from threadpoolctl import threadpool_info
+
+    from vasp_model.recommenders import baselines
+
+    seen = []
+    real = scipy.linalg.get_lapack_funcs
+
+    def recording(names, arrays):
+        potrf, potri = real(names, arrays)
+
+        def spy(*args, **kwargs):
+            seen.append(min(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"))
+            return potrf(*args, **kwargs)
+
+        return spy, potri
+
+    monkeypatch.setattr(scipy.linalg, "get_lapack_funcs", recording)
+    X, _ = checkerboard()
+    expected = EASE(3.0).fit(X).B
+    monkeypatch.setattr(baselines, "THREADED_SOLVE_MAX_ITEMS", X.shape[1] - 1)
+    np.testing.assert_allclose(EASE(3.0).fit(X).B, expected, rtol=1e-6)
+    assert seen[-1] == 1

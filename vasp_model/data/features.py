@@ -64,6 +64,9 @@ class Features:
     ``D - h`` with a positive after it, fold-in = their positives before it, holdout = their new
     positives in ``(D - h, D]`` that today's vocabulary knows; ``temporal_new_items`` counts
     those the vocabulary does not know (items new to the catalog), ``temporal_next_items`` all of them.
+    ``given`` (built with a given test file, else None): every user the file names, fold-in = all of
+    the user's positives, holdout = the file's items the vocabulary knows; ``given_test_items`` [U_given]
+    counts each user's test items, known or not (the denominator of the given split's recall).
     """
 
     item_ids: np.ndarray
@@ -78,6 +81,8 @@ class Features:
     temporal: EvalSplit | None = None
     temporal_new_items: int = 0
     temporal_next_items: int = 0
+    given: EvalSplit | None = None
+    given_test_items: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
@@ -94,6 +99,9 @@ class Features:
         mats = {"train": self.train}
         splits = [("validation", self.validation), ("test", self.test)]
         splits += [("temporal", self.temporal)] if self.temporal is not None else []
+        splits += [("given", self.given)] if self.given is not None else []
+        if self.given is not None and np.shape(self.given_test_items) != (self.given.n_users,):
+            raise ValueError("given_test_items must count the test items of each given user")
         for name, split in splits:
             mats[f"{name}.fold_in"] = split.fold_in
             mats[f"{name}.holdout"] = split.holdout
@@ -458,6 +466,18 @@ def load_features(warehouse: str, date: str) -> Features:
         c_pos = np.searchsorted(temporal["split"].user_idx, c_user[c_users])
         consumed_t = _coo_csr(c_pos, c_item[c_users], temporal["split"].n_users, n_items)
         temporal["split"] = dataclasses.replace(temporal["split"], consumed=consumed_t)
+    given: dict[str, Any] = {}
+    if manifest.get("given"):
+        known = ~np.isnan(np.asarray(i_item, dtype=np.float64))
+        fold = (i_user[known].astype(np.int64), np.asarray(i_item[known]).astype(np.int64))
+        given = _given_split(_read_table(warehouse, date, layout.GIVEN_TABLE, ["user_idx", "item_idx"]), fold, n_items)
+        mine = np.isin(c_user, given["split"].user_idx)
+        c_pos = np.searchsorted(given["split"].user_idx, c_user[mine])
+        given["split"] = dataclasses.replace(
+            given["split"],
+            user_ids=u_ids[np.searchsorted(u_idx, given["split"].user_idx)],
+            consumed=_coo_csr(c_pos, c_item[mine], given["split"].n_users, n_items),
+        )
     return Features(
         item_ids=item_ids,
         popularity=popularity,
@@ -471,6 +491,8 @@ def load_features(warehouse: str, date: str) -> Features:
         temporal=temporal.get("split"),
         temporal_new_items=int(temporal.get("new_items", 0)),
         temporal_next_items=int(temporal.get("next_items", 0)),
+        given=given.get("split"),
+        given_test_items=given.get("test_items"),
     )
 
 
@@ -480,6 +502,30 @@ def _before(table, cutoff: int | None) -> np.ndarray:
         return np.ones(table.num_rows, dtype=bool)
     ts = np.asarray(table.column("timestamp").to_numpy(zero_copy_only=False), dtype=np.float64)
     return ts < cutoff  # a null time (NaN) is never before it
+
+
+def _given_split(table, positives: tuple[np.ndarray, np.ndarray], n_items: int) -> dict[str, Any]:
+    """The given split from the ``given`` table (user_idx, item_idx or null) and every known positive
+    (user_idx, item_idx): fold-in = the users' positives, holdout = their test items in the vocabulary,
+    ``test_items`` = each user's test items, known or not (user ids and consumed items filled by the caller)."""
+    g_user = _np(table, "user_idx").astype(np.int64)
+    g_item = np.asarray(table.column("item_idx").to_numpy(zero_copy_only=False), dtype=np.float64)
+    known = ~np.isnan(g_item)
+    _check_items(g_item[known].astype(np.int64), n_items, layout.GIVEN_TABLE)
+    members = np.unique(g_user)
+    p_user, p_item = positives
+    mine = np.isin(p_user, members)
+    split = EvalSplit(
+        fold_in=_coo_csr(np.searchsorted(members, p_user[mine]), p_item[mine], members.size, n_items),
+        holdout=_coo_csr(
+            np.searchsorted(members, g_user[known]), g_item[known].astype(np.int64), members.size, n_items
+        ),
+        user_idx=members.astype(np.int32),
+        user_ids=np.empty(members.size, dtype=object),
+        consumed=sp.csr_matrix((members.size, n_items), dtype=np.float32),
+    )
+    test_items = np.bincount(np.searchsorted(members, g_user), minlength=members.size)
+    return {"split": split, "test_items": test_items}
 
 
 def _temporal_split(i_user, i_item, before, n_items: int, u_idx, u_ids) -> dict[str, Any]:

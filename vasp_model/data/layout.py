@@ -21,6 +21,7 @@ import re
 from vasp_model.core.defaults import EXCLUDE_RULES
 
 FEATURE_TABLES = ("items", "users", "interactions", "consumed", "validation", "test", "train_ab", "quarantine")
+GIVEN_TABLE = "given"  # built with a given test file (``--test-input``): its positives, the given split's holdout
 EXCLUDE_TABLES = dict(zip(EXCLUDE_RULES, ("consumed", "interactions", None), strict=True))
 SCHEMA_VERSION = 2  # 2: + the consumed table
 DATE_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
@@ -59,8 +60,8 @@ def features_dir(warehouse: str, date: str) -> str:
 
 
 def feature_table(warehouse: str, date: str, table: str) -> str:
-    if table not in FEATURE_TABLES:
-        raise ValueError(f"unknown feature table {table!r}; expected one of {FEATURE_TABLES}")
+    if table not in (*FEATURE_TABLES, GIVEN_TABLE):
+        raise ValueError(f"unknown feature table {table!r}; expected one of {(*FEATURE_TABLES, GIVEN_TABLE)}")
     return _join(features_dir(warehouse, date), table)
 
 

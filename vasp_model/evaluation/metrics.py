@@ -48,6 +48,9 @@ MODELS = ("vasp", "ease", "popularity")  # the recommenders a training report sc
 # (``temporal``, :mod:`vasp_model.evaluation.temporal`).
 PROTOCOL_SECTIONS = {"vae_cf": "test", "temporal": "temporal"}
 SPLITS = ("test", "validation")
+# Report sections a build may add beside vae_cf's: the next period, and a given test file
+# (:mod:`vasp_model.evaluation.given`).
+EXTRA_SECTIONS = ("temporal", "given")
 # One model's per-user metric arrays on one split: ``{metric: [U] float array}`` (NaN: empty holdout).
 PerUser = dict[str, np.ndarray]
 

@@ -46,6 +46,7 @@ from vasp_model.data.layout import DATE_RE
 from vasp_model.evaluation.metrics import (
     ACCURACY_KEYS,
     BUCKETS,
+    EXTRA_SECTIONS,
     MODELS,
     PROTOCOL_SECTIONS,
     SPLITS,
@@ -134,14 +135,15 @@ def to_mlflow_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 def from_mlflow_metrics(metrics: Mapping[str, float]) -> MetricsReport:
     """The report sections (test, validation) of a run's MLflow metrics: the inverse of
     :func:`to_mlflow_metrics` on them (``test.vasp.ndcg_at_100`` -> ``report["test"]["vasp"]["ndcg@100"]``)."""
-    report: dict[str, dict[str, dict[str, float]]] = {split: {} for split in (*SPLITS, "temporal")}
+    report: dict[str, dict[str, dict[str, float]]] = {split: {} for split in (*SPLITS, *EXTRA_SECTIONS)}
     for key, value in metrics.items():
         split, _, rest = key.partition(".")
         model, _, name = rest.partition(".")
         if split in report and model and name:
             report[split].setdefault(model, {})[name.replace("_at_", "@")] = float(value)
-    if not report["temporal"]:
-        del report["temporal"]
+    for section in EXTRA_SECTIONS:
+        if not report[section]:
+            del report[section]
     return MetricsReport(**report)
 
 

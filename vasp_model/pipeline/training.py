@@ -252,19 +252,20 @@ def write_outputs(result, features, directory: str, exclude: str) -> None:
     pq.write_table(per_user_table(result.per_user, features), os.path.join(directory, "per_user_metrics.parquet"))
 
 
-def add_temporal_metrics(result, features) -> None:
-    """Score VASP, EASE and popularity on the features' temporal holdout (if any) into
-    ``result.metrics["temporal"]`` (MLflow: ``temporal.<model>.<metric>``), beside vae_cf's test/validation."""
-    from vasp_model.evaluation.temporal import SECTION, evaluate_temporal
+def add_protocol_metrics(result, features) -> None:
+    """Score VASP, EASE and popularity on the features' temporal holdout and given split (those it has)
+    into ``result.metrics["temporal"]`` / ``["given"]`` (MLflow: ``temporal.<model>.<metric>``, ...),
+    beside vae_cf's test/validation."""
+    from vasp_model.evaluation import given, temporal
     from vasp_model.recommenders.baselines import Popularity
 
     recommenders = {"vasp": (result.bundle, result.bundle.n_items)}
     if result.ease is not None:
         recommenders["ease"] = (result.ease, features.n_items)
         recommenders["popularity"] = (Popularity.from_counts(features.popularity), features.n_items)
-    temporal = evaluate_temporal(recommenders, features)
-    if temporal:
-        result.metrics[SECTION] = temporal
+    for section, evaluate in ((temporal.SECTION, temporal.evaluate_temporal), (given.SECTION, given.evaluate_given)):
+        if metrics := evaluate(recommenders, features):
+            result.metrics[section] = metrics
 
 
 def _fit_tracked(config: TrainStageConfig, params: dict[str, Any], fit, stage, features_dir: str):
@@ -357,7 +358,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         result = train(
             features, vasp, callbacks=callbacks, checkpoint_dir=checkpoint_dir, verbose=verbose, init_from=source
         )
-        add_temporal_metrics(result, features)
+        add_protocol_metrics(result, features)
         result.timings["load_features_seconds"] = load_seconds
         return result
 
@@ -372,6 +373,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
             "warm_start": result.metrics.get("warm_start"),
             "test": result.metrics.get("test", {}),
             "temporal": result.metrics.get("temporal", {}),
+            "given": result.metrics.get("given", {}),
             "features_manifest": lineage(features.manifest, features_dir),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -391,6 +393,8 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
             stage(result)
         storage.publish(staging, final, manifest_of(result))
 
+    from vasp_model.evaluation.given import LIGHTGCN_KEYS
+
     vasp_ease = result.metrics["intervals"]["test"].get("vasp-ease")
     return {
         "date": date,
@@ -409,6 +413,10 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         "temporal": {
             name: {k: v for k, v in m.items() if k in ("ndcg@100", "recall@20", "recall@50", "hit_rate@20")}
             for name, m in result.metrics.get("temporal", {}).items()
+        },
+        "given": {
+            name: {k: v for k, v in m.items() if k in LIGHTGCN_KEYS[:2] or k == "ndcg@100"}
+            for name, m in result.metrics.get("given", {}).items()
         },
         "intervals": {"vasp-ease": {"ndcg@100": vasp_ease["ndcg@100"]}} if vasp_ease else {},
         "run_id": run_id,

@@ -23,6 +23,10 @@ from vasp_model.evaluation.protocol import evaluate_recommender
 log = logging.getLogger(__name__)
 
 DEFAULT_EASE_GRID = (100.0, 300.0, 1000.0, 3000.0)
+# OpenBLAS's threaded Cholesky (potrf) writes out of bounds on very wide matrices: it crashed the
+# process at 41k items (OpenBLAS 0.3.31, scipy's and numpy's builds alike) while the one-thread
+# path completes. Wider solves run on one BLAS thread.
+THREADED_SOLVE_MAX_ITEMS = 32_768
 # How the λ search solves EASE: float64 keeps one Gram matrix and solves each λ in a float64 copy;
 # float32 rebuilds the Gram matrix for each λ and solves it in place (two I×I float32 arrays at
 # most: the current and the best solution), for catalogs too wide for the float64 solve.
@@ -58,13 +62,18 @@ def _mirror_upper_in_place(P: np.ndarray, block: int = 1024) -> None:
 def _invert_spd_in_place(A: np.ndarray) -> None:
     """Invert the symmetric positive definite Fortran-ordered ``A`` (float32/float64) in place through
     its Cholesky factor (LAPACK potrf + potri: about half the flops of a general inverse)."""
+    from contextlib import nullcontext
+
     from scipy.linalg import get_lapack_funcs
+    from threadpoolctl import threadpool_limits
 
     potrf, potri = get_lapack_funcs(("potrf", "potri"), (A,))
-    c, info = potrf(A, lower=False, overwrite_a=True, clean=False)
-    if info != 0:
-        raise ValueError(f"XᵀX + λI is not positive definite (LAPACK potrf info={info}); check X and lambda_")
-    P, info = potri(c, lower=False, overwrite_c=True)
+    wide = A.shape[0] > THREADED_SOLVE_MAX_ITEMS
+    with threadpool_limits(limits=1, user_api="blas") if wide else nullcontext():
+        c, info = potrf(A, lower=False, overwrite_a=True, clean=False)
+        if info != 0:
+            raise ValueError(f"XᵀX + λI is not positive definite (LAPACK potrf info={info}); check X and lambda_")
+        P, info = potri(c, lower=False, overwrite_c=True)
     if info != 0:
         raise ValueError(f"inverting XᵀX + λI failed (LAPACK potri info={info})")
     if not np.shares_memory(P, A):

@@ -1,0 +1,163 @@
+"""Scale figures (issue 14), measured on this machine; each section runs on its own.
+
+``given``: Gowalla on the LightGCN split (``../shared/data/gowalla-lightgcn``: train.txt and
+test.txt as provided). ``vasp build --test-input`` builds the features and the given split; EASE
+(λ chosen on the validation users' nDCG@100, in float64 when that fits the memory available,
+else float32 solved in place) and popularity are scored on every test-file user, with LightGCN's
+metric definitions @20, printed beside the figures that paper publishes on this split. Peak RSS
+is reported per stage (the build's Spark driver and JVM, then this process).
+
+    .venv/bin/python bench/scale.py given
+    .venv/bin/python bench/scale.py given --grid 100,300,1000 --heldout-users 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a plain script from anywhere
+    sys.path.insert(0, REPO)
+
+# LightGCN (He et al., SIGIR 2020), Table 3, Gowalla: the published figures on exactly this split.
+LIGHTGCN_GOWALLA = {"lightgcn_recall@20": 0.1830, "lightgcn_ndcg@20": 0.1554}
+# The float64 λ search holds the Gram matrix, its float64 copy and two float32 solutions; the
+# float32 one two float32 arrays (bytes per I² entry).
+EASE_BYTES_PER_ENTRY = {"float64": 8 + 8 + 4 + 4, "float32": 4 + 4}
+
+
+def peak_rss_gib(who: int) -> float:
+    """Peak resident set of this process (RUSAGE_SELF) or of its waited-for children, GiB."""
+    return resource.getrusage(who).ru_maxrss / 2**20
+
+
+def ease_precision(n_items: int) -> str:
+    """float64 when its λ search fits in what the machine has available, else float32."""
+    from vasp_model.train.memory import available_bytes, resident_bytes
+
+    free, _ = available_bytes()
+    need = EASE_BYTES_PER_ENTRY["float64"] * n_items * n_items
+    return "float64" if free is None or resident_bytes() + need < 0.9 * (resident_bytes() + free) else "float32"
+
+
+def build_given(data: str, warehouse: str, date: str, heldout_users: int) -> float:
+    """``vasp build`` of train.txt with test.txt as the given split (skipped when published); seconds."""
+    from vasp_model.data import layout, storage
+
+    if storage.is_published(layout.features_dir(warehouse, date)):
+        return 0.0
+    vasp = os.path.join(os.path.dirname(sys.executable), "vasp")
+    cmd = [vasp, "build", "--format", "user-items", "--input", os.path.join(data, "train.txt")]
+    cmd += ["--test-input", os.path.join(data, "test.txt"), "--heldout-users", str(heldout_users)]
+    cmd += ["--warehouse", warehouse, "--date", date]
+    print("$", " ".join(cmd), file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def given(args) -> dict:
+    from vasp_model.data.features import load_features
+    from vasp_model.evaluation.given import evaluate_given
+    from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
+
+    data = os.path.join(args.data, "gowalla-lightgcn")
+    if not os.path.exists(os.path.join(data, "test.txt")):
+        print(f"skip given: {data} not found", file=sys.stderr)
+        return {}
+    build_s = build_given(data, args.warehouse, args.date, args.heldout_users)
+    build_rss = peak_rss_gib(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    features = load_features(args.warehouse, args.date)
+    load_s = time.perf_counter() - start
+    precision = args.precision or ease_precision(features.n_items)
+    grid = tuple(float(x) for x in args.grid.split(",") if x.strip())
+    print(f"EASE over {features.n_items:,} items in {precision}, grid {grid}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    val = features.validation
+    ease, by_lambda = fit_ease_on_validation(
+        features.train, val.fold_in, val.holdout, grid=grid, max_expand=args.max_expand, precision=precision
+    )
+    fit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    recommenders = {
+        "ease": (ease, features.n_items),
+        "popularity": (Popularity.from_counts(features.popularity), features.n_items),
+    }
+    metrics = evaluate_given(recommenders, features)
+    score_s = time.perf_counter() - start
+    counts = features.manifest["given"]["counts"]
+    return {
+        "metrics": metrics,
+        "published": {"lightgcn": LIGHTGCN_GOWALLA},
+        "ease": {"lambda": ease.lambda_, "precision": precision, "validation_ndcg@100": by_lambda},
+        "shape": {
+            "items": features.n_items,
+            "train_users": features.train.shape[0],
+            "validation_users": val.n_users,
+            "given_users": features.given.n_users,
+            "given_test_items": counts["holdout"] + counts["oov"],
+            "given_test_items_oov": counts["oov"],
+        },
+        "seconds": {
+            "build": round(build_s, 1),
+            "load": round(load_s, 1),
+            "ease_search": round(fit_s, 1),
+            "score_given": round(score_s, 1),
+        },
+        "peak_rss_gib": {"build": round(build_rss, 2), "train_and_score": round(peak_rss_gib(resource.RUSAGE_SELF), 2)},
+    }
+
+
+def print_given(got: dict) -> None:
+    shape = got["shape"]
+    print(
+        f"Gowalla, LightGCN split: {shape['given_users']:,} users scored, {shape['items']:,} items, "
+        f"{shape['train_users']:,} users trained on ({shape['validation_users']:,} validation users chose λ), "
+        f"{shape['given_test_items']:,} test items ({shape['given_test_items_oov']:,} outside the vocabulary)"
+    )
+    header = f"{'model':<22} {'Recall@20':>10} {'nDCG@20':>10} {'nDCG@100 (vae_cf)':>18}"
+    print(header)
+    print("-" * len(header))
+    rows = [(f"{name}" + (f" (λ={got['ease']['lambda']:g})" if name == "ease" else ""), m)
+            for name, m in got["metrics"].items()]  # fmt: skip
+    rows.append(("LightGCN (published)", got["published"]["lightgcn"]))
+    for label, m in rows:
+        vae = f"{m['ndcg@100']:>18.4f}" if "ndcg@100" in m else f"{'-':>18}"
+        print(f"{label:<22} {m['lightgcn_recall@20']:>10.4f} {m['lightgcn_ndcg@20']:>10.4f} {vae}")
+    print(f"seconds: {json.dumps(got['seconds'])}; peak RSS GiB: {json.dumps(got['peak_rss_gib'])}")
+
+
+SECTIONS = {"given": (given, print_given)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("section", choices=list(SECTIONS), help="The section to run.")
+    parser.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data"), help="The shared data root.")
+    parser.add_argument("--warehouse", default="/tmp/vasp_bench_scale", help="Warehouse root of the built features.")
+    parser.add_argument("--date", default="2026-01-01", help="Logical date of the built features.")
+    parser.add_argument("--heldout-users", type=int, default=1000, help="Validation (and vae_cf test) users.")
+    parser.add_argument("--grid", default="100,300,1000", help="Comma-separated EASE λ grid.")
+    parser.add_argument("--max-expand", type=int, default=1, help="Extra λ past an edge optimum.")
+    parser.add_argument("--precision", default=None, choices=("float64", "float32"), help="EASE solve (default: auto).")
+    parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
+    args = parser.parse_args(argv)
+    run, show = SECTIONS[args.section]
+    got = run(args)
+    if got:
+        show(got)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(got, out, indent=2, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""The given split (LightGCN's train.txt / test.txt as provided): the build keeps the test file's
+positives per known user, the features score every such user from all of its positives, and the
+metrics follow LightGCN's definitions @20."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from vasp_jobs.build_matrices import BuildConfig, build, config_from_args, to_argv
+from vasp_model.data.features import load_features
+from vasp_model.evaluation.given import evaluate_given, lightgcn_metrics
+from vasp_model.recommenders.baselines import EASE, Popularity
+
+DATE = "2026-11-30"
+
+
+def test_lightgcn_metrics_by_hand():
+    # user 0: test items {0, 1, 9(outside the vocabulary)} -> 3 test items; top 2 = [1, 4]: one hit at rank 1
+    # user 1: test item {3}; top 2 = [2, 3]: one hit at rank 2
+    holdout = sp.csr_matrix(np.array([[1, 1, 0, 0, 0], [0, 0, 0, 1, 0]], dtype=np.float32))
+    got = lightgcn_metrics(np.array([[1, 4], [2, 3]]), holdout, test_items=[3, 1], k=2)
+    np.testing.assert_allclose(got["lightgcn_recall@2"], [1 / 3, 1.0])
+    np.testing.assert_allclose(got["lightgcn_precision@2"], [0.5, 0.5])
+    # nDCG: ideal DCG over min(|test|, k) hits: user 0 1 + 1/log2(3), user 1: 1
+    np.testing.assert_allclose(got["lightgcn_ndcg@2"], [1 / (1 + 1 / np.log2(3)), 1 / np.log2(3)])
+    with pytest.raises(ValueError, match="test_items"):
+        lightgcn_metrics(np.array([[1, 4], [2, 3]]), holdout, test_items=[1, 1], k=2)
+
+
+def _write(path, rows):
+    path.write_text("".join(" ".join(map(str, r)) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def given_build(spark, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("given")
+    rng = np.random.default_rng(0)
+    train_rows, test_rows = [], []
+    for u in range(120):
+        items = rng.choice(40, size=12, replace=False)
+        train_rows.append([u, *items[:9]])
+        test_rows.append([u, *items[9:]])
+    test_rows.append([5, 1000])  # a second line for user 5: an item no train user has
+    test_rows.append([999, 1, 2])  # a user the training file does not know
+    test_rows.append(["7 8 x\tbad"])  # an unreadable line
+    train, test = _write(tmp / "train.txt", train_rows), _write(tmp / "test.txt", test_rows)
+    warehouse = str(tmp / "wh")
+    config = BuildConfig(format="user-items", heldout_users=10, ab_copies=1)
+    manifest = build(spark, train, warehouse, DATE, config, test_input=test)
+    return manifest, warehouse, test_rows
+
+
+def test_build_keeps_the_given_test_items_and_counts_every_row(given_build):
+    manifest, warehouse, test_rows = given_build
+    counts = manifest["given"]["counts"]
+    assert manifest["given"]["input"]["format"]["format"] == "user-items"
+    assert counts["input_rows"] == 120 * 3 + 1 + 2 + 1 == counts["positives"] + counts["quarantined_rows"]
+    assert counts["quarantined_rows"] == 1
+    assert counts["users"] == 120 and counts["unknown_user_positives"] == 2
+    assert counts["oov"] >= 1 and counts["holdout"] + counts["oov"] == 120 * 3 + 1
+    assert manifest["counts"]["quarantined_rows"] == 0  # the training file's own counts are unchanged
+    assert "given" in manifest["tables"]
+
+
+def test_features_score_every_given_user_from_all_of_its_positives(given_build):
+    manifest, warehouse, _ = given_build
+    features = load_features(warehouse, DATE)
+    given = features.given
+    assert given.n_users == 120 and features.given_test_items.sum() == 120 * 3 + 1
+    assert given.fold_in.sum() == 120 * 9 - manifest["counts"]["interactions_oov"]  # validation and test users too
+    assert given.holdout.sum() == manifest["given"]["counts"]["holdout"]
+    assert given.fold_in.multiply(given.holdout).nnz == 0
+    assert features.given_test_items[list(given.user_ids).index("5")] == 4
+    ease = EASE(10.0).fit(features.train)
+    popularity = Popularity().fit(features.train)
+    got = evaluate_given({"ease": (ease, features.n_items), "popularity": (popularity, features.n_items)}, features)
+    for model in ("ease", "popularity"):
+        m = got[model]
+        assert 0.0 <= m["lightgcn_recall@20"] <= 1.0 and 0.0 <= m["lightgcn_ndcg@20"] <= 1.0
+        assert m["lightgcn_users"] == 120
+    # random data: a top 20 of the ~31 unseen items holds about 20/31 of the known test items
+    assert 0.4 < got["ease"]["lightgcn_recall@20"] < 0.9
+
+
+def test_given_split_flags_round_trip_and_conflicts(tmp_path):
+    import argparse
+
+    from vasp_jobs.build_matrices import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--input", "train.txt", "--test-input", "test.txt", "--date", DATE, "--warehouse", str(tmp_path)]
+    config = config_from_args(parser.parse_args(argv))
+    assert config.test_input == "test.txt"
+    assert config_from_args(parser.parse_args(to_argv(config))) == config
+    with pytest.raises(ValueError, match="two test protocols"):
+        config_from_args(parser.parse_args([*argv, "--temporal-holdout-days", "3"]))
+    with pytest.raises(ValueError, match="event log"):
+        config_from_args(parser.parse_args(["--events", "logs", "--test-input", "t.txt", "--date", DATE]))
