@@ -149,3 +149,40 @@ def test_estimate_covers_the_measured_peak_of_a_real_run(spark, tmp_path_factory
     measured = usage.ru_maxrss * 1024
     assert manifest["counts"]["items"] > 1000
     assert measured <= estimated <= 1.5 * measured, (measured, estimated)
+
+
+def test_ease_solve_bytes_by_hand():
+    # 10 items, chunks of at most 5 entries: float64 = G (800) + max(chunk 80, copy 800 + 3 float32 solutions 1200)
+    assert memory.ease_solve_bytes(10, "float64", 5) == 800 + 2000
+    # float32 in place: the best solution and the Gram matrix being built (800) + the chunk (80)
+    assert memory.ease_solve_bytes(10, "float32", 5) == 800 + 80
+    assert memory.ease_solve_bytes(10, "float32") == 800 + 16 * 100  # unknown chunks: every I² pair
+
+
+def test_gram_chunk_entries_bound_the_sparse_products(monkeypatch):
+    import scipy.sparse as sp
+
+    from vasp_model.recommenders import baselines
+
+    X = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 1]], dtype=np.float32))
+    assert baselines.gram_chunk_entries(X) == 4 + 9 + 1
+    monkeypatch.setattr(baselines, "GRAM_CHUNK_USERS", 2)
+    assert baselines.gram_chunk_entries(X) == max(4 + 9, 1)
+    G = baselines.EASE.gram(X)  # chunked the same way, same matrix
+    np.testing.assert_array_equal(G, (X.T @ X).toarray())
+    assert baselines.gram_chunk_entries(sp.csr_matrix(np.ones((3, 2)))) == 4  # at most I²
+
+
+def test_a_capped_run_on_a_wide_catalog_fits_with_the_ease_baseline_in_float32():
+    # Gowalla capped to 4,000 modelled items: the float64 EASE baseline over all 40,981 items does not
+    # fit 22 GiB, the float32 one solved in place does (the chunks' entries as Gowalla's train users give them)
+    items, users = GOWALLA
+    capped = memory._with_max_items(make_config("cpu", env={}), 4_000)
+    entries = 46_000_000
+    assert memory.training_memory(items, users, capped, "float64", entries).peak > 22 * 2**30
+    estimate, precision = memory.check_training_memory(items, users, capped, "22g", gram_entries=entries)
+    assert precision == "float32" and estimate.peak < 22 * 2**30
+    small, precision = memory.check_training_memory(2_000, 1_000, capped, "22g", gram_entries=entries)
+    assert precision == "float64"  # exact wherever it fits
+    with pytest.raises(ValueError, match=r"--max-items [\d,]+ fits with preset cpu"):
+        memory.check_training_memory(items, users, make_config("cpu", env={}), "22g", gram_entries=entries)

@@ -412,3 +412,14 @@ def test_closed_form_warm_start_ranks_like_ease(small_features):
     assert np.all(np.diag(kernel) == 0.0)
     B = EASE(50.0).fit(small_features.train).B
     np.testing.assert_allclose(kernel, 3.0 * B, atol=1e-4)  # (lr 1e-9: the kernel barely moved)
+
+
+def test_train_solves_the_ease_baseline_in_the_precision_it_is_given(small_features):
+    config = make_config("tiny", train_overrides={"epochs": (1,), "learning_rates": (1e-2,)}, env={})
+    exact = train(small_features, config, verbose=0)
+    bounded = train(small_features, config, verbose=0, ease_precision="float32")
+    assert (exact.metrics["ease_precision"], bounded.metrics["ease_precision"]) == ("float64", "float32")
+    assert bounded.metrics["ease_lambda"] == exact.metrics["ease_lambda"]
+    assert bounded.metrics["test"]["ease"]["ndcg@100"] == pytest.approx(
+        exact.metrics["test"]["ease"]["ndcg@100"], abs=1e-4
+    )

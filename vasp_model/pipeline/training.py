@@ -339,7 +339,12 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     features = load_features(warehouse, date)
     load_seconds = time.perf_counter() - t0
-    check_training_memory(features.n_items, features.train.shape[0], vasp, config.memory_budget)
+    from vasp_model.recommenders.baselines import gram_chunk_entries
+
+    entries = gram_chunk_entries(features.train)
+    _, ease_precision = check_training_memory(
+        features.n_items, features.train.shape[0], vasp, config.memory_budget, gram_entries=entries
+    )
     source = _warm_start_source(config)
     if source is not None:
         vasp = dataclasses.replace(vasp, train=vasp.train.warm_schedule())
@@ -356,7 +361,13 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
 
     def fit(callbacks=()):
         result = train(
-            features, vasp, callbacks=callbacks, checkpoint_dir=checkpoint_dir, verbose=verbose, init_from=source
+            features,
+            vasp,
+            callbacks=callbacks,
+            checkpoint_dir=checkpoint_dir,
+            verbose=verbose,
+            init_from=source,
+            ease_precision=ease_precision,
         )
         add_protocol_metrics(result, features)
         result.timings["load_features_seconds"] = load_seconds

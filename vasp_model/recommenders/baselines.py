@@ -27,6 +27,7 @@ DEFAULT_EASE_GRID = (100.0, 300.0, 1000.0, 3000.0)
 # process at 41k items (OpenBLAS 0.3.31, scipy's and numpy's builds alike) while the one-thread
 # path completes. Wider solves run on one BLAS thread.
 THREADED_SOLVE_MAX_ITEMS = 32_768
+GRAM_CHUNK_USERS = 16_384  # users per sparse XᵀX product when the Gram matrix is built
 # How the λ search solves EASE: float64 keeps one Gram matrix and solves each λ in a float64 copy;
 # float32 rebuilds the Gram matrix for each λ and solves it in place (two I×I float32 arrays at
 # most: the current and the best solution), for catalogs too wide for the float64 solve.
@@ -57,6 +58,15 @@ def _mirror_upper_in_place(P: np.ndarray, block: int = 1024) -> None:
         P[i:j, :i] = P[:i, i:j].T
         tile = P[i:j, i:j]
         tile[np.tril_indices(j - i, -1)] = tile.T[np.tril_indices(j - i, -1)]
+
+
+def gram_chunk_entries(X) -> int:
+    """An upper bound on the entries of one sparse XᵀX chunk that :meth:`EASE.gram` builds: per chunk of
+    users the sum of their squared item counts, at most I²; the largest over the chunks."""
+    X = sp.csr_matrix(X)
+    per_user = np.diff(X.indptr).astype(np.int64) ** 2
+    sums = np.add.reduceat(per_user, np.arange(0, max(per_user.size, 1), GRAM_CHUNK_USERS)) if per_user.size else [0]
+    return int(min(max(sums), X.shape[1] ** 2))
 
 
 def _invert_spd_in_place(A: np.ndarray) -> None:
@@ -155,9 +165,8 @@ class EASE:
         n_items = X.shape[1]
         G = np.zeros((n_items, n_items), dtype=dtype)
         # Sparse products over large user chunks (bounds the sparse I×I intermediate on big inputs).
-        chunk = 16384
-        for start in range(0, X.shape[0], chunk):
-            rows = X[start : start + chunk]
+        for start in range(0, X.shape[0], GRAM_CHUNK_USERS):
+            rows = X[start : start + GRAM_CHUNK_USERS]
             product = (rows.T @ rows).tocoo()  # from a CSR product: (row, col) pairs are unique
             G[product.row, product.col] += product.data.astype(dtype, copy=False)
         return G

@@ -64,8 +64,29 @@ def dense_params(items: int, config: VaspConfig) -> int:
     return encoder + heads + decoder + outputs
 
 
-def training_memory(catalog_items: int, train_users: int, config: VaspConfig) -> TrainingMemory:
-    """The peak bytes of each phase of training ``config`` on ``catalog_items`` items and ``train_users`` users."""
+def ease_solve_bytes(n: int, precision: str = "float64", gram_entries: int | None = None) -> int:
+    """Peak bytes of EASE's λ search over ``n`` items (:func:`vasp_model.recommenders.baselines.fit_ease_on_validation`).
+
+    float64: the Gram matrix, then the larger of a sparse XᵀX chunk and (its float64 copy + the new
+    solution + the best and the previous λ's solutions). float32: the best λ's solution held while the
+    next Gram matrix (solved in place) is built from sparse chunks. ``gram_entries`` bounds a chunk's
+    entries (:func:`vasp_model.recommenders.baselines.gram_chunk_entries`; None: every I² pair).
+    """
+    chunk = SPARSE_GRAM_BYTES * (n * n if gram_entries is None else min(n * n, gram_entries))
+    if precision == "float64":
+        return FLOAT64 * n * n + max(chunk, (FLOAT64 + 3 * FLOAT32) * n * n)
+    return 2 * FLOAT32 * n * n + chunk
+
+
+def training_memory(
+    catalog_items: int,
+    train_users: int,
+    config: VaspConfig,
+    ease_precision: str = "float64",
+    gram_entries: int | None = None,
+) -> TrainingMemory:
+    """The peak bytes of each phase of training ``config`` on ``catalog_items`` items and ``train_users``
+    users, the EASE baseline solved in ``ease_precision`` (``gram_entries``: see :func:`ease_solve_bytes`)."""
     if catalog_items < 1 or train_users < 1:
         raise ValueError(f"need items and train users, got {catalog_items} items, {train_users} users")
     m, t = config.model, config.train
@@ -74,18 +95,13 @@ def training_memory(catalog_items: int, train_users: int, config: VaspConfig) ->
     slots = OPTIMIZER_SLOTS[t.optimizer]
     rows = 2 * min(t.batch_users, train_users)
 
-    def ease_solve(n: int) -> int:
-        # the Gram matrix, then the larger of its sparse chunk and (its inverse + the new solution +
-        # the best and the previous λ's solutions)
-        return FLOAT64 * n * n + max(SPARSE_GRAM_BYTES * n * n, (FLOAT64 + 3 * FLOAT32) * n * n)
-
     # weights + gradient + optimizer slots + the best epoch's copy, a step's temporaries, activations
     fit = (3 + slots) * weights + STEP_TEMPORARIES * FLOAT32 * items * items + ACTIVATIONS * FLOAT32 * rows * items
     # what the fit leaves held while the EASE baseline is fitted on the whole catalog
     held = (1 + slots) * weights + HELD_AFTER_FIT * FLOAT32 * items * items
-    phases = {"fit": fit, "baselines": held + ease_solve(catalog_items)}
+    phases = {"fit": fit, "baselines": held + ease_solve_bytes(catalog_items, ease_precision, gram_entries)}
     if m.ease_init == "closed_form":
-        phases["closed_form_init"] = weights + ease_solve(items)
+        phases["closed_form_init"] = weights + ease_solve_bytes(items, "float64", gram_entries)
     runtime = RUNTIME_BYTES + (JIT_BYTES if t.jit_compile else 0)
     return TrainingMemory(items, catalog_items, {k: v + runtime for k, v in phases.items()})
 
@@ -145,11 +161,12 @@ def available_bytes() -> tuple[int | None, str]:
     return min(found) if found else (None, "unknown")
 
 
-def largest_max_items(catalog_items: int, train_users: int, config: VaspConfig, budget: int) -> int | None:
-    """The largest ``max_items`` whose run fits in ``budget`` bytes of peak (None: not even 2 items)."""
+def largest_max_items(catalog_items: int, train_users: int, config: VaspConfig, budget: int, **sizing) -> int | None:
+    """The largest ``max_items`` whose run fits in ``budget`` bytes of peak (None: not even 2 items);
+    ``sizing``: :func:`training_memory`'s ``ease_precision`` / ``gram_entries``."""
 
     def fits(n: int) -> bool:
-        return training_memory(catalog_items, train_users, _with_max_items(config, n)).peak <= budget
+        return training_memory(catalog_items, train_users, _with_max_items(config, n), **sizing).peak <= budget
 
     if not fits(2):
         return None
@@ -171,25 +188,26 @@ def memory_limit(budget: str | None = None, resident: int = 0) -> tuple[int | No
 
 
 def refusal(
-    estimate: TrainingMemory, train_users: int, config: VaspConfig, resident: int, limit: int, source: str
+    estimate: TrainingMemory, train_users: int, config: VaspConfig, resident: int, limit: int, source: str, **sizing
 ) -> str | None:
     """Why a run of ``estimate`` does not fit in ``limit`` bytes with ``resident`` in use, and what
-    would fit (the largest ``--max-items``, other presets); None when it fits."""
+    would fit (the largest ``--max-items``, other presets) sized like it (``sizing``: see
+    :func:`largest_max_items`); None when it fits."""
     need = resident + estimate.peak
     if need <= limit:
         return None
     room, catalog = limit - resident, estimate.catalog
     phase = max(estimate.phases, key=estimate.phases.get)
     fixes = []
-    capped = largest_max_items(catalog, train_users, config, room)
+    capped = largest_max_items(catalog, train_users, config, room, **sizing)
     if capped is None:
-        alone = resident + training_memory(catalog, train_users, _with_max_items(config, 2)).peak
+        alone = resident + training_memory(catalog, train_users, _with_max_items(config, 2), **sizing).peak
         fixes.append(f"no --max-items fits: the EASE baseline over all {catalog:,} items alone needs {gib(alone)}")
     elif capped < estimate.items:
         fixes.append(f"--max-items {capped:,} fits with preset {config.preset}")
     for name in PRESETS:
         other = make_config(name, {"max_items": config.model.max_items})
-        if name != config.preset and training_memory(catalog, train_users, other).peak <= room:
+        if name != config.preset and training_memory(catalog, train_users, other, **sizing).peak <= room:
             fixes.append(f"preset {name} fits")
     return (
         f"training {estimate.items:,} of {catalog:,} items needs about {gib(need)} at its peak ({phase}), "
@@ -199,20 +217,30 @@ def refusal(
 
 
 def check_training_memory(
-    catalog_items: int, train_users: int, config: VaspConfig, budget: str | None = None
-) -> TrainingMemory:
-    """The estimate of a run, or ``ValueError`` with :func:`refusal`'s line when it does not fit
-    :func:`memory_limit` (``budget``, else ``VASP_MEMORY_BUDGET``, else what is available)."""
-    estimate = training_memory(catalog_items, train_users, config)
+    catalog_items: int,
+    train_users: int,
+    config: VaspConfig,
+    budget: str | None = None,
+    gram_entries: int | None = None,
+) -> tuple[TrainingMemory, str]:
+    """(the estimate of a run, the precision its EASE baseline is solved in): float64 when the run fits
+    :func:`memory_limit` (``budget``, else ``VASP_MEMORY_BUDGET``, else what is available) that way,
+    else float32 solved in place; ``ValueError`` with :func:`refusal`'s line when neither fits."""
+    from vasp_model.recommenders.baselines import EASE_PRECISIONS
+
     resident = resident_bytes()
     limit, source = memory_limit(budget, resident)
-    log.info(
-        "memory: %d resident, estimated peak %d (%s), limit %s (%s)",
-        resident, resident + estimate.peak, ", ".join(f"{k} {v}" for k, v in estimate.phases.items()), limit, source,
-    )  # fmt: skip
-    if limit is not None and (reason := refusal(estimate, train_users, config, resident, limit, source)):
-        raise ValueError(reason)
-    return estimate
+    for precision in EASE_PRECISIONS:  # the float64 solve first: exact where it fits
+        estimate = training_memory(catalog_items, train_users, config, precision, gram_entries)
+        log.info(
+            "memory: %d resident, estimated peak %d (%s; EASE in %s), limit %s (%s)",
+            resident, resident + estimate.peak, ", ".join(f"{k} {v}" for k, v in estimate.phases.items()),
+            precision, limit, source,
+        )  # fmt: skip
+        if limit is None or resident + estimate.peak <= limit:
+            return estimate, precision
+    sizing = {"ease_precision": EASE_PRECISIONS[-1], "gram_entries": gram_entries}
+    raise ValueError(refusal(estimate, train_users, config, resident, limit, source, **sizing))
 
 
 def _with_max_items(config: VaspConfig, n: int) -> VaspConfig:

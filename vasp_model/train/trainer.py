@@ -45,6 +45,7 @@ def train(
     evaluate_baselines: bool = True,
     evaluate: bool = True,
     init_from=None,
+    ease_precision: str = "float64",
 ) -> TrainResult:
     """Fit VASP on ``features`` (a :class:`vasp_model.data.features.Features`) and evaluate it.
 
@@ -55,6 +56,7 @@ def train(
     history's validation metrics are the result). ``init_from`` (a
     :class:`vasp_model.train.warm_start.WarmStartSource`) warm-starts the network from a trained VASP,
     items mapped by id (``metrics["warm_start"]`` counts the items kept, new and dropped).
+    ``ease_precision``: how the EASE baseline's λ search solves (``fit_ease_on_validation``).
     """
     import keras
 
@@ -82,7 +84,9 @@ def train(
         _warm_start(bundle.model, features.train, plan, config, verbose, timings, init_from, mapping)
     history, best_epoch = _fit(bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings)
     by_split, per_user, ease_choice, ease = (
-        _evaluate(bundle, features, config, evaluate_baselines, timings) if evaluate else ({}, {}, {}, None)
+        _evaluate(bundle, features, config, evaluate_baselines, timings, ease_precision)
+        if evaluate
+        else ({}, {}, {}, None)
     )
     timings["total_seconds"] = time.perf_counter() - start
 
@@ -246,7 +250,9 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     return validation.history, early_stopping.best_epoch + 1
 
 
-def _evaluate(bundle, features, config: VaspConfig, evaluate_baselines: bool, timings) -> tuple[dict, dict, dict, Any]:
+def _evaluate(
+    bundle, features, config: VaspConfig, evaluate_baselines: bool, timings, ease_precision: str = "float64"
+) -> tuple[dict, dict, dict, Any]:
     """Test and validation metrics of VASP and, with ``evaluate_baselines``, of EASE (λ chosen on
     validation) and popularity: ``({"test": {name: ...}, "validation": {name: ...}}``, the same
     shape of per-user arrays, EASE's λ and grid and the blend weight, the fitted EASE as an
@@ -260,8 +266,12 @@ def _evaluate(bundle, features, config: VaspConfig, evaluate_baselines: bool, ti
     if evaluate_baselines or config.model.blend_ease:
         val = features.validation
         with _timed(timings, "ease_fit_seconds"):
-            ease, grid = fit_ease_on_validation(features.train, val.fold_in, val.holdout)
-        extra = {"ease_lambda": float(ease.lambda_), "ease_validation_grid": {str(k): v for k, v in grid.items()}}
+            ease, grid = fit_ease_on_validation(features.train, val.fold_in, val.holdout, precision=ease_precision)
+        extra = {
+            "ease_lambda": float(ease.lambda_),
+            "ease_validation_grid": {str(k): v for k, v in grid.items()},
+            "ease_precision": ease_precision,
+        }
     if config.model.blend_ease:
         with _timed(timings, "blend_seconds"):
             extra |= _choose_blend(bundle, ease, features.validation)
