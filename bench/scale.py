@@ -4,9 +4,10 @@
 test.txt as provided). ``vasp build --test-input`` builds the features and the given split. EASE's
 λ is chosen on the validation users' nDCG@100 (EASE fitted on the train users; float64 when that
 fits the memory available, else float32 solved in place); then EASE with that λ is fitted again on
-every user's train.txt row, as LightGCN trains. Both, and popularity, are scored on every test-file
-user with LightGCN's metric definitions @20, printed beside the figures that paper publishes on this
-split. Peak RSS is reported per stage (the build's Spark driver and JVM, then this process).
+every user's train.txt row, as LightGCN trains. Both, popularity, and the first EASE with its B pruned
+to each item's k strongest neighbours (``--prune``: what the memory-bounded representation costs in
+quality) are scored on every test-file user with LightGCN's metric definitions @20, printed beside the
+figures that paper publishes on this split. Peak RSS is reported per stage (the build's Spark driver and JVM, then this process).
 
     .venv/bin/python bench/scale.py given
     .venv/bin/python bench/scale.py given --grid 100,300,1000 --heldout-users 1000
@@ -78,7 +79,7 @@ def build_given(data: str, warehouse: str, date: str, heldout_users: int) -> flo
 def given(args) -> dict:
     from vasp_model.data.features import load_features
     from vasp_model.evaluation.given import evaluate_given
-    from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
+    from vasp_model.recommenders.baselines import Popularity, PrunedEASE, fit_ease_on_validation, prune_columns
 
     data = os.path.join(args.data, "gowalla-lightgcn")
     if not os.path.exists(os.path.join(data, "test.txt")):
@@ -104,6 +105,10 @@ def given(args) -> dict:
     popularity = Popularity.from_counts(features.popularity)
     metrics = evaluate_given({"ease": (ease, n), "popularity": (popularity, n)}, features)
     score_s = time.perf_counter() - start
+    for k in args.prune:  # what pruning B to each item's k strongest neighbours costs
+        pruned = PrunedEASE(prune_columns(ease.B, k))
+        metrics |= evaluate_given({f"ease_pruned_{k}": (pruned, n)}, features)
+        del pruned
     del ease
     start = time.perf_counter()
     every_user = fit_ease(features.given.fold_in, best_lambda, precision)
@@ -145,6 +150,7 @@ def print_given(got: dict) -> None:
     print("-" * len(header))
     lam = got["ease"]["lambda"]
     labels = {"ease": f"EASE λ={lam:g}, train users", "ease_every_user": f"EASE λ={lam:g}, every user"}
+    labels |= {name: f"  B pruned to {name.rsplit('_', 1)[1]}/item" for name in got["metrics"] if "pruned" in name}
     rows = [(labels.get(name, name), m) for name, m in got["metrics"].items()]
     rows.append(("LightGCN (published)", got["published"]["lightgcn"]))
     for label, m in rows:
@@ -166,8 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", default="100,300,1000", help="Comma-separated EASE λ grid.")
     parser.add_argument("--max-expand", type=int, default=1, help="Extra λ past an edge optimum.")
     parser.add_argument("--precision", default=None, choices=("float64", "float32"), help="EASE solve (default: auto).")
+    parser.add_argument(
+        "--prune", default="32,128,512", help="given: also score EASE's B pruned to k neighbours per item (k, ...)."
+    )
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
     args = parser.parse_args(argv)
+    args.prune = [int(k) for k in args.prune.split(",") if k.strip()]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     run, show = SECTIONS[args.section]
     got = run(args)

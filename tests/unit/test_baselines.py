@@ -8,12 +8,17 @@ import scipy.sparse as sp
 from recommender_contract import RecommenderContract, checkerboard
 
 from vasp_model.data.features import Features
-from vasp_model.recommenders.baselines import EASE, Popularity, fit_ease_on_validation
+from vasp_model.recommenders.baselines import EASE, Popularity, PrunedEASE, fit_ease_on_validation, prune_columns
 
 
 class TestEASEContract(RecommenderContract):
     def make_recommender(self, train_csr):
         return EASE(lambda_=5.0).fit(train_csr)
+
+
+class TestPrunedEASEContract(RecommenderContract):
+    def make_recommender(self, train_csr):
+        return PrunedEASE(prune_columns(EASE(lambda_=5.0).fit(train_csr).B, 4))
 
 
 class TestPopularityContract(RecommenderContract):
@@ -203,3 +208,22 @@ def test_wide_solves_run_on_one_blas_thread(monkeypatch):
     monkeypatch.setattr(baselines, "THREADED_SOLVE_MAX_ITEMS", X.shape[1] - 1)
     np.testing.assert_allclose(EASE(3.0).fit(X).B, expected, rtol=1e-6)
     assert seen[-1] == 1
+
+
+def test_prune_columns_keeps_each_targets_strongest_sources():
+    B = np.array([[0.0, 0.9, -0.1], [0.2, 0.0, -0.8], [-0.5, 0.3, 0.0]], dtype=np.float32)
+    # column 0 keeps -0.5 (row 2), column 1 keeps 0.9 (row 0), column 2 keeps -0.8 (row 1)
+    got = prune_columns(B, 1, block=2)
+    np.testing.assert_allclose(got.toarray(), [[0, 0.9, 0], [0, 0, -0.8], [-0.5, 0, 0]], rtol=0, atol=1e-7)
+    assert got.dtype == np.float32 and sp.isspmatrix_csr(got)
+    np.testing.assert_array_equal(prune_columns(B, 5).toarray(), B)  # k past the catalog keeps everything
+    with pytest.raises(ValueError, match="neighbours"):
+        prune_columns(B, 0)
+
+
+def test_pruned_ease_with_every_neighbour_ranks_like_ease():
+    X, _ = checkerboard()
+    ease = EASE(10.0).fit(X)
+    full, _ = ease.recommend(X[:20], 5)
+    pruned, _ = PrunedEASE(prune_columns(ease.B, X.shape[1])).recommend(X[:20], 5)
+    np.testing.assert_array_equal(pruned, full)

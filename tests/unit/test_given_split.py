@@ -100,3 +100,15 @@ def test_given_split_flags_round_trip_and_conflicts(tmp_path):
         config_from_args(parser.parse_args([*argv, "--temporal-holdout-days", "3"]))
     with pytest.raises(ValueError, match="event log"):
         config_from_args(parser.parse_args(["--events", "logs", "--test-input", "t.txt", "--date", DATE]))
+
+
+def test_given_metrics_round_trip_through_mlflow_keys():
+    from vasp_model.evaluation.metrics import model_test_metrics
+    from vasp_model.mlops.tracking import from_mlflow_metrics, to_mlflow_metrics
+
+    report = {"test": {"vasp": {"ndcg@100": 0.4}}, "validation": {}, "given": {"ease": {"lightgcn_recall@20": 0.17}}}
+    keys = to_mlflow_metrics(report)
+    assert keys["given.ease.lightgcn_recall_at_20"] == 0.17
+    back = from_mlflow_metrics(keys)
+    assert model_test_metrics(back, "ease", "given") == {"lightgcn_recall@20": 0.17}
+    assert "given" not in from_mlflow_metrics(to_mlflow_metrics({"test": {"vasp": {"ndcg@100": 0.4}}}))
