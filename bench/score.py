@@ -27,6 +27,10 @@
    N`` times N users and extrapolates linearly, which overstates the total: the fixed cost of
    loading and hashing the 1.7 GB model is then spread over few users. The first
    ``--synthetic-single-users`` of them are also scored in one process (after one warm-up batch).
+   Both are printed against the compute floor (``spark_over_floor``, ``single_over_floor``; target
+   <= 2x): the forward-pass FLOPs of every user (``flops_per_row``, sparse input: the first encoder
+   Dense and Neural EASE cost nnz x width, not items x width) at the float32 matmul rate measured
+   in this run.
 """
 
 from __future__ import annotations
@@ -293,6 +297,23 @@ def bench_ml1m(spark, args, workdir: Path) -> dict:
     return result
 
 
+def compute_floor(n_items: int, n_users: int, nnz: float) -> dict:
+    """The compute floor of scoring ``n_users`` of ``nnz`` positives on average: one forward pass of
+    the cpu preset's matmuls per user, sparse input as scoring feeds it, at this machine's matmul rate
+    measured now (``bench/train.py``'s peak)."""
+    from bench.train import matmul_peak
+    from vasp_model.core.config import make_config
+    from vasp_model.nn.model import flops_per_row
+
+    peak = matmul_peak()["peak_gflops"]
+    flops = flops_per_row(n_items, make_config("cpu").model, nnz) * n_users
+    return {
+        "forward_tflop": round(flops / 1e12, 1),
+        "matmul_gflops": round(peak, 1),
+        "floor_s": round(flops / peak / 1e9, 1),
+    }
+
+
 def bench_synthetic(spark, args, workdir: Path) -> dict:
     """Section 3: the MovieLens-20M-shaped population through the job, and in one process."""
     import keras
@@ -325,6 +346,7 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
     print(f"synthetic: {n_run} users, {rows:,} positive events ({gen_s:.1f}s)")
     seconds, manifest = _timed(lambda: score(spark, "2026-01-02", warehouse, model_uri=syn_dir, top_n=100))
     rate = n_run / seconds
+    floor = compute_floor(args.synthetic_items, n_all, rows / n_run)
     result = {
         "users_scored": n_run,
         "items": args.synthetic_items,
@@ -336,6 +358,8 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
         "rows": manifest["counts"]["rows"],
         f"time_for_{n_all}_users_s": round(n_all / rate, 1),
         "extrapolated": n_run < n_all,
+        **floor,
+        "spark_over_floor": round(n_all / rate / floor["floor_s"], 2),
     }
     if args.synthetic_single_users > 0:
         lists = user_lists(warehouse, "2026-01-02", args.synthetic_single_users)
@@ -348,6 +372,7 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
                 "single_process_users": len(lists[0]),
                 "single_process_users_per_s": round(single_rate, 1),
                 "single_over_spark": round(single_rate / rate, 2),
+                "single_over_floor": round(n_all / single_rate / floor["floor_s"], 2),
             }
         )
     print(json.dumps(result, indent=2))

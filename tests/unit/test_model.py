@@ -17,7 +17,7 @@ from vasp_model.core.config import ModelConfig, make_config  # noqa: E402
 from vasp_model.data.features import Features  # noqa: E402
 from vasp_model.nn.layers import NeuralEASE, Sampling, ZeroDiagonal  # noqa: E402
 from vasp_model.nn.losses import FocalLoss  # noqa: E402
-from vasp_model.nn.model import VASP, build_model  # noqa: E402
+from vasp_model.nn.model import VASP, build_model, flops_per_row  # noqa: E402
 from vasp_model.recommenders.bundle import ModelBundle  # noqa: E402
 from vasp_model.train.batches import ABBatches, make_dataset  # noqa: E402
 from vasp_model.train.trainer import train  # noqa: E402
@@ -47,6 +47,14 @@ def test_block_counts_follow_config():
     model = build_model(10, ModelConfig(hidden=8, latent=4, encoder_blocks=3, decoder_blocks=0), seed=0)
     assert len(model.encoder.denses) == 3 and model.decoder is None
     assert model(rand_x(2, 10)).shape == (2, 10)
+
+
+def test_flops_per_row_dense_and_sparse_input():
+    config = ModelConfig(hidden=4, latent=2, encoder_blocks=2, decoder_blocks=1)
+    # encoder 10x4 + 4x4, mean and log-var 4x2 each, decoder 2x4 + 4x10, latent_out 2x10, Neural EASE 10x10
+    assert flops_per_row(10, config) == 2 * (40 + 16 + 16 + 8 + 40 + 20 + 100)
+    # sparse input of 3 items: the first Dense and Neural EASE multiply 3 kernel rows each (3x4, 3x10)
+    assert flops_per_row(10, config, nnz=3) == 2 * (12 + 16 + 16 + 8 + 40 + 20 + 30)
 
 
 def test_zero_diagonal_after_init_and_after_updates():

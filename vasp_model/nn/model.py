@@ -155,10 +155,15 @@ def build_model(n_items: int, model_config, seed: int | None = None) -> VASP:
     return model
 
 
-def flops_per_row(n_items: int, model_config) -> float:
-    """Forward matmul FLOPs per input row (2·m·n per Dense); a train step is ≈ 3× this."""
+def flops_per_row(n_items: int, model_config, nnz: float | None = None) -> float:
+    """Forward matmul FLOPs per input row (2·m·n per Dense); a train step is ≈ 3× this.
+
+    ``nnz``: the row's nonzeros when it goes in sparse (as scoring feeds it): the first encoder Dense
+    and Neural EASE then multiply only the ``nnz`` kernel rows of the row's items.
+    """
     c = model_config
-    f = 2 * n_items * c.hidden  # first encoder Dense
+    rows_in = n_items if nnz is None else nnz
+    f = 2 * rows_in * c.hidden  # first encoder Dense
     f += 2 * c.hidden * c.hidden * (c.encoder_blocks - 1)
     f += 2 * 2 * c.hidden * c.latent  # mean + log-var
     if c.decoder_blocks:
@@ -167,5 +172,5 @@ def flops_per_row(n_items: int, model_config) -> float:
     else:
         f += 2 * c.latent * n_items
     f += 2 * c.latent * n_items  # latent_out
-    f += 2 * n_items * n_items  # Neural EASE
+    f += 2 * rows_in * n_items  # Neural EASE
     return float(f)
