@@ -4,7 +4,9 @@
 test.txt as provided). ``vasp build --test-input`` builds the features and the given split. EASE's
 λ is chosen on the validation users' nDCG@100 (EASE fitted on the train users; float64 when that
 fits the memory available, else float32 solved in place); then EASE with that λ is fitted again on
-every user's train.txt row, as LightGCN trains. Both, popularity, and the first EASE with its B pruned
+every test-file user's train.txt row (all of Gowalla's users), as LightGCN trains, within the build's
+vocabulary (the train users' items: an item only validation or test users have is out of it, and a
+test item outside it counts as missed). Both, popularity, and the first EASE with its B pruned
 to each item's k strongest neighbours (``--prune``: what the memory-bounded representation costs in
 quality) are scored on every test-file user with LightGCN's metric definitions @20, printed beside the
 figures that paper publishes on this split. Peak RSS is reported per stage (the build's Spark driver and JVM, then this process).
@@ -24,17 +26,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a plain script from anywhere
     sys.path.insert(0, REPO)
 
 # LightGCN (He et al., SIGIR 2020), Table 3, Gowalla: the published figures on exactly this split.
 LIGHTGCN_GOWALLA = {"lightgcn_recall@20": 0.1830, "lightgcn_ndcg@20": 0.1554}
-# The float64 λ search holds the Gram matrix, its float64 copy and two float32 solutions; the
-# float32 one two float32 arrays (bytes per I² entry).
-EASE_BYTES_PER_ENTRY = {"float64": 8 + 8 + 4 + 4, "float32": 4 + 4}
 
 
 def peak_rss_gib(who: int) -> float:
@@ -42,22 +39,14 @@ def peak_rss_gib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 2**20
 
 
-def ease_precision(n_items: int) -> str:
-    """float64 when its λ search fits in what the machine has available, else float32."""
-    from vasp_model.train.memory import available_bytes, resident_bytes
+def ease_precision(X) -> str:
+    """float64 when its λ search on ``X`` fits in what the machine has available, else float32."""
+    from vasp_model.recommenders.baselines import gram_chunk_entries
+    from vasp_model.train.memory import available_bytes, ease_solve_bytes
 
     free, _ = available_bytes()
-    need = EASE_BYTES_PER_ENTRY["float64"] * n_items * n_items
-    return "float64" if free is None or resident_bytes() + need < 0.9 * (resident_bytes() + free) else "float32"
-
-
-def fit_ease(X, lambda_: float, precision: str):
-    """EASE with ``lambda_`` on ``X`` in ``precision`` (float32: the Gram matrix solved in place)."""
-    from vasp_model.recommenders.baselines import EASE
-
-    if precision == "float64":
-        return EASE(lambda_).fit(X)
-    return EASE(lambda_).fit_gram(EASE.gram(X, np.float32), overwrite=True)
+    need = ease_solve_bytes(X.shape[1], "float64", gram_chunk_entries(X))
+    return "float64" if free is None or need < 0.9 * free else "float32"
 
 
 def build_given(data: str, warehouse: str, date: str, heldout_users: int) -> float:
@@ -79,7 +68,13 @@ def build_given(data: str, warehouse: str, date: str, heldout_users: int) -> flo
 def given(args) -> dict:
     from vasp_model.data.features import load_features
     from vasp_model.evaluation.given import evaluate_given
-    from vasp_model.recommenders.baselines import Popularity, PrunedEASE, fit_ease_on_validation, prune_columns
+    from vasp_model.recommenders.baselines import (
+        Popularity,
+        PrunedEASE,
+        fit_ease,
+        fit_ease_on_validation,
+        prune_columns,
+    )
 
     data = os.path.join(args.data, "gowalla-lightgcn")
     if not os.path.exists(os.path.join(data, "test.txt")):
@@ -91,7 +86,7 @@ def given(args) -> dict:
     features = load_features(args.warehouse, args.date)
     load_s = time.perf_counter() - start
     n = features.n_items
-    precision = args.precision or ease_precision(n)
+    precision = args.precision or ease_precision(features.train)
     grid = tuple(float(x) for x in args.grid.split(",") if x.strip())
     print(f"EASE over {features.n_items:,} items in {precision}, grid {grid}", file=sys.stderr, flush=True)
     start = time.perf_counter()

@@ -30,7 +30,8 @@
    Both are printed against the compute floor (``spark_over_floor``, ``single_over_floor``; target
    <= 2x): the forward-pass FLOPs of every user (``flops_per_row``, sparse input: the first encoder
    Dense and Neural EASE cost nnz x width, not items x width) at the float32 matmul rate measured
-   in this run.
+   in this run. Unless ``--skip-als``, Spark ALS (as in 2c) fits the same population and times one
+   ``recommendForAllUsers(100)`` (``als_recommend_over_spark``: ALS's time over the job's).
 """
 
 from __future__ import annotations
@@ -361,6 +362,13 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
         **floor,
         "spark_over_floor": round(n_all / rate / floor["floor_s"], 2),
     }
+    if not args.skip_als:  # the same population through Spark ALS, one recommendForAllUsers run
+        _, als_fit_s, (als_rec_s,) = als(spark, warehouse, "2026-01-02", reps=1, warmup=0)
+        result |= {
+            "als_fit_s": round(als_fit_s, 1),
+            "als_recommend_s": round(als_rec_s, 1),
+            "als_recommend_over_spark": round(als_rec_s / seconds, 2),
+        }
     if args.synthetic_single_users > 0:
         lists = user_lists(warehouse, "2026-01-02", args.synthetic_single_users)
         syn = ModelBundle.load(syn_dir)

@@ -433,16 +433,25 @@ def given_table(test_per_user: DataFrame, users: DataFrame, items: DataFrame) ->
 
 
 def given_read_counts(test_per_user: DataFrame) -> dict[str, int]:
-    """The given test input's rows read and quarantined, and its distinct positive (user, item) pairs."""
+    """Every row of the given test input, counted once: ``input_rows`` = ``positives`` (distinct
+    positive (user, item) pairs) + ``duplicate_rows`` (a pair's repeats) + ``non_positive_rows``
+    (pairs at or below the threshold) + ``quarantined_rows``."""
     from pyspark.sql import functions as F
 
+    good = ~F.col("is_bad")
     read = test_per_user.agg(
-        F.sum(F.when(~F.col("is_bad"), F.col("n_rows")).otherwise(0)).alias("events"),
+        F.sum(F.when(good, F.col("n_rows")).otherwise(0)).alias("events"),
+        F.sum(F.when(good, F.col("n_distinct")).otherwise(0)).alias("pairs"),
         F.sum(F.col("is_bad").cast("long")).alias("quarantined_rows"),
-        F.sum(F.when(~F.col("is_bad"), F.col("n_pos")).otherwise(0)).alias("positives"),
+        F.sum(F.when(good, F.col("n_pos")).otherwise(0)).alias("positives"),
     ).first()
     out = {k: int(v or 0) for k, v in read.asDict().items()}
-    out["input_rows"] = out.pop("events") + out["quarantined_rows"]
+    events, pairs = out.pop("events"), out.pop("pairs")
+    out |= {
+        "input_rows": events + out["quarantined_rows"],
+        "duplicate_rows": events - pairs,
+        "non_positive_rows": pairs - out["positives"],
+    }
     return out
 
 
@@ -497,6 +506,14 @@ def load(
 # ---------------------------------------------------------------------------- the job
 
 
+def quarantine_reasons(per_user: DataFrame, quarantined_rows: int) -> dict[str, int]:
+    """Quarantined rows by reason, sorted (no Spark job when there are none)."""
+    if not quarantined_rows:
+        return {}
+    rows = per_user.filter("is_bad").groupBy("bad.reason").count().collect()
+    return dict(sorted((r["reason"], int(r["count"])) for r in rows))
+
+
 def input_counts(per_user: DataFrame, config: BuildConfig, input_uri: str) -> tuple[dict[str, int], dict[str, int]]:
     """(counts, quarantined rows by reason) of the collapsed input; ``ValueError`` when nothing can be built."""
     from pyspark.sql import functions as F
@@ -521,11 +538,7 @@ def input_counts(per_user: DataFrame, config: BuildConfig, input_uri: str) -> tu
     counts["duplicate_rows"] = counts["events"] - counts["used_rows"]
     if counts["input_rows"] == 0:
         raise ValueError(f"input has no rows: {input_uri}")
-    reasons: dict[str, int] = {}
-    if counts["quarantined_rows"]:
-        reasons = {
-            r["reason"]: int(r["count"]) for r in per_user.filter("is_bad").groupBy("bad.reason").count().collect()
-        }
+    reasons = quarantine_reasons(per_user, counts["quarantined_rows"])
     if counts["users"] == 0:
         detail = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
         raise ValueError(f"no usable rows in {input_uri}: all {counts['input_rows']} rows were rejected ({detail})")
@@ -719,6 +732,7 @@ def build(
                     given = {
                         "input": {**test_fp.result(), "format": raw_test.spec.describe()},
                         "counts": given_written_counts(table(layout.GIVEN_TABLE), given_read),
+                        "quarantine_by_reason": quarantine_reasons(test_per_user, given_read["quarantined_rows"]),
                     }
                 return {
                     "schema_version": layout.SCHEMA_VERSION,

@@ -214,6 +214,7 @@ def test_user_item_line_formats_no_loss(spark, tmp_path, path, fmt, expect, max_
         g = manifest["given"]["counts"]
         assert g["input_rows"] == g["positives"] == g["holdout"] + g["oov"] == 217_242
         assert g["users"] == 29_858 and g["quarantined_rows"] == 0 and g["unknown_user_positives"] == 0
+        assert g["duplicate_rows"] == g["non_positive_rows"] == 0 and manifest["given"]["quarantine_by_reason"] == {}
         held = _table(warehouse, DATE, "given")
         assert len(held) == 217_242 and held["item_idx"].isna().sum() == g["oov"]
     assert manifest["input"]["format"]["format"] == ("user-items" if fmt == "auto" else fmt)

@@ -8,7 +8,14 @@ import scipy.sparse as sp
 from recommender_contract import RecommenderContract, checkerboard
 
 from vasp_model.data.features import Features
-from vasp_model.recommenders.baselines import EASE, Popularity, PrunedEASE, fit_ease_on_validation, prune_columns
+from vasp_model.recommenders.baselines import (
+    EASE,
+    NotPositiveDefinite,
+    Popularity,
+    PrunedEASE,
+    fit_ease_on_validation,
+    prune_columns,
+)
 
 
 class TestEASEContract(RecommenderContract):
@@ -159,6 +166,28 @@ def test_ease_in_place_float32_solve_matches_float64(order):
     assert np.shares_memory(got, G) and got.dtype == np.float32
     np.testing.assert_allclose(got, EASE(7.0).fit(X).B, rtol=1e-4, atol=1e-6)
     assert np.all(np.diag(got) == 0)
+
+
+def test_ease_in_place_solve_refuses_a_gram_matrix_it_would_have_to_copy():
+    G = EASE.gram(sp.csr_matrix(np.eye(3)), np.float32)
+    for bad in (G.astype(np.int64), G[:, ::-1][::-1]):  # not float, not contiguous
+        with pytest.raises(ValueError, match="overwrite=True needs a contiguous float32/float64 G"):
+            EASE(1.0).fit_gram(bad, overwrite=True)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        EASE(1.0).fit_gram(np.full((2, 2), np.inf, np.float32), overwrite=True)
+
+
+def test_float32_search_skips_a_lambda_too_small_for_the_precision():
+    # items 0 and 1 always together: XᵀX = [[1, 1, 0], [1, 1, 0], [0, 0, 1]] is singular, and λ = 1e-9 is
+    # lost in float32 (1 + 1e-9 == 1), so its Cholesky pivot is exactly 0; float64 keeps it
+    X = sp.csr_matrix(np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    fold_in, holdout = sp.csr_matrix(np.array([[1.0, 0.0, 0.0]])), sp.csr_matrix(np.array([[0.0, 1.0, 0.0]]))
+    model, results = fit_ease_on_validation(X, fold_in, holdout, grid=(1e-9, 1.0), max_expand=0, precision="float32")
+    assert model.lambda_ == 1.0 and np.isnan(results[1e-9]) and results[1.0] == pytest.approx(1.0)
+    with pytest.raises(NotPositiveDefinite, match="no λ of"):
+        fit_ease_on_validation(X, fold_in, holdout, grid=(1e-9,), max_expand=0, precision="float32")
+    model, _ = fit_ease_on_validation(X, fold_in, holdout, grid=(1e-9,), max_expand=0, precision="float64")
+    assert model.lambda_ == 1e-9
 
 
 def test_ease_default_solve_leaves_the_gram_matrix_alone():

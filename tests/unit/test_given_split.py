@@ -46,6 +46,7 @@ def given_build(spark, tmp_path_factory):
     test_rows.append([5, 1000])  # a second line for user 5: an item no train user has
     test_rows.append([999, 1, 2])  # a user the training file does not know
     test_rows.append(["7 8 x\tbad"])  # an unreadable line
+    test_rows.append([7, test_rows[7][1]])  # a repeat of one of user 7's test pairs
     train, test = _write(tmp / "train.txt", train_rows), _write(tmp / "test.txt", test_rows)
     warehouse = str(tmp / "wh")
     config = BuildConfig(format="user-items", heldout_users=10, ab_copies=1)
@@ -57,8 +58,10 @@ def test_build_keeps_the_given_test_items_and_counts_every_row(given_build):
     manifest, warehouse, test_rows = given_build
     counts = manifest["given"]["counts"]
     assert manifest["given"]["input"]["format"]["format"] == "user-items"
-    assert counts["input_rows"] == 120 * 3 + 1 + 2 + 1 == counts["positives"] + counts["quarantined_rows"]
-    assert counts["quarantined_rows"] == 1
+    parts = ("positives", "duplicate_rows", "non_positive_rows", "quarantined_rows")
+    assert counts["input_rows"] == 120 * 3 + 1 + 2 + 1 + 1 == sum(counts[k] for k in parts)
+    assert counts["quarantined_rows"] == 1 == sum(manifest["given"]["quarantine_by_reason"].values())
+    assert counts["duplicate_rows"] == 1 and counts["non_positive_rows"] == 0
     assert counts["users"] == 120 and counts["unknown_user_positives"] == 2
     assert counts["oov"] >= 1 and counts["holdout"] + counts["oov"] == 120 * 3 + 1
     assert manifest["counts"]["quarantined_rows"] == 0  # the training file's own counts are unchanged

@@ -133,7 +133,8 @@ def to_mlflow_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def from_mlflow_metrics(metrics: Mapping[str, float]) -> MetricsReport:
-    """The report sections (test, validation) of a run's MLflow metrics: the inverse of
+    """The report sections (test, validation, and the temporal and given protocols') of a run's MLflow
+    metrics: the inverse of
     :func:`to_mlflow_metrics` on them (``test.vasp.ndcg_at_100`` -> ``report["test"]["vasp"]["ndcg@100"]``)."""
     report: dict[str, dict[str, dict[str, float]]] = {split: {} for split in (*SPLITS, *EXTRA_SECTIONS)}
     for key, value in metrics.items():

@@ -69,6 +69,10 @@ def gram_chunk_entries(X) -> int:
     return int(min(max(sums), X.shape[1] ** 2))
 
 
+class NotPositiveDefinite(ValueError):
+    """XᵀX + λI could not be factored or inverted (in float32: λ too small for the precision)."""
+
+
 def _invert_spd_in_place(A: np.ndarray) -> None:
     """Invert the symmetric positive definite Fortran-ordered ``A`` (float32/float64) in place through
     its Cholesky factor (LAPACK potrf + potri: about half the flops of a general inverse)."""
@@ -82,10 +86,12 @@ def _invert_spd_in_place(A: np.ndarray) -> None:
     with threadpool_limits(limits=1, user_api="blas") if wide else nullcontext():
         c, info = potrf(A, lower=False, overwrite_a=True, clean=False)
         if info != 0:
-            raise ValueError(f"XᵀX + λI is not positive definite (LAPACK potrf info={info}); check X and lambda_")
+            raise NotPositiveDefinite(
+                f"XᵀX + λI is not positive definite (LAPACK potrf info={info}); check X and lambda_"
+            )
         P, info = potri(c, lower=False, overwrite_c=True)
     if info != 0:
-        raise ValueError(f"inverting XᵀX + λI failed (LAPACK potri info={info})")
+        raise NotPositiveDefinite(f"inverting XᵀX + λI failed (LAPACK potri info={info})")
     if not np.shares_memory(P, A):
         raise RuntimeError("LAPACK did not invert in place")
     _mirror_upper_in_place(A)  # potri fills only the upper triangle
@@ -179,16 +185,19 @@ class EASE:
         """Fit from a precomputed Gram matrix XᵀX.
 
         By default ``G`` is not modified: the solve works in one float64 copy, so the peak is
-        ``G`` + that copy + the float32 B. With ``overwrite=True`` a float32 (or float64) ``G`` is
+        ``G`` + that copy + the float32 B. With ``overwrite=True`` a contiguous float32 ``G`` is
         factored, inverted and turned into B in place: one I×I array in all, the way a catalog too
-        wide for the float64 solve still fits (B then is ``G``'s memory, cast to float32 if needed).
+        wide for the float64 solve still fits (a float64 ``G`` is solved in place too, then B is its
+        float32 copy). Any other ``G`` with ``overwrite=True`` is refused rather than copied.
         """
         G = np.asarray(G)
         if G.ndim != 2 or G.shape[0] != G.shape[1]:
             raise ValueError(f"G must be a square Gram matrix, got shape {G.shape}")
-        if np.isnan(G).any():
-            raise ValueError("G contains NaN values")
-        if overwrite and G.dtype in (np.float32, np.float64) and (G.flags.c_contiguous or G.flags.f_contiguous):
+        if not np.isfinite(G.sum(dtype=np.float64)):  # a sum, not an I×I mask: no extra I² bytes
+            raise ValueError("G contains NaN or infinite values")
+        if overwrite:
+            if G.dtype not in (np.float32, np.float64) or not (G.flags.c_contiguous or G.flags.f_contiguous):
+                raise ValueError(f"overwrite=True needs a contiguous float32/float64 G, got {G.dtype}")
             # LAPACK works on Fortran order; a symmetric C-ordered G is the same matrix as its transpose.
             A = G if G.flags.f_contiguous else G.T
         else:
@@ -292,6 +301,16 @@ class Popularity:
         )
 
 
+def fit_ease(X, lambda_: float, precision: str = "float64") -> EASE:
+    """EASE with ``lambda_`` on ``X``, solved in ``precision`` (one of :data:`EASE_PRECISIONS`;
+    float32: the Gram matrix built in float32 and solved in place)."""
+    if precision not in EASE_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(EASE_PRECISIONS)}, got {precision!r}")
+    if precision == "float64":
+        return EASE(lambda_).fit(X)
+    return EASE(lambda_).fit_gram(EASE.gram(X, np.float32), overwrite=True)
+
+
 def fit_ease_on_validation(
     train_csr,
     val_fold_in,
@@ -327,31 +346,38 @@ def fit_ease_on_validation(
     else:
 
         def fit(lam: float) -> EASE:
-            return EASE(lam).fit_gram(EASE.gram(train_csr, np.float32), overwrite=True)
+            return fit_ease(train_csr, lam, precision)
 
     results: dict[float, float] = {}
     best: EASE | None = None
     pending, extra = list(grid), (max_expand if len(grid) > 1 else 0)
     while pending:
         lam = pending.pop(0)
-        model = fit(lam)
-        idx, _ = model.recommend(val_fold_in, k)
-        results[lam] = float(np.nanmean(ndcg_at_k(idx, val_holdout, k)))
-        log.info(
-            "EASE λ search %d/%d: λ=%g, validation nDCG@%d %.4f",
-            len(results),
-            len(results) + len(pending),
-            lam,
-            k,
-            results[lam],
-        )
-        if best is None or results[lam] > results[best.lambda_]:
-            best = model
-        del model  # a losing solution is freed before the next λ is solved
-        edge = best.lambda_
+        try:
+            model = fit(lam)
+        except NotPositiveDefinite as error:  # a float32 factor can break down at a small λ: it loses
+            log.warning("EASE λ search: λ=%g skipped (%s)", lam, error)
+            results[lam] = float("nan")
+        else:
+            idx, _ = model.recommend(val_fold_in, k)
+            results[lam] = float(np.nanmean(ndcg_at_k(idx, val_holdout, k)))
+            log.info(
+                "EASE λ search %d/%d: λ=%g, validation nDCG@%d %.4f",
+                len(results),
+                len(results) + len(pending),
+                lam,
+                k,
+                results[lam],
+            )
+            if best is None or results[lam] > results[best.lambda_]:
+                best = model
+            del model  # a losing solution is freed before the next λ is solved
+        edge = best.lambda_ if best is not None else None
         if not pending and extra and edge in (min(results), max(results)):  # step past the optimum's edge
             pending.append(edge / 3.0 if edge == min(results) else edge * 3.0)
             extra -= 1
+    if best is None:
+        raise NotPositiveDefinite(f"no λ of {sorted(results)} could be solved in {precision}")
     return best, results
 
 

@@ -67,8 +67,9 @@ def dense_params(items: int, config: VaspConfig) -> int:
 def ease_solve_bytes(n: int, precision: str = "float64", gram_entries: int | None = None) -> int:
     """Peak bytes of EASE's λ search over ``n`` items (:func:`vasp_model.recommenders.baselines.fit_ease_on_validation`).
 
-    float64: the Gram matrix, then the larger of a sparse XᵀX chunk and (its float64 copy + the new
-    solution + the best and the previous λ's solutions). float32: the best λ's solution held while the
+    float64: the Gram matrix, then the larger of a sparse XᵀX chunk and (its float64 copy + three
+    float32 I×I arrays: the new solution, the best λ's, and one more as a margin). float32: the best
+    λ's solution held while the
     next Gram matrix (solved in place) is built from sparse chunks. ``gram_entries`` bounds a chunk's
     entries (:func:`vasp_model.recommenders.baselines.gram_chunk_entries`; None: every I² pair).
     """
