@@ -10,7 +10,9 @@ once; a step then only ships the flat column indices of its contiguous row range
 fixed size, int32) and the device scatters them into the dense [2048, I] inputs/targets inside the
 jitted step, so the host never builds dense rows. A background thread keeps two batches in flight.
 Two modes are timed: ``device`` (the above, a stateless JAX train step with the Keras optimizer)
-and ``fit`` (plain ``model.fit`` on host-densified batches, the baseline).
+and ``fit`` (plain ``model.fit`` on host-densified batches, the baseline). ``--model-devices N``
+runs ``fit`` with the item axis split over N devices (``vasp_model.train.sharding``): on CPU,
+``XLA_FLAGS=--xla_force_host_platform_device_count=4`` gives four virtual devices to try it.
 
 FLOPs per row: forward matmuls (``vasp_model.nn.model.flops_per_row``) × 3 (forward + backward).
 The GPU machine has no TensorFlow: bring keras (+ namex, optree) wheels; this file needs only
@@ -20,6 +22,7 @@ keras, jax, numpy and scipy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -158,6 +161,12 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="Untimed steps (compilation).")
     parser.add_argument("--precision", default="mixed_bfloat16", help="Keras dtype policy.")
     parser.add_argument("--modes", default="device,fit", help="Comma list of modes: device, fit.")
+    parser.add_argument(
+        "--model-devices",
+        type=int,
+        default=1,
+        help="fit mode: split the item axis over this many devices (vasp_model.train.sharding; JAX).",
+    )
     args = parser.parse_args(argv)
     if args.small:
         args.users, args.items, args.batch_users, args.steps, args.warmup = 600, 300, 32, 5, 2
@@ -169,6 +178,7 @@ def main(argv=None) -> int:
     from vasp_model.nn.losses import FocalLoss
     from vasp_model.nn.model import build_model, flops_per_row
     from vasp_model.train.batches import ABBatches, make_dataset
+    from vasp_model.train.sharding import item_parallel, weight_bytes_per_device
 
     backend = keras.backend.backend()
     keras.config.set_dtype_policy(args.precision)
@@ -247,9 +257,7 @@ def main(argv=None) -> int:
 
     if "fit" in modes:
         keras.utils.set_random_seed(0)
-        model = build_model(args.items, config.model, seed=0)
-        model.compile(optimizer=keras.optimizers.Nadam(1e-4), loss=loss, jit_compile=True)
-        plan = ABBatches([(a, b)], args.batch_users, seed=0)
+        scope = item_parallel(args.model_devices).scope() if args.model_devices > 1 else contextlib.nullcontext()
         times = []
 
         class Timer(keras.callbacks.Callback):
@@ -259,11 +267,21 @@ def main(argv=None) -> int:
             def on_train_batch_end(self, batch, logs=None):
                 times.append(time.perf_counter() - self.t0)
 
-        model.fit(
-            make_dataset(plan), steps_per_epoch=args.warmup + args.steps, epochs=1, callbacks=[Timer()], verbose=0
-        )
+        with scope:
+            model = build_model(args.items, config.model, seed=0)
+            model.compile(optimizer=keras.optimizers.Nadam(1e-4), loss=loss, jit_compile=True)
+            plan = ABBatches([(a, b)], args.batch_users, seed=0)
+            model.fit(
+                make_dataset(plan), steps_per_epoch=args.warmup + args.steps, epochs=1, callbacks=[Timer()], verbose=0
+            )
         ms = 1000 * float(np.median(times[args.warmup :]))
-        results["fit_mode"] = {"ms_per_step": round(ms, 2), "tflops": round(flops_step / (ms / 1000) / 1e12, 2)}
+        results["fit_mode"] = {
+            "ms_per_step": round(ms, 2),
+            "tflops": round(flops_step / (ms / 1000) / 1e12, 2),
+            "model_devices": args.model_devices,
+            "kernel_devices": len(model.ease.kernel.value.sharding.device_set) if backend == "jax" else 1,
+            "weight_gib_per_device": round(weight_bytes_per_device(args.items, config, args.model_devices) / 2**30, 3),
+        }
         print(f"model.fit (host-dense batches): {ms:.2f} ms/step, {results['fit_mode']['tflops']:.2f} TFLOP/s")
     print(json.dumps(results))
     return 0
