@@ -52,8 +52,8 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
-def test_the_item_axis_splits_over_virtual_devices_and_trains():
+def _run(script: str, *args: str) -> dict:
+    """``script`` on JAX with four virtual CPU devices, in a subprocess; its ``RESULT`` JSON line."""
     env = {
         **os.environ,
         "KERAS_BACKEND": "jax",
@@ -63,10 +63,15 @@ def test_the_item_axis_splits_over_virtual_devices_and_trains():
     }
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True, text=True, timeout=900
+        [sys.executable, "-c", script, *args], env=env, cwd=root, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT ") :])
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT ") :])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_the_item_axis_splits_over_virtual_devices_and_trains():
+    got = _run(SCRIPT)
     assert got["devices"] == 4
     assert got["max_score_difference"] < 1e-5  # the same weights score the same, split or not
     shards = got["shards"]
@@ -78,6 +83,66 @@ def test_the_item_axis_splits_over_virtual_devices_and_trains():
     assert got["kernel_devices"] == 4  # still split after the fit
     assert all(loss == loss for loss in got["loss"]) and got["loss"][-1] < got["loss"][0]
     assert got["diag_max"] == 0.0
+
+
+TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from vasp_model.core.config import make_config
+    from vasp_model.data.features import Features
+    from vasp_model.recommenders.bundle import ModelBundle
+    from vasp_model.train.trainer import train
+
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 2, 300)
+    X = np.zeros((300, 40), np.float32)
+    for u, g in enumerate(groups):  # two taste groups: something to learn
+        X[u, rng.choice(np.arange(g * 20, g * 20 + 20), 8, replace=False)] = 1
+    features = Features.from_matrix(X, n_heldout_users=30, n_copies=2, seed=0)
+    train_overrides = {"epochs": (3,), "learning_rates": (1e-2,), "model_devices": 4}
+    config = make_config("tiny", {"ease_init": "closed_form"}, train_overrides, env={})
+    result = train(features, config, verbose=0)
+    kernel = result.bundle.model.ease.kernel.value
+    result.bundle.save(sys.argv[1])
+    loaded = ModelBundle.load(sys.argv[1])
+    fold_in = features.test.fold_in
+    from vasp_model.train.sharding import training_scope
+    try:
+        training_scope(8)
+        refusal = None
+    except ValueError as error:
+        refusal = str(error)
+    print("RESULT " + json.dumps({
+        "refusal": refusal,
+        "kernel_shards": sorted({tuple(s.data.shape) for s in kernel.addressable_shards}),
+        "kernel_devices": len(kernel.sharding.device_set),
+        "test": {name: m["ndcg@100"] for name, m in result.metrics["test"].items()},
+        "saved_scores_match": bool(np.allclose(loaded.scores(fold_in), result.bundle.scores(fold_in), atol=1e-5)),
+    }))
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_vasp_train_with_model_devices_fits_scores_and_saves_a_split_model(tmp_path):
+    got = _run(TRAIN_SCRIPT, str(tmp_path / "bundle"))
+    assert got["kernel_devices"] == 4 and got["kernel_shards"] == [[40, 10]]  # 40 items over 4 devices
+    assert got["test"]["vasp"] > got["test"]["popularity"]
+    assert got["saved_scores_match"]  # the saved bundle is whole: it loads and scores on one device
+    assert got["refusal"] == "model_devices=8, but the backend lists 4 device(s)"
+
+
+def test_model_devices_needs_jax_and_a_positive_count():
+    import keras
+
+    from vasp_model.train.sharding import training_scope
+
+    if keras.backend.backend() != "jax":  # the default: TensorFlow
+        with pytest.raises(ValueError, match="needs the JAX backend"):
+            training_scope(2)
+    with pytest.raises(ValueError, match="model_devices must be > 0"):
+        make_config("tiny", train_overrides={"model_devices": 0}, env={})
 
 
 def test_item_parallel_refuses_a_mesh_that_does_not_divide():

@@ -95,6 +95,8 @@ class TrainConfig:
     seed: int = 42
     jit_compile: bool = True
     eval_batch_users: int = 1024  # users per forward pass when scoring
+    # split the item axis (Neural EASE by columns, ...) over this many devices: vasp_model.train.sharding
+    model_devices: int = 1
 
     def __post_init__(self) -> None:
         _positive("batch_users", self.batch_users)
@@ -119,6 +121,7 @@ class TrainConfig:
         if not 0.0 < self.warm_epochs <= 1.0:
             raise ValueError(f"warm_epochs must be in (0, 1], got {self.warm_epochs!r}")
         _positive("eval_batch_users", self.eval_batch_users)
+        _positive("model_devices", self.model_devices)
 
     def batch_users_for(self, n_users: int) -> int:
         """Users per direction in a step for ``n_users`` train users: ``batch_users``, or fewer so that an

@@ -56,6 +56,11 @@ TRAIN_FLAGS = {
     "--patience": ("patience", int, "Early stopping patience in epochs on validation nDCG@100 (default off)."),
     "--seed": ("seed", int, "Random seed (batches, initialization, sampling)."),
     "--warm-epochs": ("warm_epochs", float, "Share of every phase's epochs a warm-started run trains (default 0.25)."),
+    "--model-devices": (
+        "model_devices",
+        int,
+        "Split the item axis over this many devices (JAX backend; for a catalog too wide for one; default 1).",
+    ),
 }
 
 

@@ -50,6 +50,23 @@ def item_parallel(model_devices: int, devices: list[str] | None = None) -> Any:
     return keras.distribution.ModelParallel(layout_map=layout, batch_dim_name=MESH_AXES[0])
 
 
+def training_scope(model_devices: int) -> Any:
+    """The scope ``vasp train`` builds, fits and scores in: :func:`item_parallel` over the first
+    ``model_devices`` devices (the item axis only: every batch whole on each), or no scope for 1."""
+    import contextlib
+
+    import keras
+
+    if model_devices == 1:
+        return contextlib.nullcontext()
+    if keras.backend.backend() != "jax":
+        raise ValueError(f"model_devices={model_devices} needs the JAX backend (KERAS_BACKEND=jax)")
+    devices = keras.distribution.list_devices()
+    if len(devices) < model_devices:
+        raise ValueError(f"model_devices={model_devices}, but the backend lists {len(devices)} device(s)")
+    return item_parallel(model_devices, devices[:model_devices]).scope()
+
+
 def weight_bytes_per_device(n_items: int, config, model_devices: int) -> int:
     """float32 bytes of VASP's weights on one device when the item axis is split ``model_devices``
     ways (the items-wide ones divided, the rest replicated); the optimizer's slots scale the same."""

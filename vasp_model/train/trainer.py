@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from vasp_model.core.config import VaspConfig, config_to_dict
+from vasp_model.train.sharding import training_scope
 
 
 @dataclasses.dataclass
@@ -72,22 +73,25 @@ def train(
     keras.utils.set_random_seed(tc.seed)
     batch_users = tc.batch_users_for(features.ab_copies[0][0].shape[0])
     plan = ABBatches(features.ab_copies, batch_users, seed=tc.seed, n_items=n_items)
-    bundle = _build_bundle(features, config, n_items)
-    if checkpoint_dir:
-        os.makedirs(checkpoint_dir, exist_ok=True)
-    mapping = None
-    if init_from is not None:
-        from vasp_model.train.warm_start import ItemMapping
+    with training_scope(tc.model_devices):  # the weights are created (and stay) split over the devices
+        bundle = _build_bundle(features, config, n_items)
+        if checkpoint_dir:
+            os.makedirs(checkpoint_dir, exist_ok=True)
+        mapping = None
+        if init_from is not None:
+            from vasp_model.train.warm_start import ItemMapping
 
-        mapping = ItemMapping.by_id(init_from.item_ids, bundle.item_ids)
-    if not (checkpoint_dir and os.path.exists(_backup_dir(checkpoint_dir))):  # a resumed fit loads its weights
-        _warm_start(bundle.model, features.train, plan, config, verbose, timings, init_from, mapping)
-    history, best_epoch = _fit(bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings)
-    by_split, per_user, ease_choice, ease = (
-        _evaluate(bundle, features, config, evaluate_baselines, timings, ease_precision)
-        if evaluate
-        else ({}, {}, {}, None)
-    )
+            mapping = ItemMapping.by_id(init_from.item_ids, bundle.item_ids)
+        if not (checkpoint_dir and os.path.exists(_backup_dir(checkpoint_dir))):  # a resumed fit loads its weights
+            _warm_start(bundle.model, features.train, plan, config, verbose, timings, init_from, mapping)
+        history, best_epoch = _fit(
+            bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings
+        )
+        by_split, per_user, ease_choice, ease = (
+            _evaluate(bundle, features, config, evaluate_baselines, timings, ease_precision)
+            if evaluate
+            else ({}, {}, {}, None)
+        )
     timings["total_seconds"] = time.perf_counter() - start
 
     metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items}
