@@ -41,7 +41,8 @@ ENV AIRFLOW__CORE__LOAD_EXAMPLES=False \
     VASP_HOME=/opt/airflow/run \
     VASP_WAREHOUSE=/data/warehouse \
     VASP_SPARK_PY_FILES=/opt/airflow/vasp-dist/vasp_pipeline-0.1.0-py3-none-any.zip \
-    TF_CPP_MIN_LOG_LEVEL=2
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    TF_ENABLE_ONEDNN_OPTS=0
 COPY --chown=airflow:root dags /opt/airflow/dags
 # SimpleAuthManager's passwords file lives here (a volume in the compose stack: the image's ownership carries over)
 RUN mkdir -p /opt/airflow/auth

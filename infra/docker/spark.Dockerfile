@@ -35,7 +35,8 @@ RUN pip install --no-cache-dir "pyspark==${SPARK_VERSION}" -r /tmp/dist/requirem
 ENV SPARK_HOME=/usr/local/lib/python3.11/site-packages/pyspark \
     PYSPARK_PYTHON=python3 \
     SPARK_NO_DAEMONIZE=1 \
-    TF_CPP_MIN_LOG_LEVEL=2
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    TF_ENABLE_ONEDNN_OPTS=0
 ENV PATH=$SPARK_HOME/bin:$PATH
 # uid 50000 / gid 0 = the official Airflow image's user: the Spark executors and the Airflow-side
 # driver write into the same shared warehouse volume, so they must be the same user.

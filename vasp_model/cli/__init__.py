@@ -16,6 +16,7 @@ import sys
 from types import ModuleType
 
 from vasp_model.cli import build, promote, recommend, report, run, score, synth, train, tune
+from vasp_model.core import defaults
 from vasp_model.core.errors import CLEAR_ERRORS
 
 SUBCOMMANDS: dict[str, ModuleType] = {
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         _configure_logging()
+        defaults.quiet_tensorflow()
         return int(command.run(args) or 0)
     except CLEAR_ERRORS as exc:  # bad input or config, a full disk, a locked date, the tracking server: one line
         print(f"vasp {name}: error: {exc}", file=sys.stderr)

@@ -97,7 +97,7 @@ def embedded_environment(home: str | None = None, warehouse: str | None = None) 
         "VASP_INPUT_POKE_S": "5",
         "VASP_SENSOR_MODE": "poke",
         "SPARK_LOCAL_IP": "127.0.0.1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **defaults.TENSORFLOW_ENV,
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per download, in a log
     }.items():
         env.setdefault(key, os.environ.get(key, value))

@@ -12,6 +12,19 @@ from __future__ import annotations
 
 import os
 
+# TensorFlow's C++ INFO and WARNING lines off, and oneDNN's custom ops off: TensorFlow announces them
+# ("oneDNN custom operations are on", on CPUs with AVX512 or AMX) through absl before any log level
+# applies, which would put lines before a command's one-line error. XLA-compiled train steps (the
+# default) do not use them; TF_ENABLE_ONEDNN_OPTS=1 turns them back on.
+TENSORFLOW_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def quiet_tensorflow() -> None:
+    """Set :data:`TENSORFLOW_ENV` where the environment does not say otherwise (before TensorFlow loads;
+    Spark's Python workers and child processes inherit it)."""
+    for key, value in TENSORFLOW_ENV.items():
+        os.environ.setdefault(key, value)
+
 
 def run_dir() -> str:
     return os.path.abspath(os.environ.get("VASP_HOME", "run"))

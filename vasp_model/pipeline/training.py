@@ -328,7 +328,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", "tensorflow") != config.backend:
             raise ValueError(f"--backend {config.backend}: keras is already imported with another backend")
         os.environ["KERAS_BACKEND"] = config.backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    defaults.quiet_tensorflow()
 
     from vasp_model.core.settings import as_params
     from vasp_model.data.features import lineage, load_features

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
 import time
 from collections import Counter
@@ -152,7 +151,7 @@ def tuned_config(warehouse: str, date: str) -> VaspConfig:
 @locked("tune")
 def tune_stage(config: TuneStageConfig) -> dict[str, Any]:
     """Stage ``tune``: run the study on validation users, publish ``tuning/dt=D``, log it; returns the summary."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    defaults.quiet_tensorflow()
 
     from vasp_model.core.config import config_to_dict, make_config
     from vasp_model.core.settings import as_params
