@@ -1,6 +1,11 @@
 """Training speed of the ``cpu`` preset on ML-1M: epoch time, rows/s, GFLOP/s vs this machine's matmul peak.
 
-    python bench/train.py [--epochs 3] [--backend tensorflow|jax] [--warehouse W --date D]
+    python bench/train.py [--epochs 3] [--backend tensorflow|jax] [--jit auto|true|false] [--warehouse W --date D]
+    python bench/train.py --compare      # the product default beside the other backends/XLA choices, one run
+
+``--compare`` times, one after the other in fresh processes: TensorFlow with ``jit_compile="auto"``
+(the product default), TensorFlow with XLA forced on, and JAX; it prints each one's epoch time as a
+ratio to the fastest and its fraction of the matmul peak measured in that process.
 
 Without ``--warehouse`` the ML-1M split is built in memory from ``../shared/data/ml-1m/ratings.csv``
 (rating > 3.5, vae_cf protocol, 600 + 600 held-out users; the same protocol as ``vasp build``).
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -68,13 +74,19 @@ def main(argv=None) -> int:
     parser.add_argument("--warehouse", default=None, help="Read features/dt=D from this warehouse instead.")
     parser.add_argument("--date", default=None, help="Date of the features in --warehouse.")
     parser.add_argument("--ratings", default=ML1M, help="ML-1M ratings.csv (when no --warehouse).")
+    parser.add_argument("--jit", default=None, help="jit_compile: auto, true or false (default: the preset's).")
+    parser.add_argument("--compare", action="store_true", help="Time the default beside the alternatives.")
     args = parser.parse_args(argv)
-    if args.backend:
-        os.environ["KERAS_BACKEND"] = args.backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not args.warehouse and not os.path.exists(args.ratings):
         print(f"skip: {args.ratings} not found", file=sys.stderr)
         return 0
+    if args.compare:
+        return compare(args, argv or sys.argv[1:])
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+    from vasp_model.core.defaults import quiet_tensorflow
+
+    quiet_tensorflow()
 
     import keras
     import numpy as np
@@ -85,7 +97,7 @@ def main(argv=None) -> int:
     from vasp_model.train.batches import ABBatches, epoch_setter, make_dataset
 
     features = load(args)
-    config = make_config(args.preset)
+    config = make_config(args.preset, train_overrides={"jit_compile": args.jit})
     mc, tc = config.model, config.train
     peak = matmul_peak()
 
@@ -113,6 +125,7 @@ def main(argv=None) -> int:
     feed_s = time.perf_counter() - t0
     result = {
         "backend": keras.backend.backend(),
+        "jit_compile": model.jit_compile,
         "preset": args.preset,
         "items": features.n_items,
         "train_users": int(features.train.shape[0]),
@@ -129,11 +142,36 @@ def main(argv=None) -> int:
         "fraction_of_peak": round(gflops / peak["peak_gflops"], 3),
     }
     print(
-        f"{result['backend']} {args.preset}: epoch {epoch_s:.2f}s (first {times[0]:.1f}s), "
+        f"{result['backend']} (XLA {'on' if model.jit_compile else 'off'}) {args.preset}: epoch {epoch_s:.2f}s (first {times[0]:.1f}s), "
         f"{result['rows_per_s']:.0f} rows/s, {gflops:.1f} GFLOP/s = {result['fraction_of_peak']:.0%} of the "
         f"{peak['peak_gflops']:.1f} GFLOP/s matmul peak"
     )
     print(json.dumps(result))
+    return 0
+
+
+VARIANTS = (("tensorflow", "auto", "the default"), ("tensorflow", "true", "XLA forced on"), ("jax", "auto", "JAX"))
+
+
+def compare(args, argv) -> int:
+    """Each variant in a fresh process (one backend per process), then the epoch times side by side."""
+    passed = [a for a in argv if a not in ("--compare",)]
+    results = []
+    for backend, jit, label in VARIANTS:
+        cmd = [sys.executable, os.path.abspath(__file__), *passed, "--backend", backend, "--jit", jit]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+        if out.returncode or not lines:
+            print(f"{label}: failed (exit {out.returncode}): {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            return 1
+        results.append((label, json.loads(lines[-1])))
+    fastest = min(r["epoch_s_median"] for _, r in results)
+    for label, r in results:
+        print(
+            f"{label:>14}: {r['backend']}, XLA {'on' if r['jit_compile'] else 'off'}: epoch {r['epoch_s_median']:.2f} s "
+            f"= {r['epoch_s_median'] / fastest:.2f}x the fastest, {r['fraction_of_peak']:.0%} of the matmul peak"
+        )
+    print(json.dumps({"compare": [dict(r, variant=label) for label, r in results]}))
     return 0
 
 

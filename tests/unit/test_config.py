@@ -43,11 +43,24 @@ def test_override_order_preset_env_explicit():
         ({}, {"epochs": (1, 2), "learning_rates": (1e-3,)}, "learning_rates"),
         ({}, {"optimizer": "sgd"}, "optimizer"),
         ({}, {"patience": 0}, "patience"),
+        ({}, {"jit_compile": "maybe"}, "jit_compile"),
     ],
 )
 def test_invalid_values_name_the_field(model, train, field):
     with pytest.raises(ConfigError, match=field):
         make_config("cpu", model, train, env={})
+
+
+def test_xla_is_keras_own_choice_unless_set():
+    assert make_config("cpu", env={}).train.jit_compile == "auto"
+    assert make_config("tiny", env={}).train.jit_compile is False
+    words = {"auto": "auto", "AUTO": "auto", "true": True, "on": True, "1": True, "off": False, "false": False}
+    for word, value in words.items():  # bool | str from the environment: a bool word is a bool, else the string
+        assert make_config("cpu", env={"VASP_JIT_COMPILE": word}).train.jit_compile == value
+    assert make_config("cpu", train_overrides={"jit_compile": True}, env={}).train.jit_compile is True
+    assert make_config("cpu", env={"VASP_MAX_ITEMS": "none"}).model.max_items is None  # int | None keeps reading
+    with pytest.raises(ConfigError, match="VASP_MAX_ITEMS"):
+        make_config("cpu", env={"VASP_MAX_ITEMS": "many"})
 
 
 def test_unknown_preset_and_option():

@@ -431,3 +431,17 @@ def test_train_solves_the_ease_baseline_in_the_precision_it_is_given(small_featu
     assert bounded.metrics["test"]["ease"]["ndcg@100"] == pytest.approx(
         exact.metrics["test"]["ease"]["ndcg@100"], abs=1e-4
     )
+
+
+def test_the_train_step_takes_keras_own_xla_choice_unless_configured():
+    from vasp_model.train.trainer import _compile
+
+    cpu_only = all(str(d).lower().startswith("cpu") for d in keras.distribution.list_devices())
+    model = build_model(9, TINY, seed=0)
+    _compile(model, make_config("cpu", env={}), 1e-3)  # "auto"
+    if keras.backend.backend() == "tensorflow" and cpu_only:
+        assert model.jit_compile is False  # XLA's CPU code trains slower than TensorFlow's own kernels here
+    elif keras.backend.backend() == "jax":
+        assert model.jit_compile is True
+    _compile(model, make_config("cpu", train_overrides={"jit_compile": False}, env={}), 1e-3)
+    assert model.jit_compile is False

@@ -24,6 +24,17 @@ from typing import Any
 from vasp_model.core.settings import ConfigError, build_config
 
 OPTIMIZERS = ("nadam", "adam", "adamw")
+_JIT_WORDS = {
+    "auto": "auto",
+    "true": True,
+    "on": True,
+    "1": True,
+    "yes": True,
+    "false": False,
+    "off": False,
+    "0": False,
+    "no": False,
+}
 EASE_INITS = ("zeros", "glorot_uniform", "closed_form")
 
 
@@ -93,7 +104,9 @@ class TrainConfig:
     # and no Neural EASE warm-up: see warm_schedule
     warm_epochs: float = 0.25
     seed: int = 42
-    jit_compile: bool = True
+    # XLA for the train step: "auto" is Keras' own choice (on for JAX and for TensorFlow with an accelerator;
+    # off for TensorFlow on CPU only, where XLA's CPU code trains slower than TensorFlow's kernels), or True/False
+    jit_compile: bool | str = "auto"
     eval_batch_users: int = 1024  # users per forward pass when scoring
     # split the item axis (Neural EASE by columns, ...) over this many devices: vasp_model.train.sharding
     model_devices: int = 1
@@ -122,6 +135,10 @@ class TrainConfig:
             raise ValueError(f"warm_epochs must be in (0, 1], got {self.warm_epochs!r}")
         _positive("eval_batch_users", self.eval_batch_users)
         _positive("model_devices", self.model_devices)
+        jit = self.jit_compile if isinstance(self.jit_compile, bool) else _JIT_WORDS.get(str(self.jit_compile).lower())
+        if jit is None:
+            raise ValueError(f"jit_compile must be auto, true or false, got {self.jit_compile!r}")
+        object.__setattr__(self, "jit_compile", jit)
 
     def batch_users_for(self, n_users: int) -> int:
         """Users per direction in a step for ``n_users`` train users: ``batch_users``, or fewer so that an

@@ -29,7 +29,12 @@ def _coerce(value: str, kind: Any, name: str) -> Any:
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         if value.strip().lower() in ("", "none", "null"):
             return None
-        kind = args[0]
+        *others, kind = args
+        for member in others:  # the first member that reads the value (``bool | str``: "true" a bool, "auto" a str)
+            try:
+                return _coerce(value, member, name)
+            except ConfigError:
+                continue
     try:
         if kind is bool:
             lowered = value.strip().lower()

@@ -103,7 +103,7 @@ def training_memory(
     phases = {"fit": fit, "baselines": held + ease_solve_bytes(catalog_items, ease_precision, gram_entries)}
     if m.ease_init == "closed_form":
         phases["closed_form_init"] = weights + ease_solve_bytes(items, "float64", gram_entries)
-    runtime = RUNTIME_BYTES + (JIT_BYTES if t.jit_compile else 0)
+    runtime = RUNTIME_BYTES + (0 if t.jit_compile is False else JIT_BYTES)  # "auto" may compile
     return TrainingMemory(items, catalog_items, {k: v + runtime for k, v in phases.items()})
 
 
