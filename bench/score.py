@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import statistics
@@ -231,7 +232,10 @@ def synthetic_population(warehouse: str, date: str, n_users: int, n_items: int, 
     for table in ("interactions", "consumed"):
         os.makedirs(f"{base}/{table}")
         pq.write_table(interactions, f"{base}/{table}/part-0.parquet")
-    storage.publish(staging, final, {"synthetic": True, "users": n_users, "items": n_items})
+    digest = hashlib.sha256(users.tobytes() + items.tobytes()).hexdigest()  # the input: these events
+    manifest = {"schema_version": layout.SCHEMA_VERSION, "synthetic": True, "users": n_users, "items": n_items}
+    manifest["input"] = {"uri": f"synthetic://20m-shaped?users={n_users}&items={n_items}&seed={seed}", "sha256": digest}
+    storage.publish(staging, final, manifest)
     return int(counts.sum())
 
 
@@ -421,7 +425,9 @@ def main(argv=None) -> int:
     if not ML1M.exists():
         print(f"ML-1M not found at {ML1M}", file=sys.stderr)
         return 1
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from vasp_model.core.defaults import quiet_tensorflow
+
+    quiet_tensorflow()  # TensorFlow as `vasp score` runs it
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("VASP_HOME", args.workdir)
 

@@ -164,8 +164,11 @@ def test_ease_in_place_float32_solve_matches_float64(order):
     assert G.dtype == np.float32
     got = EASE(7.0).fit_gram(G, overwrite=True).B
     assert np.shares_memory(got, G) and got.dtype == np.float32
-    np.testing.assert_allclose(got, EASE(7.0).fit(X).B, rtol=1e-4, atol=1e-6)
+    reference = EASE(7.0).fit(X).B
+    np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-6)
     assert np.all(np.diag(got) == 0)
+    # C order either way (scoring multiplies CSR rows by B: an F-ordered B would be copied per call)
+    assert got.flags.c_contiguous and reference.flags.c_contiguous
 
 
 def test_ease_in_place_solve_refuses_a_gram_matrix_it_would_have_to_copy():

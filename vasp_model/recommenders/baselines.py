@@ -204,9 +204,13 @@ class EASE:
             A = np.array(G, dtype=np.float64, order="F", copy=True)
         A[np.diag_indices_from(A)] += self.lambda_
         _invert_spd_in_place(A)
-        A /= -np.diag(A).copy()  # B_ij = -P_ij / P_jj
-        A[np.diag_indices_from(A)] = 0.0
-        self.B = A if A.dtype == np.float32 else A.astype(np.float32)
+        # B in C order, as scoring reads it (row i: what item i adds to every score); P is symmetric, so
+        # A's C-ordered transpose is P in C order, with no copy. (SciPy's CSR x dense product copies an
+        # F-ordered B whole on every call.)
+        P = A.T
+        P /= -np.diag(P).copy()  # B_ij = -P_ij / P_jj
+        P[np.diag_indices_from(P)] = 0.0
+        self.B = P if P.dtype == np.float32 else P.astype(np.float32)
         return self
 
     def scores(self, user_items) -> np.ndarray:
