@@ -155,7 +155,7 @@ VARIANTS = (("tensorflow", "auto", "the default"), ("tensorflow", "true", "XLA f
 
 def compare(args, argv) -> int:
     """Each variant in a fresh process (one backend per process), then the epoch times side by side."""
-    passed = [a for a in argv if a not in ("--compare",)]
+    passed = [a for a in argv if a != "--compare"]
     results = []
     for backend, jit, label in VARIANTS:
         cmd = [sys.executable, os.path.abspath(__file__), *passed, "--backend", backend, "--jit", jit]

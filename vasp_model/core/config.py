@@ -21,20 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vasp_model.core.settings import ConfigError, build_config
+from vasp_model.core.settings import ConfigError, build_config, read_bool
 
 OPTIMIZERS = ("nadam", "adam", "adamw")
-_JIT_WORDS = {
-    "auto": "auto",
-    "true": True,
-    "on": True,
-    "1": True,
-    "yes": True,
-    "false": False,
-    "off": False,
-    "0": False,
-    "no": False,
-}
 EASE_INITS = ("zeros", "glorot_uniform", "closed_form")
 
 
@@ -135,10 +124,14 @@ class TrainConfig:
             raise ValueError(f"warm_epochs must be in (0, 1], got {self.warm_epochs!r}")
         _positive("eval_batch_users", self.eval_batch_users)
         _positive("model_devices", self.model_devices)
-        jit = self.jit_compile if isinstance(self.jit_compile, bool) else _JIT_WORDS.get(str(self.jit_compile).lower())
-        if jit is None:
-            raise ValueError(f"jit_compile must be auto, true or false, got {self.jit_compile!r}")
-        object.__setattr__(self, "jit_compile", jit)
+        if not isinstance(self.jit_compile, bool):
+            if str(self.jit_compile).strip().lower() == "auto":
+                object.__setattr__(self, "jit_compile", "auto")
+            else:
+                try:
+                    object.__setattr__(self, "jit_compile", read_bool(self.jit_compile))
+                except ValueError:
+                    raise ValueError(f"jit_compile must be auto, true or false, got {self.jit_compile!r}") from None
 
     def batch_users_for(self, n_users: int) -> int:
         """Users per direction in a step for ``n_users`` train users: ``batch_users``, or fewer so that an

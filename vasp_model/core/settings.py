@@ -23,6 +23,16 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid."""
 
 
+def read_bool(text: str) -> bool:
+    """``1/true/yes/on`` -> True, ``0/false/no/off`` -> False (any case); else ValueError."""
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
 def _coerce(value: str, kind: Any, name: str) -> Any:
     origin = typing.get_origin(kind)
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
@@ -37,12 +47,7 @@ def _coerce(value: str, kind: Any, name: str) -> Any:
                 continue
     try:
         if kind is bool:
-            lowered = value.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
+            return read_bool(value)
         if kind in (int, float, str):
             return kind(value)
         if typing.get_origin(kind) is tuple:
