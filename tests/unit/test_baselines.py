@@ -237,7 +237,7 @@ def test_wide_solves_run_on_one_blas_thread(monkeypatch):
     monkeypatch.setattr(scipy.linalg, "get_lapack_funcs", recording)
     X, _ = checkerboard()
     expected = EASE(3.0).fit(X).B
-    monkeypatch.setattr(baselines, "THREADED_SOLVE_MAX_ITEMS", X.shape[1] - 1)
+    monkeypatch.setattr(baselines, "THREADED_SOLVE_MAX_ROW_BYTES", X.shape[1] * 8 - 1)
     np.testing.assert_allclose(EASE(3.0).fit(X).B, expected, rtol=1e-6)
     assert seen[-1] == 1
 

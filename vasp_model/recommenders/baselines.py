@@ -23,10 +23,12 @@ from vasp_model.evaluation.protocol import evaluate_recommender
 log = logging.getLogger(__name__)
 
 DEFAULT_EASE_GRID = (100.0, 300.0, 1000.0, 3000.0)
-# OpenBLAS's threaded Cholesky (potrf) writes out of bounds on very wide matrices: it crashed the
-# process at 41k items (OpenBLAS 0.3.31, scipy's and numpy's builds alike) while the one-thread
-# path completes. Wider solves run on one BLAS thread.
-THREADED_SOLVE_MAX_ITEMS = 32_768
+# OpenBLAS's threaded Cholesky (potrf) writes out of bounds on wide matrices, by the bytes of a row:
+# on two threads it crashed the process from 15,625 float64 items (125,000 bytes a row; 15,500
+# passed) and at 41k float32 items (OpenBLAS 0.3.30/0.3.31, scipy's and numpy's builds alike), while
+# the one-thread path completes. Rows wider than this limit (a margin below the crash) are solved on
+# one BLAS thread: float64 above 12,288 items, float32 above 24,576.
+THREADED_SOLVE_MAX_ROW_BYTES = 96 * 1024
 GRAM_CHUNK_USERS = 16_384  # users per sparse XᵀX product when the Gram matrix is built
 # How the λ search solves EASE: float64 keeps one Gram matrix and solves each λ in a float64 copy;
 # float32 rebuilds the Gram matrix for each λ and solves it in place (two I×I float32 arrays at
@@ -82,7 +84,7 @@ def _invert_spd_in_place(A: np.ndarray) -> None:
     from threadpoolctl import threadpool_limits
 
     potrf, potri = get_lapack_funcs(("potrf", "potri"), (A,))
-    wide = A.shape[0] > THREADED_SOLVE_MAX_ITEMS
+    wide = A.shape[0] * A.itemsize > THREADED_SOLVE_MAX_ROW_BYTES
     with threadpool_limits(limits=1, user_api="blas") if wide else nullcontext():
         c, info = potrf(A, lower=False, overwrite_a=True, clean=False)
         if info != 0:
