@@ -51,7 +51,8 @@ def _vasp(*args: str) -> list[str]:
 
 
 def _run(cmd: list[str], log: str) -> float:
-    """Run ``cmd`` (output to ``log``); returns its peak RSS in GiB (the largest of it and its children)."""
+    """Run ``cmd`` (output to ``log``); returns its peak RSS in GiB (the largest of it and the children it
+    waited for: not a Spark JVM, which pyspark leaves unreaped)."""
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
     with open(log, "a") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -80,9 +81,8 @@ def run_split(name: str, split: int, data_root: str, work: str, preset: str, bac
         _run(_vasp("synth", "--out", source, "--seed", str(split)), log)
     else:
         source = os.path.join(data_root, source)
-    build_rss = None
     if not storage.is_published(layout.features_dir(warehouse, date)):
-        build_rss = _run(
+        _run(
             _vasp(
                 "build", "--input", source, "--warehouse", warehouse, "--date", date, "--seed", str(split), *build_args
             ),
@@ -104,7 +104,6 @@ def run_split(name: str, split: int, data_root: str, work: str, preset: str, bac
         "users": metrics["test"]["vasp"]["users"],
         "train_seconds": round(time.perf_counter() - start, 1),
         "train_peak_rss_gib": round(train_rss, 2),
-        "build_peak_rss_gib": None if build_rss is None else round(build_rss, 2),
         "per_user": per_user,
     }
     with open(done, "w") as fh:
