@@ -55,11 +55,9 @@ def _run(cmd: list[str], log: str) -> float:
     waited for: not a Spark JVM, which pyspark leaves unreaped)."""
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
     with open(log, "a") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise subprocess.CalledProcessError(process.returncode, cmd)
+        _, status, usage = os.wait4(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT).pid, 0)
+    if exit_code := os.waitstatus_to_exitcode(status):
+        raise subprocess.CalledProcessError(exit_code, cmd)
     return usage.ru_maxrss / 2**20  # KiB on Linux
 
 

@@ -16,6 +16,7 @@ import pytest
 DATA_ROOT = Path(os.environ.get("VASP_DATA_ROOT") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 REQUIRE_DATA = "VASP_REQUIRE_DATA"
 ML1M = "ml-1m/ratings.csv"
+CITEULIKE = "citeulike-a/users.dat"
 
 
 def data_path(relpath: str) -> Path:

@@ -15,9 +15,7 @@ import sys
 import textwrap
 
 import pytest
-from shared_data import data_path
-
-CITEULIKE = "citeulike-a/users.dat"
+from shared_data import CITEULIKE, data_path
 
 pytestmark = [pytest.mark.realdata(CITEULIKE), pytest.mark.slow]
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
-from shared_data import ML1M, data_path
+from shared_data import CITEULIKE, ML1M, data_path
 
 from vasp_jobs.build_matrices import BuildConfig, build
 from vasp_model.data import layout, storage
 
 ML100K = "ml-100k/u.data"
 LASTFM = "hetrec2011-lastfm-2k/user_artists.dat"
-CITEULIKE = "citeulike-a/users.dat"
 GOWALLA = "gowalla-lightgcn/train.txt"
 GOWALLA_TEST = "gowalla-lightgcn/test.txt"
 AMAZON_GAMES = "amazon-games-sasrec/Video.txt"
