@@ -73,7 +73,7 @@ def given(args) -> dict:
         PrunedEASE,
         fit_ease,
         fit_ease_on_validation,
-        prune_columns,
+        pruned_matrix,
     )
 
     data = os.path.join(args.data, "gowalla-lightgcn")
@@ -101,7 +101,7 @@ def given(args) -> dict:
     metrics = evaluate_given({"ease": (ease, n), "popularity": (popularity, n)}, features)
     score_s = time.perf_counter() - start
     for k in args.prune:  # what pruning B to each item's k strongest neighbours costs
-        pruned = PrunedEASE(prune_columns(ease.B, k))
+        pruned = PrunedEASE(pruned_matrix(ease.B, k))
         metrics |= evaluate_given({f"ease_pruned_{k}": (pruned, n)}, features)
         del pruned
     del ease

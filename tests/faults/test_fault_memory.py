@@ -3,6 +3,7 @@ needs, what is available and what would fit; nothing published, no MLflow run, n
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sqlite3
@@ -180,9 +181,36 @@ def test_a_capped_run_on_a_wide_catalog_fits_with_the_ease_baseline_in_float32()
     capped = memory._with_max_items(make_config("cpu", env={}), 4_000)
     entries = 46_000_000
     assert memory.training_memory(items, users, capped, "float64", entries).peak > 22 * 2**30
-    estimate, precision = memory.check_training_memory(items, users, capped, "22g", gram_entries=entries)
+    estimate, precision, _ = memory.check_training_memory(items, users, capped, "22g", gram_entries=entries)
     assert precision == "float32" and estimate.peak < 22 * 2**30
-    small, precision = memory.check_training_memory(2_000, 1_000, capped, "22g", gram_entries=entries)
-    assert precision == "float64"  # exact wherever it fits
-    with pytest.raises(ValueError, match=r"--max-items [\d,]+ fits with preset cpu"):
-        memory.check_training_memory(items, users, make_config("cpu", env={}), "22g", gram_entries=entries)
+    small, precision, config = memory.check_training_memory(2_000, 1_000, capped, "22g", gram_entries=entries)
+    assert precision == "float64" and config == capped  # exact wherever it fits
+
+
+def test_a_wide_catalog_trains_a_pruned_kernel_that_fits(caplog):
+    # Gowalla's whole catalog: the dense 40,981² kernel does not fit 22 GiB; the widest pruned one that
+    # does is picked and said, its EASE solves in float32 (the longest training row has 811 items)
+    items, users = GOWALLA
+    cpu, entries, row_items = make_config("cpu", env={}), 46_000_000, 811
+    assert memory.training_memory(items, users, cpu, "float32", entries, row_items).peak > 22 * 2**30
+    with caplog.at_level("WARNING", logger=memory.__name__):
+        estimate, precision, config = memory.check_training_memory(items, users, cpu, "22g", entries, row_items)
+    k = config.model.ease_neighbours
+    assert k in memory.PRUNED_NEIGHBOURS and precision == "float32" and estimate.peak <= 22 * 2**30
+    assert config.model == dataclasses.replace(cpu.model, ease_neighbours=k) and config.train == cpu.train
+    wider = [n for n in memory.PRUNED_NEIGHBOURS if n > k]
+    for n in wider:  # none wider fits
+        assert (
+            memory.training_memory(items, users, memory._with_neighbours(cpu, n), "float32", entries, row_items).peak
+            > 22 * 2**30
+        )
+    assert f"training a pruned kernel of {k} targets per item" in caplog.text
+    # the pruned kernel's estimate grows with k and with the longest row (its gathers), not with I²
+    narrow = memory.training_memory(items, users, memory._with_neighbours(cpu, 64), "float32", entries, row_items)
+    short_rows = memory.training_memory(items, users, memory._with_neighbours(cpu, 64), "float32", entries, 100)
+    assert short_rows.phases["fit"] < narrow.phases["fit"] < estimate.phases["fit"]
+    # a pruned kernel asked for is kept (or refused), never swapped for another
+    asked = memory._with_neighbours(cpu, 128)
+    assert memory.check_training_memory(items, users, asked, "22g", entries, row_items)[2] == asked
+    with pytest.raises(ValueError, match="needs about"):
+        memory.check_training_memory(items, users, asked, "8g", entries, row_items)

@@ -14,7 +14,8 @@ from vasp_model.recommenders.baselines import (
     Popularity,
     PrunedEASE,
     fit_ease_on_validation,
-    prune_columns,
+    prune_rows,
+    pruned_matrix,
 )
 
 
@@ -25,7 +26,7 @@ class TestEASEContract(RecommenderContract):
 
 class TestPrunedEASEContract(RecommenderContract):
     def make_recommender(self, train_csr):
-        return PrunedEASE(prune_columns(EASE(lambda_=5.0).fit(train_csr).B, 4))
+        return PrunedEASE(pruned_matrix(EASE(lambda_=5.0).fit(train_csr).B, 4))
 
 
 class TestPopularityContract(RecommenderContract):
@@ -242,20 +243,31 @@ def test_wide_solves_run_on_one_blas_thread(monkeypatch):
     assert seen[-1] == 1
 
 
-def test_prune_columns_keeps_each_targets_strongest_sources():
+def test_pruned_matrix_keeps_each_sources_strongest_targets():
     B = np.array([[0.0, 0.9, -0.1], [0.2, 0.0, -0.8], [-0.5, 0.3, 0.0]], dtype=np.float32)
-    # column 0 keeps -0.5 (row 2), column 1 keeps 0.9 (row 0), column 2 keeps -0.8 (row 1)
-    got = prune_columns(B, 1, block=2)
+    # row 0 keeps 0.9 (column 1), row 1 keeps -0.8 (column 2), row 2 keeps -0.5 (column 0)
+    got = pruned_matrix(B, 1, block=2)
     np.testing.assert_allclose(got.toarray(), [[0, 0.9, 0], [0, 0, -0.8], [-0.5, 0, 0]], rtol=0, atol=1e-7)
     assert got.dtype == np.float32 and sp.isspmatrix_csr(got)
-    np.testing.assert_array_equal(prune_columns(B, 5).toarray(), B)  # k past the catalog keeps everything
+    np.testing.assert_array_equal(pruned_matrix(B, 5).toarray(), B)  # k past the catalog keeps everything
     with pytest.raises(ValueError, match="neighbours"):
-        prune_columns(B, 0)
+        pruned_matrix(B, 0)
+
+
+def test_prune_rows_never_targets_the_item_itself():
+    B = np.zeros((4, 4), dtype=np.float32)  # every weight ties with the diagonal
+    B[0, 3] = 1.0
+    targets, values = prune_rows(B, 3, block=3)
+    assert targets.shape == values.shape == (4, 3) and targets.dtype == np.int32
+    assert not np.any(targets == np.arange(4)[:, None])
+    assert set(targets[0]) == {1, 2, 3} and values[0][list(targets[0]).index(3)] == 1.0
+    with pytest.raises(ValueError, match="neighbours"):
+        prune_rows(B, 4)
 
 
 def test_pruned_ease_with_every_neighbour_ranks_like_ease():
     X, _ = checkerboard()
     ease = EASE(10.0).fit(X)
     full, _ = ease.recommend(X[:20], 5)
-    pruned, _ = PrunedEASE(prune_columns(ease.B, X.shape[1])).recommend(X[:20], 5)
+    pruned, _ = PrunedEASE(pruned_matrix(ease.B, X.shape[1])).recommend(X[:20], 5)
     np.testing.assert_array_equal(pruned, full)

@@ -85,3 +85,23 @@ def test_a_blended_bundle_scores_the_blend_and_keeps_it_through_save_and_load(tm
     np.testing.assert_allclose(loaded.scores(X), expected, rtol=1e-4, atol=1e-4)
     idx, _ = loaded.recommend(X, 5)
     assert not (X.toarray()[np.arange(50)[:, None], idx] > 0).any()  # seen items stay out
+
+
+def test_a_pruned_blend_keeps_its_sparse_b_through_save_and_load(tmp_path):
+    from vasp_model.recommenders.baselines import pruned_matrix
+
+    X = _two_groups(50, 6)
+    B = pruned_matrix(EASE(10.0).fit(X).B, 5)
+    bundle = ModelBundle(
+        build_model(40, TINY, seed=0), np.array([f"i{j}" for j in range(40)], dtype=object), np.arange(40)
+    )
+    expected = blended(bundle.scores(X), (X @ B).toarray(), 0.2)
+    bundle.blend = EaseBlend(0.2, B)
+    bundle.save(str(tmp_path))
+    assert "ease_blend.npz" in os.listdir(tmp_path) and "ease_blend.npy" not in os.listdir(tmp_path)
+    loaded = ModelBundle.load(str(tmp_path))
+    assert sp.issparse(loaded.blend.B) and loaded.blend.B.nnz == B.nnz
+    np.testing.assert_allclose(loaded.scores(X), expected, rtol=1e-4, atol=1e-4)
+    fold_in, holdout = _fold_in_holdout(_two_groups(100, 7), seed=8)
+    dense_choice = choose_weight(lambda x: np.full(x.shape, 0.5), B.toarray(), fold_in, holdout)
+    assert choose_weight(lambda x: np.full(x.shape, 0.5), B, fold_in, holdout) == dense_choice

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -15,7 +16,7 @@ from recommender_contract import RecommenderContract  # noqa: E402
 
 from vasp_model.core.config import ModelConfig, make_config  # noqa: E402
 from vasp_model.data.features import Features  # noqa: E402
-from vasp_model.nn.layers import NeuralEASE, Sampling, ZeroDiagonal  # noqa: E402
+from vasp_model.nn.layers import NeuralEASE, PrunedNeuralEASE, Sampling, ZeroDiagonal  # noqa: E402
 from vasp_model.nn.losses import FocalLoss  # noqa: E402
 from vasp_model.nn.model import VASP, build_model, flops_per_row  # noqa: E402
 from vasp_model.recommenders.bundle import ModelBundle  # noqa: E402
@@ -293,6 +294,63 @@ def test_bundle_rejects_mismatched_vocabulary():
         ModelBundle(build_model(5, TINY, seed=0), np.array(list("abc"), dtype=object), np.arange(3))
 
 
+def _pruned_model(n_items: int, k: int, max_positives: int, seed: int = 0) -> VASP:
+    """A VASP whose pruned Neural EASE kernel has random targets (never the item itself) and weights."""
+    rng = np.random.default_rng(seed)
+    model = build_model(n_items, dataclasses.replace(TINY, ease_neighbours=k), seed=0, max_positives=max_positives)
+    targets = np.stack([rng.choice(np.delete(np.arange(n_items), j), k, replace=False) for j in range(n_items)])
+    model.ease.set_kernel(targets, rng.normal(0, 0.5, (n_items, k)))
+    return model
+
+
+def test_pruned_neural_ease_sums_the_kept_weights_of_a_rows_items():
+    model = _pruned_model(60, 7, max_positives=20)
+    X = rand_x(9, 60, p=0.2, seed=3)
+    assert X.sum(axis=1).max() <= 20
+    W = model.ease.host_kernel()  # [I, I] CSR, 7 targets per item
+    assert sp.isspmatrix_csr(W) and W.nnz == 60 * 7 and np.all(W.diagonal() == 0)
+    expected = 1 / (1 + np.exp(-(sp.csr_matrix(X) @ W).toarray()))
+    np.testing.assert_allclose(np_(model.ease(X)), expected, rtol=1e-5, atol=1e-6)
+    # the FLOPs count the pruned kernel: 2 x the row's items x k instead of 2 x the row's items x I
+    pruned = dataclasses.replace(TINY, ease_neighbours=7)
+    assert flops_per_row(60, pruned, nnz=5) == flops_per_row(60, TINY, nnz=5) - 2 * 5 * 60 + 2 * 5 * 7
+
+
+def test_pruned_kernel_refuses_self_targets_and_wrong_shapes():
+    model = _pruned_model(10, 3, max_positives=10)
+    targets = np.tile([1, 2, 3], (10, 1))  # item 1 targets itself
+    with pytest.raises(ValueError, match="itself"):
+        model.ease.set_kernel(targets, np.zeros((10, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        model.ease.set_kernel(targets[:, :2], np.zeros((10, 2)))
+    with pytest.raises(ValueError, match="neighbours"):
+        PrunedNeuralEASE(10, 10, max_positives=5)  # at most I - 1 targets: never the item itself
+
+
+def test_a_train_step_moves_the_pruned_weights_and_keeps_the_targets():
+    model = _pruned_model(30, 4, max_positives=30)
+    targets = np_(model.ease.targets).copy()
+    values = np_(model.ease.values).copy()
+    model.compile(optimizer=keras.optimizers.Nadam(1e-2), loss=FocalLoss())
+    X = rand_x(32, 30, seed=1)
+    model.fit(X, X, epochs=2, batch_size=16, verbose=0)
+    np.testing.assert_array_equal(np_(model.ease.targets), targets)
+    assert not np.allclose(np_(model.ease.values), values)
+
+
+@pytest.mark.parametrize("host_ease", [False, True])
+def test_a_pruned_bundle_scores_like_the_model_in_keras_and_on_the_host(tmp_path, host_ease):
+    model = _pruned_model(200, 9, max_positives=200)
+    ModelBundle(model, np.array([f"i{j}" for j in range(200)], dtype=object), np.arange(200)).save(str(tmp_path))
+    X = sp.random(40, 200, density=0.05, format="csr", random_state=1, dtype=np.float32)
+    loaded = ModelBundle.load(str(tmp_path), threads=2, host_ease=host_ease)
+    assert loaded.model.ease_neighbours == 9 and loaded.model.ease_max_positives == 200
+    if host_ease:
+        assert sp.isspmatrix_csr(loaded.host_ease.kernel) and loaded.host_ease.kernel.nnz == 200 * 9
+    expected = np_(model((X.toarray() != 0).astype("float32"), training=False))
+    np.testing.assert_allclose(loaded.scores(X), expected, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -420,6 +478,24 @@ def test_closed_form_warm_start_ranks_like_ease(small_features):
     assert np.all(np.diag(kernel) == 0.0)
     B = EASE(50.0).fit(small_features.train).B
     np.testing.assert_allclose(kernel, 3.0 * B, atol=1e-4)  # (lr 1e-9: the kernel barely moved)
+
+
+def test_closed_form_init_of_a_pruned_kernel_keeps_each_items_strongest_targets(small_features):
+    from vasp_model.recommenders.baselines import EASE, pruned_matrix
+
+    config = make_config(
+        "tiny",
+        {"ease_init": "closed_form", "ease_init_lambda": 50.0, "ease_init_scale": 3.0, "ease_neighbours": 6},
+        {"epochs": (1,), "learning_rates": (1e-9,)},
+        env={},
+    )
+    result = train(small_features, config, verbose=0, evaluate_baselines=False)
+    model = result.bundle.model
+    rows = np.diff(small_features.train.indptr)
+    assert model.ease_neighbours == 6 and model.ease_max_positives == rows.max()
+    expected = 3.0 * pruned_matrix(EASE(50.0).fit(small_features.train).B, 6).toarray()
+    np.testing.assert_allclose(model.ease.host_kernel().toarray(), expected, atol=1e-4)  # lr 1e-9: barely moved
+    assert result.metrics["validation"]["vasp"]["ndcg@100"] > 0
 
 
 def test_train_solves_the_ease_baseline_in_the_precision_it_is_given(small_features):

@@ -192,6 +192,27 @@ def test_tracked_train_logs_the_intervals_and_the_gate_can_require_them(warehous
         assert "candidate_minus_champion interval [+0.00000, +0.00000]" in d["reason"]
 
 
+def test_train_cli_trains_and_publishes_a_pruned_neural_ease_kernel(warehouse, tmp_path, capsys):
+    from vasp_model.evaluation.protocol import evaluate_recommender
+    from vasp_model.recommenders.bundle import ModelBundle
+
+    flags = ("--ease-neighbours", "5", "--ease-init", "closed_form")
+    assert _train(warehouse, tmp_path / "ckpt", *flags) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = layout.models_dir(warehouse, DATE)
+    assert storage.read_json(f"{out}/{storage.MANIFEST}")["config"]["model.ease_neighbours"] == "5"
+    bundle = ModelBundle.load(f"{out}/model", host_ease=True)
+    features = load_features(warehouse, DATE)
+    kernel = bundle.host_ease.kernel  # each item keeps 5 targets, never itself
+    assert kernel.shape == (features.n_items, features.n_items) and kernel.nnz == 5 * features.n_items
+    assert np.all(kernel.diagonal() == 0)
+    assert bundle.model.ease_max_positives == np.diff(features.train.indptr).max()
+    # the published model scores (on the host) what the run measured
+    split = features.test
+    scored = evaluate_recommender(bundle, split.fold_in, split.holdout, features.popularity)
+    assert scored["ndcg@100"] == pytest.approx(summary["test"]["vasp"]["ndcg@100"], abs=1e-6)
+
+
 def test_train_cli_rejects_bad_config(warehouse):
     from vasp_model import cli
 

@@ -30,9 +30,10 @@ def _weights(model) -> dict[str, np.ndarray]:
 def _randomize(model, seed: int) -> None:
     """Distinct random values in every weight (a fresh Dense bias is all zeros: nothing to tell apart)."""
     rng = np.random.default_rng(seed)
-    for v in model.weights:
+    for v in model.trainable_weights:
         v.assign(rng.normal(size=tuple(v.shape)).astype("float32"))
-    model.ease.kernel.assign(model.ease.kernel.constraint(model.ease.kernel))
+    if model.ease_neighbours is None:
+        model.ease.kernel.assign(model.ease.kernel.constraint(model.ease.kernel))
 
 
 def test_item_weights_are_exactly_the_weights_that_grow_with_the_catalog():
@@ -93,6 +94,23 @@ def test_transfer_refuses_another_architecture_and_assigns_nothing():
     deeper = _model(4, ModelConfig(hidden=16, latent=8, encoder_blocks=3, decoder_blocks=1))
     with pytest.raises(ArchitectureMismatch, match=r"other layers"):
         transfer_weights(source, deeper, ItemMapping.by_id(list("abcd"), list("abcd")))
+
+
+def test_transfer_leaves_a_pruned_kernel_at_tonights_initialisation():
+    import dataclasses
+
+    pruned = dataclasses.replace(TINY, ease_neighbours=2)
+    source, target = _model(5, pruned, seed=1), _model(4, pruned, seed=2)
+    _randomize(source, 3)
+    before = _weights(target)
+    transfer_weights(source, target, ItemMapping.by_id(list("abcde"), list("abcd")))
+    after, copied = _weights(target), _weights(source)
+    for path in ("neural_ease/values", "neural_ease/targets"):  # the closed-form init of tonight's catalog
+        np.testing.assert_array_equal(after[path], before[path])
+    np.testing.assert_array_equal(after["z_mean/kernel"], copied["z_mean/kernel"])  # every other weight moves
+    np.testing.assert_array_equal(after["latent_out/bias"], copied["latent_out/bias"][:4])
+    with pytest.raises(ArchitectureMismatch, match="other layers"):  # a dense kernel is another architecture
+        transfer_weights(_model(5), target, ItemMapping.by_id(list("abcde"), list("abcd")))
 
 
 def test_warm_schedule_runs_a_fraction_of_every_phase_without_ease_warmup():

@@ -48,6 +48,9 @@ class ModelConfig:
     ease_init: str = "zeros"
     ease_init_lambda: float = 500.0
     ease_init_scale: float = 5.0
+    # None: the dense I×I Neural EASE kernel; k: a pruned kernel, each item predicting its k strongest
+    # targets (I·k weights; vasp train picks one when the dense kernel does not fit its memory budget)
+    ease_neighbours: int | None = None
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     kl_weight: float = 1.0  # weight of the KL term (KL averaged over latent dims)
@@ -67,6 +70,8 @@ class ModelConfig:
             raise ValueError(f"ease_init must be one of {EASE_INITS}, got {self.ease_init!r}")
         _positive("ease_init_lambda", self.ease_init_lambda)
         _positive("ease_init_scale", self.ease_init_scale)
+        if self.ease_neighbours is not None and self.ease_neighbours < 1:
+            raise ValueError(f"ease_neighbours must be >= 1 or None, got {self.ease_neighbours!r}")
         if not 0.0 <= self.focal_alpha <= 1.0:
             raise ValueError(f"focal_alpha must be in [0, 1], got {self.focal_alpha!r}")
         _positive("focal_gamma", self.focal_gamma, allow_zero=True)

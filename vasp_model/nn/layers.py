@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
+import scipy.sparse as sp
 from keras import ops
 
 
@@ -60,6 +62,10 @@ class NeuralEASE(keras.layers.Layer):
         logits = ops.matmul(x, kernel) - self_term
         return ops.sigmoid(logits)
 
+    def host_kernel(self) -> np.ndarray:
+        """The ``[I, I]`` kernel as a NumPy array (for scoring on the host)."""
+        return ops.convert_to_numpy(self.kernel)
+
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
 
@@ -68,6 +74,100 @@ class NeuralEASE(keras.layers.Layer):
         config.update(
             {
                 "units": self.units,
+                "l2": self.l2,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="vasp")
+class PrunedNeuralEASE(keras.layers.Layer):
+    """The shallow path with a pruned kernel, for catalogs whose I×I kernel does not fit: each source
+    item ``j`` keeps ``neighbours`` target items, ``W[j, targets[j, m]] = values[j, m]``, never itself.
+
+    ``values`` [I, k] is trained, ``targets`` [I, k] (int32) is set once (:meth:`set_kernel`, e.g. from
+    the pruned closed-form EASE). A row's logits sum the kernel rows of its items: the forward pass reads
+    the row's ``max_positives`` largest entries (``top_k``; a 0/1 row with more items is read through
+    ``max_positives`` of them) and scatter-adds their ``k`` weights, O(batch × max_positives × k)
+    work and memory instead of O(batch × I²).
+    """
+
+    def __init__(
+        self, units: int, neighbours: int, max_positives: int, l2: float = 0.0, kernel_initializer="zeros", **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        if not 0 < int(neighbours) < self.units:
+            raise ValueError(f"neighbours must be in [1, {self.units - 1}] for {self.units} items, got {neighbours!r}")
+        if int(max_positives) < 1:
+            raise ValueError(f"max_positives must be >= 1, got {max_positives!r}")
+        self.neighbours = int(neighbours)
+        self.max_positives = min(int(max_positives), self.units)
+        self.l2 = float(l2)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        if input_shape[-1] != self.units:
+            raise ValueError(f"PrunedNeuralEASE expects {self.units} input items, got shape {input_shape}")
+        shape = (self.units, self.neighbours)
+        self.values = self.add_weight(
+            name="values",
+            shape=shape,
+            initializer=self.kernel_initializer,
+            regularizer=keras.regularizers.L2(self.l2) if self.l2 > 0 else None,
+            trainable=True,
+        )
+        # until set_kernel: the k items after each item (never itself)
+        ring = (
+            ops.arange(self.units, dtype="int32")[:, None] + ops.arange(1, self.neighbours + 1, dtype="int32")
+        ) % self.units
+        self.targets = self.add_weight(name="targets", shape=shape, dtype="int32", initializer="zeros", trainable=False)
+        self.targets.assign(ring)
+
+    def set_kernel(self, targets, values) -> None:
+        """Set the kernel from ``[I, k]`` arrays of target items and weights (no item may target itself)."""
+        targets = np.asarray(targets)
+        values = np.asarray(values, dtype="float32")
+        shape = (self.units, self.neighbours)
+        if targets.shape != shape or values.shape != shape:
+            raise ValueError(f"targets and values must have shape {shape}, got {targets.shape} and {values.shape}")
+        if targets.min() < 0 or targets.max() >= self.units:
+            raise ValueError(f"targets must be item indices in [0, {self.units})")
+        if np.any(targets == np.arange(self.units)[:, None]):
+            raise ValueError("an item must not target itself (the kernel's diagonal is zero)")
+        self.targets.assign(targets.astype("int32"))
+        self.values.assign(values)
+
+    def host_kernel(self) -> sp.csr_matrix:
+        """The kernel as an ``[I, I]`` float32 CSR matrix (for scoring on the host)."""
+        targets = ops.convert_to_numpy(self.targets).ravel()
+        values = ops.convert_to_numpy(self.values).astype(np.float32).ravel()
+        indptr = np.arange(0, targets.size + 1, self.neighbours, dtype=np.int64)
+        return sp.csr_matrix((values, targets, indptr), shape=(self.units, self.units))
+
+    def call(self, x):
+        x = ops.convert_to_tensor(x, sparse=False)
+        weight, items = ops.top_k(x, self.max_positives, sorted=False)  # [B, P]: a row's items (weight 0: padding)
+        contributions = ops.take(ops.cast(self.values, x.dtype), items, axis=0) * weight[..., None]  # [B, P, k]
+        targets = ops.take(self.targets, items, axis=0)  # [B, P, k]
+        rows = ops.shape(x)[0]
+        cells = targets + (ops.arange(rows, dtype="int32") * self.units)[:, None, None]
+        logits = ops.segment_sum(
+            ops.reshape(contributions, (-1,)), ops.reshape(cells, (-1,)), num_segments=rows * self.units
+        )
+        return ops.sigmoid(ops.reshape(logits, (rows, self.units)))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "neighbours": self.neighbours,
+                "max_positives": self.max_positives,
                 "l2": self.l2,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             }

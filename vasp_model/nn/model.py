@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from vasp_model.nn.layers import DenseResidualStack, NeuralEASE, Sampling
+from vasp_model.nn.layers import DenseResidualStack, NeuralEASE, PrunedNeuralEASE, Sampling
 from vasp_model.nn.losses import kl_divergence
 
 
@@ -31,6 +31,8 @@ class VASP(keras.Model):
         normalize_input: bool = False,
         ease_l2: float = 0.0,
         ease_init: str = "glorot_uniform",
+        ease_neighbours: int | None = None,
+        ease_max_positives: int | None = None,
         kl_weight: float = 1.0,
         seed: int | None = None,
         **kwargs,
@@ -45,6 +47,8 @@ class VASP(keras.Model):
         self.normalize_input = bool(normalize_input)
         self.ease_l2 = float(ease_l2)
         self.ease_init = ease_init
+        self.ease_neighbours = None if ease_neighbours is None else int(ease_neighbours)
+        self.ease_max_positives = self.n_items if ease_max_positives is None else int(ease_max_positives)
         self.kl_weight = float(kl_weight)
         self.seed = seed
         self.input_dropout = keras.layers.Dropout(self.dropout, seed=seed, name="input_dropout")
@@ -57,7 +61,17 @@ class VASP(keras.Model):
         )
         self.decoder_out = keras.layers.Dense(self.n_items, activation="sigmoid", name="decoder_out")
         self.latent_out = keras.layers.Dense(self.n_items, activation="sigmoid", name="latent_out")
-        self.ease = NeuralEASE(self.n_items, l2=self.ease_l2, kernel_initializer=ease_init, name="neural_ease")
+        if self.ease_neighbours is None:
+            self.ease = NeuralEASE(self.n_items, l2=self.ease_l2, kernel_initializer=ease_init, name="neural_ease")
+        else:
+            self.ease = PrunedNeuralEASE(
+                self.n_items,
+                self.ease_neighbours,
+                self.ease_max_positives,
+                l2=self.ease_l2,
+                kernel_initializer=ease_init,
+                name="neural_ease",
+            )
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -104,15 +118,21 @@ class VASP(keras.Model):
     def item_weights(self) -> list[tuple[keras.Variable, tuple[int, ...]]]:
         """Every weight with an axis indexed by item, and those axes: the first encoder layer's rows,
         the output layers' columns and biases, Neural EASE's rows and columns. Every other weight is
-        independent of the catalog (a warm start copies it as is, see ``vasp_model.train.warm_start``)."""
-        return [
+        independent of the catalog (a warm start copies it as is, see ``vasp_model.train.warm_start``)
+        but those of :meth:`fresh_weights`."""
+        ease = [(self.ease.kernel, (0, 1))] if self.ease_neighbours is None else []
+        return ease + [
             (self.encoder.denses[0].kernel, (0,)),
             (self.decoder_out.kernel, (1,)),
             (self.decoder_out.bias, (0,)),
             (self.latent_out.kernel, (1,)),
             (self.latent_out.bias, (0,)),
-            (self.ease.kernel, (0, 1)),
         ]
+
+    def fresh_weights(self) -> list[keras.Variable]:
+        """Weights a warm start leaves as initialised: a pruned Neural EASE kernel (its target items are
+        chosen from tonight's closed-form EASE, not mapped from another catalog's)."""
+        return [] if self.ease_neighbours is None else [self.ease.values, self.ease.targets]
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.n_items)
@@ -129,13 +149,16 @@ class VASP(keras.Model):
             "normalize_input": self.normalize_input,
             "ease_l2": self.ease_l2,
             "ease_init": self.ease_init,
+            "ease_neighbours": self.ease_neighbours,
+            "ease_max_positives": self.ease_max_positives,
             "kl_weight": self.kl_weight,
             "seed": self.seed,
         }
 
 
-def build_model(n_items: int, model_config, seed: int | None = None) -> VASP:
-    """A built (weights created) VASP for ``n_items`` from a ``ModelConfig``."""
+def build_model(n_items: int, model_config, seed: int | None = None, max_positives: int | None = None) -> VASP:
+    """A built (weights created) VASP for ``n_items`` from a ``ModelConfig``; ``max_positives``: the most
+    items of an input row a pruned Neural EASE kernel reads (default: every item)."""
     c = model_config
     model = VASP(
         n_items=n_items,
@@ -147,6 +170,8 @@ def build_model(n_items: int, model_config, seed: int | None = None) -> VASP:
         normalize_input=c.normalize_input,
         ease_l2=c.ease_l2,
         ease_init="zeros" if c.ease_init == "closed_form" else c.ease_init,
+        ease_neighbours=None if c.ease_neighbours is None else min(c.ease_neighbours, n_items - 1),
+        ease_max_positives=max_positives,
         kl_weight=c.kl_weight,
         seed=seed,
         name="vasp",
@@ -172,5 +197,8 @@ def flops_per_row(n_items: int, model_config, nnz: float | None = None) -> float
     else:
         f += 2 * c.latent * n_items
     f += 2 * c.latent * n_items  # latent_out
-    f += 2 * rows_in * n_items  # Neural EASE
+    if c.ease_neighbours is None:
+        f += 2 * rows_in * n_items  # Neural EASE
+    else:  # pruned: each of the row's items adds its k weights
+        f += 2 * rows_in * min(c.ease_neighbours, n_items - 1)
     return float(f)

@@ -26,7 +26,7 @@ from vasp_model.core.args import add_exclude_argument
 from vasp_model.core.config import VaspConfig
 from vasp_model.data import layout, storage
 from vasp_model.data.locks import locked
-from vasp_model.train.memory import check_training_memory, parse_bytes
+from vasp_model.train.memory import check_training_memory, max_row_items, parse_bytes
 
 MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
     "--hidden": ("hidden", int, "Width of every encoder/decoder block."),
@@ -38,6 +38,11 @@ MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
     "--ease-init": ("ease_init", str, "Neural EASE kernel init: zeros | glorot_uniform | closed_form."),
     "--ease-init-lambda": ("ease_init_lambda", float, "λ of the closed-form EASE used by --ease-init closed_form."),
     "--ease-init-scale": ("ease_init_scale", float, "Scale of the closed-form EASE init (logits = scale × xB)."),
+    "--ease-neighbours": (
+        "ease_neighbours",
+        int,
+        "Prune the Neural EASE kernel to each item's K strongest targets (default: dense, or pruned when it does not fit).",
+    ),
     "--focal-alpha": ("focal_alpha", float, "Focal loss alpha (weight of positives)."),
     "--focal-gamma": ("focal_gamma", float, "Focal loss gamma (focusing exponent)."),
     "--kl-weight": ("kl_weight", float, "Weight of the KL term."),
@@ -347,8 +352,14 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     from vasp_model.recommenders.baselines import gram_chunk_entries
 
     entries = gram_chunk_entries(features.train)
-    _, ease_precision = check_training_memory(
-        features.n_items, features.train.shape[0], vasp, config.memory_budget, gram_entries=entries
+    n_items = features.n_items if vasp.model.max_items is None else min(vasp.model.max_items, features.n_items)
+    _, ease_precision, vasp = check_training_memory(
+        features.n_items,
+        features.train.shape[0],
+        vasp,
+        config.memory_budget,
+        gram_entries=entries,
+        row_items=max_row_items(features.train, n_items),
     )
     source = _warm_start_source(config)
     if source is not None:

@@ -229,30 +229,43 @@ class EASE:
         )
 
 
-def prune_columns(B: np.ndarray, k: int, block: int = 1024) -> sp.csr_matrix:
-    """``B`` with only the ``k`` largest-magnitude weights of each column (each target item keeps its
-    ``k`` strongest source items), as CSR float32: O(I·k) memory instead of I², built column block
-    by column block."""
+def prune_rows(B: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest-magnitude weights of each row of the square ``B`` (each source item keeps its
+    ``k`` strongest target items, never itself), as ``[I, k]`` arrays of column indices (int32) and
+    float32 weights: O(I·k) memory instead of I², built row block by row block."""
     n = B.shape[0]
     if B.ndim != 2 or B.shape[1] != n:
         raise ValueError(f"B must be square, got shape {B.shape}")
-    if not 0 < k:
-        raise ValueError(f"k must be a positive number of neighbours, got {k!r}")
-    k = min(int(k), n)
-    rows, cols, vals = [], [], []
+    if not 0 < k < n:
+        raise ValueError(f"k must be a number of neighbours in [1, {n - 1}], got {k!r}")
+    k = int(k)
+    targets = np.empty((n, k), dtype=np.int32)
+    values = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, block):
-        part = np.asarray(B[:, start : start + block])
-        top = np.argpartition(-np.abs(part), k - 1, axis=0)[:k]  # [k, columns]: the source rows kept
-        rows.append(top.T.ravel())
-        cols.append(np.repeat(np.arange(start, start + part.shape[1]), k))
-        vals.append(np.take_along_axis(part, top, axis=0).T.ravel())
-    out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+        part = np.asarray(B[start : start + block])
+        strength = np.abs(part)
+        rows = np.arange(part.shape[0])
+        strength[rows, rows + start] = -1.0  # the diagonal ranks last: an item never targets itself
+        top = np.argpartition(-strength, k - 1, axis=1)[:, :k]
+        targets[start : start + part.shape[0]] = top
+        values[start : start + part.shape[0]] = np.take_along_axis(part, top, axis=1)
+    return targets, values
+
+
+def pruned_matrix(B: np.ndarray, k: int, block: int = 1024) -> sp.csr_matrix:
+    """``B`` with only the ``k`` largest-magnitude weights of each row (:func:`prune_rows`; ``k`` past
+    the catalog keeps every off-diagonal weight), as CSR float32."""
+    n = B.shape[0]
+    targets, values = prune_rows(B, min(int(k), n - 1), block)
+    indptr = np.arange(0, targets.size + 1, targets.shape[1], dtype=np.int64)
+    out = sp.csr_matrix((values.ravel(), targets.ravel(), indptr), shape=(n, n))
+    out.sort_indices()
     out.eliminate_zeros()
-    return out.astype(np.float32)
+    return out
 
 
 class PrunedEASE:
-    """EASE scored through a pruned item-item matrix (:func:`prune_columns`): ``x @ B_k`` as a sparse
+    """EASE scored through a pruned item-item matrix (:func:`pruned_matrix`): ``x @ B_k`` as a sparse
     product, the memory-bounded stand-in for the dense ``B`` on wide catalogs."""
 
     def __init__(self, B_k: sp.csr_matrix):

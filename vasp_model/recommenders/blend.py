@@ -8,6 +8,7 @@ training keeps the blend only when validation prefers a positive weight.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ from vasp_model.recommenders.host_ease import HostEASE
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # the validation grid; 0 = VASP alone
 FILE = "ease_blend.npy"  # B, beside the bundle's model when the blend is on
+SPARSE_FILE = "ease_blend.npz"  # B pruned like a pruned Neural EASE kernel (CSR), in its place
 
 
 def _standardized(scores: np.ndarray) -> np.ndarray:
@@ -29,18 +31,33 @@ def _standardized(scores: np.ndarray) -> np.ndarray:
 
 
 class EaseBlend:
-    """EASE's item-item matrix ``B`` (I × I, float32, zero diagonal) and the blend weight ``w`` in (0, 1);
-    ``x B`` is computed on the host over ``threads`` threads."""
+    """EASE's item-item matrix ``B`` (I × I float32, or pruned CSR; zero diagonal) and the blend weight ``w``
+    in (0, 1); ``x B`` is computed on the host over ``threads`` threads."""
 
-    def __init__(self, weight: float, B: np.ndarray, threads: int = 1):
+    def __init__(self, weight: float, B, threads: int = 1):
         if not 0.0 < weight < 1.0:
             raise ValueError(f"blend weight must be in (0, 1), got {weight!r}")
         self.weight = float(weight)
         self.ease = HostEASE(B, threads, logits=True)
 
     @property
-    def B(self) -> np.ndarray:
+    def B(self):
         return self.ease.kernel
+
+    def save(self, directory: str) -> None:
+        """Write ``B`` into ``directory`` (:data:`FILE`, or :data:`SPARSE_FILE` when pruned)."""
+        if sp.issparse(self.B):
+            sp.save_npz(os.path.join(directory, SPARSE_FILE), self.B)
+        else:
+            np.save(os.path.join(directory, FILE), self.B, allow_pickle=False)
+
+    @classmethod
+    def load(cls, directory: str, weight: float, threads: int = 1) -> EaseBlend:
+        """The blend :meth:`save` wrote into ``directory``, at ``weight``."""
+        pruned = os.path.join(directory, SPARSE_FILE)
+        if os.path.exists(pruned):
+            return cls(weight, sp.load_npz(pruned), threads)
+        return cls(weight, np.load(os.path.join(directory, FILE), allow_pickle=False), threads)
 
     def __call__(self, probabilities: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
         """Blended ``[rows, I]`` scores from VASP's ``probabilities`` of the 0/1 input rows ``seen``."""
@@ -59,7 +76,7 @@ def blended(probabilities: np.ndarray, ease_scores: np.ndarray, weight: float) -
 
 def choose_weight(
     probabilities: Callable[[sp.csr_matrix], np.ndarray],
-    B: np.ndarray,
+    B,
     fold_in: sp.csr_matrix,
     holdout: sp.csr_matrix,
     weights: Sequence[float] = WEIGHTS,
@@ -71,7 +88,8 @@ def choose_weight(
     """
     fold_in = sp.csr_matrix(fold_in, dtype=np.float32)
     vasp = probabilities(fold_in)
-    ease = np.asarray(fold_in @ np.asarray(B, dtype=np.float32))
+    ease = fold_in @ (B.astype(np.float32) if sp.issparse(B) else np.asarray(B, dtype=np.float32))
+    ease = ease.toarray() if sp.issparse(ease) else np.asarray(ease)
     results = {}
     for w in sorted({float(x) for x in weights}):
         topk = topk_from_scores(blended(vasp, ease, w), fold_in, k)

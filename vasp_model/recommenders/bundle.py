@@ -6,8 +6,8 @@ serves the same interface (``recommend``, ``recommend_ids``, ``recommend_flat`` 
 
 * ``vasp`` (:class:`ModelBundle`): the trained network, ``{dir}/model.keras`` (Keras native
   format, loaded with ``safe_mode=True``) and, when validation chose to blend VASP with
-  closed-form EASE, ``{dir}/ease_blend.npy`` (EASE's B; the weight is in ``bundle.json``, see
-  :mod:`vasp_model.recommenders.blend`);
+  closed-form EASE, ``{dir}/ease_blend.npy`` (EASE's B, or ``ease_blend.npz``: B pruned as CSR beside
+  a pruned Neural EASE kernel; the weight is in ``bundle.json``, see :mod:`vasp_model.recommenders.blend`);
 * ``ease`` (:class:`EaseBundle`): closed-form EASE, its ``I x I`` float32 matrix ``B`` in ``{dir}/B.npy``;
 * ``popularity`` (:class:`PopularityBundle`): the items by popularity, the same list for everyone.
 
@@ -26,7 +26,6 @@ import scipy.sparse as sp
 
 from vasp_model.evaluation.metrics import topk_from_scores
 from vasp_model.recommenders.baselines import check_recommend_args, recommend_batched
-from vasp_model.recommenders.blend import FILE as BLEND_FILE
 from vasp_model.recommenders.blend import EaseBlend
 from vasp_model.recommenders.host_ease import HostEASE
 
@@ -274,7 +273,7 @@ class ModelBundle(Bundle):
 
         self.model.save(os.path.join(directory, MODEL_FILE))
         if self.blend is not None:
-            np.save(os.path.join(directory, BLEND_FILE), self.blend.B)
+            self.blend.save(directory)
         return {
             "model_file": MODEL_FILE,
             "keras_version": keras.__version__,
@@ -289,7 +288,8 @@ class ModelBundle(Bundle):
         """Load a saved VASP bundle (the model with ``safe_mode=True``: no pickled code is executed).
 
         ``host_ease`` (default: for a VASP when Keras sees only CPUs) runs the Neural EASE path in
-        SciPy over ``threads`` threads (default: all cores); it keeps a NumPy copy of the I x I kernel.
+        SciPy over ``threads`` threads (default: all cores); it keeps a NumPy copy of the kernel (I x I, or
+        CSR when pruned).
         """
         return super().load(directory, batch_users, threads, host_ease=host_ease)
 
@@ -302,14 +302,14 @@ class ModelBundle(Bundle):
         model = keras.saving.load_model(os.path.join(directory, MODEL_FILE), safe_mode=True, compile=False)
         bundle = cls(model, item_ids, popularity, metadata=meta, batch_users=batch_users)
         if meta.get("blend_weight"):
-            bundle.blend = EaseBlend(meta["blend_weight"], np.load(os.path.join(directory, BLEND_FILE)), threads)
+            bundle.blend = EaseBlend.load(directory, meta["blend_weight"], threads)
         is_vasp = isinstance(model, vasp_model.nn.model.VASP)
         if host_ease and not is_vasp:
             raise ValueError(f"host_ease runs VASP's Neural EASE path; {directory} holds a {type(model).__name__}")
         if host_ease is None:
             host_ease = is_vasp and _cpu_only()
         if host_ease:
-            bundle.host_ease = HostEASE(keras.ops.convert_to_numpy(model.ease.kernel), threads)
+            bundle.host_ease = HostEASE(model.ease.host_kernel(), threads)
         return bundle
 
 

@@ -10,14 +10,18 @@ class HostEASE:
     """An EASE-shaped product in NumPy/SciPy, for weights that no longer change: ``x @ W - x * diag(W)``
     for 0/1 rows ``x``, as CSR x dense products over ``threads`` (faster than Keras' dense or sparse
     matmul on CPU: see bench/score.py). Through a sigmoid, VASP's Neural EASE path (the layer's
-    ``call``); with ``logits``, as is: closed-form EASE's scores (its diagonal is zero).
+    ``call``); with ``logits``, as is: closed-form EASE's scores (its diagonal is zero). A sparse
+    ``kernel`` (a pruned Neural EASE kernel) is kept as CSR and multiplied as CSR x CSR.
     """
 
     def __init__(self, kernel, threads: int = 1, logits: bool = False):
-        self.kernel = np.ascontiguousarray(kernel, dtype=np.float32)
+        if sp.issparse(kernel):
+            self.kernel = sp.csr_matrix(kernel, dtype=np.float32)
+        else:
+            self.kernel = np.ascontiguousarray(kernel, dtype=np.float32)
         if self.kernel.ndim != 2 or self.kernel.shape[0] != self.kernel.shape[1]:
             raise ValueError(f"kernel must be a square [items, items] matrix, got shape {self.kernel.shape}")
-        self.diagonal = np.diagonal(self.kernel).copy()
+        self.diagonal = np.asarray(self.kernel.diagonal(), dtype=np.float32)
         self.threads = max(1, int(threads))
         self.logits = logits
 
@@ -32,7 +36,8 @@ class HostEASE:
 
         def product(part: int) -> None:  # SciPy releases the GIL: the parts run in parallel
             start, end = bounds[part], bounds[part + 1]
-            out[start:end] = ones[start:end] @ self.kernel
+            product = ones[start:end] @ self.kernel
+            out[start:end] = product.toarray() if sp.issparse(product) else product
 
         with ThreadPoolExecutor(self.threads) as pool:
             list(pool.map(product, range(self.threads)))

@@ -1,8 +1,8 @@
 """The memory a training run needs at its peak, estimated before anything is allocated, and the
 budget it has to fit in.
 
-The estimate counts the arrays that grow with the catalog: the Neural EASE kernel (I×I float32)
-with its gradient, optimizer slots and the early-stopping copy of the best weights; the
+The estimate counts the arrays that grow with the catalog: the Neural EASE kernel (I×I float32, or
+I×k when pruned, plus the [rows, max row items, k] gathers of its forward and backward pass) with its gradient, optimizer slots and the early-stopping copy of the best weights; the
 closed-form EASE warm start (the float64 Gram matrix, its inverse and the float32 solution); the
 item-wide Dense layers with the same state; a batch's item-wide activations; and the EASE
 baseline fitted after training over the whole catalog while the trained model is still held.
@@ -17,6 +17,8 @@ import dataclasses
 import logging
 import os
 import re
+
+import numpy as np
 
 from vasp_model.core.config import PRESETS, VaspConfig, make_config
 
@@ -33,6 +35,12 @@ JIT_BYTES = 384 * 2**20
 STEP_TEMPORARIES = 6
 HELD_AFTER_FIT = 5
 ACTIVATIONS = 4
+# A pruned kernel's gather per (row, row item, neighbour): the weights taken, their target items, the cells
+# they are added to (int32) and the gradient of the weights taken, with one more float32 as a margin.
+PRUNED_GATHER_BYTES = 5 * FLOAT32
+# The pruned kernels vasp train tries, widest first, when the dense one does not fit (k = 512 ranks like
+# the dense closed-form EASE on CiteULike-a; the README's whole-catalog section has the measurement).
+PRUNED_NEIGHBOURS = (512, 256, 128, 64)
 # A sparse XᵀX chunk before it is added to the dense Gram matrix: float64 value + int32 column +
 # int32 row (COO) per entry, at most I² entries.
 SPARSE_GRAM_BYTES = 16
@@ -79,30 +87,44 @@ def ease_solve_bytes(n: int, precision: str = "float64", gram_entries: int | Non
     return 2 * FLOAT32 * n * n + chunk
 
 
+def max_row_items(train_csr, n_items: int) -> int:
+    """The most of the ``n_items`` modelled items in one training row: what a pruned Neural EASE kernel
+    reads per row (:class:`vasp_model.nn.layers.PrunedNeuralEASE`'s ``max_positives``)."""
+    counts = np.diff(train_csr[:, :n_items].tocsr().indptr)
+    return max(int(counts.max(initial=0)), 1)
+
+
 def training_memory(
     catalog_items: int,
     train_users: int,
     config: VaspConfig,
     ease_precision: str = "float64",
     gram_entries: int | None = None,
+    row_items: int | None = None,
 ) -> TrainingMemory:
     """The peak bytes of each phase of training ``config`` on ``catalog_items`` items and ``train_users``
-    users, the EASE baseline solved in ``ease_precision`` (``gram_entries``: see :func:`ease_solve_bytes`)."""
+    users, the EASE baselines (and the closed-form init) solved in ``ease_precision`` (``gram_entries``: see
+    :func:`ease_solve_bytes`; ``row_items``: :func:`max_row_items`, default every item)."""
     if catalog_items < 1 or train_users < 1:
         raise ValueError(f"need items and train users, got {catalog_items} items, {train_users} users")
     m, t = config.model, config.train
     items = catalog_items if m.max_items is None else min(m.max_items, catalog_items)
-    weights = FLOAT32 * (items * items + dense_params(items, config))
-    slots = OPTIMIZER_SLOTS[t.optimizer]
     rows = 2 * min(t.batch_users, train_users)
+    if m.ease_neighbours is None:
+        kernel, gather = items * items, 0
+    else:
+        kernel = items * min(m.ease_neighbours, items - 1)
+        gather = PRUNED_GATHER_BYTES * rows * min(row_items or items, items) * min(m.ease_neighbours, items - 1)
+    weights = FLOAT32 * (kernel + dense_params(items, config))
+    slots = OPTIMIZER_SLOTS[t.optimizer]
 
     # weights + gradient + optimizer slots + the best epoch's copy, a step's temporaries, activations
-    fit = (3 + slots) * weights + STEP_TEMPORARIES * FLOAT32 * items * items + ACTIVATIONS * FLOAT32 * rows * items
+    fit = (3 + slots) * weights + STEP_TEMPORARIES * FLOAT32 * kernel + ACTIVATIONS * FLOAT32 * rows * items + gather
     # what the fit leaves held while the EASE baseline is fitted on the whole catalog
-    held = (1 + slots) * weights + HELD_AFTER_FIT * FLOAT32 * items * items
+    held = (1 + slots) * weights + HELD_AFTER_FIT * FLOAT32 * kernel
     phases = {"fit": fit, "baselines": held + ease_solve_bytes(catalog_items, ease_precision, gram_entries)}
     if m.ease_init == "closed_form":
-        phases["closed_form_init"] = weights + ease_solve_bytes(items, "float64", gram_entries)
+        phases["closed_form_init"] = weights + ease_solve_bytes(items, ease_precision, gram_entries)
     runtime = RUNTIME_BYTES + (0 if t.jit_compile is False else JIT_BYTES)  # "auto" may compile
     return TrainingMemory(items, catalog_items, {k: v + runtime for k, v in phases.items()})
 
@@ -223,25 +245,44 @@ def check_training_memory(
     config: VaspConfig,
     budget: str | None = None,
     gram_entries: int | None = None,
-) -> tuple[TrainingMemory, str]:
-    """(the estimate of a run, the precision its EASE baseline is solved in): float64 when the run fits
-    :func:`memory_limit` (``budget``, else ``VASP_MEMORY_BUDGET``, else what is available) that way,
-    else float32 solved in place; ``ValueError`` with :func:`refusal`'s line when neither fits."""
+    row_items: int | None = None,
+) -> tuple[TrainingMemory, str, VaspConfig]:
+    """(the estimate of a run, the precision its EASE solves use, the config it fits as) within
+    :func:`memory_limit` (``budget``, else ``VASP_MEMORY_BUDGET``, else what is available): ``config`` with
+    float64 solves, else float32 solved in place; when neither fits a dense Neural EASE kernel, the widest
+    pruned kernel of :data:`PRUNED_NEIGHBOURS` that fits (``ease_neighbours``, said in a warning).
+    ``ValueError`` with :func:`refusal`'s line when nothing fits."""
     from vasp_model.recommenders.baselines import EASE_PRECISIONS
 
     resident = resident_bytes()
     limit, source = memory_limit(budget, resident)
-    for precision in EASE_PRECISIONS:  # the float64 solve first: exact where it fits
-        estimate = training_memory(catalog_items, train_users, config, precision, gram_entries)
-        log.info(
-            "memory: %d resident, estimated peak %d (%s; EASE in %s), limit %s (%s)",
-            resident, resident + estimate.peak, ", ".join(f"{k} {v}" for k, v in estimate.phases.items()),
-            precision, limit, source,
-        )  # fmt: skip
-        if limit is None or resident + estimate.peak <= limit:
-            return estimate, precision
+    candidates = [config]
+    if config.model.ease_neighbours is None:
+        candidates += [_with_neighbours(config, k) for k in PRUNED_NEIGHBOURS if k < catalog_items - 1]
+    for candidate in candidates:
+        for precision in EASE_PRECISIONS:  # the float64 solve first: exact where it fits
+            estimate = training_memory(catalog_items, train_users, candidate, precision, gram_entries, row_items)
+            log.info(
+                "memory: %d resident, estimated peak %d (%s; EASE in %s, Neural EASE %s), limit %s (%s)",
+                resident, resident + estimate.peak, ", ".join(f"{k} {v}" for k, v in estimate.phases.items()),
+                precision, candidate.model.ease_neighbours or "dense", limit, source,
+            )  # fmt: skip
+            if limit is None or resident + estimate.peak <= limit:
+                if candidate is not config:
+                    log.warning(
+                        "the dense %s x %s Neural EASE kernel does not fit %s (%s): training a pruned kernel of "
+                        "%d targets per item (--ease-neighbours)",
+                        f"{estimate.items:,}", f"{estimate.items:,}", gib(limit), source,
+                        candidate.model.ease_neighbours,
+                    )  # fmt: skip
+                return estimate, precision, candidate
     sizing = {"ease_precision": EASE_PRECISIONS[-1], "gram_entries": gram_entries}
+    estimate = training_memory(catalog_items, train_users, config, row_items=row_items, **sizing)
     raise ValueError(refusal(estimate, train_users, config, resident, limit, source, **sizing))
+
+
+def _with_neighbours(config: VaspConfig, k: int) -> VaspConfig:
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, ease_neighbours=k))
 
 
 def _with_max_items(config: VaspConfig, n: int) -> VaspConfig:

@@ -83,7 +83,9 @@ def train(
 
             mapping = ItemMapping.by_id(init_from.item_ids, bundle.item_ids)
         if not (checkpoint_dir and os.path.exists(_backup_dir(checkpoint_dir))):  # a resumed fit loads its weights
-            _warm_start(bundle.model, features.train, plan, config, verbose, timings, init_from, mapping)
+            _warm_start(
+                bundle.model, features.train, plan, config, verbose, timings, init_from, mapping, ease_precision
+            )
         history, best_epoch = _fit(
             bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings
         )
@@ -132,9 +134,12 @@ def _build_bundle(features, config: VaspConfig, n_items: int):
 
     from vasp_model.nn.model import build_model
     from vasp_model.recommenders.bundle import ModelBundle
+    from vasp_model.train.memory import max_row_items
 
     return ModelBundle(
-        build_model(n_items, config.model, seed=config.train.seed),
+        build_model(
+            n_items, config.model, seed=config.train.seed, max_positives=max_row_items(features.train, n_items)
+        ),
         features.item_ids[:n_items],
         features.popularity[:n_items],
         metadata={
@@ -161,14 +166,24 @@ def _compile(model, config: VaspConfig, learning_rate: float) -> None:
 
 
 def _warm_start(
-    model, train_csr, plan, config: VaspConfig, verbose, timings: dict[str, float], init_from=None, mapping=None
+    model,
+    train_csr,
+    plan,
+    config: VaspConfig,
+    verbose,
+    timings: dict[str, float],
+    init_from=None,
+    mapping=None,
+    precision: str = "float64",
 ) -> None:
-    """Initialize the shallow (Neural EASE) path as configured: closed-form EASE; then, with ``init_from``,
-    every weight of that model (for the items ``mapping`` keeps); then a warm-up fit."""
+    """Initialize the shallow (Neural EASE) path as configured: closed-form EASE solved in ``precision``;
+    then, with ``init_from``, every weight of that model (for the items ``mapping`` keeps); then a warm-up fit."""
     if config.model.ease_init == "closed_form":
-        print(f"Neural EASE init: closed-form EASE of {model.n_items} items", flush=True)
+        k = config.model.ease_neighbours
+        pruned = "" if k is None else f", pruned to {k} targets per item"
+        print(f"Neural EASE init: closed-form EASE of {model.n_items} items{pruned}", flush=True)
         with _timed(timings, "ease_init_seconds"):
-            _closed_form_init(model, train_csr, config.model)
+            _closed_form_init(model, train_csr, config.model, precision)
     if init_from is not None:
         from vasp_model.train.warm_start import transfer_weights
 
@@ -180,14 +195,20 @@ def _warm_start(
             _ease_warmup(model, plan, config, verbose)
 
 
-def _closed_form_init(model, train_csr, model_config) -> None:
-    """Set the Neural EASE kernel to ``ease_init_scale`` × closed-form EASE of ``train_csr``'s modelled items.
+def _closed_form_init(model, train_csr, model_config, precision: str = "float64") -> None:
+    """Set the Neural EASE kernel to ``ease_init_scale`` × closed-form EASE of ``train_csr``'s modelled items
+    (a pruned kernel: each item's ``ease_neighbours`` strongest targets of it).
 
     An initialization only: the kernel is trained from there; nothing is blended at inference.
     """
-    from vasp_model.recommenders.baselines import EASE
+    from vasp_model.recommenders.baselines import fit_ease, prune_rows
 
-    B = EASE(model_config.ease_init_lambda).fit(train_csr[:, : model.n_items]).B
+    B = fit_ease(train_csr[:, : model.n_items], model_config.ease_init_lambda, precision).B
+    if model_config.ease_neighbours is not None:
+        targets, values = prune_rows(B, model_config.ease_neighbours)
+        del B
+        model.ease.set_kernel(targets, model_config.ease_init_scale * values)
+        return
     kernel = model.ease.kernel
     kernel.assign(model_config.ease_init_scale * B.astype("float32"))
     kernel.assign(kernel.constraint(kernel))
@@ -301,6 +322,10 @@ def _choose_blend(bundle, ease, split) -> dict[str, Any]:
 
     n = bundle.n_items
     B = ease.B[:n, :n]
+    if bundle.model.ease_neighbours is not None:  # as memory-bounded as the model: EASE pruned like its kernel
+        from vasp_model.recommenders.baselines import pruned_matrix
+
+        B = pruned_matrix(B, bundle.model.ease_neighbours)
     weight, grid = choose_weight(bundle.scores, B, split.fold_in[:, :n], split.holdout)
     bundle.blend = EaseBlend(weight, B) if weight > 0 else None
     return {"blend_weight": weight, "blend_validation_grid": {str(w): v for w, v in grid.items()}}

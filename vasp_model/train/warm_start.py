@@ -4,7 +4,8 @@ The catalog moves between nights: items come and go and ``item_idx`` follows pop
 weight is copied by position. :class:`ItemMapping` pairs the new model's items with the source's
 by id; :func:`transfer_weights` copies every item-indexed weight (``VASP.item_weights``) for the
 items both know, leaves a new item's entries at their fresh initialisation, drops the entries of
-items that vanished, and copies every other weight as is. A source of another architecture
+items that vanished, and copies every other weight as is but those the model keeps fresh (a pruned
+Neural EASE kernel: its closed-form initialisation is tonight's). A source of another architecture
 (another preset, other widths or depths) is refused with :class:`ArchitectureMismatch`.
 """
 
@@ -67,7 +68,7 @@ def _relative_path(variable) -> str:
 
 def transfer_weights(source, target, mapping: ItemMapping) -> None:
     """Set ``target``'s weights from ``source`` (both built VASPs): item-indexed weights for the items of
-    ``mapping`` that both know, every other weight whole. Raises :class:`ArchitectureMismatch` (nothing
+    ``mapping`` that both know, every other weight whole but ``target.fresh_weights()``. Raises :class:`ArchitectureMismatch` (nothing
     assigned) when a weight is missing or of another shape."""
     import keras
 
@@ -80,8 +81,11 @@ def transfer_weights(source, target, mapping: ItemMapping) -> None:
             f"the warm-start model has other layers than the candidate ({', '.join(missing[:3])} ...): "
             "another architecture; train cold (--warm-start none) or with the source's preset"
         )
+    fresh = {_relative_path(v) for v in target.fresh_weights()}
     updates = []
     for path, variable in targets.items():
+        if path in fresh:
+            continue
         have = tuple(sources[path].shape)
         want = tuple(variable.shape)
         axes = item_axes.get(path, ())
