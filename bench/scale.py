@@ -11,8 +11,16 @@ to each item's k strongest neighbours (``--prune``: what the memory-bounded repr
 quality) are scored on every test-file user with LightGCN's metric definitions @20, printed beside the
 figures that paper publishes on this split. Peak RSS is reported per stage (the build's Spark driver and JVM, then this process).
 
+``kernel``: the ``cpu`` preset's train step with the dense Neural EASE kernel against pruned ones
+(``--neighbours``: k targets per item) at each catalog width of ``--items``, on synthetic rows of
+``--row-items`` items each (the widest row: ``--max-positives``), each configuration in a process of
+its own on ``--backend``: the median step of five after a first (compiling) one, the ratio to the dense
+step in the same run, and the process's peak RSS. The dense kernel is skipped where its estimate
+(:func:`vasp_model.train.memory.training_memory`) does not fit what the machine has available.
+
     .venv/bin/python bench/scale.py given
     .venv/bin/python bench/scale.py given --grid 100,300,1000 --heldout-users 1000
+    .venv/bin/python bench/scale.py kernel --items 16920,40981 --neighbours 512,256
 """
 
 from __future__ import annotations
@@ -154,7 +162,92 @@ def print_given(got: dict) -> None:
     print(f"seconds: {json.dumps(got['seconds'])}; peak RSS GiB: {json.dumps(got['peak_rss_gib'])}")
 
 
-SECTIONS = {"given": (given, print_given)}
+def step_seconds(items: int, neighbours: int, max_positives: int, row_items: int, rows: int) -> list[float]:
+    """Seconds of six ``cpu``-preset train steps on ``rows`` synthetic rows (0 neighbours: the dense kernel)."""
+    import dataclasses
+
+    import keras
+    import numpy as np
+    import scipy.sparse as sp
+
+    from vasp_model.core.config import make_config
+    from vasp_model.nn.losses import FocalLoss
+    from vasp_model.nn.model import build_model
+
+    model_config = make_config("cpu", env={}).model
+    if neighbours:
+        model_config = dataclasses.replace(model_config, ease_neighbours=neighbours)
+    X = sp.random(rows, items, density=row_items / items, format="csr", random_state=0, dtype=np.float32)
+    X.data[:] = 1.0
+    x = X.toarray()
+    keras.utils.set_random_seed(0)
+    model = build_model(items, model_config, seed=0, max_positives=max_positives)
+    model.compile(optimizer=keras.optimizers.Nadam(1e-3), loss=FocalLoss())
+    seconds = []
+    for _ in range(6):
+        start = time.perf_counter()
+        model.train_on_batch(x, x)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def kernel(args) -> dict:
+    import statistics
+
+    from vasp_model.core.config import make_config
+    from vasp_model.train.memory import available_bytes, training_memory
+
+    free, _ = available_bytes()
+    rows = []
+    for items in args.items:
+        dense_fits = free is None or training_memory(items, 10**6, make_config("cpu", env={})).phases["fit"] < free
+        for k in ([0] if dense_fits else []) + args.neighbours:
+            cmd = [sys.executable, os.path.abspath(__file__), "step", "--step", f"{items},{k},{args.max_positives}"]
+            cmd += ["--row-items", str(args.row_items), "--rows", str(args.rows)]
+            env = {**os.environ, "KERAS_BACKEND": args.backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+            out = proc.stdout.read()
+            _, status, usage = os.wait4(proc.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise subprocess.CalledProcessError(os.waitstatus_to_exitcode(status), cmd)
+            seconds = json.loads(out.strip().splitlines()[-1])
+            rows.append(
+                {
+                    "items": items,
+                    "neighbours": k or None,
+                    "step_seconds": round(statistics.median(seconds[1:]), 3),
+                    "first_step_seconds": round(seconds[0], 2),
+                    "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+                }
+            )
+    for row in rows:
+        dense = [r for r in rows if r["items"] == row["items"] and r["neighbours"] is None]
+        row["vs_dense"] = round(row["step_seconds"] / dense[0]["step_seconds"], 3) if dense else None
+    return {"backend": args.backend, "rows": args.rows, "row_items": args.row_items, "results": rows}
+
+
+def print_kernel(got: dict) -> None:
+    print(
+        f"cpu preset train step, {got['backend']}, {got['rows']} rows of {got['row_items']} items "
+        "(median of 5 after the first)"
+    )
+    header = f"{'items':>8} {'Neural EASE':>14} {'s/step':>8} {'vs dense':>9} {'peak RSS GiB':>13}"
+    print(header)
+    print("-" * len(header))
+    for r in got["results"]:
+        kind = "dense" if r["neighbours"] is None else f"k = {r['neighbours']}"
+        ratio = "-" if r["vs_dense"] is None else f"{r['vs_dense']:.2f}"
+        print(f"{r['items']:>8,} {kind:>14} {r['step_seconds']:>8.2f} {ratio:>9} {r['peak_rss_gib']:>13.2f}")
+
+
+def step(args) -> dict:
+    items, k, max_positives = (int(v) for v in args.step.split(","))
+    print(json.dumps(step_seconds(items, k, max_positives, args.row_items, args.rows)))
+    return {}
+
+
+SECTIONS = {"given": (given, print_given), "kernel": (kernel, print_kernel), "step": (step, None)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,13 +263,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prune", default="32,128,512", help="given: also score EASE's B pruned to k neighbours per item (k, ...)."
     )
+    parser.add_argument("--items", default="16920,40981", help="kernel: catalog widths (items, ...).")
+    parser.add_argument("--neighbours", default="512,256", help="kernel: pruned kernels' targets per item (k, ...).")
+    parser.add_argument("--max-positives", type=int, default=811, help="kernel: the widest row a pruned kernel reads.")
+    parser.add_argument("--row-items", type=int, default=27, help="kernel: items per synthetic row (mean).")
+    parser.add_argument("--rows", type=int, default=512, help="kernel: rows per step (the cpu preset's 2 x 256).")
+    parser.add_argument("--backend", default="jax", help="kernel: the Keras backend of the steps.")
+    parser.add_argument("--step", default=None, help=argparse.SUPPRESS)  # items,k,max_positives of one process
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
     args = parser.parse_args(argv)
     args.prune = [int(k) for k in args.prune.split(",") if k.strip()]
+    args.items = [int(n) for n in args.items.split(",") if n.strip()]
+    args.neighbours = [int(k) for k in args.neighbours.split(",") if k.strip()]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     run, show = SECTIONS[args.section]
     got = run(args)
-    if got:
+    if got and show is not None:
         show(got)
     if args.json:
         with open(args.json, "w") as out:

@@ -491,8 +491,9 @@ def test_closed_form_init_of_a_pruned_kernel_keeps_each_items_strongest_targets(
     )
     result = train(small_features, config, verbose=0, evaluate_baselines=False)
     model = result.bundle.model
-    rows = np.diff(small_features.train.indptr)
-    assert model.ease_neighbours == 6 and model.ease_max_positives == rows.max()
+    f = small_features
+    rows = [np.diff(m.indptr).max() for m in (f.train, f.validation.fold_in, f.test.fold_in)]
+    assert model.ease_neighbours == 6 and model.ease_max_positives == max(rows)
     expected = 3.0 * pruned_matrix(EASE(50.0).fit(small_features.train).B, 6).toarray()
     np.testing.assert_allclose(model.ease.host_kernel().toarray(), expected, atol=1e-4)  # lr 1e-9: barely moved
     assert result.metrics["validation"]["vasp"]["ndcg@100"] > 0

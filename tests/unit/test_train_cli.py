@@ -206,7 +206,8 @@ def test_train_cli_trains_and_publishes_a_pruned_neural_ease_kernel(warehouse, t
     kernel = bundle.host_ease.kernel  # each item keeps 5 targets, never itself
     assert kernel.shape == (features.n_items, features.n_items) and kernel.nnz == 5 * features.n_items
     assert np.all(kernel.diagonal() == 0)
-    assert bundle.model.ease_max_positives == np.diff(features.train.indptr).max()
+    widest = max(np.diff(m.indptr).max() for m in (features.train, features.validation.fold_in, features.test.fold_in))
+    assert bundle.model.ease_max_positives == widest
     # the published model scores (on the host) what the run measured
     split = features.test
     scored = evaluate_recommender(bundle, split.fold_in, split.holdout, features.popularity)

@@ -88,9 +88,10 @@ class PrunedNeuralEASE(keras.layers.Layer):
 
     ``values`` [I, k] is trained, ``targets`` [I, k] (int32) is set once (:meth:`set_kernel`, e.g. from
     the pruned closed-form EASE). A row's logits sum the kernel rows of its items: the forward pass reads
-    the row's ``max_positives`` largest entries (``top_k``; a 0/1 row with more items is read through
-    ``max_positives`` of them) and scatter-adds their ``k`` weights, O(batch × max_positives × k)
-    work and memory instead of O(batch × I²).
+    the row's ``max_positives`` largest entries (``top_k``) and scatter-adds their ``k`` weights,
+    O(batch × max_positives × k) work and memory instead of O(batch × I²). ``vasp train`` sets
+    ``max_positives`` to the widest row it trains and measures on; a wider 0/1 row scored through Keras
+    is read through ``max_positives`` of its items (scoring on the host, :meth:`host_kernel`, reads all).
     """
 
     def __init__(

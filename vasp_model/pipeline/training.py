@@ -359,7 +359,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         vasp,
         config.memory_budget,
         gram_entries=entries,
-        row_items=max_row_items(features.train, n_items),
+        row_items=max_row_items(features, n_items),
     )
     source = _warm_start_source(config)
     if source is not None:

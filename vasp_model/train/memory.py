@@ -87,11 +87,13 @@ def ease_solve_bytes(n: int, precision: str = "float64", gram_entries: int | Non
     return 2 * FLOAT32 * n * n + chunk
 
 
-def max_row_items(train_csr, n_items: int) -> int:
-    """The most of the ``n_items`` modelled items in one training row: what a pruned Neural EASE kernel
-    reads per row (:class:`vasp_model.nn.layers.PrunedNeuralEASE`'s ``max_positives``)."""
-    counts = np.diff(train_csr[:, :n_items].tocsr().indptr)
-    return max(int(counts.max(initial=0)), 1)
+def max_row_items(features, n_items: int) -> int:
+    """The most of the ``n_items`` modelled items in one row the run feeds the model (training users and the
+    validation and test users' fold-ins): what a pruned Neural EASE kernel reads per row
+    (:class:`vasp_model.nn.layers.PrunedNeuralEASE`'s ``max_positives``), so that every row it is
+    trained and measured on is read whole."""
+    rows = [features.train, features.validation.fold_in, features.test.fold_in]
+    return max(max(int(np.diff(m[:, :n_items].tocsr().indptr).max(initial=0)) for m in rows), 1)
 
 
 def training_memory(

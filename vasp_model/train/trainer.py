@@ -137,9 +137,7 @@ def _build_bundle(features, config: VaspConfig, n_items: int):
     from vasp_model.train.memory import max_row_items
 
     return ModelBundle(
-        build_model(
-            n_items, config.model, seed=config.train.seed, max_positives=max_row_items(features.train, n_items)
-        ),
+        build_model(n_items, config.model, seed=config.train.seed, max_positives=max_row_items(features, n_items)),
         features.item_ids[:n_items],
         features.popularity[:n_items],
         metadata={
