@@ -32,6 +32,12 @@
    Dense and Neural EASE cost nnz x width, not items x width) at the float32 matmul rate measured
    in this run. Unless ``--skip-als``, Spark ALS (as in 2c) fits the same population and times one
    ``recommendForAllUsers(100)`` (``als_recommend_over_spark``: ALS's time over the job's).
+   ``--synthetic-neighbours K`` prunes the model's Neural EASE kernel to K targets per item (what a wide
+   catalog trains, see the README's Wide catalogs), which also sets the floor's FLOPs; the peak resident
+   set of the driver, its JVM and the Python workers together is sampled while the job scores:
+
+       .venv/bin/python bench/score.py --skip-ml1m --skip-als --synthetic-users 1000000 \
+           --synthetic-items 40000 --synthetic-neighbours 512 --synthetic-single-users 0
 """
 
 from __future__ import annotations
@@ -79,8 +85,58 @@ def build_ml1m(spark, warehouse: str) -> None:
     print(f"built ML-1M features in {seconds:.1f}s")
 
 
-def make_bundle(n_items_ids, popularity, directory: str, features=None, train_epochs: int = 0):
-    """A cpu-preset-sized VASP bundle for this vocabulary (untrained unless train_epochs > 0)."""
+def cpu_model_config(neighbours: int = 0):
+    """The cpu preset's model config, its Neural EASE kernel pruned to ``neighbours`` targets per item (0: dense)."""
+    import dataclasses
+
+    from vasp_model.core.config import make_config
+
+    model_config = make_config("cpu").model
+    return dataclasses.replace(model_config, ease_neighbours=neighbours) if neighbours else model_config
+
+
+class PeakTreeRSS:
+    """The peak of the summed resident set of this process and every descendant (Spark's JVM and its
+    Python workers), sampled every ``interval`` seconds while the ``with`` block runs."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval = interval
+        self.peak = 0
+
+    def _sample(self) -> int:
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:  # gone between listing and reading
+                pass
+        return total
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+
+        def watch():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self._sample())
+                self._stop.wait(self.interval)
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def make_bundle(n_items_ids, popularity, directory: str, features=None, train_epochs: int = 0, neighbours: int = 0):
+    """A cpu-preset-sized VASP bundle for this vocabulary (untrained unless train_epochs > 0; ``neighbours``:
+    its Neural EASE kernel pruned to that many targets per item, every row of up to a quarter of the items read)."""
     from vasp_model.core.config import make_config
     from vasp_model.nn.model import build_model
     from vasp_model.recommenders.bundle import ModelBundle
@@ -91,8 +147,8 @@ def make_bundle(n_items_ids, popularity, directory: str, features=None, train_ep
         cfg = make_config("cpu", train_overrides={"epochs": (train_epochs,), "learning_rates": (1e-3,)})
         bundle = train(features, cfg, verbose=0, evaluate_baselines=False).bundle
     else:
-        cfg = make_config("cpu")
-        model = build_model(len(n_items_ids), cfg.model, seed=0)
+        n = len(n_items_ids)
+        model = build_model(n, cpu_model_config(neighbours), seed=0, max_positives=max(n // 4, 1))
         bundle = ModelBundle(model, n_items_ids, popularity, metadata={"preset": "cpu", "untrained": True})
     bundle.save(directory)
     return bundle
@@ -302,16 +358,15 @@ def bench_ml1m(spark, args, workdir: Path) -> dict:
     return result
 
 
-def compute_floor(n_items: int, n_users: int, nnz: float) -> dict:
+def compute_floor(n_items: int, n_users: int, nnz: float, neighbours: int = 0) -> dict:
     """The compute floor of scoring ``n_users`` of ``nnz`` positives on average: one forward pass of
-    the cpu preset's matmuls per user, sparse input as scoring feeds it, at this machine's matmul rate
-    measured now (``bench/train.py``'s peak)."""
+    the cpu preset's matmuls per user (``neighbours``: its pruned kernel), sparse input as scoring feeds
+    it, at this machine's matmul rate measured now (``bench/train.py``'s peak)."""
     from bench.train import matmul_peak
-    from vasp_model.core.config import make_config
     from vasp_model.nn.model import flops_per_row
 
     peak = matmul_peak()["peak_gflops"]
-    flops = flops_per_row(n_items, make_config("cpu").model, nnz) * n_users
+    flops = flops_per_row(n_items, cpu_model_config(neighbours), nnz) * n_users
     return {
         "forward_tflop": round(flops / 1e12, 1),
         "matmul_gflops": round(peak, 1),
@@ -333,7 +388,9 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
     items_ids = np.asarray([f"m{i}" for i in range(args.synthetic_items)], dtype=object)
     pop = np.arange(args.synthetic_items, 0, -1, dtype=np.int64)
     syn_dir = str(workdir / "syn20m-bundle")
-    syn_params = int(make_bundle(items_ids, pop, syn_dir).model.count_params())  # saved; freed here
+    syn_bundle = make_bundle(items_ids, pop, syn_dir, neighbours=args.synthetic_neighbours)  # saved; freed here
+    syn_params = int(syn_bundle.model.count_params())
+    del syn_bundle
     keras.backend.clear_session()  # the driver does not keep the 20k x 20k model (the workers load it)
     gc.collect()
     if args.synthetic_task_cpus > 1:  # a session whose tasks take N cores each: fewer model copies
@@ -349,13 +406,16 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
         )
     gen_s, rows = _timed(lambda: synthetic_population(warehouse, "2026-01-02", n_run, args.synthetic_items))
     print(f"synthetic: {n_run} users, {rows:,} positive events ({gen_s:.1f}s)")
-    seconds, manifest = _timed(lambda: score(spark, "2026-01-02", warehouse, model_uri=syn_dir, top_n=100))
+    with PeakTreeRSS() as rss:
+        seconds, manifest = _timed(lambda: score(spark, "2026-01-02", warehouse, model_uri=syn_dir, top_n=100))
     rate = n_run / seconds
-    floor = compute_floor(args.synthetic_items, n_all, rows / n_run)
+    floor = compute_floor(args.synthetic_items, n_all, rows / n_run, args.synthetic_neighbours)
     result = {
         "users_scored": n_run,
         "items": args.synthetic_items,
+        "neural_ease": f"pruned to {args.synthetic_neighbours}" if args.synthetic_neighbours else "dense",
         "params": syn_params,
+        "peak_rss_gib_driver_jvm_workers": round(rss.peak / 2**30, 2),
         "task_cpus": args.synthetic_task_cpus,
         "weights": "untrained",
         "spark_s": round(seconds, 1),
@@ -402,6 +462,12 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-synthetic", action="store_true", help="Do not time the 20M-shaped population.")
     parser.add_argument("--synthetic-users", type=int, default=138_493, help="Users of the 20M-shaped population.")
     parser.add_argument("--synthetic-items", type=int, default=20_000, help="Items of the 20M-shaped population.")
+    parser.add_argument(
+        "--synthetic-neighbours",
+        type=int,
+        default=0,
+        help="Prune the population's model's Neural EASE kernel to K targets per item (0 = dense, the default).",
+    )
     parser.add_argument(
         "--synthetic-sample",
         type=int,
