@@ -2,10 +2,11 @@
 budget it has to fit in.
 
 The estimate counts the arrays that grow with the catalog: the Neural EASE kernel (I×I float32, or
-I×k when pruned, plus the [rows, max row items, k] gathers of its forward and backward pass) with its gradient, optimizer slots and the early-stopping copy of the best weights; the
-closed-form EASE warm start (the float64 Gram matrix, its inverse and the float32 solution); the
-item-wide Dense layers with the same state; a batch's item-wide activations; and the EASE
-baseline fitted after training over the whole catalog while the trained model is still held.
+I×k when pruned, plus the [rows, widest row, k] gathers of a step) with its gradient, optimizer
+slots and the early-stopping copy of the best weights; the closed-form EASE warm start (the Gram
+matrix, its inverse and the float32 solution); the item-wide Dense layers with the same state; a
+batch's item-wide activations; and the EASE baseline fitted after training over the whole catalog
+while the trained model is still held.
 Each phase's peak is counted over what is resident when the check runs (the features), plus the
 runtime Keras brings. The budget is ``VASP_MEMORY_BUDGET`` / ``--memory-budget`` (e.g. ``16g``),
 else what is in use plus what the machine (``MemAvailable``) or the cgroup limit leaves free.

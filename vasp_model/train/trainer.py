@@ -177,7 +177,7 @@ def _warm_start(
     """Initialize the shallow (Neural EASE) path as configured: closed-form EASE solved in ``precision``;
     then, with ``init_from``, every weight of that model (for the items ``mapping`` keeps); then a warm-up fit."""
     if config.model.ease_init == "closed_form":
-        k = config.model.ease_neighbours
+        k = model.ease_neighbours
         pruned = "" if k is None else f", pruned to {k} targets per item"
         print(f"Neural EASE init: closed-form EASE of {model.n_items} items{pruned}", flush=True)
         with _timed(timings, "ease_init_seconds"):
