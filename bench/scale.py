@@ -174,9 +174,8 @@ def step_seconds(items: int, neighbours: int, max_positives: int, row_items: int
     from vasp_model.nn.losses import FocalLoss
     from vasp_model.nn.model import build_model
 
-    model_config = make_config("cpu", env={}).model
-    if neighbours:
-        model_config = dataclasses.replace(model_config, ease_neighbours=neighbours)
+    model_config = make_config("cpu", env={}).model  # dense (0 neighbours) at any width, pruned to k
+    model_config = dataclasses.replace(model_config, ease_neighbours=neighbours or None, ease_prune_above=None)
     X = sp.random(rows, items, density=row_items / items, format="csr", random_state=0, dtype=np.float32)
     X.data[:] = 1.0
     x = X.toarray()
@@ -192,6 +191,7 @@ def step_seconds(items: int, neighbours: int, max_positives: int, row_items: int
 
 
 def kernel(args) -> dict:
+    import dataclasses
     import statistics
 
     from vasp_model.core.config import make_config
@@ -200,7 +200,9 @@ def kernel(args) -> dict:
     free, _ = available_bytes()
     rows = []
     for items in args.items:
-        dense_fits = free is None or training_memory(items, 10**6, make_config("cpu", env={})).phases["fit"] < free
+        cpu = make_config("cpu", env={})
+        dense = dataclasses.replace(cpu, model=dataclasses.replace(cpu.model, ease_prune_above=None))
+        dense_fits = free is None or training_memory(items, 10**6, dense).phases["fit"] < free
         for k in ([0] if dense_fits else []) + args.neighbours:
             cmd = [sys.executable, os.path.abspath(__file__), "step", "--step", f"{items},{k},{args.max_positives}"]
             cmd += ["--row-items", str(args.row_items), "--rows", str(args.rows)]

@@ -92,7 +92,7 @@ def cpu_model_config(neighbours: int = 0):
     from vasp_model.core.config import make_config
 
     model_config = make_config("cpu").model
-    return dataclasses.replace(model_config, ease_neighbours=neighbours) if neighbours else model_config
+    return dataclasses.replace(model_config, ease_neighbours=neighbours or None, ease_prune_above=None)
 
 
 class PeakTreeRSS:

@@ -96,6 +96,7 @@ def test_refusal_names_the_largest_max_items_that_fits():
 
 def test_estimate_grows_with_the_catalog_and_the_kernel_dominates():
     cpu = make_config("cpu", env={})
+    cpu = dataclasses.replace(cpu, model=dataclasses.replace(cpu.model, ease_prune_above=None))  # dense at 20k
     small, large = (memory.training_memory(n, 10_000, cpu) for n in (10_000, 20_000))
     assert set(large.phases) == {"fit", "baselines", "closed_form_init"}
     runtime = memory.training_memory(2, 10_000, cpu).peak  # next to nothing but the runtime
@@ -184,33 +185,36 @@ def test_a_capped_run_on_a_wide_catalog_fits_with_the_ease_baseline_in_float32()
     estimate, precision, _ = memory.check_training_memory(items, users, capped, "22g", gram_entries=entries)
     assert precision == "float32" and estimate.peak < 22 * 2**30
     small, precision, config = memory.check_training_memory(2_000, 1_000, capped, "22g", gram_entries=entries)
-    assert precision == "float64" and config == capped  # exact wherever it fits
+    assert precision == "float64" and config.model.neighbours_for(2_000) is None  # exact wherever it fits
 
 
-def test_a_wide_catalog_trains_a_pruned_kernel_that_fits(caplog):
-    # Gowalla's whole catalog: the dense 40,981² kernel does not fit 22 GiB; the widest pruned one that
-    # does is picked and said, its EASE solves in float32 (the longest training row has 811 items)
+def test_a_wide_catalog_trains_a_pruned_kernel_and_a_kernel_that_does_not_fit_is_pruned(caplog):
+    # Gowalla's whole catalog: the cpu preset prunes a catalog that wide to 512 targets per item, which fits
+    # 22 GiB with its EASE solves in float32 (the longest training row has 811 items)
     items, users = GOWALLA
     cpu, entries, row_items = make_config("cpu", env={}), 46_000_000, 811
-    assert memory.training_memory(items, users, cpu, "float32", entries, row_items).peak > 22 * 2**30
     with caplog.at_level("WARNING", logger=memory.__name__):
         estimate, precision, config = memory.check_training_memory(items, users, cpu, "22g", entries, row_items)
-    k = config.model.ease_neighbours
-    assert k in memory.PRUNED_NEIGHBOURS and precision == "float32" and estimate.peak <= 22 * 2**30
-    assert config.model == dataclasses.replace(cpu.model, ease_neighbours=k) and config.train == cpu.train
-    wider = [n for n in memory.PRUNED_NEIGHBOURS if n > k]
-    for n in wider:  # none wider fits
-        assert (
-            memory.training_memory(items, users, memory._with_neighbours(cpu, n), "float32", entries, row_items).peak
-            > 22 * 2**30
-        )
-    assert f"training a pruned kernel of {k} targets per item" in caplog.text
+    assert config.model.ease_neighbours == 512 and precision == "float32" and estimate.peak <= 22 * 2**30
+    assert config.train == cpu.train and "does not fit" not in caplog.text
+    dense = dataclasses.replace(cpu, model=dataclasses.replace(cpu.model, ease_prune_above=None))
+    assert memory.training_memory(items, users, dense, "float32", entries, row_items).peak > 22 * 2**30
+    # a dense kernel that does not fit the budget gives way to the widest pruned one that does, said in a warning
+    n, u = 14_000, 10_000
+    big = memory.training_memory(n, u, dense, "float32", None, 300).peak
+    small = memory.training_memory(n, u, memory._with_neighbours(dense, 512), "float32", None, 300).peak
+    budget = str(memory.resident_bytes() + (big + small) // 2)
+    with caplog.at_level("WARNING", logger=memory.__name__):
+        _, _, config = memory.check_training_memory(n, u, dense, budget, None, 300)
+    assert config.model.ease_neighbours == 512
+    assert "the dense Neural EASE kernel of 14,000 items does not fit" in caplog.text
+    assert "training a pruned kernel of 512 targets per item" in caplog.text
     # the pruned kernel's estimate grows with k and with the longest row (its gathers), not with I²
     narrow = memory.training_memory(items, users, memory._with_neighbours(cpu, 64), "float32", entries, row_items)
     short_rows = memory.training_memory(items, users, memory._with_neighbours(cpu, 64), "float32", entries, 100)
     assert short_rows.phases["fit"] < narrow.phases["fit"] < estimate.phases["fit"]
     # a pruned kernel asked for is kept (or refused), never swapped for another
     asked = memory._with_neighbours(cpu, 128)
-    assert memory.check_training_memory(items, users, asked, "22g", entries, row_items)[2] == asked
+    assert memory.check_training_memory(items, users, asked, "22g", entries, row_items)[2].model.ease_neighbours == 128
     with pytest.raises(ValueError, match="needs about"):
         memory.check_training_memory(items, users, asked, "8g", entries, row_items)

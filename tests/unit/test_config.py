@@ -85,3 +85,15 @@ def test_small_data_sets_train_on_smaller_batches_so_an_epoch_keeps_its_steps():
     assert train.batch_users_for(5) == 1
     with pytest.raises(ValueError, match="min_steps_per_epoch"):
         make_config("cpu", train_overrides={"min_steps_per_epoch": 0}, env={})
+
+
+def test_the_cpu_preset_prunes_the_neural_ease_kernel_of_wide_catalogs_only():
+    cpu = make_config("cpu", env={}).model
+    assert cpu.neighbours_for(15_000) is None and cpu.neighbours_for(15_001) == 512  # the rule: above 15,000 items
+    assert make_config("paper", env={}).model.neighbours_for(40_000) is None  # the reference stays dense
+    assert ModelConfig(ease_neighbours=64).neighbours_for(40) == 39  # never more targets than other items
+    assert ModelConfig(ease_neighbours=64, ease_prune_above=10).neighbours_for(11) == 10  # asked for beats the rule
+    assert make_config("cpu", {"ease_prune_above": 20_000}, env={}).model.neighbours_for(16_920) is None
+    for bad in ({"ease_neighbours": 0}, {"ease_prune_above": 1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ModelConfig(**bad)

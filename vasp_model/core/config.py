@@ -32,6 +32,11 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+# The pruned Neural EASE kernel's targets per item where a rule, not a flag, prunes it: on the whole Last.fm
+# (15,342 items) and CiteULike-a (16,920) catalogs it ranks as well as the dense kernel (README, Wide catalogs).
+PRUNED_NEIGHBOURS = 512
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The VASP network and loss."""
@@ -49,8 +54,11 @@ class ModelConfig:
     ease_init_lambda: float = 500.0
     ease_init_scale: float = 5.0
     # None: the dense I×I Neural EASE kernel; k: a pruned kernel, each item predicting its k strongest
-    # targets (I·k weights; vasp train picks one when the dense kernel does not fit its memory budget)
+    # targets (I·k weights; vasp train also picks one when the dense kernel does not fit its memory budget)
     ease_neighbours: int | None = None
+    # with ease_neighbours None: a catalog of more items than this trains a kernel pruned to
+    # PRUNED_NEIGHBOURS targets per item (None: never)
+    ease_prune_above: int | None = None
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     kl_weight: float = 1.0  # weight of the KL term (KL averaged over latent dims)
@@ -72,12 +80,21 @@ class ModelConfig:
         _positive("ease_init_scale", self.ease_init_scale)
         if self.ease_neighbours is not None and self.ease_neighbours < 1:
             raise ValueError(f"ease_neighbours must be >= 1 or None, got {self.ease_neighbours!r}")
+        if self.ease_prune_above is not None and self.ease_prune_above < 2:
+            raise ValueError(f"ease_prune_above must be >= 2 or None, got {self.ease_prune_above!r}")
         if not 0.0 <= self.focal_alpha <= 1.0:
             raise ValueError(f"focal_alpha must be in [0, 1], got {self.focal_alpha!r}")
         _positive("focal_gamma", self.focal_gamma, allow_zero=True)
         _positive("kl_weight", self.kl_weight, allow_zero=True)
         if self.max_items is not None and self.max_items < 2:
             raise ValueError(f"max_items must be >= 2 or None, got {self.max_items!r}")
+
+    def neighbours_for(self, n_items: int) -> int | None:
+        """Targets per item of the Neural EASE kernel over ``n_items`` items (None: the dense kernel)."""
+        k = self.ease_neighbours
+        if k is None and self.ease_prune_above is not None and n_items > self.ease_prune_above:
+            k = PRUNED_NEIGHBOURS
+        return None if k is None else max(min(k, n_items - 1), 1)
 
 
 @dataclass(frozen=True)
@@ -200,6 +217,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             # The Neural EASE kernel starts at 5 × closed-form EASE (λ 500); the README's results compare
             # this warm start with a kernel started from zeros.
             ease_init="closed_form",
+            # wider catalogs train a kernel pruned to 512 targets per item: as good on the two measured
+            # (15,342 and 16,920 items), 2 to 4 times faster, a third less memory (README, Wide catalogs)
+            ease_prune_above=15_000,
         ),
         # warm-up: the Neural EASE path alone for 8 epochs, then the joint fit (20 at 1e-3, 10 at 2e-4)
         "train": dict(

@@ -170,7 +170,7 @@ def build_model(n_items: int, model_config, seed: int | None = None, max_positiv
         normalize_input=c.normalize_input,
         ease_l2=c.ease_l2,
         ease_init="zeros" if c.ease_init == "closed_form" else c.ease_init,
-        ease_neighbours=None if c.ease_neighbours is None else min(c.ease_neighbours, n_items - 1),
+        ease_neighbours=c.neighbours_for(n_items),
         ease_max_positives=max_positives,
         kl_weight=c.kl_weight,
         seed=seed,
@@ -197,8 +197,6 @@ def flops_per_row(n_items: int, model_config, nnz: float | None = None) -> float
     else:
         f += 2 * c.latent * n_items
     f += 2 * c.latent * n_items  # latent_out
-    if c.ease_neighbours is None:
-        f += 2 * rows_in * n_items  # Neural EASE
-    else:  # pruned: each of the row's items adds its k weights
-        f += 2 * rows_in * min(c.ease_neighbours, n_items - 1)
+    k = c.neighbours_for(n_items)
+    f += 2 * rows_in * (n_items if k is None else k)  # Neural EASE (pruned: each of the row's items adds k weights)
     return float(f)

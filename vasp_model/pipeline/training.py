@@ -41,7 +41,13 @@ MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
     "--ease-neighbours": (
         "ease_neighbours",
         int,
-        "Prune the Neural EASE kernel to each item's K strongest targets (default: dense, or pruned when it does not fit).",
+        "Prune the Neural EASE kernel to each item's K strongest targets (default: the preset's rule, see "
+        "--ease-prune-above; narrower when the kernel does not fit the memory budget).",
+    ),
+    "--ease-prune-above": (
+        "ease_prune_above",
+        int,
+        "Without --ease-neighbours: prune the kernel to 512 targets per item above this many items (cpu preset: 15000).",
     ),
     "--focal-alpha": ("focal_alpha", float, "Focal loss alpha (weight of positives)."),
     "--focal-gamma": ("focal_gamma", float, "Focal loss gamma (focusing exponent)."),

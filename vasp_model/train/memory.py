@@ -39,9 +39,9 @@ ACTIVATIONS = 4
 # A pruned kernel's gather per (row, row item, neighbour): the weights taken, their target items, the cells
 # they are added to (int32) and the gradient of the weights taken, with one more float32 as a margin.
 PRUNED_GATHER_BYTES = 5 * FLOAT32
-# The pruned kernels vasp train tries, widest first, when the dense one does not fit (k = 512 ranks like
-# the dense closed-form EASE on CiteULike-a; the README's whole-catalog section has the measurement).
-PRUNED_NEIGHBOURS = (512, 256, 128, 64)
+# The pruned kernels vasp train tries, widest first, when the one configured does not fit (k = 512 ranks as
+# well as the dense kernel on the two whole catalogs measured: the README's Wide catalogs section).
+FALLBACK_NEIGHBOURS = (512, 256, 128, 64)
 # A sparse XᵀX chunk before it is added to the dense Gram matrix: float64 value + int32 column +
 # int32 row (COO) per entry, at most I² entries.
 SPARSE_GRAM_BYTES = 16
@@ -113,11 +113,11 @@ def training_memory(
     m, t = config.model, config.train
     items = catalog_items if m.max_items is None else min(m.max_items, catalog_items)
     rows = 2 * min(t.batch_users, train_users)
-    if m.ease_neighbours is None:
+    k = m.neighbours_for(items)
+    if k is None:
         kernel, gather = items * items, 0
     else:
-        kernel = items * min(m.ease_neighbours, items - 1)
-        gather = PRUNED_GATHER_BYTES * rows * min(row_items or items, items) * min(m.ease_neighbours, items - 1)
+        kernel, gather = items * k, PRUNED_GATHER_BYTES * rows * min(row_items or items, items) * k
     weights = FLOAT32 * (kernel + dense_params(items, config))
     slots = OPTIMIZER_SLOTS[t.optimizer]
 
@@ -222,6 +222,7 @@ def refusal(
     need = resident + estimate.peak
     if need <= limit:
         return None
+    config = resolved(config, estimate.items)  # the same kernel for every --max-items tried
     room, catalog = limit - resident, estimate.catalog
     phase = max(estimate.phases, key=estimate.phases.get)
     fixes = []
@@ -251,17 +252,23 @@ def check_training_memory(
     row_items: int | None = None,
 ) -> tuple[TrainingMemory, str, VaspConfig]:
     """(the estimate of a run, the precision its EASE solves use, the config it fits as) within
-    :func:`memory_limit` (``budget``, else ``VASP_MEMORY_BUDGET``, else what is available): ``config`` with
-    float64 solves, else float32 solved in place; when neither fits a dense Neural EASE kernel, the widest
-    pruned kernel of :data:`PRUNED_NEIGHBOURS` that fits (``ease_neighbours``, said in a warning).
-    ``ValueError`` with :func:`refusal`'s line when nothing fits."""
+    :func:`memory_limit` (``budget``, else ``VASP_MEMORY_BUDGET``, else what is available): ``config``, its
+    Neural EASE kernel resolved for the catalog (:func:`resolved`), with float64 solves, else float32 solved
+    in place; when neither fits and no ``ease_neighbours`` was asked for, the widest narrower pruned kernel of
+    :data:`FALLBACK_NEIGHBOURS` that fits (said in a warning). ``ValueError`` with :func:`refusal`'s line when
+    nothing fits."""
     from vasp_model.recommenders.baselines import EASE_PRECISIONS
 
     resident = resident_bytes()
     limit, source = memory_limit(budget, resident)
+    items = catalog_items if config.model.max_items is None else min(config.model.max_items, catalog_items)
+    asked = config.model.ease_neighbours is not None
+    config = resolved(config, items)
+    configured = config.model.ease_neighbours
     candidates = [config]
-    if config.model.ease_neighbours is None:
-        candidates += [_with_neighbours(config, k) for k in PRUNED_NEIGHBOURS if k < catalog_items - 1]
+    if not asked:
+        narrower = min(configured or items, items - 1)
+        candidates += [_with_neighbours(config, n) for n in FALLBACK_NEIGHBOURS if n < narrower]
     for candidate in candidates:
         for precision in EASE_PRECISIONS:  # the float64 solve first: exact where it fits
             estimate = training_memory(catalog_items, train_users, candidate, precision, gram_entries, row_items)
@@ -273,15 +280,26 @@ def check_training_memory(
             if limit is None or resident + estimate.peak <= limit:
                 if candidate is not config:
                     log.warning(
-                        "the dense %s x %s Neural EASE kernel does not fit %s (%s): training a pruned kernel of "
-                        "%d targets per item (--ease-neighbours)",
-                        f"{estimate.items:,}", f"{estimate.items:,}", gib(limit), source,
+                        "the %s Neural EASE kernel of %s items does not fit %s (%s): training a pruned kernel "
+                        "of %d targets per item (--ease-neighbours)",
+                        "dense" if configured is None else f"{configured}-target", f"{estimate.items:,}", gib(limit), source,
                         candidate.model.ease_neighbours,
                     )  # fmt: skip
                 return estimate, precision, candidate
     sizing = {"ease_precision": EASE_PRECISIONS[-1], "gram_entries": gram_entries}
     estimate = training_memory(catalog_items, train_users, config, row_items=row_items, **sizing)
     raise ValueError(refusal(estimate, train_users, config, resident, limit, source, **sizing))
+
+
+def resolved(config: VaspConfig, items: int) -> VaspConfig:
+    """``config`` with its Neural EASE kernel over ``items`` modelled items made explicit: ``ease_neighbours``
+    set to the pruned kernel's targets per item (:meth:`ModelConfig.neighbours_for`), or, for the dense
+    kernel, no ``ease_prune_above`` rule left (a search over ``max_items`` then keeps the same kernel)."""
+    k = config.model.neighbours_for(items)
+    model = dataclasses.replace(
+        config.model, ease_neighbours=k, ease_prune_above=None if k is None else config.model.ease_prune_above
+    )
+    return dataclasses.replace(config, model=model)
 
 
 def _with_neighbours(config: VaspConfig, k: int) -> VaspConfig:

@@ -75,8 +75,9 @@ def weight_bytes_per_device(n_items: int, config, model_devices: int) -> int:
     m = config.model
     # the two output Denses (kernel column + bias per item), then Neural EASE and the first encoder Dense
     per_item_outputs = ((m.hidden if m.decoder_blocks else m.latent) + 1 + m.latent + 1) * n_items
-    pruned = m.ease_neighbours is not None  # a pruned Neural EASE kernel (I·k) is replicated
-    kernel = n_items * (m.ease_neighbours if pruned else n_items)
+    k = m.neighbours_for(n_items)
+    pruned = k is not None  # a pruned Neural EASE kernel (I·k) is replicated
+    kernel = n_items * (k if pruned else n_items)
     items_wide = n_items * m.hidden + per_item_outputs + (0 if pruned else kernel)
     replicated = dense_params(n_items, config) - n_items * m.hidden - per_item_outputs + (kernel if pruned else 0)
     return FLOAT32 * (-(-items_wide // model_devices) + replicated)

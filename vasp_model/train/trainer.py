@@ -195,15 +195,15 @@ def _warm_start(
 
 def _closed_form_init(model, train_csr, model_config, precision: str = "float64") -> None:
     """Set the Neural EASE kernel to ``ease_init_scale`` × closed-form EASE of ``train_csr``'s modelled items
-    (a pruned kernel: each item's ``ease_neighbours`` strongest targets of it).
+    (a pruned kernel: each item's ``model.ease_neighbours`` strongest targets of it).
 
     An initialization only: the kernel is trained from there; nothing is blended at inference.
     """
     from vasp_model.recommenders.baselines import fit_ease, prune_rows
 
     B = fit_ease(train_csr[:, : model.n_items], model_config.ease_init_lambda, precision).B
-    if model_config.ease_neighbours is not None:
-        targets, values = prune_rows(B, model_config.ease_neighbours)
+    if model.ease_neighbours is not None:
+        targets, values = prune_rows(B, model.ease_neighbours)
         del B
         model.ease.set_kernel(targets, model_config.ease_init_scale * values)
         return
