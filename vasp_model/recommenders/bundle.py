@@ -307,10 +307,15 @@ class ModelBundle(Bundle):
         if host_ease and not is_vasp:
             raise ValueError(f"host_ease runs VASP's Neural EASE path; {directory} holds a {type(model).__name__}")
         if host_ease is None:
-            host_ease = is_vasp and _cpu_only()
+            host_ease = is_vasp and cpu_only()
         if host_ease:
-            bundle.host_ease = HostEASE(model.ease.host_kernel(), threads)
+            bundle.use_host_ease(threads)
         return bundle
+
+    def use_host_ease(self, threads: int | None = None) -> None:
+        """Score VASP's Neural EASE path in SciPy from now on (a copy of its kernel: the weights must no longer
+        change), over ``threads`` threads (default: all cores)."""
+        self.host_ease = HostEASE(self.model.ease.host_kernel(), threads or os.cpu_count() or 1)
 
 
 class EaseBundle(Bundle):
@@ -408,7 +413,7 @@ def _keras_predict(model_for, rows: sp.csr_matrix, gather_width: int) -> np.ndar
     return np.asarray(model_for(False).predict_on_batch(rows.toarray()), dtype=np.float32)
 
 
-def _cpu_only() -> bool:
+def cpu_only() -> bool:
     """Whether Keras' backend sees only CPUs (then NumPy beats moving the kernel to an accelerator)."""
     import keras
 

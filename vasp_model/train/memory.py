@@ -89,11 +89,11 @@ def ease_solve_bytes(n: int, precision: str = "float64", gram_entries: int | Non
 
 
 def max_row_items(features, n_items: int) -> int:
-    """The most of the ``n_items`` modelled items in one row the run feeds the model (training users and the
-    validation and test users' fold-ins): what a pruned Neural EASE kernel reads per row
+    """The most of the ``n_items`` modelled items in one row the fit feeds the model (training users and the
+    validation users' fold-ins; never a test user): what a pruned Neural EASE kernel reads per row
     (:class:`vasp_model.nn.layers.PrunedNeuralEASE`'s ``max_positives``), so that every row it is
-    trained and measured on is read whole."""
-    rows = [features.train, features.validation.fold_in, features.test.fold_in]
+    trained and selected on is read whole."""
+    rows = [features.train, features.validation.fold_in]
     return max(max(int(np.diff(m[:, :n_items].tocsr().indptr).max(initial=0)) for m in rows), 1)
 
 

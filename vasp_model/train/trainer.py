@@ -61,6 +61,7 @@ def train(
     """
     import keras
 
+    from vasp_model.recommenders.bundle import cpu_only
     from vasp_model.train.batches import ABBatches
 
     if features.train.shape[0] == 0 or features.validation.n_users == 0:
@@ -89,6 +90,8 @@ def train(
         history, best_epoch = _fit(
             bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings
         )
+        if bundle.model.ease_neighbours is not None and cpu_only():  # scored as served: every item of a row read
+            bundle.use_host_ease()
         by_split, per_user, ease_choice, ease = (
             _evaluate(bundle, features, config, evaluate_baselines, timings, ease_precision)
             if evaluate
