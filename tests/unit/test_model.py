@@ -500,6 +500,18 @@ def test_closed_form_init_of_a_pruned_kernel_keeps_each_items_strongest_targets(
     assert result.metrics["validation"]["vasp"]["ndcg@100"] > 0
 
 
+def test_a_pruned_kernel_warms_up_alone_then_trains_jointly(small_features):
+    config = make_config(
+        "tiny",
+        {"ease_init": "closed_form", "ease_neighbours": 6},
+        {"epochs": (1,), "learning_rates": (1e-2,), "ease_warmup_epochs": 1},
+        env={},
+    )
+    result = train(small_features, config, verbose=0, evaluate_baselines=False)
+    assert result.timings["ease_warmup_seconds"] > 0 and result.bundle.model.ease_neighbours == 6
+    assert result.metrics["validation"]["vasp"]["ndcg@100"] > 0
+
+
 def test_train_solves_the_ease_baseline_in_the_precision_it_is_given(small_features):
     config = make_config("tiny", train_overrides={"epochs": (1,), "learning_rates": (1e-2,)}, env={})
     exact = train(small_features, config, verbose=0)
