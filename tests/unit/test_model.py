@@ -512,6 +512,21 @@ def test_a_pruned_kernel_warms_up_alone_then_trains_jointly(small_features):
     assert result.metrics["validation"]["vasp"]["ndcg@100"] > 0
 
 
+def test_a_pruned_kernel_takes_its_targets_from_closed_form_ease_whatever_its_init(small_features):
+    from vasp_model.recommenders.baselines import EASE, prune_rows
+
+    config = make_config(
+        "tiny",
+        {"ease_init": "zeros", "ease_init_lambda": 50.0, "ease_neighbours": 6},
+        {"epochs": (1,), "learning_rates": (1e-9,)},
+        env={},
+    )
+    model = train(small_features, config, verbose=0, evaluate_baselines=False).bundle.model
+    expected, _ = prune_rows(EASE(50.0).fit(small_features.train).B, 6)
+    np.testing.assert_array_equal(np.sort(np_(model.ease.targets), axis=1), np.sort(expected, axis=1))
+    assert np.abs(np_(model.ease.values)).max() < 1e-3  # the weights start where "zeros" put them
+
+
 def test_train_solves_the_ease_baseline_in_the_precision_it_is_given(small_features):
     config = make_config("tiny", train_overrides={"epochs": (1,), "learning_rates": (1e-2,)}, env={})
     exact = train(small_features, config, verbose=0)

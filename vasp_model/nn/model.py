@@ -2,7 +2,8 @@
 
 FLVAE: dense-residual encoder blocks → Dense mean / log-variance → reparameterized z
 (the mean at inference) → dense-residual decoder blocks → ``sigmoid(Dense_I(decoder)) *
-sigmoid(Dense_I(z))``. Neural EASE: ``sigmoid(x @ W)``, ``diag(W) = 0``. The model's output
+sigmoid(Dense_I(z))``. Neural EASE: ``sigmoid(x @ W)``, ``diag(W) = 0`` (``W`` dense, or pruned to each
+item's strongest targets: ``PrunedNeuralEASE``). The model's output
 is the element-wise product of both paths, a probability per item.
 
 The KL term is added with ``add_loss`` during training, so a standard
@@ -121,12 +122,13 @@ class VASP(keras.Model):
         independent of the catalog (a warm start copies it as is, see ``vasp_model.train.warm_start``)
         but those of :meth:`fresh_weights`."""
         ease = [(self.ease.kernel, (0, 1))] if self.ease_neighbours is None else []
-        return ease + [
+        return [
             (self.encoder.denses[0].kernel, (0,)),
             (self.decoder_out.kernel, (1,)),
             (self.decoder_out.bias, (0,)),
             (self.latent_out.kernel, (1,)),
             (self.latent_out.bias, (0,)),
+            *ease,
         ]
 
     def fresh_weights(self) -> list[keras.Variable]:

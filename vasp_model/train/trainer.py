@@ -177,10 +177,11 @@ def _warm_start(
     mapping=None,
     precision: str = "float64",
 ) -> None:
-    """Initialize the shallow (Neural EASE) path as configured: closed-form EASE solved in ``precision``;
-    then, with ``init_from``, every weight of that model (for the items ``mapping`` keeps); then a warm-up fit."""
-    if config.model.ease_init == "closed_form":
-        k = model.ease_neighbours
+    """Initialize the shallow (Neural EASE) path as configured: closed-form EASE solved in ``precision`` (a
+    pruned kernel's targets always come from it); then, with ``init_from``, every weight of that model (for the
+    items ``mapping`` keeps); then a warm-up fit."""
+    k = model.ease_neighbours
+    if config.model.ease_init == "closed_form" or k is not None:
         pruned = "" if k is None else f", pruned to {k} targets per item"
         print(f"Neural EASE init: closed-form EASE of {model.n_items} items{pruned}", flush=True)
         with _timed(timings, "ease_init_seconds"):
@@ -198,17 +199,24 @@ def _warm_start(
 
 def _closed_form_init(model, train_csr, model_config, precision: str = "float64") -> None:
     """Set the Neural EASE kernel to ``ease_init_scale`` × closed-form EASE of ``train_csr``'s modelled items
-    (a pruned kernel: each item's ``model.ease_neighbours`` strongest targets of it).
+    (a pruned kernel: each item's ``model.ease_neighbours`` strongest targets of it; with another
+    ``ease_init``, its targets only, the weights staying as that initializer set them).
 
     An initialization only: the kernel is trained from there; nothing is blended at inference.
     """
+    from keras import ops
+
     from vasp_model.recommenders.baselines import fit_ease, prune_rows
 
     B = fit_ease(train_csr[:, : model.n_items], model_config.ease_init_lambda, precision).B
     if model.ease_neighbours is not None:
         targets, values = prune_rows(B, model.ease_neighbours)
         del B
-        model.ease.set_kernel(targets, model_config.ease_init_scale * values)
+        if model_config.ease_init == "closed_form":
+            values = model_config.ease_init_scale * values
+        else:
+            values = ops.convert_to_numpy(model.ease.values)
+        model.ease.set_kernel(targets, values)
         return
     kernel = model.ease.kernel
     kernel.assign(model_config.ease_init_scale * B.astype("float32"))
