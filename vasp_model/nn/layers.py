@@ -82,9 +82,10 @@ class NeuralEASE(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="vasp")
-class PrunedNeuralEASE(keras.layers.Layer):
-    """The shallow path with a pruned kernel, for catalogs whose I×I kernel does not fit: each source
-    item ``j`` keeps ``neighbours`` target items, ``W[j, targets[j, m]] = values[j, m]``, never itself.
+class PrunedNeuralEASE(NeuralEASE):
+    """The shallow path with a pruned kernel (``NeuralEASE``'s config and output, another kernel), for
+    catalogs whose I×I kernel does not fit: each source item ``j`` keeps ``neighbours`` target items,
+    ``W[j, targets[j, m]] = values[j, m]``, never itself.
 
     ``values`` [I, k] is trained, ``targets`` [I, k] (int32) is set once (:meth:`set_kernel`, e.g. from
     the pruned closed-form EASE). A row's logits sum the kernel rows of its items: the forward pass reads
@@ -97,16 +98,13 @@ class PrunedNeuralEASE(keras.layers.Layer):
     def __init__(
         self, units: int, neighbours: int, max_positives: int, l2: float = 0.0, kernel_initializer="zeros", **kwargs
     ):
-        super().__init__(**kwargs)
-        self.units = int(units)
+        super().__init__(units, l2=l2, kernel_initializer=kernel_initializer, **kwargs)
         if not 0 < int(neighbours) < self.units:
             raise ValueError(f"neighbours must be in [1, {self.units - 1}] for {self.units} items, got {neighbours!r}")
         if int(max_positives) < 1:
             raise ValueError(f"max_positives must be >= 1, got {max_positives!r}")
         self.neighbours = int(neighbours)
         self.max_positives = min(int(max_positives), self.units)
-        self.l2 = float(l2)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, input_shape):
         if input_shape[-1] != self.units:
@@ -159,20 +157,9 @@ class PrunedNeuralEASE(keras.layers.Layer):
         )
         return ops.sigmoid(ops.reshape(logits, (rows, self.units)))
 
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.units)
-
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "units": self.units,
-                "neighbours": self.neighbours,
-                "max_positives": self.max_positives,
-                "l2": self.l2,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            }
-        )
+        config.update({"neighbours": self.neighbours, "max_positives": self.max_positives})
         return config
 
 
