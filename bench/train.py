@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     from vasp_model.core.config import make_config
     from vasp_model.nn.losses import FocalLoss
     from vasp_model.nn.model import build_model, flops_per_row
-    from vasp_model.train.batches import ABBatches, epoch_setter, make_dataset
+    from vasp_model.train.batches import ABBatches, fit_plan
 
     features = load(args)
     config = make_config(args.preset, train_overrides={"jit_compile": args.jit})
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t0)
 
-    model.fit(make_dataset(plan), epochs=args.epochs + 1, callbacks=[epoch_setter(plan), Timer()], verbose=0)
+    fit_plan(model, plan, args.epochs + 1, callbacks=[Timer()], verbose=0)
     rows = len(plan) * 2 * plan.batch_users
     epoch_s = float(np.median(times[1:]))
     gflops = 3 * flops_per_row(features.n_items, mc) * rows / epoch_s / 1e9

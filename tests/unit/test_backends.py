@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     import keras, numpy as np
-    from vasp_model.train.batches import ABBatches, make_dataset
+    from vasp_model.train.batches import ABBatches, fit_plan
     from vasp_model.core.config import ModelConfig
     from vasp_model.nn.losses import FocalLoss
     from vasp_model.nn.model import build_model
@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
     model = build_model(15, cfg, seed=0, max_positives=15)
     before = keras.ops.convert_to_numpy(model.ease.trainable_weights[0]).copy()
     model.compile(optimizer=keras.optimizers.Nadam(1e-2), loss=FocalLoss(), jit_compile=True)
-    hist = model.fit(make_dataset(ABBatches([(a, b)], 16, seed=0)), epochs=3, verbose=0)
+    hist = fit_plan(model, ABBatches([(a, b)], 16, seed=0), 3, verbose=0)
     kernel = model.ease.host_kernel()
     x = a[:4].toarray()
     out = {

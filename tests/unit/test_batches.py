@@ -112,3 +112,54 @@ def test_bad_arguments():
         ABBatches([(a, a)], 0)
     with pytest.raises(ValueError, match="shape"):
         ABBatches([(a, sp.csr_matrix((5, 3)))], 2)
+
+
+class _Recording(ABBatches):
+    """A plan that records the (epoch, step) of every batch it builds."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.served: list[tuple[int, int]] = []
+
+    def batch_at(self, epoch, index):
+        self.served.append((int(epoch), int(index)))
+        return super().batch_at(epoch, index)
+
+
+@pytest.mark.parametrize("initial_epoch", [0, 2])
+def test_a_fit_trains_each_epoch_on_its_own_batches(features, initial_epoch):
+    """Every step of every epoch gets that epoch's batch, in order, on the default backend: the input pipeline's
+    prefetching (TensorFlow's reads ahead, across epochs) never hands an epoch a batch of the one before, and a
+    fit that begins later (a resumed one) begins at its own epoch's batches."""
+    import keras
+
+    from vasp_model.train.batches import epoch_setter, make_dataset
+
+    plan = _Recording(features.ab_copies, 16, seed=0)
+    inputs = keras.Input((plan.n_items,))
+    model = keras.Model(inputs, keras.layers.Dense(plan.n_items, activation="sigmoid")(inputs))
+    model.compile(optimizer="sgd", loss="binary_crossentropy")
+    seen: list[tuple[int, int]] = []
+    dataset = make_dataset(plan)
+
+    class Check(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((plan.epoch, batch))
+
+    epochs = initial_epoch + 3
+    model.fit(
+        dataset,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=len(plan),
+        callbacks=[epoch_setter(dataset), Check()],
+        verbose=0,
+        shuffle=True,
+    )
+    expected = [(e, i) for e in range(initial_epoch, epochs) for i in range(len(plan))]
+    assert seen == expected
+    # built in this order, one after the other (before them: Keras' look at a batch's shape; after them: at
+    # most what the pipeline read ahead when the fit ended)
+    served = plan.served
+    starts = [k for k in range(len(served)) if served[k : k + len(expected)] == expected]
+    assert starts, served

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     from vasp_model.core.config import ModelConfig
     from vasp_model.nn.losses import FocalLoss
     from vasp_model.nn.model import build_model
-    from vasp_model.train.batches import ABBatches, make_dataset
+    from vasp_model.train.batches import ABBatches, fit_plan
     from vasp_model.train.sharding import item_parallel
 
     rng = np.random.default_rng(0)
@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent(
         model.set_weights(plain.get_weights())
         sharded_scores = np.asarray(model.predict_on_batch(x))
         model.compile(optimizer=keras.optimizers.Nadam(1e-2), loss=FocalLoss(), jit_compile=True)
-        hist = model.fit(make_dataset(ABBatches([(a, b)], 16, seed=0)), epochs=3, verbose=0)
+        hist = fit_plan(model, ABBatches([(a, b)], 16, seed=0), 3, verbose=0)
     kernel = model.ease.kernel.value
     print("RESULT " + json.dumps({
         "devices": len(keras.distribution.list_devices()),

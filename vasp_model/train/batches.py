@@ -75,19 +75,26 @@ class ABBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def order(self) -> np.ndarray:
-        """This epoch's user permutation (seeded by (seed, epoch), so a resumed run sees the same)."""
-        if self._order_epoch != self.epoch:
-            rng = np.random.default_rng([self.seed, self.epoch])
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """The user permutation of ``epoch`` (default: the current one), seeded by (seed, epoch), so a resumed
+        run sees the same."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        if self._order_epoch != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
             self._order = rng.permutation(self.n_users)
-            self._order_epoch = self.epoch
+            self._order_epoch = epoch
         return self._order
 
     def batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Step ``index`` of the current epoch: :meth:`batch_at`."""
+        return self.batch_at(self.epoch, index)
+
+    def batch_at(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Step ``index`` of ``epoch``: inputs ``[A; B]`` and targets ``[B; A]`` of that step's users."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range [0, {len(self)})")
-        users = self.order()[index * self.batch_users : (index + 1) * self.batch_users]
-        a, b = self.copies[self.copy_of(self.epoch)]
+        users = self.order(epoch)[index * self.batch_users : (index + 1) * self.batch_users]
+        a, b = self.copies[self.copy_of(epoch)]
         n = users.size
         x = np.empty((2 * n, self.n_items), dtype=np.float32)
         dense_rows(a, users, x[:n])
@@ -97,29 +104,56 @@ class ABBatches:
 
 
 def make_dataset(plan: ABBatches):
-    """A ``keras.utils.PyDataset`` over ``plan`` (its epoch is set by :class:`EpochSetter`)."""
+    """An endless ``keras.utils.PyDataset`` over ``plan``: item ``i`` is step ``i mod len(plan)`` of epoch
+    ``start + i // len(plan)``, ``start`` being the epoch the fit begins at (set by :func:`epoch_setter`).
+
+    Fit it with ``steps_per_epoch=len(plan)`` (:func:`fit_plan`). Keras then keeps one input iterator for the
+    whole fit instead of one per epoch, and each item names its own epoch: TensorFlow's prefetching cannot
+    hand an epoch a batch of the previous one, and no epoch waits for a new input pipeline (seconds each
+    epoch on TensorFlow).
+    """
     import keras
 
     class _ABDataset(keras.utils.PyDataset):
         def __init__(self):
             super().__init__(workers=1, use_multiprocessing=False)
             self.plan = plan
+            self.start: int | None = None
 
-        def __len__(self):
-            return len(self.plan)
+        @property
+        def num_batches(self):
+            return None  # endless: the fit's steps_per_epoch ends each epoch
 
         def __getitem__(self, index):
-            return self.plan.batch(index)
+            steps = len(self.plan)
+            start = self.plan.epoch if self.start is None else self.start  # None: Keras sampling the batch shape
+            return self.plan.batch_at(start + index // steps, index % steps)
 
     return _ABDataset()
 
 
-def epoch_setter(plan: ABBatches):
-    """A Keras callback that points ``plan`` at the epoch about to run (copy = epoch mod K)."""
+def epoch_setter(dataset):
+    """A Keras callback that records the epoch a fit of ``dataset`` (:func:`make_dataset`) begins at (a resumed
+    fit begins after its last finished epoch) and points the plan at each epoch about to run."""
     import keras
 
     class EpochSetter(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            plan.set_epoch(epoch)
+            if dataset.start is None:
+                dataset.start = epoch
+            dataset.plan.set_epoch(epoch)
 
     return EpochSetter()
+
+
+def fit_plan(model, plan: ABBatches, epochs: int, callbacks=(), verbose="auto"):
+    """``model.fit`` over ``plan`` for ``epochs`` epochs of ``len(plan)`` steps; returns the Keras history."""
+    dataset = make_dataset(plan)
+    return model.fit(
+        dataset,
+        epochs=epochs,
+        steps_per_epoch=len(plan),
+        shuffle=False,  # each epoch's users are shuffled by the plan
+        callbacks=[epoch_setter(dataset), *callbacks],
+        verbose=verbose,
+    )

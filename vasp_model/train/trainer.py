@@ -227,14 +227,12 @@ def _ease_warmup(model, plan, config: VaspConfig, verbose) -> None:
     """Fit the Neural EASE path alone (its layer is shared with ``model``)."""
     import keras
 
-    from vasp_model.train.batches import epoch_setter, make_dataset
+    from vasp_model.train.batches import fit_plan
 
     inputs = keras.Input((model.n_items,))
     ease_only = keras.Model(inputs, model.ease(inputs), name="ease_warmup")
     _compile(ease_only, config, config.train.ease_warmup_lr)
-    ease_only.fit(
-        make_dataset(plan), epochs=config.train.ease_warmup_epochs, callbacks=[epoch_setter(plan)], verbose=verbose
-    )
+    fit_plan(ease_only, plan, config.train.ease_warmup_epochs, verbose=verbose)
 
 
 def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, verbose, timings) -> tuple[list, int]:
@@ -244,7 +242,7 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     """
     import keras
 
-    from vasp_model.train.batches import epoch_setter, make_dataset
+    from vasp_model.train.batches import fit_plan
     from vasp_model.train.callbacks import MONITOR, ResumeState, ValidationMetrics
 
     tc = config.train
@@ -258,7 +256,6 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
         restore_best_weights=True,
     )
     fit_callbacks = [
-        epoch_setter(plan),
         validation,
         keras.callbacks.LearningRateScheduler(lambda epoch, _rate: tc.learning_rate(epoch)),
         early_stopping,
@@ -275,7 +272,7 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     with _timed(timings, "fit_seconds"):
         phases = ", ".join(f"{n} at lr {lr:g}" for n, lr in zip(tc.epochs, tc.learning_rates, strict=False))
         print(f"joint fit: {tc.total_epochs} epochs ({phases}), validation after each", flush=True)
-        model.fit(make_dataset(plan), epochs=tc.total_epochs, callbacks=[*fit_callbacks, *callbacks], verbose=verbose)
+        fit_plan(model, plan, tc.total_epochs, callbacks=[*fit_callbacks, *callbacks], verbose=verbose)
     epoch_seconds = [row["train_seconds"] for row in validation.history]
     if epoch_seconds:
         timings["epoch_seconds_median"] = float(np.median(epoch_seconds))
