@@ -4,8 +4,9 @@
     python bench/train.py --compare      # the product default beside the other backends/XLA choices, one run
 
 ``--compare`` times, one after the other in fresh processes: TensorFlow with ``jit_compile="auto"``
-(the product default), TensorFlow with XLA forced on, and JAX; it prints each one's epoch time as a
-ratio to the fastest and its fraction of the matmul peak measured in that process.
+and oneDNN's custom ops on (the product default, as ``vasp train`` loads TensorFlow), the same with
+them off (``VASP_TRAIN_ONEDNN=0``), TensorFlow with XLA forced on, and JAX; it prints each one's epoch
+time as a ratio to the fastest and its fraction of the matmul peak measured in that process.
 
 Without ``--warehouse`` the ML-1M split is built in memory from ``../shared/data/ml-1m/ratings.csv``
 (rating > 3.5, vae_cf protocol, 600 + 600 held-out users; the same protocol as ``vasp build``).
@@ -84,9 +85,10 @@ def main(argv=None) -> int:
         return compare(args, argv or sys.argv[1:])
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
-    from vasp_model.core.defaults import quiet_tensorflow
+    from vasp_model.core.defaults import quiet_tensorflow, tensorflow_for_training
 
     quiet_tensorflow()
+    tensorflow_for_training()  # as `vasp train` loads it
 
     import keras
     import numpy as np
@@ -150,16 +152,22 @@ def main(argv=None) -> int:
     return 0
 
 
-VARIANTS = (("tensorflow", "auto", "the default"), ("tensorflow", "true", "XLA forced on"), ("jax", "auto", "JAX"))
+# (backend, jit_compile, label, environment)
+VARIANTS = (
+    ("tensorflow", "auto", "the default", {}),
+    ("tensorflow", "auto", "oneDNN off", {"VASP_TRAIN_ONEDNN": "0"}),
+    ("tensorflow", "true", "XLA forced on", {}),
+    ("jax", "auto", "JAX", {}),
+)
 
 
 def compare(args, argv) -> int:
     """Each variant in a fresh process (one backend per process), then the epoch times side by side."""
     passed = [a for a in argv if a != "--compare"]
     results = []
-    for backend, jit, label in VARIANTS:
+    for backend, jit, label, env in VARIANTS:
         cmd = [sys.executable, os.path.abspath(__file__), *passed, "--backend", backend, "--jit", jit]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, **env})
         lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
         if out.returncode or not lines:
             print(f"{label}: failed (exit {out.returncode}): {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)

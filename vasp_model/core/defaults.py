@@ -11,12 +11,17 @@ Nothing here touches the filesystem; callers create directories when they write.
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 
 # TensorFlow's C++ INFO and WARNING lines off, and oneDNN's custom ops off: TensorFlow announces them
 # ("oneDNN custom operations are on", on CPUs with AVX512 or AMX) through absl before any log level
-# applies, which would put lines before a command's one-line error. XLA-compiled train steps (the
-# default) do not use them; TF_ENABLE_ONEDNN_OPTS=1 turns them back on.
+# applies, which would put lines before a command's one-line error. A training process turns them back on
+# and keeps the announcement off stderr (tensorflow_for_training); TF_ENABLE_ONEDNN_OPTS=1 turns them on
+# everywhere.
 TENSORFLOW_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+# the lines TensorFlow's import prints to stderr when oneDNN's custom ops are on, before any log level applies
+ONEDNN_ANNOUNCEMENT = ("WARNING: All log messages before absl::InitializeLog() is called", "oneDNN custom operations")
 
 
 def quiet_tensorflow() -> None:
@@ -24,6 +29,30 @@ def quiet_tensorflow() -> None:
     Spark's Python workers and child processes inherit it)."""
     for key, value in TENSORFLOW_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def tensorflow_for_training() -> None:
+    """In a process about to train on TensorFlow (the Keras backend) that has not loaded it yet: load it now
+    with oneDNN's custom ops on (a train step without XLA, the CPU default, runs on them), keeping their
+    announcement off stderr. ``VASP_TRAIN_ONEDNN=0`` leaves them as the environment says."""
+    if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return
+    if os.environ.get("VASP_TRAIN_ONEDNN", "1") == "0":
+        return
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        for line in captured.read().decode(errors="replace").splitlines():
+            if not any(part in line for part in ONEDNN_ANNOUNCEMENT):
+                print(line, file=sys.stderr)
 
 
 def run_dir() -> str:

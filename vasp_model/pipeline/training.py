@@ -367,6 +367,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         gram_entries=entries,
         row_items=max_row_items(features, n_items),
     )
+    defaults.tensorflow_for_training()  # the inputs are checked: load the backend for training
     source = _warm_start_source(config)
     if source is not None:
         vasp = dataclasses.replace(vasp, train=vasp.train.warm_schedule())

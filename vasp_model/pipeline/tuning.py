@@ -162,6 +162,7 @@ def tune_stage(config: TuneStageConfig) -> dict[str, Any]:
 
     date, warehouse = config.date, config.warehouse
     features = load_features(warehouse, date)
+    defaults.tensorflow_for_training()  # the inputs are checked: load the backend for training
     space = SearchSpace(make_config(config.preset), config.max_epochs)
     run_name = f"vasp-tune-{date}"
     with TrainingTracker(config.tracking_uri, config.experiment, registered_model=None, run_name=run_name) as parent:
