@@ -46,13 +46,13 @@ def tensorflow_for_training() -> None:
         os.dup2(captured.fileno(), 2)
         try:
             import tensorflow  # noqa: F401
-        finally:
+        finally:  # what else the import printed (an import error's own lines too) goes back to stderr
             os.dup2(saved, 2)
             os.close(saved)
-        captured.seek(0)
-        for line in captured.read().decode(errors="replace").splitlines():
-            if not any(part in line for part in ONEDNN_ANNOUNCEMENT):
-                print(line, file=sys.stderr)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if not any(part in line for part in ONEDNN_ANNOUNCEMENT):
+                    print(line, file=sys.stderr)
 
 
 def run_dir() -> str:

@@ -108,9 +108,9 @@ def make_dataset(plan: ABBatches):
     ``start + i // len(plan)``, ``start`` being the epoch the fit begins at (set by :func:`epoch_setter`).
 
     Fit it with ``steps_per_epoch=len(plan)`` (:func:`fit_plan`). Keras then keeps one input iterator for the
-    whole fit instead of one per epoch, and each item names its own epoch: TensorFlow's prefetching cannot
-    hand an epoch a batch of the previous one, and no epoch waits for a new input pipeline (seconds each
-    epoch on TensorFlow).
+    whole fit instead of building one each epoch (on TensorFlow an epoch could wait seconds for it), and as
+    each item names its own epoch, reading ahead across an epoch's end never hands a step another epoch's
+    batch.
     """
     import keras
 
