@@ -171,17 +171,19 @@ def step_seconds(items: int, neighbours: int, max_positives: int, row_items: int
     import scipy.sparse as sp
 
     from vasp_model.core.config import make_config
-    from vasp_model.nn.losses import FocalLoss
     from vasp_model.nn.model import build_model
+    from vasp_model.train.optimizer import compile_model
 
-    model_config = make_config("cpu", env={}).model  # dense (0 neighbours) at any width, pruned to k
-    model_config = dataclasses.replace(model_config, ease_neighbours=neighbours or None, ease_prune_above=None)
+    config = make_config("cpu", env={})
+    model_config = dataclasses.replace(  # dense (0 neighbours) at any width, pruned to k
+        config.model, ease_neighbours=neighbours or None, ease_prune_above=None
+    )
     X = sp.random(rows, items, density=row_items / items, format="csr", random_state=0, dtype=np.float32)
     X.data[:] = 1.0
     x = X.toarray()
     keras.utils.set_random_seed(0)
     model = build_model(items, model_config, seed=0, max_positives=max_positives)
-    model.compile(optimizer=keras.optimizers.Nadam(1e-3), loss=FocalLoss())
+    compile_model(model, config, 1e-3)
     seconds = []
     for _ in range(6):
         start = time.perf_counter()

@@ -540,14 +540,40 @@ def test_train_solves_the_ease_baseline_in_the_precision_it_is_given(small_featu
 
 
 def test_the_train_step_takes_keras_own_xla_choice_unless_configured():
-    from vasp_model.train.trainer import _compile
+    from vasp_model.train.optimizer import compile_model
 
     cpu_only = all(str(d).lower().startswith("cpu") for d in keras.distribution.list_devices())
     model = build_model(9, TINY, seed=0)
-    _compile(model, make_config("cpu", env={}), 1e-3)  # "auto"
+    compile_model(model, make_config("cpu", env={}), 1e-3)  # "auto"
     if keras.backend.backend() == "tensorflow" and cpu_only:
         assert model.jit_compile is False  # XLA's CPU code trains slower than TensorFlow's own kernels here
     elif keras.backend.backend() == "jax":
         assert model.jit_compile is True
-    _compile(model, make_config("cpu", train_overrides={"jit_compile": False}, env={}), 1e-3)
+    compile_model(model, make_config("cpu", train_overrides={"jit_compile": False}, env={}), 1e-3)
     assert model.jit_compile is False
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="fused updates are TensorFlow's")
+@pytest.mark.parametrize("optimizer", ["nadam", "adamw"])
+def test_fused_optimizer_updates_train_as_keras_own_and_save_as_keras_own(tmp_path, optimizer):
+    from vasp_model.train.optimizer import compile_model
+
+    x = (np.random.default_rng(0).random((32, 40)) < 0.2).astype("float32")
+    trained = []
+    for jit_compile in ("auto", False):  # TensorFlow's kernels for the step; fused updates with "auto" only
+        config = make_config("cpu", train_overrides={"optimizer": optimizer, "jit_compile": jit_compile}, env={})
+        keras.utils.set_random_seed(0)
+        model = build_model(40, TINY, seed=0)
+        assert compile_model(model, config, 1e-2) is (jit_compile == "auto")
+        assert model.jit_compile is False
+        for _ in range(3):
+            model.train_on_batch(x, x)
+        trained.append(model)
+    fused_model, keras_model = trained
+    for a, b in zip(fused_model.get_weights(), keras_model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # the optimizer stays Keras' own class and configuration, and a saved model's loads as Keras' own
+    assert type(fused_model.optimizer) is type(keras_model.optimizer)
+    fused_model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=True)
+    assert type(loaded.optimizer).__name__ == type(keras_model.optimizer).__name__

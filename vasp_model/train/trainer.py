@@ -152,20 +152,6 @@ def _build_bundle(features, config: VaspConfig, n_items: int):
     )
 
 
-def _compile(model, config: VaspConfig, learning_rate: float) -> None:
-    """Compile ``model`` with the configured optimizer at ``learning_rate`` and the focal loss."""
-    import keras
-
-    from vasp_model.nn.losses import FocalLoss
-
-    mc, tc = config.model, config.train
-    model.compile(
-        optimizer=keras.optimizers.get({"class_name": tc.optimizer, "config": {"learning_rate": learning_rate}}),
-        loss=FocalLoss(mc.focal_alpha, mc.focal_gamma),
-        jit_compile=tc.jit_compile,
-    )
-
-
 def _warm_start(
     model,
     train_csr,
@@ -228,10 +214,11 @@ def _ease_warmup(model, plan, config: VaspConfig, verbose) -> None:
     import keras
 
     from vasp_model.train.batches import fit_plan
+    from vasp_model.train.optimizer import compile_model
 
     inputs = keras.Input((model.n_items,))
     ease_only = keras.Model(inputs, model.ease(inputs), name="ease_warmup")
-    _compile(ease_only, config, config.train.ease_warmup_lr)
+    compile_model(ease_only, config, config.train.ease_warmup_lr)
     fit_plan(ease_only, plan, config.train.ease_warmup_epochs, verbose=verbose)
 
 
@@ -244,10 +231,11 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
 
     from vasp_model.train.batches import fit_plan
     from vasp_model.train.callbacks import MONITOR, ResumeState, ValidationMetrics
+    from vasp_model.train.optimizer import compile_model
 
     tc = config.train
     model = bundle.model
-    _compile(model, config, tc.learning_rate(0))
+    compile_model(model, config, tc.learning_rate(0))
     validation = ValidationMetrics(bundle, split.fold_in[:, : bundle.n_items], split.holdout)
     early_stopping = keras.callbacks.EarlyStopping(
         monitor=MONITOR,
