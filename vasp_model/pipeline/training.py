@@ -102,7 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Learning rate per phase, comma separated (e.g. 5e-5,1e-5).",
     )
-    parser.add_argument("--no-jit", action="store_true", help="Disable jit_compile (XLA) for the train step.")
+    parser.add_argument(
+        "--no-jit", action="store_true", help="No XLA: neither for the train step nor for the optimizer updates alone."
+    )
     parser.add_argument(
         "--no-blend",
         action="store_true",
