@@ -67,7 +67,8 @@ def _run(cmd: list[str], log: str) -> float:
 
 
 def run_split(name: str, split: int, data_root: str, work: str, preset: str, backend: str) -> dict:
-    """Build and train one (data set, split) unless done; returns its result (metrics + per-user path)."""
+    """Build and train one (data set, split) unless done with this preset and backend; returns its result
+    (metrics + per-user path)."""
     from vasp_model.data import layout, storage
 
     source, build_args, train_args, _ = DATASETS[name]
@@ -76,7 +77,9 @@ def run_split(name: str, split: int, data_root: str, work: str, preset: str, bac
     done = os.path.join(warehouse, f"result-{split}.json")
     if os.path.exists(done):
         with open(done) as fh:
-            return json.load(fh)
+            result = json.load(fh)
+        if (result.get("preset", "cpu"), result.get("backend", "jax")) == (preset, backend):
+            return result
     os.makedirs(warehouse, exist_ok=True)
     log = os.path.join(warehouse, f"split-{split}.log")
     if source == SYNTHETIC:
@@ -103,6 +106,8 @@ def run_split(name: str, split: int, data_root: str, work: str, preset: str, bac
         "data": name,
         "split": split,
         "date": date,
+        "preset": preset,
+        "backend": backend,
         "test": {m: {k: metrics["test"][m][k] for k in SHOWN} for m in MODELS},
         "users": metrics["test"]["vasp"]["users"],
         "train_seconds": round(time.perf_counter() - start, 1),
@@ -195,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--splits", type=int, default=None, help="Splits per data set (default: the data set's own).")
     parser.add_argument("--preset", default="cpu", help="Training preset.")
-    parser.add_argument("--backend", default="jax", help="Keras backend of the trainings.")
+    parser.add_argument(
+        "--backend", default="tensorflow", help="Keras backend of the trainings (default: the product's)."
+    )
     parser.add_argument("--report-only", action="store_true", help="Only tabulate finished runs.")
     parser.add_argument("--readme", action="store_true", help="Write the table into README.md.")
     parser.add_argument("--json", default=None, help="Also write the summaries to this JSON file.")
@@ -212,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for split in range(args.splits or default_splits):
             done = os.path.join(args.work, name, f"result-{split}.json")
-            if args.report_only and not os.path.exists(done):
+            if args.report_only:  # as finished, whatever preset and backend they were trained with
+                if os.path.exists(done):
+                    with open(done) as fh:
+                        results.append(json.load(fh))
                 continue
             results.append(run_split(name, split, args.data, args.work, args.preset, args.backend))
         if results:
