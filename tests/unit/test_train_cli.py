@@ -302,3 +302,22 @@ def test_train_cli_records_where_the_model_came_from(warehouse, events, tmp_path
     out = model.predict(example, params={"n": 3})
     assert len(out["item_ids"][0]) == 3 and not out["fallback"][0]
     assert not set(out["item_ids"][0]) & set(example["item_ids"][0])
+
+
+def test_the_default_checkpoint_is_one_per_warehouse_date_and_config(tmp_path, monkeypatch):
+    """Two runs of the same date and config on two warehouses never share a checkpoint (they ran at once
+    and broke each other's files); the same warehouse by another path does."""
+    from vasp_model.pipeline.training import default_checkpoint_dir
+
+    monkeypatch.chdir(tmp_path)
+    params = {"train.epochs": "(2,)"}
+    one = default_checkpoint_dir("wh-a", "2026-01-03", params)
+    assert one == default_checkpoint_dir(str(tmp_path / "wh-a"), "2026-01-03", params)
+    others = {
+        default_checkpoint_dir("wh-b", "2026-01-03", params),
+        default_checkpoint_dir("s3://bucket/wh-a", "2026-01-03", params),
+        default_checkpoint_dir("wh-a", "2026-01-04", params),
+        default_checkpoint_dir("wh-a", "2026-01-03", {"train.epochs": "(3,)"}),
+    }
+    assert one not in others and len(others) == 4
+    assert os.path.basename(one).startswith("train-2026-01-03-")

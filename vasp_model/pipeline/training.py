@@ -156,7 +156,7 @@ class TrainStageConfig:
     tracking_uri: str
     tracking: bool = True  # log the run to MLflow (``tracking_uri``, experiment ``experiment``)
     experiment: str = "vasp"
-    checkpoint_dir: str | None = None  # None: VASP_HOME/checkpoints/train-D-CONFIGHASH
+    checkpoint_dir: str | None = None  # None: default_checkpoint_dir
     backend: str | None = None  # Keras backend to set before keras is imported (None: the environment's)
     quiet: bool = False  # no Keras progress bar
     exclude: str = defaults.DEFAULT_EXCLUDE  # what test_topk.parquet leaves out (defaults.EXCLUDE_RULES)
@@ -334,6 +334,17 @@ def warm_start_params(spec: str, source) -> dict[str, str]:
     return params
 
 
+def default_checkpoint_dir(warehouse: str, date: str, params: dict[str, Any]) -> str:
+    """``VASP_HOME/checkpoints/train-D-KEY``, KEY a hash of the warehouse, the config and the starting point
+    (``params``): a resumed run never picks up another run's checkpoint, nor that of a run of the same date
+    and config on another warehouse."""
+    import hashlib
+
+    where = warehouse if "://" in warehouse else os.path.abspath(warehouse)  # a relative path from anywhere
+    key = hashlib.sha1(json.dumps({**params, "warehouse": where}, sort_keys=True).encode()).hexdigest()[:10]
+    return os.path.join(defaults.run_dir(), "checkpoints", f"train-{date}-{key}")
+
+
 @locked("train")
 def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     """Stage ``train``: train, evaluate, publish ``models/dt=D`` (and log to MLflow); returns a summary."""
@@ -376,12 +387,9 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     warm_params = warm_start_params(config.warm_start, source)
     features_dir = layout.features_dir(warehouse, date)
     final = layout.models_dir(warehouse, date)
-    # keyed by date, config and starting point: a resumed run never picks up another run's checkpoint
-    import hashlib
-
-    key_params = {**as_params(vasp), **warm_params}
-    key = hashlib.sha1(json.dumps(key_params, sort_keys=True).encode()).hexdigest()[:10]
-    checkpoint_dir = config.checkpoint_dir or os.path.join(defaults.run_dir(), "checkpoints", f"train-{date}-{key}")
+    checkpoint_dir = config.checkpoint_dir or default_checkpoint_dir(
+        warehouse, date, {**as_params(vasp), **warm_params}
+    )
     verbose = 0 if config.quiet else "auto"
 
     def fit(callbacks=()):
