@@ -577,3 +577,43 @@ def test_fused_optimizer_updates_train_as_keras_own_and_save_as_keras_own(tmp_pa
     fused_model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", compile=True)
     assert type(loaded.optimizer).__name__ == type(keras_model.optimizer).__name__
+
+
+def test_averaged_weights_are_what_an_epoch_end_sees_and_training_goes_on_from_the_last_step():
+    from vasp_model.train.callbacks import AveragedWeights
+    from vasp_model.train.optimizer import compile_model
+
+    momentum, steps = 0.9, 4
+    x = (np.random.default_rng(0).random((steps * 8, 40)) < 0.2).astype("float32")
+    config = make_config("cpu", train_overrides={"ema_momentum": momentum, "jit_compile": False}, env={})
+    keras.utils.set_random_seed(0)
+    model = build_model(40, TINY, seed=0)
+    compile_model(model, config, 1e-2)
+
+    class Record(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.steps, self.epoch_ends, self.epoch_begins = [], [], []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps.append([keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables])
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_ends.append([keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables])
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_begins.append([keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables])
+
+    record = Record()
+    model.fit(x, x, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[AveragedWeights(), record])
+    # Keras' moving average: the first step's weights, then m·average + (1 − m)·weights after every step
+    average = record.steps[0]
+    for step, weights in enumerate(record.steps[1:], start=1):
+        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, weights, strict=True)]
+        if step % steps == steps - 1:  # an epoch's end sees the average, not the last step's weights
+            for seen, expected in zip(record.epoch_ends[step // steps], average, strict=True):
+                np.testing.assert_allclose(seen, expected, rtol=1e-5, atol=1e-6)
+            assert not all(np.allclose(s, w) for s, w in zip(record.epoch_ends[step // steps], weights, strict=True))
+    # the second epoch trains on from the first epoch's last step, not from the average
+    for begun, last in zip(record.epoch_begins[1], record.steps[steps - 1], strict=True):
+        np.testing.assert_array_equal(begun, last)

@@ -111,6 +111,9 @@ class TrainConfig:
     ease_warmup_epochs: int = 0  # epochs training the Neural EASE path alone before the joint fit
     ease_warmup_lr: float = 1e-3
     patience: int | None = None  # early stopping on validation nDCG@100 (None = off)
+    # validate, keep and serve an exponential moving average of the weights (Keras' optimizer EMA) with this
+    # momentum per step instead of the last step's weights (None = off)
+    ema_momentum: float | None = None
     # a warm-started run (from a trained model, e.g. the champion) runs this fraction of every phase's epochs
     # and no Neural EASE warm-up: see warm_schedule
     warm_epochs: float = 0.25
@@ -142,6 +145,8 @@ class TrainConfig:
         _positive("ease_warmup_lr", self.ease_warmup_lr)
         if self.patience is not None:
             _positive("patience", self.patience)
+        if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
+            raise ValueError(f"ema_momentum must be in (0, 1), got {self.ema_momentum!r}")
         if not 0.0 < self.warm_epochs <= 1.0:
             raise ValueError(f"warm_epochs must be in (0, 1], got {self.warm_epochs!r}")
         _positive("eval_batch_users", self.eval_batch_users)

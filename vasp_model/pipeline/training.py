@@ -65,6 +65,11 @@ TRAIN_FLAGS = {
     "--ease-warmup-epochs": ("ease_warmup_epochs", int, "Epochs fitting Neural EASE alone before the joint fit."),
     "--ease-warmup-lr": ("ease_warmup_lr", float, "Learning rate of the Neural EASE warm-up."),
     "--patience": ("patience", int, "Early stopping patience in epochs on validation nDCG@100 (default off)."),
+    "--ema-momentum": (
+        "ema_momentum",
+        float,
+        "Validate and keep a moving average of the weights with this momentum per step (default: the preset's).",
+    ),
     "--seed": ("seed", int, "Random seed (batches, initialization, sampling)."),
     "--warm-epochs": ("warm_epochs", float, "Share of every phase's epochs a warm-started run trains (default 0.25)."),
     "--model-devices": (

@@ -3,6 +3,8 @@
 * :class:`ValidationMetrics` adds ``val_ndcg@100``, ``val_recall@20``, ``val_recall@50`` to each
   epoch's ``logs`` (for ``EarlyStopping`` and later callbacks), keeps one history row per epoch and
   prints a progress line.
+* :class:`AveragedWeights` puts the optimizer's moving average of the weights in the model for
+  everything that happens at the end of an epoch (validation, the best epoch's copy, checkpoints).
 * :class:`ResumeState` persists what ``BackupAndRestore`` does not (the history rows and
   ``EarlyStopping``'s best epoch, best weights and wait) and restores it when a fit resumes.
 """
@@ -86,6 +88,34 @@ def _duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class AveragedWeights(keras.callbacks.Callback):
+    """Swaps the model's trainable weights with the optimizer's moving average of them (Keras' ``use_ema``)
+    at the end of every epoch and back at the start of the next, so that validation, ``EarlyStopping``'s best
+    weights and ``BackupAndRestore``'s checkpoints all see the averaged weights.
+
+    Must come first in the callback list. A swap is its own inverse, and a checkpoint is always taken
+    swapped, so a resumed fit (first epoch > 0) swaps back before it trains. The model ends with the
+    best epoch's averaged weights: ``EarlyStopping`` restores them after Keras' own end-of-fit overwrite.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch > 0:
+            self._swap()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._swap()
+
+    def _swap(self) -> None:
+        optimizer = self.model.optimizer
+        for variable, average in zip(
+            optimizer._trainable_variables, optimizer._model_variables_moving_average, strict=True
+        ):
+            if average is not None:
+                value = keras.ops.convert_to_numpy(variable)
+                variable.assign(average)
+                average.assign(value)
 
 
 class ResumeState(keras.callbacks.Callback):

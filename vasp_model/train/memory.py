@@ -119,7 +119,8 @@ def training_memory(
     else:
         kernel, gather = items * k, PRUNED_GATHER_BYTES * rows * min(row_items or items, items) * k
     weights = FLOAT32 * (kernel + dense_params(items, config))
-    slots = OPTIMIZER_SLOTS[t.optimizer]
+    # the moving average of the weights is one more slot, and the swap in and out of it one more copy
+    slots = OPTIMIZER_SLOTS[t.optimizer] + (0 if t.ema_momentum is None else 2)
 
     # weights + gradient + optimizer slots + the best epoch's copy, a step's temporaries, activations
     fit = (3 + slots) * weights + STEP_TEMPORARIES * FLOAT32 * kernel + ACTIVATIONS * FLOAT32 * rows * items + gather

@@ -16,7 +16,10 @@ def compile_model(model, config: VaspConfig, learning_rate: float) -> bool:
     from vasp_model.nn.losses import FocalLoss
 
     mc, tc = config.model, config.train
-    optimizer = keras.optimizers.get({"class_name": tc.optimizer, "config": {"learning_rate": learning_rate}})
+    settings = {"learning_rate": learning_rate}
+    if tc.ema_momentum is not None:
+        settings.update(use_ema=True, ema_momentum=tc.ema_momentum)
+    optimizer = keras.optimizers.get({"class_name": tc.optimizer, "config": settings})
     model.compile(optimizer=optimizer, loss=FocalLoss(mc.focal_alpha, mc.focal_gamma), jit_compile=tc.jit_compile)
     fused = keras.backend.backend() == "tensorflow" and tc.jit_compile == "auto" and not model.jit_compile
     if fused:

@@ -230,7 +230,7 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     import keras
 
     from vasp_model.train.batches import fit_plan
-    from vasp_model.train.callbacks import MONITOR, ResumeState, ValidationMetrics
+    from vasp_model.train.callbacks import MONITOR, AveragedWeights, ResumeState, ValidationMetrics
     from vasp_model.train.optimizer import compile_model
 
     tc = config.train
@@ -243,7 +243,9 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
         patience=tc.total_epochs if tc.patience is None else tc.patience,  # None: never stops, still restores
         restore_best_weights=True,
     )
+    averaged = [AveragedWeights()] if tc.ema_momentum is not None else []
     fit_callbacks = [
+        *averaged,  # first: everything after it at an epoch's end sees the averaged weights
         validation,
         keras.callbacks.LearningRateScheduler(lambda epoch, _rate: tc.learning_rate(epoch)),
         early_stopping,
