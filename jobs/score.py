@@ -19,7 +19,7 @@
   the rating, by default) in one shuffle; batches of users go through ``mapInArrow`` into
   the bundle's ``recommend_flat`` straight from the Arrow list columns: ids unknown to the model's
   vocabulary are ignored (and counted), the excluded items are masked (and counted), the top N are
-  kept with ``argpartition``, and a user with no known item gets the popularity list
+  kept (ties by lower item index), and a user with no known item gets the popularity list
   (``fallback = true``).
   Each task returns one row per user (the list as arrays); Spark explodes it into ranked rows.
 * A past date (a later night is recorded) asked for the champion is scored with the version that

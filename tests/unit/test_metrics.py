@@ -147,6 +147,39 @@ def test_topk_from_scores_breaks_ties_by_item_index():
     np.testing.assert_array_equal(topk_from_scores(scores, None, 4), [[1, 2, 3, 0]])
 
 
+def _reference_topk(scores, fold_in, k):
+    """Every row sorted whole: score descending, ties by lower index, masked and NaN items as -1."""
+    masked = np.where(np.isnan(scores), -np.inf, scores)
+    if fold_in is not None:
+        masked[fold_in.toarray() > 0] = -np.inf
+    idx = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    idx[np.isneginf(np.take_along_axis(masked, idx, axis=1))] = -1
+    return np.pad(idx, ((0, 0), (0, k - idx.shape[1])), constant_values=-1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_items, k", [(3000, 100), (800, 20), (150, 100), (5000, 7)])
+def test_topk_from_scores_equals_sorting_every_row_whole(n_items, k, dtype):
+    """Wide rows take the sampled-threshold path: it must return exactly what sorting each whole row would,
+    with coarse scores (many ties at the boundary), NaN, masks, and rows left with fewer than k items."""
+    rng = np.random.default_rng(n_items + k)
+    scores = np.round(rng.standard_normal((60, n_items)), 1).astype(dtype)  # about 80 distinct values
+    scores[0, ::2] = 0.0
+    scores[0, 1::2] = -0.0  # equal to 0.0: ties, broken by index
+    scores[1] = 0.5  # one tie across the whole row
+    scores[2, ::3] = np.nan
+    scores[3] = np.linspace(0, 1, n_items)[::-1]  # the best items all at the front
+    scores[4] = -np.inf
+    scores[4, :3] = 1.0
+    fold_in = sp.random(60, n_items, density=0.05, format="lil", random_state=1)
+    fold_in[5, : n_items - 2] = 1.0  # all but two items seen
+    fold_in = fold_in.tocsr()
+    for mask in (None, fold_in):
+        idx, vals = topk_from_scores(scores, mask, k, return_scores=True)
+        np.testing.assert_array_equal(idx, _reference_topk(scores, mask, k))
+        assert (vals[:, :-1] >= vals[:, 1:]).all()  # best first; -inf in the empty slots
+
+
 @pytest.mark.parametrize(
     ("topk", "error", "match"),
     [
