@@ -26,7 +26,7 @@ from vasp_model.core.args import add_exclude_argument
 from vasp_model.core.config import VaspConfig
 from vasp_model.data import layout, storage
 from vasp_model.data.locks import locked
-from vasp_model.train.memory import check_training_memory, max_row_items, parse_bytes
+from vasp_model.train.memory import check_training_memory, max_row_items, parse_bytes, report_peak
 
 MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
     "--hidden": ("hidden", int, "Width of every encoder/decoder block."),
@@ -377,7 +377,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
 
     entries = gram_chunk_entries(features.train)
     n_items = features.n_items if vasp.model.max_items is None else min(vasp.model.max_items, features.n_items)
-    _, ease_precision, vasp = check_training_memory(
+    estimate, ease_precision, vasp = check_training_memory(
         features.n_items,
         features.train.shape[0],
         vasp,
@@ -441,6 +441,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
             result = fit()
             stage(result)
         storage.publish(staging, final, manifest_of(result))
+    peak = report_peak(estimate)
 
     from vasp_model.evaluation.given import LIGHTGCN_KEYS
 
@@ -471,4 +472,5 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         "run_id": run_id,
         "warm_start": result.metrics.get("warm_start"),
         "train_seconds": round(result.timings.get("fit_seconds", 0.0), 1),
+        "peak_resident_bytes": peak,
     }

@@ -56,10 +56,16 @@ class TrainingMemory:
     items: int  # modelled items (the catalog, or ``max_items`` of it)
     catalog: int  # items of the features (the EASE baseline's width)
     phases: dict[str, int]
+    resident: int = 0  # what the process held when the estimate was made
 
     @property
     def peak(self) -> int:
         return max(self.phases.values())
+
+    @property
+    def expected_peak(self) -> int:
+        """The process's resident set expected at the run's peak."""
+        return self.resident + self.peak
 
 
 def dense_params(items: int, config: VaspConfig) -> int:
@@ -168,6 +174,24 @@ def _proc_kib(path: str, key: str) -> int | None:
 def resident_bytes() -> int:
     """This process's resident set now (``VmRSS``; 0 where /proc is missing)."""
     return _proc_kib("/proc/self/status", "VmRSS") or 0
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident set since it started (``VmHWM``, which an exec starts again; 0 where
+    /proc is missing)."""
+    return _proc_kib("/proc/self/status", "VmHWM") or 0
+
+
+def report_peak(estimate: TrainingMemory) -> int:
+    """Log this process's peak resident set beside ``estimate``'s (a warning when it went past it, so a
+    budget that trusted the estimate can be widened); returns the peak."""
+    peak = peak_resident_bytes()
+    over = peak > estimate.expected_peak
+    (log.warning if over else log.info)(
+        "memory: peak resident %d, %s the estimated %d (%s)",
+        peak, "over" if over else "within", estimate.expected_peak, gib(estimate.expected_peak),
+    )  # fmt: skip
+    return peak
 
 
 def available_bytes() -> tuple[int | None, str]:
@@ -279,6 +303,7 @@ def check_training_memory(
                 precision, candidate.model.ease_neighbours or "dense", limit, source,
             )  # fmt: skip
             if limit is None or resident + estimate.peak <= limit:
+                estimate = dataclasses.replace(estimate, resident=resident)
                 if candidate is not config:
                     log.warning(
                         "the %s Neural EASE kernel of %s items does not fit %s (%s): training a pruned kernel "
