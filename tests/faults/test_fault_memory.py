@@ -107,6 +107,19 @@ def test_estimate_grows_with_the_catalog_and_the_kernel_dominates():
     assert capped.items == 10_000 and capped.catalog == 20_000 and small.peak < capped.peak < large.peak
 
 
+def test_report_peak_warns_only_when_the_process_went_past_the_estimate(caplog):
+    peak = memory.peak_resident_bytes()
+    assert peak >= memory.resident_bytes() > 0
+    with caplog.at_level("INFO", logger=memory.__name__):
+        small = memory.TrainingMemory(1, 1, {"fit": 1000}, resident=peak // 2)
+        assert memory.report_peak(small) >= peak
+        large = memory.TrainingMemory(1, 1, {"fit": 2**50}, resident=peak)
+        assert memory.report_peak(large) >= peak
+    (over, within) = caplog.records
+    assert over.levelname == "WARNING" and f", over the estimated {peak // 2 + 1000} " in over.getMessage()
+    assert within.levelname == "INFO" and f", within the estimated {peak + 2**50} " in within.getMessage()
+
+
 @pytest.mark.parametrize(
     "text, expected", [("16g", 16 * 2**30), ("512M", 512 * 2**20), ("1.5GiB", 3 * 2**29), ("2000000", 2_000_000)]
 )
