@@ -107,6 +107,15 @@ def test_estimate_grows_with_the_catalog_and_the_kernel_dominates():
     assert capped.items == 10_000 and capped.catalog == 20_000 and small.peak < capped.peak < large.peak
 
 
+def test_reset_peak_starts_the_mark_from_what_the_process_holds_now():
+    block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB touched, then freed
+    del block
+    before = memory.peak_resident_bytes()
+    memory.reset_peak()
+    after = memory.peak_resident_bytes()
+    assert after <= before - 48 * 2**20 and after >= memory.resident_bytes() - 2**20
+
+
 def test_report_peak_warns_only_when_the_process_went_past_the_estimate(caplog):
     peak = memory.peak_resident_bytes()
     assert peak >= memory.resident_bytes() > 0

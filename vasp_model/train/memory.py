@@ -182,9 +182,20 @@ def peak_resident_bytes() -> int:
     return _proc_kib("/proc/self/status", "VmHWM") or 0
 
 
+def reset_peak() -> None:
+    """Start this process's peak resident set (``VmHWM``) again from what it holds now (where
+    ``/proc/self/clear_refs`` can be written: Linux 4.0 and later)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
 def report_peak(estimate: TrainingMemory) -> int:
-    """Log this process's peak resident set beside ``estimate``'s (a warning when it went past it, so a
-    budget that trusted the estimate can be widened); returns the peak."""
+    """Log this process's peak resident set since ``estimate`` was made (:func:`check_training_memory` resets
+    it) beside the estimated one (a warning when it went past it, so a budget that trusted the estimate can
+    be widened); returns the peak."""
     peak = peak_resident_bytes()
     over = peak > estimate.expected_peak
     (log.warning if over else log.info)(
@@ -304,6 +315,7 @@ def check_training_memory(
             )  # fmt: skip
             if limit is None or resident + estimate.peak <= limit:
                 estimate = dataclasses.replace(estimate, resident=resident)
+                reset_peak()  # what report_peak reads is the peak of the run just estimated
                 if candidate is not config:
                     log.warning(
                         "the %s Neural EASE kernel of %s items does not fit %s (%s): training a pruned kernel "
