@@ -51,7 +51,7 @@ SCRIPT = textwrap.dedent(
         sparse_scores = bundle_module.ModelBundle(loaded, ids, np.arange(15)).scores(sp.csr_matrix(np.load(sys.argv[2])))
         out["bundle_sparse_scores"] = sparse_scores.tolist()
         host = bundle_module.ModelBundle(loaded, ids, np.arange(15))  # Neural EASE in SciPy, FLVAE on JAX
-        host.host_ease = bundle_module.HostEASE(loaded.ease.host_kernel(), threads=2)
+        host.use_host_ease(threads=2)
         out["bundle_host_scores"] = host.scores(sp.csr_matrix(np.load(sys.argv[2]))).tolist()
     print("RESULT " + json.dumps(out))
     """

@@ -161,9 +161,10 @@ def _reference_topk(scores, fold_in, k):
 @pytest.mark.parametrize("n_items, k", [(3000, 100), (800, 20), (150, 100), (5000, 7)])
 def test_topk_from_scores_equals_sorting_every_row_whole(n_items, k, dtype):
     """Wide rows take the sampled-threshold path: it must return exactly what sorting each whole row would,
-    with coarse scores (many ties at the boundary), NaN, masks, and rows left with fewer than k items."""
+    with coarse scores (many ties at the boundary), NaN, masks, and rows left with fewer than k items; in
+    one block of rows or in several ranked by threads."""
     rng = np.random.default_rng(n_items + k)
-    scores = np.round(rng.standard_normal((60, n_items)), 1).astype(dtype)  # about 80 distinct values
+    scores = np.round(rng.standard_normal((200, n_items)), 1).astype(dtype)  # about 80 distinct values
     scores[0, ::2] = 0.0
     scores[0, 1::2] = -0.0  # equal to 0.0: ties, broken by index
     scores[1] = 0.5  # one tie across the whole row
@@ -171,13 +172,18 @@ def test_topk_from_scores_equals_sorting_every_row_whole(n_items, k, dtype):
     scores[3] = np.linspace(0, 1, n_items)[::-1]  # the best items all at the front
     scores[4] = -np.inf
     scores[4, :3] = 1.0
-    fold_in = sp.random(60, n_items, density=0.05, format="lil", random_state=1)
+    fold_in = sp.random(200, n_items, density=0.05, format="lil", random_state=1)
     fold_in[5, : n_items - 2] = 1.0  # all but two items seen
+    scores[150, ::2] = np.nan  # and the same in the last thread's block
+    fold_in[151, : n_items - 2] = 1.0
     fold_in = fold_in.tocsr()
     for mask in (None, fold_in):
-        idx, vals = topk_from_scores(scores, mask, k, return_scores=True)
-        np.testing.assert_array_equal(idx, _reference_topk(scores, mask, k))
-        assert (vals[:, :-1] >= vals[:, 1:]).all()  # best first; -inf in the empty slots
+        expected = _reference_topk(scores, mask, k)
+        for threads in (1, 3):
+            idx, vals = topk_from_scores(scores, mask, k, return_scores=True, threads=threads)
+            np.testing.assert_array_equal(idx, expected)
+            assert (vals[:, :-1] >= vals[:, 1:]).all()  # best first; -inf in the empty slots
+            assert np.array_equal(vals[idx >= 0], np.take_along_axis(scores, np.maximum(idx, 0), 1)[idx >= 0])
 
 
 @pytest.mark.parametrize(

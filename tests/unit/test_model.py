@@ -248,18 +248,21 @@ def test_sparse_model_input_scores_like_dense(monkeypatch):
     assert len(sparse_calls) >= X.nnz // 50 and not any(isinstance(x, np.ndarray) for x in sparse_calls)
 
 
-@pytest.mark.parametrize("density", [0.3, 0.01])  # the FLVAE gets a dense, then a sparse input
-def test_loaded_bundle_runs_neural_ease_in_scipy_with_the_same_scores(tmp_path, density):
+@pytest.mark.parametrize("normalize_input", [False, True])
+@pytest.mark.parametrize("density", [0.3, 0.01])  # in Keras, the model gets a dense, then a sparse input
+def test_loaded_bundle_runs_neural_ease_in_scipy_with_the_same_scores(tmp_path, density, normalize_input):
+    """On the host, the Neural EASE path and the FLVAE's first product run in SciPy, the rest in Keras."""
     import vasp_model.recommenders.bundle as bundle_module
 
     rng = np.random.default_rng(0)
-    model = build_model(300, TINY, seed=0)
+    model = build_model(300, dataclasses.replace(TINY, normalize_input=normalize_input), seed=0)
     model.ease.kernel.assign(rng.normal(0, 0.1, (300, 300)).astype("float32"))  # nonzero diagonal too
     ModelBundle(model, np.array([f"i{j}" for j in range(300)], dtype=object), np.arange(300)).save(str(tmp_path))
     X = sp.random(50, 300, density=density, format="csr", random_state=1, dtype=np.float32)
     X.data[:] = 3.0  # any positive value means "seen"
     # a user whose item 7 is listed twice and who has an explicit zero (unseen) for item 9
     X = sp.vstack([X, sp.csr_matrix(([1.0, 1.0, 0.0], [7, 7, 9], [0, 3]), shape=(1, 300))], format="csr")
+    X = sp.vstack([X, sp.csr_matrix((1, 300), dtype=np.float32)], format="csr")  # and one who saw nothing
 
     in_keras = ModelBundle.load(str(tmp_path), host_ease=False)
     on_host = ModelBundle.load(str(tmp_path), threads=3, host_ease=True)

@@ -212,14 +212,14 @@ def recall_by_popularity_bucket(topk_idx, holdout_csr, popularity, k: int = 20) 
     return out
 
 
-def topk_from_scores(scores, fold_in_csr=None, k: int = 100, return_scores: bool = False):
+def topk_from_scores(scores, fold_in_csr=None, k: int = 100, return_scores: bool = False, threads: int = 1):
     """Top-k item indices per row of a dense score matrix, best first, ties broken by lower item index.
 
     Items stored in ``fold_in_csr`` (the user's input/seen items; may be None) get score -inf
     and are never returned: slots that would hold a masked item (only when fewer than k
     items remain) are ``-1``, as are slots beyond the number of items. NaN ranks as -inf.
-    ``scores`` is not modified. Returns ``topk_idx`` [U, k] int64, or ``(topk_idx, topk_scores)``
-    if ``return_scores``.
+    ``scores`` is not modified; ``threads`` > 1 ranks blocks of rows in parallel. Returns ``topk_idx``
+    [U, k] int64, or ``(topk_idx, topk_scores)`` if ``return_scores``.
     """
     k = _check_k(k)
     scores = np.asarray(scores)
@@ -227,12 +227,47 @@ def topk_from_scores(scores, fold_in_csr=None, k: int = 100, return_scores: bool
         raise ValueError(f"scores must be 2-D [users, items], got shape {scores.shape}")
     if not np.issubdtype(scores.dtype, np.floating):
         scores = scores.astype(np.float64)
-    n_users, n_items = scores.shape
-    scores = scores.copy()
+    fold_in = None
     if fold_in_csr is not None:
         fold_in = _as_csr(fold_in_csr, "fold_in_csr")
         if fold_in.shape != scores.shape:
             raise ValueError(f"fold_in_csr has shape {fold_in.shape}, scores has {scores.shape}")
+    idx = np.empty((scores.shape[0], k), dtype=np.int64)
+    vals = np.empty((scores.shape[0], k), dtype=scores.dtype)
+
+    def rank(block: tuple[int, int]) -> None:
+        start, end = block
+        idx[start:end], vals[start:end] = _topk_rows(
+            scores[start:end], None if fold_in is None else fold_in[start:end], k
+        )
+
+    blocks = _row_blocks(scores.shape[0], threads)
+    if len(blocks) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(blocks)) as pool:  # NumPy releases the GIL in the sorts and comparisons
+            list(pool.map(rank, blocks))
+    else:
+        rank((0, scores.shape[0]))
+    return (idx, vals) if return_scores else idx
+
+
+# Fewer rows than this per thread are ranked in one block (a thread's start costs more than they do).
+_MIN_ROWS_PER_THREAD = 64
+
+
+def _row_blocks(n_rows: int, threads: int) -> list[tuple[int, int]]:
+    """``[start, end)`` blocks of about equal size for up to ``threads`` threads, at least one."""
+    parts = max(1, min(int(threads), n_rows // _MIN_ROWS_PER_THREAD))
+    bounds = np.linspace(0, n_rows, parts + 1).astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _topk_rows(scores: np.ndarray, fold_in: sp.csr_matrix | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`topk_from_scores` of one block of rows (``scores`` float, not modified): ``(idx, vals)``."""
+    n_users, n_items = scores.shape
+    scores = scores.copy()
+    if fold_in is not None:
         rows = np.repeat(np.arange(n_users), np.diff(fold_in.indptr))
         scores[rows, fold_in.indices] = -np.inf
     scores[np.isnan(scores)] = -np.inf  # NaN would poison the ordering; treat it as "worst"
@@ -243,7 +278,7 @@ def topk_from_scores(scores, fold_in_csr=None, k: int = 100, return_scores: bool
     if kk < k:
         idx = np.pad(idx, ((0, 0), (0, k - kk)), constant_values=-1)
         vals = np.pad(vals, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-    return (idx, vals) if return_scores else idx
+    return idx, vals
 
 
 # A row's candidates are the columns reaching a threshold read from every _SAMPLE_STRIDE-th column.

@@ -181,11 +181,13 @@ class DenseResidualStack(keras.layers.Layer):
             shape = (*shape[:-1], self.units)
             norm.build(shape)
 
-    def call(self, x):
+    def call(self, x, input_product: bool = False):
+        """``input_product``: ``x`` is already the first block's kernel product (``x @ kernel``, computed
+        elsewhere, e.g. sparse on the host); only its bias is added."""
         outputs = []
         h = x
         for dense, norm in zip(self.denses, self.norms, strict=True):
-            y = dense(h)
+            y = h + dense.bias if input_product and not outputs else dense(h)
             for earlier in outputs:
                 y = y + earlier
             h = norm(ops.silu(y))

@@ -13,6 +13,7 @@ The KL term is added with ``add_loss`` during training, so a standard
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from vasp_model.nn.layers import DenseResidualStack, NeuralEASE, PrunedNeuralEASE, Sampling
@@ -110,11 +111,20 @@ class VASP(keras.Model):
         out = self.flvae(x, training=training) * self.ease(x)
         return ops.cast(out, "float32")
 
-    def flvae_model(self, sparse: bool = False) -> keras.Model:
-        """The FLVAE path alone as a functional model (same layers and weights), for inference that
-        computes the Neural EASE path elsewhere (``ModelBundle`` on a CPU-only backend)."""
-        x = keras.Input((self.n_items,), sparse=sparse)
-        return keras.Model(x, ops.cast(self.flvae(x), "float32"), name=f"{self.name}_flvae")
+    def flvae_head_model(self) -> keras.Model:
+        """The FLVAE path at inference from its first product (the normalized input times the first
+        encoder kernel, :meth:`input_kernel`), for inference that computes that sparse product and the
+        Neural EASE path elsewhere (``ModelBundle`` on a CPU-only backend): every later layer, dense."""
+        product = keras.Input((self.hidden,), name="input_product")
+        z = self.z_mean(self.encoder(product, input_product=True))
+        d = self.decoder(z) if self.decoder is not None else z
+        return keras.Model(
+            product, ops.cast(self.decoder_out(d) * self.latent_out(z), "float32"), name=f"{self.name}_head"
+        )
+
+    def input_kernel(self) -> np.ndarray:
+        """The first encoder kernel ``[I, hidden]`` as float32 NumPy (what :meth:`flvae_head_model` starts after)."""
+        return np.asarray(ops.convert_to_numpy(self.encoder.denses[0].kernel), dtype=np.float32)
 
     def item_weights(self) -> list[tuple[keras.Variable, tuple[int, ...]]]:
         """Every weight with an axis indexed by item, and those axes: the first encoder layer's rows,

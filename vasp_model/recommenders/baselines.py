@@ -127,8 +127,10 @@ def recommend_batched(
     filter_seen: bool,
     batch_users: int = _BATCH_USERS,
     exclude: sp.csr_matrix | None = None,
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``n`` of ``score_fn(rows)`` (dense ``[rows, I]`` scores) for ``batch_users`` users at a time.
+    """Top-``n`` of ``score_fn(rows)`` (dense ``[rows, I]`` scores) for ``batch_users`` users at a time,
+    each batch ranked over ``threads`` threads.
 
     Masked: ``exclude``'s items when it is given, else the input rows' items when ``filter_seen``.
     """
@@ -138,7 +140,7 @@ def recommend_batched(
     for start in range(0, n_users, batch_users):
         rows = user_items[start : start + batch_users]
         mask = exclude[start : start + batch_users] if exclude is not None else rows if filter_seen else None
-        idx, vals = topk_from_scores(score_fn(rows), mask, n, return_scores=True)
+        idx, vals = topk_from_scores(score_fn(rows), mask, n, return_scores=True, threads=threads)
         out_idx[start : start + rows.shape[0]] = idx
         out_scores[start : start + rows.shape[0]] = vals
     return out_idx, out_scores

@@ -69,7 +69,9 @@ class Bundle:
 
     kind = ""
 
-    def __init__(self, item_ids, popularity, metadata: dict[str, Any] | None = None, batch_users: int = 1024):
+    def __init__(
+        self, item_ids, popularity, metadata: dict[str, Any] | None = None, batch_users: int = 1024, threads: int = 1
+    ):
         self.item_ids = np.asarray(item_ids).astype(object)
         self.popularity = np.asarray(popularity, dtype=np.int64)
         if self.item_ids.ndim != 1 or self.popularity.shape != self.item_ids.shape:
@@ -78,6 +80,7 @@ class Bundle:
             )
         self.metadata = dict(metadata or {})
         self.batch_users = int(batch_users)
+        self.threads = max(1, int(threads))  # the host threads a batch's products and top-k run over
         self._vocabulary = None
 
     @property
@@ -129,7 +132,9 @@ class Bundle:
             exclude = sp.csr_matrix(exclude)
             if exclude.shape != user_items.shape:
                 raise ValueError(f"exclude has shape {exclude.shape}, user_items has {user_items.shape}")
-        return recommend_batched(self._predict, user_items, int(n), filter_seen, self.batch_users, exclude)
+        return recommend_batched(
+            self._predict, user_items, int(n), filter_seen, self.batch_users, exclude, self.threads
+        )
 
     def recommend_ids(self, item_id_lists, n: int) -> RecommendedIds:
         """Recommend from lists of item ids (any vocabulary); see :meth:`recommend_flat`."""
@@ -161,7 +166,7 @@ class Bundle:
             idx[known_rows], scores[known_rows] = self.recommend(user_items[known_rows], n, exclude=mask[known_rows])
         if fallback.any():
             popularity = np.broadcast_to(self.popularity.astype(np.float32), (int(fallback.sum()), self.n_items))
-            idx[fallback], scores[fallback] = topk_from_scores(popularity, mask[fallback], n, True)
+            idx[fallback], scores[fallback] = topk_from_scores(popularity, mask[fallback], n, True, self.threads)
         return RecommendedIds(idx, scores, unknown, fallback, np.diff(mask.indptr), self.item_ids)
 
     def _rows(self, offsets, item_ids) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -240,16 +245,25 @@ class ModelBundle(Bundle):
 
     kind = "vasp"
 
-    def __init__(self, model, item_ids, popularity, metadata: dict[str, Any] | None = None, batch_users: int = 1024):
-        super().__init__(item_ids, popularity, metadata, batch_users)
+    def __init__(
+        self,
+        model,
+        item_ids,
+        popularity,
+        metadata: dict[str, Any] | None = None,
+        batch_users: int = 1024,
+        threads: int = 1,
+    ):
+        super().__init__(item_ids, popularity, metadata, batch_users, threads)
         self.model = model
         n_out = getattr(model, "n_items", None)
         if n_out is not None and n_out != self.item_ids.size:
             raise ValueError(f"model scores {n_out} items but item_ids has {self.item_ids.size}")
         # Set by load() on a CPU-only backend (the weights of a loaded bundle do not change): VASP's
-        # Neural EASE path in SciPy, its FLVAE path through Keras (functional models, by input kind).
+        # Neural EASE path and the FLVAE's first (sparse) product in SciPy, the rest of the FLVAE in Keras.
         self.host_ease: HostEASE | None = None
-        self._flvae_models: dict[bool, Any] = {}
+        self._input_kernel: np.ndarray | None = None
+        self._flvae_head = None
         self.blend: EaseBlend | None = None  # set when validation preferred VASP blended with closed-form EASE
 
     def _predict(self, rows: sp.csr_matrix) -> np.ndarray:
@@ -257,16 +271,18 @@ class ModelBundle(Bundle):
         ``host_ease``, VASP's FLVAE path through Keras times its Neural EASE path in SciPy."""
         seen = _seen(rows)
         if self.host_ease is None:
-            out = _keras_predict(lambda sparse: self.model, seen, self.n_items)
+            out = _keras_predict(self.model, seen, self.n_items)
         else:
             out = self.host_ease(seen)
-            out *= _keras_predict(self._flvae_model, seen, self.model.hidden)
+            out *= self._host_flvae(seen)
         return out if self.blend is None else self.blend(out, seen)
 
-    def _flvae_model(self, sparse: bool):
-        if sparse not in self._flvae_models:
-            self._flvae_models[sparse] = self.model.flvae_model(sparse=sparse)
-        return self._flvae_models[sparse]
+    def _host_flvae(self, seen: sp.csr_matrix) -> np.ndarray:
+        """The FLVAE path of a ``_seen`` batch: its first product in SciPy, the rest through Keras."""
+        product = np.asarray(seen @ self._input_kernel, dtype=np.float32)
+        if self.model.normalize_input:  # a 0/1 row's L2 norm is the square root of its item count
+            product /= np.maximum(np.sqrt(np.diff(seen.indptr)), 1e-8).astype(np.float32)[:, None]
+        return np.asarray(self._flvae_head.predict_on_batch(product), dtype=np.float32)
 
     def _save_model(self, directory: str) -> dict[str, Any]:
         import keras
@@ -300,7 +316,7 @@ class ModelBundle(Bundle):
         import vasp_model.nn.model  # registers the custom layers for deserialization
 
         model = keras.saving.load_model(os.path.join(directory, MODEL_FILE), safe_mode=True, compile=False)
-        bundle = cls(model, item_ids, popularity, metadata=meta, batch_users=batch_users)
+        bundle = cls(model, item_ids, popularity, metadata=meta, batch_users=batch_users, threads=threads)
         if meta.get("blend_weight"):
             bundle.blend = EaseBlend.load(directory, meta["blend_weight"], threads)
         is_vasp = isinstance(model, vasp_model.nn.model.VASP)
@@ -315,7 +331,10 @@ class ModelBundle(Bundle):
     def use_host_ease(self, threads: int | None = None) -> None:
         """Score VASP's Neural EASE path in SciPy from now on (a copy of its kernel: the weights must no longer
         change), over ``threads`` threads (default: all cores)."""
-        self.host_ease = HostEASE(self.model.ease.host_kernel(), threads or os.cpu_count() or 1)
+        self.threads = max(1, int(threads or os.cpu_count() or 1))
+        self.host_ease = HostEASE(self.model.ease.host_kernel(), self.threads)
+        self._input_kernel = self.model.input_kernel()
+        self._flvae_head = self.model.flvae_head_model()
 
 
 class EaseBundle(Bundle):
@@ -327,7 +346,7 @@ class EaseBundle(Bundle):
     def __init__(
         self, B, item_ids, popularity, metadata: dict[str, Any] | None = None, batch_users: int = 1024, threads: int = 1
     ):
-        super().__init__(item_ids, popularity, metadata, batch_users)
+        super().__init__(item_ids, popularity, metadata, batch_users, threads)
         self.host = HostEASE(B, threads, logits=True)
         if self.host.kernel.shape != (self.n_items, self.n_items):
             raise ValueError(f"B has shape {self.host.kernel.shape}; expected {(self.n_items, self.n_items)}")
@@ -362,7 +381,7 @@ class PopularityBundle(Bundle):
 
     @classmethod
     def _load(cls, directory, item_ids, popularity, meta, batch_users, threads) -> PopularityBundle:
-        return cls(item_ids, popularity, metadata=meta, batch_users=batch_users)
+        return cls(item_ids, popularity, metadata=meta, batch_users=batch_users, threads=threads)
 
 
 BUNDLE_KINDS: dict[str, type[Bundle]] = {cls.kind: cls for cls in (ModelBundle, EaseBundle, PopularityBundle)}
@@ -399,18 +418,18 @@ def _seen(rows: sp.csr_matrix) -> sp.csr_matrix:
     return seen
 
 
-def _keras_predict(model_for, rows: sp.csr_matrix, gather_width: int) -> np.ndarray:
-    """``model_for(sparse)`` (a Keras model, one output per input column) on a ``_seen`` batch: dense
-    input, or a sparse tensor when the batch is sparse enough, split so that no call gathers more
-    than ``SPARSE_GATHER_BYTES`` of ``gather_width``-float rows."""
+def _keras_predict(model, rows: sp.csr_matrix, gather_width: int) -> np.ndarray:
+    """A Keras ``model`` (one output per input column) on a ``_seen`` batch: dense input, or a sparse
+    tensor when the batch is sparse enough, split so that no call gathers more than
+    ``SPARSE_GATHER_BYTES`` of ``gather_width``-float rows."""
     density = rows.nnz / max(1, rows.shape[0] * rows.shape[1])
-    if density < SPARSE_INPUT_MAX_DENSITY and _takes_sparse(model_for(True)):
-        model, out, start = model_for(True), np.empty(rows.shape, dtype=np.float32), 0
+    if density < SPARSE_INPUT_MAX_DENSITY and _takes_sparse(model):
+        out, start = np.empty(rows.shape, dtype=np.float32), 0
         for end in _row_chunks(rows.indptr, max(1, SPARSE_GATHER_BYTES // (4 * gather_width))):
             out[start:end] = model.predict_on_batch(_sparse_tensor(rows[start:end]))
             start = end
         return out
-    return np.asarray(model_for(False).predict_on_batch(rows.toarray()), dtype=np.float32)
+    return np.asarray(model.predict_on_batch(rows.toarray()), dtype=np.float32)
 
 
 def cpu_only() -> bool:

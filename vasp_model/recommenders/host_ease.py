@@ -34,13 +34,17 @@ class HostEASE:
         out = np.empty(ones.shape, dtype=np.float32)
         bounds = np.linspace(0, ones.shape[0], self.threads + 1).astype(np.int64)
 
-        def product(part: int) -> None:  # SciPy releases the GIL: the parts run in parallel
+        def product(part: int) -> None:  # SciPy and NumPy release the GIL: the parts run in parallel
             start, end = bounds[part], bounds[part + 1]
-            product = ones[start:end] @ self.kernel
-            out[start:end] = product.toarray() if sp.issparse(product) else product
+            rows = ones[start:end]
+            product = rows @ self.kernel
+            block = out[start:end]
+            block[:] = product.toarray() if sp.issparse(product) else product
+            users = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+            block[users, rows.indices] -= self.diagonal[rows.indices]  # an item never predicts itself
+            if not self.logits:
+                expit(block, out=block)
 
         with ThreadPoolExecutor(self.threads) as pool:
             list(pool.map(product, range(self.threads)))
-        users = np.repeat(np.arange(ones.shape[0]), np.diff(ones.indptr))
-        out[users, ones.indices] -= self.diagonal[ones.indices]  # an item never predicts itself
-        return out if self.logits else expit(out, out=out)
+        return out
