@@ -13,9 +13,11 @@ figures that paper publishes on this split. Peak RSS is reported per stage (the 
 
 ``kernel``: the ``cpu`` preset's train step with the dense Neural EASE kernel against pruned ones
 (``--neighbours``: k targets per item) at each catalog width of ``--items``, on synthetic rows of
-``--row-items`` items each (the widest row: ``--max-positives``), each configuration in a process of
-its own on ``--backend``: the median step of five after a first (compiling) one, the ratio to the dense
-step in the same run, and the process's peak RSS. The dense kernel is skipped where its estimate
+``--row-items`` items each (the widest row: ``--max-positives``), each pruned kernel read row by row
+(``max_positives`` entries of each row) and through the batch's own nonzeros (``batch_positives`` sized
+as ``vasp train`` sizes it), each configuration in a process of its own on ``--backend``: the median step
+of five after a first (compiling) one, the ratio to the dense step in the same run, and the process's
+peak RSS. The dense kernel is skipped where its estimate
 (:func:`vasp_model.train.memory.training_memory`) does not fit what the machine has available.
 
     .venv/bin/python bench/scale.py given
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import resource
 import subprocess
@@ -162,8 +165,11 @@ def print_given(got: dict) -> None:
     print(f"seconds: {json.dumps(got['seconds'])}; peak RSS GiB: {json.dumps(got['peak_rss_gib'])}")
 
 
-def step_seconds(items: int, neighbours: int, max_positives: int, row_items: int, rows: int) -> list[float]:
-    """Seconds of six ``cpu``-preset train steps on ``rows`` synthetic rows (0 neighbours: the dense kernel)."""
+def step_seconds(
+    items: int, neighbours: int, max_positives: int, row_items: int, rows: int, batch_positives: int = 0
+) -> list[float]:
+    """Seconds of six ``cpu``-preset train steps on ``rows`` synthetic rows (0 neighbours: the dense kernel;
+    ``batch_positives`` 0: a pruned kernel reads each row through ``max_positives`` of its entries)."""
     import dataclasses
 
     import keras
@@ -182,7 +188,9 @@ def step_seconds(items: int, neighbours: int, max_positives: int, row_items: int
     X.data[:] = 1.0
     x = X.toarray()
     keras.utils.set_random_seed(0)
-    model = build_model(items, model_config, seed=0, max_positives=max_positives)
+    model = build_model(
+        items, model_config, seed=0, max_positives=max_positives, batch_positives=batch_positives or None
+    )
     compile_model(model, config, 1e-3)
     seconds = []
     for _ in range(6):
@@ -205,8 +213,12 @@ def kernel(args) -> dict:
         cpu = make_config("cpu", env={})
         dense = dataclasses.replace(cpu, model=dataclasses.replace(cpu.model, ease_prune_above=None))
         dense_fits = free is None or training_memory(items, 10**6, dense).phases["fit"] < free
-        for k in ([0] if dense_fits else []) + args.neighbours:
-            cmd = [sys.executable, os.path.abspath(__file__), "step", "--step", f"{items},{k},{args.max_positives}"]
+        # a pruned kernel read row by row, then through the batch's nonzeros as vasp train sizes it
+        batch = math.ceil(1.5 * args.rows * args.row_items) + args.max_positives + 1
+        runs = ([(0, 0)] if dense_fits else []) + [(k, b) for k in args.neighbours for b in (0, batch)]
+        for k, batch_positives in runs:
+            spec = f"{items},{k},{args.max_positives},{batch_positives}"
+            cmd = [sys.executable, os.path.abspath(__file__), "step", "--step", spec]
             cmd += ["--row-items", str(args.row_items), "--rows", str(args.rows)]
             env = {**os.environ, "KERAS_BACKEND": args.backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
             print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
@@ -220,6 +232,7 @@ def kernel(args) -> dict:
                 {
                     "items": items,
                     "neighbours": k or None,
+                    "batch_positives": batch_positives or None,
                     "step_seconds": round(statistics.median(seconds[1:]), 3),
                     "first_step_seconds": round(seconds[0], 2),
                     "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
@@ -236,18 +249,19 @@ def print_kernel(got: dict) -> None:
         f"cpu preset train step, {got['backend']}, {got['rows']} rows of {got['row_items']} items "
         "(median of 5 after the first)"
     )
-    header = f"{'items':>8} {'Neural EASE':>14} {'s/step':>8} {'vs dense':>9} {'peak RSS GiB':>13}"
+    header = f"{'items':>8} {'Neural EASE':>18} {'s/step':>8} {'vs dense':>9} {'peak RSS GiB':>13}"
     print(header)
     print("-" * len(header))
     for r in got["results"]:
-        kind = "dense" if r["neighbours"] is None else f"k = {r['neighbours']}"
+        read = "rows" if r.get("batch_positives") is None else "batch"
+        kind = "dense" if r["neighbours"] is None else f"k = {r['neighbours']}, {read}"
         ratio = "-" if r["vs_dense"] is None else f"{r['vs_dense']:.2f}"
-        print(f"{r['items']:>8,} {kind:>14} {r['step_seconds']:>8.2f} {ratio:>9} {r['peak_rss_gib']:>13.2f}")
+        print(f"{r['items']:>8,} {kind:>18} {r['step_seconds']:>8.2f} {ratio:>9} {r['peak_rss_gib']:>13.2f}")
 
 
 def step(args) -> dict:
-    items, k, max_positives = (int(v) for v in args.step.split(","))
-    print(json.dumps(step_seconds(items, k, max_positives, args.row_items, args.rows)))
+    items, k, max_positives, batch_positives = (int(v) for v in args.step.split(","))
+    print(json.dumps(step_seconds(items, k, max_positives, args.row_items, args.rows, batch_positives)))
     return {}
 
 
@@ -273,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--row-items", type=int, default=27, help="kernel: items per synthetic row (mean).")
     parser.add_argument("--rows", type=int, default=512, help="kernel: rows per step (the cpu preset's 2 x 256).")
     parser.add_argument("--backend", default="jax", help="kernel: the Keras backend of the steps.")
-    parser.add_argument("--step", default=None, help=argparse.SUPPRESS)  # items,k,max_positives of one process
+    parser.add_argument("--step", default=None, help=argparse.SUPPRESS)  # items,k,max_positives,batch_positives
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
     args = parser.parse_args(argv)
     args.prune = [int(k) for k in args.prune.split(",") if k.strip()]

@@ -151,7 +151,8 @@ def test_memory_limit_prefers_the_budget_then_the_machine(monkeypatch):
 def test_estimate_covers_the_measured_peak_of_a_real_run(spark, tmp_path_factory, tmp_path):
     """``vasp train`` in a fresh process: the peak resident set it logs at the end (its own ``VmHWM``) is within
     the estimate it logged before training. (``wait4``'s ``ru_maxrss`` is no measure of it: Linux counts
-    in it the resident set of the parent that forked the child, here the test process.)"""
+    in it the peak of the parent's memory the child ran in before its exec (subprocess spawns by vfork),
+    here the test process's.)"""
     rng = np.random.default_rng(2)
     n_users, n_items = 1500, 1500
     users = np.repeat(np.arange(n_users), 40)

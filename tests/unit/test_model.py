@@ -297,10 +297,11 @@ def test_bundle_rejects_mismatched_vocabulary():
         ModelBundle(build_model(5, TINY, seed=0), np.array(list("abc"), dtype=object), np.arange(3))
 
 
-def _pruned_model(n_items: int, k: int, max_positives: int, seed: int = 0) -> VASP:
+def _pruned_model(n_items: int, k: int, max_positives: int, seed: int = 0, batch_positives: int | None = None) -> VASP:
     """A VASP whose pruned Neural EASE kernel has random targets (never the item itself) and weights."""
     rng = np.random.default_rng(seed)
-    model = build_model(n_items, dataclasses.replace(TINY, ease_neighbours=k), seed=0, max_positives=max_positives)
+    config = dataclasses.replace(TINY, ease_neighbours=k)
+    model = build_model(n_items, config, seed=0, max_positives=max_positives, batch_positives=batch_positives)
     targets = np.stack([rng.choice(np.delete(np.arange(n_items), j), k, replace=False) for j in range(n_items)])
     model.ease.set_kernel(targets, rng.normal(0, 0.5, (n_items, k)))
     return model
@@ -317,6 +318,33 @@ def test_pruned_neural_ease_sums_the_kept_weights_of_a_rows_items():
     # the FLOPs count the pruned kernel: 2 x the row's items x k instead of 2 x the row's items x I
     pruned = dataclasses.replace(TINY, ease_neighbours=7)
     assert flops_per_row(60, pruned, nnz=5) == flops_per_row(60, TINY, nnz=5) - 2 * 5 * 60 + 2 * 5 * 7
+
+
+def test_pruned_neural_ease_reads_a_batch_through_its_own_nonzeros_to_the_same_logits_and_gradients():
+    X = rand_x(12, 60, p=0.2, seed=4)
+    X[2] = 0.0  # a user who saw nothing
+    nnz = int((X != 0).sum())
+    by_rows = _pruned_model(60, 7, max_positives=60)
+    expected = np_(by_rows.ease(X))
+    np.testing.assert_allclose(
+        np_(keras.ops.sigmoid(_pruned_model(60, 7, 60, batch_positives=nnz).ease._batch_logits(X, X != 0))),
+        expected,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    weights = by_rows.get_weights()
+    by_rows.compile(optimizer=keras.optimizers.SGD(0.5), loss=FocalLoss())
+    by_rows.train_on_batch(X, X)
+    for cap in (nnz, nnz - 1, 10 * nnz):  # just enough, one short (read row by row), roomy
+        model = _pruned_model(60, 7, 60, batch_positives=cap)
+        assert model.ease.batch_positives == cap
+        np.testing.assert_allclose(np_(model.ease(X)), expected, rtol=1e-5, atol=1e-6)
+        model.set_weights(weights)
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=FocalLoss())
+        model.train_on_batch(X, X)  # a compiled step: the same gradient
+        np.testing.assert_allclose(np_(model.ease.values), np_(by_rows.ease.values), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_positives"):
+        PrunedNeuralEASE(10, 3, max_positives=5, batch_positives=0)
 
 
 def test_pruned_kernel_refuses_self_targets_and_wrong_shapes():
@@ -343,11 +371,12 @@ def test_a_train_step_moves_the_pruned_weights_and_keeps_the_targets():
 
 @pytest.mark.parametrize("host_ease", [False, True])
 def test_a_pruned_bundle_scores_like_the_model_in_keras_and_on_the_host(tmp_path, host_ease):
-    model = _pruned_model(200, 9, max_positives=200)
+    model = _pruned_model(200, 9, max_positives=200, batch_positives=300)
     ModelBundle(model, np.array([f"i{j}" for j in range(200)], dtype=object), np.arange(200)).save(str(tmp_path))
     X = sp.random(40, 200, density=0.05, format="csr", random_state=1, dtype=np.float32)
     loaded = ModelBundle.load(str(tmp_path), threads=2, host_ease=host_ease)
     assert loaded.model.ease_neighbours == 9 and loaded.model.ease_max_positives == 200
+    assert loaded.model.ease.batch_positives == 300
     if host_ease:
         assert sp.isspmatrix_csr(loaded.host_ease.kernel) and loaded.host_ease.kernel.nnz == 200 * 9
     expected = np_(model((X.toarray() != 0).astype("float32"), training=False))
@@ -498,6 +527,9 @@ def test_closed_form_init_of_a_pruned_kernel_keeps_each_items_strongest_targets(
     f = small_features
     rows = [np.diff(m.indptr).max() for m in (f.train, f.validation.fold_in)]  # never a test user's
     assert model.ease_neighbours == 6 and model.ease_max_positives == max(rows)
+    lengths = np.diff(f.train.indptr)  # a batch of users' A and B rows hold their training rows
+    batch = result.metrics["batch_users"]
+    assert model.ease.batch_positives == np.ceil(1.5 * batch * lengths.mean()) + lengths.max() + 1
     assert result.bundle.host_ease is not None  # evaluated as served on CPUs: every item of a row read
     expected = 3.0 * pruned_matrix(EASE(50.0).fit(small_features.train).B, 6).toarray()
     np.testing.assert_allclose(model.ease.host_kernel().toarray(), expected, atol=1e-4)  # lr 1e-9: barely moved

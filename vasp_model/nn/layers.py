@@ -93,18 +93,31 @@ class PrunedNeuralEASE(NeuralEASE):
     O(batch × max_positives × k) work and memory instead of O(batch × I²). ``vasp train`` sets
     ``max_positives`` to the widest row it trains and measures on; a wider 0/1 row scored through Keras
     is read through ``max_positives`` of its items (scoring on the host, :meth:`host_kernel`, reads all).
+
+    With ``batch_positives``, a batch with at most that many nonzeros is read through exactly those
+    (O(batch_positives × k), however wide its widest row), any other batch as above: the same logits.
     """
 
     def __init__(
-        self, units: int, neighbours: int, max_positives: int, l2: float = 0.0, kernel_initializer="zeros", **kwargs
+        self,
+        units: int,
+        neighbours: int,
+        max_positives: int,
+        l2: float = 0.0,
+        kernel_initializer="zeros",
+        batch_positives: int | None = None,
+        **kwargs,
     ):
         super().__init__(units, l2=l2, kernel_initializer=kernel_initializer, **kwargs)
         if not 0 < int(neighbours) < self.units:
             raise ValueError(f"neighbours must be in [1, {self.units - 1}] for {self.units} items, got {neighbours!r}")
         if int(max_positives) < 1:
             raise ValueError(f"max_positives must be >= 1, got {max_positives!r}")
+        if batch_positives is not None and int(batch_positives) < 1:
+            raise ValueError(f"batch_positives must be >= 1, got {batch_positives!r}")
         self.neighbours = int(neighbours)
         self.max_positives = min(int(max_positives), self.units)
+        self.batch_positives = None if batch_positives is None else int(batch_positives)
 
     def build(self, input_shape):
         if input_shape[-1] != self.units:
@@ -147,19 +160,53 @@ class PrunedNeuralEASE(NeuralEASE):
 
     def call(self, x):
         x = ops.convert_to_tensor(x, sparse=False)
+        if self.batch_positives is None:
+            return ops.sigmoid(self._row_logits(x))
+        present = ops.not_equal(x, 0)
+        fits = ops.sum(ops.cast(present, "int32")) <= self.batch_positives
+        return ops.sigmoid(ops.cond(fits, lambda: self._batch_logits(x, present), lambda: self._row_logits(x)))
+
+    def _row_logits(self, x):
+        """Logits ``[B, I]`` from each row's ``max_positives`` largest entries."""
         weight, items = ops.top_k(x, self.max_positives, sorted=False)  # [B, P]: a row's items (weight 0: padding)
-        contributions = ops.take(ops.cast(self.values, x.dtype), items, axis=0) * weight[..., None]  # [B, P, k]
-        targets = ops.take(self.targets, items, axis=0)  # [B, P, k]
         rows = ops.shape(x)[0]
-        cells = targets + (ops.arange(rows, dtype="int32") * self.units)[:, None, None]
+        return self._scatter(items, weight, ops.arange(rows, dtype="int32")[:, None], rows)
+
+    def _batch_logits(self, x, present):
+        """Logits ``[B, I]`` from the batch's nonzeros (``present``; at most ``batch_positives`` of them)."""
+        rows, flat, present = ops.shape(x)[0], ops.reshape(x, (-1,)), ops.reshape(present, (-1,))
+        slot = ops.where(present, ops.cumsum(ops.cast(present, "int32")) - 1, self.batch_positives)  # overflow slot
+        size = ops.shape(flat)[0]
+        # each nonzero's flat index + 1 into its slot (0: a slot left empty; the overflow slot sums zeros)
+        entries = ops.scatter(
+            ops.expand_dims(slot, 1),
+            ops.where(present, ops.arange(1, size + 1, dtype="int32"), 0),
+            (self.batch_positives + 1,),
+        )[: self.batch_positives]
+        index = ops.maximum(entries - 1, 0)
+        value = ops.take(flat, index)
+        weight = ops.where(entries > 0, value, ops.zeros_like(value))
+        return self._scatter(index % self.units, weight, index // self.units, rows)
+
+    def _scatter(self, items, weight, row, rows):
+        """Logits ``[rows, I]``: ``weight`` times the kernel row of each of ``items`` (any shape), added
+        into row ``row`` (broadcast against ``items``)."""
+        contributions = ops.take(ops.cast(self.values, weight.dtype), items, axis=0) * weight[..., None]
+        cells = ops.take(self.targets, items, axis=0) + (row * self.units)[..., None]
         logits = ops.segment_sum(
             ops.reshape(contributions, (-1,)), ops.reshape(cells, (-1,)), num_segments=rows * self.units
         )
-        return ops.sigmoid(ops.reshape(logits, (rows, self.units)))
+        return ops.reshape(logits, (rows, self.units))
 
     def get_config(self):
         config = super().get_config()
-        config.update({"neighbours": self.neighbours, "max_positives": self.max_positives})
+        config.update(
+            {
+                "neighbours": self.neighbours,
+                "max_positives": self.max_positives,
+                "batch_positives": self.batch_positives,
+            }
+        )
         return config
 
 

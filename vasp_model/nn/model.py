@@ -35,6 +35,7 @@ class VASP(keras.Model):
         ease_init: str = "glorot_uniform",
         ease_neighbours: int | None = None,
         ease_max_positives: int | None = None,
+        ease_batch_positives: int | None = None,
         kl_weight: float = 1.0,
         seed: int | None = None,
         **kwargs,
@@ -51,6 +52,7 @@ class VASP(keras.Model):
         self.ease_init = ease_init
         self.ease_neighbours = None if ease_neighbours is None else int(ease_neighbours)
         self.ease_max_positives = self.n_items if ease_max_positives is None else int(ease_max_positives)
+        self.ease_batch_positives = None if ease_batch_positives is None else int(ease_batch_positives)
         self.kl_weight = float(kl_weight)
         self.seed = seed
         self.input_dropout = keras.layers.Dropout(self.dropout, seed=seed, name="input_dropout")
@@ -72,6 +74,7 @@ class VASP(keras.Model):
                 self.ease_max_positives,
                 l2=self.ease_l2,
                 kernel_initializer=ease_init,
+                batch_positives=self.ease_batch_positives,
                 name="neural_ease",
             )
 
@@ -163,14 +166,22 @@ class VASP(keras.Model):
             "ease_init": self.ease_init,
             "ease_neighbours": self.ease_neighbours,
             "ease_max_positives": self.ease_max_positives,
+            "ease_batch_positives": self.ease_batch_positives,
             "kl_weight": self.kl_weight,
             "seed": self.seed,
         }
 
 
-def build_model(n_items: int, model_config, seed: int | None = None, max_positives: int | None = None) -> VASP:
+def build_model(
+    n_items: int,
+    model_config,
+    seed: int | None = None,
+    max_positives: int | None = None,
+    batch_positives: int | None = None,
+) -> VASP:
     """A built (weights created) VASP for ``n_items`` from a ``ModelConfig``; ``max_positives``: the most
-    items of an input row a pruned Neural EASE kernel reads (default: every item)."""
+    items of an input row a pruned Neural EASE kernel reads (default: every item); ``batch_positives``: the
+    most nonzeros of a batch it reads as such (see :class:`PrunedNeuralEASE`; default: none)."""
     c = model_config
     model = VASP(
         n_items=n_items,
@@ -184,6 +195,7 @@ def build_model(n_items: int, model_config, seed: int | None = None, max_positiv
         ease_init="zeros" if c.ease_init == "closed_form" else c.ease_init,
         ease_neighbours=c.neighbours_for(n_items),
         ease_max_positives=max_positives,
+        ease_batch_positives=batch_positives,
         kl_weight=c.kl_weight,
         seed=seed,
         name="vasp",

@@ -103,6 +103,17 @@ def max_row_items(features, n_items: int) -> int:
     return max(max(int(np.diff(m[:, :n_items].tocsr().indptr).max(initial=0)) for m in rows), 1)
 
 
+def batch_items(features, n_items: int, batch_users: int) -> int:
+    """The nonzeros of a training batch of ``batch_users`` users (their A and B rows hold their whole
+    training rows) at 1.5 times the mean, plus the widest row: what a pruned Neural EASE kernel reads a
+    batch through as such (:class:`vasp_model.nn.layers.PrunedNeuralEASE`'s ``batch_positives``; a
+    fuller batch is read row by row, to the same logits)."""
+    lengths = np.diff(features.train[:, :n_items].tocsr().indptr)
+    if lengths.size == 0:
+        return 1
+    return int(np.ceil(1.5 * batch_users * lengths.mean())) + int(lengths.max()) + 1
+
+
 def training_memory(
     catalog_items: int,
     train_users: int,
@@ -307,14 +318,16 @@ def check_training_memory(
         candidates += [_with_neighbours(config, n) for n in FALLBACK_NEIGHBOURS if n < narrower]
     for candidate in candidates:
         for precision in EASE_PRECISIONS:  # the float64 solve first: exact where it fits
-            estimate = training_memory(catalog_items, train_users, candidate, precision, gram_entries, row_items)
+            estimate = dataclasses.replace(
+                training_memory(catalog_items, train_users, candidate, precision, gram_entries, row_items),
+                resident=resident,
+            )
             log.info(
                 "memory: %d resident, estimated peak %d (%s; EASE in %s, Neural EASE %s), limit %s (%s)",
-                resident, resident + estimate.peak, ", ".join(f"{k} {v}" for k, v in estimate.phases.items()),
+                resident, estimate.expected_peak, ", ".join(f"{k} {v}" for k, v in estimate.phases.items()),
                 precision, candidate.model.ease_neighbours or "dense", limit, source,
             )  # fmt: skip
-            if limit is None or resident + estimate.peak <= limit:
-                estimate = dataclasses.replace(estimate, resident=resident)
+            if limit is None or estimate.expected_peak <= limit:
                 reset_peak()  # what report_peak reads is the peak of the run just estimated
                 if candidate is not config:
                     log.warning(

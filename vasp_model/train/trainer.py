@@ -75,7 +75,7 @@ def train(
     batch_users = tc.batch_users_for(features.ab_copies[0][0].shape[0])
     plan = ABBatches(features.ab_copies, batch_users, seed=tc.seed, n_items=n_items)
     with training_scope(tc.model_devices):  # the weights are created (and stay) split over the devices
-        bundle = _build_bundle(features, config, n_items)
+        bundle = _build_bundle(features, config, n_items, batch_users)
         if checkpoint_dir:
             os.makedirs(checkpoint_dir, exist_ok=True)
         mapping = None
@@ -131,16 +131,25 @@ def _backup_dir(checkpoint_dir: str) -> str:
     return os.path.join(checkpoint_dir, "backup")
 
 
-def _build_bundle(features, config: VaspConfig, n_items: int):
-    """The untrained VASP network over the ``n_items`` most popular items, in a bundle with its vocabulary."""
+def _build_bundle(features, config: VaspConfig, n_items: int, batch_users: int):
+    """The untrained VASP network over the ``n_items`` most popular items, in a bundle with its vocabulary
+    (a pruned Neural EASE kernel reads rows as wide as the fit's widest, batches of ``batch_users`` users
+    through their own nonzeros)."""
     import keras
 
     from vasp_model.nn.model import build_model
     from vasp_model.recommenders.bundle import ModelBundle
-    from vasp_model.train.memory import max_row_items
+    from vasp_model.train.memory import batch_items, max_row_items
 
+    pruned = config.model.neighbours_for(n_items) is not None
     return ModelBundle(
-        build_model(n_items, config.model, seed=config.train.seed, max_positives=max_row_items(features, n_items)),
+        build_model(
+            n_items,
+            config.model,
+            seed=config.train.seed,
+            max_positives=max_row_items(features, n_items),
+            batch_positives=batch_items(features, n_items, batch_users) if pruned else None,
+        ),
         features.item_ids[:n_items],
         features.popularity[:n_items],
         metadata={
