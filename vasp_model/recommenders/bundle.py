@@ -268,7 +268,7 @@ class ModelBundle(Bundle):
 
     def _predict(self, rows: sp.csr_matrix) -> np.ndarray:
         """Scores ``[rows, I]`` of one batch (any nonzero = seen): the model through Keras or, with
-        ``host_ease``, VASP's FLVAE path through Keras times its Neural EASE path in SciPy."""
+        ``host_ease``, VASP's Neural EASE path in SciPy times its FLVAE path (:meth:`_host_flvae`)."""
         seen = _seen(rows)
         if self.host_ease is None:
             out = _keras_predict(self.model, seen, self.n_items)
