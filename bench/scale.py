@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import resource
 import subprocess
@@ -205,7 +204,7 @@ def kernel(args) -> dict:
     import statistics
 
     from vasp_model.core.config import make_config
-    from vasp_model.train.memory import available_bytes, training_memory
+    from vasp_model.train.memory import available_bytes, batch_positives_for, training_memory
 
     free, _ = available_bytes()
     rows = []
@@ -214,7 +213,7 @@ def kernel(args) -> dict:
         dense = dataclasses.replace(cpu, model=dataclasses.replace(cpu.model, ease_prune_above=None))
         dense_fits = free is None or training_memory(items, 10**6, dense).phases["fit"] < free
         # a pruned kernel read row by row, then through the batch's nonzeros as vasp train sizes it
-        batch = math.ceil(1.5 * args.rows * args.row_items) + args.max_positives + 1
+        batch = batch_positives_for(args.rows * args.row_items, args.max_positives)
         runs = ([(0, 0)] if dense_fits else []) + [(k, b) for k in args.neighbours for b in (0, batch)]
         for k, batch_positives in runs:
             spec = f"{items},{k},{args.max_positives},{batch_positives}"

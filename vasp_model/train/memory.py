@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 
@@ -104,14 +105,19 @@ def max_row_items(features, n_items: int) -> int:
 
 
 def batch_items(features, n_items: int, batch_users: int) -> int:
-    """The nonzeros of a training batch of ``batch_users`` users (their A and B rows hold their whole
-    training rows) at 1.5 times the mean, plus the widest row: what a pruned Neural EASE kernel reads a
-    batch through as such (:class:`vasp_model.nn.layers.PrunedNeuralEASE`'s ``batch_positives``; a
-    fuller batch is read row by row, to the same logits)."""
+    """:func:`batch_positives_for` a training batch of ``batch_users`` users (their A and B rows hold their
+    whole training rows)."""
     lengths = np.diff(features.train[:, :n_items].tocsr().indptr)
     if lengths.size == 0:
         return 1
-    return int(np.ceil(1.5 * batch_users * lengths.mean())) + int(lengths.max()) + 1
+    return batch_positives_for(batch_users * float(lengths.mean()), int(lengths.max()))
+
+
+def batch_positives_for(mean_nonzeros: float, widest_row: int) -> int:
+    """1.5 times a batch's mean nonzeros plus its widest row: what a pruned Neural EASE kernel reads a batch
+    through as such (:class:`vasp_model.nn.layers.PrunedNeuralEASE`'s ``batch_positives``; a fuller batch
+    is read row by row, to the same logits)."""
+    return math.ceil(1.5 * mean_nonzeros) + widest_row + 1
 
 
 def training_memory(
