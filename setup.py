@@ -30,7 +30,6 @@ STACK = [
     "scipy==1.17.1",
     "pandas==2.3.3",
     "numpy>=2,<3",
-    "threadpoolctl>=3,<4",  # one BLAS thread where OpenBLAS's threaded solve is unsafe (EASE on wide catalogs)
     "PyYAML>=6,<7",
     "matplotlib>=3.9,<4",
     "optuna>=4,<6",  # `vasp tune`: TPE search with Hyperband pruning
@@ -61,7 +60,7 @@ def _stack(*names: str) -> list[str]:
     return [req for req in STACK if req.split("=")[0].split(">")[0].split("<")[0].lower() in names]
 
 
-CORE = _stack("pyarrow", "scipy", "pandas", "numpy", "threadpoolctl", "pyyaml")
+CORE = _stack("pyarrow", "scipy", "pandas", "numpy", "pyyaml")
 TRAIN = _stack("tensorflow-cpu", "keras", "mlflow", "matplotlib", "optuna")
 SPARK = _stack("pyspark") + TRAIN  # executors load the trained model; the driver resolves it in MLflow
 AIRFLOW = (

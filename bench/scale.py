@@ -20,9 +20,16 @@ of five after a first (compiling) one, the ratio to the dense step in the same r
 peak RSS. The dense kernel is skipped where its estimate
 (:func:`vasp_model.train.memory.training_memory`) does not fit what the machine has available.
 
+``solve``: EASE's in-place inverse of XᵀX + λI at each ``--solves`` width and precision (synthetic
+rows of ``--row-items`` items, one user a item), on LAPACK's potrf + potri on one BLAS thread (how a
+catalog this wide was solved before: OpenBLAS's threaded Cholesky crashes there) against
+:func:`vasp_model.recommenders.spd_inverse.invert_spd_in_place` on every BLAS thread, each in a
+process of its own: seconds, GFLOP/s (I³ flops) and the ratio in the same run.
+
     .venv/bin/python bench/scale.py given
     .venv/bin/python bench/scale.py given --grid 100,300,1000 --heldout-users 1000
     .venv/bin/python bench/scale.py kernel --items 16920,40981 --neighbours 512,256
+    .venv/bin/python bench/scale.py solve --solves 16920:float64,40981:float32
 """
 
 from __future__ import annotations
@@ -259,12 +266,84 @@ def print_kernel(got: dict) -> None:
 
 
 def step(args) -> dict:
+    if args.step.startswith("solve,"):
+        _, items, precision, method = args.step.split(",")
+        print(json.dumps(solve_seconds(int(items), precision, args.row_items, method)))
+        return {}
     items, k, max_positives, batch_positives = (int(v) for v in args.step.split(","))
     print(json.dumps(step_seconds(items, k, max_positives, args.row_items, args.rows, batch_positives)))
     return {}
 
 
-SECTIONS = {"given": (given, print_given), "kernel": (kernel, print_kernel), "step": (step, None)}
+def solve_seconds(items: int, precision: str, row_items: int, method: str) -> float:
+    """Seconds of one in-place inverse of a synthetic XᵀX + 100·I (``method``: ``lapack`` or ``blocked``)."""
+    import numpy as np
+    import scipy.sparse as sp
+    from scipy.linalg import get_lapack_funcs
+
+    from vasp_model.recommenders.baselines import EASE
+    from vasp_model.recommenders.spd_inverse import invert_spd_in_place, mirror_upper_in_place
+
+    X = sp.random(items, items, density=row_items / items, format="csr", random_state=0, dtype=np.float32)
+    X.data[:] = 1.0
+    A = EASE.gram(X, np.dtype(precision).type).T  # Fortran order, as EASE.fit_gram solves it
+    A[np.diag_indices_from(A)] += 100.0
+    start = time.perf_counter()
+    if method == "blocked":
+        invert_spd_in_place(A)
+    else:
+        potrf, potri = get_lapack_funcs(("potrf", "potri"), (A,))
+        potri(potrf(A, lower=False, overwrite_a=True, clean=False)[0], lower=False, overwrite_c=True)
+        mirror_upper_in_place(A)
+    return time.perf_counter() - start
+
+
+def solve(args) -> dict:
+    rows = []
+    for spec in args.solves:
+        items, precision = spec.split(":")
+        seconds = {}
+        for method, threads in (("lapack", "1"), ("blocked", str(os.cpu_count()))):
+            cmd = [sys.executable, os.path.abspath(__file__), "step", "--step", f"solve,{items},{precision},{method}"]
+            cmd += ["--row-items", str(args.row_items)]
+            print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
+            env = {**os.environ, "OPENBLAS_NUM_THREADS": threads}
+            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
+            seconds[method] = json.loads(out.strip().splitlines()[-1])
+        flops = float(items) ** 3
+        rows.append(
+            {
+                "items": int(items),
+                "precision": precision,
+                "lapack_one_thread_seconds": round(seconds["lapack"], 1),
+                "blocked_seconds": round(seconds["blocked"], 1),
+                "blocked_gflops": round(flops / seconds["blocked"] / 1e9, 1),
+                "speedup": round(seconds["lapack"] / seconds["blocked"], 2),
+            }
+        )
+    return {"threads": os.cpu_count(), "row_items": args.row_items, "results": rows}
+
+
+def print_solve(got: dict) -> None:
+    print(f"EASE's in-place SPD inverse, synthetic XᵀX of {got['row_items']} items a row")
+    header = (
+        f"{'items':>8} {'precision':>9} {'LAPACK, 1 thread s':>19} {'blocked s':>10} {'GFLOP/s':>8} {'speed-up':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in got["results"]:
+        print(
+            f"{r['items']:>8,} {r['precision']:>9} {r['lapack_one_thread_seconds']:>19.1f} "
+            f"{r['blocked_seconds']:>10.1f} {r['blocked_gflops']:>8.1f} {r['speedup']:>8.2f}x"
+        )
+
+
+SECTIONS = {
+    "given": (given, print_given),
+    "kernel": (kernel, print_kernel),
+    "solve": (solve, print_solve),
+    "step": (step, None),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,12 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--row-items", type=int, default=27, help="kernel: items per synthetic row (mean).")
     parser.add_argument("--rows", type=int, default=512, help="kernel: rows per step (the cpu preset's 2 x 256).")
     parser.add_argument("--backend", default="jax", help="kernel: the Keras backend of the steps.")
+    parser.add_argument(
+        "--solves", default="16920:float64,40981:float32", help="solve: widths and precisions (items:precision, ...)."
+    )
     parser.add_argument("--step", default=None, help=argparse.SUPPRESS)  # items,k,max_positives,batch_positives
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
     args = parser.parse_args(argv)
     args.prune = [int(k) for k in args.prune.split(",") if k.strip()]
     args.items = [int(n) for n in args.items.split(",") if n.strip()]
     args.neighbours = [int(k) for k in args.neighbours.split(",") if k.strip()]
+    args.solves = [spec for spec in args.solves.split(",") if spec.strip()]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     run, show = SECTIONS[args.section]
     got = run(args)

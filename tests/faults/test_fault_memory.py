@@ -190,6 +190,18 @@ def test_ease_solve_bytes_by_hand():
     assert memory.ease_solve_bytes(10, "float32") == 800 + 16 * 100  # unknown chunks: every I² pair
 
 
+def test_ease_solve_bytes_count_the_blocked_solves_panels(monkeypatch):
+    from vasp_model.recommenders import spd_inverse
+
+    monkeypatch.setattr(spd_inverse, "THREADED_SOLVE_MAX_ROW_BYTES", 10 * 8 - 1)  # float64 rows of 10 go blockwise
+    monkeypatch.setattr(spd_inverse, "SOLVE_BLOCK", 4)
+    # the copy's solve adds three [10, 4] float64 panels (960) beside the three float32 solutions
+    assert memory.ease_solve_bytes(10, "float64", 5) == 800 + 2000 + 960
+    assert memory.ease_solve_bytes(10, "float32", 5) == 800 + 80  # float32 rows of 10 still go through LAPACK
+    monkeypatch.setattr(spd_inverse, "THREADED_SOLVE_MAX_ROW_BYTES", 10 * 4 - 1)
+    assert memory.ease_solve_bytes(10, "float32", 5) == 800 + 480  # its panels (480) outweigh the chunk (80)
+
+
 def test_gram_chunk_entries_bound_the_sparse_products(monkeypatch):
     import scipy.sparse as sp
 

@@ -10,13 +10,13 @@ from recommender_contract import RecommenderContract, checkerboard
 from vasp_model.data.features import Features
 from vasp_model.recommenders.baselines import (
     EASE,
-    NotPositiveDefinite,
     Popularity,
     PrunedEASE,
     fit_ease_on_validation,
     prune_rows,
     pruned_matrix,
 )
+from vasp_model.recommenders.spd_inverse import NotPositiveDefinite, invert_spd_blocked, mirror_upper_in_place
 
 
 class TestEASEContract(RecommenderContract):
@@ -128,13 +128,11 @@ def test_fit_ease_on_validation_rejects_mismatched_items():
 
 
 def test_mirror_upper_in_place_blockwise():
-    from vasp_model.recommenders.baselines import _mirror_upper_in_place
-
     rng = np.random.default_rng(0)
     S = rng.random((10, 10))
     S = S + S.T
     P = np.triu(S)  # lower triangle zero, as LAPACK potri leaves it
-    _mirror_upper_in_place(P, block=3)
+    mirror_upper_in_place(P, block=3)
     np.testing.assert_array_equal(P, S)
 
 
@@ -216,31 +214,63 @@ def test_fit_ease_on_validation_float32_picks_the_same_lambda():
         fit_ease_on_validation(*args, grid=(1.0,), precision="float16")
 
 
-def test_wide_solves_run_on_one_blas_thread(monkeypatch):
-    # OpenBLAS's threaded potrf crashes on very wide matrices: past the limit the solve runs on one thread
+def random_spd(n: int, dtype, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = (rng.random((3 * n, n)) < 0.3).astype(np.float64)
+    return (X.T @ X + 2.0 * np.eye(n)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 2e-4)])
+def test_blocked_inverse_is_the_inverse(dtype, rtol):
+    A = random_spd(37, dtype)  # 37 rows in blocks of 8: four whole blocks and a narrow last one
+    M = A.copy()
+    invert_spd_blocked(M, block=8)
+    expected = np.linalg.inv(A.astype(np.float64))
+    np.testing.assert_allclose(M, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+    np.testing.assert_array_equal(M, M.T)
+    assert M.dtype == dtype
+
+
+def test_blocked_inverse_names_the_minor_that_is_not_positive_definite():
+    A = np.eye(7)
+    A[4, 4] = 0.0  # the leading minors of order 1..4 are positive definite, order 5 is singular
+    with pytest.raises(NotPositiveDefinite, match="order 5"):
+        invert_spd_blocked(A, block=3)
+    with pytest.raises(ValueError, match="C-ordered"):
+        invert_spd_blocked(np.asfortranarray(random_spd(5, np.float64)), block=2)
+
+
+def test_wide_solves_go_block_by_block(monkeypatch):
+    # OpenBLAS's threaded potrf/potri crash on very wide matrices: past the limit LAPACK only sees diagonal blocks
     import scipy.linalg
-    from threadpoolctl import threadpool_info
 
-    from vasp_model.recommenders import baselines
+    from vasp_model.recommenders import spd_inverse
 
-    seen = []
+    widths = []
     real = scipy.linalg.get_lapack_funcs
 
     def recording(names, arrays):
-        potrf, potri = real(names, arrays)
+        def spy(routine):
+            def call(a, *args, **kwargs):
+                widths.append(a.shape[0])
+                return routine(a, *args, **kwargs)
 
-        def spy(*args, **kwargs):
-            seen.append(min(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"))
-            return potrf(*args, **kwargs)
+            return call
 
-        return spy, potri
+        return tuple(spy(routine) for routine in real(names, arrays))
 
     monkeypatch.setattr(scipy.linalg, "get_lapack_funcs", recording)
     X, _ = checkerboard()
-    expected = EASE(3.0).fit(X).B
-    monkeypatch.setattr(baselines, "THREADED_SOLVE_MAX_ROW_BYTES", X.shape[1] * 8 - 1)
-    np.testing.assert_allclose(EASE(3.0).fit(X).B, expected, rtol=1e-6)
-    assert seen[-1] == 1
+    expected64 = EASE(3.0).fit(X).B
+    expected32 = EASE(3.0).fit_gram(EASE.gram(X, np.float32), overwrite=True).B
+    assert max(widths) == X.shape[1]
+    widths.clear()
+    monkeypatch.setattr(spd_inverse, "THREADED_SOLVE_MAX_ROW_BYTES", X.shape[1] * 4 - 1)
+    monkeypatch.setattr(spd_inverse, "SOLVE_BLOCK", 4)
+    np.testing.assert_allclose(EASE(3.0).fit(X).B, expected64, rtol=1e-9, atol=1e-12)
+    got32 = EASE(3.0).fit_gram(EASE.gram(X, np.float32), overwrite=True).B
+    np.testing.assert_allclose(got32, expected32, rtol=1e-4, atol=1e-6)
+    assert widths and max(widths) == 4
 
 
 def test_pruned_matrix_keeps_each_sources_strongest_targets():

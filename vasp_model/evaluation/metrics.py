@@ -26,6 +26,8 @@ from typing import Any, TypedDict
 import numpy as np
 import scipy.sparse as sp
 
+from vasp_model.core.row_blocks import for_row_blocks
+
 # One model's metrics on one split, as :func:`evaluate_topk` returns them.
 ModelMetrics = TypedDict(
     "ModelMetrics",
@@ -235,32 +237,17 @@ def topk_from_scores(scores, fold_in_csr=None, k: int = 100, return_scores: bool
     idx = np.empty((scores.shape[0], k), dtype=np.int64)
     vals = np.empty((scores.shape[0], k), dtype=scores.dtype)
 
-    def rank(block: tuple[int, int]) -> None:
-        start, end = block
+    def rank(start: int, end: int) -> None:
         idx[start:end], vals[start:end] = _topk_rows(
             scores[start:end], None if fold_in is None else fold_in[start:end], k
         )
 
-    blocks = _row_blocks(scores.shape[0], threads)
-    if len(blocks) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(blocks)) as pool:  # NumPy releases the GIL in the sorts and comparisons
-            list(pool.map(rank, blocks))
-    else:
-        rank((0, scores.shape[0]))
+    for_row_blocks(rank, scores.shape[0], threads, min_rows=_MIN_ROWS_PER_THREAD)
     return (idx, vals) if return_scores else idx
 
 
 # Fewer rows than this per thread are ranked in one block (a thread's start costs more than they do).
 _MIN_ROWS_PER_THREAD = 64
-
-
-def _row_blocks(n_rows: int, threads: int) -> list[tuple[int, int]]:
-    """``[start, end)`` blocks of about equal size for up to ``threads`` threads, at least one."""
-    parts = max(1, min(int(threads), n_rows // _MIN_ROWS_PER_THREAD))
-    bounds = np.linspace(0, n_rows, parts + 1).astype(np.int64)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _topk_rows(scores: np.ndarray, fold_in: sp.csr_matrix | None, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,16 +19,11 @@ import scipy.sparse as sp
 
 from vasp_model.evaluation.metrics import ndcg_at_k, topk_from_scores
 from vasp_model.evaluation.protocol import evaluate_recommender
+from vasp_model.recommenders.spd_inverse import NotPositiveDefinite, invert_spd_in_place
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EASE_GRID = (100.0, 300.0, 1000.0, 3000.0)
-# OpenBLAS's threaded Cholesky (potrf) writes out of bounds on wide matrices, by the bytes of a row:
-# on two threads it crashed the process from 15,625 float64 items (125,000 bytes a row; 15,500
-# passed) and at 41k float32 items (OpenBLAS 0.3.30/0.3.31, scipy's and numpy's builds alike), while
-# the one-thread path completes. Rows wider than this limit (a margin below the crash) are solved on
-# one BLAS thread: float64 above 12,288 items, float32 above 24,576.
-THREADED_SOLVE_MAX_ROW_BYTES = 96 * 1024
 GRAM_CHUNK_USERS = 16_384  # users per sparse XᵀX product when the Gram matrix is built
 # How the λ search solves EASE: float64 keeps one Gram matrix and solves each λ in a float64 copy;
 # float32 rebuilds the Gram matrix for each λ and solves it in place (two I×I float32 arrays at
@@ -52,16 +47,6 @@ def _check_fit_matrix(X, name: str = "X") -> sp.csr_matrix:
     return X
 
 
-def _mirror_upper_in_place(P: np.ndarray, block: int = 1024) -> None:
-    """Copy the upper triangle of square ``P`` onto its lower triangle, block by block (no n² temporaries)."""
-    n = P.shape[0]
-    for i in range(0, n, block):
-        j = min(i + block, n)
-        P[i:j, :i] = P[:i, i:j].T
-        tile = P[i:j, i:j]
-        tile[np.tril_indices(j - i, -1)] = tile.T[np.tril_indices(j - i, -1)]
-
-
 def gram_chunk_entries(X) -> int:
     """An upper bound on the entries of one sparse XᵀX chunk that :meth:`EASE.gram` builds: per chunk of
     users the sum of their squared item counts, at most I²; the largest over the chunks."""
@@ -69,34 +54,6 @@ def gram_chunk_entries(X) -> int:
     per_user = np.diff(X.indptr).astype(np.int64) ** 2
     sums = np.add.reduceat(per_user, np.arange(0, max(per_user.size, 1), GRAM_CHUNK_USERS)) if per_user.size else [0]
     return int(min(max(sums), X.shape[1] ** 2))
-
-
-class NotPositiveDefinite(ValueError):
-    """XᵀX + λI could not be factored or inverted (in float32: λ too small for the precision)."""
-
-
-def _invert_spd_in_place(A: np.ndarray) -> None:
-    """Invert the symmetric positive definite Fortran-ordered ``A`` (float32/float64) in place through
-    its Cholesky factor (LAPACK potrf + potri: about half the flops of a general inverse)."""
-    from contextlib import nullcontext
-
-    from scipy.linalg import get_lapack_funcs
-    from threadpoolctl import threadpool_limits
-
-    potrf, potri = get_lapack_funcs(("potrf", "potri"), (A,))
-    wide = A.shape[0] * A.itemsize > THREADED_SOLVE_MAX_ROW_BYTES
-    with threadpool_limits(limits=1, user_api="blas") if wide else nullcontext():
-        c, info = potrf(A, lower=False, overwrite_a=True, clean=False)
-        if info != 0:
-            raise NotPositiveDefinite(
-                f"XᵀX + λI is not positive definite (LAPACK potrf info={info}); check X and lambda_"
-            )
-        P, info = potri(c, lower=False, overwrite_c=True)
-    if info != 0:
-        raise NotPositiveDefinite(f"inverting XᵀX + λI failed (LAPACK potri info={info})")
-    if not np.shares_memory(P, A):
-        raise RuntimeError("LAPACK did not invert in place")
-    _mirror_upper_in_place(A)  # potri fills only the upper triangle
 
 
 def check_recommend_args(user_items, n, n_items: int) -> sp.csr_matrix:
@@ -207,7 +164,7 @@ class EASE:
         else:
             A = np.array(G, dtype=np.float64, order="F", copy=True)
         A[np.diag_indices_from(A)] += self.lambda_
-        _invert_spd_in_place(A)
+        invert_spd_in_place(A)
         # B in C order, as scoring reads it (row i: what item i adds to every score); P is symmetric, so
         # A's C-ordered transpose is P in C order, with no copy. (SciPy's CSR x dense product copies an
         # F-ordered B whole on every call.)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from vasp_model.core.row_blocks import for_row_blocks
+
 
 class HostEASE:
     """An EASE-shaped product in NumPy/SciPy, for weights that no longer change: ``x @ W - x * diag(W)``
@@ -27,15 +29,11 @@ class HostEASE:
 
     def __call__(self, ones: sp.csr_matrix) -> np.ndarray:
         """``[rows, I]`` scores (probabilities unless ``logits``) for a ``_seen`` batch (0/1, one entry per seen item)."""
-        from concurrent.futures import ThreadPoolExecutor
-
         from scipy.special import expit
 
         out = np.empty(ones.shape, dtype=np.float32)
-        bounds = np.linspace(0, ones.shape[0], self.threads + 1).astype(np.int64)
 
-        def product(part: int) -> None:  # SciPy and NumPy release the GIL: the parts run in parallel
-            start, end = bounds[part], bounds[part + 1]
+        def product(start: int, end: int) -> None:
             rows = ones[start:end]
             product = rows @ self.kernel
             block = out[start:end]
@@ -45,6 +43,5 @@ class HostEASE:
             if not self.logits:
                 expit(block, out=block)
 
-        with ThreadPoolExecutor(self.threads) as pool:
-            list(pool.map(product, range(self.threads)))
+        for_row_blocks(product, ones.shape[0], self.threads)
         return out

@@ -23,6 +23,7 @@ import re
 import numpy as np
 
 from vasp_model.core.config import PRESETS, VaspConfig, make_config
+from vasp_model.recommenders.spd_inverse import solve_workspace_bytes
 
 FLOAT32, FLOAT64 = 4, 8
 OPTIMIZER_SLOTS = {"nadam": 2, "adam": 2, "adamw": 2}
@@ -85,14 +86,15 @@ def ease_solve_bytes(n: int, precision: str = "float64", gram_entries: int | Non
 
     float64: the Gram matrix, then the larger of a sparse XᵀX chunk and (its float64 copy + three
     float32 I×I arrays: the new solution, the best λ's, and one more as a margin). float32: the best
-    λ's solution held while the
-    next Gram matrix (solved in place) is built from sparse chunks. ``gram_entries`` bounds a chunk's
-    entries (:func:`vasp_model.recommenders.baselines.gram_chunk_entries`; None: every I² pair).
+    λ's solution held while the next Gram matrix (solved in place) is built from sparse chunks.
+    ``gram_entries`` bounds a chunk's entries (:func:`vasp_model.recommenders.baselines.gram_chunk_entries`;
+    None: every I² pair). Either adds the solve's own panels
+    (:func:`vasp_model.recommenders.spd_inverse.solve_workspace_bytes`), which the chunks no longer share.
     """
     chunk = SPARSE_GRAM_BYTES * (n * n if gram_entries is None else min(n * n, gram_entries))
     if precision == "float64":
-        return FLOAT64 * n * n + max(chunk, (FLOAT64 + 3 * FLOAT32) * n * n)
-    return 2 * FLOAT32 * n * n + chunk
+        return FLOAT64 * n * n + max(chunk, (FLOAT64 + 3 * FLOAT32) * n * n + solve_workspace_bytes(n, FLOAT64))
+    return 2 * FLOAT32 * n * n + max(chunk, solve_workspace_bytes(n, FLOAT32))
 
 
 def max_row_items(features, n_items: int) -> int:
