@@ -154,6 +154,39 @@ def test_fit_ease_on_validation_steps_past_an_edge_optimum():
     assert model.lambda_ == max(results, key=results.get)
 
 
+@pytest.mark.parametrize(
+    "grid, peak, max_expand, solved, chosen",
+    [
+        # the middle pair (30, 100), then down the grid while validation improves: 300 and 1000 never solved
+        ((1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0), 20.0, 0, [30.0, 100.0, 10.0], 30.0),
+        # the optimum below the grid: two steps of a third past its edge, the second one worse
+        ((10.0, 30.0, 100.0, 300.0), 3.0, 2, [30.0, 100.0, 10.0, 10 / 3, 10 / 9], 10 / 3),
+        # above the grid: the one step allowed, and no more
+        ((10.0, 30.0, 100.0), 500.0, 1, [30.0, 100.0, 300.0], 300.0),
+    ],
+)
+def test_lambda_search_walks_from_the_grids_middle(monkeypatch, grid, peak, max_expand, solved, chosen):
+    from vasp_model.recommenders import baselines
+
+    seen = []
+    fit_gram = baselines.EASE.fit_gram
+
+    def recording(self, G, overwrite=False):
+        seen.append(self.lambda_)
+        return fit_gram(self, G, overwrite)
+
+    def single_peaked(idx, holdout, k):  # validation nDCG that peaks at λ = peak (in log λ)
+        return np.full(idx.shape[0], -np.log(seen[-1] / peak) ** 2)
+
+    monkeypatch.setattr(baselines.EASE, "fit_gram", recording)
+    monkeypatch.setattr(baselines, "ndcg_at_k", single_peaked)
+    X, _ = checkerboard()
+    model, results = fit_ease_on_validation(X, X[:4], X[:4], grid=grid, max_expand=max_expand)
+    np.testing.assert_allclose(seen, solved)
+    np.testing.assert_allclose(list(results), solved)
+    assert model.lambda_ == pytest.approx(chosen)
+
+
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_ease_in_place_float32_solve_matches_float64(order):
     # the bounded-memory solve: B is the Gram matrix's own memory, and agrees with the float64 solve
