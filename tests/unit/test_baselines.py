@@ -176,7 +176,7 @@ def test_lambda_search_walks_from_the_grids_middle(monkeypatch, grid, peak, max_
         return fit_gram(self, G, overwrite)
 
     def single_peaked(idx, holdout, k):  # validation nDCG that peaks at λ = peak (in log λ)
-        return np.full(idx.shape[0], -np.log(seen[-1] / peak) ** 2)
+        return np.full(idx.shape[0], -(np.log(seen[-1] / peak) ** 2))
 
     monkeypatch.setattr(baselines.EASE, "fit_gram", recording)
     monkeypatch.setattr(baselines, "ndcg_at_k", single_peaked)
