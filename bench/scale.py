@@ -21,7 +21,7 @@ peak RSS. The dense kernel is skipped where its estimate
 (:func:`vasp_model.train.memory.training_memory`) does not fit what the machine has available.
 
 ``solve``: EASE's in-place inverse of XᵀX + λI at each ``--solves`` width and precision (synthetic
-rows of ``--row-items`` items, one user a item), on LAPACK's potrf + potri on one BLAS thread (how a
+rows of ``--row-items`` items, as many users as items), on LAPACK's potrf + potri on one BLAS thread (how a
 catalog this wide was solved before: OpenBLAS's threaded Cholesky crashes there) against
 :func:`vasp_model.recommenders.spd_inverse.invert_spd_in_place` on every BLAS thread, each in a
 process of its own: seconds, GFLOP/s (I³ flops) and the ratio in the same run.
