@@ -34,9 +34,12 @@ def mirror_upper_in_place(P: np.ndarray, block: int = 1024) -> None:
 def solve_workspace_bytes(n: int, itemsize: int) -> int:
     """Bytes :func:`invert_spd_in_place` allocates beside an ``n``×``n`` matrix of ``itemsize``-byte floats:
     three ``[n, block]`` panels at most when it goes block by block, none through LAPACK."""
-    if n * itemsize <= THREADED_SOLVE_MAX_ROW_BYTES:
-        return 0
-    return 3 * n * min(n, SOLVE_BLOCK) * itemsize
+    return 3 * n * min(n, SOLVE_BLOCK) * itemsize if _blockwise(n, itemsize) else 0
+
+
+def _blockwise(n: int, itemsize: int) -> bool:
+    """Whether a solve of ``n`` rows of ``itemsize``-byte floats is too wide for OpenBLAS's threaded LAPACK."""
+    return n * itemsize > THREADED_SOLVE_MAX_ROW_BYTES
 
 
 def invert_spd_in_place(A: np.ndarray) -> None:
@@ -44,11 +47,17 @@ def invert_spd_in_place(A: np.ndarray) -> None:
     its Cholesky factor (about half the flops of a general inverse): LAPACK potrf + potri when its rows
     fit :data:`THREADED_SOLVE_MAX_ROW_BYTES`, else :func:`invert_spd_blocked` in blocks of
     :data:`SOLVE_BLOCK` rows."""
+    if _blockwise(A.shape[0], A.itemsize):
+        invert_spd_blocked(A.T, SOLVE_BLOCK)  # A's C-ordered transpose is the same symmetric matrix
+    else:
+        invert_spd_lapack(A)
+
+
+def invert_spd_lapack(A: np.ndarray) -> None:
+    """:func:`invert_spd_in_place` through LAPACK's potrf + potri on the whole Fortran-ordered ``A`` (on as
+    many BLAS threads as OpenBLAS has: safe only below :data:`THREADED_SOLVE_MAX_ROW_BYTES` a row)."""
     from scipy.linalg import get_lapack_funcs
 
-    if A.shape[0] * A.itemsize > THREADED_SOLVE_MAX_ROW_BYTES:
-        invert_spd_blocked(A.T, SOLVE_BLOCK)  # A's C-ordered transpose is the same symmetric matrix
-        return
     potrf, potri = get_lapack_funcs(("potrf", "potri"), (A,))
     c, info = potrf(A, lower=False, overwrite_a=True, clean=False)
     if info != 0:
