@@ -33,6 +33,7 @@ STACK = [
     "PyYAML>=6,<7",
     "matplotlib>=3.9,<4",
     "optuna>=4,<6",  # `vasp tune`: TPE search with Hyperband pruning
+    "numba==0.68.0",  # the host's column-tiled product of sparse rows with Neural EASE / EASE kernels
 ]
 
 POSTGRES = [
@@ -60,7 +61,7 @@ def _stack(*names: str) -> list[str]:
     return [req for req in STACK if req.split("=")[0].split(">")[0].split("<")[0].lower() in names]
 
 
-CORE = _stack("pyarrow", "scipy", "pandas", "numpy", "pyyaml")
+CORE = _stack("pyarrow", "scipy", "pandas", "numpy", "pyyaml", "numba")
 TRAIN = _stack("tensorflow-cpu", "keras", "mlflow", "matplotlib", "optuna")
 SPARK = _stack("pyspark") + TRAIN  # executors load the trained model; the driver resolves it in MLflow
 AIRFLOW = (

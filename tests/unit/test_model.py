@@ -251,7 +251,8 @@ def test_sparse_model_input_scores_like_dense(monkeypatch):
 @pytest.mark.parametrize("normalize_input", [False, True])
 @pytest.mark.parametrize("density", [0.3, 0.01])  # in Keras, the model gets a dense, then a sparse input
 def test_loaded_bundle_runs_neural_ease_in_scipy_with_the_same_scores(tmp_path, density, normalize_input):
-    """On the host, the Neural EASE path and the FLVAE's first product run in SciPy, the rest in Keras."""
+    """On the host, the Neural EASE path (column tiles: 300 items are a whole tile and a narrower one), the
+    FLVAE's first product and its output layers run in NumPy/SciPy/Numba, its hidden layers in Keras."""
     import vasp_model.recommenders.bundle as bundle_module
 
     rng = np.random.default_rng(0)

@@ -7,6 +7,8 @@ import numpy as np
 import scipy.sparse as sp
 from keras import ops
 
+from vasp_model.core.column_tiles import ColumnTiles
+
 
 @keras.saving.register_keras_serializable(package="vasp")
 class ZeroDiagonal(keras.constraints.Constraint):
@@ -62,9 +64,11 @@ class NeuralEASE(keras.layers.Layer):
         logits = ops.matmul(x, kernel) - self_term
         return ops.sigmoid(logits)
 
-    def host_kernel(self) -> np.ndarray:
-        """The ``[I, I]`` kernel as a NumPy array (for scoring on the host)."""
-        return ops.convert_to_numpy(self.kernel)
+    def host_kernel(self) -> ColumnTiles:
+        """The ``[I, I]`` kernel in column tiles (for scoring on the host), copied a tile at a time."""
+        return ColumnTiles.from_columns(
+            lambda start, end: ops.convert_to_numpy(self.kernel[:, start:end]), (self.units, self.units)
+        )
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)

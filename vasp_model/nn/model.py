@@ -114,19 +114,30 @@ class VASP(keras.Model):
         out = self.flvae(x, training=training) * self.ease(x)
         return ops.cast(out, "float32")
 
-    def flvae_head_model(self) -> keras.Model:
+    def flvae_hidden_model(self) -> keras.Model:
         """The FLVAE path at inference from its first product (the normalized input times the first
-        encoder kernel, :meth:`input_kernel`), for inference that computes that sparse product and the
-        Neural EASE path elsewhere (``ModelBundle`` on a CPU-only backend): every later layer, dense."""
+        encoder kernel, :meth:`input_kernel`) to what its two output layers read: ``[d, z]``, the
+        decoder's last hidden layer and the latent mean. For inference that computes the first product,
+        the output layers (:meth:`output_weights`) and the Neural EASE path elsewhere (``ModelBundle`` on
+        a CPU-only backend)."""
         product = keras.Input((self.hidden,), name="input_product")
         z = self.z_mean(self.encoder(product, input_product=True))
         d = self.decoder(z) if self.decoder is not None else z
-        return keras.Model(
-            product, ops.cast(self.decoder_out(d) * self.latent_out(z), "float32"), name=f"{self.name}_head"
-        )
+        return keras.Model(product, [ops.cast(d, "float32"), ops.cast(z, "float32")], name=f"{self.name}_hidden")
+
+    def output_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(kernel, bias)`` of ``decoder_out`` and ``latent_out`` as float32 NumPy: the FLVAE's output is
+        ``sigmoid(d @ kernel + bias)`` of the one times that of the other (see :meth:`flvae_hidden_model`)."""
+        layers = (self.decoder_out, self.latent_out)
+        if any(keras.activations.serialize(layer.activation) != "sigmoid" for layer in layers):
+            raise ValueError("the FLVAE's output layers must end in a sigmoid")
+        return [
+            tuple(np.asarray(ops.convert_to_numpy(w), dtype=np.float32) for w in (layer.kernel, layer.bias))
+            for layer in layers
+        ]
 
     def input_kernel(self) -> np.ndarray:
-        """The first encoder kernel ``[I, hidden]`` as float32 NumPy (what :meth:`flvae_head_model` starts after)."""
+        """The first encoder kernel ``[I, hidden]`` as float32 NumPy (what :meth:`flvae_hidden_model` starts after)."""
         return np.asarray(ops.convert_to_numpy(self.encoder.denses[0].kernel), dtype=np.float32)
 
     def item_weights(self) -> list[tuple[keras.Variable, tuple[int, ...]]]:

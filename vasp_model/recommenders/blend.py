@@ -38,7 +38,7 @@ class EaseBlend:
         if not 0.0 < weight < 1.0:
             raise ValueError(f"blend weight must be in (0, 1), got {weight!r}")
         self.weight = float(weight)
-        self.ease = HostEASE(B, threads, logits=True)
+        self.ease = HostEASE(B, threads)
 
     @property
     def B(self):
@@ -46,10 +46,7 @@ class EaseBlend:
 
     def save(self, directory: str) -> None:
         """Write ``B`` into ``directory`` (:data:`FILE`, or :data:`SPARSE_FILE` when pruned)."""
-        if sp.issparse(self.B):
-            sp.save_npz(os.path.join(directory, SPARSE_FILE), self.B)
-        else:
-            np.save(os.path.join(directory, FILE), self.B, allow_pickle=False)
+        self.ease.save(os.path.join(directory, FILE if self.ease.sparse is None else SPARSE_FILE))
 
     @classmethod
     def load(cls, directory: str, weight: float, threads: int = 1) -> EaseBlend:
@@ -57,7 +54,7 @@ class EaseBlend:
         pruned = os.path.join(directory, SPARSE_FILE)
         if os.path.exists(pruned):
             return cls(weight, sp.load_npz(pruned), threads)
-        return cls(weight, np.load(os.path.join(directory, FILE), allow_pickle=False), threads)
+        return cls(weight, np.load(os.path.join(directory, FILE), allow_pickle=False, mmap_mode="r"), threads)
 
     def __call__(self, probabilities: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
         """Blended ``[rows, I]`` scores from VASP's ``probabilities`` of the 0/1 input rows ``seen``."""

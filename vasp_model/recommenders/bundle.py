@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from vasp_model.evaluation.metrics import topk_from_scores
 from vasp_model.recommenders.baselines import check_recommend_args, recommend_batched
 from vasp_model.recommenders.blend import EaseBlend
-from vasp_model.recommenders.host_ease import HostEASE
+from vasp_model.recommenders.host_ease import HostEASE, sigmoid_product
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -260,29 +260,38 @@ class ModelBundle(Bundle):
         if n_out is not None and n_out != self.item_ids.size:
             raise ValueError(f"model scores {n_out} items but item_ids has {self.item_ids.size}")
         # Set by load() on a CPU-only backend (the weights of a loaded bundle do not change): VASP's
-        # Neural EASE path and the FLVAE's first (sparse) product in SciPy, the rest of the FLVAE in Keras.
+        # Neural EASE path, the FLVAE's first (sparse) product and its output layers on the host, the
+        # FLVAE's hidden layers in Keras.
         self.host_ease: HostEASE | None = None
         self._input_kernel: np.ndarray | None = None
-        self._flvae_head = None
+        self._flvae_hidden = None
+        self._output_weights: list[tuple[np.ndarray, np.ndarray]] = []
         self.blend: EaseBlend | None = None  # set when validation preferred VASP blended with closed-form EASE
 
     def _predict(self, rows: sp.csr_matrix) -> np.ndarray:
         """Scores ``[rows, I]`` of one batch (any nonzero = seen): the model through Keras or, with
-        ``host_ease``, VASP's Neural EASE path in SciPy times its FLVAE path (:meth:`_host_flvae`)."""
+        ``host_ease``, the sigmoids of VASP's Neural EASE logits and the FLVAE's two output logits
+        (:meth:`_host_flvae_logits`) multiplied."""
         seen = _seen(rows)
         if self.host_ease is None:
             out = _keras_predict(self.model, seen, self.n_items)
         else:
-            out = self.host_ease(seen)
-            out *= self._host_flvae(seen)
+            out = sigmoid_product([self.host_ease(seen), *self._host_flvae_logits(seen)], self.threads)
         return out if self.blend is None else self.blend(out, seen)
 
-    def _host_flvae(self, seen: sp.csr_matrix) -> np.ndarray:
-        """The FLVAE path of a ``_seen`` batch: its first product in SciPy, the rest through Keras."""
+    def _host_flvae_logits(self, seen: sp.csr_matrix) -> list[np.ndarray]:
+        """The FLVAE's two output logits for a ``_seen`` batch: its first product in SciPy, the hidden
+        layers through Keras, the output layers' matrix products in NumPy."""
         product = np.asarray(seen @ self._input_kernel, dtype=np.float32)
         if self.model.normalize_input:  # a 0/1 row's L2 norm is the square root of its item count
             product /= np.maximum(np.sqrt(np.diff(seen.indptr)), 1e-8).astype(np.float32)[:, None]
-        return np.asarray(self._flvae_head.predict_on_batch(product), dtype=np.float32)
+        hidden = self._flvae_hidden.predict_on_batch(product)
+        logits = []
+        for h, (kernel, bias) in zip(hidden, self._output_weights, strict=True):
+            out = np.matmul(np.asarray(h, dtype=np.float32), kernel)
+            out += bias
+            logits.append(out)
+        return logits
 
     def _save_model(self, directory: str) -> dict[str, Any]:
         import keras
@@ -303,9 +312,9 @@ class ModelBundle(Bundle):
     ) -> ModelBundle:
         """Load a saved VASP bundle (the model with ``safe_mode=True``: no pickled code is executed).
 
-        ``host_ease`` (default: for a VASP when Keras sees only CPUs) runs the Neural EASE path in
-        SciPy over ``threads`` threads (default: all cores); it keeps a NumPy copy of the kernel (I x I, or
-        CSR when pruned).
+        ``host_ease`` (default: for a VASP when Keras sees only CPUs) scores on the host
+        (:meth:`use_host_ease`) over ``threads`` threads (default: all cores); it keeps a copy of the Neural
+        EASE kernel (I x I in column tiles, or CSR when pruned).
         """
         return super().load(directory, batch_users, threads, host_ease=host_ease)
 
@@ -329,12 +338,14 @@ class ModelBundle(Bundle):
         return bundle
 
     def use_host_ease(self, threads: int | None = None) -> None:
-        """Score VASP's Neural EASE path in SciPy from now on (a copy of its kernel: the weights must no longer
-        change), over ``threads`` threads (default: all cores)."""
+        """Score on the host from now on, over ``threads`` threads (default: all cores): VASP's Neural EASE
+        path, the FLVAE's first product and its output layers, from copies of their weights (which must no
+        longer change); the FLVAE's hidden layers stay in Keras."""
         self.threads = max(1, int(threads or os.cpu_count() or 1))
         self.host_ease = HostEASE(self.model.ease.host_kernel(), self.threads)
         self._input_kernel = self.model.input_kernel()
-        self._flvae_head = self.model.flvae_head_model()
+        self._flvae_hidden = self.model.flvae_hidden_model()
+        self._output_weights = self.model.output_weights()
 
 
 class EaseBundle(Bundle):
@@ -347,24 +358,25 @@ class EaseBundle(Bundle):
         self, B, item_ids, popularity, metadata: dict[str, Any] | None = None, batch_users: int = 1024, threads: int = 1
     ):
         super().__init__(item_ids, popularity, metadata, batch_users, threads)
-        self.host = HostEASE(B, threads, logits=True)
-        if self.host.kernel.shape != (self.n_items, self.n_items):
-            raise ValueError(f"B has shape {self.host.kernel.shape}; expected {(self.n_items, self.n_items)}")
+        self.host = HostEASE(B, threads)
+        if self.host.shape != (self.n_items, self.n_items):
+            raise ValueError(f"B has shape {self.host.shape}; expected {(self.n_items, self.n_items)}")
 
     @property
     def B(self) -> np.ndarray:
+        """``B`` as a dense array (a copy: the bundle keeps it in column tiles)."""
         return self.host.kernel
 
     def _predict(self, rows: sp.csr_matrix) -> np.ndarray:
         return self.host(_seen(rows))
 
     def _save_model(self, directory: str) -> dict[str, Any]:
-        np.save(os.path.join(directory, EASE_FILE), self.B, allow_pickle=False)
+        self.host.save(os.path.join(directory, EASE_FILE))
         return {"model_file": EASE_FILE}
 
     @classmethod
     def _load(cls, directory, item_ids, popularity, meta, batch_users, threads) -> EaseBundle:
-        B = np.load(os.path.join(directory, EASE_FILE), allow_pickle=False)
+        B = np.load(os.path.join(directory, EASE_FILE), allow_pickle=False, mmap_mode="r")  # tiled from the map
         return cls(B, item_ids, popularity, metadata=meta, batch_users=batch_users, threads=threads)
 
 
