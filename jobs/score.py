@@ -7,7 +7,7 @@
   row as ``model_version``), downloads the bundle directory and ships it to the executors
   with ``SparkContext.addArchive``, once per session and model content (a local master reads it in
   place); each executor Python process loads it once (module-level cache keyed by the bundle's
-  SHA-256), on CPUs with the Neural EASE path in SciPy (``load_bundle``).
+  SHA-256), on CPUs scored on the host (``load_bundle``: ``ModelBundle.use_host_ease``).
 * While the registered model has no champion (``models:/NAME@champion`` resolves to nothing), the
   fallback serves (``registry.serving_uri``): the champion of the EASE fallback's registered model
   (rows' ``model_version`` ``NAME/VERSION``, e.g. ``vasp-ease/1``), else popularity computed from

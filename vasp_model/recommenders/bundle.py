@@ -280,7 +280,7 @@ class ModelBundle(Bundle):
         return out if self.blend is None else self.blend(out, seen)
 
     def _host_flvae_logits(self, seen: sp.csr_matrix) -> list[np.ndarray]:
-        """The FLVAE's two output logits for a ``_seen`` batch: its first product in SciPy, the hidden
+        """The FLVAE's two output logits for a ``_seen`` batch: its first (sparse) product in SciPy, the hidden
         layers through Keras, the output layers' matrix products in NumPy."""
         product = np.asarray(seen @ self._input_kernel, dtype=np.float32)
         if self.model.normalize_input:  # a 0/1 row's L2 norm is the square root of its item count
