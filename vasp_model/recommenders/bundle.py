@@ -265,7 +265,7 @@ class ModelBundle(Bundle):
         self.host_ease: HostEASE | None = None
         self._input_kernel: np.ndarray | None = None
         self._flvae_hidden = None
-        self._output_weights: list[tuple[np.ndarray, np.ndarray]] = []
+        self._output_weights: list[np.ndarray] = []  # each output layer's [kernel; bias] (one more row)
         self.blend: EaseBlend | None = None  # set when validation preferred VASP blended with closed-form EASE
 
     def _predict(self, rows: sp.csr_matrix) -> np.ndarray:
@@ -285,12 +285,11 @@ class ModelBundle(Bundle):
         product = np.asarray(seen @ self._input_kernel, dtype=np.float32)
         if self.model.normalize_input:  # a 0/1 row's L2 norm is the square root of its item count
             product /= np.maximum(np.sqrt(np.diff(seen.indptr)), 1e-8).astype(np.float32)[:, None]
-        hidden = self._flvae_hidden.predict_on_batch(product)
         logits = []
-        for h, (kernel, bias) in zip(hidden, self._output_weights, strict=True):
-            out = np.matmul(np.asarray(h, dtype=np.float32), kernel)
-            out += bias
-            logits.append(out)
+        for h, kernel_and_bias in zip(self._flvae_hidden.predict_on_batch(product), self._output_weights, strict=True):
+            with_one = np.ones((h.shape[0], h.shape[1] + 1), dtype=np.float32)  # the bias is the kernel's last row
+            with_one[:, :-1] = h
+            logits.append(np.matmul(with_one, kernel_and_bias))
         return logits
 
     def _save_model(self, directory: str) -> dict[str, Any]:
@@ -345,7 +344,7 @@ class ModelBundle(Bundle):
         self.host_ease = HostEASE(self.model.ease.host_kernel(), self.threads)
         self._input_kernel = self.model.input_kernel()
         self._flvae_hidden = self.model.flvae_hidden_model()
-        self._output_weights = self.model.output_weights()
+        self._output_weights = [np.vstack([kernel, bias[None, :]]) for kernel, bias in self.model.output_weights()]
 
 
 class EaseBundle(Bundle):
