@@ -1,4 +1,4 @@
-"""Products of 0/1 sparse rows with a dense square matrix stored in column tiles.
+"""Products of 0/1 sparse rows with a dense matrix stored in column tiles.
 
 A CSR x dense product (SciPy's) adds one whole matrix row per nonzero, from wherever it lies in
 memory, one float at a time: on wide catalogs it is bound by memory and by scalar adds.
