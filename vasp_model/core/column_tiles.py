@@ -5,7 +5,8 @@ memory, one float at a time: on wide catalogs it is bound by memory and by scala
 :class:`ColumnTiles` keeps the matrix as ``[rows, tile]`` blocks of columns, each contiguous, and
 :func:`binary_rows_product` walks a batch item by item (its CSC form) through one tile at a
 time, so each matrix row's slice is read once per batch and added with vector instructions into
-a tile of the output that stays in cache. Compiled with Numba on first use (and cached on disk).
+a tile of the output that stays in cache. The kernel (:mod:`vasp_model.core.column_tiles_kernel`) is
+imported, and compiled with Numba, on first use (and cached on disk).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -99,17 +99,20 @@ def binary_rows_product(
     ``ones * diagonal`` when ``diagonal`` is given; tiles are shared out over ``threads`` threads."""
     if ones.shape[1] != tiles.shape[0]:
         raise ValueError(f"rows have {ones.shape[1]} columns, the matrix {tiles.shape[0]} rows")
+    import numba
+
+    from vasp_model.core.column_tiles_kernel import product_kernel
+
     n_rows, n_cols = ones.shape[0], tiles.shape[1]
     out = np.empty((n_rows, n_cols), dtype=np.float32)
-    no_diagonal = diagonal is None
-    diagonal = np.zeros(1, np.float32) if no_diagonal else np.ascontiguousarray(diagonal, dtype=np.float32)
+    diagonal = np.zeros(n_cols, np.float32) if diagonal is None else np.ascontiguousarray(diagonal, dtype=np.float32)
     with _LAUNCH:
         if numba.config.THREADING_LAYER == "default":  # unless the environment chose one (NUMBA_THREADING_LAYER)
             numba.config.THREADING_LAYER = "forksafe"  # GNU OpenMP's pool hangs in a forked child
         numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
         for start in range(0, n_rows, ROW_CHUNK):
             rows = ones[start : start + ROW_CHUNK].tocsc()
-            _product_kernel(
+            product_kernel(
                 rows.indptr.astype(np.int64, copy=False),
                 rows.indices.astype(np.int64, copy=False),
                 tiles.flat,
@@ -117,34 +120,6 @@ def binary_rows_product(
                 n_cols,
                 tiles.tile,
                 diagonal,
-                no_diagonal,
                 out[start : start + rows.shape[0]],
             )
     return out
-
-
-@numba.njit(parallel=True, fastmath=True, boundscheck=False, nogil=True, cache=True)
-def _product_kernel(colptr, rowind, flat, n_inner, n_cols, tile, diagonal, no_diagonal, out):
-    """``out = rows @ M`` (minus the diagonal term) for rows given in CSC form (``colptr``, ``rowind``):
-    each thread takes whole tiles and accumulates a tile of every row in its own buffer."""
-    n_rows = out.shape[0]
-    n_tiles = (n_cols + tile - 1) // tile
-    for t in numba.prange(n_tiles):
-        start = t * tile
-        width = min(tile, n_cols - start)
-        block = flat[n_inner * start : n_inner * (start + width)].reshape(n_inner, width)
-        acc = np.zeros((n_rows, width), dtype=np.float32)
-        for j in range(n_inner):
-            first, last = colptr[j], colptr[j + 1]
-            if first == last:
-                continue
-            source = block[j]
-            for p in range(first, last):
-                target = acc[rowind[p]]
-                for c in range(width):
-                    target[c] += source[c]
-            if not no_diagonal and start <= j < start + width:
-                for p in range(first, last):
-                    acc[rowind[p], j - start] -= diagonal[j]
-        for r in range(n_rows):
-            out[r, start : start + width] = acc[r]
