@@ -14,7 +14,7 @@
        after about 10 runs, the C2 compiler threads taking 0.5 s of CPU per run until then), hence
        the warm-up runs before the timed ones;
    (b) single-process batched scoring of the same bundle, loaded as the job's workers load it (the
-       job's ``score_lists`` over all users, batches of 1024, lists grouped beforehand);
+       job's ``score_lists`` over all users, in the job's batches, lists grouped beforehand);
    (c) Spark ALS (rank 64, implicit, 10 iterations, checkpoint dir set) ``recommendForAllUsers(100)``,
        timed the same way (warm-up runs, then the median).
    (d) the floor: (a) and (b) again with the cheapest model that still scores every item (a Dense
@@ -192,10 +192,12 @@ def user_lists(warehouse: str, date: str, max_users: int | None = None):
     return pa.array(users.user_id, type=pa.string()), lists("interactions"), lists("consumed")
 
 
-def single_process(bundle, lists, n: int = 100, batch: int = 1024) -> float:
+def single_process(bundle, lists, n: int = 100, batch: int | None = None) -> float:
     """The scoring job's per-batch work (``jobs.score.score_lists``) in one process, without Spark."""
     from vasp_jobs.score import score_lists
+    from vasp_model.core.defaults import SCORE_BATCH_USERS
 
+    batch = batch or SCORE_BATCH_USERS
     t0 = time.perf_counter()
     for start in range(0, len(lists[0]), batch):
         score_lists(bundle, *(column.slice(start, batch) for column in lists), n)
@@ -436,7 +438,7 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
     if args.synthetic_single_users > 0:
         lists = user_lists(warehouse, "2026-01-02", args.synthetic_single_users)
         syn = ModelBundle.load(syn_dir)
-        single_process(syn, [column.slice(0, 1024) for column in lists])  # warm-up
+        single_process(syn, [column.slice(0, 2048) for column in lists])  # warm-up
         single_s = single_process(syn, lists)
         single_rate = len(lists[0]) / single_s
         result.update(

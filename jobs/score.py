@@ -111,7 +111,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_warehouse_argument(parser)
     add_tracking_argument(parser)
     parser.add_argument(
-        "--batch-users", type=int, default=1024, help="Users per model forward pass inside a task (default 1024)."
+        "--batch-users",
+        type=int,
+        default=defaults.SCORE_BATCH_USERS,
+        help=f"Users per model forward pass inside a task (default {defaults.SCORE_BATCH_USERS}).",
     )
     parser.add_argument(
         "--partitions",
@@ -423,7 +426,7 @@ def score(
     model_uri: str | None = None,
     tracking_uri: str | None = None,
     top_n: int = 100,
-    batch_users: int = 1024,
+    batch_users: int = defaults.SCORE_BATCH_USERS,
     partitions: int = 0,
     exclude: str = defaults.DEFAULT_EXCLUDE,
     ease_model: str = EASE_REGISTERED_MODEL,
@@ -534,7 +537,7 @@ class ScoreStageConfig:
     spark: SparkConfig
     model_uri: str = dataclasses.field(default_factory=default_model_uri)
     top_n: int = 100
-    batch_users: int = 1024  # users per model forward pass inside a task
+    batch_users: int = defaults.SCORE_BATCH_USERS  # users per model forward pass inside a task
     partitions: int = 0  # 0 = Spark's default parallelism (more for big populations)
     exclude: str = defaults.DEFAULT_EXCLUDE  # what each list leaves out (defaults.EXCLUDE_RULES)
     ease_registered_model: str = EASE_REGISTERED_MODEL  # the fallback's registered model ('': popularity only)

@@ -3,11 +3,9 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from scipy.special import expit
 
 import vasp_model.core.column_tiles as column_tiles
 from vasp_model.core.column_tiles import ColumnTiles, binary_rows_product
-from vasp_model.recommenders.host_ease import sigmoid_product
 
 
 def _rows(n_rows: int, n_items: int, density: float, seed: int = 1) -> sp.csr_matrix:
@@ -63,16 +61,6 @@ def test_bad_shapes_are_named():
         ColumnTiles(np.zeros(5, np.float32), (2, 3))
     with pytest.raises(ValueError, match="rows have 4 columns, the matrix 3 rows"):
         binary_rows_product(sp.csr_matrix((2, 4), dtype=np.float32), ColumnTiles.from_dense(np.eye(3)), 1)
-
-
-def test_sigmoid_product_multiplies_the_sigmoids_in_chunks_of_rows():
-    rng = np.random.default_rng(3)
-    logits = [rng.normal(0, 8, size=(19, 11)).astype(np.float32) for _ in range(3)]
-    logits[1][0, :3] = [-200.0, 200.0, 0.0]  # exp overflows to inf: the product is 0, never NaN
-    expected = np.prod([expit(x.astype(np.float64)) for x in logits], axis=0)
-    got = sigmoid_product([x.copy() for x in logits], threads=2)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-30)
-    assert not np.isnan(got).any()
 
 
 def test_the_kernel_runs_on_a_fork_safe_threading_layer_from_several_threads_and_in_a_forked_child():

@@ -11,20 +11,18 @@ imported, and compiled with Numba, on first use (and cached on disk).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
+
+from vasp_model.core.numba_launch import numba_launch
 
 # Columns per tile: a batch's [rows, tile] accumulator stays in a core's cache (README, Scoring:
 # tiles of 128 to 1,024 columns measured at 20k items).
 COLUMN_TILE = 256
 # Rows per call of the compiled kernel (bounds its per-thread accumulators).
 ROW_CHUNK = 4096
-# One kernel launch at a time per process: Numba's fork-safe threading layer (workqueue, where TBB is
-# missing) does not take concurrent launches.
-_LAUNCH = threading.Lock()
 
 
 class ColumnTiles:
@@ -99,17 +97,12 @@ def binary_rows_product(
     ``ones * diagonal`` when ``diagonal`` is given; tiles are shared out over ``threads`` threads."""
     if ones.shape[1] != tiles.shape[0]:
         raise ValueError(f"rows have {ones.shape[1]} columns, the matrix {tiles.shape[0]} rows")
-    import numba
-
     from vasp_model.core.column_tiles_kernel import product_kernel
 
     n_rows, n_cols = ones.shape[0], tiles.shape[1]
     out = np.empty((n_rows, n_cols), dtype=np.float32)
     diagonal = np.zeros(n_cols, np.float32) if diagonal is None else np.ascontiguousarray(diagonal, dtype=np.float32)
-    with _LAUNCH:
-        if numba.config.THREADING_LAYER == "default":  # unless the environment chose one (NUMBA_THREADING_LAYER)
-            numba.config.THREADING_LAYER = "forksafe"  # GNU OpenMP's pool hangs in a forked child
-        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    with numba_launch(threads):
         for start in range(0, n_rows, ROW_CHUNK):
             rows = ones[start : start + ROW_CHUNK].tocsc()
             product_kernel(

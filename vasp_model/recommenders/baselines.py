@@ -78,16 +78,15 @@ def check_recommend_args(user_items, n, n_items: int) -> sp.csr_matrix:
 
 
 def recommend_batched(
-    score_fn,
+    rank_fn,
     user_items: sp.csr_matrix,
     n: int,
     filter_seen: bool,
     batch_users: int = _BATCH_USERS,
     exclude: sp.csr_matrix | None = None,
-    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``n`` of ``score_fn(rows)`` (dense ``[rows, I]`` scores) for ``batch_users`` users at a time,
-    each batch ranked over ``threads`` threads.
+    """``rank_fn(rows, mask, n)`` (the top-``n`` ``(item_idx, scores)`` of a batch, ``mask``'s items left
+    out) for ``batch_users`` users at a time.
 
     Masked: ``exclude``'s items when it is given, else the input rows' items when ``filter_seen``.
     """
@@ -97,10 +96,16 @@ def recommend_batched(
     for start in range(0, n_users, batch_users):
         rows = user_items[start : start + batch_users]
         mask = exclude[start : start + batch_users] if exclude is not None else rows if filter_seen else None
-        idx, vals = topk_from_scores(score_fn(rows), mask, n, return_scores=True, threads=threads)
+        idx, vals = rank_fn(rows, mask, n)
         out_idx[start : start + rows.shape[0]] = idx
         out_scores[start : start + rows.shape[0]] = vals
     return out_idx, out_scores
+
+
+def ranked_scores(score_fn, threads: int = 1):
+    """A ``rank_fn`` for :func:`recommend_batched`: the top of ``score_fn(rows)``'s dense ``[rows, I]``
+    scores, ranked over ``threads`` threads."""
+    return lambda rows, mask, n: topk_from_scores(score_fn(rows), mask, n, return_scores=True, threads=threads)
 
 
 class EASE:
@@ -184,7 +189,7 @@ class EASE:
         self._check_fitted()
         user_items = check_recommend_args(user_items, n, self.n_items)
         return recommend_batched(
-            lambda rows: np.asarray(rows.astype(np.float32) @ self.B), user_items, int(n), filter_seen
+            ranked_scores(lambda rows: np.asarray(rows.astype(np.float32) @ self.B)), user_items, int(n), filter_seen
         )
 
 
@@ -239,7 +244,9 @@ class PrunedEASE:
     def recommend(self, user_items, n: int, filter_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
         user_items = check_recommend_args(user_items, n, self.n_items)
         B = self.B
-        return recommend_batched(lambda rows: (rows.astype(np.float32) @ B).toarray(), user_items, int(n), filter_seen)
+        return recommend_batched(
+            ranked_scores(lambda rows: (rows.astype(np.float32) @ B).toarray()), user_items, int(n), filter_seen
+        )
 
 
 class Popularity:
@@ -275,7 +282,10 @@ class Popularity:
         user_items = check_recommend_args(user_items, n, self.n_items)
         counts = self.counts
         return recommend_batched(
-            lambda rows: np.broadcast_to(counts, (rows.shape[0], counts.size)), user_items, int(n), filter_seen
+            ranked_scores(lambda rows: np.broadcast_to(counts, (rows.shape[0], counts.size))),
+            user_items,
+            int(n),
+            filter_seen,
         )
 
 

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from vasp_model.core.defaults import SCORE_BATCH_USERS
 from vasp_model.evaluation.metrics import topk_from_scores
 from vasp_model.recommenders.baselines import check_recommend_args, recommend_batched
 from vasp_model.recommenders.blend import EaseBlend
-from vasp_model.recommenders.host_ease import HostEASE, sigmoid_product
+from vasp_model.recommenders.host_ease import HostEASE, sigmoid_product, top_sigmoid_product
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -70,7 +71,12 @@ class Bundle:
     kind = ""
 
     def __init__(
-        self, item_ids, popularity, metadata: dict[str, Any] | None = None, batch_users: int = 1024, threads: int = 1
+        self,
+        item_ids,
+        popularity,
+        metadata: dict[str, Any] | None = None,
+        batch_users: int = SCORE_BATCH_USERS,
+        threads: int = 1,
     ):
         self.item_ids = np.asarray(item_ids).astype(object)
         self.popularity = np.asarray(popularity, dtype=np.int64)
@@ -112,6 +118,11 @@ class Bundle:
         """Dense scores ``[rows, I]`` of one batch (any nonzero = seen)."""
         raise NotImplementedError
 
+    def _rank(self, rows: sp.csr_matrix, mask: sp.csr_matrix | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top-``n`` ``(item_idx, scores)`` of one batch, ``mask``'s items left out (``recommend``'s
+        ``rank_fn``)."""
+        return topk_from_scores(self._predict(rows), mask, n, return_scores=True, threads=self.threads)
+
     def scores(self, user_items) -> np.ndarray:
         """Dense model scores ``[U, I]`` (no masking), computed in batches of users."""
         user_items = check_recommend_args(user_items, 1, self.n_items)
@@ -132,9 +143,7 @@ class Bundle:
             exclude = sp.csr_matrix(exclude)
             if exclude.shape != user_items.shape:
                 raise ValueError(f"exclude has shape {exclude.shape}, user_items has {user_items.shape}")
-        return recommend_batched(
-            self._predict, user_items, int(n), filter_seen, self.batch_users, exclude, self.threads
-        )
+        return recommend_batched(self._rank, user_items, int(n), filter_seen, self.batch_users, exclude)
 
     def recommend_ids(self, item_id_lists, n: int) -> RecommendedIds:
         """Recommend from lists of item ids (any vocabulary); see :meth:`recommend_flat`."""
@@ -223,7 +232,9 @@ class Bundle:
         return directory
 
     @classmethod
-    def load(cls, directory: str, batch_users: int = 1024, threads: int | None = None, **options) -> Bundle:
+    def load(
+        cls, directory: str, batch_users: int = SCORE_BATCH_USERS, threads: int | None = None, **options
+    ) -> Bundle:
         """Load a saved bundle of this class's kind (``options``: the kind's own, see its ``_load``)."""
         meta = read_metadata(directory)
         if meta["kind"] != cls.kind:
@@ -251,7 +262,7 @@ class ModelBundle(Bundle):
         item_ids,
         popularity,
         metadata: dict[str, Any] | None = None,
-        batch_users: int = 1024,
+        batch_users: int = SCORE_BATCH_USERS,
         threads: int = 1,
     ):
         super().__init__(item_ids, popularity, metadata, batch_users, threads)
@@ -270,14 +281,24 @@ class ModelBundle(Bundle):
 
     def _predict(self, rows: sp.csr_matrix) -> np.ndarray:
         """Scores ``[rows, I]`` of one batch (any nonzero = seen): the model through Keras or, with
-        ``host_ease``, the sigmoids of VASP's Neural EASE logits and the FLVAE's two output logits
-        (:meth:`_host_flvae_logits`) multiplied."""
+        ``host_ease``, the product of the sigmoids of its three paths' logits (:meth:`_host_logits`)."""
         seen = _seen(rows)
         if self.host_ease is None:
             out = _keras_predict(self.model, seen, self.n_items)
         else:
-            out = sigmoid_product([self.host_ease(seen), *self._host_flvae_logits(seen)], self.threads)
+            out = sigmoid_product(self._host_logits(seen), self.threads)
         return out if self.blend is None else self.blend(out, seen)
+
+    def _rank(self, rows: sp.csr_matrix, mask: sp.csr_matrix | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`Bundle._rank`; on the host (unblended) each row's product of sigmoids is ranked as it
+        is computed, without the batch's ``[rows, I]`` scores."""
+        if self.host_ease is None or self.blend is not None:
+            return super()._rank(rows, mask, n)
+        return top_sigmoid_product(self._host_logits(_seen(rows)), mask, n, self.threads)
+
+    def _host_logits(self, seen: sp.csr_matrix) -> list[np.ndarray]:
+        """The logits ``[rows, I]`` of a ``_seen`` batch on the host: Neural EASE's and the FLVAE's two."""
+        return [self.host_ease(seen), *self._host_flvae_logits(seen)]
 
     def _host_flvae_logits(self, seen: sp.csr_matrix) -> list[np.ndarray]:
         """The FLVAE's two output logits for a ``_seen`` batch: its first (sparse) product in SciPy, the hidden
@@ -307,7 +328,11 @@ class ModelBundle(Bundle):
 
     @classmethod
     def load(
-        cls, directory: str, batch_users: int = 1024, threads: int | None = None, host_ease: bool | None = None
+        cls,
+        directory: str,
+        batch_users: int = SCORE_BATCH_USERS,
+        threads: int | None = None,
+        host_ease: bool | None = None,
     ) -> ModelBundle:
         """Load a saved VASP bundle (the model with ``safe_mode=True``: no pickled code is executed).
 
@@ -354,7 +379,13 @@ class EaseBundle(Bundle):
     kind = "ease"
 
     def __init__(
-        self, B, item_ids, popularity, metadata: dict[str, Any] | None = None, batch_users: int = 1024, threads: int = 1
+        self,
+        B,
+        item_ids,
+        popularity,
+        metadata: dict[str, Any] | None = None,
+        batch_users: int = SCORE_BATCH_USERS,
+        threads: int = 1,
     ):
         super().__init__(item_ids, popularity, metadata, batch_users, threads)
         self.host = HostEASE(B, threads)
@@ -415,7 +446,7 @@ def read_metadata(directory: str) -> dict[str, Any]:
     return meta
 
 
-def load_bundle(directory: str, batch_users: int = 1024, threads: int | None = None) -> Bundle:
+def load_bundle(directory: str, batch_users: int = SCORE_BATCH_USERS, threads: int | None = None) -> Bundle:
     """Load a saved bundle of any kind (its ``bundle.json`` says which)."""
     return BUNDLE_KINDS[read_metadata(directory)["kind"]].load(directory, batch_users, threads)
 

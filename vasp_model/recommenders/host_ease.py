@@ -1,4 +1,6 @@
-"""Products of EASE-shaped item-item matrices on the host, for weights that no longer change."""
+"""Products of EASE-shaped item-item matrices on the host, for weights that no longer change, and the
+product of sigmoids that turns VASP's logits into scores (ranked in the same pass when only the top is
+wanted)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from vasp_model.core.column_tiles import ColumnTiles, binary_rows_product
+from vasp_model.core.numba_launch import numba_launch
 from vasp_model.core.row_blocks import for_row_blocks
 
 
@@ -72,27 +75,42 @@ class HostEASE:
             self.tiles.save_npy(path)
 
 
-# Rows of a chunk of sigmoid_product: its few [chunk, I] operands stay in a core's cache.
-SIGMOID_CHUNK_ROWS = 8
-
-
 def sigmoid_product(logits: list[np.ndarray], threads: int = 1) -> np.ndarray:
-    """``sigmoid(logits[0]) * sigmoid(logits[1]) * ...`` (float32 arrays of one shape, all overwritten),
-    returned in ``logits[0]``; computed as ``1 / prod(1 + exp(-x))`` a few rows at a time over ``threads``."""
-    out = logits[0]
+    """``sigmoid(logits[0]) * sigmoid(logits[1]) * ...`` (float32 ``[rows, I]`` arrays of one shape), NaN
+    where any logit is NaN, returned in ``logits[0]`` (overwritten); rows shared out over ``threads``."""
+    from vasp_model.recommenders.sigmoid_product_kernel import sigmoid_product_kernel
 
-    def work(start: int, end: int) -> None:
-        with np.errstate(over="ignore"):  # exp(-x) = inf for a very negative logit: its sigmoid is 0
-            for first in range(start, end, SIGMOID_CHUNK_ROWS):
-                rows = slice(first, min(first + SIGMOID_CHUNK_ROWS, end))
-                for k, x in enumerate(logits):
-                    x = x[rows]
-                    np.negative(x, out=x)
-                    np.exp(x, out=x)
-                    x += 1.0
-                    if k:
-                        out[rows] *= x
-                np.reciprocal(out[rows], out=out[rows])
+    logits = _checked_logits(logits)
+    with numba_launch(threads):
+        sigmoid_product_kernel(logits, logits[0])
+    return logits[0]
 
-    for_row_blocks(work, out.shape[0], threads)
-    return out
+
+def top_sigmoid_product(
+    logits: list[np.ndarray], mask: sp.csr_matrix | None, k: int, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """``topk_from_scores(sigmoid_product(logits), mask, k, return_scores=True)`` without the ``[rows, I]``
+    scores: each row's product is ranked while it is in cache. Returns ``(item_idx, scores)``, ``[rows, k]``."""
+    from vasp_model.recommenders.sigmoid_product_kernel import top_sigmoid_product_kernel
+
+    logits = _checked_logits(logits)
+    n_rows = logits[0].shape[0]
+    if mask is None:
+        mask = sp.csr_matrix(logits[0].shape, dtype=np.float32)
+    if mask.shape != logits[0].shape:
+        raise ValueError(f"mask has shape {mask.shape}, the logits {logits[0].shape}")
+    idx = np.empty((n_rows, k), dtype=np.int64)
+    vals = np.empty((n_rows, k), dtype=np.float32)
+    with numba_launch(threads):
+        top_sigmoid_product_kernel(
+            logits, mask.indptr.astype(np.int64, copy=False), mask.indices.astype(np.int64, copy=False), k, idx, vals
+        )
+    return idx, vals
+
+
+def _checked_logits(logits: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The logits as a tuple of C-ordered float32 arrays of one 2-D shape (what the kernels take)."""
+    arrays = tuple(np.ascontiguousarray(x, dtype=np.float32) for x in logits)
+    if not arrays or arrays[0].ndim != 2 or any(x.shape != arrays[0].shape for x in arrays):
+        raise ValueError(f"logits must be 2-D arrays of one shape, got {[x.shape for x in arrays]}")
+    return arrays
