@@ -59,7 +59,8 @@ def test_a_single_logits_array_is_its_sigmoid():
 @pytest.mark.parametrize("threads", [1, 3])
 def test_ranking_in_the_same_pass_matches_the_metrics_top_k_of_the_product(n_rows, n_items, k, density, threads):
     logits = _logits((n_rows, n_items), seed=n_items)
-    logits[0][0, :] = 0.0  # all ties: the lower items first
+    for x in logits:
+        x[0, :] = 0.0  # all ties: the lower items first
     logits[1][min(1, n_rows - 1), : min(5, n_items)] = np.nan  # NaN ranks as -inf
     mask = sp.random(n_rows, n_items, density=density, format="csr", random_state=2, dtype=np.float32)
     expected = topk_from_scores(sigmoid_product([x.copy() for x in logits]), mask, k, return_scores=True)

@@ -89,6 +89,35 @@ def sigmoid_product_kernel(logits, out):
         _row_product(logits, r, out[r], np.float32(np.nan))
 
 
+@numba.njit(inline="always", boundscheck=False)
+def _mth_largest(values, stride, m):
+    """The ``m``-th largest of ``values[::stride]`` (no NaN; at most its size), kept in an ``m``-slot buffer."""
+    best = np.full(m, -np.inf, dtype=np.float32)
+    low, at = best[0], 0
+    for c in range(0, values.size, stride):
+        if values[c] > low:
+            best[at] = values[c]
+            low, at = best[0], 0
+            for q in range(1, m):
+                if best[q] < low:
+                    low, at = best[q], q
+    return low
+
+
+@numba.njit(inline="always", boundscheck=False)
+def _best_first(values, candidates):
+    """``candidates`` (ascending items) in order of ``values`` descending, ties by lower item: one sort of
+    64-bit keys, the value's bits (made to order as integers, then reversed) above the item."""
+    bits = values.view(np.uint32)
+    keys = np.empty(candidates.size, dtype=np.uint64)
+    for m in range(candidates.size):
+        b = bits[candidates[m]]
+        ascending = ~b if b >> np.uint32(31) else b | np.uint32(0x80000000)
+        keys[m] = (np.uint64(~ascending) << np.uint64(32)) | np.uint64(candidates[m])
+    keys.sort()
+    return keys & np.uint64(0xFFFFFFFF)
+
+
 @numba.njit(parallel=True, boundscheck=False, nogil=True, cache=True, fastmath={"contract"}, error_model="numpy")
 def top_sigmoid_product_kernel(logits, mask_indptr, mask_indices, k, idx, vals):
     """Each row's ``k`` best items by ``prod(sigmoid(x))``, best first, ties by lower item, into ``idx``
@@ -101,14 +130,13 @@ def top_sigmoid_product_kernel(logits, mask_indptr, mask_indices, k, idx, vals):
     kk = min(k, n_cols)
     for r in numba.prange(n_rows):
         values = np.empty(n_cols, dtype=np.float32)
-        _row_product(logits, r, values, np.float32(-np.inf))
+        _row_product(logits, r, values, np.float32(-np.inf))  # never -0.0: its bits would order below 0.0
         for p in range(mask_indptr[r], mask_indptr[r + 1]):
             values[mask_indices[p]] = -np.inf
         whole = True
         if n_cols >= 16 * k:
-            sample = values[::_STRIDE].copy()
-            last = sample.size - 1 - min(sample.size - 1, 2 * k // _STRIDE + 8)
-            threshold = np.partition(sample, last)[last]
+            sample_size = (n_cols + _STRIDE - 1) // _STRIDE
+            threshold = _mth_largest(values, _STRIDE, min(sample_size, 2 * k // _STRIDE + 9))
             candidates = np.empty(32 * k, dtype=np.int64)
             count = 0
             for c in range(n_cols):
@@ -120,10 +148,10 @@ def top_sigmoid_product_kernel(logits, mask_indptr, mask_indices, k, idx, vals):
             candidates = candidates[:count]
         if whole:
             candidates = np.arange(n_cols)
-        order = np.argsort(-values[candidates], kind="mergesort")  # stable: ties keep the lower item first
+        best = _best_first(values, candidates)
         for m in range(k):
             if m < kk:
-                c = candidates[order[m]]
+                c = best[m]
                 vals[r, m] = values[c]
                 idx[r, m] = -1 if values[c] == -np.inf else c
             else:
