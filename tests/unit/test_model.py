@@ -16,6 +16,7 @@ from recommender_contract import RecommenderContract  # noqa: E402
 
 from vasp_model.core.config import ModelConfig, make_config  # noqa: E402
 from vasp_model.data.features import Features  # noqa: E402
+from vasp_model.evaluation.metrics import topk_from_scores  # noqa: E402
 from vasp_model.nn.layers import NeuralEASE, PrunedNeuralEASE, Sampling, ZeroDiagonal  # noqa: E402
 from vasp_model.nn.losses import FocalLoss  # noqa: E402
 from vasp_model.nn.model import VASP, build_model, flops_per_row  # noqa: E402
@@ -271,6 +272,15 @@ def test_loaded_bundle_runs_neural_ease_in_scipy_with_the_same_scores(tmp_path, 
     expected = keras.ops.convert_to_numpy(model((X.toarray() != 0).astype("float32"), training=False))
     np.testing.assert_allclose(in_keras.scores(X), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(on_host.scores(X), expected, rtol=1e-5, atol=1e-6)
+    # the host ranks each row as its scores are computed: the same lists as ranking those scores
+    exclude = sp.random(X.shape[0], 300, density=0.1, format="csr", random_state=2, dtype=np.float32)
+    for mask in (None, exclude):
+        idx, vals = on_host.recommend(X, 40, exclude=mask)
+        np.testing.assert_array_equal(
+            (idx, vals), topk_from_scores(on_host.scores(X), X if mask is None else mask, 40, True)
+        )
+        listed = idx >= 0
+        np.testing.assert_allclose(vals[listed], np.take_along_axis(expected, idx.clip(0), 1)[listed], rtol=1e-5)
     # by default: on the host when Keras sees only CPUs
     assert (ModelBundle.load(str(tmp_path)).host_ease is not None) == bundle_module.cpu_only()
 
