@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from vasp_model.core.defaults import SCORE_BATCH_USERS
 from vasp_model.evaluation.metrics import topk_from_scores
-from vasp_model.recommenders.baselines import check_recommend_args, recommend_batched
+from vasp_model.recommenders.baselines import check_recommend_args, ranked_scores, recommend_batched
 from vasp_model.recommenders.blend import EaseBlend
 from vasp_model.recommenders.host_ease import HostEASE, sigmoid_product, top_sigmoid_product
 
@@ -121,7 +121,7 @@ class Bundle:
     def _rank(self, rows: sp.csr_matrix, mask: sp.csr_matrix | None, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The top-``n`` ``(item_idx, scores)`` of one batch, ``mask``'s items left out (``recommend``'s
         ``rank_fn``)."""
-        return topk_from_scores(self._predict(rows), mask, n, return_scores=True, threads=self.threads)
+        return ranked_scores(self._predict, self.threads)(rows, mask, n)
 
     def scores(self, user_items) -> np.ndarray:
         """Dense model scores ``[U, I]`` (no masking), computed in batches of users."""
