@@ -382,6 +382,7 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
 
     from vasp_jobs.common.spark import get_session, spark_config
     from vasp_jobs.score import score
+    from vasp_model.core.defaults import SCORE_BATCH_USERS
     from vasp_model.recommenders.bundle import ModelBundle
 
     warehouse = str(workdir / "warehouse")
@@ -438,7 +439,7 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
     if args.synthetic_single_users > 0:
         lists = user_lists(warehouse, "2026-01-02", args.synthetic_single_users)
         syn = ModelBundle.load(syn_dir)
-        single_process(syn, [column.slice(0, 2048) for column in lists])  # warm-up
+        single_process(syn, [column.slice(0, SCORE_BATCH_USERS) for column in lists])  # warm-up: one batch
         single_s = single_process(syn, lists)
         single_rate = len(lists[0]) / single_s
         result.update(

@@ -77,7 +77,8 @@ class HostEASE:
 
 def sigmoid_product(logits: list[np.ndarray], threads: int = 1) -> np.ndarray:
     """``sigmoid(logits[0]) * sigmoid(logits[1]) * ...`` (float32 ``[rows, I]`` arrays of one shape), NaN
-    where any logit is NaN, returned in ``logits[0]`` (overwritten); rows shared out over ``threads``."""
+    where any logit is NaN, returned in ``logits[0]`` (overwritten when it is C-ordered float32, else in a
+    copy of it); rows shared out over ``threads``."""
     from vasp_model.recommenders.sigmoid_product_kernel import sigmoid_product_kernel
 
     logits = _checked_logits(logits)
@@ -95,8 +96,7 @@ def top_sigmoid_product(
 
     logits = _checked_logits(logits)
     n_rows = logits[0].shape[0]
-    if mask is None:
-        mask = sp.csr_matrix(logits[0].shape, dtype=np.float32)
+    mask = sp.csr_matrix(logits[0].shape, dtype=np.float32) if mask is None else sp.csr_matrix(mask)
     if mask.shape != logits[0].shape:
         raise ValueError(f"mask has shape {mask.shape}, the logits {logits[0].shape}")
     idx = np.empty((n_rows, k), dtype=np.int64)
