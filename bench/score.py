@@ -372,7 +372,7 @@ def compute_floor(n_items: int, n_users: int, nnz: float, neighbours: int = 0) -
     return {
         "forward_tflop": round(flops / 1e12, 1),
         "matmul_gflops": round(peak, 1),
-        "floor_s": round(flops / peak / 1e9, 1),
+        "floor_s": float(f"{flops / peak / 1e9:.4g}"),  # significant digits: a tiny population's floor is not 0
     }
 
 

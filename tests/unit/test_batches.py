@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from vasp_model.data.features import Features
-from vasp_model.train.batches import ABBatches, dense_rows
+from vasp_model.train.batches import ABBatches, dense_rows, split_halves
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,33 @@ def test_epoch_uses_copy_e_mod_k(features):
         n = users.size
         a, _b = features.ab_copies[epoch % 3]
         np.testing.assert_array_equal(x[:n], a[users].toarray())
+
+
+def test_split_halves_cuts_each_row_in_two():
+    items = sp.random(60, 25, density=0.4, format="csr", random_state=2)
+    items.data[:] = 1.0
+    a, b = split_halves(items, np.random.default_rng(0))
+    np.testing.assert_array_equal((a + b).toarray(), items.toarray())
+    assert a.multiply(b).nnz == 0
+    np.testing.assert_array_equal(np.diff(a.indptr), np.diff(items.indptr) // 2)
+    other, _ = split_halves(items, np.random.default_rng(1))
+    assert (other != a).nnz > 0, "another seed drew the same halves"
+
+
+def test_resplit_draws_fresh_halves_each_epoch(features):
+    plan = ABBatches(features.ab_copies, batch_users=1000, seed=4, resplit=True)
+    train = features.train.toarray() > 0
+    halves = []
+    for epoch in range(4):
+        x, y = plan.batch_at(epoch, 0)
+        n = x.shape[0] // 2
+        users = plan.order(epoch)
+        assert not np.any((x > 0) & (y > 0))
+        np.testing.assert_array_equal((x[:n] + x[n:]) > 0, train[users])
+        halves.append(x[:n][np.argsort(users)])
+    assert not any(np.array_equal(halves[0], h) for h in halves[1:]), "an epoch reused epoch 0's halves"
+    again = ABBatches(features.ab_copies, batch_users=1000, seed=4, resplit=True)
+    np.testing.assert_array_equal(again.batch_at(2, 0)[0], plan.batch_at(2, 0)[0])  # a resumed run sees the same
 
 
 def test_shuffled_per_epoch_and_seeded(features):

@@ -196,11 +196,12 @@ def test_train_cli_trains_and_publishes_a_pruned_neural_ease_kernel(warehouse, t
     from vasp_model.evaluation.protocol import evaluate_recommender
     from vasp_model.recommenders.bundle import ModelBundle
 
-    flags = ("--ease-neighbours", "5", "--ease-init", "closed_form")
+    flags = ("--ease-neighbours", "5", "--ease-init", "closed_form", "--ab-resplit", "true")  # fresh halves per epoch
     assert _train(warehouse, tmp_path / "ckpt", *flags) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     out = layout.models_dir(warehouse, DATE)
-    assert storage.read_json(f"{out}/{storage.MANIFEST}")["config"]["model.ease_neighbours"] == "5"
+    config = storage.read_json(f"{out}/{storage.MANIFEST}")["config"]
+    assert config["model.ease_neighbours"] == "5" and config["train.ab_resplit"] == "True"
     bundle = ModelBundle.load(f"{out}/model", host_ease=True)
     features = load_features(warehouse, DATE)
     kernel = bundle.host_ease.kernel  # each item keeps 5 targets, never itself

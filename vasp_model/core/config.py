@@ -108,6 +108,8 @@ class TrainConfig:
     epochs: tuple[int, ...] = (20, 10)
     learning_rates: tuple[float, ...] = (1e-3, 2e-4)
     optimizer: str = "nadam"
+    # draw each epoch's A/B halves afresh from every train user's items instead of cycling the build's K copies
+    ab_resplit: bool = False
     ease_warmup_epochs: int = 0  # epochs training the Neural EASE path alone before the joint fit
     ease_warmup_lr: float = 1e-3
     patience: int | None = None  # early stopping on validation nDCG@100 (None = off)

@@ -24,6 +24,7 @@ from typing import Any
 from vasp_model.core import defaults
 from vasp_model.core.args import add_exclude_argument
 from vasp_model.core.config import VaspConfig
+from vasp_model.core.settings import read_bool
 from vasp_model.data import layout, storage
 from vasp_model.data.locks import locked
 from vasp_model.train.memory import check_training_memory, max_row_items, parse_bytes, report_peak
@@ -62,6 +63,11 @@ TRAIN_FLAGS = {
         "Smallest number of steps in an epoch: small data sets train on smaller batches (default 16).",
     ),
     "--optimizer": ("optimizer", str, "Optimizer: nadam | adam | adamw."),
+    "--ab-resplit": (
+        "ab_resplit",
+        read_bool,
+        "true: draw each epoch's A/B halves afresh instead of cycling the build's copies (default: the preset's).",
+    ),
     "--ease-warmup-epochs": ("ease_warmup_epochs", int, "Epochs fitting Neural EASE alone before the joint fit."),
     "--ease-warmup-lr": ("ease_warmup_lr", float, "Learning rate of the Neural EASE warm-up."),
     "--patience": ("patience", int, "Early stopping patience in epochs on validation nDCG@100 (default off)."),

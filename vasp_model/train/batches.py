@@ -1,9 +1,10 @@
 """Training batches from the A/B copies, built per step from CSR (never densifying a whole matrix).
 
-Epoch ``e`` uses A/B copy ``e mod K``. A step takes ``batch_users`` train users (shuffled per
-epoch with the seed) and emits ``2 × batch_users`` rows: inputs ``[A; B]`` and targets
-``[B; A]`` (A→B and B→A), so the target of a row never contains its input. Only the rows of
-the current batch are densified (float32, ``[2·batch, I]``).
+Epoch ``e`` uses A/B copy ``e mod K``, or, with ``resplit``, halves drawn afresh for that epoch from
+each user's items (seeded by the seed and the epoch, so a resumed run sees the same). A step takes
+``batch_users`` train users (shuffled per epoch with the seed) and emits ``2 × batch_users`` rows:
+inputs ``[A; B]`` and targets ``[B; A]`` (A→B and B→A), so the target of a row never contains its
+input. Only the rows of the current batch are densified (float32, ``[2·batch, I]``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,24 @@ def dense_rows(csr: sp.csr_matrix, rows: np.ndarray, out: np.ndarray | None = No
     return out
 
 
+def split_halves(items: sp.csr_matrix, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Each row's items shuffled and cut into halves ``(A, B)`` (the first ``floor(n/2)`` of a row's ``n`` in
+    A, the rest in B), as the build's A/B copies are."""
+    lengths = np.diff(items.indptr)
+    row = np.repeat(np.arange(items.shape[0]), lengths)
+    # a random rank within each row: sort by (row, random key)
+    order = np.lexsort((rng.random(row.size), row))
+    rank = np.empty(row.size, dtype=np.int64)
+    rank[order] = np.arange(row.size) - items.indptr[row[order]]
+    in_a = rank < lengths[row] // 2
+    cols, data = items.indices, np.ones(row.size, dtype=np.float32)
+
+    def half(mask):
+        return sp.csr_matrix((data[mask], (row[mask], cols[mask])), shape=items.shape)
+
+    return half(in_a), half(~in_a)
+
+
 class ABBatches:
     """The A→B / B→A batch plan of one training run (framework-independent; see :func:`make_dataset`)."""
 
@@ -37,6 +56,7 @@ class ABBatches:
         seed: int = 0,
         drop_remainder: bool = True,
         n_items: int | None = None,
+        resplit: bool = False,
     ):
         if not ab_copies:
             raise ValueError("ab_copies must hold at least one (A, B) pair")
@@ -51,6 +71,10 @@ class ABBatches:
                 a, b = a[:, :n_items].tocsr(), b[:, :n_items].tocsr()
             self.copies.append((a, b))
         self.n_users, self.n_items = self.copies[0][0].shape
+        self.resplit = bool(resplit)
+        # every user's items (A ∪ B of the first copy): what resplit halves each epoch
+        self.items = (self.copies[0][0] + self.copies[0][1]).tocsr() if self.resplit else None
+        self._halves: tuple[int, tuple[sp.csr_matrix, sp.csr_matrix]] | None = None  # (epoch, its halves)
         if self.n_users == 0:
             raise ValueError("ab_copies have no users")
         self.batch_users = min(int(batch_users), self.n_users)
@@ -85,6 +109,16 @@ class ABBatches:
             self._order_epoch = epoch
         return self._order
 
+    def halves(self, epoch: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """The ``(A, B)`` halves of ``epoch``: copy ``epoch mod K``, or with ``resplit`` a fresh split."""
+        if not self.resplit:
+            return self.copies[self.copy_of(epoch)]
+        cached = self._halves  # one read: the input pipeline's thread may replace it meanwhile
+        if cached is None or cached[0] != epoch:
+            cached = (epoch, split_halves(self.items, np.random.default_rng([self.seed, epoch, 1])))
+            self._halves = cached
+        return cached[1]
+
     def batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Step ``index`` of the current epoch: :meth:`batch_at`."""
         return self.batch_at(self.epoch, index)
@@ -94,7 +128,7 @@ class ABBatches:
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range [0, {len(self)})")
         users = self.order(epoch)[index * self.batch_users : (index + 1) * self.batch_users]
-        a, b = self.copies[self.copy_of(epoch)]
+        a, b = self.halves(epoch)
         n = users.size
         x = np.empty((2 * n, self.n_items), dtype=np.float32)
         dense_rows(a, users, x[:n])

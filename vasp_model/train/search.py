@@ -92,6 +92,7 @@ class SearchSpace:
             "second_phase": Range(0.0, 0.5),
             "ease_warmup_epochs": Range(0, min(2 * self.base.train.ease_warmup_epochs or 8, cap), integer=True),
             "hidden": Choice((max(1, model.hidden // 2), model.hidden, 2 * model.hidden)),
+            "ab_resplit": Choice((False, True)),
         }
         if model.ease_init == "closed_form":
             dims["ease_init_scale"] = Range(0.5, 20.0, log=True)
@@ -117,6 +118,7 @@ class SearchSpace:
             "second_phase": (total - train.epochs[0]) / total,
             "ease_warmup_epochs": train.ease_warmup_epochs,
             "hidden": model.hidden,
+            "ab_resplit": train.ab_resplit,
             "ease_init_scale": model.ease_init_scale,
             "ease_init_lambda": model.ease_init_lambda,
         }
@@ -140,6 +142,7 @@ class SearchSpace:
                 epochs=(total - second, second),
                 learning_rates=(lr, lr * float(params["lr_ratio"])),
                 ease_warmup_epochs=int(params["ease_warmup_epochs"]),
+                ab_resplit=bool(params["ab_resplit"]),
             ),
             preset=self.base.preset,
         )
