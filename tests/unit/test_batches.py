@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from vasp_model.data.features import Features
-from vasp_model.train.batches import ABBatches, dense_rows, split_halves
+from vasp_model.data.features import Features, split_halves
+from vasp_model.train.batches import ABBatches, dense_rows
 
 
 @pytest.fixture(scope="module")

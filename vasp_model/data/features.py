@@ -169,7 +169,7 @@ class Features:
         n_items = vocab.size
         train_members, train_rows = user_rows("train")
         train = _rows_to_csr(train_rows, n_items)
-        copies = [_ab_halves(train_rows, n_items, rng) for _ in range(n_copies)]
+        copies = [split_halves(train, rng) for _ in range(n_copies)]
 
         def eval_split(split: str) -> EvalSplit:
             members, rows = user_rows(split)
@@ -239,15 +239,22 @@ def _vocabulary(items: np.ndarray, train_pair: np.ndarray) -> tuple[np.ndarray, 
     return vocab[by_pop], pop[by_pop], item_code
 
 
-def _ab_halves(rows: list[np.ndarray], n_items: int, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """One A/B copy: each row's items shuffled and cut in half (A the first ``floor(n/2)``)."""
-    a_rows, b_rows = [], []
-    for row in rows:
-        shuffled = rng.permutation(row)
-        half = len(shuffled) // 2
-        a_rows.append(np.sort(shuffled[:half]))
-        b_rows.append(np.sort(shuffled[half:]))
-    return _rows_to_csr(a_rows, n_items), _rows_to_csr(b_rows, n_items)
+def split_halves(items: sp.csr_matrix, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """One A/B copy: each row's items shuffled and cut into halves ``(A, B)`` (the first ``floor(n/2)`` of a
+    row's ``n`` in A, the rest in B), as the build's A/B copies are."""
+    lengths = np.diff(items.indptr)
+    row = np.repeat(np.arange(items.shape[0]), lengths)
+    # a random rank within each row: sort by (row, random key)
+    order = np.lexsort((rng.random(row.size), row))
+    rank = np.empty(row.size, dtype=np.int64)
+    rank[order] = np.arange(row.size) - items.indptr[row[order]]
+    in_a = rank < lengths[row] // 2
+    cols, data = items.indices, np.ones(row.size, dtype=np.float32)
+
+    def half(mask):
+        return sp.csr_matrix((data[mask], (row[mask], cols[mask])), shape=items.shape)
+
+    return half(in_a), half(~in_a)
 
 
 def _hold_out(rows: list[np.ndarray], holdout_prop: float, rng: np.random.Generator, min_items: int = 5):

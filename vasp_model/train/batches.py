@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from vasp_model.data.features import split_halves
+
 
 def dense_rows(csr: sp.csr_matrix, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Dense float32 ``[len(rows), I]`` of the given CSR rows (binary: stored entries → 1)."""
@@ -26,24 +28,6 @@ def dense_rows(csr: sp.csr_matrix, rows: np.ndarray, out: np.ndarray | None = No
         cols = np.concatenate([csr.indices[s:e] for s, e in zip(starts, ends, strict=True)])
         out[np.repeat(np.arange(rows.size), lengths), cols] = 1.0
     return out
-
-
-def split_halves(items: sp.csr_matrix, rng: np.random.Generator) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Each row's items shuffled and cut into halves ``(A, B)`` (the first ``floor(n/2)`` of a row's ``n`` in
-    A, the rest in B), as the build's A/B copies are."""
-    lengths = np.diff(items.indptr)
-    row = np.repeat(np.arange(items.shape[0]), lengths)
-    # a random rank within each row: sort by (row, random key)
-    order = np.lexsort((rng.random(row.size), row))
-    rank = np.empty(row.size, dtype=np.int64)
-    rank[order] = np.arange(row.size) - items.indptr[row[order]]
-    in_a = rank < lengths[row] // 2
-    cols, data = items.indices, np.ones(row.size, dtype=np.float32)
-
-    def half(mask):
-        return sp.csr_matrix((data[mask], (row[mask], cols[mask])), shape=items.shape)
-
-    return half(in_a), half(~in_a)
 
 
 class ABBatches:
