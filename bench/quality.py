@@ -13,6 +13,10 @@ README between the ``quality`` markers.
     .venv/bin/python bench/quality.py --datasets ml-100k --splits 3     # one data set
     .venv/bin/python bench/quality.py --datasets citeulike-a lastfm amazon-games  # whole wide catalogs
     .venv/bin/python bench/quality.py --report-only --readme            # table from finished runs
+    .venv/bin/python bench/quality.py --datasets ml-1m --config tuned   # the config `vasp tune` chose
+
+``--config tuned`` trains each split with the config ``vasp tune`` chose last at or before the split's
+date in that data set's warehouse (``--work``/NAME/tuning: run ``vasp tune --warehouse WORK/NAME`` first).
 """
 
 from __future__ import annotations
@@ -66,9 +70,11 @@ def _run(cmd: list[str], log: str) -> float:
     return usage.ru_maxrss / 2**20  # KiB on Linux
 
 
-def run_split(name: str, split: int, data_root: str, work: str, preset: str, backend: str) -> dict:
-    """Build and train one (data set, split) unless done with this preset and backend; returns its result
-    (metrics + per-user path)."""
+def run_split(
+    name: str, split: int, data_root: str, work: str, preset: str, backend: str, config: str = "preset"
+) -> dict:
+    """Build and train one (data set, split) unless done with this preset, config and backend; returns its
+    result (metrics + per-user path)."""
     from vasp_model.data import layout, storage
 
     source, build_args, train_args, _ = DATASETS[name]
@@ -78,7 +84,8 @@ def run_split(name: str, split: int, data_root: str, work: str, preset: str, bac
     if os.path.exists(done):
         with open(done) as fh:
             result = json.load(fh)
-        if (result.get("preset", "cpu"), result.get("backend", "jax")) == (preset, backend):
+        done_with = (result.get("preset", "cpu"), result.get("config", "preset"), result.get("backend", "jax"))
+        if done_with == (preset, config, backend):
             return result
     os.makedirs(warehouse, exist_ok=True)
     log = os.path.join(warehouse, f"split-{split}.log")
@@ -95,7 +102,8 @@ def run_split(name: str, split: int, data_root: str, work: str, preset: str, bac
             log,
         )
     start = time.perf_counter()
-    train = ["train", "--warehouse", warehouse, "--date", date, "--preset", preset, "--backend", backend]
+    train = ["train", "--warehouse", warehouse, "--date", date, "--preset", preset, "--config", config]
+    train += ["--backend", backend]
     train_rss = _run(_vasp(*train, "--no-tracking", "--quiet", *train_args), log)
     models = storage.local_path(layout.models_dir(warehouse, date))
     with open(os.path.join(models, "metrics.json")) as fh:
@@ -107,6 +115,7 @@ def run_split(name: str, split: int, data_root: str, work: str, preset: str, bac
         "split": split,
         "date": date,
         "preset": preset,
+        "config": config,
         "backend": backend,
         "test": {m: {k: metrics["test"][m][k] for k in SHOWN} for m in MODELS},
         "users": metrics["test"]["vasp"]["users"],
@@ -201,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", type=int, default=None, help="Splits per data set (default: the data set's own).")
     parser.add_argument("--preset", default="cpu", help="Training preset.")
     parser.add_argument(
+        "--config",
+        choices=("preset", "tuned"),
+        default="preset",
+        help="Train with --preset, or with the config `vasp tune` chose in the data set's warehouse.",
+    )
+    parser.add_argument(
         "--backend", default="tensorflow", help="Keras backend of the trainings (default: the product's)."
     )
     parser.add_argument("--report-only", action="store_true", help="Only tabulate finished runs.")
@@ -224,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                     with open(done) as fh:
                         results.append(json.load(fh))
                 continue
-            results.append(run_split(name, split, args.data, args.work, args.preset, args.backend))
+            results.append(run_split(name, split, args.data, args.work, args.preset, args.backend, args.config))
         if results:
             summaries.append(summarize(name, results))
     text = table(summaries)
