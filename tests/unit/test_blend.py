@@ -51,6 +51,32 @@ def test_weight_zero_ranks_like_vasp_and_rows_are_standardized():
     )
 
 
+def _float64_blend(p, s, w):
+    v = np.log(np.maximum(p.astype(np.float64), 1e-30))
+    z = (s - s.mean(1, keepdims=True)) / s.std(1, keepdims=True)
+    return (1 - w) * (v - v.mean(1, keepdims=True)) / v.std(1, keepdims=True) + w * z
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_compiled_blend_is_as_accurate_as_float32_allows(threads):
+    """Probabilities over the whole range (0, below the 1e-30 floor, subnormal, 1) against float64; NaN
+    spoils only its own row; at weight 0 the EASE scores are not read."""
+    rng = np.random.default_rng(4)
+    p = (rng.random((9, 3000)) ** 12).astype(np.float32)
+    p[0, :40] = [0.0, 1e-35, 1e-40, 1.0] * 10
+    s = rng.normal(0, 3, (9, 3000)).astype(np.float64)
+    for w in (0.0, 0.2):
+        got = blended(p, s, w, threads)
+        assert got.dtype == np.float32 and got.shape == p.shape
+        np.testing.assert_allclose(got, _float64_blend(p, s, w), atol=2e-6)
+    p[4, 9] = np.nan
+    s[:, 0] = np.nan
+    alone = blended(p, s, 0.0, threads)
+    assert np.isnan(alone[4]).all() and np.isfinite(np.delete(alone, 4, axis=0)).all()
+    with pytest.raises(ValueError, match=r"probabilities \(9, 3000\) and EASE scores \(9, 2\)"):
+        blended(p, s[:, :2], 0.2)
+
+
 def test_validation_picks_ease_for_an_uninformed_vasp_and_nothing_for_an_oracle():
     fold_in, holdout = _fold_in_holdout(_two_groups(200, 1), seed=2)
     B = EASE(10.0).fit(_two_groups(400, 3)).B

@@ -14,20 +14,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from vasp_model.core.numba_launch import numba_launch
 from vasp_model.evaluation.metrics import ndcg_at_k, topk_from_scores
 from vasp_model.recommenders.host_ease import HostEASE
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # the validation grid; 0 = VASP alone
 FILE = "ease_blend.npy"  # B, beside the bundle's model when the blend is on
 SPARSE_FILE = "ease_blend.npz"  # B pruned like a pruned Neural EASE kernel (CSR), in its place
-
-
-def _standardized(scores: np.ndarray) -> np.ndarray:
-    """Each row minus its mean, over its standard deviation (in place on a float32 copy)."""
-    out = np.array(scores, dtype=np.float32)
-    out -= out.mean(axis=1, keepdims=True)
-    out /= out.std(axis=1, keepdims=True) + 1e-9
-    return out
 
 
 class EaseBlend:
@@ -58,17 +51,24 @@ class EaseBlend:
 
     def __call__(self, probabilities: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
         """Blended ``[rows, I]`` scores from VASP's ``probabilities`` of the 0/1 input rows ``seen``."""
-        return blended(probabilities, self.ease(seen), self.weight)
+        return blended(probabilities, self.ease(seen), self.weight, self.ease.threads)
 
 
-def blended(probabilities: np.ndarray, ease_scores: np.ndarray, weight: float) -> np.ndarray:
-    """``(1 − weight) · z(log probabilities) + weight · z(ease_scores)`` per row."""
-    vasp = _standardized(np.log(np.maximum(probabilities, 1e-30)))
-    if weight == 0.0:
-        return vasp
-    vasp *= 1.0 - weight
-    vasp += weight * _standardized(ease_scores)
-    return vasp
+def blended(probabilities: np.ndarray, ease_scores: np.ndarray, weight: float, threads: int = 1) -> np.ndarray:
+    """``(1 − weight) · z(log probabilities) + weight · z(ease_scores)`` per row (float32 ``[rows, I]``; ``z``
+    standardizes a row, probabilities below 1e-30 count as 1e-30), rows shared out over ``threads``."""
+    from vasp_model.recommenders.blend_kernel import blended_kernel
+
+    probabilities = np.ascontiguousarray(probabilities, dtype=np.float32)
+    ease_scores = np.ascontiguousarray(ease_scores, dtype=np.float32)
+    if probabilities.ndim != 2 or ease_scores.shape != probabilities.shape:
+        raise ValueError(
+            f"probabilities {probabilities.shape} and EASE scores {ease_scores.shape} must be one 2-D shape"
+        )
+    out = np.empty(probabilities.shape, dtype=np.float32)
+    with numba_launch(threads):
+        blended_kernel(probabilities, ease_scores, float(weight), out)
+    return out
 
 
 def choose_weight(

@@ -1,0 +1,79 @@
+"""The compiled loop of :func:`vasp_model.recommenders.blend.blended` (Numba; importing this module imports
+Numba, so the blend imports it on first use).
+
+``log`` is computed here rather than by the C library, whose scalar calls keep a loop from being
+vectorized: ``x = 2^e · m`` read from the float's bits with ``m`` in ``[√½, √2)``, then
+``log m = 2 atanh(t)``, ``t = (m − 1) / (m + 1)``, by its series to ``t^9`` (truncation below 1e-9).
+"""
+
+import math
+
+import numba
+import numpy as np
+
+from vasp_model.recommenders.sigmoid_product_kernel import _int_bits_as_float
+
+_FLOOR = np.float32(1e-30)  # probabilities below it count as it (the log of 0 is -inf)
+_FLOOR_BITS = _FLOOR.view(np.int32)
+_EPS = 1e-9  # added to each row's standard deviation
+_LN2 = np.float32(math.log(2.0))
+_SQRT2 = np.float32(math.sqrt(2.0))
+_ONE, _TWO, _HALF = np.float32(1.0), np.float32(2.0), np.float32(0.5)
+_C3, _C5, _C7, _C9 = (np.float32(2.0 / i) for i in (3, 5, 7, 9))
+
+
+@numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
+def _log_floored(x, bits):
+    """``log(max(x, 1e-30))`` of a float32 ``x`` below 2^128 whose bits are the int32 ``bits``; NaN for NaN."""
+    nan = x != x
+    bits = _FLOOR_BITS if (x < _FLOOR or nan) else bits
+    exponent = np.float32(((bits >> 23) & 0xFF) - 127)
+    m = _int_bits_as_float((bits & 0x7FFFFF) | 0x3F800000)  # in [1, 2)
+    big = m > _SQRT2
+    m = m * _HALF if big else m
+    exponent = exponent + _ONE if big else exponent
+    f = m - _ONE
+    t = f / (_TWO + f)
+    t2 = t * t
+    out = exponent * _LN2 + t * (_TWO + t2 * (_C3 + t2 * (_C5 + t2 * (_C7 + t2 * _C9))))
+    return x if nan else out
+
+
+@numba.njit(
+    parallel=True, boundscheck=False, nogil=True, cache=True, fastmath={"contract", "reassoc"}, error_model="numpy"
+)
+def blended_kernel(probabilities, ease_scores, weight, out):
+    """``out = (1 − weight) · z(log max(p, 1e-30)) + weight · z(s)`` row by row, ``z`` standardizing a row
+    (mean 0, standard deviation 1, sums in float64); ``ease_scores`` is not read at weight 0. NaN stays NaN."""
+    n_rows, n_cols = probabilities.shape
+    for r in numba.prange(n_rows):
+        p, s, o = probabilities[r], ease_scores[r], out[r]
+        bits = p.view(np.int32)
+        for c in range(n_cols):
+            o[c] = _log_floored(p[c], bits[c])
+        mean = _mean(o)
+        scale = (1.0 - weight) / (math.sqrt(_squares(o, mean) / n_cols) + _EPS)
+        if weight == 0.0:
+            for c in range(n_cols):
+                o[c] = (o[c] - mean) * scale
+            continue
+        ease_mean = _mean(s)
+        ease_scale = weight / (math.sqrt(_squares(s, ease_mean) / n_cols) + _EPS)
+        for c in range(n_cols):
+            o[c] = (o[c] - mean) * scale + (s[c] - ease_mean) * ease_scale
+
+
+@numba.njit(inline="always", fastmath={"contract", "reassoc"})
+def _mean(values):
+    total = 0.0
+    for c in range(values.size):
+        total += values[c]
+    return total / values.size
+
+
+@numba.njit(inline="always", fastmath={"contract", "reassoc"})
+def _squares(values, mean):
+    total = 0.0
+    for c in range(values.size):
+        total += (values[c] - mean) ** 2
+    return total
