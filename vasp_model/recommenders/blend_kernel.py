@@ -11,7 +11,7 @@ import math
 import numba
 import numpy as np
 
-from vasp_model.recommenders.sigmoid_product_kernel import _int_bits_as_float
+from vasp_model.recommenders.sigmoid_product_kernel import int_bits_as_float
 
 _FLOOR = np.float32(1e-30)  # probabilities below it count as it (the log of 0 is -inf)
 _FLOOR_BITS = _FLOOR.view(np.int32)
@@ -28,7 +28,7 @@ def _log_floored(x, bits):
     nan = x != x
     bits = _FLOOR_BITS if (x < _FLOOR or nan) else bits
     exponent = np.float32(((bits >> 23) & 0xFF) - 127)
-    m = _int_bits_as_float((bits & 0x7FFFFF) | 0x3F800000)  # in [1, 2)
+    m = int_bits_as_float((bits & 0x7FFFFF) | 0x3F800000)  # in [1, 2)
     big = m > _SQRT2
     m = m * _HALF if big else m
     exponent = exponent + _ONE if big else exponent

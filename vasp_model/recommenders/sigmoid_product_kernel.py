@@ -28,7 +28,7 @@ _STRIDE = 8  # the top-k's threshold is read from every _STRIDE-th score of a ro
 
 
 @intrinsic
-def _int_bits_as_float(typingctx, bits):
+def int_bits_as_float(typingctx, bits):
     """The float32 whose bits are the int32 ``bits``."""
 
     def codegen(context, builder, signature, args):
@@ -55,7 +55,7 @@ def _one_plus_exp_neg(v):
     p = p * r + _C2
     p = p * r + _ONE
     p = p * r + _ONE
-    out = _ONE + p * _int_bits_as_float((np.int32(n) + np.int32(127)) << 23)  # n = 128: exponent 255 = inf
+    out = _ONE + p * int_bits_as_float((np.int32(n) + np.int32(127)) << 23)  # n = 128: exponent 255 = inf
     return v if nan else out
 
 
