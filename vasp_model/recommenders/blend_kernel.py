@@ -52,19 +52,20 @@ def blended_kernel(probabilities, ease_scores, weight, out):
         for c in range(n_cols):
             o[c] = _log_floored(p[c], bits[c])
         mean = _mean(o)
-        scale = (1.0 - weight) / (math.sqrt(_squares(o, mean) / n_cols) + _EPS)
+        scale = (1.0 - weight) / (math.sqrt(_squared_deviations(o, mean) / n_cols) + _EPS)
         if weight == 0.0:
             for c in range(n_cols):
                 o[c] = (o[c] - mean) * scale
             continue
         ease_mean = _mean(s)
-        ease_scale = weight / (math.sqrt(_squares(s, ease_mean) / n_cols) + _EPS)
+        ease_scale = weight / (math.sqrt(_squared_deviations(s, ease_mean) / n_cols) + _EPS)
         for c in range(n_cols):
             o[c] = (o[c] - mean) * scale + (s[c] - ease_mean) * ease_scale
 
 
 @numba.njit(inline="always", fastmath={"contract", "reassoc"})
 def _mean(values):
+    """The mean of a float array, summed in float64."""
     total = 0.0
     for c in range(values.size):
         total += values[c]
@@ -72,7 +73,8 @@ def _mean(values):
 
 
 @numba.njit(inline="always", fastmath={"contract", "reassoc"})
-def _squares(values, mean):
+def _squared_deviations(values, mean):
+    """The sum of ``(v − mean)²`` over a float array, in float64."""
     total = 0.0
     for c in range(values.size):
         total += (values[c] - mean) ** 2
