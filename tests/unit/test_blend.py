@@ -11,10 +11,12 @@ import pytest  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from vasp_model.core.config import ModelConfig  # noqa: E402
+from vasp_model.evaluation.metrics import topk_from_scores  # noqa: E402
 from vasp_model.nn.model import build_model  # noqa: E402
 from vasp_model.recommenders.baselines import EASE  # noqa: E402
-from vasp_model.recommenders.blend import EaseBlend, blended, choose_weight  # noqa: E402
+from vasp_model.recommenders.blend import EaseBlend, blended, choose_weight, top_blended  # noqa: E402
 from vasp_model.recommenders.bundle import ModelBundle  # noqa: E402
+from vasp_model.recommenders.host_ease import sigmoid_product  # noqa: E402
 
 TINY = ModelConfig(hidden=16, latent=8, encoder_blocks=2, decoder_blocks=1, dropout=0.2, ease_init="glorot_uniform")
 
@@ -77,6 +79,41 @@ def test_the_compiled_blend_is_as_accurate_as_float32_allows(threads):
         blended(p, s[:, :2], 0.2)
 
 
+@pytest.mark.parametrize(
+    "n_rows, n_items, k, density",
+    [
+        (200, 20_000, 100, 0.003),  # a threshold from a sample, then only the candidates sorted
+        (9, 3_000, 100, 0.5),  # fewer than 16k items: every row sorted whole
+        (5, 30, 100, 0.3),  # k beyond the catalog: -1 slots
+        (64, 5_000, 10, 0.9),  # most items masked: too few candidates, sorted whole
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_ranking_the_blend_in_one_pass_gives_the_lists_of_the_blended_scores(n_rows, n_items, k, density, threads):
+    """The same items and scores, bit for bit, as the product, the blend and the metrics' top-k one after the
+    other: ties (a row of equal logits and EASE scores) to the lower item, a NaN row's slots -1."""
+    rng = np.random.default_rng(n_items)
+    logits = [rng.normal(0, 4, (n_rows, n_items)).astype(np.float32) for _ in range(3)]
+    ease = rng.normal(0, 1, (n_rows, n_items)).astype(np.float32)
+    for x in (*logits, ease):
+        x[0, :] = 0.0
+    logits[1][min(1, n_rows - 1), 0] = np.nan
+    mask = sp.random(n_rows, n_items, density=density, format="csr", random_state=2, dtype=np.float32)
+    copies = [x.copy() for x in logits]
+    for w in (0.0, 0.15):
+        expected = topk_from_scores(blended(sigmoid_product([x.copy() for x in logits]), ease, w), mask, k, True)
+        idx, vals = top_blended(logits, ease, w, mask, k, threads)
+        np.testing.assert_array_equal(idx, expected[0])
+        np.testing.assert_array_equal(vals, expected[1])
+        assert vals.dtype == np.float32 and idx.shape == (n_rows, k)
+    if n_rows > 1:
+        assert (idx[1] == -1).all()
+    for x, copy in zip(logits, copies, strict=True):
+        np.testing.assert_array_equal(x, copy)
+    with pytest.raises(ValueError, match=r"EASE scores \(2, 4\) and logits \(2, 3\)"):
+        top_blended([np.zeros((2, 3), np.float32)], np.zeros((2, 4)), 0.1, None, 2)
+
+
 def test_validation_picks_ease_for_an_uninformed_vasp_and_nothing_for_an_oracle():
     fold_in, holdout = _fold_in_holdout(_two_groups(200, 1), seed=2)
     B = EASE(10.0).fit(_two_groups(400, 3)).B
@@ -111,6 +148,8 @@ def test_a_blended_bundle_scores_the_blend_and_keeps_it_through_save_and_load(tm
     np.testing.assert_allclose(loaded.scores(X), expected, rtol=1e-4, atol=1e-4)
     idx, _ = loaded.recommend(X, 5)
     assert not (X.toarray()[np.arange(50)[:, None], idx] > 0).any()  # seen items stay out
+    assert loaded.host_ease is not None  # each row multiplied, blended and ranked in one pass: the same lists
+    np.testing.assert_array_equal(idx, topk_from_scores(loaded.scores(X), X, 5))
 
 
 def test_a_pruned_blend_keeps_its_sparse_b_through_save_and_load(tmp_path):

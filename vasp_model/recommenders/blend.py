@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from vasp_model.core.numba_launch import numba_launch
 from vasp_model.evaluation.metrics import ndcg_at_k, topk_from_scores
-from vasp_model.recommenders.host_ease import HostEASE
+from vasp_model.recommenders.host_ease import HostEASE, ranked_in_one_pass
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # the validation grid; 0 = VASP alone
 FILE = "ease_blend.npy"  # B, beside the bundle's model when the blend is on
@@ -53,6 +53,13 @@ class EaseBlend:
         """Blended ``[rows, I]`` scores from VASP's ``probabilities`` of the 0/1 input rows ``seen``."""
         return blended(probabilities, self.ease(seen), self.weight, self.ease.threads)
 
+    def top(
+        self, logits: list[np.ndarray], seen: sp.csr_matrix, mask: sp.csr_matrix | None, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The top-``k`` ``(item_idx, scores)`` of the blend, from the logits of VASP's paths (whose sigmoids'
+        product is its probabilities) for the 0/1 input rows ``seen``, ``mask``'s items left out."""
+        return top_blended(logits, self.ease(seen), self.weight, mask, k, self.ease.threads)
+
 
 def blended(probabilities: np.ndarray, ease_scores: np.ndarray, weight: float, threads: int = 1) -> np.ndarray:
     """``(1 − weight) · z(log probabilities) + weight · z(ease_scores)`` per row (float32 ``[rows, I]``; ``z``
@@ -69,6 +76,26 @@ def blended(probabilities: np.ndarray, ease_scores: np.ndarray, weight: float, t
     with numba_launch(threads):
         blended_kernel(probabilities, ease_scores, float(weight), out)
     return out
+
+
+def top_blended(
+    logits: list[np.ndarray],
+    ease_scores: np.ndarray,
+    weight: float,
+    mask: sp.csr_matrix | None,
+    k: int,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``topk_from_scores(blended(sigmoid_product(logits), ease_scores, weight), mask, k, return_scores=True)``
+    without the ``[rows, I]`` probabilities or blend: each row is multiplied, blended and ranked while it is in
+    cache. Returns ``(item_idx, scores)``, ``[rows, k]``."""
+    from vasp_model.recommenders.blend_kernel import top_blended_kernel
+
+    ease_scores = np.ascontiguousarray(ease_scores, dtype=np.float32)
+    shape = np.shape(logits[0]) if len(logits) else None
+    if ease_scores.shape != shape:
+        raise ValueError(f"EASE scores {ease_scores.shape} and logits {shape} must be one 2-D shape")
+    return ranked_in_one_pass(top_blended_kernel, logits, mask, k, threads, ease_scores, float(weight))
 
 
 def choose_weight(

@@ -1,5 +1,6 @@
-"""The compiled loop of :func:`vasp_model.recommenders.blend.blended` (Numba; importing this module imports
-Numba, so the blend imports it on first use).
+"""The compiled loops of :func:`vasp_model.recommenders.blend.blended` and
+:func:`~vasp_model.recommenders.blend.top_blended` (Numba; importing this module imports Numba, so the blend
+imports it on first use).
 
 ``log`` is computed here rather than by the C library, whose scalar calls keep a loop from being
 vectorized: ``x = 2^e · m`` read from the float's bits with ``m`` in ``[√½, √2)``, then
@@ -11,14 +12,14 @@ import math
 import numba
 import numpy as np
 
-from vasp_model.recommenders.sigmoid_product_kernel import int_bits_as_float
+from vasp_model.recommenders.sigmoid_product_kernel import int_bits_as_float, row_product, top_of_row
 
 _FLOOR = np.float32(1e-30)  # probabilities below it count as it (the log of 0 is -inf)
 _FLOOR_BITS = _FLOOR.view(np.int32)
 _EPS = 1e-9  # added to each row's standard deviation
 _LN2 = np.float32(math.log(2.0))
 _SQRT2 = np.float32(math.sqrt(2.0))
-_ONE, _TWO, _HALF = np.float32(1.0), np.float32(2.0), np.float32(0.5)
+_ZERO, _ONE, _TWO, _HALF = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(0.5)
 _C3, _C5, _C7, _C9 = (np.float32(2.0 / i) for i in (3, 5, 7, 9))
 
 
@@ -43,24 +44,48 @@ def _log_floored(x, bits):
     parallel=True, boundscheck=False, nogil=True, cache=True, fastmath={"contract", "reassoc"}, error_model="numpy"
 )
 def blended_kernel(probabilities, ease_scores, weight, out):
-    """``out = (1 − weight) · z(log max(p, 1e-30)) + weight · z(s)`` row by row, ``z`` standardizing a row
-    (mean 0, standard deviation 1, sums in float64); ``ease_scores`` is not read at weight 0. NaN stays NaN."""
-    n_rows, n_cols = probabilities.shape
+    """``out = (1 − weight) · z(log max(p, 1e-30)) + weight · z(s)`` row by row (:func:`_blend_row`)."""
+    for r in numba.prange(probabilities.shape[0]):
+        _blend_row(probabilities[r], ease_scores[r], weight, out[r])
+
+
+@numba.njit(
+    parallel=True, boundscheck=False, nogil=True, cache=True, fastmath={"contract", "reassoc"}, error_model="numpy"
+)
+def top_blended_kernel(logits, ease_scores, weight, mask_indptr, mask_indices, k, idx, vals):
+    """Each row's ``k`` best items by the blend of ``p = prod(sigmoid(x) for x in logits)`` with ``ease_scores``
+    (:func:`_blend_row`), best first, ties by lower item, into ``idx`` and ``vals``; masked items (CSR
+    ``mask_*``) and NaN rank as -inf and take item -1 (:func:`top_of_row`)."""
+    n_rows, n_cols = idx.shape[0], logits[0].shape[1]
     for r in numba.prange(n_rows):
-        p, s, o = probabilities[r], ease_scores[r], out[r]
-        bits = p.view(np.int32)
+        values = np.empty(n_cols, dtype=np.float32)
+        row_product(logits, r, values, np.float32(np.nan))
+        _blend_row(values, ease_scores[r], weight, values)
         for c in range(n_cols):
-            o[c] = _log_floored(p[c], bits[c])
-        mean = _mean(o)
-        scale = (1.0 - weight) / (math.sqrt(_squared_deviations(o, mean) / n_cols) + _EPS)
-        if weight == 0.0:
-            for c in range(n_cols):
-                o[c] = (o[c] - mean) * scale
-            continue
-        ease_mean = _mean(s)
-        ease_scale = weight / (math.sqrt(_squared_deviations(s, ease_mean) / n_cols) + _EPS)
+            v = values[c]
+            values[c] = -np.inf if v != v else (_ZERO if v == _ZERO else v)  # -0.0 would order below 0.0
+        top_of_row(values, mask_indices[mask_indptr[r] : mask_indptr[r + 1]], k, idx[r], vals[r])
+
+
+@numba.njit(inline="always", boundscheck=False, fastmath={"contract", "reassoc"}, error_model="numpy")
+def _blend_row(p, s, weight, o):
+    """``o = (1 − weight) · z(log max(p, 1e-30)) + weight · z(s)`` over one row (``o`` may be ``p``), ``z``
+    standardizing it (mean 0, standard deviation 1, sums in float64); ``s`` is not read at weight 0. NaN
+    spoils the row."""
+    n_cols = p.size
+    bits = p.view(np.int32)
+    for c in range(n_cols):  # each column is read before it is written
+        o[c] = _log_floored(p[c], bits[c])
+    mean = _mean(o)
+    scale = (1.0 - weight) / (math.sqrt(_squared_deviations(o, mean) / n_cols) + _EPS)
+    if weight == 0.0:
         for c in range(n_cols):
-            o[c] = (o[c] - mean) * scale + (s[c] - ease_mean) * ease_scale
+            o[c] = (o[c] - mean) * scale
+        return
+    ease_mean = _mean(s)
+    ease_scale = weight / (math.sqrt(_squared_deviations(s, ease_mean) / n_cols) + _EPS)
+    for c in range(n_cols):
+        o[c] = (o[c] - mean) * scale + (s[c] - ease_mean) * ease_scale
 
 
 @numba.njit(inline="always", fastmath={"contract", "reassoc"})

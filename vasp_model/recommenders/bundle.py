@@ -290,11 +290,14 @@ class ModelBundle(Bundle):
         return out if self.blend is None else self.blend(out, seen)
 
     def _rank(self, rows: sp.csr_matrix, mask: sp.csr_matrix | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`Bundle._rank`; on the host (unblended) each row's product of sigmoids is ranked as it
-        is computed, without the batch's ``[rows, I]`` scores."""
-        if self.host_ease is None or self.blend is not None:
+        """As :meth:`Bundle._rank`; on the host each row's product of sigmoids (blended, with a blend) is ranked
+        as it is computed, without the batch's ``[rows, I]`` scores."""
+        if self.host_ease is None:
             return super()._rank(rows, mask, n)
-        return top_sigmoid_product(self._host_logits(_seen(rows)), mask, n, self.threads)
+        seen = _seen(rows)
+        if self.blend is not None:
+            return self.blend.top(self._host_logits(seen), seen, mask, n)
+        return top_sigmoid_product(self._host_logits(seen), mask, n, self.threads)
 
     def _host_logits(self, seen: sp.csr_matrix) -> list[np.ndarray]:
         """The logits ``[rows, I]`` of a ``_seen`` batch on the host: Neural EASE's and the FLVAE's two."""

@@ -94,6 +94,12 @@ def top_sigmoid_product(
     scores: each row's product is ranked while it is in cache. Returns ``(item_idx, scores)``, ``[rows, k]``."""
     from vasp_model.recommenders.sigmoid_product_kernel import top_sigmoid_product_kernel
 
+    return ranked_in_one_pass(top_sigmoid_product_kernel, logits, mask, k, threads)
+
+
+def ranked_in_one_pass(kernel, logits: list[np.ndarray], mask: sp.csr_matrix | None, k: int, threads: int, *args):
+    """``(item_idx, scores)`` ``[rows, k]`` from a compiled ``kernel(logits, *args, mask_indptr, mask_indices,
+    k, idx, vals)`` that scores and ranks each row of the batch whose ``logits`` are given."""
     logits = _checked_logits(logits)
     n_rows = logits[0].shape[0]
     mask = sp.csr_matrix(logits[0].shape, dtype=np.float32) if mask is None else sp.csr_matrix(mask)
@@ -102,8 +108,14 @@ def top_sigmoid_product(
     idx = np.empty((n_rows, k), dtype=np.int64)
     vals = np.empty((n_rows, k), dtype=np.float32)
     with numba_launch(threads):
-        top_sigmoid_product_kernel(
-            logits, mask.indptr.astype(np.int64, copy=False), mask.indices.astype(np.int64, copy=False), k, idx, vals
+        kernel(
+            logits,
+            *args,
+            mask.indptr.astype(np.int64, copy=False),
+            mask.indices.astype(np.int64, copy=False),
+            k,
+            idx,
+            vals,
         )
     return idx, vals
 

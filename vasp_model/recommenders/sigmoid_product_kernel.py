@@ -64,7 +64,7 @@ _BLOCK = 1024
 
 
 @numba.njit(inline="always", boundscheck=False, fastmath={"contract"}, error_model="numpy")
-def _row_product(logits, r, values, nan_value):
+def row_product(logits, r, values, nan_value):
     """``values = prod(sigmoid(x[r]) for x in logits)``; ``nan_value`` where any logit is NaN."""
     n_cols = values.size
     for start in range(0, n_cols, _BLOCK):
@@ -86,7 +86,7 @@ def sigmoid_product_kernel(logits, out):
     """``out = prod(sigmoid(x) for x in logits)`` (``out`` may be ``logits[0]``), rows shared out over the
     threads; NaN where any logit is NaN."""
     for r in numba.prange(out.shape[0]):
-        _row_product(logits, r, out[r], np.float32(np.nan))
+        row_product(logits, r, out[r], np.float32(np.nan))
 
 
 @numba.njit(inline="always", boundscheck=False)
@@ -121,39 +121,47 @@ def _best_first(values, candidates):
 @numba.njit(parallel=True, boundscheck=False, nogil=True, cache=True, fastmath={"contract"}, error_model="numpy")
 def top_sigmoid_product_kernel(logits, mask_indptr, mask_indices, k, idx, vals):
     """Each row's ``k`` best items by ``prod(sigmoid(x))``, best first, ties by lower item, into ``idx``
-    and ``vals``; masked items (CSR ``mask_*``) and NaN rank as -inf and take item -1.
-
-    A row's candidates are the items reaching a threshold read from a strided sample (about ``2k``
-    reach it); a row where fewer than ``k`` or far more reach it is sorted whole.
-    """
+    and ``vals``; masked items (CSR ``mask_*``) and NaN rank as -inf and take item -1 (:func:`top_of_row`)."""
     n_rows, n_cols = idx.shape[0], logits[0].shape[1]
-    kk = min(k, n_cols)
     for r in numba.prange(n_rows):
         values = np.empty(n_cols, dtype=np.float32)
-        _row_product(logits, r, values, np.float32(-np.inf))  # never -0.0: its bits would order below 0.0
-        for p in range(mask_indptr[r], mask_indptr[r + 1]):
-            values[mask_indices[p]] = -np.inf
-        whole = True
-        if n_cols >= 16 * k:
-            sample_size = (n_cols + _STRIDE - 1) // _STRIDE
-            threshold = _mth_largest(values, _STRIDE, min(sample_size, 2 * k // _STRIDE + 9))
-            candidates = np.empty(32 * k, dtype=np.int64)
-            count = 0
-            for c in range(n_cols):
-                if values[c] >= threshold:
-                    if count < candidates.size:
-                        candidates[count] = c
-                    count += 1
-            whole = count < kk or count > candidates.size
-            candidates = candidates[:count]
-        if whole:
-            candidates = np.arange(n_cols)
-        best = _best_first(values, candidates)
-        for m in range(k):
-            if m < kk:
-                c = best[m]
-                vals[r, m] = values[c]
-                idx[r, m] = -1 if values[c] == -np.inf else c
-            else:
-                vals[r, m] = -np.inf
-                idx[r, m] = -1
+        row_product(logits, r, values, np.float32(-np.inf))  # never -0.0: its bits would order below 0.0
+        top_of_row(values, mask_indices[mask_indptr[r] : mask_indptr[r + 1]], k, idx[r], vals[r])
+
+
+@numba.njit(inline="always", boundscheck=False)
+def top_of_row(values, masked, k, idx, vals):
+    """A row's ``k`` best items by ``values`` (float32, no NaN, no -0.0; overwritten), best first, ties by
+    lower item, into ``idx`` and ``vals``; the ``masked`` items rank as -inf, and -inf takes item -1.
+
+    The candidates are the items reaching a threshold read from a strided sample (about ``2k`` reach it);
+    a row where fewer than ``k`` or far more reach it is sorted whole.
+    """
+    n_cols = values.size
+    kk = min(k, n_cols)
+    for p in range(masked.size):
+        values[masked[p]] = -np.inf
+    whole = True
+    if n_cols >= 16 * k:
+        sample_size = (n_cols + _STRIDE - 1) // _STRIDE
+        threshold = _mth_largest(values, _STRIDE, min(sample_size, 2 * k // _STRIDE + 9))
+        candidates = np.empty(32 * k, dtype=np.int64)
+        count = 0
+        for c in range(n_cols):
+            if values[c] >= threshold:
+                if count < candidates.size:
+                    candidates[count] = c
+                count += 1
+        whole = count < kk or count > candidates.size
+        candidates = candidates[:count]
+    if whole:
+        candidates = np.arange(n_cols)
+    best = _best_first(values, candidates)
+    for m in range(k):
+        if m < kk:
+            c = best[m]
+            vals[m] = values[c]
+            idx[m] = -1 if values[c] == -np.inf else c
+        else:
+            vals[m] = -np.inf
+            idx[m] = -1
