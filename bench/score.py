@@ -32,6 +32,8 @@
    Dense and Neural EASE cost nnz x width, not items x width) at the float32 matmul rate measured
    in this run. Unless ``--skip-als``, Spark ALS (as in 2c) fits the same population and times one
    ``recommendForAllUsers(100)`` (``als_recommend_over_spark``: ALS's time over the job's).
+   The model is blended with an EASE at ``--synthetic-blend`` (default 0.1; 0: VASP alone), as every
+   trained bundle here serves it, whose ``x B`` the floor then counts too.
    ``--synthetic-neighbours K`` prunes the model's Neural EASE kernel to K targets per item (what a wide
    catalog trains, see the README's Wide catalogs), which also sets the floor's FLOPs; the peak resident
    set of the driver, its JVM and the Python workers together is sampled while the job scores:
@@ -134,9 +136,18 @@ class PeakTreeRSS:
         self._thread.join()
 
 
-def make_bundle(n_items_ids, popularity, directory: str, features=None, train_epochs: int = 0, neighbours: int = 0):
+def make_bundle(
+    n_items_ids,
+    popularity,
+    directory: str,
+    features=None,
+    train_epochs: int = 0,
+    neighbours: int = 0,
+    blend: float = 0.0,
+):
     """A cpu-preset-sized VASP bundle for this vocabulary (untrained unless train_epochs > 0; ``neighbours``:
-    its Neural EASE kernel pruned to that many targets per item, every row of up to a quarter of the items read)."""
+    its Neural EASE kernel pruned to that many targets per item, every row of up to a quarter of the items read;
+    ``blend`` > 0: blended with an EASE of that weight, :func:`untrained_blend`, as trained bundles are)."""
     from vasp_model.core.config import make_config
     from vasp_model.nn.model import build_model
     from vasp_model.recommenders.bundle import ModelBundle
@@ -150,8 +161,31 @@ def make_bundle(n_items_ids, popularity, directory: str, features=None, train_ep
         n = len(n_items_ids)
         model = build_model(n, cpu_model_config(neighbours), seed=0, max_positives=max(n // 4, 1))
         bundle = ModelBundle(model, n_items_ids, popularity, metadata={"preset": "cpu", "untrained": True})
+        if blend:
+            bundle.blend = untrained_blend(n, blend, neighbours)
     bundle.save(directory)
     return bundle
+
+
+def untrained_blend(n_items: int, weight: float, neighbours: int = 0, seed: int = 0):
+    """An EASE blend at ``weight`` whose ``B`` has the shape a trained one has but random values (zero
+    diagonal): dense, or with ``neighbours`` targets per item as CSR (a few fewer where a row's random
+    targets repeat), as a pruned kernel's blend is. Scoring's cost does not depend on the values."""
+    import scipy.sparse as sp
+
+    from vasp_model.recommenders.blend import EaseBlend
+
+    rng = np.random.default_rng(seed)
+    if neighbours:
+        k = min(neighbours, n_items - 1)
+        targets = (np.arange(n_items)[:, None] + rng.integers(1, n_items, (n_items, k))) % n_items  # never itself
+        values = rng.standard_normal(targets.size, dtype=np.float32) * 0.01
+        B = sp.csr_matrix((values, targets.ravel(), np.arange(0, targets.size + 1, k)), shape=(n_items, n_items))
+        B.sum_duplicates()
+    else:
+        B = rng.standard_normal((n_items, n_items), dtype=np.float32) * np.float32(0.01)
+        np.fill_diagonal(B, 0.0)
+    return EaseBlend(weight, B)
 
 
 def make_floor_bundle(item_ids, popularity, directory: str):
@@ -360,15 +394,19 @@ def bench_ml1m(spark, args, workdir: Path) -> dict:
     return result
 
 
-def compute_floor(n_items: int, n_users: int, nnz: float, neighbours: int = 0) -> dict:
+def compute_floor(n_items: int, n_users: int, nnz: float, neighbours: int = 0, blend: bool = False) -> dict:
     """The compute floor of scoring ``n_users`` of ``nnz`` positives on average: one forward pass of
-    the cpu preset's matmuls per user (``neighbours``: its pruned kernel), sparse input as scoring feeds
-    it, at this machine's matmul rate measured now (``bench/train.py``'s peak)."""
+    the cpu preset's matmuls per user (``neighbours``: its pruned kernel; ``blend``: plus EASE's ``x B``,
+    pruned alike), sparse input as scoring feeds it, at this machine's matmul rate measured now
+    (``bench/train.py``'s peak)."""
     from bench.train import matmul_peak
     from vasp_model.nn.model import flops_per_row
 
     peak = matmul_peak()["peak_gflops"]
-    flops = flops_per_row(n_items, cpu_model_config(neighbours), nnz) * n_users
+    per_row = flops_per_row(n_items, cpu_model_config(neighbours), nnz)
+    if blend:
+        per_row += 2 * nnz * (min(neighbours, n_items - 1) if neighbours else n_items)
+    flops = per_row * n_users
     return {
         "forward_tflop": round(flops / 1e12, 1),
         "matmul_gflops": round(peak, 1),
@@ -391,7 +429,9 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
     items_ids = np.asarray([f"m{i}" for i in range(args.synthetic_items)], dtype=object)
     pop = np.arange(args.synthetic_items, 0, -1, dtype=np.int64)
     syn_dir = str(workdir / "syn20m-bundle")
-    syn_bundle = make_bundle(items_ids, pop, syn_dir, neighbours=args.synthetic_neighbours)  # saved; freed here
+    syn_bundle = make_bundle(
+        items_ids, pop, syn_dir, neighbours=args.synthetic_neighbours, blend=args.synthetic_blend
+    )  # saved; freed here
     syn_params = int(syn_bundle.model.count_params())
     del syn_bundle
     keras.backend.clear_session()  # the driver does not keep the 20k x 20k model (the workers load it)
@@ -412,11 +452,14 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
     with PeakTreeRSS() as rss:
         seconds, manifest = _timed(lambda: score(spark, "2026-01-02", warehouse, model_uri=syn_dir, top_n=100))
     rate = n_run / seconds
-    floor = compute_floor(args.synthetic_items, n_all, rows / n_run, args.synthetic_neighbours)
+    floor = compute_floor(
+        args.synthetic_items, n_all, rows / n_run, args.synthetic_neighbours, args.synthetic_blend > 0
+    )
     result = {
         "users_scored": n_run,
         "items": args.synthetic_items,
         "neural_ease": f"pruned to {args.synthetic_neighbours}" if args.synthetic_neighbours else "dense",
+        "ease_blend_weight": args.synthetic_blend,
         "params": syn_params,
         "peak_rss_gib_driver_jvm_workers": round(rss.peak / 2**30, 2),
         "task_cpus": args.synthetic_task_cpus,
@@ -470,6 +513,12 @@ def main(argv=None) -> int:
         type=int,
         default=0,
         help="Prune the population's model's Neural EASE kernel to K targets per item (0 = dense, the default).",
+    )
+    parser.add_argument(
+        "--synthetic-blend",
+        type=float,
+        default=0.1,
+        help="Blend the population's model with an EASE of this weight, as trained bundles are (0 = VASP alone).",
     )
     parser.add_argument(
         "--synthetic-sample",
