@@ -52,6 +52,7 @@ DATASETS = {
 }
 WIDE = ("citeulike-a", "lastfm", "amazon-games", "citeulike-a-pruned", "lastfm-pruned")
 MODELS = ("vasp", "ease", "popularity")
+ALONE = "vasp_alone"  # the network without its blend with EASE (vasp_model.evaluation.metrics.UNBLENDED)
 SHOWN = ("ndcg@100", "recall@20", "recall@50")
 
 
@@ -117,7 +118,7 @@ def run_split(
         "preset": preset,
         "config": config,
         "backend": backend,
-        "test": {m: {k: metrics["test"][m][k] for k in SHOWN} for m in MODELS},
+        "test": {m: {k: metrics["test"][m][k] for k in SHOWN} for m in (*MODELS, ALONE) if m in metrics["test"]},
         "users": metrics["test"]["vasp"]["users"],
         "train_seconds": round(time.perf_counter() - start, 1),
         "train_peak_rss_gib": round(train_rss, 2),
@@ -129,22 +130,28 @@ def run_split(
 
 
 def summarize(name: str, results: list[dict]) -> dict:
-    """Means over splits per model, and the pooled paired interval of VASP − EASE per metric."""
+    """Means over splits per model, and the pooled paired interval of VASP − EASE per metric (and of the
+    network alone − EASE, when every split reports it)."""
     import numpy as np
     import pyarrow.parquet as pq
 
     from vasp_model.evaluation.bootstrap import paired_bootstrap, pool
 
-    means = {m: {k: float(np.mean([r["test"][m][k] for r in results])) for k in SHOWN} for m in MODELS}
-    runs: dict[str, list] = {"vasp": [], "ease": []}
+    models = [m for m in (*MODELS, ALONE) if all(m in r["test"] for r in results)]
+    means = {m: {k: float(np.mean([r["test"][m][k] for r in results])) for k in SHOWN} for m in models}
+    runs: dict[str, list] = {m: [] for m in ("vasp", ALONE, "ease") if m in models}
     for r in results:
         table = pq.read_table(r["per_user"]).to_pandas()
         test = table[table["split"] == "test"]
         for m in runs:
             rows = test[test["model"] == m].sort_values("user_id")
             runs[m].append({k: rows[k].to_numpy(dtype=float) for k in SHOWN})
-    differences = paired_bootstrap(pool(runs["vasp"]), pool(runs["ease"]))
-    intervals = {k: differences[k].to_dict() for k in SHOWN}
+
+    def minus_ease(model: str) -> dict:
+        differences = paired_bootstrap(pool(runs[model]), pool(runs["ease"]))
+        return {k: differences[k].to_dict() for k in SHOWN}
+
+    intervals = minus_ease("vasp")
     per_split = [r["test"]["vasp"]["ndcg@100"] / r["test"]["ease"]["ndcg@100"] - 1 for r in results]
     return {
         "data": name,
@@ -152,6 +159,7 @@ def summarize(name: str, results: list[dict]) -> dict:
         "users": int(sum(r["users"] for r in results)),
         "means": means,
         "intervals": intervals,
+        "alone_intervals": minus_ease(ALONE) if ALONE in runs else None,
         "vasp_vs_ease_per_split": per_split,
         "train_minutes": [round(r["train_seconds"] / 60, 1) for r in results],
         "train_peak_rss_gib": [r.get("train_peak_rss_gib") for r in results],
@@ -166,15 +174,15 @@ def table(summaries: list[dict]) -> str:
     ]
     for s in summaries:
         label = f"{s['data']} ({s['splits']}, {s['users']})"
-        for m in MODELS:
-            cells = " | ".join(f"{s['means'][m][k]:.4f}" for k in SHOWN)
-            lines.append(f"| {label} | {m} | {cells} |")
-            label = ""
-        diffs = []
-        for k in SHOWN:
-            iv = s["intervals"][k]
-            diffs.append(f"{iv['diff']:+.4f} [{iv['low']:+.4f}, {iv['high']:+.4f}]")
-        lines.append(f"| | VASP − EASE (95% CI) | {' | '.join(diffs)} |")
+        for m in ("vasp", ALONE, "ease", "popularity"):
+            if m in s["means"]:
+                cells = " | ".join(f"{s['means'][m][k]:.4f}" for k in SHOWN)
+                lines.append(f"| {label} | {'vasp alone (no blend)' if m == ALONE else m} | {cells} |")
+                label = ""
+        for name, intervals in (("VASP", s["intervals"]), ("VASP alone", s.get("alone_intervals"))):
+            if intervals:
+                diffs = [f"{iv['diff']:+.4f} [{iv['low']:+.4f}, {iv['high']:+.4f}]" for iv in map(intervals.get, SHOWN)]
+                lines.append(f"| | {name} − EASE (95% CI) | {' | '.join(diffs)} |")
         per_split = ", ".join(f"{100 * x:+.1f}%" for x in s["vasp_vs_ease_per_split"])
         lines.append(f"| | VASP vs EASE nDCG@100 per split | {per_split} | | |")
         if s["data"] in WIDE:

@@ -418,9 +418,10 @@ def test_train_returns_metrics_history_and_best_epoch(small_features):
     assert {"val_ndcg@100", "val_recall@20", "val_recall@50", "loss"} <= set(result.history[0])
     best = max(result.history, key=lambda h: h["val_ndcg@100"])
     assert result.best_epoch == best["epoch"]
-    assert set(result.metrics["test"]) == {"vasp", "ease", "popularity"}
-    for name in ("vasp", "ease", "popularity"):
+    assert set(result.metrics["test"]) == {"vasp", "ease", "popularity", "vasp_alone"}
+    for name in ("vasp", "ease", "popularity", "vasp_alone"):
         assert set(result.metrics["test"][name]) >= {"ndcg@100", "recall@20", "recall@50", "coverage@100"}
+    assert set(result.metrics["intervals"]["test"]) == {"vasp-ease", "vasp-popularity", "vasp-vasp_alone"}
     # the restored weights are the best epoch's: validation re-scored without the blend equals the logged best,
     # and the served model (blended at the chosen weight) scores what the blend's validation grid says
     grid = result.metrics["blend_validation_grid"]
@@ -428,7 +429,24 @@ def test_train_returns_metrics_history_and_best_epoch(small_features):
     chosen = grid[str(result.metrics["blend_weight"])]
     assert chosen == max(grid.values())
     assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(chosen, abs=1e-6)
+    # the network alone is scored with its blend set aside (and the served bundle keeps it)
+    assert result.metrics["validation"]["vasp_alone"]["ndcg@100"] == pytest.approx(grid["0.0"], abs=1e-6)
+    assert (result.bundle.blend is None) == (result.metrics["blend_weight"] == 0.0)
     assert result.metrics["test"]["vasp"]["ndcg@100"] > result.metrics["test"]["popularity"]["ndcg@100"]
+
+
+def test_the_network_alone_is_scored_with_its_blend_set_aside(small_features):
+    from vasp_model.recommenders.baselines import EASE
+    from vasp_model.recommenders.blend import EaseBlend
+    from vasp_model.train.trainer import _evaluate_on_splits, _evaluate_unblended
+
+    f = small_features
+    bundle = ModelBundle(build_model(f.n_items, TINY, seed=0), f.item_ids, f.popularity)
+    alone = _evaluate_on_splits(bundle, f, f.n_items)
+    blend = bundle.blend = EaseBlend(0.5, EASE(10.0).fit(f.train).B)
+    blended = _evaluate_on_splits(bundle, f, f.n_items)
+    assert _evaluate_unblended(bundle, f)["test"][0] == alone["test"][0] != blended["test"][0]
+    assert bundle.blend is blend
 
 
 def test_item_cap_models_most_popular_items(small_features):

@@ -62,7 +62,7 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
 
     assert _train(warehouse, tmp_path / "ckpt") == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(summary["test"]) == {"vasp", "ease", "popularity"}
+    assert set(summary["test"]) == {"vasp", "ease", "popularity", "vasp_alone"}  # the last: no blend
     assert 0 <= summary["test"]["vasp"]["ndcg@100"] <= 1
 
     out = layout.models_dir(warehouse, DATE)
@@ -84,16 +84,17 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
     assert table.column_names == ["split", "user_id", "model", *ACCURACY_KEYS]
     assert str(table.schema.field("user_id").type) == "string"
     per_user = table.to_pandas()
-    assert len(per_user) == 3 * (features.test.n_users + features.validation.n_users)
+    assert len(per_user) == 4 * (features.test.n_users + features.validation.n_users)
     for (split, model), rows in per_user.groupby(["split", "model"]):
         assert list(rows.user_id) == [str(u) for u in getattr(features, split).user_ids]
         for key in ACCURACY_KEYS:
             assert rows[key].mean() == pytest.approx(metrics[split][model][key], abs=1e-12)
-    assert set(per_user.model) == {"vasp", "ease", "popularity"} and set(per_user.split) == {"test", "validation"}
+    assert set(per_user.model) == {"vasp", "ease", "popularity", "vasp_alone"}
+    assert set(per_user.split) == {"test", "validation"}
 
     # the paired-bootstrap intervals of VASP minus each baseline on the test users; the summary carries vs EASE
     intervals = metrics["intervals"]["test"]
-    assert set(intervals) == {"vasp-ease", "vasp-popularity"}
+    assert set(intervals) == {"vasp-ease", "vasp-popularity", "vasp-vasp_alone"}
     assert all(set(by_metric) == set(ACCURACY_KEYS) for by_metric in intervals.values())
     ndcg = intervals["vasp-ease"]["ndcg@100"]
     test = metrics["test"]

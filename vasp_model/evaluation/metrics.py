@@ -46,6 +46,8 @@ METRIC_KEYS: tuple[str, ...] = tuple(ModelMetrics.__annotations__)
 ACCURACY_KEYS = ("ndcg@100", "recall@20", "recall@50")  # the headline figures: version tags, gate metric
 BUCKETS = ("head", "mid", "tail")
 MODELS = ("vasp", "ease", "popularity")  # the recommenders a training report scores
+# ... and, beside them when VASP may be blended with EASE, the trained network alone (what the blend adds)
+UNBLENDED = "vasp_alone"
 # The evaluation protocols and the report section of each: vae_cf's test users, or the next period
 # (``temporal``, :mod:`vasp_model.evaluation.temporal`).
 PROTOCOL_SECTIONS = {"vae_cf": "test", "temporal": "temporal"}

@@ -5,9 +5,10 @@ a trained VASP (items mapped by id: :mod:`vasp_model.train.warm_start`), fits wi
 Keras callbacks (phase learning rates, validation nDCG@100 / Recall@20 / Recall@50 by the vae_cf
 protocol, early stopping that restores the best epoch, checkpoints so an interrupted run
 resumes), blends VASP with closed-form EASE (λ chosen on validation) at the weight validation
-prefers (``blend_ease``; 0 keeps VASP alone), then scores VASP, EASE and popularity on the same
-validation and test users, keeping each model's per-user metric arrays and the paired-bootstrap
-intervals of VASP minus each baseline on the test users.
+prefers (``blend_ease``; 0 keeps VASP alone), then scores VASP, EASE and popularity (and, with
+``blend_ease``, the network alone: ``vasp_alone``) on the same validation and test users, keeping each
+model's per-user metric arrays and the paired-bootstrap intervals of VASP minus each of the others on
+the test users.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from vasp_model.core.config import VaspConfig, config_to_dict
+from vasp_model.evaluation.metrics import UNBLENDED
 from vasp_model.train.sharding import training_scope
 
 
@@ -307,6 +309,8 @@ def _evaluate(
             extra |= _choose_blend(bundle, ease, features.validation)
     with _timed(timings, "vasp_eval_seconds"):
         by_model = {"vasp": _evaluate_on_splits(bundle, features, bundle.n_items)}
+        if config.model.blend_ease:  # the network without the blend: how much of VASP's figures are its own
+            by_model[UNBLENDED] = by_model["vasp"] if bundle.blend is None else _evaluate_unblended(bundle, features)
     if evaluate_baselines:
         by_model["ease"] = _evaluate_on_splits(ease, features, features.n_items)
         ease_bundle = EaseBundle(
@@ -334,6 +338,15 @@ def _choose_blend(bundle, ease, split) -> dict[str, Any]:
     weight, grid = choose_weight(bundle.scores, B, split.fold_in[:, :n], split.holdout)
     bundle.blend = EaseBlend(weight, B) if weight > 0 else None
     return {"blend_weight": weight, "blend_validation_grid": {str(w): v for w, v in grid.items()}}
+
+
+def _evaluate_unblended(bundle, features) -> dict[str, tuple[dict, dict]]:
+    """:func:`_evaluate_on_splits` of a blended ``bundle`` with its blend set aside for the while."""
+    blend, bundle.blend = bundle.blend, None
+    try:
+        return _evaluate_on_splits(bundle, features, bundle.n_items)
+    finally:
+        bundle.blend = blend
 
 
 def _evaluate_on_splits(recommender, features, n_items: int) -> dict[str, tuple[dict, dict]]:
