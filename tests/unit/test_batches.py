@@ -41,6 +41,20 @@ def test_target_never_contains_input_and_directions(features):
             np.testing.assert_array_equal(x[n:], y[:n])
 
 
+@pytest.mark.parametrize("resplit", [False, True])
+def test_ignoring_the_input_labels_each_rows_input_items_minus_one(features, resplit):
+    plain = ABBatches(features.ab_copies, batch_users=16, seed=0, resplit=resplit)
+    ignoring = ABBatches(features.ab_copies, batch_users=16, seed=0, resplit=resplit, ignore_input=True)
+    for epoch in range(2):
+        plain.set_epoch(epoch)
+        ignoring.set_epoch(epoch)
+        for i in range(len(plain)):
+            (x, y), (x2, y2) = plain.batch(i), ignoring.batch(i)
+            np.testing.assert_array_equal(x2, x)
+            np.testing.assert_array_equal(y2, y - x)  # 1: the other half, -1: the row's own input, 0: neither
+            assert set(np.unique(y2)) <= {-1.0, 0.0, 1.0}
+
+
 def test_a_union_b_is_the_users_items(features):
     plan = ABBatches(features.ab_copies, batch_users=10, seed=0, drop_remainder=False)
     train = features.train.toarray() > 0

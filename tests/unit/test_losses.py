@@ -29,6 +29,16 @@ def test_focal_terms_hand_computed():
     np.testing.assert_allclose(got, np_focal(y, p, 0.25, 2.0), rtol=1e-5)
 
 
+def test_a_label_of_minus_one_is_left_out_of_the_loss():
+    y = np.array([[1.0, 0.0, -1.0, -1.0, 0.0]], np.float32)
+    p = np.array([[0.9, 0.2, 0.3, 0.999, 0.6]], np.float32)
+    got = keras.ops.convert_to_numpy(focal_terms(y, p, 0.25, 2.0))
+    np.testing.assert_array_equal(got[0, 2:4], 0.0)
+    np.testing.assert_allclose(got[0, [0, 1, 4]], np_focal(y[0, [0, 1, 4]], p[0, [0, 1, 4]], 0.25, 2.0), rtol=1e-5)
+    kept = float(keras.ops.convert_to_numpy(FocalLoss()(y[:, [0, 1, 4]], p[:, [0, 1, 4]])))
+    assert float(keras.ops.convert_to_numpy(FocalLoss()(y, p))) == pytest.approx(kept, rel=1e-6)
+
+
 @pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (0.5, 0.0), (0.9, 1.5)])
 def test_focal_loss_sums_items_and_averages_users(alpha, gamma):
     rng = np.random.default_rng(0)

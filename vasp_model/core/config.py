@@ -110,6 +110,8 @@ class TrainConfig:
     optimizer: str = "nadam"
     # draw each epoch's A/B halves afresh from every train user's items instead of cycling the build's K copies
     ab_resplit: bool = False
+    # leave a direction's input items out of its loss instead of counting them as negatives of its target
+    ignore_input_items: bool = False
     ease_warmup_epochs: int = 0  # epochs training the Neural EASE path alone before the joint fit
     ease_warmup_lr: float = 1e-3
     patience: int | None = None  # early stopping on validation nDCG@100 (None = off)

@@ -16,14 +16,16 @@ EPSILON = 1e-7
 
 
 def focal_terms(y_true, y_pred, alpha: float = 0.25, gamma: float = 2.0):
-    """Per-item focal loss (no reduction) for probabilities ``y_pred`` and 0/1 labels ``y_true``.
+    """Per-item focal loss (no reduction) for probabilities ``y_pred`` and labels ``y_true``: 1 positive,
+    0 negative, -1 neither (an item of the row's own input, left out: ``ignore_input_items``).
 
-    FL = -α (1-p)^γ y log p - (1-α) p^γ (1-y) log(1-p)
+    FL = -α (1-p)^γ y log p - (1-α) p^γ (1-y) log(1-p) on 0/1 labels
     """
     y_pred = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
     y_true = ops.cast(y_true, "float32")
-    positive = -alpha * ops.power(1.0 - y_pred, gamma) * y_true * ops.log(y_pred)
-    negative = -(1.0 - alpha) * ops.power(y_pred, gamma) * (1.0 - y_true) * ops.log(1.0 - y_pred)
+    # a label of -1 is neither: 1 - |y| is the negative's weight (1 - y on 0/1 labels)
+    positive = -alpha * ops.power(1.0 - y_pred, gamma) * ops.maximum(y_true, 0.0) * ops.log(y_pred)
+    negative = -(1.0 - alpha) * ops.power(y_pred, gamma) * (1.0 - ops.abs(y_true)) * ops.log(1.0 - y_pred)
     return positive + negative
 
 

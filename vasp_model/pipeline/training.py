@@ -68,6 +68,12 @@ TRAIN_FLAGS = {
         read_bool,
         "true: draw each epoch's A/B halves afresh instead of cycling the build's copies (default: the preset's).",
     ),
+    "--ignore-input-items": (
+        "ignore_input_items",
+        read_bool,
+        "true: leave a direction's input items out of its loss instead of counting them as negatives "
+        "(default: the preset's).",
+    ),
     "--ease-warmup-epochs": ("ease_warmup_epochs", int, "Epochs fitting Neural EASE alone before the joint fit."),
     "--ease-warmup-lr": ("ease_warmup_lr", float, "Learning rate of the Neural EASE warm-up."),
     "--patience": ("patience", int, "Early stopping patience in epochs on validation nDCG@100 (default off)."),

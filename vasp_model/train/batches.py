@@ -41,6 +41,7 @@ class ABBatches:
         drop_remainder: bool = True,
         n_items: int | None = None,
         resplit: bool = False,
+        ignore_input: bool = False,
     ):
         if not ab_copies:
             raise ValueError("ab_copies must hold at least one (A, B) pair")
@@ -56,6 +57,8 @@ class ABBatches:
             self.copies.append((a, b))
         self.n_users, self.n_items = self.copies[0][0].shape
         self.resplit = bool(resplit)
+        # targets -1 at a direction's input items: its loss leaves them out (neither positive nor negative)
+        self.ignore_input = bool(ignore_input)
         # every user's items (A ∪ B of the first copy): what resplit halves each epoch
         self.items = (self.copies[0][0] + self.copies[0][1]).tocsr() if self.resplit else None
         self._halves: tuple[int, tuple[sp.csr_matrix, sp.csr_matrix]] | None = None  # (epoch, its halves)
@@ -108,7 +111,8 @@ class ABBatches:
         return self.batch_at(self.epoch, index)
 
     def batch_at(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Step ``index`` of ``epoch``: inputs ``[A; B]`` and targets ``[B; A]`` of that step's users."""
+        """Step ``index`` of ``epoch``: inputs ``[A; B]`` and targets ``[B; A]`` of that step's users (with
+        ``ignore_input``, ``[B − A; A − B]``: -1 at each row's own input items)."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range [0, {len(self)})")
         users = self.order(epoch)[index * self.batch_users : (index + 1) * self.batch_users]
@@ -118,6 +122,8 @@ class ABBatches:
         dense_rows(a, users, x[:n])
         dense_rows(b, users, x[n:])
         y = np.concatenate([x[n:], x[:n]])
+        if self.ignore_input:
+            y -= x
         return x, y
 
 

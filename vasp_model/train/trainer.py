@@ -75,7 +75,14 @@ def train(
 
     keras.utils.set_random_seed(tc.seed)
     batch_users = tc.batch_users_for(features.ab_copies[0][0].shape[0])
-    plan = ABBatches(features.ab_copies, batch_users, seed=tc.seed, n_items=n_items, resplit=tc.ab_resplit)
+    plan = ABBatches(
+        features.ab_copies,
+        batch_users,
+        seed=tc.seed,
+        n_items=n_items,
+        resplit=tc.ab_resplit,
+        ignore_input=tc.ignore_input_items,
+    )
     with training_scope(tc.model_devices):  # the weights are created (and stay) split over the devices
         bundle = _build_bundle(features, config, n_items, batch_users)
         if checkpoint_dir:
