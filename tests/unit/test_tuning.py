@@ -74,18 +74,19 @@ def test_every_point_of_the_space_is_a_valid_config():
     dims = space.dimensions()
     assert dims["hidden"].options == (256, 512, 1024) and dims["epochs"].high == 60
     assert dims["ease_l2"].log and dims["lr"].low == pytest.approx(1e-4) and dims["lr"].high == pytest.approx(1e-2)
-    assert dims["ab_resplit"].options == (False, True)
+    assert dims["ab_resplit"].options == dims["ignore_input_items"].options == (False, True)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    resplit = set()
+    resplit, ignore = set(), set()
     for _ in range(200):
         trial = study.ask()
         config = space.suggest(trial)
         assert isinstance(config, VaspConfig)
         resplit.add(config.train.ab_resplit)
+        ignore.add(config.train.ignore_input_items)
         assert 1 <= config.train.epochs[0] and config.train.total_epochs <= 60
         assert config.model.latent * 2 == config.model.hidden
         study.tell(trial, 0.0)
-    assert resplit == {False, True}
+    assert resplit == ignore == {False, True}
     for corner in (min, max):  # the corners are valid too
         space.config({name: corner(getattr(dim, "options", None) or (dim.low, dim.high)) for name, dim in dims.items()})
     with pytest.raises(ValueError, match="max_epochs"):

@@ -93,6 +93,7 @@ class SearchSpace:
             "ease_warmup_epochs": Range(0, min(2 * self.base.train.ease_warmup_epochs or 8, cap), integer=True),
             "hidden": Choice((max(1, model.hidden // 2), model.hidden, 2 * model.hidden)),
             "ab_resplit": Choice((False, True)),
+            "ignore_input_items": Choice((False, True)),
         }
         if model.ease_init == "closed_form":
             dims["ease_init_scale"] = Range(0.5, 20.0, log=True)
@@ -119,6 +120,7 @@ class SearchSpace:
             "ease_warmup_epochs": train.ease_warmup_epochs,
             "hidden": model.hidden,
             "ab_resplit": train.ab_resplit,
+            "ignore_input_items": train.ignore_input_items,
             "ease_init_scale": model.ease_init_scale,
             "ease_init_lambda": model.ease_init_lambda,
         }
@@ -143,6 +145,7 @@ class SearchSpace:
                 learning_rates=(lr, lr * float(params["lr_ratio"])),
                 ease_warmup_epochs=int(params["ease_warmup_epochs"]),
                 ab_resplit=bool(params["ab_resplit"]),
+                ignore_input_items=bool(params["ignore_input_items"]),
             ),
             preset=self.base.preset,
         )
