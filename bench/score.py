@@ -32,8 +32,8 @@
    Dense and Neural EASE cost nnz x width, not items x width) at the float32 matmul rate measured
    in this run. Unless ``--skip-als``, Spark ALS (as in 2c) fits the same population and times one
    ``recommendForAllUsers(100)`` (``als_recommend_over_spark``: ALS's time over the job's).
-   The model is blended with an EASE at ``--synthetic-blend`` (default 0.1; 0: VASP alone), as every
-   trained bundle here serves it, whose ``x B`` the floor then counts too.
+   The model is blended with an EASE at ``--synthetic-blend`` (default 0.1; 0: VASP alone), the served
+   path whenever validation chose a blend, whose ``x B`` the floor then counts too.
    ``--synthetic-neighbours K`` prunes the model's Neural EASE kernel to K targets per item (what a wide
    catalog trains, see the README's Wide catalogs), which also sets the floor's FLOPs; the peak resident
    set of the driver, its JVM and the Python workers together is sampled while the job scores:
@@ -147,7 +147,8 @@ def make_bundle(
 ):
     """A cpu-preset-sized VASP bundle for this vocabulary (untrained unless train_epochs > 0; ``neighbours``:
     its Neural EASE kernel pruned to that many targets per item, every row of up to a quarter of the items read;
-    ``blend`` > 0: blended with an EASE of that weight, :func:`untrained_blend`, as trained bundles are)."""
+    ``blend`` > 0: blended with an EASE of that weight, :func:`untrained_blend`, as a trained bundle is whenever
+    validation chose a blend)."""
     from vasp_model.core.config import make_config
     from vasp_model.nn.model import build_model
     from vasp_model.recommenders.bundle import ModelBundle
@@ -518,7 +519,8 @@ def main(argv=None) -> int:
         "--synthetic-blend",
         type=float,
         default=0.1,
-        help="Blend the population's model with an EASE of this weight, as trained bundles are (0 = VASP alone).",
+        help="Blend the population's model with an EASE of this weight, the served path whenever validation chose "
+        "a blend (0 = VASP alone).",
     )
     parser.add_argument(
         "--synthetic-sample",
