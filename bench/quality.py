@@ -33,6 +33,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a plain script from anywhere
     sys.path.insert(0, REPO)
 
+from vasp_model.evaluation.metrics import UNBLENDED  # noqa: E402
+
 SYNTHETIC = "synthetic"
 DENSE = ["--ease-prune-above", "1000000"]  # the dense Neural EASE kernel at any width
 # name -> (input under the data root or SYNTHETIC, extra `vasp build` args, extra `vasp train` args, splits)
@@ -52,7 +54,7 @@ DATASETS = {
 }
 WIDE = ("citeulike-a", "lastfm", "amazon-games", "citeulike-a-pruned", "lastfm-pruned")
 MODELS = ("vasp", "ease", "popularity")
-ALONE = "vasp_alone"  # the network without its blend with EASE (vasp_model.evaluation.metrics.UNBLENDED)
+ALONE = UNBLENDED  # the network without its blend with EASE, where vasp train scored it
 SHOWN = ("ndcg@100", "recall@20", "recall@50")
 
 
