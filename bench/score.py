@@ -404,9 +404,11 @@ def compute_floor(n_items: int, n_users: int, nnz: float, neighbours: int = 0, b
     from vasp_model.nn.model import flops_per_row
 
     peak = matmul_peak()["peak_gflops"]
-    per_row = flops_per_row(n_items, cpu_model_config(neighbours), nnz)
-    if blend:
-        per_row += 2 * nnz * (min(neighbours, n_items - 1) if neighbours else n_items)
+    model_config = cpu_model_config(neighbours)
+    per_row = flops_per_row(n_items, model_config, nnz)
+    if blend:  # x B over the row's items, B pruned as the Neural EASE kernel is
+        k = model_config.neighbours_for(n_items)
+        per_row += 2 * nnz * (n_items if k is None else k)
     flops = per_row * n_users
     return {
         "forward_tflop": round(flops / 1e12, 1),
