@@ -42,6 +42,8 @@ DATASETS = {
     "ml-1m": ("ml-1m/ratings.csv", [], [], 5),
     "ml-100k": ("ml-100k/u.data", [], [], 3),
     "lastfm-4k": ("hetrec2011-lastfm-2k/user_artists.dat", [], ["--max-items", "4000"], 3),
+    # a few hundred users, as a small team's first nights are (see SAMPLED_USERS)
+    "ml-1m-600": ("ml-1m/ratings.csv", [], [], 5),
     SYNTHETIC: (SYNTHETIC, [], [], 3),
     # whole catalogs of 15k-24k items, up to an hour a split on the 2-core machine, so run only when named:
     # with the dense Neural EASE kernel (the cpu preset would prune catalogs this wide) ...
@@ -52,6 +54,8 @@ DATASETS = {
     "citeulike-a-pruned": ("citeulike-a/users.dat", [], ["--ease-neighbours", "512"], 1),
     "lastfm-pruned": ("hetrec2011-lastfm-2k/user_artists.dat", [], ["--ease-neighbours", "512"], 1),
 }
+# data sets whose split S reads only this many users of the input, drawn with seed S (input: a CSV with user_id)
+SAMPLED_USERS = {"ml-1m-600": 600}
 WIDE = ("citeulike-a", "lastfm", "amazon-games", "citeulike-a-pruned", "lastfm-pruned")
 MODELS = ("vasp", "ease", "popularity")
 ALONE = UNBLENDED  # the network without its blend with EASE, where vasp train scored it
@@ -71,6 +75,21 @@ def _run(cmd: list[str], log: str) -> float:
     if exit_code := os.waitstatus_to_exitcode(status):
         raise subprocess.CalledProcessError(exit_code, cmd)
     return usage.ru_maxrss / 2**20  # KiB on Linux
+
+
+def sample_users(source: str, n_users: int, seed: int, out_dir: str) -> str:
+    """A CSV under ``out_dir`` of the rows of ``n_users`` users of ``source`` (a CSV with ``user_id``) drawn
+    with ``seed``; returns its path. Kept beside the split's warehouse, never in the repository."""
+    import numpy as np
+    import pandas as pd
+
+    path = os.path.join(out_dir, f"users-{n_users}-{seed}.csv")
+    if not os.path.exists(path):
+        rows = pd.read_csv(source)
+        users = np.random.default_rng(seed).choice(rows["user_id"].unique(), size=n_users, replace=False)
+        rows[rows["user_id"].isin(users)].to_csv(f"{path}.tmp", index=False)
+        os.replace(f"{path}.tmp", path)  # a run stopped halfway leaves no partial sample behind
+    return path
 
 
 def run_split(
@@ -95,6 +114,8 @@ def run_split(
     if source == SYNTHETIC:
         source = os.path.join(warehouse, f"events-{split}.csv")
         _run(_vasp("synth", "--out", source, "--seed", str(split)), log)
+    elif name in SAMPLED_USERS:
+        source = sample_users(os.path.join(data_root, source), SAMPLED_USERS[name], split, warehouse)
     else:
         source = os.path.join(data_root, source)
     if not storage.is_published(layout.features_dir(warehouse, date)):
