@@ -11,7 +11,7 @@ README between the ``quality`` markers.
 
     .venv/bin/python bench/quality.py                                   # every data set present
     .venv/bin/python bench/quality.py --datasets ml-100k --splits 3     # one data set
-    .venv/bin/python bench/quality.py --datasets citeulike-a lastfm amazon-games  # whole wide catalogs
+    .venv/bin/python bench/quality.py --datasets citeulike-a lastfm amazon-games-pruned  # whole wide catalogs
     .venv/bin/python bench/quality.py --report-only --readme            # table from finished runs
     .venv/bin/python bench/quality.py --datasets ml-1m --config tuned   # the config `vasp tune` chose
 
@@ -53,10 +53,16 @@ DATASETS = {
     # ... and pruned to each item's 512 strongest targets, as the cpu preset trains them
     "citeulike-a-pruned": ("citeulike-a/users.dat", [], ["--ease-neighbours", "512"], 1),
     "lastfm-pruned": ("hetrec2011-lastfm-2k/user_artists.dat", [], ["--ease-neighbours", "512"], 1),
+    "amazon-games-pruned": (
+        "amazon-games-sasrec/Video.txt",
+        ["--format", "user-item-seq"],
+        ["--ease-neighbours", "512"],
+        1,
+    ),
 }
 # data sets whose split S reads only this many users of the input, drawn with seed S (input: a CSV with user_id)
 SAMPLED_USERS = {"ml-1m-600": 600}
-WIDE = ("citeulike-a", "lastfm", "amazon-games", "citeulike-a-pruned", "lastfm-pruned")
+WIDE = ("citeulike-a", "lastfm", "amazon-games", "citeulike-a-pruned", "lastfm-pruned", "amazon-games-pruned")
 MODELS = ("vasp", "ease", "popularity")
 ALONE = UNBLENDED  # the network without its blend with EASE, where vasp train scored it
 SHOWN = ("ndcg@100", "recall@20", "recall@50")

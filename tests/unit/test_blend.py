@@ -1,4 +1,4 @@
-"""VASP blended with closed-form EASE: the score rule, the weight chosen on validation, and persistence."""
+"""VASP blended with closed-form EASE: the score rule, the weights chosen on validation, and persistence."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from vasp_model.core.config import ModelConfig  # noqa: E402
 from vasp_model.evaluation.metrics import topk_from_scores  # noqa: E402
 from vasp_model.nn.model import build_model  # noqa: E402
 from vasp_model.recommenders.baselines import EASE  # noqa: E402
-from vasp_model.recommenders.blend import EaseBlend, blended, choose_weight, top_blended  # noqa: E402
+from vasp_model.recommenders.blend import BlendWeights, EaseBlend, blended, choose_weights, top_blended  # noqa: E402
 from vasp_model.recommenders.bundle import ModelBundle  # noqa: E402
 from vasp_model.recommenders.host_ease import sigmoid_product  # noqa: E402
 
@@ -117,13 +117,69 @@ def test_ranking_the_blend_in_one_pass_gives_the_lists_of_the_blended_scores(n_r
 def test_validation_picks_ease_for_an_uninformed_vasp_and_nothing_for_an_oracle():
     fold_in, holdout = _fold_in_holdout(_two_groups(200, 1), seed=2)
     B = EASE(10.0).fit(_two_groups(400, 3)).B
+    counts = np.diff(_two_groups(400, 3).indptr)
     rng = np.random.default_rng(4)
     noise = lambda x: rng.uniform(0.01, 0.99, x.shape)  # noqa: E731
-    weight, grid = choose_weight(noise, B, fold_in, holdout)
-    assert weight == max(grid) and grid[weight] > grid[0.0]
+    weights, grid = choose_weights(noise, B, fold_in, holdout, counts)
+    assert len(grid) == 64 and (weights.light, weights.heavy) == (0.5, 0.5) and grid[(0.5, 0.5)] > grid[(0.0, 0.0)]
     oracle = lambda x: np.where(holdout.toarray() > 0, 0.99, 0.01)  # noqa: E731
-    weight, grid = choose_weight(oracle, B, fold_in, holdout)
-    assert weight == 0.0 and grid[0.0] == pytest.approx(1.0)
+    weights, grid = choose_weights(oracle, B, fold_in, holdout, counts)
+    assert weights.off and grid[(0.0, 0.0)] == pytest.approx(1.0)
+
+
+def test_validation_gives_ease_to_the_users_whose_vasp_is_uninformed():
+    """Users with 4 items hold out 2 of the other block (EASE points the wrong way; VASP knows them, noisily);
+    users with 14 hold out 2 more of their own block (VASP guesses): validation keeps VASP alone for the light
+    users and blends in EASE for the heavy ones, each row at its own weight."""
+    rng = np.random.default_rng(5)
+    seen, held = np.zeros((2, 300, 40), np.float32)
+    for u, g in enumerate(rng.integers(0, 2, 300)):
+        light = u % 2 == 0
+        own = rng.permutation(np.arange(g * 20, g * 20 + 20))
+        seen[u, own[: 4 if light else 14]] = 1
+        held[u, rng.choice(np.arange((1 - g) * 20, (2 - g) * 20), 2) if light else own[14:16]] = 1
+    B = EASE(10.0).fit(_two_groups(400, 7)).B
+    light_rows = (np.arange(300) % 2 == 0)[:, None]
+
+    def half_informed(x):
+        noise = rng.uniform(0.2, 0.62, x.shape)
+        return np.where(light_rows, np.where(held > 0, 0.6, noise), rng.uniform(0.01, 0.99, x.shape))
+
+    weights, grid = choose_weights(
+        half_informed, B, sp.csr_matrix(seen), sp.csr_matrix(held), np.array([4] * 5 + [14] * 5)
+    )
+    assert (weights.light, weights.heavy, weights.light_items, weights.heavy_items) == (0.0, 0.5, 4.0, 14.0)
+    assert grid[(0.0, 0.5)] > max(v for (a, b), v in grid.items() if a == b)
+
+
+def test_blend_weights_grow_with_the_users_items_between_the_bounds():
+    w = BlendWeights(0.1, 0.5, light_items=4.0, heavy_items=64.0)
+    rows = sp.csr_matrix(np.tri(100, 100, dtype=np.float32)[[0, 3, 15, 63, 99]])  # 1, 4, 16, 64, 100 items
+    np.testing.assert_allclose(w.of_rows(rows), [0.1, 0.1, 0.3, 0.5, 0.5])
+    np.testing.assert_array_equal(BlendWeights(0.2, 0.2).of_rows(rows), np.full(5, 0.2))
+    np.testing.assert_array_equal(BlendWeights(0.0, 0.4, 16.0, 16.0).of_rows(rows), [0, 0, 0.4, 0.4, 0.4])
+    assert BlendWeights.from_dict(w.to_dict()) == w and BlendWeights(0.0, 0.0).off
+    assert BlendWeights.over(0.0, 0.1, np.arange(1, 102)) == BlendWeights(0.0, 0.1, 11.0, 91.0)
+    for bad in (dict(light=1.0, heavy=0.0), dict(light=0.0, heavy=-0.1), dict(light=0, heavy=0, light_items=0.5)):
+        with pytest.raises(ValueError, match="blend"):
+            BlendWeights(**bad)
+    with pytest.raises(ValueError, match="light_items <= heavy_items"):
+        BlendWeights(0.0, 0.1, 9.0, 3.0)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_weight_per_row_blends_each_row_as_its_own_weight_would(threads):
+    rng = np.random.default_rng(8)
+    logits = [rng.normal(0, 3, (7, 500)).astype(np.float32) for _ in range(3)]
+    ease = rng.normal(0, 1, (7, 500)).astype(np.float32)
+    weights = np.array([0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.5])
+    p = sigmoid_product([x.copy() for x in logits])
+    each = np.vstack([blended(p[r : r + 1], ease[r : r + 1], w) for r, w in enumerate(weights)])
+    np.testing.assert_array_equal(blended(p, ease, weights, threads), each)
+    idx, vals = top_blended(logits, ease, weights, None, 20, threads)
+    expected = topk_from_scores(each, None, 20, True)
+    np.testing.assert_array_equal(idx, expected[0])
+    np.testing.assert_array_equal(vals, expected[1])
 
 
 def test_blend_weight_must_be_inside_zero_one():
@@ -144,12 +200,38 @@ def test_a_blended_bundle_scores_the_blend_and_keeps_it_through_save_and_load(tm
     np.testing.assert_allclose(bundle.scores(X), expected, rtol=1e-4, atol=1e-4)
     bundle.save(str(tmp_path))
     loaded = ModelBundle.load(str(tmp_path))
-    assert loaded.blend is not None and loaded.blend.weight == 0.3
+    assert loaded.blend is not None and loaded.blend.weights == BlendWeights(0.3, 0.3)
     np.testing.assert_allclose(loaded.scores(X), expected, rtol=1e-4, atol=1e-4)
     idx, _ = loaded.recommend(X, 5)
     assert not (X.toarray()[np.arange(50)[:, None], idx] > 0).any()  # seen items stay out
     assert loaded.host_ease is not None  # each row multiplied, blended and ranked in one pass: the same lists
     np.testing.assert_array_equal(idx, topk_from_scores(loaded.scores(X), X, 5))
+
+
+def test_a_bundle_keeps_weights_by_the_users_items_and_reads_the_one_weight_of_older_bundles(tmp_path):
+    import json
+
+    rng = np.random.default_rng(9)
+    X = sp.csr_matrix((rng.random((60, 40)) < np.linspace(0.05, 0.6, 60)[:, None]).astype(np.float32))
+    bundle = ModelBundle(
+        build_model(40, TINY, seed=0), np.array([f"i{j}" for j in range(40)], dtype=object), np.arange(40)
+    )
+    B = EASE(10.0).fit(X).B
+    weights = BlendWeights(0.0, 0.4, light_items=4.0, heavy_items=16.0)
+    expected = blended(bundle.scores(X), X.toarray() @ B, weights.of_rows(X))
+    bundle.blend = EaseBlend(weights, B)
+    bundle.save(str(tmp_path))
+    loaded = ModelBundle.load(str(tmp_path))
+    assert loaded.blend.weights == weights and loaded.host_ease is not None
+    np.testing.assert_allclose(loaded.scores(X), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(loaded.recommend(X, 5)[0], topk_from_scores(loaded.scores(X), X, 5))
+    meta_path = os.path.join(tmp_path, "bundle.json")
+    with open(meta_path) as fh:
+        meta = json.load(fh)
+    meta.pop("blend")
+    with open(meta_path, "w") as fh:
+        json.dump({**meta, "blend_weight": 0.3}, fh)
+    assert ModelBundle.load(str(tmp_path)).blend.weights == BlendWeights(0.3, 0.3)
 
 
 def test_a_pruned_blend_keeps_its_sparse_b_through_save_and_load(tmp_path):
@@ -168,5 +250,6 @@ def test_a_pruned_blend_keeps_its_sparse_b_through_save_and_load(tmp_path):
     assert sp.issparse(loaded.blend.B) and loaded.blend.B.nnz == B.nnz
     np.testing.assert_allclose(loaded.scores(X), expected, rtol=1e-4, atol=1e-4)
     fold_in, holdout = _fold_in_holdout(_two_groups(100, 7), seed=8)
-    dense_choice = choose_weight(lambda x: np.full(x.shape, 0.5), B.toarray(), fold_in, holdout)
-    assert choose_weight(lambda x: np.full(x.shape, 0.5), B, fold_in, holdout) == dense_choice
+    counts = np.diff(X.indptr)
+    dense_choice = choose_weights(lambda x: np.full(x.shape, 0.5), B.toarray(), fold_in, holdout, counts)
+    assert choose_weights(lambda x: np.full(x.shape, 0.5), B, fold_in, holdout, counts) == dense_choice

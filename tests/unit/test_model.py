@@ -424,14 +424,14 @@ def test_train_returns_metrics_history_and_best_epoch(small_features):
     assert set(result.metrics["intervals"]["test"]) == {"vasp-ease", "vasp-popularity", "vasp-vasp_alone"}
     # the restored weights are the best epoch's: validation re-scored without the blend equals the logged best,
     # and the served model (blended at the chosen weight) scores what the blend's validation grid says
-    grid = result.metrics["blend_validation_grid"]
-    assert grid["0.0"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
-    chosen = grid[str(result.metrics["blend_weight"])]
+    grid, weights = result.metrics["blend_validation_grid"], result.metrics["blend_weights"]
+    assert len(grid) == 64 and grid["0.0/0.0"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
+    chosen = grid[f"{weights['light']}/{weights['heavy']}"]
     assert chosen == max(grid.values())
     assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(chosen, abs=1e-6)
     # the network alone is scored with its blend set aside (and the served bundle keeps it)
-    assert result.metrics["validation"]["vasp_alone"]["ndcg@100"] == pytest.approx(grid["0.0"], abs=1e-6)
-    assert (result.bundle.blend is None) == (result.metrics["blend_weight"] == 0.0)
+    assert result.metrics["validation"]["vasp_alone"]["ndcg@100"] == pytest.approx(grid["0.0/0.0"], abs=1e-6)
+    assert (result.bundle.blend is None) == (weights["light"] == weights["heavy"] == 0.0)
     assert result.metrics["test"]["vasp"]["ndcg@100"] > result.metrics["test"]["popularity"]["ndcg@100"]
 
 
@@ -522,7 +522,7 @@ def test_interrupted_training_resumes_from_checkpoint(small_features, tmp_path):
     for restored, saved in zip(result.bundle.model.get_weights(), weights_at_end_of[best["epoch"]], strict=True):
         np.testing.assert_array_equal(restored, saved)
     # VASP alone (blend weight 0) at the restored weights scores on validation what the best epoch scored
-    assert result.metrics["blend_validation_grid"]["0.0"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
+    assert result.metrics["blend_validation_grid"]["0.0/0.0"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
     assert os.listdir(tmp_path) == []  # a finished fit leaves no resume state behind
 
 

@@ -430,7 +430,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
             "exclude": config.exclude,
             "config": as_params(vasp),
             "best_epoch": result.best_epoch,
-            "blend_weight": result.metrics.get("blend_weight"),
+            "blend_weights": result.metrics.get("blend_weights"),
             "warm_start": result.metrics.get("warm_start"),
             "test": result.metrics.get("test", {}),
             "temporal": result.metrics.get("temporal", {}),
@@ -463,7 +463,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         "model_dir": final,
         "preset": vasp.preset,
         "best_epoch": result.best_epoch,
-        "blend_weight": result.metrics.get("blend_weight"),
+        "blend_weights": result.metrics.get("blend_weights"),
         "test": {
             name: {
                 k: v

@@ -1,15 +1,19 @@
-"""VASP blended with closed-form EASE, the weight chosen on validation users.
+"""VASP blended with closed-form EASE, the weights chosen on validation users.
 
 A user's blended score of item ``i`` is ``(1 − w) · z(log p_i) + w · z(s_i)``: ``p`` VASP's
 probabilities, ``s = x B`` EASE's scores of the same input row, ``z`` standardizes a row over the
-catalog (mean 0, standard deviation 1) so that both scales meet. ``w = 0`` is VASP alone, and a
-training keeps the blend only when validation prefers a positive weight.
+catalog (mean 0, standard deviation 1) so that both scales meet. The weight ``w`` may grow with the
+user's number of input items (:class:`BlendWeights`): the network leads on users with few items, and
+EASE's linear item-item model holds up best on users with many. ``w = 0`` is VASP alone, and a training
+keeps the blend only when validation prefers a positive weight for some users.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,19 +22,75 @@ from vasp_model.core.numba_launch import numba_launch
 from vasp_model.evaluation.metrics import ndcg_at_k, topk_from_scores
 from vasp_model.recommenders.host_ease import HostEASE, ranked_in_one_pass
 
-WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # the validation grid; 0 = VASP alone
+WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # the validation grid of each weight; 0 = VASP alone
+# the item counts of the training users at these percentiles bound the light and the heavy users
+ACTIVITY_PERCENTILES = (10, 90)
 FILE = "ease_blend.npy"  # B, beside the bundle's model when the blend is on
 SPARSE_FILE = "ease_blend.npz"  # B pruned like a pruned Neural EASE kernel (CSR), in its place
 
 
-class EaseBlend:
-    """EASE's item-item matrix ``B`` (I × I float32, or pruned CSR; zero diagonal) and the blend weight ``w``
-    in (0, 1); ``x B`` is computed on the host over ``threads`` threads."""
+@dataclasses.dataclass(frozen=True)
+class BlendWeights:
+    """EASE's weight in the blend by the user's number of input items ``n``: ``light`` up to ``light_items``,
+    ``heavy`` from ``heavy_items`` on, linear in ``log n`` in between. ``light == heavy``: one weight for all."""
 
-    def __init__(self, weight: float, B, threads: int = 1):
-        if not 0.0 < weight < 1.0:
-            raise ValueError(f"blend weight must be in (0, 1), got {weight!r}")
-        self.weight = float(weight)
+    light: float
+    heavy: float
+    light_items: float = 1.0
+    heavy_items: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("light", "heavy"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"blend weight must be in [0, 1), got {name}={getattr(self, name)!r}")
+        if not 1.0 <= self.light_items <= self.heavy_items:
+            raise ValueError(
+                f"blend item counts must satisfy 1 <= light_items <= heavy_items, got {self.light_items!r} and "
+                f"{self.heavy_items!r}"
+            )
+
+    @classmethod
+    def over(cls, light: float, heavy: float, train_counts: np.ndarray) -> BlendWeights:
+        """Weights whose light and heavy users are bounded by the training users' item counts
+        (:data:`ACTIVITY_PERCENTILES`)."""
+        low, high = np.percentile(np.maximum(train_counts, 1), ACTIVITY_PERCENTILES) if len(train_counts) else (1, 1)
+        return cls(float(light), float(heavy), float(low), float(high))
+
+    @property
+    def off(self) -> bool:
+        """True when every user gets VASP alone."""
+        return self.light == self.heavy == 0.0
+
+    def of_rows(self, seen: sp.csr_matrix) -> np.ndarray:
+        """Each row's weight from its number of input items."""
+        if self.light == self.heavy:
+            return np.full(seen.shape[0], self.light)
+        n = np.maximum(np.diff(seen.indptr), 1)
+        if self.heavy_items > self.light_items:
+            t = np.clip(np.log(n / self.light_items) / np.log(self.heavy_items / self.light_items), 0.0, 1.0)
+        else:
+            t = (n >= self.heavy_items).astype(np.float64)
+        return self.light + (self.heavy - self.light) * t
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, float]) -> BlendWeights:
+        return cls(**{f.name: float(values[f.name]) for f in dataclasses.fields(cls) if f.name in values})
+
+
+class EaseBlend:
+    """EASE's item-item matrix ``B`` (I × I float32, or pruned CSR; zero diagonal) and the blend's weights (a
+    :class:`BlendWeights`, or one weight in (0, 1) for every user); ``x B`` is computed on the host over
+    ``threads`` threads."""
+
+    def __init__(self, weights: BlendWeights | float, B, threads: int = 1):
+        if not isinstance(weights, BlendWeights):
+            weights = BlendWeights(float(weights), float(weights))
+        if weights.off:
+            raise ValueError(f"blend weight must be in (0, 1) for some users, got {weights}")
+        self.weights = weights
         self.ease = HostEASE(B, threads)
 
     @property
@@ -42,28 +102,34 @@ class EaseBlend:
         self.ease.save(os.path.join(directory, FILE if self.ease.sparse is None else SPARSE_FILE))
 
     @classmethod
-    def load(cls, directory: str, weight: float, threads: int = 1) -> EaseBlend:
-        """The blend :meth:`save` wrote into ``directory``, at ``weight``."""
+    def load(cls, directory: str, weights: BlendWeights | float, threads: int = 1) -> EaseBlend:
+        """The blend :meth:`save` wrote into ``directory``, at ``weights``."""
         pruned = os.path.join(directory, SPARSE_FILE)
         if os.path.exists(pruned):
-            return cls(weight, sp.load_npz(pruned), threads)
-        return cls(weight, np.load(os.path.join(directory, FILE), allow_pickle=False, mmap_mode="r"), threads)
+            return cls(weights, sp.load_npz(pruned), threads)
+        return cls(weights, np.load(os.path.join(directory, FILE), allow_pickle=False, mmap_mode="r"), threads)
 
     def __call__(self, probabilities: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
         """Blended ``[rows, I]`` scores from VASP's ``probabilities`` of the 0/1 input rows ``seen``."""
-        return blended(probabilities, self.ease(seen), self.weight, self.ease.threads)
+        return blended(probabilities, self.ease(seen), self.weights.of_rows(seen), self.ease.threads)
 
     def top(
         self, logits: list[np.ndarray], seen: sp.csr_matrix, mask: sp.csr_matrix | None, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """The top-``k`` ``(item_idx, scores)`` of the blend, from the logits of VASP's paths (whose sigmoids'
         product is its probabilities) for the 0/1 input rows ``seen``, ``mask``'s items left out."""
-        return top_blended(logits, self.ease(seen), self.weight, mask, k, self.ease.threads)
+        return top_blended(logits, self.ease(seen), self.weights.of_rows(seen), mask, k, self.ease.threads)
 
 
-def blended(probabilities: np.ndarray, ease_scores: np.ndarray, weight: float, threads: int = 1) -> np.ndarray:
+def _row_weights(weight, n_rows: int) -> np.ndarray:
+    """``weight`` (one for every row, or one per row) as a C-ordered float64 array of ``n_rows``."""
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(weight, dtype=np.float64), (n_rows,)))
+
+
+def blended(probabilities: np.ndarray, ease_scores: np.ndarray, weight, threads: int = 1) -> np.ndarray:
     """``(1 − weight) · z(log probabilities) + weight · z(ease_scores)`` per row (float32 ``[rows, I]``; ``z``
-    standardizes a row, probabilities below 1e-30 count as 1e-30), rows shared out over ``threads``."""
+    standardizes a row, probabilities below 1e-30 count as 1e-30; ``weight`` one for all rows or one per row),
+    rows shared out over ``threads``."""
     from vasp_model.recommenders.blend_kernel import blended_kernel
 
     probabilities = np.ascontiguousarray(probabilities, dtype=np.float32)
@@ -74,14 +140,14 @@ def blended(probabilities: np.ndarray, ease_scores: np.ndarray, weight: float, t
         )
     out = np.empty(probabilities.shape, dtype=np.float32)
     with numba_launch(threads):
-        blended_kernel(probabilities, ease_scores, float(weight), out)
+        blended_kernel(probabilities, ease_scores, _row_weights(weight, probabilities.shape[0]), out)
     return out
 
 
 def top_blended(
     logits: list[np.ndarray],
     ease_scores: np.ndarray,
-    weight: float,
+    weight,
     mask: sp.csr_matrix | None,
     k: int,
     threads: int = 1,
@@ -95,28 +161,34 @@ def top_blended(
     shape = np.shape(logits[0]) if len(logits) else None
     if ease_scores.shape != shape:
         raise ValueError(f"EASE scores {ease_scores.shape} and logits {shape} must be one 2-D shape")
-    return ranked_in_one_pass(top_blended_kernel, logits, mask, k, threads, ease_scores, float(weight))
+    weights = _row_weights(weight, ease_scores.shape[0])
+    return ranked_in_one_pass(top_blended_kernel, logits, mask, k, threads, ease_scores, weights)
 
 
-def choose_weight(
+def choose_weights(
     probabilities: Callable[[sp.csr_matrix], np.ndarray],
     B,
     fold_in: sp.csr_matrix,
     holdout: sp.csr_matrix,
+    train_counts: np.ndarray,
     weights: Sequence[float] = WEIGHTS,
     k: int = 100,
-) -> tuple[float, dict[float, float]]:
-    """The weight of ``weights`` with the best mean nDCG@k on these (validation) users, and every weight's.
+) -> tuple[BlendWeights, dict[tuple[float, float], float]]:
+    """The :class:`BlendWeights` (light and heavy users' weights from ``weights``, bounded by the training users'
+    item counts ``train_counts``) with the best mean nDCG@k on these (validation) users, and every pair's.
 
-    ``probabilities(fold_in)`` gives VASP's ``[U, I]`` probabilities; ties go to the smaller weight.
+    ``probabilities(fold_in)`` gives VASP's ``[U, I]`` probabilities. Ties go to one weight for all users, then
+    to the smaller weights.
     """
     fold_in = sp.csr_matrix(fold_in, dtype=np.float32)
     vasp = probabilities(fold_in)
     ease = fold_in @ (B.astype(np.float32) if sp.issparse(B) else np.asarray(B, dtype=np.float32))
     ease = ease.toarray() if sp.issparse(ease) else np.asarray(ease)
+    grid = sorted({float(x) for x in weights})
     results = {}
-    for w in sorted({float(x) for x in weights}):
-        topk = topk_from_scores(blended(vasp, ease, w), fold_in, k)
-        results[w] = float(np.nanmean(ndcg_at_k(topk, holdout, k)))
-    best = max(results, key=lambda w: (results[w], -w))
-    return best, results
+    for light, heavy in itertools.product(grid, grid):
+        rows = BlendWeights.over(light, heavy, train_counts).of_rows(fold_in)
+        topk = topk_from_scores(blended(vasp, ease, rows), fold_in, k)
+        results[(light, heavy)] = float(np.nanmean(ndcg_at_k(topk, holdout, k)))
+    best = max(results, key=lambda w: (results[w], w[0] == w[1], -w[0] - w[1]))
+    return BlendWeights.over(*best, train_counts), results

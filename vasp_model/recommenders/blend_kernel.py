@@ -43,24 +43,25 @@ def _log_floored(x, bits):
 @numba.njit(
     parallel=True, boundscheck=False, nogil=True, cache=True, fastmath={"contract", "reassoc"}, error_model="numpy"
 )
-def blended_kernel(probabilities, ease_scores, weight, out):
-    """``out = (1 − weight) · z(log max(p, 1e-30)) + weight · z(s)`` row by row (:func:`_blend_row`)."""
+def blended_kernel(probabilities, ease_scores, weights, out):
+    """``out = (1 − w) · z(log max(p, 1e-30)) + w · z(s)`` row by row (:func:`_blend_row`), ``w`` the row's of
+    ``weights``."""
     for r in numba.prange(probabilities.shape[0]):
-        _blend_row(probabilities[r], ease_scores[r], weight, out[r])
+        _blend_row(probabilities[r], ease_scores[r], weights[r], out[r])
 
 
 @numba.njit(
     parallel=True, boundscheck=False, nogil=True, cache=True, fastmath={"contract", "reassoc"}, error_model="numpy"
 )
-def top_blended_kernel(logits, ease_scores, weight, mask_indptr, mask_indices, k, idx, vals):
+def top_blended_kernel(logits, ease_scores, weights, mask_indptr, mask_indices, k, idx, vals):
     """Each row's ``k`` best items by the blend of ``p = prod(sigmoid(x) for x in logits)`` with ``ease_scores``
-    (:func:`_blend_row`), best first, ties by lower item, into ``idx`` and ``vals``; masked items (CSR
-    ``mask_*``) and NaN rank as -inf and take item -1 (:func:`top_of_row`)."""
+    at the row's weight of ``weights`` (:func:`_blend_row`), best first, ties by lower item, into ``idx`` and
+    ``vals``; masked items (CSR ``mask_*``) and NaN rank as -inf and take item -1 (:func:`top_of_row`)."""
     n_rows, n_cols = idx.shape[0], logits[0].shape[1]
     for r in numba.prange(n_rows):
         values = np.empty(n_cols, dtype=np.float32)
         row_product(logits, r, values, np.float32(np.nan))
-        _blend_row(values, ease_scores[r], weight, values)
+        _blend_row(values, ease_scores[r], weights[r], values)
         for c in range(n_cols):
             v = values[c]
             values[c] = -np.inf if v != v else (_ZERO if v == _ZERO else v)  # -0.0 would order below 0.0

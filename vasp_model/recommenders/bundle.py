@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from vasp_model.core.defaults import SCORE_BATCH_USERS
 from vasp_model.evaluation.metrics import topk_from_scores
 from vasp_model.recommenders.baselines import check_recommend_args, ranked_scores, recommend_batched
-from vasp_model.recommenders.blend import EaseBlend
+from vasp_model.recommenders.blend import BlendWeights, EaseBlend
 from vasp_model.recommenders.host_ease import HostEASE, sigmoid_product, top_sigmoid_product
 
 FORMAT_VERSION = 1
@@ -326,7 +326,7 @@ class ModelBundle(Bundle):
             "model_file": MODEL_FILE,
             "keras_version": keras.__version__,
             "trained_backend": self.metadata.get("trained_backend", keras.backend.backend()),
-            "blend_weight": None if self.blend is None else self.blend.weight,
+            "blend": None if self.blend is None else self.blend.weights.to_dict(),
         }
 
     @classmethod
@@ -353,8 +353,8 @@ class ModelBundle(Bundle):
 
         model = keras.saving.load_model(os.path.join(directory, MODEL_FILE), safe_mode=True, compile=False)
         bundle = cls(model, item_ids, popularity, metadata=meta, batch_users=batch_users, threads=threads)
-        if meta.get("blend_weight"):
-            bundle.blend = EaseBlend.load(directory, meta["blend_weight"], threads)
+        if weights := _blend_weights(meta):
+            bundle.blend = EaseBlend.load(directory, weights, threads)
         is_vasp = isinstance(model, vasp_model.nn.model.VASP)
         if host_ease and not is_vasp:
             raise ValueError(f"host_ease runs VASP's Neural EASE path; {directory} holds a {type(model).__name__}")
@@ -373,6 +373,16 @@ class ModelBundle(Bundle):
         self._input_kernel = self.model.input_kernel()
         self._flvae_hidden = self.model.flvae_hidden_model()
         self._output_weights = [np.vstack([kernel, bias[None, :]]) for kernel, bias in self.model.output_weights()]
+
+
+def _blend_weights(meta: dict[str, Any]) -> BlendWeights | None:
+    """The blend a bundle's metadata names (bundles saved before the weights depended on the user's items name
+    one weight, ``blend_weight``), or None."""
+    if meta.get("blend"):
+        return BlendWeights.from_dict(meta["blend"])
+    if meta.get("blend_weight"):
+        return BlendWeights(meta["blend_weight"], meta["blend_weight"])
+    return None
 
 
 class EaseBundle(Bundle):

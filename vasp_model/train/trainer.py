@@ -4,8 +4,8 @@
 a trained VASP (items mapped by id: :mod:`vasp_model.train.warm_start`), fits with ``model.fit`` and
 Keras callbacks (phase learning rates, validation nDCG@100 / Recall@20 / Recall@50 by the vae_cf
 protocol, early stopping that restores the best epoch, checkpoints so an interrupted run
-resumes), blends VASP with closed-form EASE (λ chosen on validation) at the weight validation
-prefers (``blend_ease``; 0 keeps VASP alone), then scores VASP, EASE and popularity (and, with
+resumes), blends VASP with closed-form EASE (λ chosen on validation) at the weights validation
+prefers for light and heavy users (``blend_ease``; 0 keeps VASP alone), then scores VASP, EASE and popularity (and, with
 ``blend_ease``, the network alone: ``vasp_alone``) on the same validation and test users, keeping each
 model's per-user metric arrays and the paired-bootstrap intervals of VASP minus each of the others on
 the test users.
@@ -294,7 +294,7 @@ def _evaluate(
 ) -> tuple[dict, dict, dict, Any]:
     """Test and validation metrics of VASP and, with ``evaluate_baselines``, of EASE (λ chosen on
     validation) and popularity: ``({"test": {name: ...}, "validation": {name: ...}}``, the same
-    shape of per-user arrays, EASE's λ and grid and the blend weight, the fitted EASE as an
+    shape of per-user arrays, EASE's λ and grid and the blend weights, the fitted EASE as an
     EaseBundle over the features' vocabulary or None). With ``blend_ease`` the bundle first gets
     the blend with EASE that validation prefers (weight 0: none)."""
     from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
@@ -313,7 +313,7 @@ def _evaluate(
         }
     if config.model.blend_ease:
         with _timed(timings, "blend_seconds"):
-            extra |= _choose_blend(bundle, ease, features.validation)
+            extra |= _choose_blend(bundle, ease, features.validation, features.train)
     with _timed(timings, "vasp_eval_seconds"):
         by_model = {"vasp": _evaluate_on_splits(bundle, features, bundle.n_items)}
         if config.model.blend_ease:  # the network without the blend: how much of VASP's figures are its own
@@ -331,10 +331,11 @@ def _evaluate(
     return by_split, per_user, extra, ease_bundle
 
 
-def _choose_blend(bundle, ease, split) -> dict[str, Any]:
-    """Set ``bundle.blend`` to the blend of VASP with ``ease`` that ``split``'s users prefer (none at weight 0);
-    returns the weight and every weight's validation nDCG@100."""
-    from vasp_model.recommenders.blend import EaseBlend, choose_weight
+def _choose_blend(bundle, ease, split, train) -> dict[str, Any]:
+    """Set ``bundle.blend`` to the blend of VASP with ``ease`` that ``split``'s users prefer (none at weight 0 for
+    every user; light and heavy users bounded by the item counts of the ``train`` rows); returns the weights and
+    every pair's validation nDCG@100, keyed ``"light/heavy"``."""
+    from vasp_model.recommenders.blend import EaseBlend, choose_weights
 
     n = bundle.n_items
     B = ease.B[:n, :n]
@@ -342,9 +343,12 @@ def _choose_blend(bundle, ease, split) -> dict[str, Any]:
         from vasp_model.recommenders.baselines import pruned_matrix
 
         B = pruned_matrix(B, bundle.model.ease_neighbours)
-    weight, grid = choose_weight(bundle.scores, B, split.fold_in[:, :n], split.holdout)
-    bundle.blend = EaseBlend(weight, B) if weight > 0 else None
-    return {"blend_weight": weight, "blend_validation_grid": {str(w): v for w, v in grid.items()}}
+    weights, grid = choose_weights(bundle.scores, B, split.fold_in[:, :n], split.holdout, np.diff(train.indptr))
+    bundle.blend = None if weights.off else EaseBlend(weights, B)
+    return {
+        "blend_weights": weights.to_dict(),
+        "blend_validation_grid": {f"{light}/{heavy}": v for (light, heavy), v in grid.items()},
+    }
 
 
 def _evaluate_unblended(bundle, features) -> dict[str, tuple[dict, dict]]:
