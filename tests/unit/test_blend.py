@@ -159,7 +159,7 @@ def test_blend_weights_grow_with_the_users_items_between_the_bounds():
     np.testing.assert_array_equal(BlendWeights(0.2, 0.2).of_rows(rows), np.full(5, 0.2))
     np.testing.assert_array_equal(BlendWeights(0.0, 0.4, 16.0, 16.0).of_rows(rows), [0, 0, 0.4, 0.4, 0.4])
     assert BlendWeights.from_dict(w.to_dict()) == w and BlendWeights(0.0, 0.0).off
-    assert BlendWeights.over(0.0, 0.1, np.arange(1, 102)) == BlendWeights(0.0, 0.1, 11.0, 91.0)
+    assert BlendWeights.from_train_counts(0.0, 0.1, np.arange(1, 102)) == BlendWeights(0.0, 0.1, 11.0, 91.0)
     for bad in (dict(light=1.0, heavy=0.0), dict(light=0.0, heavy=-0.1), dict(light=0, heavy=0, light_items=0.5)):
         with pytest.raises(ValueError, match="blend"):
             BlendWeights(**bad)

@@ -50,7 +50,7 @@ class BlendWeights:
             )
 
     @classmethod
-    def over(cls, light: float, heavy: float, train_counts: np.ndarray) -> BlendWeights:
+    def from_train_counts(cls, light: float, heavy: float, train_counts: np.ndarray) -> BlendWeights:
         """Weights whose light and heavy users are bounded by the training users' item counts
         (:data:`ACTIVITY_PERCENTILES`)."""
         low, high = np.percentile(np.maximum(train_counts, 1), ACTIVITY_PERCENTILES) if len(train_counts) else (1, 1)
@@ -187,8 +187,8 @@ def choose_weights(
     grid = sorted({float(x) for x in weights})
     results = {}
     for light, heavy in itertools.product(grid, grid):
-        rows = BlendWeights.over(light, heavy, train_counts).of_rows(fold_in)
+        rows = BlendWeights.from_train_counts(light, heavy, train_counts).of_rows(fold_in)
         topk = topk_from_scores(blended(vasp, ease, rows), fold_in, k)
         results[(light, heavy)] = float(np.nanmean(ndcg_at_k(topk, holdout, k)))
     best = max(results, key=lambda w: (results[w], w[0] == w[1], -w[0] - w[1]))
-    return BlendWeights.over(*best, train_counts), results
+    return BlendWeights.from_train_counts(*best, train_counts), results
