@@ -185,10 +185,11 @@ def choose_weights(
     ease = fold_in @ (B.astype(np.float32) if sp.issparse(B) else np.asarray(B, dtype=np.float32))
     ease = ease.toarray() if sp.issparse(ease) else np.asarray(ease)
     grid = sorted({float(x) for x in weights})
+    bounds = BlendWeights.from_train_counts(0.0, 0.0, train_counts)  # the light and heavy item counts, once
     results = {}
     for light, heavy in itertools.product(grid, grid):
-        rows = BlendWeights.from_train_counts(light, heavy, train_counts).of_rows(fold_in)
+        rows = dataclasses.replace(bounds, light=light, heavy=heavy).of_rows(fold_in)
         topk = topk_from_scores(blended(vasp, ease, rows), fold_in, k)
         results[(light, heavy)] = float(np.nanmean(ndcg_at_k(topk, holdout, k)))
-    best = max(results, key=lambda w: (results[w], w[0] == w[1], -w[0] - w[1]))
-    return BlendWeights.from_train_counts(*best, train_counts), results
+    light, heavy = max(results, key=lambda w: (results[w], w[0] == w[1], -w[0] - w[1]))
+    return dataclasses.replace(bounds, light=light, heavy=heavy), results
