@@ -178,7 +178,8 @@ def main(argv=None) -> int:
     from vasp_model.nn.losses import FocalLoss
     from vasp_model.nn.model import build_model, flops_per_row
     from vasp_model.train.batches import ABBatches, make_dataset
-    from vasp_model.train.sharding import item_parallel, weight_bytes_per_device
+    from vasp_model.train.memory import weight_bytes_per_device
+    from vasp_model.train.sharding import item_parallel
 
     backend = keras.backend.backend()
     keras.config.set_dtype_policy(args.precision)

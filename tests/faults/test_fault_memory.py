@@ -259,3 +259,14 @@ def test_a_wide_catalog_trains_a_pruned_kernel_and_a_kernel_that_does_not_fit_is
     assert memory.check_training_memory(items, users, asked, "22g", entries, row_items)[2].model.ease_neighbours == 128
     with pytest.raises(ValueError, match="needs about"):
         memory.check_training_memory(items, users, asked, "8g", entries, row_items)
+
+
+def test_train_too_wide_for_the_device_is_refused_in_one_line(warehouse, tmp_path):
+    proc = _vasp_train(warehouse, tmp_path, VASP_DEVICE_MEMORY="1k")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("vasp train: error: fitting ") and "items with preset tiny needs about" in lines[0]
+    assert "more than VASP_DEVICE_MEMORY: 0.0 GiB" in lines[0] and "no split over up to 64 devices fits" in lines[0]
+    assert not storage.exists(layout.models_dir(warehouse, DATE))
+    assert not (tmp_path / "ckpt").exists()

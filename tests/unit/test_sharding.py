@@ -13,8 +13,8 @@ import textwrap
 import pytest
 
 from vasp_model.core.config import make_config
-from vasp_model.train.memory import FLOAT32, dense_params
-from vasp_model.train.sharding import item_parallel, weight_bytes_per_device
+from vasp_model.train.memory import FLOAT32, dense_params, weight_bytes_per_device
+from vasp_model.train.sharding import item_parallel
 
 SCRIPT = textwrap.dedent(
     """
@@ -161,3 +161,51 @@ def test_weight_bytes_per_device_by_hand():
     assert weight_bytes_per_device(16, config, 1) == FLOAT32 * (256 + 592)
     assert weight_bytes_per_device(16, config, 2) == FLOAT32 * (608 // 2 + 240)
     assert weight_bytes_per_device(16, config, 4) == FLOAT32 * (608 // 4 + 240)
+
+
+GOWALLA = (40_981, 29_858)  # items, train users
+
+
+def test_fit_bytes_on_one_device_is_the_host_estimates_fit_and_splitting_divides_the_item_axis():
+    from vasp_model.train.memory import RUNTIME_BYTES, fit_bytes, training_memory
+
+    config = make_config("paper", train_overrides={"jit_compile": False}, env={})
+    items, users = GOWALLA
+    assert fit_bytes(items, users, config) == training_memory(items, users, config).phases["fit"] - RUNTIME_BYTES
+    per_device = [fit_bytes(items, users, config, model_devices=n) for n in (1, 2, 4, 8)]
+    assert per_device == sorted(per_device, reverse=True)
+    # the dense kernel and its state are most of it: 8 devices hold a little more than an eighth each
+    assert per_device[0] / 8 < per_device[3] < per_device[0] / 6
+
+
+def test_a_fit_too_wide_for_one_device_is_refused_naming_the_split_that_fits(monkeypatch):
+    from vasp_model.train.memory import fit_bytes, gib
+    from vasp_model.train.sharding import check_device_memory
+
+    config = make_config("paper", env={})
+    items, users = GOWALLA
+    limit = (fit_bytes(items, users, config, model_devices=4) + fit_bytes(items, users, config, model_devices=2)) // 2
+    monkeypatch.setenv("VASP_DEVICE_MEMORY", str(limit))
+    with pytest.raises(ValueError) as refused:
+        check_device_memory(items, users, config)
+    line = str(refused.value)
+    assert line.startswith(f"fitting 40,981 items with preset paper needs about {gib(fit_bytes(items, users, config))}")
+    assert f"more than VASP_DEVICE_MEMORY: {gib(limit)}" in line and "\n" not in line
+    assert f"--model-devices 4 fits ({gib(fit_bytes(items, users, config, model_devices=4))} each)" in line
+    split = make_config("paper", train_overrides={"model_devices": 4}, env={})
+    assert check_device_memory(items, users, split) == fit_bytes(items, users, config, model_devices=4)
+    monkeypatch.setenv("VASP_DEVICE_MEMORY", "1g")
+    with pytest.raises(ValueError, match="no split over up to 64 devices fits"):
+        check_device_memory(items, users, config)
+
+
+def test_training_on_the_host_has_no_device_limit(monkeypatch):
+    import keras
+
+    from vasp_model.train.sharding import device_memory_limit
+
+    monkeypatch.delenv("VASP_DEVICE_MEMORY", raising=False)
+    if keras.backend.backend() != "jax":  # the default, TensorFlow, on this machine's CPU
+        assert device_memory_limit() == (None, "unknown")
+    monkeypatch.setenv("VASP_DEVICE_MEMORY", "80g")
+    assert device_memory_limit() == (80 * 2**30, "VASP_DEVICE_MEMORY")

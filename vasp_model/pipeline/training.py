@@ -389,15 +389,19 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
 
     entries = gram_chunk_entries(features.train)
     n_items = features.n_items if vasp.model.max_items is None else min(vasp.model.max_items, features.n_items)
+    row_items = max_row_items(features, n_items)
     estimate, ease_precision, vasp = check_training_memory(
         features.n_items,
         features.train.shape[0],
         vasp,
         config.memory_budget,
         gram_entries=entries,
-        row_items=max_row_items(features, n_items),
+        row_items=row_items,
     )
     defaults.tensorflow_for_training()  # the inputs are checked: load the backend for training
+    from vasp_model.train.sharding import check_device_memory
+
+    check_device_memory(n_items, features.train.shape[0], vasp, row_items)
     source = _warm_start_source(config)
     if source is not None:
         vasp = dataclasses.replace(vasp, train=vasp.train.warm_schedule())

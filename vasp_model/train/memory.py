@@ -81,6 +81,50 @@ def dense_params(items: int, config: VaspConfig) -> int:
     return encoder + heads + decoder + outputs
 
 
+def weight_bytes_per_device(n_items: int, config: VaspConfig, model_devices: int = 1) -> int:
+    """float32 bytes of VASP's weights on one device when the item axis is split ``model_devices`` ways
+    (:mod:`vasp_model.train.sharding`: the items-wide ones divided, the rest replicated; 1: every weight)."""
+    m = config.model
+    # the two output Denses (kernel column + bias per item), then Neural EASE and the first encoder Dense
+    per_item_outputs = ((m.hidden if m.decoder_blocks else m.latent) + 1 + m.latent + 1) * n_items
+    pruned = m.neighbours_for(n_items) is not None  # a pruned Neural EASE kernel (I·k) is replicated
+    kernel = _kernel_entries(n_items, config)
+    items_wide = n_items * m.hidden + per_item_outputs + (0 if pruned else kernel)
+    replicated = dense_params(n_items, config) - n_items * m.hidden - per_item_outputs + (kernel if pruned else 0)
+    return FLOAT32 * (-(-items_wide // model_devices) + replicated)
+
+
+def fit_bytes(
+    items: int, train_users: int, config: VaspConfig, row_items: int | None = None, model_devices: int = 1
+) -> int:
+    """Peak bytes of the fit of ``items`` modelled items on one device, the item axis split ``model_devices``
+    ways (1: the whole fit): every weight with its gradient, optimizer slots and the best epoch's copy, a
+    step's temporaries over the Neural EASE kernel, a batch's item-wide activations and a pruned kernel's
+    gathers (``row_items``: :func:`max_row_items`, default every item)."""
+    m, t = config.model, config.train
+    rows = 2 * min(t.batch_users, train_users)  # every batch whole on each device
+    k = m.neighbours_for(items)
+    if k is None:
+        kernel, gather = -(-items * items // model_devices), 0
+    else:  # replicated
+        kernel, gather = items * k, PRUNED_GATHER_BYTES * rows * min(row_items or items, items) * k
+    weights = weight_bytes_per_device(items, config, model_devices)
+    activations = ACTIVATIONS * FLOAT32 * rows * -(-items // model_devices)
+    return (3 + _slots(t)) * weights + STEP_TEMPORARIES * FLOAT32 * kernel + activations + gather
+
+
+def _kernel_entries(items: int, config: VaspConfig) -> int:
+    """Weights of the Neural EASE kernel: I², or I·k when pruned."""
+    k = config.model.neighbours_for(items)
+    return items * (items if k is None else k)
+
+
+def _slots(train) -> int:
+    """Copies of the weights the optimizer keeps (the moving average of the weights is one more slot, and the
+    swap in and out of it one more copy)."""
+    return OPTIMIZER_SLOTS[train.optimizer] + (0 if train.ema_momentum is None else 2)
+
+
 def ease_solve_bytes(n: int, precision: str = "float64", gram_entries: int | None = None) -> int:
     """Peak bytes of EASE's λ search over ``n`` items (:func:`vasp_model.recommenders.baselines.fit_ease_on_validation`).
 
@@ -137,20 +181,10 @@ def training_memory(
         raise ValueError(f"need items and train users, got {catalog_items} items, {train_users} users")
     m, t = config.model, config.train
     items = catalog_items if m.max_items is None else min(m.max_items, catalog_items)
-    rows = 2 * min(t.batch_users, train_users)
-    k = m.neighbours_for(items)
-    if k is None:
-        kernel, gather = items * items, 0
-    else:
-        kernel, gather = items * k, PRUNED_GATHER_BYTES * rows * min(row_items or items, items) * k
-    weights = FLOAT32 * (kernel + dense_params(items, config))
-    # the moving average of the weights is one more slot, and the swap in and out of it one more copy
-    slots = OPTIMIZER_SLOTS[t.optimizer] + (0 if t.ema_momentum is None else 2)
-
-    # weights + gradient + optimizer slots + the best epoch's copy, a step's temporaries, activations
-    fit = (3 + slots) * weights + STEP_TEMPORARIES * FLOAT32 * kernel + ACTIVATIONS * FLOAT32 * rows * items + gather
+    weights = weight_bytes_per_device(items, config)
+    fit = fit_bytes(items, train_users, config, row_items)
     # what the fit leaves held while the EASE baseline is fitted on the whole catalog
-    held = (1 + slots) * weights + HELD_AFTER_FIT * FLOAT32 * kernel
+    held = (1 + _slots(t)) * weights + HELD_AFTER_FIT * FLOAT32 * _kernel_entries(items, config)
     phases = {"fit": fit, "baselines": held + ease_solve_bytes(catalog_items, ease_precision, gram_entries)}
     if m.ease_init == "closed_form":
         phases["closed_form_init"] = weights + ease_solve_bytes(items, ease_precision, gram_entries)

@@ -12,6 +12,8 @@ replicated.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 # Variable path (a regex matching the whole ``variable.path``) -> its layout over the axes (batch, model).
@@ -24,6 +26,9 @@ ITEM_SHARDED: dict[str, tuple[str | None, ...]] = {
     r"(.*/)?latent_out/bias": ("model",),
 }
 MESH_AXES = ("batch", "model")
+DEVICE_MEMORY_ENV = "VASP_DEVICE_MEMORY"  # bytes one accelerator may hold (default: what the backend reports)
+MAX_MODEL_DEVICES = 64  # the widest split a refusal suggests
+log = logging.getLogger(__name__)
 
 
 def item_parallel(model_devices: int, devices: list[str] | None = None) -> Any:
@@ -67,17 +72,53 @@ def training_scope(model_devices: int) -> Any:
     return item_parallel(model_devices, devices[:model_devices]).scope()
 
 
-def weight_bytes_per_device(n_items: int, config, model_devices: int) -> int:
-    """float32 bytes of VASP's weights on one device when the item axis is split ``model_devices``
-    ways (the items-wide ones divided, the rest replicated); the optimizer's slots scale the same."""
-    from vasp_model.train.memory import FLOAT32, dense_params
+def device_memory_limit() -> tuple[int | None, str]:
+    """(bytes one accelerator may hold, where the figure comes from): ``VASP_DEVICE_MEMORY`` (a size such as
+    ``80g``), else the first device's ``bytes_limit`` on the JAX backend; None when training runs on the host
+    (whose memory :func:`vasp_model.train.memory.check_training_memory` checks) or the backend does not say."""
+    from vasp_model.train.memory import parse_bytes
 
-    m = config.model
-    # the two output Denses (kernel column + bias per item), then Neural EASE and the first encoder Dense
-    per_item_outputs = ((m.hidden if m.decoder_blocks else m.latent) + 1 + m.latent + 1) * n_items
-    k = m.neighbours_for(n_items)
-    pruned = k is not None  # a pruned Neural EASE kernel (I·k) is replicated
-    kernel = n_items * (k if pruned else n_items)
-    items_wide = n_items * m.hidden + per_item_outputs + (0 if pruned else kernel)
-    replicated = dense_params(n_items, config) - n_items * m.hidden - per_item_outputs + (kernel if pruned else 0)
-    return FLOAT32 * (-(-items_wide // model_devices) + replicated)
+    budget = os.environ.get(DEVICE_MEMORY_ENV) or None
+    if budget:
+        return parse_bytes(budget), DEVICE_MEMORY_ENV
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return None, "unknown"
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return None, "the host"
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    return (int(limit), f"the {device.device_kind}'s memory") if limit else (None, "unknown")
+
+
+def check_device_memory(items: int, train_users: int, config, row_items: int | None = None) -> int | None:
+    """The bytes one device holds at the peak of ``config``'s fit over ``items`` modelled items, split over
+    ``model_devices`` devices (:func:`vasp_model.train.memory.fit_bytes`), checked against
+    :func:`device_memory_limit` before anything is allocated; None when there is no device limit.
+    ``ValueError`` in one line, naming the smallest ``--model-devices`` that fits, when it does not fit."""
+    from vasp_model.train.memory import fit_bytes, gib
+
+    limit, source = device_memory_limit()
+    if limit is None:
+        return None
+    devices = config.train.model_devices
+    need = fit_bytes(items, train_users, config, row_items, devices)
+    if need <= limit:
+        log.info(
+            "device memory: estimated peak %d on each of %d device(s), limit %d (%s)", need, devices, limit, source
+        )
+        return need
+    splits = (2**p for p in range(1, MAX_MODEL_DEVICES.bit_length()) if 2**p > devices)
+    fits = next(((n, b) for n in splits if (b := fit_bytes(items, train_users, config, row_items, n)) <= limit), None)
+    advice = (
+        f"--model-devices {fits[0]} fits ({gib(fits[1])} each)"
+        if fits
+        else f"no split over up to {MAX_MODEL_DEVICES} devices fits"
+    )
+    raise ValueError(
+        f"fitting {items:,} items with preset {config.preset} needs about {gib(need)} on each of {devices} "
+        f"device(s), more than {source}: {gib(limit)}; {advice} ({DEVICE_MEMORY_ENV} sets the budget)"
+    )
