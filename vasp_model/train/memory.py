@@ -10,6 +10,8 @@ while the trained model is still held.
 Each phase's peak is counted over what is resident when the check runs (the features), plus the
 runtime Keras brings. The budget is ``VASP_MEMORY_BUDGET`` / ``--memory-budget`` (e.g. ``16g``),
 else what is in use plus what the machine (``MemAvailable``) or the cgroup limit leaves free.
+The fit's figure per device, the item axis split over several, is :func:`fit_bytes`'s
+(:func:`vasp_model.train.sharding.check_device_memory` holds it against an accelerator's memory).
 """
 
 from __future__ import annotations

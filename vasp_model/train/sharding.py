@@ -7,7 +7,8 @@ The mesh has two axes: ``batch`` (data parallel: each group sees its share of a 
 the kernel's columns and scores only its items; the first encoder Dense is split by rows (its
 items of the input), so the only traffic a step adds is an all-reduce of a ``[batch, hidden]``
 activation and the loss's scalars. Every other weight (I-free: hidden × hidden, latent) is
-replicated.
+replicated. Before a fit, :func:`check_device_memory` says whether one device holds its share and,
+when it does not, which split would.
 """
 
 from __future__ import annotations
