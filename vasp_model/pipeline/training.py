@@ -28,6 +28,7 @@ from vasp_model.core.settings import read_bool
 from vasp_model.data import layout, storage
 from vasp_model.data.locks import locked
 from vasp_model.train.memory import check_training_memory, max_row_items, parse_bytes, report_peak
+from vasp_model.train.sharding import check_device_memory
 
 MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
     "--hidden": ("hidden", int, "Width of every encoder/decoder block."),
@@ -399,8 +400,6 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         row_items=row_items,
     )
     defaults.tensorflow_for_training()  # the inputs are checked: load the backend for training
-    from vasp_model.train.sharding import check_device_memory
-
     check_device_memory(n_items, features.train.shape[0], vasp, row_items)
     source = _warm_start_source(config)
     if source is not None:

@@ -28,7 +28,7 @@ ITEM_SHARDED: dict[str, tuple[str | None, ...]] = {
 }
 MESH_AXES = ("batch", "model")
 DEVICE_MEMORY_ENV = "VASP_DEVICE_MEMORY"  # bytes one accelerator may hold (default: what the backend reports)
-MAX_MODEL_DEVICES = 64  # the widest split a refusal suggests
+SUGGESTED_SPLITS = (2, 4, 8, 16, 32, 64)  # the --model-devices a refusal may suggest
 log = logging.getLogger(__name__)
 
 
@@ -112,12 +112,12 @@ def check_device_memory(items: int, train_users: int, config, row_items: int | N
             "device memory: estimated peak %d on each of %d device(s), limit %d (%s)", need, devices, limit, source
         )
         return need
-    splits = (2**p for p in range(1, MAX_MODEL_DEVICES.bit_length()) if 2**p > devices)
+    splits = (n for n in SUGGESTED_SPLITS if n > devices)
     fits = next(((n, b) for n in splits if (b := fit_bytes(items, train_users, config, row_items, n)) <= limit), None)
     advice = (
         f"--model-devices {fits[0]} fits ({gib(fits[1])} each)"
         if fits
-        else f"no split over up to {MAX_MODEL_DEVICES} devices fits"
+        else f"no split over up to {SUGGESTED_SPLITS[-1]} devices fits"
     )
     raise ValueError(
         f"fitting {items:,} items with preset {config.preset} needs about {gib(need)} on each of {devices} "
