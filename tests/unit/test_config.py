@@ -24,6 +24,27 @@ def test_cpu_and_tiny_presets_scale_the_same_architecture():
     assert cpu.train.total_epochs == sum(cpu.train.epochs)
 
 
+def test_phases_run_their_epochs_without_a_plateau_rule():
+    tc = TrainConfig(epochs=(3, 0, 2), learning_rates=(1e-3, 5e-4, 1e-4))
+    rising = [0.1 * (i + 1) for i in range(5)]
+    assert [tc.phase_after(rising[:n]) for n in range(6)] == [0, 0, 0, 2, 2, None]
+    assert [tc.phase_after([0.5] * n) for n in range(6)] == [0, 0, 0, 2, 2, None]
+
+
+def test_a_plateau_ends_the_phase_and_after_the_last_the_schedule():
+    tc = TrainConfig(epochs=(10, 5), learning_rates=(1e-3, 1e-4), plateau_epochs=2)
+    # best at epoch 2, then two epochs without a new best: the second phase starts at epoch 5
+    scores = [0.1, 0.3, 0.2, 0.25]
+    assert tc.phase_after(scores[:3]) == 0 and tc.phase_after(scores) == 1
+    # the new phase gets its own two epochs: a new best in it restarts the count
+    assert tc.phase_after([*scores, 0.2]) == 1
+    assert tc.phase_after([*scores, 0.2, 0.29]) is None
+    assert tc.phase_after([*scores, 0.4, 0.3]) == 1
+    assert tc.phase_after([*scores, 0.4, 0.3, 0.3]) is None
+    # a phase still gaining runs its epochs
+    assert tc.phase_after([0.1 * (i + 1) for i in range(10)]) == 1
+
+
 def test_override_order_preset_env_explicit():
     env = {"VASP_HIDDEN": "64", "VASP_LATENT": "32", "VASP_EPOCHS": "3,2", "VASP_LEARNING_RATES": "1e-3,1e-4"}
     c = make_config("cpu", {"latent": 16, "dropout": None}, env=env)
@@ -43,6 +64,7 @@ def test_override_order_preset_env_explicit():
         ({}, {"epochs": (1, 2), "learning_rates": (1e-3,)}, "learning_rates"),
         ({}, {"optimizer": "sgd"}, "optimizer"),
         ({}, {"patience": 0}, "patience"),
+        ({}, {"plateau_epochs": 0}, "plateau_epochs"),
         ({}, {"jit_compile": "maybe"}, "jit_compile"),
     ],
 )

@@ -467,6 +467,23 @@ def test_early_stopping(small_features):
     assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
 
 
+def test_a_validation_plateau_lowers_the_rate_then_stops_the_fit(small_features):
+    config = make_config(
+        "tiny",
+        {"blend_ease": False},
+        {"epochs": (20, 20), "learning_rates": (0.5, 0.05), "plateau_epochs": 1},
+        env={},
+    )
+    result = train(small_features, config, verbose=0, evaluate_baselines=False)
+    scores = [row["val_ndcg@100"] for row in result.history]
+    rates = [row["learning_rate"] for row in result.history]
+    assert len(scores) < 40 and config.train.phase_after(scores) is None
+    dropped = rates.index(pytest.approx(0.05))  # the first epoch at the second phase's rate
+    assert 0 < dropped < 20 and rates[:dropped] == [pytest.approx(0.5)] * dropped
+    assert config.train.phase_after(scores[:dropped]) == 1 and config.train.phase_after(scores[: dropped - 1]) == 0
+    assert result.best_epoch == max(result.history, key=lambda h: h["val_ndcg@100"])["epoch"]
+
+
 def test_without_patience_every_epoch_runs_and_the_best_is_restored(small_features):
     config = make_config("tiny", train_overrides={"epochs": (3,), "learning_rates": (1e-2,)}, env={})
     weights_at_end_of = {}
@@ -524,6 +541,33 @@ def test_interrupted_training_resumes_from_checkpoint(small_features, tmp_path):
     # VASP alone (blend weight 0) at the restored weights scores on validation what the best epoch scored
     assert result.metrics["blend_validation_grid"]["0.0/0.0"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
     assert os.listdir(tmp_path) == []  # a finished fit leaves no resume state behind
+
+
+def test_a_resumed_fit_keeps_the_phase_its_validation_history_gives(small_features, tmp_path):
+    train_overrides = {"epochs": (4, 4), "learning_rates": (1e-2, 1e-3), "plateau_epochs": 1}
+    config = make_config("tiny", train_overrides=train_overrides, env={})
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("simulated crash")
+
+    class Ruin(keras.callbacks.Callback):
+        """Scrambles the Neural EASE kernel each resumed epoch: no new best after the crash."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            kernel = self.model.ease.kernel
+            kernel.assign(np.random.default_rng(epoch).normal(0.0, 10.0, kernel.shape).astype("float32"))
+
+    with pytest.raises(KeyboardInterrupt):
+        train(small_features, config, callbacks=[Crash()], checkpoint_dir=str(tmp_path), verbose=0)
+    result = train(small_features, config, callbacks=[Ruin()], checkpoint_dir=str(tmp_path), verbose=0)
+    scores = [row["val_ndcg@100"] for row in result.history]
+    tc = config.train
+    expected = [tc.learning_rates[tc.phase_after(scores[:epoch])] for epoch in range(len(scores))]
+    assert [row["learning_rate"] for row in result.history] == pytest.approx(expected)
+    assert 2 < len(scores) < 8 and tc.phase_after(scores) is None  # one epoch a phase without a new best
+    assert expected[-1] == pytest.approx(1e-3)
 
 
 def test_closed_form_warm_start_ranks_like_ease(small_features):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +99,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How the model is fitted. ``epochs[i]`` epochs are run at ``learning_rates[i]`` (phases)."""
+    """How the model is fitted. Up to ``epochs[i]`` epochs are run at ``learning_rates[i]`` (phases)."""
 
     batch_users: int = 256  # users per direction: a step sees 2×batch rows (A→B and B→A)
     # An epoch is at least this many optimizer steps: on a small data set the batch shrinks (never grows),
@@ -115,6 +115,9 @@ class TrainConfig:
     ease_warmup_epochs: int = 0  # epochs training the Neural EASE path alone before the joint fit
     ease_warmup_lr: float = 1e-3
     patience: int | None = None  # early stopping on validation nDCG@100 (None = off)
+    # a phase ends early after this many of its epochs without a new best validation nDCG@100: the next phase's
+    # learning rate starts, or after the last phase the fit stops (None: every phase runs all its epochs)
+    plateau_epochs: int | None = None
     # validate, keep and serve an exponential moving average of the weights (Keras' optimizer EMA) with this
     # momentum per step instead of the last step's weights (None = off)
     ema_momentum: float | None = None
@@ -147,8 +150,9 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _positive("ease_warmup_epochs", self.ease_warmup_epochs, allow_zero=True)
         _positive("ease_warmup_lr", self.ease_warmup_lr)
-        if self.patience is not None:
-            _positive("patience", self.patience)
+        for name in ("patience", "plateau_epochs"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
         if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
             raise ValueError(f"ema_momentum must be in (0, 1), got {self.ema_momentum!r}")
         if not 0.0 < self.warm_epochs <= 1.0:
@@ -178,6 +182,25 @@ class TrainConfig:
     @property
     def total_epochs(self) -> int:
         return int(sum(self.epochs))
+
+    def phase_after(self, scores: Sequence[float]) -> int | None:
+        """The phase of the epoch that follows epochs whose validation scores were ``scores`` (higher is better),
+        or None where the schedule is over: a phase ends after its epochs, or after ``plateau_epochs`` of them
+        in a row without a new best."""
+        phase, start, best, best_at = self._next_phase(-1), 0, -math.inf, -1
+        for epoch, score in enumerate(scores):
+            if phase is None:
+                return None
+            if score > best:
+                best, best_at = score, epoch
+            stalled = self.plateau_epochs is not None and epoch - max(best_at, start - 1) >= self.plateau_epochs
+            if epoch + 1 - start >= self.epochs[phase] or stalled:
+                phase, start = self._next_phase(phase), epoch + 1
+        return phase
+
+    def _next_phase(self, phase: int) -> int | None:
+        """The first phase after ``phase`` with any epochs (None: none is left)."""
+        return next((p for p in range(phase + 1, len(self.epochs)) if self.epochs[p] > 0), None)
 
     def learning_rate(self, epoch: int) -> float:
         """The learning rate of 0-based ``epoch`` under the phase schedule."""
@@ -232,7 +255,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             # measured (15,342 and 16,920 items) in far less time and memory (README, Wide catalogs)
             ease_prune_above=15_000,
         ),
-        # warm-up: the Neural EASE path alone for 8 epochs, then the joint fit (20 at 1e-3, 10 at 2e-4)
+        # warm-up: the Neural EASE path alone for 8 epochs, then the joint fit (at most 20 at 1e-3, 10 at 2e-4)
         "train": dict(
             batch_users=256,
             epochs=(20, 10),
@@ -242,6 +265,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             # a direction's input items are neither positives nor negatives of its loss: validation prefers it
             # on every data set of the quality benchmark (README, Results)
             ignore_input_items=True,
+            # a phase ends after 4 epochs without a new best: wide catalogs overfit within 30 epochs, small
+            # ones sooner (README, Results)
+            plateau_epochs=4,
         ),
     },
     "tiny": {

@@ -3,6 +3,8 @@
 * :class:`ValidationMetrics` adds ``val_ndcg@100``, ``val_recall@20``, ``val_recall@50`` to each
   epoch's ``logs`` (for ``EarlyStopping`` and later callbacks), keeps one history row per epoch and
   prints a progress line.
+* :class:`PhaseSchedule` sets each epoch's learning rate by the config's phases, ending a phase (the last: the
+  fit) early on a validation plateau.
 * :class:`AveragedWeights` puts the optimizer's moving average of the weights in the model for
   everything that happens at the end of an epoch (validation, the best epoch's copy, checkpoints).
 * :class:`ResumeState` persists what ``BackupAndRestore`` does not (the history rows and
@@ -80,6 +82,36 @@ class ValidationMetrics(keras.callbacks.Callback):
             + (f", at most {_duration(left)} left" if total else ""),
             flush=True,
         )
+
+
+class PhaseSchedule(keras.callbacks.LearningRateScheduler):
+    """Keras' learning-rate scheduler over ``train_config``'s phases as validation has gone so far
+    (:meth:`TrainConfig.phase_after`: a phase ends after its epochs, or earlier on a plateau); once the last
+    phase is over the fit stops. The phase is read from ``validation``'s history, so a resumed fit carries
+    on in the phase it was in. Must follow ``validation`` in the callback list."""
+
+    def __init__(self, train_config, validation: ValidationMetrics):
+        super().__init__(self._rate)
+        self.train_config = train_config
+        self.validation = validation
+
+    def _phase(self, epochs_done: int) -> int | None:
+        scores = [row[MONITOR] for row in self.validation.history if row["epoch"] <= epochs_done]
+        return self.train_config.phase_after(scores)
+
+    def _rate(self, epoch: int, _rate: float) -> float:
+        phase = self._phase(epoch)
+        return float(self.train_config.learning_rates[-1 if phase is None else phase])
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        before, after = self._phase(epoch), self._phase(epoch + 1)
+        if after is None:
+            self.model.stop_training = True
+            if epoch + 1 < self.train_config.total_epochs:
+                print(f"validation plateau: the fit stops after epoch {epoch + 1}", flush=True)
+        elif after != before:
+            print(f"learning rate {self.train_config.learning_rates[after]:g} from epoch {epoch + 2}", flush=True)
 
 
 def _duration(seconds: float) -> str:

@@ -248,7 +248,7 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     import keras
 
     from vasp_model.train.batches import fit_plan
-    from vasp_model.train.callbacks import MONITOR, AveragedWeights, ResumeState, ValidationMetrics
+    from vasp_model.train.callbacks import MONITOR, AveragedWeights, PhaseSchedule, ResumeState, ValidationMetrics
     from vasp_model.train.optimizer import compile_model
 
     tc = config.train
@@ -265,7 +265,7 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     fit_callbacks = [
         *averaged,  # first: everything after it at an epoch's end sees the averaged weights
         validation,
-        keras.callbacks.LearningRateScheduler(lambda epoch, _rate: tc.learning_rate(epoch)),
+        PhaseSchedule(tc, validation),
         early_stopping,
     ]
     if checkpoint_dir:
@@ -279,7 +279,8 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
         fit_callbacks += [ResumeState(checkpoint_dir, validation, early_stopping), backup]
     with _timed(timings, "fit_seconds"):
         phases = ", ".join(f"{n} at lr {lr:g}" for n, lr in zip(tc.epochs, tc.learning_rates, strict=False))
-        print(f"joint fit: {tc.total_epochs} epochs ({phases}), validation after each", flush=True)
+        plateau = "" if tc.plateau_epochs is None else f", a phase ends after {tc.plateau_epochs} without a new best"
+        print(f"joint fit: {tc.total_epochs} epochs ({phases}), validation after each{plateau}", flush=True)
         fit_plan(model, plan, tc.total_epochs, callbacks=[*fit_callbacks, *callbacks], verbose=verbose)
     epoch_seconds = [row["train_seconds"] for row in validation.history]
     if epoch_seconds:
