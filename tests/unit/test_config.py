@@ -32,7 +32,7 @@ def test_phases_run_their_epochs_without_a_plateau_rule():
 
 
 def test_a_plateau_ends_the_phase_and_after_the_last_the_schedule():
-    tc = TrainConfig(epochs=(10, 5), learning_rates=(1e-3, 1e-4), plateau_epochs=2)
+    tc = TrainConfig(epochs=(10, 5), learning_rates=(1e-3, 1e-4), plateau_steps=2)
     # best at epoch 2, then two epochs without a new best: the second phase starts at epoch 5
     scores = [0.1, 0.3, 0.2, 0.25]
     assert tc.phase_after(scores[:3]) == 0 and tc.phase_after(scores) == 1
@@ -43,6 +43,14 @@ def test_a_plateau_ends_the_phase_and_after_the_last_the_schedule():
     assert tc.phase_after([*scores, 0.4, 0.3, 0.3]) is None
     # a phase still gaining runs its epochs
     assert tc.phase_after([0.1 * (i + 1) for i in range(10)]) == 1
+    # counted in steps: at 2 steps an epoch one epoch without a new best is the plateau
+    assert tc.phase_after(scores[:3], steps_per_epoch=2) == 1
+
+
+def test_a_plateau_in_steps_is_whole_epochs():
+    tc = TrainConfig(plateau_steps=300)
+    assert [tc.plateau_epochs(n) for n in (1, 19, 92, 300, 400)] == [300, 16, 4, 1, 1]
+    assert TrainConfig().plateau_epochs(92) is None
 
 
 def test_override_order_preset_env_explicit():
@@ -64,7 +72,7 @@ def test_override_order_preset_env_explicit():
         ({}, {"epochs": (1, 2), "learning_rates": (1e-3,)}, "learning_rates"),
         ({}, {"optimizer": "sgd"}, "optimizer"),
         ({}, {"patience": 0}, "patience"),
-        ({}, {"plateau_epochs": 0}, "plateau_epochs"),
+        ({}, {"plateau_steps": 0}, "plateau_steps"),
         ({}, {"jit_compile": "maybe"}, "jit_compile"),
     ],
 )

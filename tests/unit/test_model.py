@@ -471,7 +471,7 @@ def test_a_validation_plateau_lowers_the_rate_then_stops_the_fit(small_features)
     config = make_config(
         "tiny",
         {"blend_ease": False},
-        {"epochs": (20, 20), "learning_rates": (0.5, 0.05), "plateau_epochs": 1},
+        {"epochs": (20, 20), "learning_rates": (0.5, 0.05), "plateau_steps": 1},
         env={},
     )
     result = train(small_features, config, verbose=0, evaluate_baselines=False)
@@ -544,7 +544,7 @@ def test_interrupted_training_resumes_from_checkpoint(small_features, tmp_path):
 
 
 def test_a_resumed_fit_keeps_the_phase_its_validation_history_gives(small_features, tmp_path):
-    train_overrides = {"epochs": (4, 4), "learning_rates": (1e-2, 1e-3), "plateau_epochs": 1}
+    train_overrides = {"epochs": (4, 4), "learning_rates": (1e-2, 1e-3), "plateau_steps": 1}
     config = make_config("tiny", train_overrides=train_overrides, env={})
 
     class Crash(keras.callbacks.Callback):

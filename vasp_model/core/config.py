@@ -115,9 +115,10 @@ class TrainConfig:
     ease_warmup_epochs: int = 0  # epochs training the Neural EASE path alone before the joint fit
     ease_warmup_lr: float = 1e-3
     patience: int | None = None  # early stopping on validation nDCG@100 (None = off)
-    # a phase ends early after this many of its epochs without a new best validation nDCG@100: the next phase's
-    # learning rate starts, or after the last phase the fit stops (None: every phase runs all its epochs)
-    plateau_epochs: int | None = None
+    # a phase ends early once this many optimizer steps of it (whole epochs) have passed without a new best
+    # validation nDCG@100: the next phase's learning rate starts, or after the last phase the fit stops (None:
+    # every phase runs all its epochs). Counted in steps, a plateau means as many updates at any data size.
+    plateau_steps: int | None = None
     # validate, keep and serve an exponential moving average of the weights (Keras' optimizer EMA) with this
     # momentum per step instead of the last step's weights (None = off)
     ema_momentum: float | None = None
@@ -150,7 +151,7 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _positive("ease_warmup_epochs", self.ease_warmup_epochs, allow_zero=True)
         _positive("ease_warmup_lr", self.ease_warmup_lr)
-        for name in ("patience", "plateau_epochs"):
+        for name in ("patience", "plateau_steps"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
@@ -183,17 +184,24 @@ class TrainConfig:
     def total_epochs(self) -> int:
         return int(sum(self.epochs))
 
-    def phase_after(self, scores: Sequence[float]) -> int | None:
+    def plateau_epochs(self, steps_per_epoch: int) -> int | None:
+        """The epochs without a new best that end a phase, at ``steps_per_epoch`` (None: no plateau rule)."""
+        if self.plateau_steps is None:
+            return None
+        return max(1, math.ceil(self.plateau_steps / max(1, steps_per_epoch)))
+
+    def phase_after(self, scores: Sequence[float], steps_per_epoch: int = 1) -> int | None:
         """The phase of the epoch that follows epochs whose validation scores were ``scores`` (higher is better),
-        or None where the schedule is over: a phase ends after its epochs, or after ``plateau_epochs`` of them
-        in a row without a new best."""
+        or None where the schedule is over: a phase ends after its epochs, or once :meth:`plateau_epochs` of them
+        in a row brought no new best."""
+        plateau = self.plateau_epochs(steps_per_epoch)
         phase, start, best, best_at = self._next_phase(-1), 0, -math.inf, -1
         for epoch, score in enumerate(scores):
             if phase is None:
                 return None
             if score > best:
                 best, best_at = score, epoch
-            stalled = self.plateau_epochs is not None and epoch - max(best_at, start - 1) >= self.plateau_epochs
+            stalled = plateau is not None and epoch - max(best_at, start - 1) >= plateau
             if epoch + 1 - start >= self.epochs[phase] or stalled:
                 phase, start = self._next_phase(phase), epoch + 1
         return phase
@@ -265,9 +273,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             # a direction's input items are neither positives nor negatives of its loss: validation prefers it
             # on every data set of the quality benchmark (README, Results)
             ignore_input_items=True,
-            # a phase ends after 4 epochs without a new best: wide catalogs overfit within 30 epochs, small
-            # ones sooner (README, Results)
-            plateau_epochs=4,
+            # a phase ends after 300 steps without a new best: Amazon's 92 steps an epoch overfit within the 30
+            # epochs; on the small data sets (16 to 19 steps an epoch) ending on a 4-epoch plateau lost (README, Results)
+            plateau_steps=300,
         ),
     },
     "tiny": {

@@ -78,11 +78,11 @@ TRAIN_FLAGS = {
     "--ease-warmup-epochs": ("ease_warmup_epochs", int, "Epochs fitting Neural EASE alone before the joint fit."),
     "--ease-warmup-lr": ("ease_warmup_lr", float, "Learning rate of the Neural EASE warm-up."),
     "--patience": ("patience", int, "Early stopping patience in epochs on validation nDCG@100 (default off)."),
-    "--plateau-epochs": (
-        "plateau_epochs",
+    "--plateau-steps": (
+        "plateau_steps",
         int,
-        "A learning-rate phase ends after this many epochs without a new best validation nDCG@100; after the "
-        "last phase the fit stops (default: the preset's).",
+        "A learning-rate phase ends once this many steps (whole epochs) bring no new best validation nDCG@100; "
+        "after the last phase the fit stops (default: the preset's).",
     ),
     "--ema-momentum": (
         "ema_momentum",

@@ -85,19 +85,20 @@ class ValidationMetrics(keras.callbacks.Callback):
 
 
 class PhaseSchedule(keras.callbacks.LearningRateScheduler):
-    """Keras' learning-rate scheduler over ``train_config``'s phases as validation has gone so far
-    (:meth:`TrainConfig.phase_after`: a phase ends after its epochs, or earlier on a plateau); once the last
-    phase is over the fit stops. The phase is read from ``validation``'s history, so a resumed fit carries
-    on in the phase it was in. Must follow ``validation`` in the callback list."""
+    """Keras' learning-rate scheduler over ``train_config``'s phases as validation has gone so far, at
+    ``steps_per_epoch`` (:meth:`TrainConfig.phase_after`: a phase ends after its epochs, or earlier on a
+    plateau); once the last phase is over the fit stops. The phase is read from ``validation``'s history, so
+    a resumed fit carries on in the phase it was in. Must follow ``validation`` in the callback list."""
 
-    def __init__(self, train_config, validation: ValidationMetrics):
+    def __init__(self, train_config, validation: ValidationMetrics, steps_per_epoch: int):
         super().__init__(self._rate)
         self.train_config = train_config
         self.validation = validation
+        self.steps_per_epoch = steps_per_epoch
 
     def _phase(self, epochs_done: int) -> int | None:
         scores = [row[MONITOR] for row in self.validation.history if row["epoch"] <= epochs_done]
-        return self.train_config.phase_after(scores)
+        return self.train_config.phase_after(scores, self.steps_per_epoch)
 
     def _rate(self, epoch: int, _rate: float) -> float:
         phase = self._phase(epoch)

@@ -265,7 +265,7 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     fit_callbacks = [
         *averaged,  # first: everything after it at an epoch's end sees the averaged weights
         validation,
-        PhaseSchedule(tc, validation),
+        PhaseSchedule(tc, validation, len(plan)),
         early_stopping,
     ]
     if checkpoint_dir:
@@ -279,7 +279,8 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
         fit_callbacks += [ResumeState(checkpoint_dir, validation, early_stopping), backup]
     with _timed(timings, "fit_seconds"):
         phases = ", ".join(f"{n} at lr {lr:g}" for n, lr in zip(tc.epochs, tc.learning_rates, strict=False))
-        plateau = "" if tc.plateau_epochs is None else f", a phase ends after {tc.plateau_epochs} without a new best"
+        plateau = tc.plateau_epochs(len(plan))
+        plateau = "" if plateau is None else f", a phase ends after {plateau} without a new best"
         print(f"joint fit: {tc.total_epochs} epochs ({phases}), validation after each{plateau}", flush=True)
         fit_plan(model, plan, tc.total_epochs, callbacks=[*fit_callbacks, *callbacks], verbose=verbose)
     epoch_seconds = [row["train_seconds"] for row in validation.history]
