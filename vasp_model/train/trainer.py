@@ -280,8 +280,8 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     with _timed(timings, "fit_seconds"):
         phases = ", ".join(f"{n} at lr {lr:g}" for n, lr in zip(tc.epochs, tc.learning_rates, strict=False))
         plateau = tc.plateau_epochs(len(plan))
-        plateau = "" if plateau is None else f", a phase ends after {plateau} epoch(s) without a new best"
-        print(f"joint fit: {tc.total_epochs} epochs ({phases}), validation after each{plateau}", flush=True)
+        ends = "" if plateau is None else f", a phase ends after {plateau} epoch(s) without a new best"
+        print(f"joint fit: {tc.total_epochs} epochs ({phases}), validation after each{ends}", flush=True)
         fit_plan(model, plan, tc.total_epochs, callbacks=[*fit_callbacks, *callbacks], verbose=verbose)
     epoch_seconds = [row["train_seconds"] for row in validation.history]
     if epoch_seconds:
