@@ -211,13 +211,9 @@ class TrainConfig:
         return next((p for p in range(phase + 1, len(self.epochs)) if self.epochs[p] > 0), None)
 
     def learning_rate(self, epoch: int) -> float:
-        """The learning rate of 0-based ``epoch`` under the phase schedule."""
-        end = 0
-        for n, lr in zip(self.epochs, self.learning_rates, strict=True):
-            end += n
-            if epoch < end:
-                return float(lr)
-        return float(self.learning_rates[-1])
+        """The learning rate of 0-based ``epoch`` where every phase runs all its epochs (the last rate after)."""
+        phase = dataclasses.replace(self, plateau_steps=None).phase_after([0.0] * epoch)
+        return float(self.learning_rates[-1 if phase is None else phase])
 
 
 @dataclass(frozen=True)
