@@ -467,7 +467,7 @@ def test_early_stopping(small_features):
     assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
 
 
-def test_a_validation_plateau_lowers_the_rate_then_stops_the_fit(small_features):
+def test_a_validation_plateau_lowers_the_rate_then_stops_the_fit(small_features, capsys):
     config = make_config(
         "tiny",
         {"blend_ease": False},
@@ -476,12 +476,28 @@ def test_a_validation_plateau_lowers_the_rate_then_stops_the_fit(small_features)
     )
     result = train(small_features, config, verbose=0, evaluate_baselines=False)
     scores = [row["val_ndcg@100"] for row in result.history]
+    assert f"validation plateau: the fit stops after epoch {len(scores)}" in capsys.readouterr().out
     rates = [row["learning_rate"] for row in result.history]
     assert len(scores) < 40 and config.train.phase_after(scores) is None
     dropped = rates.index(pytest.approx(0.05))  # the first epoch at the second phase's rate
     assert 0 < dropped < 20 and rates[:dropped] == [pytest.approx(0.5)] * dropped
     assert config.train.phase_after(scores[:dropped]) == 1 and config.train.phase_after(scores[: dropped - 1]) == 0
     assert result.best_epoch == max(result.history, key=lambda h: h["val_ndcg@100"])["epoch"]
+
+
+def test_a_fit_stopped_early_by_a_shortened_first_phase_says_the_last_ran_in_full(small_features, capsys):
+    config = make_config(
+        "tiny",
+        {"blend_ease": False},
+        {"epochs": (20, 1), "learning_rates": (0.5, 0.05), "plateau_steps": 1},
+        env={},
+    )
+    result = train(small_features, config, verbose=0, evaluate_baselines=False)
+    scores = [row["val_ndcg@100"] for row in result.history]
+    assert len(scores) < 21 and config.train.phase_after(scores[:-1]) == 1  # the second phase's one epoch ran
+    out = capsys.readouterr().out
+    assert f"the last phase ran its 1 epoch(s): the fit stops after epoch {len(scores)}" in out
+    assert "validation plateau" not in out
 
 
 def test_without_patience_every_epoch_runs_and_the_best_is_restored(small_features):

@@ -110,7 +110,10 @@ class PhaseSchedule(keras.callbacks.LearningRateScheduler):
         if after is None:
             self.model.stop_training = True
             if epoch + 1 < self.train_config.total_epochs:
-                print(f"validation plateau: the fit stops after epoch {epoch + 1}", flush=True)
+                ran = sum(self._phase(done) == before for done in range(epoch + 1))  # the last phase's epochs
+                full = self.train_config.epochs[before]
+                why = "validation plateau" if ran < full else f"the last phase ran its {full} epoch(s)"
+                print(f"{why}: the fit stops after epoch {epoch + 1}", flush=True)
         elif after != before:
             print(f"learning rate {self.train_config.learning_rates[after]:g} from epoch {epoch + 2}", flush=True)
 
