@@ -14,7 +14,14 @@ from vasp_model.core.config import ModelConfig  # noqa: E402
 from vasp_model.evaluation.metrics import topk_from_scores  # noqa: E402
 from vasp_model.nn.model import build_model  # noqa: E402
 from vasp_model.recommenders.baselines import EASE  # noqa: E402
-from vasp_model.recommenders.blend import BlendWeights, EaseBlend, blended, choose_weights, top_blended  # noqa: E402
+from vasp_model.recommenders.blend import (  # noqa: E402
+    BlendWeights,
+    EaseBlend,
+    blended,
+    choose_blend,
+    choose_weights,
+    top_blended,
+)
 from vasp_model.recommenders.bundle import ModelBundle  # noqa: E402
 from vasp_model.recommenders.host_ease import sigmoid_product  # noqa: E402
 
@@ -125,6 +132,20 @@ def test_validation_picks_ease_for_an_uninformed_vasp_and_nothing_for_an_oracle(
     oracle = lambda x: np.where(holdout.toarray() > 0, 0.99, 0.01)  # noqa: E731
     weights, grid = choose_weights(oracle, B, fold_in, holdout, counts)
     assert weights.off and grid[(0.0, 0.0)] == pytest.approx(1.0)
+
+
+def test_validation_picks_the_ease_matrix_that_blends_best_and_ties_go_to_the_first():
+    fold_in, holdout = _fold_in_holdout(_two_groups(200, 1), seed=2)
+    B = EASE(10.0).fit(_two_groups(400, 3)).B
+    counts = np.diff(_two_groups(400, 3).indptr)
+    noise = lambda x: np.random.default_rng(4).uniform(0.01, 0.99, x.shape)  # noqa: E731
+    index, weights, grids = choose_blend(noise, [-B, B], fold_in, holdout, counts)  # -B ranks the wrong block
+    assert index == 1 and (weights, grids[1]) == choose_weights(noise, B, fold_in, holdout, counts)
+    assert max(grids[1].values()) > max(grids[0].values()) and len(grids) == 2
+    index, weights, grids = choose_blend(noise, [B, B.copy()], fold_in, holdout, counts)
+    assert index == 0 and grids[0] == grids[1]
+    with pytest.raises(ValueError, match="at least one"):
+        choose_blend(noise, [], fold_in, holdout, counts)
 
 
 def test_validation_gives_ease_to_the_users_whose_vasp_is_uninformed():

@@ -60,6 +60,7 @@ def test_override_order_preset_env_explicit():
     assert c.model.latent == 16  # explicit beats env
     assert c.model.dropout == make_config("cpu", env={}).model.dropout  # None = not overridden
     assert c.train.epochs == (3, 2) and c.train.learning_rates == (1e-3, 1e-4)
+    assert make_config("cpu", env={"VASP_BLEND_LAMBDA_FACTORS": "1,0.1"}).model.blend_lambda_factors == (1.0, 0.1)
 
 
 @pytest.mark.parametrize(
@@ -73,6 +74,8 @@ def test_override_order_preset_env_explicit():
         ({}, {"optimizer": "sgd"}, "optimizer"),
         ({}, {"patience": 0}, "patience"),
         ({}, {"plateau_steps": 0}, "plateau_steps"),
+        ({"blend_lambda_factors": ()}, {}, "blend_lambda_factors"),
+        ({"blend_lambda_factors": (1.0, 0.0)}, {}, "blend_lambda_factors"),
         ({}, {"jit_compile": "maybe"}, "jit_compile"),
     ],
 )

@@ -428,6 +428,10 @@ def test_train_returns_metrics_history_and_best_epoch(small_features):
     assert len(grid) == 64 and grid["0.0/0.0"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
     chosen = grid[f"{weights['light']}/{weights['heavy']}"]
     assert chosen == max(grid.values())
+    # the blend's EASE at the baseline's λ and at a third of it: the chosen λ's grid holds the best of both
+    by_lambda, ease_lambda = result.metrics["blend_lambda_validation"], result.metrics["ease_lambda"]
+    assert [float(lam) for lam in by_lambda] == pytest.approx([ease_lambda, ease_lambda / 3])
+    assert chosen == by_lambda[str(result.metrics["blend_ease_lambda"])] == max(by_lambda.values())
     assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(chosen, abs=1e-6)
     # the network alone is scored with its blend set aside (and the served bundle keeps it)
     assert result.metrics["validation"]["vasp_alone"]["ndcg@100"] == pytest.approx(grid["0.0/0.0"], abs=1e-6)

@@ -66,6 +66,9 @@ class ModelConfig:
     # after training, blend VASP with closed-form EASE at the weight validation users prefer (0 = VASP alone);
     # see vasp_model.recommenders.blend
     blend_ease: bool = True
+    # the blend's EASE is solved at each of these multiples of the λ validation chose for the EASE baseline, and
+    # validation chooses among them with the weights (ties go to the first); each factor but 1 is one more solve
+    blend_lambda_factors: tuple[float, ...] = (1.0, 1 / 3)
 
     def __post_init__(self) -> None:
         for name in ("hidden", "latent", "encoder_blocks"):
@@ -86,6 +89,8 @@ class ModelConfig:
             raise ValueError(f"focal_alpha must be in [0, 1], got {self.focal_alpha!r}")
         _positive("focal_gamma", self.focal_gamma, allow_zero=True)
         _positive("kl_weight", self.kl_weight, allow_zero=True)
+        if not self.blend_lambda_factors or not all(f > 0 for f in self.blend_lambda_factors):
+            raise ValueError(f"blend_lambda_factors must be one or more numbers > 0, got {self.blend_lambda_factors!r}")
         if self.max_items is not None and self.max_items < 2:
             raise ValueError(f"max_items must be >= 2 or None, got {self.max_items!r}")
 

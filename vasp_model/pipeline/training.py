@@ -30,6 +30,15 @@ from vasp_model.data.locks import locked
 from vasp_model.train.memory import check_training_memory, max_row_items, parse_bytes, report_peak
 from vasp_model.train.sharding import check_device_memory
 
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
 MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
     "--hidden": ("hidden", int, "Width of every encoder/decoder block."),
     "--latent": ("latent", int, "Latent dimension (mean / log-variance)."),
@@ -55,6 +64,12 @@ MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
     "--focal-gamma": ("focal_gamma", float, "Focal loss gamma (focusing exponent)."),
     "--kl-weight": ("kl_weight", float, "Weight of the KL term."),
     "--max-items": ("max_items", int, "Model only the N most popular items (default: full catalog)."),
+    "--blend-lambda-factors": (
+        "blend_lambda_factors",
+        _floats,
+        "The blend's EASE at these multiples of the baseline's λ, comma separated; validation chooses one "
+        "(default 1,0.333...).",
+    ),
 }
 TRAIN_FLAGS = {
     "--batch-users": ("batch_users", int, "Users per direction in a step (a step has 2x rows)."),
@@ -97,14 +112,6 @@ TRAIN_FLAGS = {
         "Split the item axis over this many devices (JAX backend; for a catalog too wide for one; default 1).",
     ),
 }
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(",") if v.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -180,16 +180,44 @@ def choose_weights(
     ``probabilities(fold_in)`` gives VASP's ``[U, I]`` probabilities. Ties go to one weight for all users, then
     to the smaller weights.
     """
+    _, chosen, grids = choose_blend(probabilities, [B], fold_in, holdout, train_counts, weights, k)
+    return chosen, grids[0]
+
+
+def choose_blend(
+    probabilities: Callable[[sp.csr_matrix], np.ndarray],
+    candidates: Sequence,
+    fold_in: sp.csr_matrix,
+    holdout: sp.csr_matrix,
+    train_counts: np.ndarray,
+    weights: Sequence[float] = WEIGHTS,
+    k: int = 100,
+) -> tuple[int, BlendWeights, list[dict[tuple[float, float], float]]]:
+    """:func:`choose_weights` over several EASE matrices (``candidates``, e.g. EASE at several λ), VASP's
+    probabilities computed once: the index of the matrix whose best weights score highest (ties go to the
+    first), those weights, and each matrix's grid."""
+    if not candidates:
+        raise ValueError("choose_blend needs at least one EASE matrix")
     fold_in = sp.csr_matrix(fold_in, dtype=np.float32)
     vasp = probabilities(fold_in)
-    ease = fold_in @ (B.astype(np.float32) if sp.issparse(B) else np.asarray(B, dtype=np.float32))
-    ease = ease.toarray() if sp.issparse(ease) else np.asarray(ease)
     grid = sorted({float(x) for x in weights})
     bounds = BlendWeights.from_train_counts(0.0, 0.0, train_counts)  # the light and heavy item counts, once
-    results = {}
-    for light, heavy in itertools.product(grid, grid):
-        rows = dataclasses.replace(bounds, light=light, heavy=heavy).of_rows(fold_in)
-        topk = topk_from_scores(blended(vasp, ease, rows), fold_in, k)
-        results[(light, heavy)] = float(np.nanmean(ndcg_at_k(topk, holdout, k)))
-    light, heavy = max(results, key=lambda w: (results[w], w[0] == w[1], -w[0] - w[1]))
-    return dataclasses.replace(bounds, light=light, heavy=heavy), results
+    rows = {
+        (light, heavy): dataclasses.replace(bounds, light=light, heavy=heavy).of_rows(fold_in)
+        for light, heavy in itertools.product(grid, grid)
+    }
+    grids = []
+    for B in candidates:
+        ease = fold_in @ (B.astype(np.float32) if sp.issparse(B) else np.asarray(B, dtype=np.float32))
+        ease = ease.toarray() if sp.issparse(ease) else np.asarray(ease)
+        grids.append(
+            {
+                pair: float(np.nanmean(ndcg_at_k(topk_from_scores(blended(vasp, ease, w), fold_in, k), holdout, k)))
+                for pair, w in rows.items()
+            }
+        )
+    # per candidate its best pair: ties go to one weight for all users, then to the smaller weights
+    best = [max(g, key=lambda w, g=g: (g[w], w[0] == w[1], -w[0] - w[1])) for g in grids]
+    index = max(range(len(grids)), key=lambda i: (grids[i][best[i]], -i))
+    light, heavy = best[index]
+    return index, dataclasses.replace(bounds, light=light, heavy=heavy), grids

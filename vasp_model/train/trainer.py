@@ -315,7 +315,9 @@ def _evaluate(
         }
     if config.model.blend_ease:
         with _timed(timings, "blend_seconds"):
-            extra |= _choose_blend(bundle, ease, features.validation, features.train)
+            extra |= _choose_blend(
+                bundle, ease, features.validation, features.train, config.model.blend_lambda_factors, ease_precision
+            )
     with _timed(timings, "vasp_eval_seconds"):
         by_model = {"vasp": _evaluate_on_splits(bundle, features, bundle.n_items)}
         if config.model.blend_ease:  # the network without the blend: how much of VASP's figures are its own
@@ -333,23 +335,33 @@ def _evaluate(
     return by_split, per_user, extra, ease_bundle
 
 
-def _choose_blend(bundle, ease, split, train) -> dict[str, Any]:
-    """Set ``bundle.blend`` to the blend of VASP with ``ease`` that ``split``'s users prefer (none at weight 0 for
-    every user; light and heavy users bounded by the item counts of the ``train`` rows); returns the weights and
-    every pair's validation nDCG@100, keyed ``"light/heavy"``."""
-    from vasp_model.recommenders.blend import EaseBlend, choose_weights
+def _choose_blend(bundle, ease, split, train, factors, ease_precision: str) -> dict[str, Any]:
+    """Set ``bundle.blend`` to the blend of VASP with closed-form EASE that ``split``'s users prefer: EASE at each of
+    ``factors`` (``blend_lambda_factors``) times the baseline ``ease``'s λ (that λ's own matrix reused), each with its
+    best weights (none at weight 0 for every user; light and heavy users bounded by the item counts of the ``train``
+    rows). Returns the λ, the weights, each λ's best validation nDCG@100 and the chosen λ's grid, keyed
+    ``"light/heavy"``."""
+    from vasp_model.recommenders.baselines import fit_ease, pruned_matrix
+    from vasp_model.recommenders.blend import EaseBlend, choose_blend
 
-    n = bundle.n_items
-    B = ease.B[:n, :n]
-    if bundle.model.ease_neighbours is not None:  # as memory-bounded as the model: EASE pruned like its kernel
-        from vasp_model.recommenders.baselines import pruned_matrix
-
-        B = pruned_matrix(B, bundle.model.ease_neighbours)
-    weights, grid = choose_weights(bundle.scores, B, split.fold_in[:, :n], split.holdout, np.diff(train.indptr))
-    bundle.blend = None if weights.off else EaseBlend(weights, B)
+    n, neighbours = bundle.n_items, bundle.model.ease_neighbours
+    lambdas, candidates = [], []
+    for factor in dict.fromkeys(factors):  # each factor once, in order
+        lam = ease.lambda_ * factor
+        B = (ease if factor == 1.0 else fit_ease(train, lam, ease_precision)).B[:n, :n]
+        if neighbours is not None:  # as memory-bounded as the model: EASE pruned like its kernel
+            B = pruned_matrix(B, neighbours)
+        lambdas.append(lam)
+        candidates.append(B)
+    index, weights, grids = choose_blend(
+        bundle.scores, candidates, split.fold_in[:, :n], split.holdout, np.diff(train.indptr)
+    )
+    bundle.blend = None if weights.off else EaseBlend(weights, candidates[index])
     return {
         "blend_weights": weights.to_dict(),
-        "blend_validation_grid": {f"{light}/{heavy}": v for (light, heavy), v in grid.items()},
+        "blend_ease_lambda": lambdas[index],
+        "blend_lambda_validation": {str(lam): max(grid.values()) for lam, grid in zip(lambdas, grids, strict=True)},
+        "blend_validation_grid": {f"{light}/{heavy}": v for (light, heavy), v in grids[index].items()},
     }
 
 
