@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from vasp_model.core.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict, make_config
@@ -106,6 +108,7 @@ def test_unknown_preset_and_option():
 def test_round_trip_and_params():
     c = make_config("cpu", {"max_items": 1000}, env={})
     assert config_from_dict(config_to_dict(c)) == c
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(c)))) == c  # as a tuned config is stored
     params = as_params(c)
     assert params["model.max_items"] == "1000" and params["train.epochs"] == str(c.train.epochs)
     assert ModelConfig().hidden > 0 and TrainConfig().total_epochs > 0

@@ -311,9 +311,7 @@ def config_to_dict(config: VaspConfig) -> dict[str, Any]:
 
 
 def config_from_dict(payload: Mapping[str, Any]) -> VaspConfig:
-    model = dict(payload.get("model", {}))
-    train = dict(payload.get("train", {}))
-    for key in ("epochs", "learning_rates"):
-        if key in train:
-            train[key] = tuple(train[key])
+    # JSON gives lists where the dataclasses hold tuples (epochs, learning_rates, blend_lambda_factors)
+    model = {k: tuple(v) if isinstance(v, list) else v for k, v in payload.get("model", {}).items()}
+    train = {k: tuple(v) if isinstance(v, list) else v for k, v in payload.get("train", {}).items()}
     return VaspConfig(model=ModelConfig(**model), train=TrainConfig(**train), preset=payload.get("preset", "custom"))
