@@ -471,15 +471,21 @@ def test_early_stopping(small_features):
     assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
 
 
-def test_a_validation_plateau_lowers_the_rate_then_stops_the_fit(small_features, capsys):
+def _plateau_fit(features, epochs: tuple[int, int]):
+    """A tiny fit at rates 0.5 then 0.05 whose phases end after one epoch without a new best: its config,
+    result and validation nDCG@100 per epoch."""
     config = make_config(
         "tiny",
         {"blend_ease": False},
-        {"epochs": (20, 20), "learning_rates": (0.5, 0.05), "plateau_steps": 1},
+        {"epochs": epochs, "learning_rates": (0.5, 0.05), "plateau_steps": 1},
         env={},
     )
-    result = train(small_features, config, verbose=0, evaluate_baselines=False)
-    scores = [row["val_ndcg@100"] for row in result.history]
+    result = train(features, config, verbose=0, evaluate_baselines=False)
+    return config, result, [row["val_ndcg@100"] for row in result.history]
+
+
+def test_a_validation_plateau_lowers_the_rate_then_stops_the_fit(small_features, capsys):
+    config, result, scores = _plateau_fit(small_features, (20, 20))
     assert f"validation plateau: the fit stops after epoch {len(scores)}" in capsys.readouterr().out
     rates = [row["learning_rate"] for row in result.history]
     assert len(scores) < 40 and config.train.phase_after(scores) is None
@@ -490,14 +496,7 @@ def test_a_validation_plateau_lowers_the_rate_then_stops_the_fit(small_features,
 
 
 def test_a_fit_stopped_early_by_a_shortened_first_phase_says_the_last_ran_in_full(small_features, capsys):
-    config = make_config(
-        "tiny",
-        {"blend_ease": False},
-        {"epochs": (20, 1), "learning_rates": (0.5, 0.05), "plateau_steps": 1},
-        env={},
-    )
-    result = train(small_features, config, verbose=0, evaluate_baselines=False)
-    scores = [row["val_ndcg@100"] for row in result.history]
+    config, _, scores = _plateau_fit(small_features, (20, 1))
     assert len(scores) < 21 and config.train.phase_after(scores[:-1]) == 1  # the second phase's one epoch ran
     out = capsys.readouterr().out
     assert f"the last phase ran its 1 epoch(s): the fit stops after epoch {len(scores)}" in out
