@@ -108,7 +108,7 @@ def given(args) -> dict:
     print(f"EASE over {features.n_items:,} items in {precision}, grid {grid}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     val = features.validation
-    ease, by_lambda = fit_ease_on_validation(
+    ease, by_lambda, _ = fit_ease_on_validation(
         features.train, val.fold_in, val.holdout, grid=grid, max_expand=args.max_expand, precision=precision
     )
     fit_s = time.perf_counter() - start

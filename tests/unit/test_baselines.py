@@ -113,7 +113,7 @@ def test_fit_ease_on_validation_picks_best_lambda():
     X, _ = checkerboard()
     features = Features.from_matrix(X, n_heldout_users=10, min_user_interactions=5, seed=3)
     grid = (0.5, 50.0, 5000.0)
-    model, results = fit_ease_on_validation(
+    model, results, _ = fit_ease_on_validation(
         features.train, features.validation.fold_in, features.validation.holdout, grid=grid, max_expand=0
     )
     assert set(results) == set(grid)
@@ -148,24 +148,27 @@ def test_fit_ease_on_validation_steps_past_an_edge_optimum():
     X, _ = checkerboard()
     features = Features.from_matrix(X, n_heldout_users=10, min_user_interactions=5, seed=3)
     v = features.validation
-    model, results = fit_ease_on_validation(features.train, v.fold_in, v.holdout, grid=(9000.0, 3000.0), max_expand=2)
+    model, results, _ = fit_ease_on_validation(
+        features.train, v.fold_in, v.holdout, grid=(9000.0, 3000.0), max_expand=2
+    )
     assert 1000.0 in results and 27000.0 not in results
     assert 3 <= len(results) <= 4
     assert model.lambda_ == max(results, key=results.get)
 
 
 @pytest.mark.parametrize(
-    "grid, peak, max_expand, solved, chosen",
+    "grid, peak, max_expand, solved, chosen, kept",
     [
-        # the middle pair (30, 100), then down the grid while validation improves: 300 and 1000 never solved
-        ((1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0), 20.0, 0, [30.0, 100.0, 10.0], 30.0),
+        # the middle pair (30, 100), then down the grid while validation improves: 300 and 1000 never solved;
+        # the walk stopped at 10, a third of the best: kept (100 lost too, but the walk went on past it)
+        ((1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0), 20.0, 0, [30.0, 100.0, 10.0], 30.0, {1 / 3: 10.0}),
         # the optimum below the grid: two steps of a third past its edge, the second one worse
-        ((10.0, 30.0, 100.0, 300.0), 3.0, 2, [30.0, 100.0, 10.0, 10 / 3, 10 / 9], 10 / 3),
-        # above the grid: the one step allowed, and no more
-        ((10.0, 30.0, 100.0), 500.0, 1, [30.0, 100.0, 300.0], 300.0),
+        ((10.0, 30.0, 100.0, 300.0), 3.0, 2, [30.0, 100.0, 10.0, 10 / 3, 10 / 9], 10 / 3, {1 / 3: 10 / 9}),
+        # above the grid: the one step allowed, and no more; the walk ended on its best, nothing to keep
+        ((10.0, 30.0, 100.0), 500.0, 1, [30.0, 100.0, 300.0], 300.0, {}),
     ],
 )
-def test_lambda_search_walks_from_the_grids_middle(monkeypatch, grid, peak, max_expand, solved, chosen):
+def test_lambda_search_walks_from_the_grids_middle(monkeypatch, grid, peak, max_expand, solved, chosen, kept):
     from vasp_model.recommenders import baselines
 
     seen = []
@@ -181,10 +184,15 @@ def test_lambda_search_walks_from_the_grids_middle(monkeypatch, grid, peak, max_
     monkeypatch.setattr(baselines.EASE, "fit_gram", recording)
     monkeypatch.setattr(baselines, "ndcg_at_k", single_peaked)
     X, _ = checkerboard()
-    model, results = fit_ease_on_validation(X, X[:4], X[:4], grid=grid, max_expand=max_expand)
+    model, results, kept_models = fit_ease_on_validation(
+        X, X[:4], X[:4], grid=grid, max_expand=max_expand, keep_factors=(1 / 3, 3.0)
+    )
     np.testing.assert_allclose(seen, solved)
     np.testing.assert_allclose(list(results), solved)
     assert model.lambda_ == pytest.approx(chosen)
+    assert {factor: m.lambda_ for factor, m in kept_models.items()} == pytest.approx(kept)
+    for m in kept_models.values():  # the model solved at that λ, as a fresh solve gives it
+        np.testing.assert_array_equal(m.B, baselines.EASE(m.lambda_).fit(X).B)
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
@@ -217,11 +225,11 @@ def test_float32_search_skips_a_lambda_too_small_for_the_precision():
     # lost in float32 (1 + 1e-9 == 1), so its Cholesky pivot is exactly 0; float64 keeps it
     X = sp.csr_matrix(np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
     fold_in, holdout = sp.csr_matrix(np.array([[1.0, 0.0, 0.0]])), sp.csr_matrix(np.array([[0.0, 1.0, 0.0]]))
-    model, results = fit_ease_on_validation(X, fold_in, holdout, grid=(1e-9, 1.0), max_expand=0, precision="float32")
+    model, results, _ = fit_ease_on_validation(X, fold_in, holdout, grid=(1e-9, 1.0), max_expand=0, precision="float32")
     assert model.lambda_ == 1.0 and np.isnan(results[1e-9]) and results[1.0] == pytest.approx(1.0)
     with pytest.raises(NotPositiveDefinite, match="no λ of"):
         fit_ease_on_validation(X, fold_in, holdout, grid=(1e-9,), max_expand=0, precision="float32")
-    model, _ = fit_ease_on_validation(X, fold_in, holdout, grid=(1e-9,), max_expand=0, precision="float64")
+    model, _, _ = fit_ease_on_validation(X, fold_in, holdout, grid=(1e-9,), max_expand=0, precision="float64")
     assert model.lambda_ == 1e-9
 
 
@@ -238,8 +246,8 @@ def test_fit_ease_on_validation_float32_picks_the_same_lambda():
     features = Features.from_matrix(X, n_heldout_users=10, min_user_interactions=5, seed=3)
     v = features.validation
     args = (features.train, v.fold_in, v.holdout)
-    m64, r64 = fit_ease_on_validation(*args, grid=(0.5, 50.0, 5000.0), max_expand=0)
-    m32, r32 = fit_ease_on_validation(*args, grid=(0.5, 50.0, 5000.0), max_expand=0, precision="float32")
+    m64, r64, _ = fit_ease_on_validation(*args, grid=(0.5, 50.0, 5000.0), max_expand=0)
+    m32, r32, _ = fit_ease_on_validation(*args, grid=(0.5, 50.0, 5000.0), max_expand=0, precision="float32")
     assert m32.lambda_ == m64.lambda_
     assert r32 == pytest.approx(r64, abs=1e-6)
     np.testing.assert_allclose(m32.B, m64.B, rtol=1e-4, atol=1e-6)

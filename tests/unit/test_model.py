@@ -439,6 +439,24 @@ def test_train_returns_metrics_history_and_best_epoch(small_features):
     assert result.metrics["test"]["vasp"]["ndcg@100"] > result.metrics["test"]["popularity"]["ndcg@100"]
 
 
+@pytest.mark.parametrize("factor, solved_again", [(3.0, False), (1 / 3, True)])
+def test_the_blends_ease_reuses_the_lambda_the_search_stopped_at(small_features, monkeypatch, factor, solved_again):
+    # on these features the λ search walks up to 9,000 and stops at 27,000 (a tie): the blend's candidate at 3 × λ
+    # is that last solve, kept; the one at λ / 3 (3,000, solved before the walk went on) is solved again
+    from vasp_model.recommenders import baselines
+
+    solves, fit_ease = [], baselines.fit_ease
+    monkeypatch.setattr(baselines, "fit_ease", lambda X, lam, *a: solves.append(lam) or fit_ease(X, lam, *a))
+    config = make_config(
+        "tiny", model_overrides={"blend_lambda_factors": (1.0, factor)}, train_overrides={"epochs": (1,)}, env={}
+    )
+    result = train(small_features, config, verbose=0)
+    assert list(result.metrics["ease_validation_grid"]) == ["300.0", "1000.0", "3000.0", "9000.0", "27000.0"]
+    assert result.metrics["ease_lambda"] == 9000.0
+    assert [float(lam) for lam in result.metrics["blend_lambda_validation"]] == pytest.approx([9000.0, 9000.0 * factor])
+    assert solves == ([3000.0] if solved_again else [])
+
+
 def test_the_network_alone_is_scored_with_its_blend_set_aside(small_features):
     from vasp_model.recommenders.baselines import EASE
     from vasp_model.recommenders.blend import EaseBlend

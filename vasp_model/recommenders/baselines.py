@@ -10,6 +10,7 @@ remaining slots hold item ``-1`` with score ``-inf``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -307,7 +308,8 @@ def fit_ease_on_validation(
     k: int = 100,
     max_expand: int = 2,
     precision: str = "float64",
-) -> tuple[EASE, dict[float, float]]:
+    keep_factors: Sequence[float] = (),
+) -> tuple[EASE, dict[float, float], dict[float, EASE]]:
     """Choose EASE's λ on validation nDCG@k: a walk over ``grid`` (sorted) from its middle.
 
     The two middle λ are solved first; from the better one the search steps through the grid toward
@@ -315,8 +317,10 @@ def fit_ease_on_validation(
     extra fits), so a data set whose optimum is outside the default grid (sparse catalogs such as
     Last.fm or CiteULike want a smaller λ than MovieLens) still gets an interior optimum. On the
     single-peaked curves λ gives, the walk finds the grid's best while solving only the λ on its way
-    (each solve is O(I³)). ``precision``: one of :data:`EASE_PRECISIONS`. Returns
-    ``(best_model, {λ: validation nDCG@k})`` in the order solved.
+    (each solve is O(I³)). ``precision``: one of :data:`EASE_PRECISIONS`. The λ the walk stopped at (the
+    last one solved, which lost) is kept when it is the best λ times one of ``keep_factors``, so that a
+    caller wanting that λ too need not solve it again. Returns ``(best_model, {λ: validation nDCG@k} in
+    the order solved, {factor: kept model})``.
     """
     grid = sorted({float(g) for g in grid})
     if not grid:
@@ -340,10 +344,12 @@ def fit_ease_on_validation(
 
     results: dict[float, float] = {}
     best: EASE | None = None
+    loser: EASE | None = None  # the last λ solved, when it lost (dropped before the next solve: one I×I less)
 
     def improves(lam: float) -> bool:
         """Solve ``lam``; whether it beats every λ solved before (a float32 breakdown loses)."""
-        nonlocal best
+        nonlocal best, loser
+        loser = None
         try:
             model = fit(lam)
         except NotPositiveDefinite as error:  # a float32 factor can break down at a small λ: it loses
@@ -354,6 +360,7 @@ def fit_ease_on_validation(
         results[lam] = float(np.nanmean(ndcg_at_k(idx, val_holdout, k)))
         log.info("EASE λ search: λ=%g, validation nDCG@%d %.4f", lam, k, results[lam])
         if best is not None and not results[lam] > results[best.lambda_]:
+            loser = model
             return False
         best = model
         return True
@@ -380,7 +387,12 @@ def fit_ease_on_validation(
             break
     if best is None:
         raise NotPositiveDefinite(f"no λ of {sorted(results)} could be solved in {precision}")
-    return best, results
+    kept = {
+        factor: loser
+        for factor in keep_factors
+        if loser is not None and math.isclose(loser.lambda_, best.lambda_ * factor, rel_tol=1e-9)
+    }
+    return best, results, kept
 
 
 def baseline_metrics(
@@ -393,7 +405,7 @@ def baseline_metrics(
     """
     target = getattr(features, split)
     start = time.perf_counter()
-    ease, by_lambda = fit_ease_on_validation(
+    ease, by_lambda, _ = fit_ease_on_validation(
         features.train,
         features.validation.fold_in,
         features.validation.holdout,

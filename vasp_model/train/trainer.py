@@ -304,10 +304,13 @@ def _evaluate(
 
     extra: dict[str, Any] = {}
     ease = ease_bundle = None
+    blend_factors = config.model.blend_lambda_factors if config.model.blend_ease else ()
     if evaluate_baselines or config.model.blend_ease:
         val = features.validation
         with _timed(timings, "ease_fit_seconds"):
-            ease, grid = fit_ease_on_validation(features.train, val.fold_in, val.holdout, precision=ease_precision)
+            ease, grid, kept = fit_ease_on_validation(
+                features.train, val.fold_in, val.holdout, precision=ease_precision, keep_factors=blend_factors
+            )
         extra = {
             "ease_lambda": float(ease.lambda_),
             "ease_validation_grid": {str(k): v for k, v in grid.items()},
@@ -316,7 +319,7 @@ def _evaluate(
     if config.model.blend_ease:
         with _timed(timings, "blend_seconds"):
             extra |= _choose_blend(
-                bundle, ease, features.validation, features.train, config.model.blend_lambda_factors, ease_precision
+                bundle, ease, kept, features.validation, features.train, blend_factors, ease_precision
             )
     with _timed(timings, "vasp_eval_seconds"):
         by_model = {"vasp": _evaluate_on_splits(bundle, features, bundle.n_items)}
@@ -335,11 +338,11 @@ def _evaluate(
     return by_split, per_user, extra, ease_bundle
 
 
-def _choose_blend(bundle, ease, split, train, factors, ease_precision: str) -> dict[str, Any]:
+def _choose_blend(bundle, ease, kept, split, train, factors, ease_precision: str) -> dict[str, Any]:
     """Set ``bundle.blend`` to the blend of VASP with closed-form EASE that ``split``'s users prefer: EASE at each of
-    ``factors`` (``blend_lambda_factors``) times the baseline ``ease``'s λ (that λ's own matrix reused), each with its
-    best weights (none at weight 0 for every user; light and heavy users bounded by the item counts of the ``train``
-    rows). Returns the λ, the weights, each λ's best validation nDCG@100 and the chosen λ's grid, keyed
+    ``factors`` (``blend_lambda_factors``) times the baseline ``ease``'s λ (that λ's own matrix reused, and those the
+    λ search ``kept`` by factor taken from it), each with its best weights (none at weight 0 for every user; light
+    and heavy users bounded by the item counts of the ``train`` rows). Returns the λ, the weights, each λ's best validation nDCG@100 and the chosen λ's grid, keyed
     ``"light/heavy"``."""
     from vasp_model.recommenders.baselines import fit_ease, pruned_matrix
     from vasp_model.recommenders.blend import EaseBlend, choose_blend
@@ -347,8 +350,10 @@ def _choose_blend(bundle, ease, split, train, factors, ease_precision: str) -> d
     n, neighbours = bundle.n_items, bundle.model.ease_neighbours
     lambdas, candidates = [], []
     for factor in dict.fromkeys(factors):  # each factor once, in order
-        lam = ease.lambda_ * factor
-        B = (ease if factor == 1.0 else fit_ease(train, lam, ease_precision)).B[:n, :n]
+        solved = ease if factor == 1.0 else kept.pop(factor, None)
+        if solved is None:
+            solved = fit_ease(train, ease.lambda_ * factor, ease_precision)
+        lam, B = solved.lambda_, solved.B[:n, :n]
         if neighbours is not None:  # as memory-bounded as the model: EASE pruned like its kernel
             B = pruned_matrix(B, neighbours)
         lambdas.append(lam)
