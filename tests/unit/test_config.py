@@ -55,6 +55,17 @@ def test_a_plateau_in_steps_is_whole_epochs():
     assert TrainConfig().plateau_epochs(92) is None
 
 
+def test_the_warmup_in_steps_is_whole_epochs_and_at_most_its_epochs():
+    tc = TrainConfig(ease_warmup_epochs=8, ease_warmup_steps=150)
+    assert [tc.warmup_epochs(n) for n in (1, 16, 19, 22, 92, 150, 400)] == [8, 8, 8, 7, 2, 1, 1]
+    assert TrainConfig(ease_warmup_epochs=8).warmup_epochs(92) == 8
+    assert TrainConfig(ease_warmup_steps=150).warmup_epochs(1) == 0  # no warm-up stays none
+    # the cpu preset: the quality benchmark's small data sets (16 to 19 steps an epoch) keep their 8 epochs
+    cpu = make_config("cpu", env={}).train
+    assert {cpu.warmup_epochs(n) for n in range(16, 20)} == {8} and cpu.warmup_epochs(92) == 2
+    assert make_config("cpu", env={"VASP_EASE_WARMUP_STEPS": "400"}).train.warmup_epochs(92) == 5
+
+
 def test_override_order_preset_env_explicit():
     env = {"VASP_HIDDEN": "64", "VASP_LATENT": "32", "VASP_EPOCHS": "3,2", "VASP_LEARNING_RATES": "1e-3,1e-4"}
     c = make_config("cpu", {"latent": 16, "dropout": None}, env=env)
@@ -76,6 +87,7 @@ def test_override_order_preset_env_explicit():
         ({}, {"optimizer": "sgd"}, "optimizer"),
         ({}, {"patience": 0}, "patience"),
         ({}, {"plateau_steps": 0}, "plateau_steps"),
+        ({}, {"ease_warmup_steps": 0}, "ease_warmup_steps"),
         ({"blend_lambda_factors": ()}, {}, "blend_lambda_factors"),
         ({"blend_lambda_factors": (1.0, 0.0)}, {}, "blend_lambda_factors"),
         ({}, {"jit_compile": "maybe"}, "jit_compile"),

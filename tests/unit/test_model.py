@@ -658,6 +658,24 @@ def test_a_pruned_kernel_warms_up_alone_then_trains_jointly(small_features):
     assert result.metrics["validation"]["vasp"]["ndcg@100"] > 0
 
 
+def test_the_warmup_ends_after_its_steps_in_whole_epochs(small_features, monkeypatch):
+    from vasp_model.train import batches
+
+    runs, fit_plan = [], batches.fit_plan
+
+    def recording(model, plan, epochs, **kwargs):
+        runs.append((model.name, epochs, len(plan)))
+        return fit_plan(model, plan, epochs, **kwargs)
+
+    monkeypatch.setattr(batches, "fit_plan", recording)
+    steps = 17  # more than one epoch of these features' 15 steps, fewer than two
+    config = make_config("tiny", train_overrides={"ease_warmup_epochs": 4, "ease_warmup_steps": steps}, env={})
+    train(small_features, config, verbose=0, evaluate_baselines=False)
+    (warmup, epochs, steps_per_epoch), (joint, *_) = runs
+    assert (warmup, joint, steps_per_epoch) == ("ease_warmup", "vasp", 15)
+    assert epochs == 2  # the epoch that passes 17 steps is run whole, and the 4 epochs are not
+
+
 def test_a_pruned_kernel_takes_its_targets_from_closed_form_ease_whatever_its_init(small_features):
     from vasp_model.recommenders.baselines import EASE, prune_rows
 

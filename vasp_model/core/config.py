@@ -119,6 +119,9 @@ class TrainConfig:
     ignore_input_items: bool = False
     ease_warmup_epochs: int = 0  # epochs training the Neural EASE path alone before the joint fit
     ease_warmup_lr: float = 1e-3
+    # the warm-up ends once it has run this many optimizer steps (in whole epochs), if sooner than its epochs
+    # (None: all of them): counted in steps, as many updates of the kernel at any data size
+    ease_warmup_steps: int | None = None
     patience: int | None = None  # early stopping on validation nDCG@100 (None = off)
     # a phase ends early once this many optimizer steps of it (whole epochs) have passed without a new best
     # validation nDCG@100: the next phase's learning rate starts, or after the last phase the fit stops (None:
@@ -156,7 +159,7 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _positive("ease_warmup_epochs", self.ease_warmup_epochs, allow_zero=True)
         _positive("ease_warmup_lr", self.ease_warmup_lr)
-        for name in ("patience", "plateau_steps"):
+        for name in ("patience", "plateau_steps", "ease_warmup_steps"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
@@ -188,6 +191,13 @@ class TrainConfig:
     @property
     def total_epochs(self) -> int:
         return int(sum(self.epochs))
+
+    def warmup_epochs(self, steps_per_epoch: int) -> int:
+        """The Neural EASE warm-up's epochs at ``steps_per_epoch``: ``ease_warmup_epochs``, or fewer where
+        ``ease_warmup_steps`` are run sooner."""
+        if self.ease_warmup_steps is None:
+            return self.ease_warmup_epochs
+        return min(self.ease_warmup_epochs, math.ceil(self.ease_warmup_steps / max(1, steps_per_epoch)))
 
     def plateau_epochs(self, steps_per_epoch: int) -> int | None:
         """The epochs without a new best that end a phase, at ``steps_per_epoch`` (None: no plateau rule)."""
@@ -271,6 +281,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             learning_rates=(1e-3, 2e-4),
             ease_warmup_epochs=8,
             ease_warmup_lr=3e-3,
+            # or fewer epochs past 150 steps: the small data sets' 16 to 19 steps an epoch keep their 8 epochs
+            ease_warmup_steps=150,
             # a direction's input items are neither positives nor negatives of its loss: validation prefers it
             # on every data set of the quality benchmark (README, Results)
             ignore_input_items=True,

@@ -92,6 +92,11 @@ TRAIN_FLAGS = {
     ),
     "--ease-warmup-epochs": ("ease_warmup_epochs", int, "Epochs fitting Neural EASE alone before the joint fit."),
     "--ease-warmup-lr": ("ease_warmup_lr", float, "Learning rate of the Neural EASE warm-up."),
+    "--ease-warmup-steps": (
+        "ease_warmup_steps",
+        int,
+        "The warm-up ends after this many steps (whole epochs) if sooner than its epochs (default: the preset's).",
+    ),
     "--patience": ("patience", int, "Early stopping patience in epochs on validation nDCG@100 (default off)."),
     "--plateau-steps": (
         "plateau_steps",

@@ -195,10 +195,12 @@ def _warm_start(
 
         with _timed(timings, "warm_start_seconds"):
             transfer_weights(init_from.model, model, mapping)
-    if config.train.ease_warmup_epochs:
-        print(f"Neural EASE warm-up: {config.train.ease_warmup_epochs} epochs", flush=True)
+    epochs = config.train.warmup_epochs(len(plan))
+    timings["ease_warmup_epochs"] = float(epochs)
+    if epochs:
+        print(f"Neural EASE warm-up: {epochs} epoch(s) of {len(plan)} steps", flush=True)
         with _timed(timings, "ease_warmup_seconds"):
-            _ease_warmup(model, plan, config, verbose)
+            _ease_warmup(model, plan, config, epochs, verbose)
 
 
 def _closed_form_init(model, train_csr, model_config, precision: str = "float64") -> None:
@@ -227,8 +229,8 @@ def _closed_form_init(model, train_csr, model_config, precision: str = "float64"
     kernel.assign(kernel.constraint(kernel))
 
 
-def _ease_warmup(model, plan, config: VaspConfig, verbose) -> None:
-    """Fit the Neural EASE path alone (its layer is shared with ``model``)."""
+def _ease_warmup(model, plan, config: VaspConfig, epochs: int, verbose) -> None:
+    """Fit the Neural EASE path alone for ``epochs`` (its layer is shared with ``model``)."""
     import keras
 
     from vasp_model.train.batches import fit_plan
@@ -237,7 +239,7 @@ def _ease_warmup(model, plan, config: VaspConfig, verbose) -> None:
     inputs = keras.Input((model.n_items,))
     ease_only = keras.Model(inputs, model.ease(inputs), name="ease_warmup")
     compile_model(ease_only, config, config.train.ease_warmup_lr)
-    fit_plan(ease_only, plan, config.train.ease_warmup_epochs, verbose=verbose)
+    fit_plan(ease_only, plan, epochs, verbose=verbose)
 
 
 def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, verbose, timings) -> tuple[list, int]:
