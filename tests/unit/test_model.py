@@ -478,6 +478,23 @@ def test_item_cap_models_most_popular_items(small_features):
     assert result.bundle.item_ids.tolist() == small_features.item_ids[:25].tolist()
 
 
+def test_a_capped_catalogs_blend_candidates_do_not_hold_the_whole_catalogs_solve(small_features, monkeypatch):
+    from vasp_model.recommenders import blend
+
+    seen, choose_blend = [], blend.choose_blend
+
+    def recording(probabilities, candidates, *args):
+        seen.extend(candidates)
+        return choose_blend(probabilities, candidates, *args)
+
+    monkeypatch.setattr(blend, "choose_blend", recording)
+    config = make_config("tiny", {"max_items": 25}, {"epochs": (1,), "learning_rates": (1e-2,)}, env={})
+    train(small_features, config, verbose=0, evaluate_baselines=False)
+    baseline, third = seen  # the baseline's own solve serves EASE on all 40 items: a view of it is no cost
+    assert baseline.shape == third.shape == (25, 25) and baseline.base.shape == (40, 40)
+    assert third.base is None and third.flags.c_contiguous  # λ / 3's solve of 40 items is dropped
+
+
 def test_early_stopping(small_features):
     config = make_config(
         "tiny", {"blend_ease": False}, {"epochs": (30,), "learning_rates": (0.5,), "patience": 1}, env={}

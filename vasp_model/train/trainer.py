@@ -358,6 +358,8 @@ def _choose_blend(bundle, ease, kept, split, train, factors, ease_precision: str
         lam, B = solved.lambda_, solved.B[:n, :n]
         if neighbours is not None:  # as memory-bounded as the model: EASE pruned like its kernel
             B = pruned_matrix(B, neighbours)
+        elif solved is not ease and not B.flags.c_contiguous:  # a capped catalog: not the whole solve kept alive
+            B = np.ascontiguousarray(B)
         lambdas.append(lam)
         candidates.append(B)
     index, weights, grids = choose_blend(
