@@ -344,8 +344,8 @@ def _choose_blend(bundle, ease, kept, split, train, factors, ease_precision: str
     """Set ``bundle.blend`` to the blend of VASP with closed-form EASE that ``split``'s users prefer: EASE at each of
     ``factors`` (``blend_lambda_factors``) times the baseline ``ease``'s λ (that λ's own matrix reused, and those the
     λ search ``kept`` by factor taken from it), each with its best weights (none at weight 0 for every user; light
-    and heavy users bounded by the item counts of the ``train`` rows). Returns the λ, the weights, each λ's best validation nDCG@100 and the chosen λ's grid, keyed
-    ``"light/heavy"``."""
+    and heavy users bounded by the item counts of the ``train`` rows). Returns the λ, the weights, each λ's best
+    validation nDCG@100 and the chosen λ's grid, keyed ``"light/heavy"``."""
     from vasp_model.recommenders.baselines import fit_ease, pruned_matrix
     from vasp_model.recommenders.blend import EaseBlend, choose_blend
 
