@@ -18,8 +18,8 @@ import scipy.sparse as sp
 
 from vasp_model.core.numba_launch import numba_launch
 
-# Columns per tile: a batch's [rows, tile] accumulator stays in a core's cache (README, Scoring:
-# tiles of 128 to 1,024 columns measured at 20k items).
+# Columns per tile: a batch's [rows, tile] accumulator stays in a core's cache (docs/EXPERIMENTS.md, Speed
+# history: tiles of 128 to 1,024 columns measured at 20k items).
 COLUMN_TILE = 256
 # Rows per call of the compiled kernel (bounds its per-thread accumulators).
 ROW_CHUNK = 4096

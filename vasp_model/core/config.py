@@ -264,11 +264,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             encoder_blocks=3,
             decoder_blocks=2,
             # a training row's input is already half of the user's items: validation preferred 0.3 to 0.5 on
-            # four of the quality benchmark's five data sets (README, Results)
+            # four of the quality benchmark's five data sets (docs/EXPERIMENTS.md)
             dropout=0.3,
             ease_l2=1e-3,
-            # The Neural EASE kernel starts at 5 × closed-form EASE (λ 500); the README's results compare
-            # this warm start with a kernel started from zeros.
+            # The Neural EASE kernel starts at 5 × closed-form EASE (λ 500) rather than at zeros.
             ease_init="closed_form",
             # wider catalogs train a kernel pruned to 512 targets per item: it ranked as well on the two
             # measured (15,342 and 16,920 items) in far less time and memory (README, Wide catalogs)
@@ -284,10 +283,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             # or fewer epochs past 150 steps: the small data sets' 16 to 19 steps an epoch keep their 8 epochs
             ease_warmup_steps=150,
             # a direction's input items are neither positives nor negatives of its loss: validation prefers it
-            # on every data set of the quality benchmark (README, Results)
+            # on every data set of the quality benchmark (docs/EXPERIMENTS.md)
             ignore_input_items=True,
             # a phase ends after 300 steps without a new best: Amazon's 92 steps an epoch overfit within the 30
-            # epochs; on the small data sets (16 to 19 steps an epoch) ending on a 4-epoch plateau lost (README, Results)
+            # epochs; on the small data sets (16 to 19 steps an epoch) ending on a 4-epoch plateau lost
+            # (docs/EXPERIMENTS.md)
             plateau_steps=300,
         ),
     },

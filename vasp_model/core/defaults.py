@@ -76,7 +76,8 @@ def default_artifact_root() -> str:
 EXCLUDE_RULES = ("all", "positives", "none")
 DEFAULT_EXCLUDE = "all"
 # Users a bundle scores per forward pass: a batch reads the Neural EASE kernel's rows of the items it holds
-# once, so wider batches read less of it per user (README, Scoring), at [batch, items] floats per logits array.
+# once, so wider batches read less of it per user (docs/EXPERIMENTS.md, Speed history), at [batch, items] floats
+# per logits array.
 SCORE_BATCH_USERS = 2048
 
 
