@@ -9,6 +9,9 @@ DATE ?= $(shell date -u -d yesterday +%Y-%m-%d)
 INPUT ?=
 PRESET ?= cpu
 PYTEST_ARGS ?=
+# Test worker processes, each running whole test files (module fixtures built once); 1: in this process.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 .PHONY: run test test-fast lint format bench java clean-run
 
@@ -28,12 +31,12 @@ run: java $(STAMP)
 
 test: java $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # The unit tier: no trainings to convergence, no real data, no servers (local Spark only).
 test-fast: java $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest tests/unit tests/faults -m "not slow and not service and not realdata" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest tests/unit tests/faults -m "not slow and not service and not realdata" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

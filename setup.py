@@ -47,6 +47,7 @@ SERVER = [
 
 DEV = [
     "pytest>=8,<10",
+    "pytest-xdist>=3.6,<4",  # `make test` runs the suite in two worker processes
     "ruff==0.17.5",
     "duckdb>=1.1,<3",
     "jax[cpu]>=0.7,<0.13",  # second Keras backend for the cross-backend test

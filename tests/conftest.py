@@ -1,10 +1,11 @@
 """Shared fixtures. The SparkSession is session-scoped and lazy: only tests that ask for
-``spark`` start it (one JVM for the whole run); everything else never touches Spark. ML-1M
+``spark`` start it (one JVM per test process); everything else never touches Spark. ML-1M
 goes through one ``cpu``-preset night per run (``ml1m_night``: one build, one training), which
 every ML-1M test reads (its features: ``ml1m_features``)."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import subprocess
@@ -45,13 +46,33 @@ def ml1m_night(tmp_path_factory) -> dict:
 
     The fresh process trains with Keras on JAX (``VASP_QUALITY_BACKEND`` picks another backend): the
     same model code, about 3x faster per epoch on CPU than TensorFlow, which this process has loaded.
-    ``VASP_QUALITY_TIMEOUT`` (seconds, default 3600) bounds the run.
+    ``VASP_QUALITY_TIMEOUT`` (seconds, default 3600) bounds the run. Under ``make test``'s worker
+    processes the night runs once: the first worker to ask runs it, the others wait for it and read it.
     """
-    from shared_data import ML1M, data_path, require_data
+    from shared_data import ML1M, require_data
 
     require_data(ML1M)
-    tmp = tmp_path_factory.mktemp("ml1m-night")
-    date = "2026-03-10"
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's own folder, above each worker's
+    tmp, date = shared / "ml1m-night", "2026-03-10"
+    with open(shared / "ml1m-night.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held while another worker's night runs
+        outcome = tmp / "outcome.txt"  # empty: the night succeeded
+        if not tmp.exists():
+            tmp.mkdir()
+            outcome.write_text(_ml1m_night(tmp, date))
+        if not outcome.exists():
+            pytest.fail("the worker that ran the ML-1M night died before it finished", pytrace=False)
+        if error := outcome.read_text():
+            pytest.fail(error, pytrace=False)
+    return {"warehouse": tmp / "warehouse", "date": date}
+
+
+def _ml1m_night(tmp: Path, date: str) -> str:
+    """Run the ML-1M night under ``tmp``; returns what went wrong ("" if nothing)."""
+    from shared_data import ML1M, data_path
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("VASP_")}
     env.update(
         VASP_HOME=str(tmp / "run"),
@@ -69,8 +90,8 @@ def ml1m_night(tmp_path_factory) -> dict:
         timeout=int(os.environ.get("VASP_QUALITY_TIMEOUT", "3600")),
     )
     if proc.returncode != 0:
-        pytest.fail(f"vasp run on ML-1M failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", pytrace=False)
-    return {"warehouse": tmp / "warehouse", "date": date}
+        return f"vasp run on ML-1M failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return ""
 
 
 @pytest.fixture(scope="session")

@@ -216,8 +216,9 @@ def test_pipeline_tracks_on_mlflow_server_on_postgres(night, postgres, mlflow_se
     client and on its side."""
     assert night["state"] == "success", night["tasks"]
     uri = mlflow_server.url
-    import mlflow
     from mlflow import MlflowClient
+
+    from vasp_model.mlops import tracking
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("vasp", "champion")
@@ -225,8 +226,8 @@ def test_pipeline_tracks_on_mlflow_server_on_postgres(night, postgres, mlflow_se
     assert run.info.status == "FINISHED"
     assert any(key.startswith("test") or "ndcg" in key for key in run.data.metrics)
     assert champion.source and champion.run_id
-    mlflow.set_tracking_uri(uri)
-    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    with tracking.mlflow_uri(uri):  # put back after: a later test's subprocess must not inherit this server
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert artifacts, "no artifacts logged through the server"
     # ... and on its side: rows in PostgreSQL, artifact files under the server's artifact root
     assert _sql(postgres, "mlflow", "SELECT count(*) FROM runs")[0][0] >= 1
