@@ -17,6 +17,7 @@ import pytest
 
 from vasp_model import cli
 from vasp_model.data import layout, storage
+from vasp_model.mlops.registry import client_for
 
 pytestmark = pytest.mark.slow
 
@@ -121,9 +122,7 @@ def _same_files(before: dict[str, bytes], after: dict[str, bytes]) -> bool:
 
 
 def _aliases(tracking_uri: str) -> dict[str, str]:
-    import mlflow
-
-    return dict(mlflow.MlflowClient(tracking_uri).get_registered_model("vasp").aliases)
+    return dict(client_for(tracking_uri).get_registered_model("vasp").aliases)
 
 
 def _record(wh: Path, night: str) -> dict:
@@ -164,9 +163,7 @@ def test_the_first_night_has_no_comparison(nights):
 
 
 def test_the_report_is_logged_to_the_nights_mlflow_run(nights):
-    import mlflow
-
-    client = mlflow.MlflowClient(nights["tracking"])
+    client = client_for(nights["tracking"])
     experiment = client.get_experiment_by_name("vasp")
     (run,) = client.search_runs([experiment.experiment_id], f"attributes.run_name = 'vasp-{NIGHTS[3]}'")
     assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} >= {"report/report.html"}
@@ -198,9 +195,7 @@ def test_the_flags_arrive_as_mail_on_exactly_the_drifting_nights(nights):
 
 
 def test_the_champion_history_matches_the_nights_records(nights):
-    import mlflow
-
-    client = mlflow.MlflowClient(nights["tracking"])
+    client = client_for(nights["tracking"])
     champion = None
     for night in NIGHTS:
         record = nights["records"][night]

@@ -721,11 +721,10 @@ def _night_run_id(client, date: str) -> str | None:
 
 def log_to_mlflow(tracking_uri: str, date: str, report_path: str, figs: Mapping[str, Any], flags: list) -> str | None:
     """Log the report (and its plots) to the night's MLflow run; returns the run id (None: no such run)."""
-    import mlflow
-
     from vasp_model.data import storage
+    from vasp_model.mlops.registry import client_for
 
-    client = mlflow.MlflowClient(tracking_uri)
+    client = client_for(tracking_uri)
     run_id = _night_run_id(client, date)
     if run_id is None:
         log.warning("no MLflow run vasp-%s: the report is not logged to MLflow", date)
