@@ -174,7 +174,9 @@ def test_mlflow_uri_scope_restores_the_settings_it_found(monkeypatch, tmp_path):
         assert os.environ["MLFLOW_REGISTRY_URI"] == elsewhere
     finally:
         mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
+        mlflow.set_registry_uri(None)  # unsets the global, not the variable the setter wrote
+        for name in tracking.MLFLOW_URI_ENV:
+            os.environ.pop(name, None)
 
 
 def test_runs_left_running_by_a_dead_process_of_this_host_are_marked_killed(tmp_path):
