@@ -82,13 +82,17 @@ def _ml1m_night(tmp: Path, date: str) -> str:
         KERAS_BACKEND=os.environ.get("VASP_QUALITY_BACKEND", "jax"),
     )
     vasp = Path(sys.executable).with_name("vasp")
-    proc = subprocess.run(
-        [str(vasp), "run", "--date", date, "--input", str(data_path(ML1M)), "--preset", "cpu"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=int(os.environ.get("VASP_QUALITY_TIMEOUT", "3600")),
-    )
+    timeout = int(os.environ.get("VASP_QUALITY_TIMEOUT", "3600"))
+    try:
+        proc = subprocess.run(
+            [str(vasp), "run", "--date", date, "--input", str(data_path(ML1M)), "--preset", "cpu"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return f"vasp run on ML-1M ran past VASP_QUALITY_TIMEOUT ({timeout} s)"
     if proc.returncode != 0:
         return f"vasp run on ML-1M failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return ""
