@@ -71,9 +71,10 @@ def ml1m_night(tmp_path_factory) -> dict:
 
 def _ml1m_night(tmp: Path, date: str) -> str:
     """Run the ML-1M night under ``tmp``; returns what went wrong ("" if nothing)."""
+    from night_process import inherited_environment
     from shared_data import ML1M, data_path
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VASP_")}
+    env = inherited_environment("VASP_")
     env.update(
         VASP_HOME=str(tmp / "run"),
         VASP_WAREHOUSE=str(tmp / "warehouse"),

@@ -26,12 +26,17 @@ print("RESULT " + json.dumps(run_dag(date, conf), default=str))
 """
 
 
+def inherited_environment(*dropped: str) -> dict[str, str]:
+    """This process's environment for a night in a process of its own: without the Airflow and MLflow
+    settings an earlier test of this process may have left (nor variables starting with ``dropped``)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_", *dropped))}
+
+
 def run_night_in_own_process(date: str, conf: dict, env: dict[str, str]) -> dict:
     """``run_dag(date, conf)`` in a fresh process whose Airflow home is ``$VASP_HOME/airflow`` (``env``
     must set ``VASP_HOME``). Airflow's configuration and metadata DB are per process: a module whose nights
     use their own warehouse (other Asset URIs under the same names) must not share this process's DB."""
-    # the night's Airflow and MLflow settings are the test's: none left in this process by an earlier test
-    child = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_"))}
+    child = inherited_environment()
     child.update(env)
     child["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
     proc = subprocess.run(
