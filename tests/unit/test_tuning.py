@@ -93,6 +93,23 @@ def test_every_point_of_the_space_is_a_valid_config():
         SearchSpace(space.base, max_epochs=0)
 
 
+@pytest.mark.parametrize("steps_per_epoch", [16, 19, 91, 109])
+def test_the_warm_up_knob_moves_the_warm_up_at_any_steps_an_epoch(steps_per_epoch):
+    space = SearchSpace(make_config("cpu", env={}))
+    assert "ease_warmup_scale" in space.dimensions() and "ease_warmup_epochs" not in space.dimensions()
+
+    def warmup(scale: float) -> int:
+        point = space.base_params() | {"ease_warmup_scale": scale}
+        return space.config(point).train.warmup_epochs(steps_per_epoch)
+
+    base = space.base.train.warmup_epochs(steps_per_epoch)
+    assert warmup(0.0) == 0 and warmup(1.0) == base and warmup(2.0) > base
+    assert warmup(0.5) <= base  # fewer or as many (a whole epoch at most steps)
+    no_warmup = SearchSpace(make_config("tiny", env={}))
+    assert "ease_warmup_scale" not in no_warmup.dimensions()
+    assert no_warmup.config(no_warmup.base_params() | {"ease_warmup_epochs": 3}).train.ease_warmup_epochs == 3
+
+
 def test_a_study_selects_on_validation_only_prunes_and_logs_child_runs(features, tmp_path, monkeypatch):
     import mlflow
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID

@@ -65,7 +65,9 @@ class SearchSpace:
     """The knobs searched on top of ``base`` (a preset's config); trials train at most ``max_epochs``
     epochs (default: twice the base schedule). The schedule is two phases: ``lr`` for the first
     ``1 - second_phase`` of the epochs, then ``lr × lr_ratio``. The latent size keeps the base's
-    ratio to the width; the closed-form init's scale and λ are searched when the base uses that init."""
+    ratio to the width; the closed-form init's scale and λ are searched when the base uses that init. A base
+    with a Neural EASE warm-up has it scaled (``ease_warmup_scale``, 0 to 2): its epochs and its step limit
+    alike, so the knob moves the warm-up at any number of steps an epoch; one without searches its epochs."""
 
     base: VaspConfig
     max_epochs: int | None = None
@@ -90,11 +92,14 @@ class SearchSpace:
             "lr_ratio": Range(0.05, 1.0, log=True),
             "epochs": Range(max(1, min(self.base.train.total_epochs, cap) // 4), cap, log=True, integer=True),
             "second_phase": Range(0.0, 0.5),
-            "ease_warmup_epochs": Range(0, min(2 * self.base.train.ease_warmup_epochs or 8, cap), integer=True),
             "hidden": Choice((max(1, model.hidden // 2), model.hidden, 2 * model.hidden)),
             "ab_resplit": Choice((False, True)),
             "ignore_input_items": Choice((False, True)),
         }
+        if self.base.train.ease_warmup_epochs:
+            dims["ease_warmup_scale"] = Range(0.0, 2.0)
+        else:
+            dims["ease_warmup_epochs"] = Range(0, min(8, cap), integer=True)
         if model.ease_init == "closed_form":
             dims["ease_init_scale"] = Range(0.5, 20.0, log=True)
             dims["ease_init_lambda"] = Range(50.0, 5000.0, log=True)
@@ -118,6 +123,7 @@ class SearchSpace:
             "epochs": total,
             "second_phase": (total - train.epochs[0]) / total,
             "ease_warmup_epochs": train.ease_warmup_epochs,
+            "ease_warmup_scale": 1.0,
             "hidden": model.hidden,
             "ab_resplit": train.ab_resplit,
             "ignore_input_items": train.ignore_input_items,
@@ -143,12 +149,24 @@ class SearchSpace:
                 train,
                 epochs=(total - second, second),
                 learning_rates=(lr, lr * float(params["lr_ratio"])),
-                ease_warmup_epochs=int(params["ease_warmup_epochs"]),
+                **self._warmup(params),
                 ab_resplit=bool(params["ab_resplit"]),
                 ignore_input_items=bool(params["ignore_input_items"]),
             ),
             preset=self.base.preset,
         )
+
+    def _warmup(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The warm-up fields of ``params``' point: the base's epochs and step limit scaled, or its epochs."""
+        train = self.base.train
+        if "ease_warmup_scale" not in params:
+            return {"ease_warmup_epochs": int(params["ease_warmup_epochs"])}
+        scale = float(params["ease_warmup_scale"])
+        steps = train.ease_warmup_steps and max(1, round(scale * train.ease_warmup_steps))
+        return {
+            "ease_warmup_epochs": min(round(scale * train.ease_warmup_epochs), self.epoch_cap),
+            "ease_warmup_steps": steps,
+        }
 
 
 class TrialReporter(keras.callbacks.Callback):
