@@ -72,7 +72,7 @@ def _vasp(*args: str) -> list[str]:
     return [os.path.join(os.path.dirname(sys.executable), "vasp"), *args]
 
 
-def _run(cmd: list[str], log: str) -> float:
+def run_measured(cmd: list[str], log: str) -> float:
     """Run ``cmd`` (output to ``log``); returns its peak RSS in GiB (the largest of it and the children it
     waited for: not a Spark JVM, which pyspark leaves unreaped)."""
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
@@ -119,13 +119,13 @@ def run_split(
     log = os.path.join(warehouse, f"split-{split}.log")
     if source == SYNTHETIC:
         source = os.path.join(warehouse, f"events-{split}.csv")
-        _run(_vasp("synth", "--out", source, "--seed", str(split)), log)
+        run_measured(_vasp("synth", "--out", source, "--seed", str(split)), log)
     elif name in SAMPLED_USERS:
         source = sample_users(os.path.join(data_root, source), SAMPLED_USERS[name], split, warehouse)
     else:
         source = os.path.join(data_root, source)
     if not storage.is_published(layout.features_dir(warehouse, date)):
-        _run(
+        run_measured(
             _vasp(
                 "build", "--input", source, "--warehouse", warehouse, "--date", date, "--seed", str(split), *build_args
             ),
@@ -134,7 +134,7 @@ def run_split(
     start = time.perf_counter()
     train = ["train", "--warehouse", warehouse, "--date", date, "--preset", preset, "--config", config]
     train += ["--backend", backend]
-    train_rss = _run(_vasp(*train, "--no-tracking", "--quiet", *train_args), log)
+    train_rss = run_measured(_vasp(*train, "--no-tracking", "--quiet", *train_args), log)
     models = storage.local_path(layout.models_dir(warehouse, date))
     with open(os.path.join(models, "metrics.json")) as fh:
         metrics = json.load(fh)

@@ -10,6 +10,10 @@ test item outside it counts as missed). Both, popularity, and the first EASE wit
 to each item's k strongest neighbours (``--prune``: what the memory-bounded representation costs in
 quality) are scored on every test-file user with LightGCN's metric definitions @20, printed beside the
 figures that paper publishes on this split. Peak RSS is reported per stage (the build's Spark driver and JVM, then this process).
+``--vasp PRESET`` adds VASP: the product's own ``vasp train --preset PRESET --no-tracking`` on the same
+features (its given-split figures from the published ``metrics.json``: the served model, trained on the
+train users and folding in every user's train.txt row); a model already published for the date with that
+preset is read instead of trained again (its run's seconds from its metrics, its peak RSS unknown).
 
 ``kernel``: the ``cpu`` preset's train step with the dense Neural EASE kernel against pruned ones
 (``--neighbours``: k targets per item) at each catalog width of ``--items``, on synthetic rows of
@@ -28,6 +32,7 @@ process of its own: seconds, GFLOP/s (I³ flops) and the ratio in the same run.
 
     .venv/bin/python bench/scale.py given
     .venv/bin/python bench/scale.py given --grid 100,300,1000 --heldout-users 1000
+    .venv/bin/python bench/scale.py given --vasp cpu --warehouse /work/gowalla   # hours on 2 CPU cores
     .venv/bin/python bench/scale.py kernel --items 16920,40981 --neighbours 512,256
     .venv/bin/python bench/scale.py solve --solves 16920:float64,40981:float32
 """
@@ -82,6 +87,33 @@ def build_given(data: str, warehouse: str, date: str, heldout_users: int) -> flo
     return time.perf_counter() - start
 
 
+def train_vasp(warehouse: str, date: str, preset: str) -> tuple[dict, dict]:
+    """The given-split metrics of the VASP published for ``date`` with ``preset`` (trained now by ``vasp train``
+    unless already there), and its ``vasp train`` seconds and peak RSS (None where an earlier run trained it)."""
+    from bench.quality import run_measured
+    from vasp_model.data import layout, storage
+
+    models = layout.models_dir(warehouse, date)
+
+    def published_preset() -> str | None:
+        if not storage.is_published(models):
+            return None
+        return storage.read_json(os.path.join(models, "_manifest.json"))["config"].get("preset")
+
+    rss = None
+    if published_preset() != preset:
+        vasp = os.path.join(os.path.dirname(sys.executable), "vasp")
+        cmd = [vasp, "train", "--warehouse", warehouse, "--date", date, "--preset", preset, "--config", "preset"]
+        rss = run_measured([*cmd, "--no-tracking", "--quiet"], os.path.join(storage.local_path(warehouse), "train.log"))
+    metrics = storage.read_json(os.path.join(models, "metrics.json"))
+    if "given" not in metrics:
+        raise SystemExit(
+            f"the model published for {date} has no given-split metrics: train it on features built with --test-input"
+        )
+    run = {"seconds": round(metrics["timings"]["total_seconds"], 1), "peak_rss_gib": rss and round(rss, 2)}
+    return metrics["given"]["vasp"], run
+
+
 def given(args) -> dict:
     from vasp_model.data.features import load_features
     from vasp_model.evaluation.given import evaluate_given
@@ -126,6 +158,10 @@ def given(args) -> dict:
     every_user = fit_ease(features.given.fold_in, best_lambda, precision)
     refit_s = time.perf_counter() - start
     metrics |= evaluate_given({"ease_every_user": (every_user, n)}, features)
+    del every_user
+    vasp_run = None
+    if args.vasp:
+        metrics["vasp"], vasp_run = train_vasp(args.warehouse, args.date, args.vasp)
     counts = features.manifest["given"]["counts"]
     return {
         "metrics": metrics,
@@ -147,6 +183,7 @@ def given(args) -> dict:
             "ease_every_user_fit": round(refit_s, 1),
         },
         "peak_rss_gib": {"build": round(build_rss, 2), "train_and_score": round(peak_rss_gib(resource.RUSAGE_SELF), 2)},
+        "vasp": vasp_run and {"preset": args.vasp, **vasp_run},
     }
 
 
@@ -157,18 +194,22 @@ def print_given(got: dict) -> None:
         f"{shape['train_users']:,} users trained on ({shape['validation_users']:,} validation users chose λ), "
         f"{shape['given_test_items']:,} test items ({shape['given_test_items_oov']:,} outside the vocabulary)"
     )
-    header = f"{'model':<28} {'Recall@20':>10} {'nDCG@20':>10} {'nDCG@100 (vae_cf)':>18}"
+    header = f"{'model':<34} {'Recall@20':>10} {'nDCG@20':>10} {'nDCG@100 (vae_cf)':>18}"
     print(header)
     print("-" * len(header))
     lam = got["ease"]["lambda"]
     labels = {"ease": f"EASE λ={lam:g}, train users", "ease_every_user": f"EASE λ={lam:g}, every user"}
     labels |= {name: f"  B pruned to {name.rsplit('_', 1)[1]}/item" for name in got["metrics"] if "pruned" in name}
+    if got.get("vasp"):
+        labels["vasp"] = f"VASP ({got['vasp']['preset']} preset), train users"
     rows = [(labels.get(name, name), m) for name, m in got["metrics"].items()]
     rows.append(("LightGCN (published)", got["published"]["lightgcn"]))
     for label, m in rows:
         vae = f"{m['ndcg@100']:>18.4f}" if "ndcg@100" in m else f"{'-':>18}"
-        print(f"{label:<28} {m['lightgcn_recall@20']:>10.4f} {m['lightgcn_ndcg@20']:>10.4f} {vae}")
+        print(f"{label:<34} {m['lightgcn_recall@20']:>10.4f} {m['lightgcn_ndcg@20']:>10.4f} {vae}")
     print(f"seconds: {json.dumps(got['seconds'])}; peak RSS GiB: {json.dumps(got['peak_rss_gib'])}")
+    if got.get("vasp"):
+        print(f"vasp train: {json.dumps(got['vasp'])}")
 
 
 def step_seconds(
@@ -353,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prune", default="32,128,512", help="given: also score EASE's B pruned to k neighbours per item (k, ...)."
     )
+    parser.add_argument("--vasp", default=None, help="given: also train (or read) VASP with this preset, e.g. cpu.")
     parser.add_argument("--items", default="16920,40981", help="kernel: catalog widths (items, ...).")
     parser.add_argument("--neighbours", default="512,256", help="kernel: pruned kernels' targets per item (k, ...).")
     parser.add_argument("--max-positives", type=int, default=811, help="kernel: the widest row a pruned kernel reads.")
