@@ -98,7 +98,7 @@ def train_vasp(warehouse: str, date: str, preset: str) -> tuple[dict, dict]:
     def published_preset() -> str | None:
         if not storage.is_published(models):
             return None
-        return storage.read_json(os.path.join(models, "_manifest.json"))["config"].get("preset")
+        return storage.read_json(os.path.join(models, "_manifest.json")).get("config", {}).get("preset")
 
     rss = None
     if published_preset() != preset:
