@@ -68,7 +68,7 @@ ALONE = UNBLENDED  # the network without its blend with EASE, where vasp train s
 SHOWN = ("ndcg@100", "recall@20", "recall@50")
 
 
-def _vasp(*args: str) -> list[str]:
+def vasp_command(*args: str) -> list[str]:
     return [os.path.join(os.path.dirname(sys.executable), "vasp"), *args]
 
 
@@ -119,14 +119,14 @@ def run_split(
     log = os.path.join(warehouse, f"split-{split}.log")
     if source == SYNTHETIC:
         source = os.path.join(warehouse, f"events-{split}.csv")
-        run_measured(_vasp("synth", "--out", source, "--seed", str(split)), log)
+        run_measured(vasp_command("synth", "--out", source, "--seed", str(split)), log)
     elif name in SAMPLED_USERS:
         source = sample_users(os.path.join(data_root, source), SAMPLED_USERS[name], split, warehouse)
     else:
         source = os.path.join(data_root, source)
     if not storage.is_published(layout.features_dir(warehouse, date)):
         run_measured(
-            _vasp(
+            vasp_command(
                 "build", "--input", source, "--warehouse", warehouse, "--date", date, "--seed", str(split), *build_args
             ),
             log,
@@ -134,7 +134,7 @@ def run_split(
     start = time.perf_counter()
     train = ["train", "--warehouse", warehouse, "--date", date, "--preset", preset, "--config", config]
     train += ["--backend", backend]
-    train_rss = run_measured(_vasp(*train, "--no-tracking", "--quiet", *train_args), log)
+    train_rss = run_measured(vasp_command(*train, "--no-tracking", "--quiet", *train_args), log)
     models = storage.local_path(layout.models_dir(warehouse, date))
     with open(os.path.join(models, "metrics.json")) as fh:
         metrics = json.load(fh)

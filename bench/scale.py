@@ -73,12 +73,12 @@ def ease_precision(X) -> str:
 
 def build_given(data: str, warehouse: str, date: str, heldout_users: int) -> float:
     """``vasp build`` of train.txt with test.txt as the given split (skipped when published); seconds."""
+    from bench.quality import vasp_command
     from vasp_model.data import layout, storage
 
     if storage.is_published(layout.features_dir(warehouse, date)):
         return 0.0
-    vasp = os.path.join(os.path.dirname(sys.executable), "vasp")
-    cmd = [vasp, "build", "--format", "user-items", "--input", os.path.join(data, "train.txt")]
+    cmd = vasp_command("build", "--format", "user-items", "--input", os.path.join(data, "train.txt"))
     cmd += ["--test-input", os.path.join(data, "test.txt"), "--heldout-users", str(heldout_users)]
     cmd += ["--warehouse", warehouse, "--date", date]
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
@@ -90,20 +90,14 @@ def build_given(data: str, warehouse: str, date: str, heldout_users: int) -> flo
 def train_vasp(warehouse: str, date: str, preset: str) -> tuple[dict, dict]:
     """The given-split metrics of the VASP published for ``date`` with ``preset`` (trained now by ``vasp train``
     unless already there), and its ``vasp train`` seconds and peak RSS (None where an earlier run trained it)."""
-    from bench.quality import run_measured
+    from bench.quality import run_measured, vasp_command
     from vasp_model.data import layout, storage
 
     models = layout.models_dir(warehouse, date)
-
-    def published_preset() -> str | None:
-        if not storage.is_published(models):
-            return None
-        return storage.read_json(os.path.join(models, "_manifest.json")).get("config", {}).get("preset")
-
+    published = storage.is_published(models) and storage.read_json(os.path.join(models, "_manifest.json"))
     rss = None
-    if published_preset() != preset:
-        vasp = os.path.join(os.path.dirname(sys.executable), "vasp")
-        cmd = [vasp, "train", "--warehouse", warehouse, "--date", date, "--preset", preset, "--config", "preset"]
+    if not published or published.get("config", {}).get("preset") != preset:
+        cmd = vasp_command("train", "--warehouse", warehouse, "--date", date, "--preset", preset, "--config", "preset")
         rss = run_measured([*cmd, "--no-tracking", "--quiet"], os.path.join(storage.local_path(warehouse), "train.log"))
     metrics = storage.read_json(os.path.join(models, "metrics.json"))
     if "given" not in metrics:
