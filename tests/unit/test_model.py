@@ -624,6 +624,22 @@ def test_a_resumed_fit_keeps_the_phase_its_validation_history_gives(small_featur
     assert expected[-1] == pytest.approx(1e-3)
 
 
+def test_a_fit_killed_before_its_first_checkpoint_starts_over(small_features, tmp_path):
+    """No finished checkpoint: what the killed fit left (its resume state, a weights file no metadata names)
+    is dropped, and the fit starts from the warm start with none of that state."""
+    config = make_config("tiny", train_overrides={"epochs": (2,), "learning_rates": (1e-2,)}, env={})
+    stale = {"history": [{"epoch": 1, "val_ndcg@100": 1.0}], "best": 1.0, "best_epoch": 0, "wait": 0}
+    (tmp_path / "resume_state.json").write_text(json.dumps(stale))
+    np.savez(tmp_path / "best_weights.npz", np.zeros(3))
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "epoch-1.weights.h5").write_bytes(b"\x89HDF")
+    result = train(small_features, config, checkpoint_dir=str(tmp_path), verbose=0, evaluate_baselines=False)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert result.history[0]["val_ndcg@100"] < 1.0
+    assert result.best_epoch == max(result.history, key=lambda h: h["val_ndcg@100"])["epoch"]
+    assert os.listdir(tmp_path) == []
+
+
 def test_closed_form_warm_start_ranks_like_ease(small_features):
     from vasp_model.recommenders.baselines import EASE
 

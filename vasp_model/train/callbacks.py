@@ -9,10 +9,13 @@
   everything that happens at the end of an epoch (validation, the best epoch's copy, checkpoints).
 * :class:`ResumeState` persists what ``BackupAndRestore`` does not (the history rows and
   ``EarlyStopping``'s best epoch, best weights and wait) and restores it when a fit resumes.
+* :class:`AtomicBackupAndRestore` is Keras' ``BackupAndRestore`` with a checkpoint that a kill never
+  leaves half-written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +30,7 @@ from vasp_model.evaluation.metrics import ndcg_at_k, recall_at_k
 log = logging.getLogger(__name__)
 
 MONITOR = "val_ndcg@100"
+STATE_FILE, BEST_WEIGHTS_FILE = "resume_state.json", "best_weights.npz"
 
 
 class TrainingDiverged(ValueError):
@@ -163,8 +167,8 @@ class ResumeState(keras.callbacks.Callback):
 
     def __init__(self, directory: str, validation: ValidationMetrics, early_stopping: keras.callbacks.EarlyStopping):
         super().__init__()
-        self.state_path = os.path.join(directory, "resume_state.json")
-        self.weights_path = os.path.join(directory, "best_weights.npz")
+        self.state_path = os.path.join(directory, STATE_FILE)
+        self.weights_path = os.path.join(directory, BEST_WEIGHTS_FILE)
         self.validation = validation
         self.early_stopping = early_stopping
 
@@ -198,9 +202,64 @@ class ResumeState(keras.callbacks.Callback):
         _replace(self.state_path, lambda tmp: _write_json(tmp, state))
 
     def on_train_end(self, logs=None):
-        for path in (self.state_path, self.weights_path):
-            if os.path.exists(path):
-                os.remove(path)
+        self.clear(os.path.dirname(self.state_path))
+
+    @staticmethod
+    def clear(directory: str) -> None:
+        """Remove the state a fit left in ``directory``."""
+        for name in (STATE_FILE, BEST_WEIGHTS_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' ``BackupAndRestore`` (one checkpoint per epoch, removed when the fit ends) whose checkpoint is
+    never half-written, so a kill at any point leaves the last complete one for the rerun.
+
+    Keras writes the weights and then truncates and rewrites its metadata in place: a kill between the two,
+    or inside either, leaves weights and epoch that disagree or a metadata file that does not parse. Here
+    each save writes a new weights file, then moves a metadata file naming it (and the epoch) over the old
+    one, and only then removes the older weights. Replaces Keras' ``_save_model`` and ``_load_model``.
+    """
+
+    def __init__(self, backup_dir: str):
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=True)
+
+    @staticmethod
+    def recorded(backup_dir: str) -> dict[str, Any] | None:
+        """The checkpoint in ``backup_dir`` (its epoch and weights file), or None where none was finished."""
+        try:
+            with open(os.path.join(backup_dir, "training_metadata.json")) as fh:
+                metadata = json.load(fh)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            log.warning(
+                "the checkpoint in %s does not parse (an earlier version's, killed while writing it)", backup_dir
+            )
+            return None
+        weights = metadata.get("weights", "latest.weights.h5")  # an earlier version's checkpoint: Keras' own name
+        return {**metadata, "weights": os.path.join(backup_dir, weights)}
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        name = f"epoch-{self._current_epoch}.weights.h5"
+        self.model.save_weights(os.path.join(self.backup_dir, name), overwrite=True)
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
+        _replace(self._training_metadata_path, lambda tmp: _write_json(tmp, metadata))
+        for other in os.listdir(self.backup_dir):
+            if other.endswith(".weights.h5") and other != name:
+                os.remove(os.path.join(self.backup_dir, other))
+
+    def _load_model(self):
+        checkpoint = self.recorded(self.backup_dir)
+        if checkpoint is None:
+            return
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:  # its variables must exist to be loaded into
+            optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(checkpoint["weights"])
+        self.model._initial_epoch = checkpoint["epoch"]
 
 
 def _write_json(path: str, payload: Any) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import time
 from typing import Any
 
@@ -92,7 +93,7 @@ def train(
             from vasp_model.train.warm_start import ItemMapping
 
             mapping = ItemMapping.by_id(init_from.item_ids, bundle.item_ids)
-        if not (checkpoint_dir and os.path.exists(_backup_dir(checkpoint_dir))):  # a resumed fit loads its weights
+        if not (checkpoint_dir and _resuming(checkpoint_dir)):  # a resumed fit loads its weights
             _warm_start(
                 bundle.model, features.train, plan, config, verbose, timings, init_from, mapping, ease_precision
             )
@@ -138,6 +139,18 @@ def _timed(timings: dict[str, float], key: str):
 
 def _backup_dir(checkpoint_dir: str) -> str:
     return os.path.join(checkpoint_dir, "backup")
+
+
+def _resuming(checkpoint_dir: str) -> bool:
+    """Whether ``checkpoint_dir`` holds a finished epoch's checkpoint to resume from; where it does not, what
+    a fit killed before its first checkpoint left there is removed (the fit starts over)."""
+    from vasp_model.train.callbacks import AtomicBackupAndRestore, ResumeState
+
+    if AtomicBackupAndRestore.recorded(_backup_dir(checkpoint_dir)) is not None:
+        return True
+    shutil.rmtree(_backup_dir(checkpoint_dir), ignore_errors=True)
+    ResumeState.clear(checkpoint_dir)
+    return False
 
 
 def _build_bundle(features, config: VaspConfig, n_items: int, batch_users: int):
@@ -250,7 +263,14 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     import keras
 
     from vasp_model.train.batches import fit_plan
-    from vasp_model.train.callbacks import MONITOR, AveragedWeights, PhaseSchedule, ResumeState, ValidationMetrics
+    from vasp_model.train.callbacks import (
+        MONITOR,
+        AtomicBackupAndRestore,
+        AveragedWeights,
+        PhaseSchedule,
+        ResumeState,
+        ValidationMetrics,
+    )
     from vasp_model.train.optimizer import compile_model
 
     tc = config.train
@@ -273,11 +293,8 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     if checkpoint_dir:
         # BackupAndRestore restores weights, optimizer and epoch, not EarlyStopping's best weights / wait nor
         # the history rows: ResumeState persists those (a callback of its own rather than an EarlyStopping
-        # subclass, since it also carries ValidationMetrics' history). double_checkpoint: a kill while the
-        # weights are written leaves the previous epoch's copy, which the rerun falls back to.
-        backup = keras.callbacks.BackupAndRestore(
-            _backup_dir(checkpoint_dir), save_freq="epoch", delete_checkpoint=True, double_checkpoint=True
-        )
+        # subclass, since it also carries ValidationMetrics' history).
+        backup = AtomicBackupAndRestore(_backup_dir(checkpoint_dir))
         fit_callbacks += [ResumeState(checkpoint_dir, validation, early_stopping), backup]
     with _timed(timings, "fit_seconds"):
         phases = ", ".join(f"{n} at lr {lr:g}" for n, lr in zip(tc.epochs, tc.learning_rates, strict=False))
