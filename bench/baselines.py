@@ -33,12 +33,12 @@ COLUMNS = ("ndcg@100", "recall@20", "recall@50", "coverage@100", "recall@20_head
 
 
 def build(input_path: str, warehouse: str, date: str, extra: list[str]) -> None:
+    from bench.quality import vasp_command
     from vasp_model.data import layout, storage
 
     if storage.is_published(layout.features_dir(warehouse, date)):
         return
-    vasp = os.path.join(os.path.dirname(sys.executable), "vasp")
-    cmd = [vasp, "build", "--input", input_path, "--warehouse", warehouse, "--date", date, *extra]
+    cmd = vasp_command("build", "--input", input_path, "--warehouse", warehouse, "--date", date, *extra)
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 

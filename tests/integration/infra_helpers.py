@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -61,3 +62,11 @@ def read_parquet_files(directory: Path):
     files = sorted(str(f) for f in Path(directory).glob("*.parquet"))
     assert files, f"no Parquet files in {directory}"
     return pq.read_table(files).to_pandas()
+
+
+def run_or_fail(argv: list[str], env: dict, what: str, timeout: float) -> str:
+    """Run ``argv``; its stdout, or the test fails with ``what`` and the ends of its output."""
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        pytest.fail(f"{what} failed (rc {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result.stdout

@@ -9,6 +9,7 @@ infra/ci/install-system-deps.sh).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from infra_helpers import ROOT, load_infra, read_parquet_files, require, subprocess_env
+from infra_helpers import ROOT, load_infra, read_parquet_files, require, run_or_fail, subprocess_env
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -25,13 +26,7 @@ localstack = load_infra("localstack.py")
 DATE = "2024-01-01"
 RUN_ID = "vasp_test_postgres"
 TIMEOUT = 900
-
-
-def _run(argv: list[str], env: dict, what: str) -> str:
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    if result.returncode != 0:
-        pytest.fail(f"{what} failed (rc {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
-    return result.stdout
+_run = functools.partial(run_or_fail, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")

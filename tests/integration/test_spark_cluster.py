@@ -12,6 +12,7 @@ partitioning.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from infra_helpers import load_infra, read_parquet_files, require, subprocess_env
+from infra_helpers import load_infra, read_parquet_files, require, run_or_fail, subprocess_env
 from shared_data import data_path
 
 ML100K = "ml-100k/u.data"
@@ -29,16 +30,10 @@ pytestmark = [pytest.mark.service, pytest.mark.realdata(ML100K), pytest.mark.slo
 U_DATA = data_path(ML100K)
 DATE = "2024-01-01"
 TIMEOUT = 1200
+_run = functools.partial(run_or_fail, timeout=TIMEOUT)
 
 localstack = load_infra("localstack.py")
 submit = load_infra("spark/submit.py")
-
-
-def _run(argv: list[str], env: dict, what: str) -> str:
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    if result.returncode != 0:
-        pytest.fail(f"{what} failed (rc {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
