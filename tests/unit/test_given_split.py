@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from vasp_jobs.build_matrices import BuildConfig, build, config_from_args, to_argv
 from vasp_model.data.features import load_features
-from vasp_model.evaluation.given import evaluate_given, lightgcn_metrics
+from vasp_model.evaluation.given import LIGHTGCN_KEYS, evaluate_given, lightgcn_metrics
 from vasp_model.recommenders.baselines import EASE, Popularity
 
 DATE = "2026-11-30"
@@ -86,6 +86,29 @@ def test_features_score_every_given_user_from_all_of_its_positives(given_build):
         assert m["lightgcn_users"] == 120
     # random data: a top 20 of the ~31 unseen items holds about 20/31 of the known test items
     assert 0.4 < got["ease"]["lightgcn_recall@20"] < 0.9
+
+
+def test_the_given_split_and_its_intervals_go_beside_the_test_users(given_build):
+    """VASP minus each baseline on the given split's users, as on the test users (any recommender over the
+    features' items stands in for the trained model here)."""
+    from types import SimpleNamespace
+
+    from vasp_model.pipeline.training import add_protocol_metrics
+
+    _, warehouse, _ = given_build
+    features = load_features(warehouse, DATE)
+    result = SimpleNamespace(
+        bundle=EASE(3.0).fit(features.train), ease=EASE(300.0).fit(features.train), metrics={"intervals": {"test": {}}}
+    )
+    add_protocol_metrics(result, features)
+    given, intervals = result.metrics["given"], result.metrics["intervals"]["given"]
+    assert set(given) == {"vasp", "ease", "popularity"} and set(intervals) == {"vasp-ease", "vasp-popularity"}
+    for pair, baseline in (("vasp-ease", "ease"), ("vasp-popularity", "popularity")):
+        assert set(intervals[pair]) == {"ndcg@100", "recall@20", "recall@50", *LIGHTGCN_KEYS}
+        for metric, d in intervals[pair].items():
+            assert d["diff"] == pytest.approx(given["vasp"][metric] - given[baseline][metric])
+            assert d["low"] <= d["diff"] <= d["high"] and d["users"] == 120
+    assert result.metrics["intervals"]["test"] == {}  # the test users' intervals are left as they were
 
 
 def test_given_split_flags_round_trip_and_conflicts(tmp_path):

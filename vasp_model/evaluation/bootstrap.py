@@ -95,3 +95,13 @@ def pool(runs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
         if set(run) != names:
             raise ValueError(f"every run must hold the same metrics, got {sorted(names)} and {sorted(run)}")
     return {m: np.concatenate([np.asarray(run[m], dtype=np.float64).ravel() for run in runs]) for m in runs[0]}
+
+
+def intervals_against(per_model: Mapping[str, Mapping[str, np.ndarray]], reference: str = "vasp") -> dict[str, dict]:
+    """``{"vasp-ease": {metric: PairedDifference.to_dict()}, "vasp-popularity": ...}``: ``reference`` minus each
+    other model of ``per_model`` (``{model: per-user arrays}``, the same users)."""
+    return {
+        f"{reference}-{name}": {m: d.to_dict() for m, d in paired_bootstrap(per_model[reference], arrays).items()}
+        for name, arrays in per_model.items()
+        if name != reference
+    }

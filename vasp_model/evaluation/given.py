@@ -43,13 +43,22 @@ def lightgcn_metrics(topk_idx, holdout_csr, test_items, k: int = K) -> dict[str,
 def evaluate_given(recommenders: Mapping[str, tuple[Any, int]], features, n: int = 100) -> dict[str, dict[str, float]]:
     """``{model: metrics}`` of each ``name -> (recommender, items it models)`` on ``features.given``:
     LightGCN's figures @20 plus vae_cf's; ``{}`` when the features have no given split."""
+    return evaluate_given_per_user(recommenders, features, n)[0]
+
+
+def evaluate_given_per_user(
+    recommenders: Mapping[str, tuple[Any, int]], features, n: int = 100
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, np.ndarray]]]:
+    """:func:`evaluate_given`'s figures and, by model, the per-user arrays they average (vae_cf's
+    accuracy and LightGCN's @20, one row per user of the given split, the same users for every model)."""
     split = features.given
     if split is None or split.n_users == 0:
-        return {}
-    out = {}
+        return {}, {}
+    out, per_user = {}, {}
     for name, (rec, n_items) in recommenders.items():
         idx, _ = rec.recommend(split.fold_in[:, :n_items], n, filter_seen=True)
-        metrics, _ = evaluate_topk_per_user(idx, split.holdout, features.popularity)
+        metrics, accuracy = evaluate_topk_per_user(idx, split.holdout, features.popularity)
         paper = lightgcn_metrics(idx, split.holdout, features.given_test_items)
         out[name] = {**metrics, **{key: float(v.mean()) for key, v in paper.items()}, "lightgcn_users": split.n_users}
-    return out
+        per_user[name] = {**accuracy, **paper}
+    return out, per_user

@@ -309,17 +309,23 @@ def write_outputs(result, features, directory: str, exclude: str) -> None:
 def add_protocol_metrics(result, features) -> None:
     """Score VASP, EASE and popularity on the features' temporal holdout and given split (those it has)
     into ``result.metrics["temporal"]`` / ``["given"]`` (MLflow: ``temporal.<model>.<metric>``, ...),
-    beside vae_cf's test/validation."""
+    beside vae_cf's test/validation; the paired intervals of VASP minus each baseline on the given split's
+    users go beside the test users' (``intervals["given"]``)."""
     from vasp_model.evaluation import given, temporal
+    from vasp_model.evaluation.bootstrap import intervals_against
     from vasp_model.recommenders.baselines import Popularity
 
     recommenders = {"vasp": (result.bundle, result.bundle.n_items)}
     if result.ease is not None:
         recommenders["ease"] = (result.ease, features.n_items)
         recommenders["popularity"] = (Popularity.from_counts(features.popularity), features.n_items)
-    for section, evaluate in ((temporal.SECTION, temporal.evaluate_temporal), (given.SECTION, given.evaluate_given)):
-        if metrics := evaluate(recommenders, features):
-            result.metrics[section] = metrics
+    if metrics := temporal.evaluate_temporal(recommenders, features):
+        result.metrics[temporal.SECTION] = metrics
+    metrics, per_user = given.evaluate_given_per_user(recommenders, features)
+    if metrics:
+        result.metrics[given.SECTION] = metrics
+        if len(per_user) > 1:  # VASP minus each baseline on the same users, as on the test users
+            result.metrics.setdefault("intervals", {})[given.SECTION] = intervals_against(per_user)
 
 
 def _fit_tracked(config: TrainStageConfig, params: dict[str, Any], fit, stage, features_dir: str):

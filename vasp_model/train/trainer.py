@@ -116,7 +116,9 @@ def train(
         metrics["warm_start"] = bundle.metadata["warm_start"] = warm
     bundle.metadata["best_epoch"] = best_epoch
     if evaluate:
-        metrics["intervals"] = {"test": _intervals(per_user["test"])}
+        from vasp_model.evaluation.bootstrap import intervals_against
+
+        metrics["intervals"] = {"test": intervals_against(per_user["test"])}
         bundle.metadata["test_ndcg@100"] = by_split["test"]["vasp"]["ndcg@100"]
     return TrainResult(
         bundle=bundle,
@@ -407,15 +409,4 @@ def _evaluate_on_splits(recommender, features, n_items: int) -> dict[str, tuple[
     return {
         name: evaluate_recommender_per_user(recommender, split.fold_in[:, :n_items], split.holdout, features.popularity)
         for name, split in (("test", features.test), ("validation", features.validation))
-    }
-
-
-def _intervals(per_model: dict[str, dict]) -> dict[str, dict[str, dict]]:
-    """``{"vasp-ease": {metric: PairedDifference.to_dict()}, "vasp-popularity": ...}`` over the same users."""
-    from vasp_model.evaluation.bootstrap import paired_bootstrap
-
-    return {
-        f"vasp-{name}": {m: d.to_dict() for m, d in paired_bootstrap(per_model["vasp"], arrays).items()}
-        for name, arrays in per_model.items()
-        if name != "vasp"
     }
