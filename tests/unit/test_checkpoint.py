@@ -88,14 +88,14 @@ def test_a_kill_inside_a_save_resumes_from_the_last_whole_checkpoint(stage, resu
 def test_each_save_leaves_one_weights_file_named_by_the_metadata(tmp_path):
     backup = str(tmp_path / "backup")
 
-    class Look(keras.callbacks.Callback):
-        seen = []
+    seen = []
 
+    class Look(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):  # after the backup's save (it comes first)
-            self.seen.append((AtomicBackupAndRestore.recorded(backup), sorted(os.listdir(backup))))
+            seen.append((AtomicBackupAndRestore.recorded(backup), sorted(os.listdir(backup))))
 
     _model().fit(X, Y, epochs=3, verbose=0, callbacks=[AtomicBackupAndRestore(backup), Look()])
-    for epoch, (checkpoint, files) in enumerate(Look.seen, start=1):
+    for epoch, (checkpoint, files) in enumerate(seen, start=1):
         assert checkpoint["epoch"] == epoch
         assert checkpoint["weights"] == os.path.join(backup, f"epoch-{epoch}.weights.h5")
         assert files == [f"epoch-{epoch}.weights.h5", "training_metadata.json"]

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MONITOR = "val_ndcg@100"
 STATE_FILE, BEST_WEIGHTS_FILE = "resume_state.json", "best_weights.npz"
+BACKUP_METADATA_FILE = "training_metadata.json"  # Keras' BackupAndRestore's name for it
 
 
 class TrainingDiverged(ValueError):
@@ -167,6 +168,7 @@ class ResumeState(keras.callbacks.Callback):
 
     def __init__(self, directory: str, validation: ValidationMetrics, early_stopping: keras.callbacks.EarlyStopping):
         super().__init__()
+        self.directory = directory
         self.state_path = os.path.join(directory, STATE_FILE)
         self.weights_path = os.path.join(directory, BEST_WEIGHTS_FILE)
         self.validation = validation
@@ -202,7 +204,7 @@ class ResumeState(keras.callbacks.Callback):
         _replace(self.state_path, lambda tmp: _write_json(tmp, state))
 
     def on_train_end(self, logs=None):
-        self.clear(os.path.dirname(self.state_path))
+        self.clear(self.directory)
 
     @staticmethod
     def clear(directory: str) -> None:
@@ -229,7 +231,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     def recorded(backup_dir: str) -> dict[str, Any] | None:
         """The checkpoint in ``backup_dir`` (its epoch and weights file), or None where none was finished."""
         try:
-            with open(os.path.join(backup_dir, "training_metadata.json")) as fh:
+            with open(os.path.join(backup_dir, BACKUP_METADATA_FILE)) as fh:
                 metadata = json.load(fh)
         except FileNotFoundError:
             return None

@@ -93,7 +93,7 @@ def train(
             from vasp_model.train.warm_start import ItemMapping
 
             mapping = ItemMapping.by_id(init_from.item_ids, bundle.item_ids)
-        if not (checkpoint_dir and _resuming(checkpoint_dir)):  # a resumed fit loads its weights
+        if not (checkpoint_dir and _resume_or_start_over(checkpoint_dir)):  # a resumed fit loads its weights
             _warm_start(
                 bundle.model, features.train, plan, config, verbose, timings, init_from, mapping, ease_precision
             )
@@ -143,7 +143,7 @@ def _backup_dir(checkpoint_dir: str) -> str:
     return os.path.join(checkpoint_dir, "backup")
 
 
-def _resuming(checkpoint_dir: str) -> bool:
+def _resume_or_start_over(checkpoint_dir: str) -> bool:
     """Whether ``checkpoint_dir`` holds a finished epoch's checkpoint to resume from; where it does not, what
     a fit killed before its first checkpoint left there is removed (the fit starts over)."""
     from vasp_model.train.callbacks import AtomicBackupAndRestore, ResumeState
