@@ -107,13 +107,30 @@ def test_estimate_grows_with_the_catalog_and_the_kernel_dominates():
     assert capped.items == 10_000 and capped.catalog == 20_000 and small.peak < capped.peak < large.peak
 
 
-def test_reset_peak_starts_the_mark_from_what_the_process_holds_now():
-    block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB touched, then freed
+def test_each_phase_gets_its_own_peak_and_the_run_keeps_the_highest():
+    mib = 2**20
+    tracker = memory.PeakTracker()
+    block = np.ones(256 * mib, dtype=np.uint8)  # touched before the run: not the run's
     del block
-    before = memory.peak_resident_bytes()
-    memory.reset_peak()
-    after = memory.peak_resident_bytes()
-    assert after <= before - 48 * 2**20 and after >= memory.resident_bytes() - 2**20
+    tracker.start()
+    base = memory.resident_bytes()
+    assert tracker.run < base + 64 * mib
+    with tracker.phase("outer"):
+        with tracker.phase("big"):
+            block = np.ones(192 * mib, dtype=np.uint8)
+            del block
+        with tracker.phase("small"):
+            block = np.ones(32 * mib, dtype=np.uint8)
+            del block
+    with tracker.phase("small"):  # measured again: the higher of the two stays
+        pass
+    peaks = tracker.phases
+    assert list(peaks) == ["outer", "big", "small"]
+    assert peaks["big"] >= base + 180 * mib and peaks["outer"] >= peaks["big"]
+    assert peaks["small"] < base + 96 * mib  # the big block's peak restarted before it
+    assert peaks["big"] <= tracker.run < base + 256 * mib
+    tracker.start()
+    assert tracker.phases == {} and tracker.run < base + 96 * mib
 
 
 def test_report_peak_warns_only_when_the_process_went_past_the_estimate(caplog):
@@ -174,7 +191,9 @@ def test_estimate_covers_the_measured_peak_of_a_real_run(spark, tmp_path_factory
     log = (tmp_path / "err").read_text()
     assert os.waitstatus_to_exitcode(status) == 0, log[-3000:]
     estimated = int(re.search(r"memory: \d+ resident, estimated peak (\d+)", log).group(1))
-    measured, verdict, reported = re.search(r"memory: peak resident (\d+), (\w+) the estimated (\d+)", log).groups()
+    measured, verdict, reported = re.search(
+        r"memory: peak resident (\d+) \([^)]*\), (\w+) the estimated (\d+)", log
+    ).groups()
     measured = int(measured)
     assert int(reported) == estimated and verdict == "within"
     assert manifest["counts"]["items"] > 1000

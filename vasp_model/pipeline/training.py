@@ -27,7 +27,7 @@ from vasp_model.core.config import VaspConfig
 from vasp_model.core.settings import read_bool
 from vasp_model.data import layout, storage
 from vasp_model.data.locks import locked
-from vasp_model.train.memory import check_training_memory, max_row_items, parse_bytes, report_peak
+from vasp_model.train.memory import check_training_memory, max_row_items, parse_bytes, process_peaks, report_peak
 from vasp_model.train.sharding import check_device_memory
 
 
@@ -446,7 +446,9 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
             init_from=source,
             ease_precision=ease_precision,
         )
-        add_protocol_metrics(result, features)
+        with process_peaks.phase("protocol_metrics"):
+            add_protocol_metrics(result, features)
+        result.metrics["peak_resident_bytes"] = process_peaks.phases
         result.timings["load_features_seconds"] = load_seconds
         return result
 
@@ -470,7 +472,8 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
     with storage.staged(final) as staging:  # on any error: staging removed, the published date untouched
 
         def stage(result) -> str:
-            write_outputs(result, features, storage.local_path(staging), config.exclude)
+            with process_peaks.phase("write_outputs"):
+                write_outputs(result, features, storage.local_path(staging), config.exclude)
             return staging
 
         if config.tracking:  # registered after its run ended, published only after that
@@ -512,4 +515,5 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         "warm_start": result.metrics.get("warm_start"),
         "train_seconds": round(result.timings.get("fit_seconds", 0.0), 1),
         "peak_resident_bytes": peak,
+        "peak_resident_bytes_by_phase": process_peaks.phases,
     }

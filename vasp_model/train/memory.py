@@ -16,6 +16,7 @@ The fit's figure per device, the item axis split over several, is :func:`fit_byt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -237,9 +238,9 @@ def peak_resident_bytes() -> int:
     return _proc_kib("/proc/self/status", "VmHWM") or 0
 
 
-def reset_peak() -> None:
-    """Start this process's peak resident set (``VmHWM``) again from what it holds now (where
-    ``/proc/self/clear_refs`` can be written: Linux 4.0 and later)."""
+def _restart_peak() -> None:
+    """Start ``VmHWM`` again from what this process holds now (where ``/proc/self/clear_refs`` can be written:
+    Linux 4.0 and later)."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -247,15 +248,66 @@ def reset_peak() -> None:
         pass
 
 
+class PeakTracker:
+    """The peak resident set of a run and of each named phase of it. ``VmHWM`` is the process's, so one
+    tracker serves the process (:data:`process_peaks`): each phase starts it again, and what it read before
+    counts toward the run's peak and toward the phases still open (phases may nest)."""
+
+    def __init__(self) -> None:
+        self._phases: dict[str, int] = {}
+        self._open: list[str] = []
+        self._run = 0
+
+    def start(self) -> None:
+        """A new run: its peak counts from what the process holds now, no phase measured yet."""
+        self._phases.clear()
+        self._run = 0
+        _restart_peak()
+
+    def _fold(self) -> None:
+        peak = peak_resident_bytes()
+        self._run = max(self._run, peak)
+        for name in self._open:
+            self._phases[name] = max(self._phases.get(name, 0), peak)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Measure the block as phase ``name`` (the highest peak when it runs more than once)."""
+        self._fold()
+        self._open.append(name)
+        _restart_peak()
+        try:
+            yield
+        finally:
+            self._fold()
+            self._open.remove(name)
+
+    @property
+    def phases(self) -> dict[str, int]:
+        """Peak bytes of each phase measured since :meth:`start`, in the order they were first entered."""
+        return dict(self._phases)
+
+    @property
+    def run(self) -> int:
+        """The peak since :meth:`start`: the highest of every reading and of ``VmHWM`` now."""
+        self._fold()
+        return self._run
+
+
+process_peaks = PeakTracker()
+
+
 def report_peak(estimate: TrainingMemory) -> int:
-    """Log this process's peak resident set since ``estimate`` was made (:func:`check_training_memory` resets
-    it) beside the estimated one (a warning when it went past it, so a budget that trusted the estimate can
-    be widened); returns the peak."""
-    peak = peak_resident_bytes()
+    """Log this process's peak resident set since ``estimate`` was made (:func:`check_training_memory` starts
+    :data:`process_peaks`) beside the estimated one, with the phase that reached it (a warning when it went
+    past the estimate, so a budget that trusted it can be widened); returns the peak."""
+    peak, phases = process_peaks.run, process_peaks.phases
     over = peak > estimate.expected_peak
     (log.warning if over else log.info)(
-        "memory: peak resident %d, %s the estimated %d (%s)",
-        peak, "over" if over else "within", estimate.expected_peak, gib(estimate.expected_peak),
+        "memory: peak resident %d (%s%s), %s the estimated %d (%s)%s",
+        peak, gib(peak), f", in {max(phases, key=phases.get)}" if phases else "", "over" if over else "within",
+        estimate.expected_peak, gib(estimate.expected_peak),
+        "; by phase: " + ", ".join(f"{k} {gib(v)}" for k, v in phases.items()) if phases else "",
     )  # fmt: skip
     return peak
 
@@ -372,7 +424,7 @@ def check_training_memory(
                 precision, candidate.model.ease_neighbours or "dense", limit, source,
             )  # fmt: skip
             if limit is None or estimate.expected_peak <= limit:
-                reset_peak()  # what report_peak reads is the peak of the run just estimated
+                process_peaks.start()  # what report_peak reads is the peak of the run just estimated
                 if candidate is not config:
                     log.warning(
                         "the %s Neural EASE kernel of %s items does not fit %s (%s): training a pruned kernel "

@@ -24,6 +24,7 @@ import numpy as np
 
 from vasp_model.core.config import VaspConfig, config_to_dict
 from vasp_model.evaluation.metrics import UNBLENDED
+from vasp_model.train.memory import process_peaks
 from vasp_model.train.sharding import training_scope
 
 
@@ -110,6 +111,7 @@ def train(
     timings["total_seconds"] = time.perf_counter() - start
 
     metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items}
+    metrics["peak_resident_bytes"] = process_peaks.phases
     metrics["batch_users"] = batch_users
     if init_from is not None:
         warm = {"uri": init_from.uri, "version": init_from.version, "date": init_from.date, **mapping.counts()}
@@ -134,8 +136,11 @@ def train(
 
 @contextlib.contextmanager
 def _timed(timings: dict[str, float], key: str):
+    """Time the block into ``timings[key]``; its peak resident set is the phase ``key`` less ``_seconds`` of
+    :data:`vasp_model.train.memory.process_peaks`."""
     start = time.perf_counter()
-    yield
+    with process_peaks.phase(key.removesuffix("_seconds")):
+        yield
     timings[key] = time.perf_counter() - start
 
 
@@ -347,12 +352,13 @@ def _evaluate(
         if config.model.blend_ease:  # the network without the blend: how much of VASP's figures are its own
             by_model[UNBLENDED] = by_model["vasp"] if bundle.blend is None else _evaluate_unblended(bundle, features)
     if evaluate_baselines:
-        by_model["ease"] = _evaluate_on_splits(ease, features, features.n_items)
-        ease_bundle = EaseBundle(
-            ease.B, features.item_ids, features.popularity, {"lambda": float(ease.lambda_)}, bundle.batch_users
-        )
-        popularity = Popularity.from_counts(features.popularity)
-        by_model["popularity"] = _evaluate_on_splits(popularity, features, features.n_items)
+        with _timed(timings, "baselines_eval_seconds"):
+            by_model["ease"] = _evaluate_on_splits(ease, features, features.n_items)
+            ease_bundle = EaseBundle(
+                ease.B, features.item_ids, features.popularity, {"lambda": float(ease.lambda_)}, bundle.batch_users
+            )
+            popularity = Popularity.from_counts(features.popularity)
+            by_model["popularity"] = _evaluate_on_splits(popularity, features, features.n_items)
     splits = ("test", "validation")
     by_split = {split: {name: scores[split][0] for name, scores in by_model.items()} for split in splits}
     per_user = {split: {name: scores[split][1] for name, scores in by_model.items()} for split in splits}
