@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vasp_model.evaluation.bootstrap import PairedDifference, paired_bootstrap, pool, resample_indices
+from vasp_model.evaluation.bootstrap import (
+    PairedDifference,
+    paired_bootstrap,
+    pool,
+    resample_blocks,
+    resample_indices,
+)
 
 
 def _pair(users: int, shift: float, noise: float, seed: int) -> tuple[dict, dict]:
@@ -73,6 +79,24 @@ def test_vectorized_equals_a_slow_loop():
         low, high = np.percentile(means, [5, 95])
         assert (d.low, d.high) == (pytest.approx(low, rel=1e-12), pytest.approx(high, rel=1e-12))
         assert d.confidence == 0.9
+
+
+def test_resamples_drawn_in_blocks_are_the_same_resamples():
+    """Blocks of rows come from one seeded stream: the whole matrix, and every interval, whatever the block."""
+    whole = np.random.default_rng(3).integers(0, 37, size=(50, 37))
+    for max_entries in (1, 37, 100, 37 * 50, 10**9):
+        blocks = list(resample_blocks(37, 50, seed=3, max_entries=max_entries))
+        assert max(b.shape[0] for b in blocks) == max(1, min(50, max_entries // 37))
+        np.testing.assert_array_equal(np.concatenate(blocks), whole)
+    a, b = _pair(37, 0.01, 0.3, seed=6)
+    at_once = paired_bootstrap(a, b, resamples=50, seed=3, max_entries=10**9)
+    for max_entries in (100, 1):  # the same means, summed in another order by the matrix product
+        for m, d in paired_bootstrap(a, b, resamples=50, seed=3, max_entries=max_entries).items():
+            assert (d.diff, d.users) == (at_once[m].diff, at_once[m].users)
+            assert (d.low, d.high) == (
+                pytest.approx(at_once[m].low, rel=1e-12),
+                pytest.approx(at_once[m].high, rel=1e-12),
+            )
 
 
 def test_to_dict_and_pool():

@@ -2,8 +2,8 @@
 
 The inputs are per-user metric arrays (:data:`vasp_model.evaluation.metrics.PerUser`): row ``u`` of
 every array of ``a`` and of ``b`` is the same user. A resample draws users with replacement; one
-seeded ``[resamples, users]`` index matrix serves every metric, and all resampled means come from one
-matrix product of the resample counts with the per-user differences. A user whose value is NaN in
+seeded ``[resamples, users]`` index matrix serves every metric (drawn a block of rows at a time), and the
+resampled means come from matrix products of the resample counts with the per-user differences. A user whose value is NaN in
 any metric of ``a`` or ``b`` (an empty holdout) is dropped before resampling, so the point
 difference is the difference of the averages :func:`~vasp_model.evaluation.metrics.evaluate_topk`
 reports. :func:`pool` concatenates the arrays of several runs (e.g. the test users of several
@@ -20,6 +20,7 @@ import numpy as np
 RESAMPLES = 2000
 SEED = 0
 CONFIDENCE = 0.95
+CHUNK_ENTRIES = 2**22  # resampled user indices drawn and counted at once: a few 32 MiB arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +42,17 @@ class PairedDifference:
 
 def resample_indices(users: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
     """The ``[resamples, users]`` int matrix of user indices drawn with replacement (seeded)."""
+    return np.concatenate(list(resample_blocks(users, resamples, seed)))
+
+
+def resample_blocks(users: int, resamples: int = RESAMPLES, seed: int = SEED, max_entries: int = CHUNK_ENTRIES):
+    """:func:`resample_indices`' rows drawn from the same seeded stream, a block of at most ``max_entries``
+    indices (at least one row) at a time, so that a long test set's resamples are never all held at once."""
     if isinstance(resamples, bool) or not isinstance(resamples, int | np.integer) or resamples <= 0:
         raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
-    return np.random.default_rng(seed).integers(0, users, size=(resamples, users))
+    rng, rows = np.random.default_rng(seed), max(1, max_entries // max(users, 1))
+    for start in range(0, resamples, rows):
+        yield rng.integers(0, users, size=(min(rows, resamples - start), users))
 
 
 def paired_bootstrap(
@@ -52,8 +61,10 @@ def paired_bootstrap(
     resamples: int = RESAMPLES,
     seed: int = SEED,
     confidence: float = CONFIDENCE,
+    max_entries: int = CHUNK_ENTRIES,
 ) -> dict[str, PairedDifference]:
-    """``{metric: PairedDifference of a − b}`` for every metric of ``a`` (``b`` must have the same ones).
+    """``{metric: PairedDifference of a − b}`` for every metric of ``a`` (``b`` must have the same ones); the
+    resamples are drawn and counted ``max_entries`` user indices at a time (:func:`resample_blocks`).
 
     With no user left (all NaN) every figure is NaN and ``users`` is 0.
     """
@@ -73,9 +84,12 @@ def paired_bootstrap(
         nan = float("nan")
         return {m: PairedDifference(nan, nan, nan, nan, 0, resamples, seed, confidence) for m in names}
     diffs = left - right  # [M, U]
-    idx = resample_indices(users, resamples, seed)
-    counts = np.bincount((idx + users * np.arange(resamples)[:, None]).ravel(), minlength=resamples * users)
-    means = counts.reshape(resamples, users).astype(np.float64) @ diffs.T / users  # [B, M]
+    blocks = []
+    for idx in resample_blocks(users, resamples, seed, max_entries):
+        rows = idx.shape[0]
+        counts = np.bincount((idx + users * np.arange(rows)[:, None]).ravel(), minlength=rows * users)
+        blocks.append(counts.reshape(rows, users).astype(np.float64) @ diffs.T / users)
+    means = np.concatenate(blocks)  # [B, M]
     tail = (1 - confidence) / 2 * 100
     lows, highs = np.percentile(means, [tail, 100 - tail], axis=0)
     out = {}
