@@ -56,6 +56,14 @@ def test_tiles_fill_from_any_column_source_and_save_as_a_plain_npy(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), matrix)
 
 
+@pytest.mark.parametrize("block_bytes", [1, 3 * 5 * 4, 10**9])  # a row, 3 of the 7 rows, every row
+def test_save_npy_writes_what_numpy_saves_a_block_of_rows_at_a_time(tmp_path, block_bytes):
+    matrix = np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32)
+    np.save(tmp_path / "numpy.npy", matrix)
+    ColumnTiles.from_dense(matrix, 2).save_npy(str(tmp_path / "tiles.npy"), block_bytes)
+    assert (tmp_path / "tiles.npy").read_bytes() == (tmp_path / "numpy.npy").read_bytes()
+
+
 def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="1-D float32 of 6 values"):
         ColumnTiles(np.zeros(5, np.float32), (2, 3))
