@@ -199,6 +199,18 @@ def test_estimate_covers_the_measured_peak_of_a_real_run(spark, tmp_path_factory
     assert manifest["counts"]["items"] > 1000
     assert 0 < measured <= usage.ru_maxrss * 1024
     assert measured <= estimated <= 1.5 * measured, (measured, estimated)
+    # each phase's own peak (metrics.json, MLflow) within the estimate of the phase it belongs to
+    resident = int(re.search(r"memory: (\d+) resident, estimated peak", log).group(1))
+    planned = re.search(r"estimated peak \d+ \(([^;]*);", log).group(1)  # "fit N, baselines N[, closed_form_init N]"
+    estimate = {name: resident + int(n) for name, n in (part.split() for part in planned.split(", "))}
+    phases = storage.read_json(f"{layout.models_dir(wh, DATE)}/metrics.json")["peak_resident_bytes"]
+    for name in ("fit", "ease_fit", "blend", "vasp_eval", "baselines_eval", "protocol_metrics"):
+        assert 0 < phases[name] <= measured
+    assert phases["fit"] <= estimate["fit"]
+    if "ease_init" in phases:
+        assert phases["ease_init"] <= estimate["closed_form_init"]
+    baselines = estimate["baselines"]
+    assert max(phases[n] for n in ("ease_fit", "blend", "vasp_eval", "baselines_eval", "protocol_metrics")) <= baselines
 
 
 def test_ease_solve_bytes_by_hand():
