@@ -129,6 +129,9 @@ def test_each_phase_gets_its_own_peak_and_the_run_keeps_the_highest():
     assert peaks["big"] >= base + 180 * mib and peaks["outer"] >= peaks["big"]
     assert peaks["small"] < base + 96 * mib  # the big block's peak restarted before it
     assert peaks["big"] <= tracker.run < base + 256 * mib
+    run = tracker.run
+    tracker.clear_phases()  # a new fit: its phases only, the run's peak kept
+    assert tracker.phases == {} and run <= tracker.run < run + 16 * mib
     tracker.start()
     assert tracker.phases == {} and tracker.run < base + 96 * mib
 

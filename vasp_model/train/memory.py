@@ -262,6 +262,11 @@ class PeakTracker:
         self._run = 0
         _restart_peak()
 
+    def clear_phases(self) -> None:
+        """Forget the phases measured so far (a new fit in the same run), keeping the run's peak."""
+        self._fold()
+        self._phases.clear()
+
     def _fold(self) -> None:
         peak = peak_resident_bytes()
         self._run = max(self._run, peak)

@@ -71,6 +71,7 @@ def train(
     if features.train.shape[0] == 0 or features.validation.n_users == 0:
         raise ValueError("features need train users and validation users to train")
     start = time.perf_counter()
+    process_peaks.clear_phases()  # this fit's phases only (a process may train more than once)
     mc, tc = config.model, config.train
     n_items = features.n_items if mc.max_items is None else min(mc.max_items, features.n_items)
     timings: dict[str, float] = {}
