@@ -73,6 +73,11 @@ def test_train_cli_publishes_model_metrics_and_test_topk(warehouse, tmp_path, ca
     assert metrics["test"]["vasp"]["ndcg@100"] == pytest.approx(summary["test"]["vasp"]["ndcg@100"])
     assert len(json.load(open(f"{out}/history.json"))) == 2
     assert storage.read_json(f"{out}/{storage.MANIFEST}")["exclude"] == "all"
+    # each phase's own peak resident set, none above the run's (in the summary, with the output writing's)
+    phases = metrics["peak_resident_bytes"]
+    assert {"fit", "ease_fit", "blend", "vasp_eval", "baselines_eval", "protocol_metrics"} <= set(phases)
+    assert summary["peak_resident_bytes_by_phase"].items() >= phases.items()
+    assert 0 < max(summary["peak_resident_bytes_by_phase"].values()) <= summary["peak_resident_bytes"]
     bundle = ModelBundle.load(f"{out}/model")
     assert bundle.metadata["config"]["model"]["hidden"] == 12
     lineage = storage.read_json(f"{out}/{storage.MANIFEST}")["features_manifest"]
