@@ -287,7 +287,8 @@ class PeakTracker:
 
     @property
     def phases(self) -> dict[str, int]:
-        """Peak bytes of each phase measured since :meth:`start`, in the order they were first entered."""
+        """Peak bytes of each phase measured since :meth:`start` (or :meth:`clear_phases`), in the order they were
+        first entered."""
         return dict(self._phases)
 
     @property
