@@ -1,5 +1,7 @@
 """The column-tiled product of 0/1 sparse rows with a dense matrix, against SciPy's CSR x dense."""
 
+import re
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -62,6 +64,34 @@ def test_save_npy_writes_what_numpy_saves_a_block_of_rows_at_a_time(tmp_path, bl
     np.save(tmp_path / "numpy.npy", matrix)
     ColumnTiles.from_dense(matrix, 2).save_npy(str(tmp_path / "tiles.npy"), block_bytes)
     assert (tmp_path / "tiles.npy").read_bytes() == (tmp_path / "numpy.npy").read_bytes()
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3 * 5 * 4, 10**9])
+def test_load_npy_reads_what_numpy_saved_into_tiles(tmp_path, block_bytes):
+    matrix = np.random.default_rng(1).standard_normal((7, 5)).astype(np.float32)
+    np.save(tmp_path / "m.npy", matrix)
+    tiles = ColumnTiles.load_npy(str(tmp_path / "m.npy"), tile=2, block_bytes=block_bytes)
+    assert (tiles.shape, tiles.tile) == ((7, 5), 2)
+    np.testing.assert_array_equal(tiles.to_dense(), matrix)
+
+
+def test_load_npy_names_a_file_it_cannot_read(tmp_path):
+    path = tmp_path / "m.npy"
+    for array, problem in [
+        (np.zeros((3, 3)), "a float64 array of shape (3, 3), not a C-ordered float32 matrix"),
+        (np.zeros(4, np.float32), "shape (4,)"),
+        (np.asfortranarray(np.zeros((3, 2), np.float32)), "not a C-ordered float32 matrix"),
+    ]:
+        np.save(path, array)
+        with pytest.raises(ValueError, match=re.escape(f"{path} holds ") + ".*" + re.escape(problem)):
+            ColumnTiles.load_npy(str(path))
+    np.save(path, np.ones((4, 3), np.float32))
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(ValueError, match=re.escape(f"{path} is truncated: fewer than the 4 rows its header says")):
+        ColumnTiles.load_npy(str(path), block_bytes=12)
+    path.write_bytes(b"not a numpy file at all")
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not a .npy file this reads")):
+        ColumnTiles.load_npy(str(path))
 
 
 def test_bad_shapes_are_named():

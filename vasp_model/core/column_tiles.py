@@ -23,8 +23,9 @@ from vasp_model.core.numba_launch import numba_launch
 COLUMN_TILE = 256
 # Rows per call of the compiled kernel (bounds its per-thread accumulators).
 ROW_CHUNK = 4096
-# Bytes of whole rows gathered from the tiles per write of a .npy file.
-WRITE_BLOCK_BYTES = 64 * 2**20
+# Bytes of whole rows per read or write of a .npy file.
+IO_BLOCK_BYTES = 64 * 2**20
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 class ColumnTiles:
@@ -58,6 +59,31 @@ class ColumnTiles:
             raise ValueError(f"matrix must be 2-D, got shape {matrix.shape}")
         return cls.from_columns(lambda start, end: matrix[:, start:end], matrix.shape, tile)
 
+    @classmethod
+    def load_npy(cls, path: str, tile: int = COLUMN_TILE, block_bytes: int = IO_BLOCK_BYTES) -> ColumnTiles:
+        """A 2-D float32 C-ordered ``.npy`` file (as :meth:`save_npy` and ``np.save`` write it) read into tiles a
+        block of whole rows (about ``block_bytes``) at a time, with plain reads: no page of the file mapped
+        into this process, so what it holds is the tiles and one block. ``ValueError`` naming the file when it
+        is not such a matrix or is shorter than its header says."""
+        with open(path, "rb") as fh:
+            try:
+                shape, fortran_order, dtype = _NPY_HEADERS[np.lib.format.read_magic(fh)](fh)
+            except (KeyError, ValueError) as error:
+                raise ValueError(f"{path} is not a .npy file this reads ({error})") from None
+            if len(shape) != 2 or fortran_order or dtype != np.dtype("<f4"):
+                raise ValueError(f"{path} holds a {dtype} array of shape {shape}, not a C-ordered float32 matrix")
+            tiles = cls(np.empty(shape[0] * shape[1], dtype=np.float32), shape, tile)
+            n_rows, n_cols = tiles.shape
+            step = max(1, block_bytes // (4 * max(n_cols, 1)))
+            buffer = np.empty((min(step, n_rows), n_cols), dtype=np.float32)
+            for first in range(0, n_rows, step):
+                rows = buffer[: min(step, n_rows - first)]
+                if fh.readinto(memoryview(rows).cast("B")) != rows.nbytes:
+                    raise ValueError(f"{path} is truncated: fewer than the {n_rows:,} rows its header says")
+                for start, end in tiles.bounds():
+                    tiles.block(start, end)[first : first + rows.shape[0]] = rows[:, start:end]
+        return tiles
+
     def bounds(self) -> list[tuple[int, int]]:
         """Each tile's ``[start, end)`` columns."""
         n_cols = self.shape[1]
@@ -84,7 +110,7 @@ class ColumnTiles:
             out[:, start:end] = self.block(start, end)
         return out
 
-    def save_npy(self, path: str, block_bytes: int = WRITE_BLOCK_BYTES) -> None:
+    def save_npy(self, path: str, block_bytes: int = IO_BLOCK_BYTES) -> None:
         """Write the matrix as a plain ``.npy`` file, a block of whole rows (about ``block_bytes``) at a time
         gathered from the tiles: no second copy in memory, and, unlike writing through a memory map, no
         page of the file counted in this process's resident set."""

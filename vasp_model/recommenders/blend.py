@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from vasp_model.core.column_tiles import ColumnTiles
 from vasp_model.core.numba_launch import numba_launch
 from vasp_model.evaluation.metrics import ndcg_at_k, topk_from_scores
 from vasp_model.recommenders.host_ease import HostEASE, ranked_in_one_pass
@@ -107,7 +108,7 @@ class EaseBlend:
         pruned = os.path.join(directory, SPARSE_FILE)
         if os.path.exists(pruned):
             return cls(weights, sp.load_npz(pruned), threads)
-        return cls(weights, np.load(os.path.join(directory, FILE), allow_pickle=False, mmap_mode="r"), threads)
+        return cls(weights, ColumnTiles.load_npy(os.path.join(directory, FILE)), threads)
 
     def __call__(self, probabilities: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
         """Blended ``[rows, I]`` scores from VASP's ``probabilities`` of the 0/1 input rows ``seen``."""

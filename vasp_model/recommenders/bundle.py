@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from vasp_model.core.column_tiles import ColumnTiles
 from vasp_model.core.defaults import SCORE_BATCH_USERS
 from vasp_model.evaluation.metrics import topk_from_scores
 from vasp_model.recommenders.baselines import check_recommend_args, ranked_scores, recommend_batched
@@ -419,7 +420,7 @@ class EaseBundle(Bundle):
 
     @classmethod
     def _load(cls, directory, item_ids, popularity, meta, batch_users, threads) -> EaseBundle:
-        B = np.load(os.path.join(directory, EASE_FILE), allow_pickle=False, mmap_mode="r")  # tiled from the map
+        B = ColumnTiles.load_npy(os.path.join(directory, EASE_FILE))
         return cls(B, item_ids, popularity, metadata=meta, batch_users=batch_users, threads=threads)
 
 
