@@ -73,16 +73,21 @@ class ColumnTiles:
             if len(shape) != 2 or fortran_order or dtype != np.dtype("<f4"):
                 raise ValueError(f"{path} holds a {dtype} array of shape {shape}, not a C-ordered float32 matrix")
             tiles = cls(np.empty(shape[0] * shape[1], dtype=np.float32), shape, tile)
-            n_rows, n_cols = tiles.shape
-            step = max(1, block_bytes // (4 * max(n_cols, 1)))
-            buffer = np.empty((min(step, n_rows), n_cols), dtype=np.float32)
-            for first in range(0, n_rows, step):
-                rows = buffer[: min(step, n_rows - first)]
+            for first, rows in tiles._row_blocks(block_bytes):
                 if fh.readinto(memoryview(rows).cast("B")) != rows.nbytes:
-                    raise ValueError(f"{path} is truncated: fewer than the {n_rows:,} rows its header says")
+                    raise ValueError(f"{path} is truncated: fewer than the {shape[0]:,} rows its header says")
                 for start, end in tiles.bounds():
                     tiles.block(start, end)[first : first + rows.shape[0]] = rows[:, start:end]
         return tiles
+
+    def _row_blocks(self, block_bytes: int):
+        """(first row, a ``[rows, n_cols]`` float32 buffer) for each block of whole rows of about ``block_bytes``:
+        one buffer, reused, which the caller fills or empties."""
+        n_rows, n_cols = self.shape
+        step = max(1, block_bytes // (4 * max(n_cols, 1)))
+        buffer = np.empty((min(step, n_rows), n_cols), dtype=np.float32)
+        for first in range(0, n_rows, step):
+            yield first, buffer[: min(step, n_rows - first)]
 
     def bounds(self) -> list[tuple[int, int]]:
         """Each tile's ``[start, end)`` columns."""
@@ -114,14 +119,14 @@ class ColumnTiles:
         """Write the matrix as a plain ``.npy`` file, a block of whole rows (about ``block_bytes``) at a time
         gathered from the tiles: no second copy in memory, and, unlike writing through a memory map, no
         page of the file counted in this process's resident set."""
-        n_rows, n_cols = self.shape
-        step = max(1, block_bytes // (4 * max(n_cols, 1)))
-        buffer = np.empty((min(step, n_rows), n_cols), dtype=np.float32)
-        header = {"descr": np.lib.format.dtype_to_descr(buffer.dtype), "fortran_order": False, "shape": self.shape}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+            "fortran_order": False,
+            "shape": self.shape,
+        }
         with open(path, "wb") as fh:
             np.lib.format.write_array_header_1_0(fh, header)
-            for first in range(0, n_rows, step):
-                rows = buffer[: min(step, n_rows - first)]
+            for first, rows in self._row_blocks(block_bytes):
                 for start, end in self.bounds():
                     rows[:, start:end] = self.block(start, end)[first : first + rows.shape[0]]
                 rows.tofile(fh)
