@@ -152,6 +152,7 @@ def get_session(config: SparkConfig | None = None) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(config.spark_log_level.upper())
+    drop_heartbeat_race_trace(spark)
     checkpoint = config.checkpoint_dir()
     if "://" not in checkpoint:
         checkpoint = os.path.abspath(checkpoint)
@@ -321,6 +322,29 @@ def quiet_task_failures(spark: SparkSession | None) -> Iterator[None]:
     finally:
         for name, level in before.items():
             configurator.setLevel(name, level)
+
+
+# What Spark 4.2's executor heartbeater logs, at ERROR with a NullPointerException's trace, when it reads a
+# cached table's accumulator that a task is still deserializing (SPARK-59451, a race inside Spark). In a
+# local session the executor lives in the driver's JVM, so the trace reached the user's terminal between a
+# job's own lines; on a cluster it stays in the executors' logs, which this filter does not touch.
+HEARTBEAT_RACE = "Uncaught exception in thread executor-heartbeater"  # also its own regex: no special characters
+
+
+def drop_heartbeat_race_trace(spark: SparkSession) -> None:
+    """Keep :data:`HEARTBEAT_RACE` out of the driver JVM's log (once per JVM); shown at the CLI's debug
+    level, a no-op without a JVM (Spark Connect)."""
+    jvm = getattr(spark, "_jvm", None)
+    if jvm is None or logging.getLogger("vasp").isEnabledFor(logging.DEBUG):
+        return
+    log4j = jvm.org.apache.logging.log4j
+    configuration = log4j.LogManager.getContext(False).getConfiguration()
+    if HEARTBEAT_RACE in str(configuration.getFilter()):
+        return
+    result = log4j.core.Filter.Result
+    configuration.addFilter(
+        log4j.core.filter.RegexFilter.createFilter(HEARTBEAT_RACE, None, False, result.DENY, result.NEUTRAL)
+    )
 
 
 # Spark's part files: part-<task>-<write job uuid>-c<file>.<ext>, and a local filesystem's checksum beside each
