@@ -10,7 +10,6 @@ from vasp_model.evaluation.bootstrap import (
     paired_bootstrap,
     pool,
     resample_blocks,
-    resample_indices,
 )
 
 
@@ -19,6 +18,11 @@ def _pair(users: int, shift: float, noise: float, seed: int) -> tuple[dict, dict
     b = {"ndcg@100": rng.random(users), "recall@20": rng.random(users)}
     a = {m: v + shift + rng.normal(0, noise, users) for m, v in b.items()}
     return a, b
+
+
+def _resample_indices(users: int, resamples: int, seed: int) -> np.ndarray:
+    """Every resample at once: the ``[resamples, users]`` matrix the blocks are rows of."""
+    return np.concatenate(list(resample_blocks(users, resamples, seed)))
 
 
 def test_known_difference_is_covered_and_the_figures_are_the_paired_means():
@@ -53,7 +57,7 @@ def test_seeded_and_reproducible():
     assert paired_bootstrap(a, b, seed=7) == paired_bootstrap(a, b, seed=7)
     seven, eight = paired_bootstrap(a, b, seed=7)["ndcg@100"], paired_bootstrap(a, b, seed=8)["ndcg@100"]
     assert (seven.low, seven.high) != (eight.low, eight.high) and seven.diff == eight.diff
-    np.testing.assert_array_equal(resample_indices(5, 3, seed=1), resample_indices(5, 3, seed=1))
+    np.testing.assert_array_equal(_resample_indices(5, 3, seed=1), _resample_indices(5, 3, seed=1))
 
 
 def test_nan_users_are_dropped_from_both_sides():
@@ -72,7 +76,7 @@ def test_nan_users_are_dropped_from_both_sides():
 def test_vectorized_equals_a_slow_loop():
     a, b = _pair(40, 0.01, 0.3, seed=4)
     out = paired_bootstrap(a, b, resamples=300, seed=5, confidence=0.9)
-    idx = resample_indices(40, 300, seed=5)
+    idx = _resample_indices(40, 300, seed=5)
     for m, d in out.items():
         diffs = a[m] - b[m]
         means = np.array([diffs[row].mean() for row in idx])

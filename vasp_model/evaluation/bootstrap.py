@@ -40,14 +40,10 @@ class PairedDifference:
         return dataclasses.asdict(self)
 
 
-def resample_indices(users: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
-    """The ``[resamples, users]`` int matrix of user indices drawn with replacement (seeded)."""
-    return np.concatenate(list(resample_blocks(users, resamples, seed)))
-
-
 def resample_blocks(users: int, resamples: int = RESAMPLES, seed: int = SEED, max_entries: int = CHUNK_ENTRIES):
-    """:func:`resample_indices`' rows drawn from the same seeded stream, a block of at most ``max_entries``
-    indices (at least one row) at a time, so that a long test set's resamples are never all held at once."""
+    """The rows of the ``[resamples, users]`` matrix of user indices drawn with replacement, from one seeded
+    stream, a block of at most ``max_entries`` indices (at least one row) at a time, so that a long test set's
+    resamples are never all held at once."""
     if isinstance(resamples, bool) or not isinstance(resamples, int | np.integer) or resamples <= 0:
         raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
     rng, rows = np.random.default_rng(seed), max(1, max_entries // max(users, 1))
