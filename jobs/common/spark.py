@@ -294,6 +294,15 @@ def write_tables(
         storage.publish(staging, final_uri, payload)
 
 
+def _quiet_log4j(spark: SparkSession | None):
+    """The driver JVM's log4j package, where Spark's noise may be kept off the terminal; None without a JVM
+    (Spark Connect) or when the CLI logs at DEBUG (everything shown)."""
+    jvm = getattr(spark, "_jvm", None) if spark is not None else None
+    if jvm is None or logging.getLogger("vasp").isEnabledFor(logging.DEBUG):
+        return None
+    return jvm.org.apache.logging.log4j
+
+
 # Driver-side loggers that print a failed write task's whole Java trace (at ERROR) before the driver
 # raises the same failure to Python, where the CLI turns it into one line (its trace at DEBUG).
 TASK_FAILURE_LOGGERS = (
@@ -308,11 +317,10 @@ TASK_FAILURE_LOGGERS = (
 def quiet_task_failures(spark: SparkSession | None) -> Iterator[None]:
     """Silence :data:`TASK_FAILURE_LOGGERS` for the body (a write that fails, e.g. on a full disk, then
     says so once, through the exception); a no-op without a JVM (Spark Connect) or below ERROR logging."""
-    jvm = getattr(spark, "_jvm", None) if spark is not None else None
-    if jvm is None or logging.getLogger("vasp").isEnabledFor(logging.DEBUG):
+    log4j = _quiet_log4j(spark)
+    if log4j is None:
         yield
         return
-    log4j = jvm.org.apache.logging.log4j
     configurator = log4j.core.config.Configurator
     before = {name: log4j.LogManager.getLogger(name).getLevel() for name in TASK_FAILURE_LOGGERS}
     for name in TASK_FAILURE_LOGGERS:
@@ -334,10 +342,9 @@ HEARTBEAT_RACE = "Uncaught exception in thread executor-heartbeater"  # also its
 def drop_heartbeat_race_trace(spark: SparkSession) -> None:
     """Keep :data:`HEARTBEAT_RACE` out of the driver JVM's log (once per JVM); shown at the CLI's debug
     level, a no-op without a JVM (Spark Connect)."""
-    jvm = getattr(spark, "_jvm", None)
-    if jvm is None or logging.getLogger("vasp").isEnabledFor(logging.DEBUG):
+    log4j = _quiet_log4j(spark)
+    if log4j is None:
         return
-    log4j = jvm.org.apache.logging.log4j
     configuration = log4j.LogManager.getContext(False).getConfiguration()
     if HEARTBEAT_RACE in str(configuration.getFilter()):
         return
