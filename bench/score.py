@@ -205,12 +205,14 @@ def make_floor_bundle(item_ids, popularity, directory: str):
 
 def user_lists(warehouse: str, date: str, max_users: int | None = None):
     """Every user's (user_id, positives' item ids, consumed item ids) as the scoring job's tasks receive
-    them under the default exclusion rule: three Arrow arrays (only users with ``user_idx < max_users``
-    when given)."""
+    them under the default exclusion rule: three Arrow arrays, the third None where the job reads the
+    positives alone (``jobs.score.exclusion_source``); only users with ``user_idx < max_users`` when given."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from vasp_model.data import layout
+    from vasp_jobs.score import exclusion_source
+    from vasp_model.core import defaults
+    from vasp_model.data import layout, storage
 
     only = None if max_users is None else [("user_idx", "<", max_users)]
     users = pq.read_table(
@@ -224,7 +226,13 @@ def user_lists(warehouse: str, date: str, max_users: int | None = None):
         grouped = rows.to_pandas().groupby("user_idx")["item_id"].apply(list)
         return pa.array([grouped.get(u, []) for u in users.user_idx], type=pa.list_(pa.string()))
 
-    return pa.array(users.user_id, type=pa.string()), lists("interactions"), lists("consumed")
+    manifest = storage.read_json(f"{layout.features_dir(warehouse, date)}/{storage.MANIFEST}")
+    excluded = exclusion_source(defaults.DEFAULT_EXCLUDE, manifest)
+    return (
+        pa.array(users.user_id, type=pa.string()),
+        lists("interactions"),
+        None if excluded == "interactions" else lists(excluded),
+    )
 
 
 def single_process(bundle, lists, n: int = 100, batch: int | None = None) -> float:
@@ -235,7 +243,7 @@ def single_process(bundle, lists, n: int = 100, batch: int | None = None) -> flo
     batch = batch or SCORE_BATCH_USERS
     t0 = time.perf_counter()
     for start in range(0, len(lists[0]), batch):
-        score_lists(bundle, *(column.slice(start, batch) for column in lists), n)
+        score_lists(bundle, *(column if column is None else column.slice(start, batch) for column in lists), n)
     return time.perf_counter() - t0
 
 
@@ -327,6 +335,7 @@ def synthetic_population(warehouse: str, date: str, n_users: int, n_items: int, 
         pq.write_table(interactions, f"{base}/{table}/part-0.parquet")
     digest = hashlib.sha256(users.tobytes() + items.tobytes()).hexdigest()  # the input: these events
     manifest = {"schema_version": layout.SCHEMA_VERSION, "synthetic": True, "users": n_users, "items": n_items}
+    manifest["counts"] = {"interactions": interactions.num_rows, "consumed": interactions.num_rows}  # as a build counts
     manifest["input"] = {"uri": f"synthetic://20m-shaped?users={n_users}&items={n_items}&seed={seed}", "sha256": digest}
     storage.publish(staging, final, manifest)
     return int(counts.sum())
@@ -485,7 +494,8 @@ def bench_synthetic(spark, args, workdir: Path) -> dict:
     if args.synthetic_single_users > 0:
         lists = user_lists(warehouse, "2026-01-02", args.synthetic_single_users)
         syn = ModelBundle.load(syn_dir)
-        single_process(syn, [column.slice(0, SCORE_BATCH_USERS) for column in lists])  # warm-up: one batch
+        # warm-up: one batch
+        single_process(syn, [column if column is None else column.slice(0, SCORE_BATCH_USERS) for column in lists])
         single_s = single_process(syn, lists)
         single_rate = len(lists[0]) / single_s
         result.update(

@@ -20,7 +20,8 @@
   the bundle's ``recommend_flat`` straight from the Arrow list columns: ids unknown to the model's
   vocabulary are ignored (and counted), the excluded items are masked (and counted), the top N are
   kept (ties by lower item index), and a user with no known item gets the popularity list
-  (``fallback = true``).
+  (``fallback = true``). On implicit feedback the consumed items are the positives (the build counts
+  as many of each), and only the positives are read (``exclusion_source``).
   Each task returns one row per user (the list as arrays); Spark explodes it into ranked rows.
 * A past date (a later night is recorded) asked for the champion is scored with the version that
   served it (``registry.serving_for_date``: its own record, else the closest earlier night's), so
@@ -200,11 +201,12 @@ def score_lists(bundle, user_ids, item_lists, excluded_lists, top_n: int):
     """Score one chunk of users -> an Arrow RecordBatch in ``scored_schema`` (only real items, best first).
 
     ``user_ids`` (strings), ``item_lists`` (lists of item ids: the model's input) and ``excluded_lists``
-    (lists of item ids the lists leave out) are Arrow arrays of equal length.
+    (lists of item ids the lists leave out; None: each user's ``item_lists``) are Arrow arrays of equal length.
     """
     import pyarrow as pa
 
-    rec = bundle.recommend_flat(*_flat(item_lists), top_n, exclude=_flat(excluded_lists))
+    exclude = _flat(excluded_lists) if excluded_lists is not None else None
+    rec = bundle.recommend_flat(*_flat(item_lists), top_n, exclude=exclude)
     valid = (rec.item_idx >= 0) & np.isfinite(rec.scores)  # row-major: each user's valid slots in rank order
     list_offsets = pa.array(np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32))
     return pa.RecordBatch.from_arrays(
@@ -227,20 +229,27 @@ def _flat(lists):
 
 
 def score_partition(batches: Iterator, bundle_ref: str, top_n: int, batch_users: int, model_key: str, threads: int):
-    """``mapInArrow`` body: (user_id, item_ids, excluded_ids) batches -> one scored row per user."""
+    """``mapInArrow`` body: (user_id, item_ids[, excluded_ids]) batches -> one scored row per user.
+
+    Without an ``excluded_ids`` column each list leaves out the user's own items (``item_ids``).
+    """
     bundle = _bundle(_bundle_path(bundle_ref), model_key, threads)
     for batch in batches:
-        columns = [batch.column(name) for name in ("user_id", "item_ids", "excluded_ids")]
+        users, items = batch.column("user_id"), batch.column("item_ids")
+        excluded = batch.column("excluded_ids") if "excluded_ids" in batch.schema.names else None
         for start in range(0, batch.num_rows, batch_users):
-            yield score_lists(bundle, *(column.slice(start, batch_users) for column in columns), top_n)
+            chunk = excluded.slice(start, batch_users) if excluded is not None else None
+            yield score_lists(bundle, users.slice(start, batch_users), items.slice(start, batch_users), chunk, top_n)
 
 
 # -- driver side ----------------------------------------------------------------------------------
 
 
-def user_item_lists(spark, warehouse: str, date: str, partitions: int, exclude: str = defaults.DEFAULT_EXCLUDE):
+def user_item_lists(spark, warehouse: str, date: str, partitions: int, excluded_table: str | None):
     """Every user of features/dt=D (user_idx, user_id) with the item ids of their positives (``item_ids``,
-    empty if none) and of what their list leaves out under rule ``exclude`` (``excluded_ids``).
+    empty if none) and of what their list leaves out (``excluded_ids``): the items of ``excluded_table``
+    (:func:`exclusion_source`), none for None, and for ``interactions`` no column (the scorer leaves out
+    ``item_ids`` itself: nothing read, shuffled or sent to Python twice).
 
     One shuffle and no join: the (user_idx, item_id) pairs of each table and one (user_idx, user_id)
     row per user are hash-partitioned by user_idx into ``partitions`` and grouped in place
@@ -254,19 +263,28 @@ def user_item_lists(spark, warehouse: str, date: str, partitions: int, exclude: 
     def read(table: str):  # only the columns used, typed as the build job writes them (no schema inference)
         return spark.read.schema(READ_SCHEMAS[table]).parquet(spark_path(layout.feature_table(warehouse, date, table)))
 
-    table = layout.exclusion_table(exclude)
     rows = read("interactions").unionByName(read("users"), allowMissingColumns=True)  # missing columns are null
     # sorted lists, users in user_idx order: a task's batches do not depend on the shuffle's fetch order
     aggregates = [F.max("user_id").alias("user_id"), F.array_sort(F.collect_list("item_id")).alias("item_ids")]
-    if table not in (None, "interactions"):
-        rows = rows.unionByName(read(table).withColumnRenamed("item_id", "excluded_id"), allowMissingColumns=True)
+    if excluded_table not in (None, "interactions"):
+        excluded = read(excluded_table).withColumnRenamed("item_id", "excluded_id")
+        rows = rows.unionByName(excluded, allowMissingColumns=True)
         aggregates.append(F.array_sort(F.collect_list("excluded_id")).alias("excluded_ids"))
     lists = rows.repartition(partitions, "user_idx").groupBy("user_idx").agg(*aggregates)
-    if table == "interactions":
-        lists = lists.withColumn("excluded_ids", F.col("item_ids"))
-    elif table is None:
+    if excluded_table is None:
         lists = lists.withColumn("excluded_ids", F.array().cast("array<string>"))
     return lists.sortWithinPartitions("user_idx")
+
+
+def exclusion_source(exclude: str, manifest: dict[str, Any]) -> str | None:
+    """The feature table whose items each list leaves out under rule ``exclude``, read as cheaply as the
+    features allow: ``consumed`` is read as ``interactions`` where the build counted as many rows in each
+    (implicit feedback: every event a positive). The build writes the positives as a subset of the
+    consumed pairs, both distinct per user, so equal counts are equal tables."""
+    table = layout.exclusion_table(exclude)
+    counts = manifest.get("counts") or {}
+    same = table == "consumed" and counts.get("consumed") is not None
+    return "interactions" if same and counts.get("consumed") == counts.get("interactions") else table
 
 
 def transform(lists_df, bundle_ref: str, top_n: int, batch_users: int, model_key: str, threads: int):
@@ -454,9 +472,11 @@ def score(
     features = layout.features_dir(warehouse, date)
     if not storage.is_published(features):
         raise FileNotFoundError(f"features for {date} are not published at {features}")
-    origin = lineage(read_manifest(features), features)
+    features_manifest = read_manifest(features)
+    origin = lineage(features_manifest, features)
     if table and not storage.exists(layout.feature_table(warehouse, date, table)):
         raise FileNotFoundError(f"exclude={exclude} needs the {table!r} table, which {features} lacks: rebuild {date}")
+    excluded_table = exclusion_source(exclude, features_manifest)
     tracking_uri = tracking_uri or defaults.default_tracking_uri()
     model_uri = model_uri or default_model_uri()
     started = time.time()
@@ -476,7 +496,7 @@ def score(
         partitions = partitions or max(spark.sparkContext.defaultParallelism, n_users_input // 20000)
         threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
         scored = transform(
-            user_item_lists(spark, warehouse, date, partitions, exclude),
+            user_item_lists(spark, warehouse, date, partitions, excluded_table),
             bundle_ref,
             top_n,
             batch_users,

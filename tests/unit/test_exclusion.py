@@ -144,3 +144,46 @@ def test_scoring_an_old_date_without_consumed_fails_clearly(spark, night, tmp_pa
     assert score(spark, day, night["warehouse"], model_uri=night["bundle"], top_n=5, exclude="positives")[
         "exclude"
     ] == ("positives")
+
+
+@pytest.fixture(scope="module")
+def implicit_night(spark, night, tmp_path_factory):
+    """The same users' liked items as implicit events (no rating column: every event a positive), built."""
+    from jobs.build_matrices import BuildConfig, build
+
+    root = tmp_path_factory.mktemp("implicit")
+    events = night["ratings"].query("rating > 3.5")[["user_id", "item_id"]]
+    events.to_csv(root / "events.csv", index=False)
+    warehouse = str(root / "warehouse")
+    manifest = build(spark, str(root / "events.csv"), warehouse, DATE, BuildConfig(heldout_users=3, ab_copies=1))
+    return {**night, "warehouse": warehouse, "manifest": manifest}
+
+
+def test_the_consumed_table_is_read_only_where_it_holds_more_than_the_positives(night, implicit_night):
+    from jobs.score import exclusion_source
+
+    counts = implicit_night["manifest"]["counts"]
+    assert counts["consumed"] == counts["interactions"]
+    assert _pairs(_table(implicit_night, "consumed")) == _pairs(_table(implicit_night, "interactions"))
+    assert exclusion_source("all", implicit_night["manifest"]) == "interactions"
+    assert exclusion_source("all", night["manifest"]) == "consumed"  # low ratings: more consumed than positives
+    assert exclusion_source("all", {}) == "consumed"  # no counts: read it
+    assert exclusion_source("positives", night["manifest"]) == "interactions"
+    assert exclusion_source("none", implicit_night["manifest"]) is None
+
+
+def test_implicit_lists_under_all_are_those_under_positives(spark, implicit_night):
+    """Read from the positives alone, ``all`` leaves out exactly what ``positives`` does, and says ``all``."""
+    by_positives, positives_manifest = _score(spark, implicit_night, "positives")
+    by_all, manifest = _score(spark, implicit_night, "all")
+    assert manifest["exclude"] == "all" and positives_manifest["exclude"] == "positives"
+    assert manifest["counts"] == positives_manifest["counts"] and manifest["counts"]["excluded_candidates"] > 0
+    order = ["user_id", "rank"]
+    pd.testing.assert_frame_equal(
+        by_all.sort_values(order).reset_index(drop=True), by_positives.sort_values(order).reset_index(drop=True)
+    )
+    features = layout.features_dir(implicit_night["warehouse"], DATE)
+    users = checks.read_table(f"{features}/users", columns=["user_idx", "user_id"])
+    consumed = checks.excluded_items(features, "all")
+    vocabulary = set(pq.read_table(f"{implicit_night['bundle']}/items.parquet").column("item_id").to_pylist())
+    checks.check_recommendations(by_all, users, consumed, N_ITEMS, "all", manifest, vocabulary)

@@ -134,3 +134,11 @@ def test_published_rows_rank_each_list_from_one(spark, bundle_dir, bundle):
         items = chunked.column("item_ids")[row].as_py()
         assert list(mine["rank"]) == list(range(1, len(items) + 1)), user
         assert list(mine["item_id"]) == items, user
+
+
+def test_without_an_excluded_column_each_list_leaves_out_its_own_items(bundle_dir, bundle):
+    """Batches of (user_id, item_ids) alone score as batches whose ``excluded_ids`` are the ``item_ids``."""
+    users = _users(bundle.item_ids)
+    with_column = _score(bundle_dir, _batches(users, users, (13, 10)), 4)
+    without = [batch.drop_columns(["excluded_ids"]) for batch in _batches(users, users, (13, 10))]
+    assert with_column.equals(_score(bundle_dir, without, 4))
