@@ -538,6 +538,37 @@ def test_a_fit_stopped_early_by_a_shortened_first_phase_says_the_last_ran_in_ful
     assert "validation plateau" not in out
 
 
+def _fake_clock(monkeypatch, step: float) -> None:
+    """The fit budget's clock advances ``step`` seconds each time it is read."""
+    from vasp_model.train import callbacks
+
+    ticks = iter(range(1, 10_000))
+    monkeypatch.setattr(callbacks, "_clock", lambda: step * next(ticks))
+
+
+def test_the_fit_budget_stops_the_fit_before_an_epoch_would_pass_it(small_features, monkeypatch, capsys):
+    """Read at the fit's start and at each epoch's start and end, 100 s apart: epochs of 100 s, the second
+    ending 400 s in; with 7 minutes a third would end past the budget."""
+    _fake_clock(monkeypatch, 100.0)
+    train_overrides = {"epochs": (6,), "learning_rates": (1e-2,), "fit_budget": "7m"}
+    config = make_config("tiny", train_overrides=train_overrides, env={})
+    result = train(small_features, config, verbose=0, evaluate_baselines=False)
+    out = capsys.readouterr().out
+    assert "validation after each, within 7m" in out
+    assert "fit budget 7m00s: the fit stops after epoch 2 (6m40s used, an epoch takes 1m40s)" in out
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    assert result.timings["fit_budget_stopped_after_epoch"] == 2.0
+    assert result.best_epoch == max(result.history, key=lambda h: h["val_ndcg@100"])["epoch"]
+
+
+def test_a_fit_that_ends_within_its_budget_is_not_said_to_be_stopped_by_it(small_features, monkeypatch, capsys):
+    _fake_clock(monkeypatch, 100.0)
+    train_overrides = {"epochs": (2,), "learning_rates": (1e-2,), "fit_budget": "7m"}  # its last epoch ends at 500 s
+    result = train(small_features, make_config("tiny", train_overrides=train_overrides, env={}), verbose=0)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    assert "fit_budget_stopped_after_epoch" not in result.timings and "fit budget" not in capsys.readouterr().out
+
+
 def test_without_patience_every_epoch_runs_and_the_best_is_restored(small_features):
     config = make_config("tiny", train_overrides={"epochs": (3,), "learning_rates": (1e-2,)}, env={})
     weights_at_end_of = {}

@@ -13,9 +13,10 @@ import optuna
 import pytest
 
 from vasp_model.core.config import PRESETS, VaspConfig, make_config
+from vasp_model.core.settings import parse_duration
 from vasp_model.data.features import Features
 from vasp_model.pipeline import plan
-from vasp_model.pipeline.tuning import parse_budget, publish_tuning, summarize, tuned_config
+from vasp_model.pipeline.tuning import publish_tuning, summarize, tuned_config
 from vasp_model.train.search import HISTORY_ATTR, STOPPED_ATTR, SearchSpace, TrialReporter, search, trial_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -177,10 +178,10 @@ def test_a_trial_running_past_the_budget_stops_at_its_epoch_end():
 
 
 def test_budget_is_a_duration():
-    assert [parse_budget(t) for t in ("900s", "30m", "2h", "1.5h", " 45 m")] == [900, 1800, 7200, 5400, 2700]
+    assert [parse_duration(t) for t in ("900s", "30m", "2h", "1.5h", " 45 m")] == [900, 1800, 7200, 5400, 2700]
     for bad in ("30", "30x", "0m", "-5m", "m", "", "1h30m"):
         with pytest.raises(ValueError, match="budget must be a positive duration such as 900s, 30m or 2h"):
-            parse_budget(bad)
+            parse_duration(bad)
 
 
 def test_tuned_config_is_the_latest_at_or_before_the_date(tmp_path):

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vasp_model.core.settings import ConfigError, build_config, read_bool
+from vasp_model.core.settings import ConfigError, build_config, parse_duration, read_bool
 
 OPTIMIZERS = ("nadam", "adam", "adamw")
 EASE_INITS = ("zeros", "glorot_uniform", "closed_form")
@@ -127,6 +127,10 @@ class TrainConfig:
     # validation nDCG@100: the next phase's learning rate starts, or after the last phase the fit stops (None:
     # every phase runs all its epochs). Counted in steps, a plateau means as many updates at any data size.
     plateau_steps: int | None = None
+    # wall clock for the joint fit (a duration: 900s, 30m, 2h; None: none): the fit stops at the end of the epoch
+    # after which one more would pass it, and the best epoch so far is served (a night's window, whatever the
+    # machine's speed; a resumed fit has it again)
+    fit_budget: str | None = None
     # validate, keep and serve an exponential moving average of the weights (Keras' optimizer EMA) with this
     # momentum per step instead of the last step's weights (None = off)
     ema_momentum: float | None = None
@@ -162,6 +166,13 @@ class TrainConfig:
         for name in ("patience", "plateau_steps", "ease_warmup_steps"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        if self.fit_budget is not None:
+            try:
+                parse_duration(self.fit_budget)
+            except ValueError:
+                raise ValueError(
+                    f"fit_budget must be a duration such as 900s, 30m or 2h, got {self.fit_budget!r}"
+                ) from None
         if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
             raise ValueError(f"ema_momentum must be in (0, 1), got {self.ema_momentum!r}")
         if not 0.0 < self.warm_epochs <= 1.0:
@@ -187,6 +198,10 @@ class TrainConfig:
         epoch in all) at the same learning rates, without the Neural EASE warm-up (the kernel is trained)."""
         epochs = tuple(math.ceil(self.warm_epochs * n) for n in self.epochs)
         return dataclasses.replace(self, epochs=epochs, ease_warmup_epochs=0)
+
+    @property
+    def fit_budget_seconds(self) -> float | None:
+        return None if self.fit_budget is None else parse_duration(self.fit_budget)
 
     @property
     def total_epochs(self) -> int:

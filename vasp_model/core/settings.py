@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -17,6 +18,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 ENV_PREFIX = "VASP_"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smh])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
 class ConfigError(ValueError):
@@ -56,6 +59,14 @@ def _coerce(value: str, kind: Any, name: str) -> Any:
     except ValueError as exc:
         raise ConfigError(f"{name}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
     return value
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration written ``900s``, ``30m`` or ``2h``."""
+    match = _DURATION.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"budget must be a positive duration such as 900s, 30m or 2h, got {text!r}")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def build_config(

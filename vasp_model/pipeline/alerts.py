@@ -62,10 +62,8 @@ class AlertConfig:
                 f"alert_webhook must be an http(s) URL, got one with scheme {urlsplit(self.alert_webhook).scheme!r}"
             )
         if self.alert_deadline:
-            from vasp_model.pipeline.tuning import parse_budget
-
             try:
-                parse_budget(self.alert_deadline)
+                settings.parse_duration(self.alert_deadline)
             except ValueError:
                 raise ValueError(
                     f"alert_deadline must be a duration such as 900s, 30m or 6h, got {self.alert_deadline!r}"
@@ -84,9 +82,7 @@ class AlertConfig:
 
     @property
     def deadline_seconds(self) -> float | None:
-        from vasp_model.pipeline.tuning import parse_budget
-
-        return parse_budget(self.alert_deadline) if self.alert_deadline else None
+        return settings.parse_duration(self.alert_deadline) if self.alert_deadline else None
 
     @property
     def smtp_relay(self) -> tuple[str, int] | None:

@@ -123,13 +123,11 @@ class NightlyConfig:
 
 
 def _check_tune(tune: str, weekday: str, budget: str, trials: int | None) -> None:
-    from vasp_model.pipeline.tuning import parse_budget
-
     if tune not in TUNE_MODES:
         raise ValueError(f"tune must be one of {', '.join(TUNE_MODES)}, got {tune!r}")
     if weekday not in WEEKDAYS:
         raise ValueError(f"tune_weekday must be one of {', '.join(WEEKDAYS)}, got {weekday!r}")
-    parse_budget(budget)
+    settings.parse_duration(budget)
     if trials is not None and trials < 1:
         raise ValueError(f"tune_trials must be >= 1 or unset, got {trials!r}")
 

@@ -104,6 +104,12 @@ TRAIN_FLAGS = {
         "A learning-rate phase ends once this many steps (whole epochs) bring no new best validation nDCG@100; "
         "after the last phase the fit stops (default: the preset's).",
     ),
+    "--fit-budget": (
+        "fit_budget",
+        str,
+        "Wall clock for the joint fit (900s, 30m, 2h): it stops at the end of the epoch after which one more would "
+        "pass it, serving the best epoch so far (default: none).",
+    ),
     "--ema-momentum": (
         "ema_momentum",
         float,

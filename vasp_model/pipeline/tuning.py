@@ -12,28 +12,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import time
 from collections import Counter
 from typing import Any
 
 from vasp_model.core import defaults
 from vasp_model.core.config import VaspConfig
+from vasp_model.core.settings import parse_duration
 from vasp_model.data import layout
 from vasp_model.data.locks import locked
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smh])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
-
-
-def parse_budget(text: str) -> float:
-    """Seconds of a duration written ``900s``, ``30m`` or ``2h``."""
-    match = _DURATION.match(str(text))
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"budget must be a positive duration such as 900s, 30m or 2h, got {text!r}")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +34,7 @@ class TuneStageConfig:
     warehouse: str
     tracking_uri: str
     preset: str = "cpu"
-    budget: str = "30m"  # a duration (parse_budget): no trial starts after it, a running one stops at its epoch end
+    budget: str = "30m"  # a duration (parse_duration): no trial starts after it, a running one stops at its epoch end
     trials: int | None = None  # at most this many trials (None: as many as the budget allows)
     max_epochs: int | None = None  # epochs of the longest trial (None: twice the preset's schedule)
     sampler_seed: int = 0
@@ -54,7 +44,7 @@ class TuneStageConfig:
         from vasp_model.core.config import PRESETS
 
         layout.check_date(self.date)
-        parse_budget(self.budget)
+        parse_duration(self.budget)
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         for name in ("trials", "max_epochs"):
@@ -63,7 +53,7 @@ class TuneStageConfig:
 
     @property
     def budget_s(self) -> float:
-        return parse_budget(self.budget)
+        return parse_duration(self.budget)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -123,6 +123,45 @@ class PhaseSchedule(keras.callbacks.LearningRateScheduler):
             print(f"learning rate {self.train_config.learning_rates[after]:g} from epoch {epoch + 2}", flush=True)
 
 
+_clock = time.monotonic  # FitBudget's wall clock
+
+
+class FitBudget(keras.callbacks.Callback):
+    """Stops the fit at the end of the epoch after which one more would pass ``seconds`` of wall clock since
+    the fit began in this process, an epoch (its training and validation) taken to last as long as the
+    longest of the last three. ``stopped_after``: the last epoch run when the budget stopped the fit, else
+    None. Must follow the validation callback (whose time it counts); early stopping restores the best epoch."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = float(seconds)
+        self.stopped_after: int | None = None
+        self._start = self._epoch_start = 0.0
+        self._epochs: list[float] = []
+
+    def on_train_begin(self, logs=None):
+        self._start, self._epochs = _clock(), []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = _clock()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = _clock()
+        self._epochs.append(now - self._epoch_start)
+        last = epoch + 1 >= int((self.params or {}).get("epochs") or 0)
+        if self.model.stop_training or last:  # the fit ends anyway
+            return
+        used, epoch_seconds = now - self._start, max(self._epochs[-3:])
+        if used + epoch_seconds > self.seconds:
+            self.model.stop_training = True
+            self.stopped_after = epoch + 1
+            print(
+                f"fit budget {_duration(self.seconds)}: the fit stops after epoch {epoch + 1} "
+                f"({_duration(used)} used, an epoch takes {_duration(epoch_seconds)})",
+                flush=True,
+            )
+
+
 def _duration(seconds: float) -> str:
     """``seconds`` as ``1h02m``, ``3m05s`` or ``42s``."""
     seconds = int(round(seconds))

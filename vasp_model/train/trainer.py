@@ -275,6 +275,7 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
         MONITOR,
         AtomicBackupAndRestore,
         AveragedWeights,
+        FitBudget,
         PhaseSchedule,
         ResumeState,
         ValidationMetrics,
@@ -298,6 +299,9 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
         PhaseSchedule(tc, validation, len(plan)),
         early_stopping,
     ]
+    budget = None if tc.fit_budget is None else FitBudget(tc.fit_budget_seconds)
+    if budget is not None:
+        fit_callbacks.insert(fit_callbacks.index(early_stopping), budget)
     if checkpoint_dir:
         # BackupAndRestore restores weights, optimizer and epoch, not EarlyStopping's best weights / wait nor
         # the history rows: ResumeState persists those (a callback of its own rather than an EarlyStopping
@@ -308,6 +312,7 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
         phases = ", ".join(f"{n} at lr {lr:g}" for n, lr in zip(tc.epochs, tc.learning_rates, strict=False))
         plateau = tc.plateau_epochs(len(plan))
         ends = "" if plateau is None else f", a phase ends after {plateau} epoch(s) without a new best"
+        ends += "" if budget is None else f", within {tc.fit_budget}"
         print(f"joint fit: {tc.total_epochs} epochs ({phases}), validation after each{ends}", flush=True)
         fit_plan(model, plan, tc.total_epochs, callbacks=[*fit_callbacks, *callbacks], verbose=verbose)
     epoch_seconds = [row["train_seconds"] for row in validation.history]
@@ -315,6 +320,8 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
         timings["epoch_seconds_median"] = float(np.median(epoch_seconds))
         timings["epoch_seconds_first"] = float(epoch_seconds[0])
     timings["epochs_run"] = float(len(validation.history))
+    if budget is not None and budget.stopped_after is not None:
+        timings["fit_budget_stopped_after_epoch"] = float(budget.stopped_after)
     return validation.history, early_stopping.best_epoch + 1
 
 
