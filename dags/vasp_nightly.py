@@ -120,6 +120,12 @@ with DAG(
             enum=list(TUNE_MODES),
             description="tune the training config on validation before training: off, weekly, nightly",
         ),
+        "fit_budget": Param(
+            CFG.fit_budget,
+            type="string",
+            description="wall clock for the training's joint fit (900s, 30m, 2h; empty: none): the best epoch "
+            "within it serves",
+        ),
         "date": Param(
             None,
             type=["null", "string"],

@@ -65,6 +65,7 @@ def test_schedule_and_dag_settings(nightly_dag):
     assert params["threshold"] == cfg.threshold
     assert params["min_user_interactions"] == cfg.min_user_interactions
     assert params["tune"] == cfg.tune == "off"
+    assert params["fit_budget"] == cfg.fit_budget
 
 
 def test_training_follows_a_skipped_tuning(nightly_dag, tmp_path):

@@ -68,6 +68,18 @@ def test_plan_resolves_input_outputs_and_stage_configs(tmp_path):
         plan.make_plan({"date": "yesterday"}, None, config=cfg)
 
 
+def test_a_runs_fit_budget_reaches_the_training_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("VASP_FIT_BUDGET", raising=False)
+    cfg = plan.load_config({"warehouse": str(tmp_path)})
+    assert plan.make_plan({}, dt.datetime(2026, 3, 1), config=cfg).train_config().vasp.train.fit_budget is None
+    night = plan.make_plan({"fit_budget": "20m"}, dt.datetime(2026, 3, 1), config=cfg)
+    assert night.train_config().vasp.train.fit_budget_seconds == 1200.0
+    deployed = plan.load_config({"warehouse": str(tmp_path), "fit_budget": "45m"})
+    assert plan.make_plan({}, dt.datetime(2026, 3, 1), config=deployed).train_config().vasp.train.fit_budget == "45m"
+    with pytest.raises(ValueError, match="fit_budget must be a positive duration such as 900s, 30m or 2h, got '20'"):
+        plan.make_plan({"fit_budget": "20"}, dt.datetime(2026, 3, 1), config=cfg)
+
+
 def test_the_champion_scored_is_that_of_the_configured_registered_model(tmp_path, monkeypatch):
     monkeypatch.setenv("VASP_REGISTERED_MODEL", "recs")
     night = plan.make_plan({}, dt.datetime(2026, 3, 1), config=plan.load_config({"warehouse": str(tmp_path)}))

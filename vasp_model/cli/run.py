@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Users with fewer positives are not trained on, but still scored (default 5).",
     )
+    parser.add_argument(
+        "--fit-budget",
+        default=None,
+        help="Wall clock for the training's joint fit (900s, 30m, 2h): it stops at the epoch end after which one "
+        "more would pass it, serving the best epoch so far (default: $VASP_FIT_BUDGET, else none).",
+    )
     add_exclude_argument(parser)
     add_warehouse_argument(parser)
     parser.add_argument(
@@ -195,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         "threshold": args.threshold,
         "min_user_interactions": args.min_user_interactions,
         "exclude": args.exclude,
+        "fit_budget": args.fit_budget,
     }
     result = run_dag(date, {k: v for k, v in conf.items() if v is not None})
     return report(result, os.environ["VASP_WAREHOUSE"], args.user, conf["input"])

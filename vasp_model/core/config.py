@@ -167,12 +167,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         if self.fit_budget is not None:
-            try:
-                parse_duration(self.fit_budget)
-            except ValueError:
-                raise ValueError(
-                    f"fit_budget must be a duration such as 900s, 30m or 2h, got {self.fit_budget!r}"
-                ) from None
+            parse_duration(self.fit_budget, "fit_budget")
         if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
             raise ValueError(f"ema_momentum must be in (0, 1), got {self.ema_momentum!r}")
         if not 0.0 < self.warm_epochs <= 1.0:

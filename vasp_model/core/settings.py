@@ -61,11 +61,11 @@ def _coerce(value: str, kind: Any, name: str) -> Any:
     return value
 
 
-def parse_duration(text: str) -> float:
-    """Seconds of a duration written ``900s``, ``30m`` or ``2h``."""
+def parse_duration(text: str, name: str = "budget") -> float:
+    """Seconds of a duration written ``900s``, ``30m`` or ``2h`` (``name``: what the error calls it)."""
     match = _DURATION.match(str(text))
     if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"budget must be a positive duration such as 900s, 30m or 2h, got {text!r}")
+        raise ValueError(f"{name} must be a positive duration such as 900s, 30m or 2h, got {text!r}")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 

@@ -62,12 +62,7 @@ class AlertConfig:
                 f"alert_webhook must be an http(s) URL, got one with scheme {urlsplit(self.alert_webhook).scheme!r}"
             )
         if self.alert_deadline:
-            try:
-                settings.parse_duration(self.alert_deadline)
-            except ValueError:
-                raise ValueError(
-                    f"alert_deadline must be a duration such as 900s, 30m or 6h, got {self.alert_deadline!r}"
-                ) from None
+            settings.parse_duration(self.alert_deadline, "alert_deadline")
         for name in ("alert_reject_nights", "alert_champion_max_age_days", "alert_timeout_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")

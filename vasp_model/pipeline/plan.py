@@ -31,7 +31,7 @@ SYNTHETIC = "synthetic"
 SPARK_MODES = ("local", "submit")
 SENSOR_MODES = ("poke", "reschedule")
 # Run-level knobs that a DAG run may override (Airflow Params / ``vasp run`` flags).
-RUN_PARAMS = ("input", "preset", "top_n", "threshold", "min_user_interactions", "exclude", "tune")
+RUN_PARAMS = ("input", "preset", "top_n", "threshold", "min_user_interactions", "exclude", "tune", "fit_budget")
 # tune: off; weekly = the tune stage runs before train when D falls on ``tune_weekday``; nightly = every
 # night. With tuning on, train starts from the latest tuned config at or before D (the preset until one exists).
 TUNE_MODES = ("off", "weekly", "nightly")
@@ -61,6 +61,7 @@ class NightlyConfig:
     tune_trials: int | None = None  # at most this many trials per study (None: as many as the budget allows)
     # train from: none (cold) | champion (the champion of an earlier date, items mapped by id, shorter schedule)
     warm_start: str = "none"
+    fit_budget: str = ""  # wall clock for the training's joint fit (900s, 30m, 2h; "": the config's, none by default)
     synthetic_users: int = 3000  # size of the synthetic input (input=synthetic)
     synthetic_items: int = 1500
     schedule: str = "0 2 * * *"  # cron; each run covers the day before its run time
@@ -90,6 +91,8 @@ class NightlyConfig:
             raise ValueError("warehouse must not be empty")
         layout.exclusion_table(self.exclude)
         _check_tune(self.tune, self.tune_weekday, self.tune_budget, self.tune_trials)
+        if self.fit_budget:
+            settings.parse_duration(self.fit_budget, "fit_budget")
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if self.spark_mode not in SPARK_MODES:
@@ -190,11 +193,14 @@ class Plan:
     tune_budget: str = "30m"
     tune_trials: int | None = None
     warm_start: str = "none"
+    fit_budget: str = ""
 
     def __post_init__(self) -> None:
         layout.check_date(self.date)
         layout.exclusion_table(self.exclude)
         _check_tune(self.tune, self.tune_weekday, self.tune_budget, self.tune_trials)
+        if self.fit_budget:
+            settings.parse_duration(self.fit_budget, "fit_budget")
 
     @property
     def tunes_tonight(self) -> bool:
@@ -250,7 +256,7 @@ class Plan:
         from vasp_model.mlops.tracking import TrackingConfig
         from vasp_model.pipeline.training import TrainStageConfig
 
-        vasp = make_config(self.preset, base=self.tuned())
+        vasp = make_config(self.preset, train_overrides={"fit_budget": self.fit_budget or None}, base=self.tuned())
         registered_model = settings.build_config(TrackingConfig, {"tracking_uri": self.tracking_uri}).registered_model
         return TrainStageConfig(
             self.date,
@@ -340,4 +346,5 @@ def make_plan(
         tune_budget=config.tune_budget,
         tune_trials=config.tune_trials,
         warm_start=config.warm_start,
+        fit_budget=str(values["fit_budget"]),
     )
