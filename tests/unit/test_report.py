@@ -193,3 +193,16 @@ def test_training_plot_marks_best_epoch_learning_rate_changes_and_ease():
     assert {"best epoch 5", "learning rate 0.001 → 0.0001", "EASE (validation)"} <= labels
     assert "2026-05-01 · candidate v8" in left.get_title() and right.get_ylabel() == "validation nDCG@100"
     assert report.plot_training({**facts, "training": {"history": []}}) is None
+    assert not any("fit budget" in label for label in labels)
+    stopped = {**facts, "training": {**facts["training"], "budget_stopped_after": 6.0}}
+    labels = {line.get_label() for line in report.plot_training(stopped).axes[1].get_lines()}
+    assert "fit budget: stopped after epoch 6" in labels
+
+
+def test_the_nights_training_says_where_the_fit_budget_stopped_it(tmp_path):
+    models = layout.models_dir(str(tmp_path), "2026-05-01")
+    storage.write_json(f"{models}/metrics.json", {"best_epoch": 3, "timings": {"fit_budget_stopped_after_epoch": 4.0}})
+    training = report.night_training(str(tmp_path), "2026-05-01")
+    assert (training["best_epoch"], training["budget_stopped_after"]) == (3, 4.0)
+    storage.write_json(f"{models}/metrics.json", {"best_epoch": 3, "timings": {}})
+    assert report.night_training(str(tmp_path), "2026-05-01")["budget_stopped_after"] is None

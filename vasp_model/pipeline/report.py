@@ -271,7 +271,8 @@ def night_history(warehouse: str, date: str) -> list[dict[str, Any]]:
 
 
 def night_training(warehouse: str, date: str) -> dict[str, Any]:
-    """The night's training: its per-epoch history, best epoch, and EASE's validation level."""
+    """The night's training: its per-epoch history, best epoch, EASE's validation level and the epoch after
+    which the fit budget stopped the fit (None: it did not)."""
     models = layout.models_dir(warehouse, date)
     metrics = _read_json(f"{models}/metrics.json") or {}
     history = _read_json(f"{models}/history.json")
@@ -281,6 +282,7 @@ def night_training(warehouse: str, date: str) -> dict[str, Any]:
         "best_epoch": metrics.get("best_epoch") or (_read_json(f"{models}/_manifest.json") or {}).get("best_epoch"),
         "ease_validation": (validation.get("ease") or {}).get("ndcg@100"),
         "vasp_validation": (validation.get("vasp") or {}).get("ndcg@100"),
+        "budget_stopped_after": (metrics.get("timings") or {}).get("fit_budget_stopped_after_epoch"),
     }
 
 
@@ -368,7 +370,8 @@ def _series(history: list[Mapping[str, Any]], key: str) -> list[float]:
 
 
 def plot_training(facts: Mapping[str, Any]):
-    """Training loss and validation nDCG@100 per epoch: best epoch, learning-rate changes, EASE's level."""
+    """Training loss and validation nDCG@100 per epoch: best epoch, learning-rate changes, EASE's level and
+    where the fit budget stopped the fit."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -391,7 +394,9 @@ def plot_training(facts: Mapping[str, Any]):
     if training.get("ease_validation") is not None:
         right.axhline(training["ease_validation"], color="tab:red", ls="--", label="EASE (validation)")
     rates = _series(history, "learning_rate")
-    best = training.get("best_epoch")
+    best, stopped = training.get("best_epoch"), training.get("budget_stopped_after")
+    if stopped:
+        right.axvline(stopped, color="tab:orange", ls="--", label=f"fit budget: stopped after epoch {stopped:g}")
     from matplotlib.ticker import MaxNLocator
 
     for ax in (left, right):
