@@ -178,6 +178,8 @@ class AveragedWeights(keras.callbacks.Callback):
     Must come first in the callback list. A swap is its own inverse, and a checkpoint is always taken
     swapped, so a resumed fit (first epoch > 0) swaps back before it trains. The model ends with the
     best epoch's averaged weights: ``EarlyStopping`` restores them after Keras' own end-of-fit overwrite.
+    Keras averages the weights before it applies their constraints, so a weight swapped in is constrained
+    (the Neural EASE kernel's zero diagonal holds in the averaged weights too).
     """
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -194,7 +196,7 @@ class AveragedWeights(keras.callbacks.Callback):
         ):
             if average is not None:
                 value = keras.ops.convert_to_numpy(variable)
-                variable.assign(average)
+                variable.assign(average if variable.constraint is None else variable.constraint(average))
                 average.assign(value)
 
 
