@@ -212,7 +212,8 @@ def user_lists(warehouse: str, date: str, max_users: int | None = None):
 
     from vasp_jobs.score import exclusion_source
     from vasp_model.core import defaults
-    from vasp_model.data import layout, storage
+    from vasp_model.data import layout
+    from vasp_model.data.features import read_manifest
 
     only = None if max_users is None else [("user_idx", "<", max_users)]
     users = pq.read_table(
@@ -226,8 +227,7 @@ def user_lists(warehouse: str, date: str, max_users: int | None = None):
         grouped = rows.to_pandas().groupby("user_idx")["item_id"].apply(list)
         return pa.array([grouped.get(u, []) for u in users.user_idx], type=pa.list_(pa.string()))
 
-    manifest = storage.read_json(f"{layout.features_dir(warehouse, date)}/{storage.MANIFEST}")
-    excluded = exclusion_source(defaults.DEFAULT_EXCLUDE, manifest)
+    excluded = exclusion_source(defaults.DEFAULT_EXCLUDE, read_manifest(layout.features_dir(warehouse, date)))
     return (
         pa.array(users.user_id, type=pa.string()),
         lists("interactions"),
