@@ -123,7 +123,7 @@ with DAG(
         "fit_budget": Param(
             CFG.fit_budget,
             type="string",
-            description="wall clock for the training's joint fit (900s, 30m, 2h; empty: none): the best epoch "
+            description="wall clock for the training's joint fit (900s, 30m, 2h, 1h30m; empty: none): the best epoch "
             "within it serves",
         ),
         "date": Param(

@@ -97,7 +97,7 @@ def test_bad_tune_input_is_one_clear_line(warehouse, mlflow_home, tmp_path, caps
     tune = ["tune", "--warehouse", warehouse, "--date", DATE, "--preset", "tiny", "--tracking-uri", mlflow_home]
     assert cli.main([*tune, "--budget", "30x"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "vasp tune: error: budget must be a positive duration such as 900s, 30m or 2h, got '30x'"
+    assert err == "vasp tune: error: budget must be a positive duration such as 900s, 30m, 2h or 1h30m, got '30x'"
     assert cli.main([*tune, "--budget", "1m", "--trials", "0"]) == 1
     assert capsys.readouterr().err.strip() == "vasp tune: error: trials must be >= 1, got 0"
     assert _train(warehouse, tmp_path, "--date", "2026-01-01", "--config", "tuned") == 1

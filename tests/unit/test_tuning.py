@@ -179,8 +179,10 @@ def test_a_trial_running_past_the_budget_stops_at_its_epoch_end():
 
 def test_budget_is_a_duration():
     assert [parse_duration(t) for t in ("900s", "30m", "2h", "1.5h", " 45 m")] == [900, 1800, 7200, 5400, 2700]
-    for bad in ("30", "30x", "0m", "-5m", "m", "", "1h30m"):
-        with pytest.raises(ValueError, match="budget must be a positive duration such as 900s, 30m or 2h"):
+    # in parts, as durations are printed
+    assert [parse_duration(t) for t in ("1h30m", "3m20s", "7m00s", "1h0m5s", "0m30s")] == [5400, 200, 420, 3605, 30]
+    for bad in ("30", "30x", "0m", "-5m", "m", "", "0h0m", "20s3m", "1h1h", "h30m"):
+        with pytest.raises(ValueError, match="budget must be a positive duration such as 900s, 30m, 2h or 1h30m"):
             parse_duration(bad)
 
 

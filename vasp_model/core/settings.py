@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 ENV_PREFIX = "VASP_"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smh])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+# hours, minutes, seconds, each at most once and in that order: 2h, 30m, 900s, 1h30m, 3m20s
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*(?:(\d+(?:\.\d*)?)\s*s)?\s*$")
 
 
 class ConfigError(ValueError):
@@ -62,11 +62,13 @@ def _coerce(value: str, kind: Any, name: str) -> Any:
 
 
 def parse_duration(text: str, name: str = "budget") -> float:
-    """Seconds of a duration written ``900s``, ``30m`` or ``2h`` (``name``: what the error calls it)."""
+    """Seconds of a duration written ``900s``, ``30m``, ``2h`` or in parts, ``1h30m``, ``3m20s`` (as this package
+    prints durations; ``name``: what the error calls it)."""
     match = _DURATION.match(str(text))
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"{name} must be a positive duration such as 900s, 30m or 2h, got {text!r}")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    parts = [float(value) * unit for value, unit in zip(match.groups(), (3600, 60, 1), strict=True) if value] if match else []
+    if not parts or sum(parts) <= 0:
+        raise ValueError(f"{name} must be a positive duration such as 900s, 30m, 2h or 1h30m, got {text!r}")
+    return float(sum(parts))
 
 
 def build_config(
