@@ -170,5 +170,7 @@ def test_the_cpu_preset_prunes_the_neural_ease_kernel_of_wide_catalogs_only():
 def test_the_fit_budget_is_a_duration():
     assert make_config("cpu", env={"VASP_FIT_BUDGET": "35m"}).train.fit_budget_seconds == 2100.0
     assert make_config("cpu", env={}).train.fit_budget_seconds is None
-    with pytest.raises(ConfigError, match="fit_budget must be a positive duration such as 900s, 30m, 2h or 1h30m, got '35'"):
+    with pytest.raises(
+        ConfigError, match="fit_budget must be a positive duration such as 900s, 30m, 2h or 1h30m, got '35'"
+    ):
         make_config("cpu", env={"VASP_FIT_BUDGET": "35"})

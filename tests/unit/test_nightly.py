@@ -76,7 +76,9 @@ def test_a_runs_fit_budget_reaches_the_training_config(tmp_path, monkeypatch):
     assert night.train_config().vasp.train.fit_budget_seconds == 1200.0
     deployed = plan.load_config({"warehouse": str(tmp_path), "fit_budget": "45m"})
     assert plan.make_plan({}, dt.datetime(2026, 3, 1), config=deployed).train_config().vasp.train.fit_budget == "45m"
-    with pytest.raises(ValueError, match="fit_budget must be a positive duration such as 900s, 30m, 2h or 1h30m, got '20'"):
+    with pytest.raises(
+        ValueError, match="fit_budget must be a positive duration such as 900s, 30m, 2h or 1h30m, got '20'"
+    ):
         plan.make_plan({"fit_budget": "20"}, dt.datetime(2026, 3, 1), config=cfg)
 
 

@@ -65,7 +65,11 @@ def parse_duration(text: str, name: str = "budget") -> float:
     """Seconds of a duration written ``900s``, ``30m``, ``2h`` or in parts, ``1h30m``, ``3m20s`` (as this package
     prints durations; ``name``: what the error calls it)."""
     match = _DURATION.match(str(text))
-    parts = [float(value) * unit for value, unit in zip(match.groups(), (3600, 60, 1), strict=True) if value] if match else []
+    parts = (
+        [float(value) * unit for value, unit in zip(match.groups(), (3600, 60, 1), strict=True) if value]
+        if match
+        else []
+    )
     if not parts or sum(parts) <= 0:
         raise ValueError(f"{name} must be a positive duration such as 900s, 30m, 2h or 1h30m, got {text!r}")
     return float(sum(parts))
