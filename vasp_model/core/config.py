@@ -236,12 +236,11 @@ class TrainConfig:
                 phase, start = self._next_phase(phase), epoch + 1
         return self.last_phase if phase is not None and last_from == len(scores) else phase
 
-    def last_phase_epochs(self, steps_per_epoch: int, epochs_in_all: int) -> int:
-        """The epochs the last phase is given when the fit has room for only ``epochs_in_all``: its share of the
-        schedule's epochs (rounded up), at most its own epochs and its plateau (:meth:`plateau_epochs`)."""
+    def last_phase_epochs(self, steps_per_epoch: int) -> int:
+        """The epochs the last phase is given when it must start early: its epochs, or fewer where its plateau
+        (:meth:`plateau_epochs`, the least a phase runs) is shorter."""
         epochs = self.epochs[self.last_phase]
-        share = math.ceil(epochs * epochs_in_all / self.total_epochs)
-        return min(epochs, share, self.plateau_epochs(steps_per_epoch) or epochs)
+        return min(epochs, self.plateau_epochs(steps_per_epoch) or epochs)
 
     @property
     def last_phase(self) -> int:

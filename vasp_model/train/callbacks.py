@@ -103,13 +103,13 @@ class PhaseSchedule(keras.callbacks.LearningRateScheduler):
         self.last_from: int | None = None  # the 0-based epoch the last phase was started early at
 
     def start_last_phase(self, epochs_done: int, epochs_left: int) -> bool:
-        """Start the last phase at the next epoch when the fit, in an earlier phase, has only ``epochs_left``
-        epochs left, no more than the last phase is given (:meth:`TrainConfig.last_phase_epochs`). Returns True
+        """Start the last phase at the next epoch when the fit has only ``epochs_left`` epochs left, no more than
+        the last phase is given (:meth:`TrainConfig.last_phase_epochs`), and is in an earlier phase. Returns True
         when it did."""
         phase = self._phase(epochs_done)
         if phase is None or phase == self.train_config.last_phase:
             return False
-        if epochs_left > self.train_config.last_phase_epochs(self.steps_per_epoch, epochs_done + epochs_left):
+        if epochs_left > self.train_config.last_phase_epochs(self.steps_per_epoch):
             return False
         self.last_from = epochs_done
         return True
@@ -143,8 +143,8 @@ class FitBudget(keras.callbacks.Callback):
     """Stops the fit at the end of the epoch after which one more would pass ``seconds`` of wall clock since
     the fit began in this process, an epoch (its training and validation) taken to last as long as the
     longest of the last three. With a ``schedule``, the last learning-rate phase starts early once no more
-    epochs are left than it is given (:meth:`PhaseSchedule.start_last_phase`; epochs counted at the median of
-    the last three, the first one's compilation aside), so a fit cut short still ends at the last rate. ``stopped_after``: the last epoch run when the budget stopped the fit, else None;
+    epochs are left than it is given (:meth:`PhaseSchedule.start_last_phase`), so a fit cut short still
+    ends at the last rate. ``stopped_after``: the last epoch run when the budget stopped the fit, else None;
     ``last_phase_from``: the first epoch of a last phase it started early, else None. Must follow the
     validation callback (whose time it counts) and the schedule; early stopping restores the best epoch."""
 
@@ -179,7 +179,7 @@ class FitBudget(keras.callbacks.Callback):
                 flush=True,
             )
             return
-        left = int((self.seconds - used) // float(np.median(self._epochs[-3:])))
+        left = int((self.seconds - used) // epoch_seconds)
         if self.schedule is not None and self.schedule.start_last_phase(epoch + 1, left):
             self.last_phase_from = epoch + 2
             rate = self.schedule.train_config.learning_rates[self.schedule.train_config.last_phase]
