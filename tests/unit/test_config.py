@@ -49,26 +49,6 @@ def test_a_plateau_ends_the_phase_and_after_the_last_the_schedule():
     assert tc.phase_after(scores[:3], steps_per_epoch=2) == 1
 
 
-def test_the_last_phase_started_early_runs_from_that_epoch_and_ends_the_schedule():
-    tc = TrainConfig(epochs=(3, 0, 2), learning_rates=(1e-3, 5e-4, 1e-4))
-    rising = [0.1 * (i + 1) for i in range(5)]
-    assert tc.last_phase == 2
-    # started at 0-based epoch 1: the last phase's two epochs are 1 and 2, then the schedule is over
-    assert [tc.phase_after(rising[:n], last_from=1) for n in range(5)] == [0, 2, 2, None, None]
-    # a start later than the phases' own end, or in the last phase already, changes nothing
-    assert [tc.phase_after(rising[:n], last_from=4) for n in range(6)] == [0, 0, 0, 2, 2, None]
-    # with a plateau rule the early phase counts its plateau from its own first epoch
-    tc = TrainConfig(epochs=(10, 5), learning_rates=(1e-3, 1e-4), plateau_steps=2)
-    assert tc.phase_after([0.1, 0.3, 0.2], last_from=2) == 1
-    assert tc.phase_after([0.1, 0.3, 0.2, 0.25], last_from=2) is None
-
-
-def test_the_last_phase_is_given_its_plateau_or_its_epochs():
-    assert TrainConfig(epochs=(20, 10), learning_rates=(1e-3, 2e-4), plateau_steps=300).last_phase_epochs(92) == 4
-    assert TrainConfig(epochs=(20, 3), learning_rates=(1e-3, 2e-4), plateau_steps=300).last_phase_epochs(92) == 3
-    assert TrainConfig(epochs=(20, 10), learning_rates=(1e-3, 2e-4)).last_phase_epochs(92) == 10
-
-
 def test_a_plateau_in_steps_is_whole_epochs():
     tc = TrainConfig(plateau_steps=300)
     assert [tc.plateau_epochs(n) for n in (1, 19, 92, 300, 400)] == [300, 16, 4, 1, 1]

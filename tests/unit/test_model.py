@@ -561,19 +561,6 @@ def test_the_fit_budget_stops_the_fit_before_an_epoch_would_pass_it(small_featur
     assert result.best_epoch == max(result.history, key=lambda h: h["val_ndcg@100"])["epoch"]
 
 
-def test_the_fit_budget_starts_the_last_phase_once_only_its_epochs_are_left(small_features, monkeypatch, capsys):
-    """Epochs of 100 s (as above) and 15 minutes: after epoch 3, 600 s used, three epochs are left, no more than
-    the last phase's four, so it runs from epoch 4 at its rate until the budget stops the fit."""
-    _fake_clock(monkeypatch, 100.0)
-    train_overrides = {"epochs": (6, 4), "learning_rates": (1e-2, 1e-3), "fit_budget": "15m"}
-    result = train(small_features, make_config("tiny", train_overrides=train_overrides, env={}), verbose=0)
-    out = capsys.readouterr().out
-    assert "fit budget 15m00s: 3 epoch(s) left, the last phase (learning rate 0.001) from epoch 4" in out
-    assert [row["learning_rate"] for row in result.history] == pytest.approx([1e-2] * 3 + [1e-3] * 2)
-    assert result.timings["fit_budget_last_phase_from_epoch"] == 4.0
-    assert result.timings["fit_budget_stopped_after_epoch"] == 5.0
-
-
 def test_a_fit_that_ends_within_its_budget_is_not_said_to_be_stopped_by_it(small_features, monkeypatch, capsys):
     _fake_clock(monkeypatch, 100.0)
     train_overrides = {"epochs": (2,), "learning_rates": (1e-2,), "fit_budget": "7m"}  # its last epoch ends at 500 s

@@ -215,37 +215,21 @@ class TrainConfig:
             return None
         return max(1, math.ceil(self.plateau_steps / max(1, steps_per_epoch)))
 
-    def phase_after(
-        self, scores: Sequence[float], steps_per_epoch: int = 1, last_from: int | None = None
-    ) -> int | None:
+    def phase_after(self, scores: Sequence[float], steps_per_epoch: int = 1) -> int | None:
         """The phase of the epoch that follows epochs whose validation scores were ``scores`` (higher is better),
         or None where the schedule is over: a phase ends after its epochs, or once :meth:`plateau_epochs` of them
-        in a row brought no new best. From 0-based epoch ``last_from`` on, the last phase runs whatever phase
-        the schedule was in (a fit whose time is running out, :meth:`last_phase_epochs`)."""
+        in a row brought no new best."""
         plateau = self.plateau_epochs(steps_per_epoch)
         phase, start, best, best_at = self._next_phase(-1), 0, -math.inf, -1
         for epoch, score in enumerate(scores):
             if phase is None:
                 return None
-            if epoch == last_from and phase != self.last_phase:
-                phase, start = self.last_phase, epoch
             if score > best:
                 best, best_at = score, epoch
             stalled = plateau is not None and epoch - max(best_at, start - 1) >= plateau
             if epoch + 1 - start >= self.epochs[phase] or stalled:
                 phase, start = self._next_phase(phase), epoch + 1
-        return self.last_phase if phase is not None and last_from == len(scores) else phase
-
-    def last_phase_epochs(self, steps_per_epoch: int) -> int:
-        """The epochs the last phase is given when it must start early: its epochs, or fewer where its plateau
-        (:meth:`plateau_epochs`, the least a phase runs) is shorter."""
-        epochs = self.epochs[self.last_phase]
-        return min(epochs, self.plateau_epochs(steps_per_epoch) or epochs)
-
-    @property
-    def last_phase(self) -> int:
-        """The last phase with any epochs."""
-        return max(p for p in range(len(self.epochs)) if self.epochs[p] > 0)
+        return phase
 
     def _next_phase(self, phase: int) -> int | None:
         """The first phase after ``phase`` with any epochs (None: none is left)."""

@@ -100,23 +100,10 @@ class PhaseSchedule(keras.callbacks.LearningRateScheduler):
         self.train_config = train_config
         self.validation = validation
         self.steps_per_epoch = steps_per_epoch
-        self.last_from: int | None = None  # the 0-based epoch the last phase was started early at
-
-    def start_last_phase(self, epochs_done: int, epochs_left: int) -> bool:
-        """Start the last phase at the next epoch when the fit has only ``epochs_left`` epochs left, no more than
-        the last phase is given (:meth:`TrainConfig.last_phase_epochs`), and is in an earlier phase. Returns True
-        when it did."""
-        phase = self._phase(epochs_done)
-        if phase is None or phase == self.train_config.last_phase:
-            return False
-        if epochs_left > self.train_config.last_phase_epochs(self.steps_per_epoch):
-            return False
-        self.last_from = epochs_done
-        return True
 
     def _phase(self, epochs_done: int) -> int | None:
         scores = [row[MONITOR] for row in self.validation.history if row["epoch"] <= epochs_done]
-        return self.train_config.phase_after(scores, self.steps_per_epoch, self.last_from)
+        return self.train_config.phase_after(scores, self.steps_per_epoch)
 
     def _rate(self, epoch: int, _rate: float) -> float:
         phase = self._phase(epoch)
@@ -142,18 +129,13 @@ _clock = time.monotonic  # FitBudget's wall clock
 class FitBudget(keras.callbacks.Callback):
     """Stops the fit at the end of the epoch after which one more would pass ``seconds`` of wall clock since
     the fit began in this process, an epoch (its training and validation) taken to last as long as the
-    longest of the last three. With a ``schedule``, the last learning-rate phase starts early once no more
-    epochs are left than it is given (:meth:`PhaseSchedule.start_last_phase`), so a fit cut short still
-    ends at the last rate. ``stopped_after``: the last epoch run when the budget stopped the fit, else None;
-    ``last_phase_from``: the first epoch of a last phase it started early, else None. Must follow the
-    validation callback (whose time it counts) and the schedule; early stopping restores the best epoch."""
+    longest of the last three. ``stopped_after``: the last epoch run when the budget stopped the fit, else
+    None. Must follow the validation callback (whose time it counts); early stopping restores the best epoch."""
 
-    def __init__(self, seconds: float, schedule: PhaseSchedule | None = None):
+    def __init__(self, seconds: float):
         super().__init__()
         self.seconds = float(seconds)
-        self.schedule = schedule
         self.stopped_after: int | None = None
-        self.last_phase_from: int | None = None
         self._start = self._epoch_start = 0.0
         self._epochs: list[float] = []
 
@@ -176,16 +158,6 @@ class FitBudget(keras.callbacks.Callback):
             print(
                 f"fit budget {_duration(self.seconds)}: the fit stops after epoch {epoch + 1} "
                 f"({_duration(used)} used, an epoch takes {_duration(epoch_seconds)})",
-                flush=True,
-            )
-            return
-        left = int((self.seconds - used) // epoch_seconds)
-        if self.schedule is not None and self.schedule.start_last_phase(epoch + 1, left):
-            self.last_phase_from = epoch + 2
-            rate = self.schedule.train_config.learning_rates[self.schedule.train_config.last_phase]
-            print(
-                f"fit budget {_duration(self.seconds)}: {left} epoch(s) left, the last phase (learning rate "
-                f"{rate:g}) from epoch {epoch + 2}",
                 flush=True,
             )
 

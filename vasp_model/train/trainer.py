@@ -293,14 +293,13 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
         restore_best_weights=True,
     )
     averaged = [AveragedWeights()] if tc.ema_momentum is not None else []
-    schedule = PhaseSchedule(tc, validation, len(plan))
     fit_callbacks = [
         *averaged,  # first: everything after it at an epoch's end sees the averaged weights
         validation,
-        schedule,
+        PhaseSchedule(tc, validation, len(plan)),
         early_stopping,
     ]
-    budget = None if tc.fit_budget is None else FitBudget(tc.fit_budget_seconds, schedule)
+    budget = None if tc.fit_budget is None else FitBudget(tc.fit_budget_seconds)
     if budget is not None:
         fit_callbacks.insert(fit_callbacks.index(early_stopping), budget)
     if checkpoint_dir:
@@ -323,8 +322,6 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     timings["epochs_run"] = float(len(validation.history))
     if budget is not None and budget.stopped_after is not None:
         timings["fit_budget_stopped_after_epoch"] = float(budget.stopped_after)
-    if budget is not None and budget.last_phase_from is not None:
-        timings["fit_budget_last_phase_from_epoch"] = float(budget.last_phase_from)
     return validation.history, early_stopping.best_epoch + 1
 
 
