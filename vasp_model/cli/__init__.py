@@ -1,6 +1,7 @@
 """The ``vasp`` command: one subcommand per pipeline stage.
 
-Plus ``recommend`` (print a published list) and ``run`` (the nightly DAG end to end). Each
+Plus ``recommend`` (print a published list), ``compare`` (two trainings' scored users, with intervals)
+and ``run`` (the nightly DAG end to end). Each
 subcommand is a module with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; a
 stage's flags, config and function come from the stage registry (``vasp_model.pipeline.stages``).
 Heavy libraries are imported only when a subcommand runs, so ``vasp --help`` is fast and
@@ -15,7 +16,7 @@ import os
 import sys
 from types import ModuleType
 
-from vasp_model.cli import build, promote, recommend, report, run, score, synth, train, tune
+from vasp_model.cli import build, compare, promote, recommend, report, run, score, synth, train, tune
 from vasp_model.core import defaults
 from vasp_model.core.errors import CLEAR_ERRORS
 
@@ -28,6 +29,7 @@ SUBCOMMANDS: dict[str, ModuleType] = {
     "score": score,
     "report": report,
     "recommend": recommend,
+    "compare": compare,
     "run": run,
 }
 

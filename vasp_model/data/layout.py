@@ -26,6 +26,7 @@ EXCLUDE_TABLES = dict(zip(EXCLUDE_RULES, ("consumed", "interactions", None), str
 SCHEMA_VERSION = 2  # 2: + the consumed table
 DATE_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 EASE_BUNDLE = "ease"  # models/dt=D/ease: the training's closed-form EASE, the fallback when VASP has no champion
+PER_USER_METRICS = "per_user_metrics.parquet"  # models/dt=D/: every scored user's metrics, by split and model
 
 
 def check_date(date: str) -> str:

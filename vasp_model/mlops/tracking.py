@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from vasp_model.core import defaults
-from vasp_model.data import storage
+from vasp_model.data import layout, storage
 from vasp_model.data.features import lineage as features_lineage
 from vasp_model.data.features import read_manifest
 from vasp_model.data.layout import DATE_RE
@@ -422,7 +422,7 @@ class TrainingTracker:
         lineage.log_datasets(origin)
 
         with tempfile.TemporaryDirectory(prefix="vasp-track-") as tmp:
-            for name in (METRICS_FILE, "history.json", "test_topk.parquet", "per_user_metrics.parquet"):
+            for name in (METRICS_FILE, "history.json", "test_topk.parquet", layout.PER_USER_METRICS):
                 src = os.path.join(outputs_dir, name)
                 if os.path.exists(src):
                     self.client.log_artifact(self.run_id, src)

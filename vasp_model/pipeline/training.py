@@ -309,7 +309,7 @@ def write_outputs(result, features, directory: str, exclude: str) -> None:
         }
     )
     pq.write_table(table, os.path.join(directory, "test_topk.parquet"))
-    pq.write_table(per_user_table(result.per_user, features), os.path.join(directory, "per_user_metrics.parquet"))
+    pq.write_table(per_user_table(result.per_user, features), os.path.join(directory, layout.PER_USER_METRICS))
 
 
 def add_protocol_metrics(result, features) -> None:

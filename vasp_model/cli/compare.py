@@ -1,0 +1,101 @@
+"""``vasp compare A B [A2 B2 ...]``: two trainings' scored users compared, with paired-bootstrap intervals.
+
+Each side is a ``models/dt=D`` directory of ``vasp train`` (or its ``per_user_metrics.parquet``), or an MLflow
+run, ``runs:/RUN_ID``, whose logged table is read. Several pairs (e.g. one per user split) are pooled into one
+interval. ``--model-b ease`` compares the served model with the EASE baseline of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+from vasp_model.core.args import add_tracking_argument
+from vasp_model.evaluation.bootstrap import RESAMPLES, SEED
+from vasp_model.evaluation.metrics import ACCURACY_KEYS
+
+HELP = "Compare two trainings' scored users: A − B per metric with paired-bootstrap intervals."
+RUN_PREFIX = "runs:/"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="A B",
+        help="Pairs of runs: a models/dt=D directory, its per_user_metrics.parquet, or runs:/RUN_ID (MLflow).",
+    )
+    parser.add_argument("--model", default="vasp", help="A's model (default vasp; also ease, popularity, ...).")
+    parser.add_argument("--model-b", default=None, help="B's model (default: --model).")
+    parser.add_argument("--split", default="test", help="Whose users: test (default), validation or given.")
+    parser.add_argument(
+        "--metrics",
+        default=",".join(ACCURACY_KEYS),
+        help=f"Comma-separated metrics (default {','.join(ACCURACY_KEYS)}).",
+    )
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help=f"Bootstrap resamples (default {RESAMPLES}).")
+    parser.add_argument("--seed", type=int, default=SEED, help=f"Bootstrap seed (default {SEED}).")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
+    add_tracking_argument(parser)
+
+
+def read_table(ref: str, tracking_uri: str | None):
+    """The per-user table of ``ref``: a path, or ``runs:/RUN_ID`` (downloaded from the tracking server)."""
+    from vasp_model.data.layout import PER_USER_METRICS
+    from vasp_model.evaluation.compare import read_per_user
+
+    if not ref.startswith(RUN_PREFIX):
+        return read_per_user(ref)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from vasp_model.core.settings import build_config
+    from vasp_model.mlops.tracking import TrackingConfig
+
+    uri = build_config(TrackingConfig, {"tracking_uri": tracking_uri}).tracking_uri
+    with tempfile.TemporaryDirectory(prefix="vasp-compare-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{ref.rstrip('/')}/{PER_USER_METRICS}", dst_path=tmp, tracking_uri=uri
+            )
+        except (MlflowException, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FileNotFoundError(f"no {PER_USER_METRICS} in {ref} at {uri}: {first}") from exc
+        return read_per_user(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vasp_model.evaluation.compare import compare, side
+
+    if len(args.runs) % 2:
+        raise ValueError(f"runs come in pairs (A B [A2 B2 ...]), got {len(args.runs)}")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not metrics:
+        raise ValueError("--metrics names no metric")
+    model_b = args.model_b or args.model
+    pairs = []
+    for a, b in zip(args.runs[::2], args.runs[1::2], strict=True):
+        tables = {ref: read_table(ref, args.tracking_uri) for ref in (a, b)}
+        pairs.append(
+            (side(tables[a], args.model, args.split, metrics, a), side(tables[b], model_b, args.split, metrics, b))
+        )
+    result = compare(pairs, metrics, args.resamples, args.seed)
+    a_names, b_names = args.runs[::2], args.runs[1::2]
+    if args.json:
+        print(json.dumps({"a": a_names, "b": b_names, "model_a": args.model, "model_b": model_b, **result.to_dict()}))
+        return 0
+    confidence = next(iter(result.differences.values())).confidence
+    print(f"A: {args.model} of {', '.join(a_names)}")
+    print(f"B: {model_b} of {', '.join(b_names)}")
+    left_out = (
+        f"; left out: {result.only_a} only in A, {result.only_b} only in B" if result.only_a or result.only_b else ""
+    )
+    print(f"{args.split} users paired: {result.paired_users} over {len(pairs)} pair(s){left_out}")
+    print(f"{'metric':<14}{'A':>9}{'B':>9}{'A − B':>10}  {confidence:.0%} interval     relative")
+    for m, d in result.differences.items():
+        print(
+            f"{m:<14}{result.means_a[m]:>9.4f}{result.means_b[m]:>9.4f}{d.diff:>+10.4f}  "
+            f"[{d.low:+.4f}, {d.high:+.4f}]  {d.relative:+.1%}"
+        )
+    return 0
