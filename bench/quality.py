@@ -170,22 +170,16 @@ def summarize(name: str, results: list[dict]) -> dict:
     """Means over splits per model, and the pooled paired interval of VASP − EASE per metric (and of the
     network alone − EASE, when every split reports it)."""
     import numpy as np
-    import pyarrow.parquet as pq
 
-    from vasp_model.evaluation.bootstrap import paired_bootstrap, pool
+    from vasp_model.evaluation.compare import compare, read_per_user, side
 
     models = [m for m in (*MODELS, ALONE) if all(m in r["test"] for r in results)]
     means = {m: {k: float(np.mean([r["test"][m][k] for r in results])) for k in SHOWN} for m in models}
-    runs: dict[str, list] = {m: [] for m in ("vasp", ALONE, "ease") if m in models}
-    for r in results:
-        table = pq.read_table(r["per_user"]).to_pandas()
-        test = table[table["split"] == "test"]
-        for m in runs:
-            rows = test[test["model"] == m].sort_values("user_id")
-            runs[m].append({k: rows[k].to_numpy(dtype=float) for k in SHOWN})
+    tables = [(read_per_user(r["per_user"]), r["per_user"]) for r in results]
 
     def minus_ease(model: str) -> dict:
-        differences = paired_bootstrap(pool(runs[model]), pool(runs["ease"]))
+        pairs = [(side(t, model, "test", SHOWN, name), side(t, "ease", "test", SHOWN, name)) for t, name in tables]
+        differences = compare(pairs, SHOWN).differences
         return {k: differences[k].to_dict() for k in SHOWN}
 
     intervals = minus_ease("vasp")
@@ -196,7 +190,7 @@ def summarize(name: str, results: list[dict]) -> dict:
         "users": int(sum(r["users"] for r in results)),
         "means": means,
         "intervals": intervals,
-        "alone_intervals": minus_ease(ALONE) if ALONE in runs else None,
+        "alone_intervals": minus_ease(ALONE) if ALONE in models else None,
         "vasp_vs_ease_per_split": per_split,
         "train_minutes": [round(r["train_seconds"] / 60, 1) for r in results],
         "train_peak_rss_gib": [r.get("train_peak_rss_gib") for r in results],
