@@ -77,6 +77,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     a = write_table(tmp_path / "a", [1, 2], {"vasp": np.ones((2, 3)), "ease": np.zeros((2, 3))})
     other = write_table(tmp_path / "other", [8, 9], {"vasp": np.ones((2, 3)), "ease": np.zeros((2, 3))})
     pq.write_table(pa.table({"user_id": ["1"]}), tmp_path / "not_per_user.parquet")
+    empty = write_table(tmp_path / "empty", [1, 2], {"vasp": np.full((2, 3), np.nan), "ease": np.zeros((2, 3))})
     cases = {
         (str(tmp_path / "missing"), a): f"no {PER_USER_METRICS} at {tmp_path / 'missing'}",
         (a,): "runs come in pairs (A B [A2 B2 ...]), got 1",
@@ -84,6 +85,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         (a, a, "--split", "given"): "has no 'given' users (has: test)",
         (a, a, "--metrics", "ndcg@20"): "has no metric ndcg@20 (has: ndcg@100, recall@20, recall@50)",
         (a, other): "the two sides share no user: nothing to compare",
+        (empty, a): "none of the 2 paired users has every metric on both sides: nothing to compare",
         (str(tmp_path / "not_per_user.parquet"), a): "is not a per-user metrics table: no column split, model",
     }
     for args, message in cases.items():

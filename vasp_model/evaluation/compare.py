@@ -97,6 +97,8 @@ def compare(
     if not paired:
         raise ValueError("the two sides share no user: nothing to compare")
     keep = ~np.any([np.isnan(left[m]) | np.isnan(right[m]) for m in metrics], axis=0)
+    if not keep.any():
+        raise ValueError(f"none of the {paired} paired users has every metric on both sides: nothing to compare")
     return Comparison(
         paired_bootstrap(left, right, resamples, seed),
         {m: float(left[m][keep].mean()) for m in metrics},
