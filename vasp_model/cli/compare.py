@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 
 from vasp_model.core.args import add_tracking_argument
 from vasp_model.evaluation.bootstrap import RESAMPLES, SEED
@@ -41,28 +40,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_table(ref: str, tracking_uri: str | None):
-    """The per-user table of ``ref``: a path, or ``runs:/RUN_ID`` (downloaded from the tracking server)."""
+    """The per-user table of ``ref``: a path, or ``runs:/RUN_ID`` (read from the tracking server)."""
     from vasp_model.data.layout import PER_USER_METRICS
     from vasp_model.evaluation.compare import read_per_user
 
     if not ref.startswith(RUN_PREFIX):
         return read_per_user(ref)
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from vasp_model.core.settings import build_config
-    from vasp_model.mlops.tracking import TrackingConfig
+    from vasp_model.mlops.registry import client_for
+    from vasp_model.mlops.tracking import TrackingConfig, logged_per_user
 
     uri = build_config(TrackingConfig, {"tracking_uri": tracking_uri}).tracking_uri
-    with tempfile.TemporaryDirectory(prefix="vasp-compare-") as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{ref.rstrip('/')}/{PER_USER_METRICS}", dst_path=tmp, tracking_uri=uri
-            )
-        except (MlflowException, OSError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise FileNotFoundError(f"no {PER_USER_METRICS} in {ref} at {uri}: {first}") from exc
-        return read_per_user(path)
+    try:
+        return logged_per_user(client_for(uri), ref[len(RUN_PREFIX) :].strip("/"))
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileNotFoundError(f"no {PER_USER_METRICS} in {ref} at {uri}: {first}") from exc
 
 
 def run(args: argparse.Namespace) -> int:

@@ -44,7 +44,8 @@ class Comparison:
 
 
 def read_per_user(path: str):
-    """The per-user table at ``path``: the Parquet file, or a directory holding :data:`PER_USER_METRICS`."""
+    """The per-user table at ``path`` as a DataFrame: the Parquet file, or a directory holding
+    :data:`PER_USER_METRICS`."""
     import pyarrow.parquet as pq
 
     file = os.path.join(path, PER_USER_METRICS) if os.path.isdir(path) else path
@@ -54,18 +55,18 @@ def read_per_user(path: str):
     missing = [c for c in KEYS if c not in table.column_names]
     if missing:
         raise ValueError(f"{file} is not a per-user metrics table: no column {', '.join(missing)}")
-    return table
+    return table.to_pandas()
 
 
 def metric_names(table) -> list[str]:
     """The metric columns of a per-user table."""
-    return [c for c in table.column_names if c not in KEYS]
+    return [c for c in table.columns if c not in KEYS]
 
 
 def side(table, model: str, split: str, metrics: Sequence[str], label: str):
-    """``model``'s figures on ``split`` in ``table``: a DataFrame of ``metrics`` indexed by user id (``label``
-    names the table in errors)."""
-    rows = table.to_pandas()
+    """``model``'s figures on ``split`` in ``table`` (:func:`read_per_user`): a DataFrame of ``metrics``
+    indexed by user id (``label`` names the table in errors)."""
+    rows = table
     if split not in set(rows["split"]):
         raise ValueError(f"{label} has no {split!r} users (has: {', '.join(sorted(set(rows['split'])))})")
     rows = rows[rows["split"] == split]

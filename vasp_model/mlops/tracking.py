@@ -184,6 +184,15 @@ def logged_report(client, run_id: str) -> MetricsReport:
     return from_mlflow_metrics(client.get_run(run_id).data.metrics)
 
 
+def logged_per_user(client, run_id: str):
+    """The per-user metrics table a training run logged (:func:`vasp_model.evaluation.compare.read_per_user`);
+    FileNotFoundError when the run has none."""
+    from vasp_model.evaluation.compare import read_per_user
+
+    with tempfile.TemporaryDirectory(prefix="vasp-per-user-") as tmp:
+        return read_per_user(client.download_artifacts(run_id, layout.PER_USER_METRICS, tmp))
+
+
 @contextlib.contextmanager
 def mlflow_uri(tracking_uri: str) -> Iterator[None]:
     """Point MLflow's global tracking and registry URIs at ``tracking_uri`` for a block.
