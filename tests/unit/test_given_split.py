@@ -88,17 +88,28 @@ def test_features_score_every_given_user_from_all_of_its_positives(given_build):
     assert 0.4 < got["ease"]["lightgcn_recall@20"] < 0.9
 
 
-def test_the_given_split_and_its_intervals_go_beside_the_test_users(given_build):
+def test_the_given_split_and_its_intervals_go_beside_the_test_users(given_build, tmp_path):
     """VASP minus each baseline on the given split's users, as on the test users (any recommender over the
     features' items stands in for the trained model here)."""
     from types import SimpleNamespace
 
-    from vasp_model.pipeline.training import add_protocol_metrics
+    import pyarrow.parquet as pq
+
+    from vasp_model.evaluation.compare import compare, read_per_user, side
+    from vasp_model.evaluation.protocol import evaluate_recommender_per_user
+    from vasp_model.pipeline.training import add_protocol_metrics, per_user_table
 
     _, warehouse, _ = given_build
     features = load_features(warehouse, DATE)
+    vasp = EASE(3.0).fit(features.train)
+    _, test_vasp = evaluate_recommender_per_user(
+        vasp, features.test.fold_in, features.test.holdout, features.popularity
+    )
     result = SimpleNamespace(
-        bundle=EASE(3.0).fit(features.train), ease=EASE(300.0).fit(features.train), metrics={"intervals": {"test": {}}}
+        bundle=vasp,
+        ease=EASE(300.0).fit(features.train),
+        metrics={"intervals": {"test": {}}},
+        per_user={"test": {"vasp": test_vasp}},
     )
     add_protocol_metrics(result, features)
     given, intervals = result.metrics["given"], result.metrics["intervals"]["given"]
@@ -109,6 +120,20 @@ def test_the_given_split_and_its_intervals_go_beside_the_test_users(given_build)
             assert d["diff"] == pytest.approx(given["vasp"][metric] - given[baseline][metric])
             assert d["low"] <= d["diff"] <= d["high"] and d["users"] == 120
     assert result.metrics["intervals"]["test"] == {}  # the test users' intervals are left as they were
+
+    # the per-user table keeps the given users beside the test users: a later `vasp compare --split given`
+    # pairs them; LightGCN's columns are null on the test users' rows
+    path = tmp_path / "per_user_metrics.parquet"
+    pq.write_table(per_user_table(result.per_user, features), path)
+    table = read_per_user(str(path))
+    assert table.loc[table["split"] == "test", list(LIGHTGCN_KEYS)].isna().all().all()
+    assert (table["split"] == "test").sum() == features.test.n_users
+    sides = [side(table, m, "given", list(LIGHTGCN_KEYS), "run") for m in ("vasp", "ease")]
+    assert len(sides[0]) == 120 and set(sides[0].index) == {str(u) for u in features.given.user_ids}
+    compared = compare([sides], list(LIGHTGCN_KEYS))
+    for metric, d in compared.differences.items():
+        assert compared.means_a[metric] == pytest.approx(given["vasp"][metric])
+        assert d.diff == pytest.approx(intervals["vasp-ease"][metric]["diff"])
 
 
 def test_given_split_flags_round_trip_and_conflicts(tmp_path):

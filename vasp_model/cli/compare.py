@@ -27,7 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", default="vasp", help="A's model (default vasp; also ease, popularity, ...).")
     parser.add_argument("--model-b", default=None, help="B's model (default: --model).")
-    parser.add_argument("--split", default="test", help="Whose users: test (default) or validation.")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="Whose users: test (default), validation, or given (a build with --test-input).",
+    )
     parser.add_argument(
         "--metrics",
         default=",".join(ACCURACY_KEYS),

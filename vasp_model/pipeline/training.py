@@ -7,8 +7,8 @@ Writes ``{warehouse}/models/dt=D/`` atomically (staging + publish): ``model/`` (
 every test user from its fold-in items, leaving out what the rule ``exclude`` says: by default
 every item the user interacted with except the held-out ones, see ``EvalSplit.excluded``; the
 metrics keep the vae_cf protocol, fold-in items masked) and ``per_user_metrics.parquet`` (split,
-user_id, model and the accuracy metrics: one row per user, model and split, so that two runs on the
-same users can be compared later); the run is logged to MLflow unless tracking is off.
+user_id, model and the accuracy metrics: one row per user, model and split, the given split's users
+with LightGCN's figures too, so that two runs on the same users can be compared later); the run is logged to MLflow unless tracking is off.
 """
 
 from __future__ import annotations
@@ -257,8 +257,9 @@ def config_from_args(args: argparse.Namespace) -> TrainStageConfig:
 
 
 def per_user_table(per_user, features):
-    """``TrainResult.per_user`` as an Arrow table: split, user_id (string), model, one column per accuracy metric."""
-    import numpy as np
+    """``TrainResult.per_user`` as an Arrow table: split, user_id (string), model, one column per metric
+    (vae_cf's accuracy for every split; a split's own, such as the given split's LightGCN figures, null
+    on the other splits' rows)."""
     import pyarrow as pa
 
     from vasp_model.evaluation.metrics import ACCURACY_KEYS
@@ -273,8 +274,13 @@ def per_user_table(per_user, features):
         "user_id": pa.array([u for _, _, ids, _ in parts for u in ids], pa.string()),
         "model": pa.array([model for _, model, ids, _ in parts for _ in ids], pa.string()),
     }
-    for m in ACCURACY_KEYS:
-        columns[m] = pa.array(np.concatenate([np.zeros(0), *(arrays[m] for *_, arrays in parts)]), pa.float64())
+    extra = sorted({m for *_, arrays in parts for m in arrays} - set(ACCURACY_KEYS))
+    for m in (*ACCURACY_KEYS, *extra):
+        values = [
+            pa.array(arrays[m], pa.float64()) if m in arrays else pa.nulls(len(ids), pa.float64())
+            for *_, ids, arrays in parts
+        ]
+        columns[m] = pa.concat_arrays([pa.array([], pa.float64()), *values])
     return pa.table(columns)
 
 
@@ -330,6 +336,7 @@ def add_protocol_metrics(result, features) -> None:
     metrics, per_user = given.evaluate_given_per_user(recommenders, features)
     if metrics:
         result.metrics[given.SECTION] = metrics
+        result.per_user[given.SECTION] = per_user  # per_user_metrics.parquet's "given" rows
         if len(per_user) > 1:  # VASP minus each baseline on the same users, as on the test users
             result.metrics.setdefault("intervals", {})[given.SECTION] = intervals_against(per_user)
 
