@@ -112,3 +112,19 @@ def test_an_mlflow_run_is_read_by_its_run_uri(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"vasp compare: error: no {PER_USER_METRICS} in runs:/0123456789abcdef at {uri}")
     assert "\n" not in err
+
+    # a registered version, by number or alias, is read from the run that trained it
+    client.create_registered_model("m")
+    client.create_model_version("m", f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias("m", "champion", "1")
+    for ref in ("models:/m/1", "models:/m@champion"):
+        result = compare_json(capsys, ref, local, "--tracking-uri", uri)
+        assert result["paired_users"] == 3 and result["metrics"]["ndcg@100"]["diff"] == pytest.approx(0.1)
+    for ref, message in (
+        ("models:/m@previous", "registered model 'm' has no version with alias 'previous'"),
+        ("models:/m/7", f"no {PER_USER_METRICS} in models:/m/7 at {uri}"),
+        ("models:/m/latest", "must name a version number or an @alias"),
+    ):
+        assert main(["compare", ref, local, "--tracking-uri", uri]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("vasp compare: error: ") and message in err and "\n" not in err, err

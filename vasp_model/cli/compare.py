@@ -1,7 +1,8 @@
 """``vasp compare A B [A2 B2 ...]``: two trainings' scored users compared, with paired-bootstrap intervals.
 
-Each side is a ``models/dt=D`` directory of ``vasp train`` (or its ``per_user_metrics.parquet``), or an MLflow
-run, ``runs:/RUN_ID``, whose logged table is read. Several pairs (e.g. one per user split) are pooled into one
+Each side is a ``models/dt=D`` directory of ``vasp train`` (or its ``per_user_metrics.parquet``), an MLflow
+run, ``runs:/RUN_ID``, or a registered version, ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, whose
+training run's logged table is read. Several pairs (e.g. one per user split) are pooled into one
 interval. ``--model-b ease`` compares the served model with the EASE baseline of the same run.
 """
 
@@ -16,6 +17,7 @@ from vasp_model.evaluation.metrics import ACCURACY_KEYS
 
 HELP = "Compare two trainings' scored users: A − B per metric with paired-bootstrap intervals."
 RUN_PREFIX = "runs:/"
+MODEL_PREFIX = "models:/"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "runs",
         nargs="+",
         metavar="A B",
-        help="Pairs of runs: a models/dt=D directory, its per_user_metrics.parquet, or runs:/RUN_ID (MLflow).",
+        help="Pairs of runs: a models/dt=D directory, its per_user_metrics.parquet, runs:/RUN_ID or a registered "
+        "version, models:/NAME/VERSION or models:/NAME@ALIAS (its training run; MLflow).",
     )
     parser.add_argument("--model", default="vasp", help="A's model (default vasp; also ease, popularity, ...).")
     parser.add_argument("--model-b", default=None, help="B's model (default: --model).")
@@ -44,21 +47,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_table(ref: str, tracking_uri: str | None):
-    """The per-user table of ``ref``: a path, or ``runs:/RUN_ID`` (read from the tracking server)."""
+    """The per-user table of ``ref``: a path, ``runs:/RUN_ID`` or ``models:/NAME/VERSION`` /
+    ``models:/NAME@ALIAS`` (the training run of that registered version), read from the tracking server."""
     from vasp_model.data.layout import PER_USER_METRICS
     from vasp_model.evaluation.compare import read_per_user
 
-    if not ref.startswith(RUN_PREFIX):
+    if not ref.startswith((RUN_PREFIX, MODEL_PREFIX)):
         return read_per_user(ref)
     from mlflow.exceptions import MlflowException
 
     from vasp_model.core.settings import build_config
-    from vasp_model.mlops.registry import client_for
+    from vasp_model.mlops.registry import client_for, resolve_version
     from vasp_model.mlops.tracking import TrackingConfig, logged_per_user
 
     uri = build_config(TrackingConfig, {"tracking_uri": tracking_uri}).tracking_uri
+    client = client_for(uri)
     try:
-        return logged_per_user(client_for(uri), ref[len(RUN_PREFIX) :].strip("/"))
+        run_id = (
+            ref[len(RUN_PREFIX) :].strip("/") if ref.startswith(RUN_PREFIX) else resolve_version(client, ref).run_id
+        )
+        if not run_id:
+            raise FileNotFoundError("the version records no training run")
+        return logged_per_user(client, run_id)
     except (MlflowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FileNotFoundError(f"no {PER_USER_METRICS} in {ref} at {uri}: {first}") from exc
