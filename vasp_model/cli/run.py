@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fit-budget",
         default=None,
-        help="Wall clock for the training's joint fit (900s, 30m, 2h): it stops at the epoch end after which one "
-        "more would pass it, serving the best epoch so far (default: $VASP_FIT_BUDGET, else none).",
+        help="Wall clock for the training's joint fit (900s, 30m, 2h, 1h30m): it stops at the epoch end after "
+        "which one more would pass it, serving the best epoch so far (default: $VASP_FIT_BUDGET, else none).",
     )
     add_exclude_argument(parser)
     add_warehouse_argument(parser)

@@ -127,9 +127,9 @@ class TrainConfig:
     # validation nDCG@100: the next phase's learning rate starts, or after the last phase the fit stops (None:
     # every phase runs all its epochs). Counted in steps, a plateau means as many updates at any data size.
     plateau_steps: int | None = None
-    # wall clock for the joint fit (a duration: 900s, 30m, 2h; None: none): the fit stops at the end of the epoch
-    # after which one more would pass it, and the best epoch so far is served (a night's window, whatever the
-    # machine's speed; a resumed fit has it again)
+    # wall clock for the joint fit (a duration: 900s, 30m, 2h, 1h30m; None: none): the fit stops at the end of
+    # the epoch after which one more would pass it, and the best epoch so far is served (a night's window,
+    # whatever the machine's speed; a resumed fit has it again)
     fit_budget: str | None = None
     # validate, keep and serve an exponential moving average of the weights (Keras' optimizer EMA) with this
     # momentum per step instead of the last step's weights (None = off)

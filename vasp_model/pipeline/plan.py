@@ -57,11 +57,12 @@ class NightlyConfig:
     exclude: str = defaults.DEFAULT_EXCLUDE  # what a user's list leaves out (defaults.EXCLUDE_RULES)
     tune: str = "off"  # TUNE_MODES
     tune_weekday: str = "sun"  # the weekday of D on which `tune: weekly` tunes (WEEKDAYS)
-    tune_budget: str = "30m"  # wall-clock budget of a tuning study (900s, 30m, 2h)
+    tune_budget: str = "30m"  # wall-clock budget of a tuning study (900s, 30m, 2h, 1h30m)
     tune_trials: int | None = None  # at most this many trials per study (None: as many as the budget allows)
     # train from: none (cold) | champion (the champion of an earlier date, items mapped by id, shorter schedule)
     warm_start: str = "none"
-    fit_budget: str = ""  # wall clock for the training's joint fit (900s, 30m, 2h; "": the config's, none by default)
+    # wall clock for the training's joint fit (900s, 30m, 2h, 1h30m; "": the config's, none by default)
+    fit_budget: str = ""
     synthetic_users: int = 3000  # size of the synthetic input (input=synthetic)
     synthetic_items: int = 1500
     schedule: str = "0 2 * * *"  # cron; each run covers the day before its run time

@@ -8,7 +8,8 @@ every test user from its fold-in items, leaving out what the rule ``exclude`` sa
 every item the user interacted with except the held-out ones, see ``EvalSplit.excluded``; the
 metrics keep the vae_cf protocol, fold-in items masked) and ``per_user_metrics.parquet`` (split,
 user_id, model and the accuracy metrics: one row per user, model and split, the given split's users
-with LightGCN's figures too, so that two runs on the same users can be compared later); the run is logged to MLflow unless tracking is off.
+with LightGCN's figures too, so that two runs on the same users can be compared later); the run is
+logged to MLflow unless tracking is off.
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ TRAIN_FLAGS = {
     "--fit-budget": (
         "fit_budget",
         str,
-        "Wall clock for the joint fit (900s, 30m, 2h): it stops at the end of the epoch after which one more would "
-        "pass it, serving the best epoch so far (default: none).",
+        "Wall clock for the joint fit (900s, 30m, 2h, 1h30m): it stops at the end of the epoch after which one "
+        "more would pass it, serving the best epoch so far (default: none).",
     ),
     "--ema-momentum": (
         "ema_momentum",

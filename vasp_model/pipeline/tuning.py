@@ -59,7 +59,9 @@ class TuneStageConfig:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warehouse", default=defaults.default_warehouse(), help="Warehouse root (path or URI).")
     parser.add_argument("--date", required=True, help="Logical date YYYY-MM-DD of the features to tune on.")
-    parser.add_argument("--budget", default="30m", help="Wall-clock budget of the study: 900s, 30m, 2h (default 30m).")
+    parser.add_argument(
+        "--budget", default="30m", help="Wall-clock budget of the study: 900s, 30m, 2h, 1h30m (default 30m)."
+    )
     parser.add_argument("--trials", type=int, default=None, help="At most this many trials (default: the budget's).")
     parser.add_argument("--preset", default="cpu", help="Config preset the search starts from: paper | cpu | tiny.")
     parser.add_argument(
