@@ -83,12 +83,11 @@ def run(args: argparse.Namespace) -> int:
     if not metrics:
         raise ValueError("--metrics names no metric")
     model_b = args.model_b or args.model
-    pairs = []
-    for a, b in zip(args.runs[::2], args.runs[1::2], strict=True):
-        tables = {ref: read_table(ref, args.tracking_uri) for ref in (a, b)}
-        pairs.append(
-            (side(tables[a], args.model, args.split, metrics, a), side(tables[b], model_b, args.split, metrics, b))
-        )
+    tables = {ref: read_table(ref, args.tracking_uri) for ref in dict.fromkeys(args.runs)}  # each run read once
+    pairs = [
+        (side(tables[a], args.model, args.split, metrics, a), side(tables[b], model_b, args.split, metrics, b))
+        for a, b in zip(args.runs[::2], args.runs[1::2], strict=True)
+    ]
     result = compare(pairs, metrics, args.resamples, args.seed)
     a_names, b_names = args.runs[::2], args.runs[1::2]
     if args.json:

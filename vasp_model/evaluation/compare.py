@@ -66,10 +66,9 @@ def metric_names(table) -> list[str]:
 def side(table, model: str, split: str, metrics: Sequence[str], label: str):
     """``model``'s figures on ``split`` in ``table`` (:func:`read_per_user`): a DataFrame of ``metrics``
     indexed by user id (``label`` names the table in errors)."""
-    rows = table
-    if split not in set(rows["split"]):
-        raise ValueError(f"{label} has no {split!r} users (has: {', '.join(sorted(set(rows['split'])))})")
-    rows = rows[rows["split"] == split]
+    if split not in set(table["split"]):
+        raise ValueError(f"{label} has no {split!r} users (has: {', '.join(sorted(set(table['split'])))})")
+    rows = table[table["split"] == split]
     if model not in set(rows["model"]):
         raise ValueError(f"{label} has no model {model!r} on {split} (has: {', '.join(sorted(set(rows['model'])))})")
     unknown = [m for m in metrics if m not in rows.columns]
