@@ -97,6 +97,8 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 def test_an_mlflow_run_is_read_by_its_run_uri(tmp_path, capsys):
     import mlflow
 
+    from vasp_model.mlops.tracking import mlflow_uri
+
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -120,6 +122,23 @@ def test_an_mlflow_run_is_read_by_its_run_uri(tmp_path, capsys):
     for ref in ("models:/m/1", "models:/m@champion"):
         result = compare_json(capsys, ref, local, "--tracking-uri", uri)
         assert result["paired_users"] == 3 and result["metrics"]["ndcg@100"]["diff"] == pytest.approx(0.1)
+    # a version of the EASE fallback (its run's logged model "ease") is read as the table's EASE, unless told
+    logged = client.create_logged_model(experiment, name="ease", source_run_id=run_id)
+    client.create_registered_model("m-ease")
+    with mlflow_uri(uri):  # a local registry looks a models:/m-... source up through MLflow's global URI
+        client.create_model_version("m-ease", f"models:/{logged.model_id}", run_id=run_id, model_id=logged.model_id)
+    client.create_model_version("m-ease", f"runs:/{run_id}/ease", run_id=run_id)  # registered from a run's path
+    for ref in ("models:/m-ease/1", "models:/m-ease/2"):
+        result = compare_json(capsys, ref, local, "--tracking-uri", uri)
+        assert (result["model_a"], result["model_b"]) == ("ease", "vasp")
+        assert result["metrics"]["ndcg@100"]["diff"] == pytest.approx(0.25 - 0.4)
+        result = compare_json(capsys, ref, local, "--model", "vasp", "--tracking-uri", uri)
+        assert (result["model_a"], result["model_b"]) == ("vasp", "vasp")
+        assert result["metrics"]["ndcg@100"]["diff"] == pytest.approx(0.1)
+    assert main(["compare", "models:/m-ease/1", local, "models:/m/1", local, "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's download bars
+    assert err == "vasp compare: error: A's runs name different models (ease, vasp): say which with --model/--model-b"
+
     for ref, message in (
         ("models:/m@previous", "registered model 'm' has no version with alias 'previous'"),
         ("models:/m/7", f"no {PER_USER_METRICS} in models:/m/7 at {uri}"),

@@ -3,7 +3,9 @@
 Each side is a ``models/dt=D`` directory of ``vasp train`` (or its ``per_user_metrics.parquet``), an MLflow
 run, ``runs:/RUN_ID``, or a registered version, ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, whose
 training run's logged table is read. Several pairs (e.g. one per user split) are pooled into one
-interval. ``--model-b ease`` compares the served model with the EASE baseline of the same run.
+interval. ``--model-b ease`` compares the served model with the EASE baseline of the same run. A side's
+model is ``--model`` (``--model-b``), else what the side names: ``ease`` for a version of the EASE
+fallback's registered model (its run's logged model ``ease``), ``vasp`` otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from vasp_model.evaluation.metrics import ACCURACY_KEYS
 
 HELP = "Compare two trainings' scored users: A − B per metric with paired-bootstrap intervals."
 RUN_PREFIX = "runs:/"
+VASP_MODEL, EASE_MODEL = "vasp", "ease"  # the per-user table's model names of the served VASP and of EASE
 MODEL_PREFIX = "models:/"
+LOGGED_MODEL_PREFIX = MODEL_PREFIX + "m-"  # MLflow 3's logged models: models:/m-<id>
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Pairs of runs: a models/dt=D directory, its per_user_metrics.parquet, runs:/RUN_ID or a registered "
         "version, models:/NAME/VERSION or models:/NAME@ALIAS (its training run; MLflow).",
     )
-    parser.add_argument("--model", default="vasp", help="A's model (default vasp; also ease, popularity, ...).")
-    parser.add_argument("--model-b", default=None, help="B's model (default: --model).")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="A's model: vasp, ease, popularity, ... (default: ease for a version of the EASE fallback, else vasp).",
+    )
+    parser.add_argument("--model-b", default=None, help="B's model (default: --model, else as for A).")
     parser.add_argument(
         "--split",
         default="test",
@@ -47,13 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_table(ref: str, tracking_uri: str | None):
-    """The per-user table of ``ref``: a path, ``runs:/RUN_ID`` or ``models:/NAME/VERSION`` /
-    ``models:/NAME@ALIAS`` (the training run of that registered version), read from the tracking server."""
+    """``(the per-user table of ref, the model ref names)``: a path or ``runs:/RUN_ID`` (``vasp``), or
+    ``models:/NAME/VERSION`` / ``models:/NAME@ALIAS`` (the table of the training run of that registered
+    version, read from the tracking server; :func:`served_model`)."""
     from vasp_model.data.layout import PER_USER_METRICS
     from vasp_model.evaluation.compare import read_per_user
 
     if not ref.startswith((RUN_PREFIX, MODEL_PREFIX)):
-        return read_per_user(ref)
+        return read_per_user(ref), VASP_MODEL
     from mlflow.exceptions import MlflowException
 
     from vasp_model.core.settings import build_config
@@ -63,15 +72,31 @@ def read_table(ref: str, tracking_uri: str | None):
     uri = build_config(TrackingConfig, {"tracking_uri": tracking_uri}).tracking_uri
     client = client_for(uri)
     try:
-        run_id = (
-            ref[len(RUN_PREFIX) :].strip("/") if ref.startswith(RUN_PREFIX) else resolve_version(client, ref).run_id
-        )
+        if ref.startswith(RUN_PREFIX):
+            run_id, model = ref[len(RUN_PREFIX) :].strip("/"), VASP_MODEL
+        else:
+            version = resolve_version(client, ref)
+            run_id, model = version.run_id, served_model(client, version)
         if not run_id:
             raise FileNotFoundError("the version records no training run")
-        return logged_per_user(client, run_id)
+        return logged_per_user(client, run_id), model
     except (MlflowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FileNotFoundError(f"no {PER_USER_METRICS} in {ref} at {uri}: {first}") from exc
+
+
+def served_model(client, version) -> str:
+    """The per-user table's model a registered ``version`` serves: ``ease`` when it is its training run's
+    logged EASE (the EASE fallback's versions), else ``vasp``."""
+    from vasp_model.mlops.registry import EASE_NAME_IN_RUN
+
+    source = (version.source or "").rstrip("/")
+    model_id = getattr(version, "model_id", None)
+    if not model_id and source.startswith(LOGGED_MODEL_PREFIX):  # MLflow 3's source: the logged model's URI
+        model_id = source[len(MODEL_PREFIX) :]
+    # else a version registered from a run's artifact path, runs:/RUN_ID/NAME
+    name = client.get_logged_model(model_id).name if model_id else source.rsplit("/", 1)[-1]
+    return EASE_MODEL if name == EASE_NAME_IN_RUN else VASP_MODEL
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,19 +107,20 @@ def run(args: argparse.Namespace) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
         raise ValueError("--metrics names no metric")
-    model_b = args.model_b or args.model
     tables = {ref: read_table(ref, args.tracking_uri) for ref in dict.fromkeys(args.runs)}  # each run read once
+    a_names, b_names = args.runs[::2], args.runs[1::2]
+    model_a = _side_model(args.model, a_names, tables, "A")
+    model_b = _side_model(args.model_b or args.model, b_names, tables, "B")
     pairs = [
-        (side(tables[a], args.model, args.split, metrics, a), side(tables[b], model_b, args.split, metrics, b))
-        for a, b in zip(args.runs[::2], args.runs[1::2], strict=True)
+        (side(tables[a][0], model_a, args.split, metrics, a), side(tables[b][0], model_b, args.split, metrics, b))
+        for a, b in zip(a_names, b_names, strict=True)
     ]
     result = compare(pairs, metrics, args.resamples, args.seed)
-    a_names, b_names = args.runs[::2], args.runs[1::2]
     if args.json:
-        print(json.dumps({"a": a_names, "b": b_names, "model_a": args.model, "model_b": model_b, **result.to_dict()}))
+        print(json.dumps({"a": a_names, "b": b_names, "model_a": model_a, "model_b": model_b, **result.to_dict()}))
         return 0
     confidence = next(iter(result.differences.values())).confidence
-    print(f"A: {args.model} of {', '.join(a_names)}")
+    print(f"A: {model_a} of {', '.join(a_names)}")
     print(f"B: {model_b} of {', '.join(b_names)}")
     left_out = (
         f"; left out: {result.only_a} only in A, {result.only_b} only in B" if result.only_a or result.only_b else ""
@@ -107,3 +133,13 @@ def run(args: argparse.Namespace) -> int:
             f"[{d.low:+.4f}, {d.high:+.4f}]  {d.relative:+.1%}"
         )
     return 0
+
+
+def _side_model(asked: str | None, refs, tables, label: str) -> str:
+    """The model one side's runs are read as: ``asked``, else the one model they all name."""
+    if asked:
+        return asked
+    named = sorted({tables[ref][1] for ref in refs})
+    if len(named) > 1:
+        raise ValueError(f"{label}'s runs name different models ({', '.join(named)}): say which with --model/--model-b")
+    return named[0]
