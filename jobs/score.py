@@ -31,6 +31,9 @@
   within their partition and the part files are named by partition, so scoring a date again with
   the same model writes the same files, byte for byte (a rerun pinned to the date's own record
   reuses its recorded ``partitions``).
+* On a local master the job first checks that its Python workers (one per task slot: the cores over
+  ``spark.task.cpus``) fit in memory together, each holding the model and a batch
+  (:func:`check_scoring_memory`); if not, it stops in one line naming the ``spark.task.cpus`` that fits.
 * Output columns: ``user_id``, ``rank`` (1..N), ``item_id``, ``score``, ``model_version``,
   ``fallback``; written to staging and published atomically with ``_manifest.json`` (the model
   version, the digests of the features and of their input, the rule ``exclude`` and the counts,
@@ -344,6 +347,39 @@ def count_rows(uri: str) -> int:
     return pads.dataset(path, filesystem=filesystem, format="parquet").count_rows()
 
 
+def check_scoring_memory(spark, bundle_dir: str, batch_users: int, threads: int) -> None:
+    """Refuse, in one line and before any worker loads the model, a local session whose Python workers would
+    not fit in memory together: one per task slot (the session's cores / ``spark.task.cpus``, ``threads``), each
+    holding the bundle and a batch (:func:`vasp_model.recommenders.bundle.scoring_bytes`), beside what this
+    process and the JVM hold, against ``VASP_MEMORY_BUDGET``, else what is in use plus what is available. Names
+    the ``spark.task.cpus`` that fits (fewer workers, each over more threads). On a cluster the executors'
+    memory is the cluster's (``spark.executor.memory``)."""
+    from vasp_model.recommenders.bundle import read_metadata, scoring_bytes
+    from vasp_model.train.memory import gib, memory_limit, tree_resident_bytes
+
+    if not spark.sparkContext.master.startswith("local"):
+        return
+    cores = spark.sparkContext.defaultParallelism
+    workers = max(1, cores // threads)
+    per_worker = scoring_bytes(bundle_dir, batch_users)
+    in_use = tree_resident_bytes()
+    limit, source = memory_limit(None, in_use)
+    need = in_use + workers * per_worker
+    if limit is None or need <= limit:
+        return
+    fitting = (limit - in_use) // per_worker
+    if fitting >= 1:
+        task_cpus = -(-cores // fitting)
+        fix = f"--spark-conf spark.task.cpus={task_cpus} fits ({cores // task_cpus} worker(s) of {task_cpus} threads)"
+    else:
+        fix = "not even one worker fits (a pruned Neural EASE kernel, --ease-neighbours, holds far less)"
+    raise ValueError(
+        f"scoring with this {read_metadata(bundle_dir)['kind']} model needs about {gib(per_worker)} in each of "
+        f"{workers} Python worker(s), {gib(need)} with this process and the JVM, more than {source}: {gib(limit)}; "
+        f"{fix} (VASP_MEMORY_BUDGET sets the budget)"
+    )
+
+
 def model_identity(bundle_dir: str) -> str:
     """What a shipped and loaded model is cached by: the SHA-256 of the bundle's files.
 
@@ -482,6 +518,8 @@ def score(
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="vasp-score-") as tmp:
         bundle_dir, serving = serving_bundle(tracking_uri, model_uri, ease_model, warehouse, date, tmp)
+        threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
+        check_scoring_memory(spark, bundle_dir, batch_users, threads)
         version = serving["label"]
         model_key = model_identity(bundle_dir)
         bundle_ref = ship_bundle(spark, bundle_dir, version, model_key)
@@ -494,7 +532,6 @@ def score(
                 or 0
             )
         partitions = partitions or max(spark.sparkContext.defaultParallelism, n_users_input // 20000)
-        threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
         scored = transform(
             user_item_lists(spark, warehouse, date, partitions, excluded_table),
             bundle_ref,

@@ -305,3 +305,96 @@ def test_train_too_wide_for_the_device_is_refused_in_one_line(warehouse, tmp_pat
     assert "more than VASP_DEVICE_MEMORY: 0.0 GiB" in lines[0] and "no split over up to 64 devices fits" in lines[0]
     assert not storage.exists(layout.models_dir(warehouse, DATE))
     assert not (tmp_path / "ckpt").exists()
+
+
+# -- scoring --------------------------------------------------------------------------------------
+
+
+def _untrained_bundle(directory: str, item_ids, popularity, preset: str = "tiny", blend: float = 0.0) -> str:
+    """An untrained VASP bundle of ``preset``'s size over this vocabulary (blended with a random EASE at ``blend``)."""
+    from vasp_model.nn.model import build_model
+    from vasp_model.recommenders.blend import EaseBlend
+    from vasp_model.recommenders.bundle import ModelBundle
+
+    n = len(item_ids)
+    bundle = ModelBundle(build_model(n, make_config(preset, env={}).model, seed=0), item_ids, popularity)
+    if blend:
+        B = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32) * np.float32(0.01)
+        np.fill_diagonal(B, 0.0)
+        bundle.blend = EaseBlend(blend, B)
+    return bundle.save(directory)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(warehouse, tmp_path_factory) -> str:
+    from vasp_model.data.features import load_items
+
+    return _untrained_bundle(str(tmp_path_factory.mktemp("bundle") / "model"), *load_items(warehouse, DATE))
+
+
+def test_score_whose_workers_do_not_fit_is_refused_in_one_line(warehouse, tiny_bundle, tmp_path):
+    cmd = [sys.executable, "-m", "vasp_model.cli", "score", "--warehouse", warehouse, "--date", DATE]
+    cmd += ["--model-uri", tiny_bundle, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    env = {**os.environ, "VASP_HOME": str(tmp_path / "run"), "VASP_MEMORY_BUDGET": "256m"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    lines = [line for line in proc.stderr.strip().splitlines() if "vasp score" in line]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+    line = lines[0]
+    assert (
+        line.startswith("vasp score: error: scoring with this vasp model needs about ") and " GiB in each of " in line
+    )
+    assert "more than the memory budget: 0.2 GiB; not even one worker fits" in line and "VASP_MEMORY_BUDGET" in line
+    assert not storage.exists(layout.recommendations_dir(warehouse, DATE))
+
+
+def test_the_scoring_refusal_names_the_task_cpus_that_fit(spark, tiny_bundle, monkeypatch):
+    from vasp_jobs.score import check_scoring_memory
+    from vasp_model.recommenders.bundle import scoring_bytes
+
+    cores = spark.sparkContext.defaultParallelism  # local[2]: two workers at one thread each
+    per_worker = scoring_bytes(tiny_bundle, 2048)
+    assert cores == 2 and per_worker > scoring_bytes(tiny_bundle, 16)  # a batch's arrays count
+    room_for = lambda workers: str(memory.tree_resident_bytes() + int(workers * per_worker))  # noqa: E731
+    monkeypatch.setenv("VASP_MEMORY_BUDGET", room_for(1.5))
+    with pytest.raises(ValueError, match=r"in each of 2 Python worker\(s\).*spark\.task\.cpus=2 fits \(1 worker"):
+        check_scoring_memory(spark, tiny_bundle, 2048, threads=1)
+    check_scoring_memory(spark, tiny_bundle, 2048, threads=2)  # one worker of two threads
+    monkeypatch.setenv("VASP_MEMORY_BUDGET", room_for(2.5))
+    check_scoring_memory(spark, tiny_bundle, 2048, threads=1)
+
+
+_SCORING_PEAK_SCRIPT = """
+import sys, numpy as np
+from vasp_jobs.score import _bundle  # a scoring worker's own load: its thread limits, then the bundle
+bundle = _bundle(sys.argv[1], "model", threads=1)
+bundle.batch_users = int(sys.argv[2])
+rng = np.random.default_rng(0)
+offsets = np.concatenate([[0], np.cumsum(rng.integers(5, 100, int(sys.argv[2])))])
+bundle.recommend_flat(offsets, [str(i) for i in rng.integers(0, bundle.n_items, offsets[-1])], 100)
+print("PEAK", [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["vasp-blended", "ease"])
+def test_scoring_estimate_covers_a_scoring_process_peak(tmp_path, kind):
+    """A fresh process loads a 4,000-item bundle (a blended cpu-preset VASP, or EASE) as a scoring worker does
+    (TensorFlow, the host path) and scores a batch of 2,048 users: its peak resident set is within
+    ``scoring_bytes``, by at most 1.5x."""
+    from vasp_model.recommenders.bundle import EaseBundle, scoring_bytes
+
+    n, batch = 4000, 2048
+    ids, popularity = np.array([f"i{i}" for i in range(n)], dtype=object), np.arange(n)[::-1].copy()
+    if kind == "ease":
+        B = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32) * np.float32(0.01)
+        directory = EaseBundle(B, ids, popularity, {"lambda": 300.0}).save(str(tmp_path / kind))
+    else:
+        directory = _untrained_bundle(str(tmp_path / kind), ids, popularity, preset="cpu", blend=0.1)
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCORING_PEAK_SCRIPT, directory, str(batch)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    peak = int(re.search(r"^PEAK (\d+)$", proc.stdout, re.M).group(1)) * 1024
+    estimate = scoring_bytes(directory, batch)
+    assert peak <= estimate <= 1.5 * peak, (peak, estimate)

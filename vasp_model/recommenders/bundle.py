@@ -465,6 +465,32 @@ def load_bundle(directory: str, batch_users: int = SCORE_BATCH_USERS, threads: i
     return BUNDLE_KINDS[read_metadata(directory)["kind"]].load(directory, batch_users, threads)
 
 
+# What a process scoring a loaded bundle holds, as measured (TensorFlow, the host path, dense and pruned
+# Neural EASE kernels, with and without a blend, EASE bundles; 4k and 8k items), with a margin on each: the
+# runtime once TensorFlow, Keras and this package are imported; the Keras weights and their host copies, a
+# multiple of the model file; an EASE matrix (the blend's, or an EASE bundle's) about once more than its file;
+# a batch's item-wide float32 arrays (logits, EASE's scores, the blend) per batch user and item.
+SCORING_RUNTIME_BYTES = 900 * 2**20
+SCORING_MODEL_FILE_FACTOR = 3.5
+SCORING_ARRAY_FILE_FACTOR = 1.1
+SCORING_BATCH_ARRAYS = 8
+
+
+def scoring_bytes(directory: str, batch_users: int = SCORE_BATCH_USERS) -> int:
+    """The resident bytes a process scoring the saved bundle ``directory`` in batches of ``batch_users`` users is
+    expected to reach (what each of the scoring job's Python workers holds), from the sizes of its files."""
+    import pyarrow.parquet as pq
+
+    n_items = pq.ParquetFile(os.path.join(directory, ITEMS_FILE)).metadata.num_rows
+    total = SCORING_RUNTIME_BYTES + SCORING_BATCH_ARRAYS * 4 * int(batch_users) * n_items
+    for name in os.listdir(directory):
+        if name in (ITEMS_FILE, META_FILE):
+            continue
+        factor = SCORING_MODEL_FILE_FACTOR if name == MODEL_FILE else SCORING_ARRAY_FILE_FACTOR
+        total += int(factor * os.path.getsize(os.path.join(directory, name)))
+    return total
+
+
 def _seen(rows: sp.csr_matrix) -> sp.csr_matrix:
     """``rows`` as 0/1 float32 CSR with one sorted entry per seen item (repeats merged, stored zeros dropped)."""
     seen = sp.csr_matrix(rows, dtype=np.float32, copy=True)

@@ -230,6 +230,26 @@ def resident_bytes() -> int:
     return _proc_kib("/proc/self/status", "VmRSS") or 0
 
 
+def tree_resident_bytes() -> int:
+    """The resident set of this process and every process it started, and theirs (e.g. Spark's JVM), now
+    (``VmRSS`` from /proc; this process's alone where /proc lists no others)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parent = int(fh.read().rsplit(")", 1)[1].split()[1])  # after the command's name
+            except (OSError, IndexError, ValueError):  # gone since listed
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    total, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += _proc_kib(f"/proc/{pid}/status", "VmRSS") or 0
+        todo += children.get(pid, [])
+    return total
+
+
 def peak_resident_bytes() -> int:
     """This process's peak resident set since it started (``VmHWM``, which an exec starts again; 0 where
     /proc is missing)."""
