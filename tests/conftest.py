@@ -45,8 +45,9 @@ def ml1m_night(tmp_path_factory) -> dict:
     production gate and defaults (no ``VASP_*`` from this environment): ``{"warehouse", "date"}``.
 
     The fresh process trains on the product's default Keras backend, TensorFlow (``VASP_QUALITY_BACKEND``
-    picks another, e.g. ``jax``). ``VASP_QUALITY_TIMEOUT`` (seconds, default 3600) bounds the run. Under ``make test``'s worker
-    processes the night runs once: the first worker to ask runs it, the others wait for it and read it.
+    picks another, e.g. ``jax``). ``VASP_QUALITY_TIMEOUT`` (seconds, default 3600) bounds the run. Under
+    ``make test``'s worker processes the night runs once: the first worker to ask runs it, the others wait
+    for it and read it.
     """
     from shared_data import ML1M, require_data
 

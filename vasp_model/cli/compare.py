@@ -19,9 +19,9 @@ from vasp_model.evaluation.metrics import ACCURACY_KEYS
 
 HELP = "Compare two trainings' scored users: A − B per metric with paired-bootstrap intervals."
 RUN_PREFIX = "runs:/"
-VASP_MODEL, EASE_MODEL = "vasp", "ease"  # the per-user table's model names of the served VASP and of EASE
 MODEL_PREFIX = "models:/"
 LOGGED_MODEL_PREFIX = MODEL_PREFIX + "m-"  # MLflow 3's logged models: models:/m-<id>
+VASP_MODEL, EASE_MODEL = "vasp", "ease"  # the per-user table's model names of the served VASP and of EASE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
