@@ -310,6 +310,13 @@ def test_train_too_wide_for_the_device_is_refused_in_one_line(warehouse, tmp_pat
 # -- scoring --------------------------------------------------------------------------------------
 
 
+def _random_ease(n: int) -> np.ndarray:
+    """An ``n × n`` EASE matrix of random weights (zero diagonal): what scoring costs does not depend on them."""
+    B = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32) * np.float32(0.01)
+    np.fill_diagonal(B, 0.0)
+    return B
+
+
 def _untrained_bundle(directory: str, item_ids, popularity, preset: str = "tiny", blend: float = 0.0) -> str:
     """An untrained VASP bundle of ``preset``'s size over this vocabulary (blended with a random EASE at ``blend``)."""
     from vasp_model.nn.model import build_model
@@ -319,9 +326,7 @@ def _untrained_bundle(directory: str, item_ids, popularity, preset: str = "tiny"
     n = len(item_ids)
     bundle = ModelBundle(build_model(n, make_config(preset, env={}).model, seed=0), item_ids, popularity)
     if blend:
-        B = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32) * np.float32(0.01)
-        np.fill_diagonal(B, 0.0)
-        bundle.blend = EaseBlend(blend, B)
+        bundle.blend = EaseBlend(blend, _random_ease(n))
     return bundle.save(directory)
 
 
@@ -386,8 +391,7 @@ def test_scoring_estimate_covers_a_scoring_process_peak(tmp_path, kind):
     n, batch = 4000, 2048
     ids, popularity = np.array([f"i{i}" for i in range(n)], dtype=object), np.arange(n)[::-1].copy()
     if kind == "ease":
-        B = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32) * np.float32(0.01)
-        directory = EaseBundle(B, ids, popularity, {"lambda": 300.0}).save(str(tmp_path / kind))
+        directory = EaseBundle(_random_ease(n), ids, popularity, {"lambda": 300.0}).save(str(tmp_path / kind))
     else:
         directory = _untrained_bundle(str(tmp_path / kind), ids, popularity, preset="cpu", blend=0.1)
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}

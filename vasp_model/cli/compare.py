@@ -20,7 +20,6 @@ from vasp_model.evaluation.metrics import ACCURACY_KEYS
 HELP = "Compare two trainings' scored users: A − B per metric with paired-bootstrap intervals."
 RUN_PREFIX = "runs:/"
 MODEL_PREFIX = "models:/"
-LOGGED_MODEL_PREFIX = MODEL_PREFIX + "m-"  # MLflow 3's logged models: models:/m-<id>
 VASP_MODEL, EASE_MODEL = "vasp", "ease"  # the per-user table's model names of the served VASP and of EASE
 
 
@@ -88,15 +87,9 @@ def read_table(ref: str, tracking_uri: str | None):
 def served_model(client, version) -> str:
     """The per-user table's model a registered ``version`` serves: ``ease`` when it is its training run's
     logged EASE (the EASE fallback's versions), else ``vasp``."""
-    from vasp_model.mlops.registry import EASE_NAME_IN_RUN
+    from vasp_model.mlops.registry import EASE_NAME_IN_RUN, logged_model_name
 
-    source = (version.source or "").rstrip("/")
-    model_id = getattr(version, "model_id", None)
-    if not model_id and source.startswith(LOGGED_MODEL_PREFIX):  # MLflow 3's source: the logged model's URI
-        model_id = source[len(MODEL_PREFIX) :]
-    # else a version registered from a run's artifact path, runs:/RUN_ID/NAME
-    name = client.get_logged_model(model_id).name if model_id else source.rsplit("/", 1)[-1]
-    return EASE_MODEL if name == EASE_NAME_IN_RUN else VASP_MODEL
+    return EASE_MODEL if logged_model_name(client, version) == EASE_NAME_IN_RUN else VASP_MODEL
 
 
 def run(args: argparse.Namespace) -> int:

@@ -356,6 +356,18 @@ def rollback(date: str, tracking_uri: str, registered_model: str = "vasp") -> ga
 # -- the fallback: what serves while the registered model has no champion -------------------------
 
 EASE_NAME_IN_RUN = "ease"  # the EASE model's name among its training run's logged models
+LOGGED_MODEL_PREFIX = "models:/m-"  # MLflow 3's logged models: models:/m-<id>
+
+
+def logged_model_name(client, version) -> str:
+    """The name a registered ``version``'s model was logged under in its run (``model``, ``ease``...): that of
+    its MLflow 3 logged model (``model_id``, or a ``models:/m-<id>`` source), else the last part of a
+    ``runs:/RUN_ID/NAME`` source."""
+    source = (version.source or "").rstrip("/")
+    model_id = getattr(version, "model_id", None)
+    if not model_id and source.startswith(LOGGED_MODEL_PREFIX):
+        model_id = source[len("models:/") :]
+    return client.get_logged_model(model_id).name if model_id else source.rsplit("/", 1)[-1]
 
 
 def promote_fallback(
