@@ -348,11 +348,10 @@ class ModelBundle(Bundle):
 
     @classmethod
     def _load(cls, directory, item_ids, popularity, meta, batch_users, threads, host_ease=None) -> ModelBundle:
-        import keras
-
         import vasp_model.nn.model  # registers the custom layers for deserialization
+        from vasp_model.nn.saving import load_archive
 
-        model = keras.saving.load_model(os.path.join(directory, MODEL_FILE), safe_mode=True, compile=False)
+        model = load_archive(os.path.join(directory, MODEL_FILE))
         bundle = cls(model, item_ids, popularity, metadata=meta, batch_users=batch_users, threads=threads)
         if weights := _blend_weights(meta):
             bundle.blend = EaseBlend.load(directory, weights, threads)
