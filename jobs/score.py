@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import logging
 import os
 import shutil
@@ -381,31 +380,15 @@ def check_scoring_memory(spark, bundle_dir: str, batch_users: int, threads: int)
 
 
 def model_identity(bundle_dir: str) -> str:
-    """What a shipped and loaded model is cached by: the SHA-256 of the bundle's files.
+    """What a shipped and loaded model is cached by: one SHA-256 over the bundle's files (their names and
+    digests, :func:`vasp_model.mlops.integrity.file_digests`, which a registered version was just verified
+    with: each file is read once).
 
-    Not the registry URI: ``models:/vasp/1`` of another tracking store is another model. A file is
-    hashed once per driver while its inode, size and times stay the same (a local bundle scored
-    again is not re-read).
+    Not the registry URI: ``models:/vasp/1`` of another tracking store is another model.
     """
-    import hashlib
+    from vasp_model.mlops import integrity
 
-    digest = hashlib.sha256()
-    for name, path in _bundle_files(bundle_dir):
-        stat = os.stat(path)
-        digest.update(name.encode() + b"\0")
-        digest.update(
-            _file_digest(os.path.abspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-        )
-    return digest.hexdigest()
-
-
-@functools.lru_cache(maxsize=256)
-def _file_digest(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> bytes:
-    """SHA-256 of a file, read again only when its inode, size or times change (any rewrite moves ctime)."""
-    import hashlib
-
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").digest()
+    return integrity.manifest_digest(integrity.file_digests(bundle_dir))
 
 
 def _bundle_files(bundle_dir: str):

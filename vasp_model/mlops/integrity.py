@@ -10,6 +10,7 @@ that differs. A version registered before these tags existed is served with a wa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,16 +28,27 @@ class TamperedModelError(ValueError):
 
 
 def file_digests(bundle_dir: str) -> dict[str, str]:
-    """``{path relative to bundle_dir (with /): SHA-256 hex}`` of every file under ``bundle_dir``."""
+    """``{path relative to bundle_dir (with /): SHA-256 hex}`` of every file under ``bundle_dir``.
+
+    A file is read once per process while its inode, size and times stay the same (any rewrite moves its
+    ctime): the scoring job verifies a downloaded bundle, then keys its workers' cache by the same digests.
+    """
     digests = {}
     for root, dirs, files in os.walk(bundle_dir):
         dirs.sort()
         for name in sorted(files):
-            path = os.path.join(root, name)
-            with open(path, "rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
-            digests[os.path.relpath(path, bundle_dir).replace(os.sep, "/")] = digest
+            path = os.path.abspath(os.path.join(root, name))
+            stat = os.stat(path)
+            digest = _file_digest(path, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+            digests[os.path.relpath(path, os.path.abspath(bundle_dir)).replace(os.sep, "/")] = digest
     return digests
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """SHA-256 hex of a file, read again only when its inode, size or times change."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def manifest_digest(files: Mapping[str, str]) -> str:
