@@ -14,11 +14,11 @@ WEIGHTS_MEMBER = "model.weights.h5"
 
 
 def load_archive(path: str):
-    """``keras.saving.load_model(path, safe_mode=True, compile=False)``, faster and in less memory for a large model.
+    """``keras.saving.load_model(path, safe_mode=True, compile=False)`` in less memory for a large model.
 
     Keras reads an archive's weights through a copy of them in memory when it thinks memory suffices (the
-    weights held twice while they load, and HDF5 read through a Python file object). Here the weights member
-    is extracted to a temporary file first and loaded with ``load_weights``. Archives this does not apply to
+    weights held once more while they load, and HDF5 reading them through a Python file object). Here the
+    weights member is extracted to a temporary file (``$TMPDIR``) first and loaded with ``load_weights``. Archives this does not apply to
     (a weights member that is compressed or missing, an extraction that fails, e.g. for want of space) are
     loaded by Keras itself.
     """
