@@ -391,15 +391,6 @@ def model_identity(bundle_dir: str) -> str:
     return integrity.manifest_digest(integrity.file_digests(bundle_dir))
 
 
-def _bundle_files(bundle_dir: str):
-    """(name relative to the bundle, path) of every file of the bundle, in a stable order."""
-    for root, dirs, files in os.walk(bundle_dir):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            yield os.path.relpath(path, bundle_dir), path
-
-
 def ship_bundle(spark, bundle_dir: str, version: str, model_key: str) -> str:
     """Where the executors find the bundle: the directory itself on a local master (same machine:
     nothing to copy, and zipping, fetching and unpacking a large bundle costs seconds), else
@@ -413,6 +404,8 @@ def ship_bundle(spark, bundle_dir: str, version: str, model_key: str) -> str:
     import atexit
     import zipfile
 
+    from vasp_model.mlops import integrity
+
     context = spark.sparkContext
     if context.master.startswith("local"):
         return os.path.abspath(bundle_dir)
@@ -422,7 +415,7 @@ def ship_bundle(spark, bundle_dir: str, version: str, model_key: str) -> str:
         atexit.register(shutil.rmtree, directory, True)
         name = f"vasp-bundle-v{version}-{uuid.uuid4().hex[:8]}.zip"
         with zipfile.ZipFile(os.path.join(directory, name), "w", zipfile.ZIP_STORED) as archive:
-            for member, path in _bundle_files(bundle_dir):
+            for member, path in integrity.bundle_files(bundle_dir):
                 archive.write(path, member)
         context.addArchive(os.path.join(directory, name))
         _SHIPPED[key] = name

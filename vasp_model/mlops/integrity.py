@@ -27,6 +27,17 @@ class TamperedModelError(ValueError):
     """A registered model's files differ from the digest recorded when it was registered."""
 
 
+def bundle_files(bundle_dir: str):
+    """``(path relative to bundle_dir (with /), absolute path)`` of every file under ``bundle_dir``, in a
+    stable order."""
+    top = os.path.abspath(bundle_dir)
+    for root, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            yield os.path.relpath(path, top).replace(os.sep, "/"), path
+
+
 def file_digests(bundle_dir: str) -> dict[str, str]:
     """``{path relative to bundle_dir (with /): SHA-256 hex}`` of every file under ``bundle_dir``.
 
@@ -34,13 +45,9 @@ def file_digests(bundle_dir: str) -> dict[str, str]:
     ctime): the scoring job verifies a downloaded bundle, then keys its workers' cache by the same digests.
     """
     digests = {}
-    for root, dirs, files in os.walk(bundle_dir):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.abspath(os.path.join(root, name))
-            stat = os.stat(path)
-            digest = _file_digest(path, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-            digests[os.path.relpath(path, os.path.abspath(bundle_dir)).replace(os.sep, "/")] = digest
+    for name, path in bundle_files(bundle_dir):
+        stat = os.stat(path)
+        digests[name] = _file_digest(path, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     return digests
 
 

@@ -465,10 +465,10 @@ def load_bundle(directory: str, batch_users: int = SCORE_BATCH_USERS, threads: i
 
 
 # What a process scoring a loaded bundle holds, as measured (TensorFlow, the host path, dense and pruned
-# Neural EASE kernels, with and without a blend, EASE bundles; 4k and 8k items), with a margin on each: the
-# runtime once TensorFlow, Keras and this package are imported; the Keras weights and their host copies, a
-# multiple of the model file; an EASE matrix (the blend's, or an EASE bundle's) about once more than its file;
-# a batch's item-wide float32 arrays (logits, EASE's scores, the blend) per batch user and item.
+# Neural EASE kernels, with and without a blend, EASE bundles; 4k, 8k and a dense 20k items), with a margin on
+# each: the runtime once TensorFlow, Keras and this package are imported; the Keras weights and their host
+# copies, a multiple of the model file; an EASE matrix (the blend's, or an EASE bundle's) about once more than
+# its file; a batch's item-wide float32 arrays (logits, EASE's scores, the blend) per batch user and item.
 SCORING_RUNTIME_BYTES = 900 * 2**20
 SCORING_MODEL_FILE_FACTOR = 3.5
 SCORING_ARRAY_FILE_FACTOR = 1.1
