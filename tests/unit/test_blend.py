@@ -16,10 +16,12 @@ from vasp_model.nn.model import build_model  # noqa: E402
 from vasp_model.recommenders.baselines import EASE  # noqa: E402
 from vasp_model.recommenders.blend import (  # noqa: E402
     BlendWeights,
+    CrossFit,
     EaseBlend,
     blended,
     choose_blend,
     choose_weights,
+    halvings,
     top_blended,
 )
 from vasp_model.recommenders.bundle import ModelBundle  # noqa: E402
@@ -139,13 +141,58 @@ def test_validation_picks_the_ease_matrix_that_blends_best_and_ties_go_to_the_fi
     B = EASE(10.0).fit(_two_groups(400, 3)).B
     counts = np.diff(_two_groups(400, 3).indptr)
     noise = lambda x: np.random.default_rng(4).uniform(0.01, 0.99, x.shape)  # noqa: E731
-    index, weights, grids = choose_blend(noise, [-B, B], fold_in, holdout, counts)  # -B ranks the wrong block
-    assert index == 1 and (weights, grids[1]) == choose_weights(noise, B, fold_in, holdout, counts)
-    assert max(grids[1].values()) > max(grids[0].values()) and len(grids) == 2
-    index, weights, grids = choose_blend(noise, [B, B.copy()], fold_in, holdout, counts)
-    assert index == 0 and grids[0] == grids[1]
+    choice = choose_blend(noise, [-B, B], fold_in, holdout, counts)  # -B ranks the wrong block
+    assert choice.index == 1 and (choice.weights, choice.grids[1]) == choose_weights(noise, B, fold_in, holdout, counts)
+    assert max(choice.grids[1].values()) > max(choice.grids[0].values()) and len(choice.grids) == 2
+    assert choice.cross_fitted is None and choice.deciding is choice.grids
+    choice = choose_blend(noise, [B, B.copy()], fold_in, holdout, counts)
+    assert choice.index == 0 and choice.grids[0] == choice.grids[1]
     with pytest.raises(ValueError, match="at least one"):
         choose_blend(noise, [], fold_in, holdout, counts)
+
+
+def test_halvings_score_every_user_once_at_the_epoch_the_other_half_chose():
+    rng = np.random.default_rng(3)
+    ndcg = rng.uniform(0, 1, (5, 41)).astype(np.float32)
+    ndcg[:, 7] = np.nan  # a user without holdout counts in no mean
+    assignments = halvings(ndcg, [4, 1, 2], 6, seed=11)
+    flat = lambda a: [(epoch, users.tolist()) for epoch, users in a]  # noqa: E731
+    assert len(assignments) == 12 and flat(assignments) == flat(halvings(ndcg, [1, 2, 4], 6, seed=11))
+    assert flat(assignments) != flat(halvings(ndcg, [1, 2, 4], 6, seed=12))
+    for first, second in zip(assignments[::2], assignments[1::2], strict=True):
+        users = np.concatenate([first[1], second[1]])
+        assert sorted(users.tolist()) == list(range(41)) and abs(len(first[1]) - len(second[1])) <= 1
+        for (epoch, _), (_, chose) in ((first, second), (second, first)):
+            means = {e: np.nanmean(ndcg[e, chose]) for e in (1, 2, 4)}
+            assert epoch == max(means, key=lambda e: (means[e], -e))  # only the given epochs, ties to the earlier
+    tied = halvings(np.ones((3, 10), np.float32), [0, 1, 2], 2, seed=0)
+    assert {epoch for epoch, _ in tied} == {0}
+
+
+def test_the_cross_fitted_blend_is_chosen_on_the_epochs_the_other_users_chose():
+    """At the served epoch the network is an oracle on validation, at the epoch the halves chose it is noise: the
+    served epoch's grid keeps VASP alone, the cross-fitted one blends EASE in; every half at the served epoch
+    gives the served choice and grid."""
+    fold_in, holdout = _fold_in_holdout(_two_groups(200, 1), seed=2)
+    B = EASE(10.0).fit(_two_groups(400, 3)).B
+    counts = np.diff(_two_groups(400, 3).indptr)
+    oracle = lambda x: np.where(holdout.toarray() > 0, 0.99, 0.01)  # noqa: E731
+    noise = np.random.default_rng(4).uniform(0.01, 0.99, fold_in.shape)
+    loaded = []
+    at_epoch = lambda epoch: loaded.append(epoch) or noise  # noqa: E731
+    ndcg = np.vstack([np.full(200, 0.1), np.full(200, 0.9)]).astype(np.float32)  # the halves choose epoch 1
+    cross_fit = CrossFit(at_epoch, halvings(ndcg, [0, 1], 5, seed=0), served_epoch=0)
+    assert cross_fit.epochs == {1: 10}
+    choice = choose_blend(oracle, [B], fold_in, holdout, counts, cross_fit=cross_fit)
+    assert choice.grids[0] == choose_weights(oracle, B, fold_in, holdout, counts)[1]
+    assert choice.grids[0][(0.0, 0.0)] == pytest.approx(1.0)
+    assert (choice.weights.light, choice.weights.heavy) == (0.5, 0.5) and choice.deciding is choice.cross_fitted
+    # the cross-fitted grid is each option's mean over the users, at the noisy epoch: the noise's own grid
+    assert choice.cross_fitted[0] == pytest.approx(choose_weights(lambda x: noise, B, fold_in, holdout, counts)[1])
+    assert loaded == [1]  # each epoch's scores read once per EASE matrix
+    served = CrossFit(at_epoch, halvings(ndcg[::-1], [0, 1], 5, seed=0), served_epoch=0)
+    choice = choose_blend(oracle, [B], fold_in, holdout, counts, cross_fit=served)
+    assert choice.weights.off and choice.cross_fitted[0] == pytest.approx(choice.grids[0]) and loaded == [1]
 
 
 def test_validation_gives_ease_to_the_users_whose_vasp_is_uninformed():

@@ -426,17 +426,48 @@ def test_train_returns_metrics_history_and_best_epoch(small_features):
     # and the served model (blended at the chosen weight) scores what the blend's validation grid says
     grid, weights = result.metrics["blend_validation_grid"], result.metrics["blend_weights"]
     assert len(grid) == 64 and grid["0.0/0.0"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
-    chosen = grid[f"{weights['light']}/{weights['heavy']}"]
-    assert chosen == max(grid.values())
+    pair = f"{weights['light']}/{weights['heavy']}"
+    # the weights are the best of the cross-fitted grid: 50 halvings, each half at an epoch the other half chose
+    cross_fit = result.metrics["blend_cross_fit"]
+    assert cross_fit["halvings"] == 50 and sum(cross_fit["epochs"].values()) == 100
+    assert set(cross_fit["epochs"]) <= {"1", "2", "3"} and len(cross_fit["grid"]) == 64
+    chosen = cross_fit["grid"][pair]
+    assert chosen == max(cross_fit["grid"].values())
     # the blend's EASE at the baseline's λ and at a third of it: the chosen λ's grid holds the best of both
     by_lambda, ease_lambda = result.metrics["blend_lambda_validation"], result.metrics["ease_lambda"]
     assert [float(lam) for lam in by_lambda] == pytest.approx([ease_lambda, ease_lambda / 3])
     assert chosen == by_lambda[str(result.metrics["blend_ease_lambda"])] == max(by_lambda.values())
-    assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(chosen, abs=1e-6)
+    assert result.metrics["validation"]["vasp"]["ndcg@100"] == pytest.approx(grid[pair], abs=1e-6)
     # the network alone is scored with its blend set aside (and the served bundle keeps it)
     assert result.metrics["validation"]["vasp_alone"]["ndcg@100"] == pytest.approx(grid["0.0/0.0"], abs=1e-6)
     assert (result.bundle.blend is None) == (weights["light"] == weights["heavy"] == 0.0)
     assert result.metrics["test"]["vasp"]["ndcg@100"] > result.metrics["test"]["popularity"]["ndcg@100"]
+
+
+def test_the_fits_validation_scores_are_the_models_and_without_halvings_the_blend_is_chosen_at_the_served_epoch(
+    small_features, tmp_path, monkeypatch
+):
+    from vasp_model.train.validation_scores import ValidationScores
+
+    stores = []
+    monkeypatch.setattr(ValidationScores, "clear", lambda self: stores.append(self))  # kept for a look
+    config = make_config("tiny", train_overrides={"epochs": (2, 1), "learning_rates": (1e-2, 1e-3)}, env={})
+    result = train(small_features, config, verbose=0, checkpoint_dir=str(tmp_path))
+    (store,) = stores
+    assert store.directory == str(tmp_path / "validation_scores") and store.kept == [0, 1, 2]
+    val = small_features.validation
+    np.testing.assert_allclose(np.nanmean(store.ndcg, axis=1), [h["val_ndcg@100"] for h in result.history], atol=1e-6)
+    blend, result.bundle.blend = result.bundle.blend, None  # the best epoch's kept scores: the restored network's
+    np.testing.assert_allclose(store.scores(result.best_epoch - 1), result.bundle.scores(val.fold_in), rtol=1e-6)
+    result.bundle.blend = blend
+
+    monkeypatch.undo()
+    config = make_config("tiny", {"blend_halvings": 0}, {"epochs": (2, 1), "learning_rates": (1e-2, 1e-3)}, env={})
+    result = train(small_features, config, verbose=0)
+    grid, weights = result.metrics["blend_validation_grid"], result.metrics["blend_weights"]
+    assert "blend_cross_fit" not in result.metrics
+    assert grid[f"{weights['light']}/{weights['heavy']}"] == max(grid.values())
+    assert max(result.metrics["blend_lambda_validation"].values()) == max(grid.values())
 
 
 @pytest.mark.parametrize("factor, solved_again", [(3.0, False), (1 / 3, True)])
@@ -483,9 +514,9 @@ def test_a_capped_catalogs_blend_candidates_do_not_hold_the_whole_catalogs_solve
 
     seen, choose_blend = [], blend.choose_blend
 
-    def recording(probabilities, candidates, *args):
+    def recording(probabilities, candidates, *args, **kwargs):
         seen.extend(candidates)
-        return choose_blend(probabilities, candidates, *args)
+        return choose_blend(probabilities, candidates, *args, **kwargs)
 
     monkeypatch.setattr(blend, "choose_blend", recording)
     config = make_config("tiny", {"max_items": 25}, {"epochs": (1,), "learning_rates": (1e-2,)}, env={})
@@ -603,6 +634,8 @@ def test_interrupted_training_resumes_from_checkpoint(small_features, tmp_path):
         train(small_features, config, callbacks=[Crash()], checkpoint_dir=str(tmp_path), verbose=0)
     state = json.loads((tmp_path / "resume_state.json").read_text())
     assert [h["epoch"] for h in state["history"]] == [1, 2]
+    kept = sorted(p.name for p in (tmp_path / "validation_scores").iterdir())  # the blend's, kept for the resumed fit
+    assert kept == ["ndcg.npy", "scores_0.npy", "scores_1.npy"]
 
     seen_epochs = []
 
@@ -625,6 +658,7 @@ def test_interrupted_training_resumes_from_checkpoint(small_features, tmp_path):
         np.testing.assert_array_equal(restored, saved)
     # VASP alone (blend weight 0) at the restored weights scores on validation what the best epoch scored
     assert result.metrics["blend_validation_grid"]["0.0/0.0"] == pytest.approx(best["val_ndcg@100"], abs=1e-6)
+    assert sum(result.metrics["blend_cross_fit"]["epochs"].values()) == 100  # the halvings, over all four epochs
     assert os.listdir(tmp_path) == []  # a finished fit leaves no resume state behind
 
 

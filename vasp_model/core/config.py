@@ -69,6 +69,9 @@ class ModelConfig:
     # the blend's EASE is solved at each of these multiples of the λ validation chose for the EASE baseline, and
     # validation chooses among them with the weights (ties go to the first); each factor but 1 is one more solve
     blend_lambda_factors: tuple[float, ...] = (1.0, 1 / 3)
+    # the blend's options are compared cross-fitted over this many random halvings of the validation users (each
+    # half's users scored at the epoch the other half chose); 0: at the served epoch, on the users that chose it
+    blend_halvings: int = 50
 
     def __post_init__(self) -> None:
         for name in ("hidden", "latent", "encoder_blocks"):
@@ -91,6 +94,7 @@ class ModelConfig:
         _positive("kl_weight", self.kl_weight, allow_zero=True)
         if not self.blend_lambda_factors or not all(f > 0 for f in self.blend_lambda_factors):
             raise ValueError(f"blend_lambda_factors must be one or more numbers > 0, got {self.blend_lambda_factors!r}")
+        _positive("blend_halvings", self.blend_halvings, allow_zero=True)
         if self.max_items is not None and self.max_items < 2:
             raise ValueError(f"max_items must be >= 2 or None, got {self.max_items!r}")
 

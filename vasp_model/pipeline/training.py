@@ -71,6 +71,12 @@ MODEL_FLAGS = {  # flag -> (ModelConfig field, type, help)
         "The blend's EASE at these multiples of the baseline's λ, comma separated; validation chooses one "
         "(default 1,0.333...).",
     ),
+    "--blend-halvings": (
+        "blend_halvings",
+        int,
+        "Compare the blend's options cross-fitted over this many random halvings of the validation users (each "
+        "half scored at the epoch the other half chose); 0: at the served epoch (default 50).",
+    ),
 }
 TRAIN_FLAGS = {
     "--batch-users": ("batch_users", int, "Users per direction in a step (a step has 2x rows)."),

@@ -181,8 +181,62 @@ def choose_weights(
     ``probabilities(fold_in)`` gives VASP's ``[U, I]`` probabilities. Ties go to one weight for all users, then
     to the smaller weights.
     """
-    _, chosen, grids = choose_blend(probabilities, [B], fold_in, holdout, train_counts, weights, k)
-    return chosen, grids[0]
+    choice = choose_blend(probabilities, [B], fold_in, holdout, train_counts, weights, k)
+    return choice.weights, choice.grids[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossFit:
+    """The network at other epochs than the served one, to choose the blend apart from the epoch: the blend's
+    options are scored on each user at the epoch the other users would have chosen (:func:`halvings`).
+
+    ``probabilities(epoch)`` gives VASP's ``[U, I]`` probabilities of the validation users at a (0-based) epoch of
+    ``assignments`` (``(epoch, users)`` pairs); ``served_epoch``'s are the served model's own."""
+
+    probabilities: Callable[[int], np.ndarray]
+    assignments: list[tuple[int, np.ndarray]]
+    served_epoch: int
+
+    @property
+    def epochs(self) -> dict[int, int]:
+        """How many halves chose each epoch, by epoch."""
+        counts: dict[int, int] = {}
+        for epoch, _ in self.assignments:
+            counts[epoch] = counts.get(epoch, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def halvings(ndcg: np.ndarray, epochs: Sequence[int], n: int, seed: int) -> list[tuple[int, np.ndarray]]:
+    """``n`` random halvings of the users (seeded), each both ways: one half's users with the epoch (of ``epochs``,
+    0-based; ties to the earlier) whose mean of ``ndcg`` (``[epochs, users]``, the network's per-user validation
+    nDCG) is best on the other half. Every halving assigns every user once."""
+    rng = np.random.default_rng(seed)
+    epochs = np.asarray(sorted(epochs))
+    curves = ndcg[epochs]
+    out = []
+    for _ in range(n):
+        halves = np.array_split(rng.permutation(ndcg.shape[1]), 2)
+        for choose_on, score_on in ((halves[0], halves[1]), (halves[1], halves[0])):
+            with np.errstate(all="ignore"):  # a half of users without holdout is all NaN: the first epoch
+                means = np.nan_to_num(np.nanmean(curves[:, choose_on], axis=1), nan=-np.inf)
+            out.append((int(epochs[int(np.argmax(means))]), np.sort(score_on)))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class BlendChoice:
+    """What :func:`choose_blend` chose: the EASE matrix's index and the weights, each matrix's grid of mean nDCG@k
+    on all users at the served epoch and, cross-fitted, the grids that chose (else None)."""
+
+    index: int
+    weights: BlendWeights
+    grids: list[dict[tuple[float, float], float]]
+    cross_fitted: list[dict[tuple[float, float], float]] | None = None
+
+    @property
+    def deciding(self) -> list[dict[tuple[float, float], float]]:
+        """The grids the choice was made on."""
+        return self.grids if self.cross_fitted is None else self.cross_fitted
 
 
 def choose_blend(
@@ -193,32 +247,49 @@ def choose_blend(
     train_counts: np.ndarray,
     weights: Sequence[float] = WEIGHTS,
     k: int = 100,
-) -> tuple[int, BlendWeights, list[dict[tuple[float, float], float]]]:
+    cross_fit: CrossFit | None = None,
+) -> BlendChoice:
     """:func:`choose_weights` over several EASE matrices (``candidates``, e.g. EASE at several λ), VASP's
     probabilities computed once: the index of the matrix whose best weights score highest (ties go to the
-    first), those weights, and each matrix's grid."""
+    first), those weights, and each matrix's grid.
+
+    With ``cross_fit`` the options are compared on their cross-fitted means (each user scored at the epoch the
+    other half of the users chose, summed over the halvings) rather than at the served epoch, whose best is
+    optimistic on the very users that chose it.
+    """
     if not candidates:
         raise ValueError("choose_blend needs at least one EASE matrix")
     fold_in = sp.csr_matrix(fold_in, dtype=np.float32)
     vasp = probabilities(fold_in)
     grid = sorted({float(x) for x in weights})
     bounds = BlendWeights.from_train_counts(0.0, 0.0, train_counts)  # the light and heavy item counts, once
-    rows = {
-        (light, heavy): dataclasses.replace(bounds, light=light, heavy=heavy).of_rows(fold_in)
-        for light, heavy in itertools.product(grid, grid)
-    }
-    grids = []
+    pairs = list(itertools.product(grid, grid))
+    rows = [dataclasses.replace(bounds, light=light, heavy=heavy).of_rows(fold_in) for light, heavy in pairs]
+
+    def per_user(network: np.ndarray, ease: np.ndarray) -> np.ndarray:  # [pairs, users] nDCG@k
+        return np.stack([ndcg_at_k(topk_from_scores(blended(network, ease, w), fold_in, k), holdout, k) for w in rows])
+
+    grids, cross_fitted = [], []
     for B in candidates:
         ease = fold_in @ (B.astype(np.float32) if sp.issparse(B) else np.asarray(B, dtype=np.float32))
         ease = ease.toarray() if sp.issparse(ease) else np.asarray(ease)
-        grids.append(
-            {
-                pair: float(np.nanmean(ndcg_at_k(topk_from_scores(blended(vasp, ease, w), fold_in, k), holdout, k)))
-                for pair, w in rows.items()
-            }
-        )
+        served = per_user(vasp, ease)
+        grids.append(dict(zip(pairs, np.nanmean(served, axis=1).tolist(), strict=True)))
+        if cross_fit is None:
+            continue
+        total = np.zeros(len(pairs))
+        for epoch in cross_fit.epochs:
+            at_epoch = served if epoch == cross_fit.served_epoch else per_user(cross_fit.probabilities(epoch), ease)
+            for _, users in (a for a in cross_fit.assignments if a[0] == epoch):
+                total += np.nansum(at_epoch[:, users], axis=1)
+        # each halving scores every user once: the total over users with a holdout, halvings × their count
+        scored = len(cross_fit.assignments) // 2 * int(np.count_nonzero(~np.isnan(served[0])))
+        cross_fitted.append(dict(zip(pairs, (total / max(1, scored)).tolist(), strict=True)))
+    deciding = grids if cross_fit is None else cross_fitted
     # per candidate its best pair: ties go to one weight for all users, then to the smaller weights
-    best = [max(g, key=lambda w, g=g: (g[w], w[0] == w[1], -w[0] - w[1])) for g in grids]
-    index = max(range(len(grids)), key=lambda i: (grids[i][best[i]], -i))
+    best = [max(g, key=lambda w, g=g: (g[w], w[0] == w[1], -w[0] - w[1])) for g in deciding]
+    index = max(range(len(deciding)), key=lambda i: (deciding[i][best[i]], -i))
     light, heavy = best[index]
-    return index, dataclasses.replace(bounds, light=light, heavy=heavy), grids
+    return BlendChoice(
+        index, dataclasses.replace(bounds, light=light, heavy=heavy), grids, None if cross_fit is None else cross_fitted
+    )

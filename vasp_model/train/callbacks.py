@@ -25,7 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from vasp_model.evaluation.metrics import ndcg_at_k, recall_at_k
+from vasp_model.evaluation.metrics import ndcg_at_k, recall_at_k, topk_from_scores
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +39,44 @@ class TrainingDiverged(ValueError):
 
 
 class ValidationMetrics(keras.callbacks.Callback):
-    """Scores ``recommender`` on the validation users after every epoch; raises if the loss diverged."""
+    """Scores ``recommender`` on the validation users after every epoch; raises if the loss diverged. With
+    ``keep`` (a :class:`vasp_model.train.validation_scores.ValidationScores`) each epoch's scores and per-user
+    nDCG@100 go there too."""
 
-    def __init__(self, recommender, fold_in, holdout):
+    def __init__(self, recommender, fold_in, holdout, keep=None):
         super().__init__()
         self.recommender = recommender
         self.fold_in = fold_in
         self.holdout = holdout
+        self.keep = keep
         self.history: list[dict[str, Any]] = []
         self._epoch_start = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
 
+    def _top(self, epoch: int):
+        """The validation users' top 100, their scores written to :attr:`keep` on the way."""
+        if self.keep is None:
+            return self.recommender.recommend(self.fold_in, 100)[0]
+        tops = []
+        with self.keep.writing(epoch) as write:
+            for start in range(0, self.fold_in.shape[0], self.recommender.batch_users):
+                rows = self.fold_in[start : start + self.recommender.batch_users]
+                scores = self.recommender.scores(rows)
+                write(scores)
+                tops.append(topk_from_scores(scores, rows, 100, threads=self.recommender.threads))
+        return np.vstack(tops)
+
     def on_epoch_end(self, epoch, logs=None):
         train_seconds = time.perf_counter() - self._epoch_start
         start = time.perf_counter()
-        topk, _ = self.recommender.recommend(self.fold_in, 100)
+        topk = self._top(epoch)
+        ndcg = ndcg_at_k(topk, self.holdout, 100)
+        if self.keep is not None:
+            self.keep.add(epoch, ndcg)
         val = {
-            "ndcg@100": float(np.nanmean(ndcg_at_k(topk, self.holdout, 100))),
+            "ndcg@100": float(np.nanmean(ndcg)),
             "recall@20": float(np.nanmean(recall_at_k(topk, self.holdout, 20))),
             "recall@50": float(np.nanmean(recall_at_k(topk, self.holdout, 50))),
         }
@@ -235,14 +254,14 @@ class ResumeState(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         stopping = self.early_stopping
         if stopping.best_epoch == epoch:  # this epoch is the new best
-            _replace(self.weights_path, lambda tmp: np.savez(tmp, *stopping.best_weights))
+            replace_file(self.weights_path, lambda tmp: np.savez(tmp, *stopping.best_weights))
         state = {
             "history": self.validation.history,
             "best": stopping.best,
             "best_epoch": stopping.best_epoch,
             "wait": stopping.wait,
         }
-        _replace(self.state_path, lambda tmp: _write_json(tmp, state))
+        replace_file(self.state_path, lambda tmp: _write_json(tmp, state))
 
     def on_train_end(self, logs=None):
         self.clear(self.directory)
@@ -289,7 +308,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         name = f"epoch-{self._current_epoch}.weights.h5"
         self.model.save_weights(os.path.join(self.backup_dir, name), overwrite=True)
         metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
-        _replace(self._training_metadata_path, lambda tmp: _write_json(tmp, metadata))
+        replace_file(self._training_metadata_path, lambda tmp: _write_json(tmp, metadata))
         for other in os.listdir(self.backup_dir):
             if other.endswith(".weights.h5") and other != name:
                 os.remove(os.path.join(self.backup_dir, other))
@@ -310,7 +329,7 @@ def _write_json(path: str, payload: Any) -> None:
         json.dump(payload, fh)
 
 
-def _replace(path: str, write) -> None:
+def replace_file(path: str, write) -> None:
     """``write`` a temporary file next to ``path``, then move it over ``path`` (never half-written)."""
     root, ext = os.path.splitext(path)
     tmp = f"{root}.tmp{ext}"

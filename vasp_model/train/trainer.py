@@ -99,16 +99,24 @@ def train(
             _warm_start(
                 bundle.model, features.train, plan, config, verbose, timings, init_from, mapping, ease_precision
             )
-        history, best_epoch = _fit(
-            bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings
-        )
-        if bundle.model.ease_neighbours is not None and cpu_only():  # scored as served: every item of a row read
-            bundle.use_host_ease()
-        by_split, per_user, ease_choice, ease = (
-            _evaluate(bundle, features, config, evaluate_baselines, timings, ease_precision)
-            if evaluate
-            else ({}, {}, {}, None)
-        )
+        keep = _validation_scores(checkpoint_dir, features, n_items, config) if evaluate else None
+        try:
+            history, best_epoch = _fit(
+                bundle, plan, features.validation, config, checkpoint_dir, callbacks, verbose, timings, keep
+            )
+            if bundle.model.ease_neighbours is not None and cpu_only():  # scored as served: every row's items read
+                bundle.use_host_ease()
+            by_split, per_user, ease_choice, ease = (
+                _evaluate(bundle, features, config, evaluate_baselines, timings, ease_precision, keep, best_epoch)
+                if evaluate
+                else ({}, {}, {}, None)
+            )
+        except BaseException:
+            if keep is not None and not checkpoint_dir:  # a checkpointed fit resumes with them
+                keep.clear()
+            raise
+        if keep is not None:
+            keep.clear()
     timings["total_seconds"] = time.perf_counter() - start
 
     metrics = {**by_split, "best_epoch": best_epoch, **ease_choice, "timings": timings, "n_items": n_items}
@@ -156,9 +164,27 @@ def _resume_or_start_over(checkpoint_dir: str) -> bool:
 
     if AtomicBackupAndRestore.recorded(_backup_dir(checkpoint_dir)) is not None:
         return True
-    shutil.rmtree(_backup_dir(checkpoint_dir), ignore_errors=True)
+    for directory in (_backup_dir(checkpoint_dir), _scores_dir(checkpoint_dir)):
+        shutil.rmtree(directory, ignore_errors=True)
     ResumeState.clear(checkpoint_dir)
     return False
+
+
+def _scores_dir(checkpoint_dir: str) -> str:
+    return os.path.join(checkpoint_dir, "validation_scores")
+
+
+def _validation_scores(checkpoint_dir: str | None, features, n_items: int, config: VaspConfig):
+    """Where the fit keeps its validation scores for the blend's cross-fitted choice (``blend_halvings``): beside
+    its checkpoints (a resumed fit finds them) or in a temporary directory; None without a blend to choose."""
+    import tempfile
+
+    from vasp_model.train.validation_scores import ValidationScores
+
+    if not (config.model.blend_ease and config.model.blend_halvings):
+        return None
+    directory = _scores_dir(checkpoint_dir) if checkpoint_dir else tempfile.mkdtemp(prefix="vasp-validation-")
+    return ValidationScores(directory, features.validation.n_users, n_items)
 
 
 def _build_bundle(features, config: VaspConfig, n_items: int, batch_users: int):
@@ -263,10 +289,13 @@ def _ease_warmup(model, plan, config: VaspConfig, epochs: int, verbose) -> None:
     fit_plan(ease_only, plan, epochs, verbose=verbose)
 
 
-def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, verbose, timings) -> tuple[list, int]:
+def _fit(
+    bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, verbose, timings, keep=None
+) -> tuple[list, int]:
     """``model.fit`` validating on ``split`` each epoch; returns the history rows and the 1-based best epoch.
 
-    The weights left in the model are the best epoch's (by validation nDCG@100).
+    The weights left in the model are the best epoch's (by validation nDCG@100); ``keep`` (a
+    :class:`vasp_model.train.validation_scores.ValidationScores`) gets each epoch's validation scores.
     """
     import keras
 
@@ -285,7 +314,7 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
     tc = config.train
     model = bundle.model
     compile_model(model, config, tc.learning_rate(0))
-    validation = ValidationMetrics(bundle, split.fold_in[:, : bundle.n_items], split.holdout)
+    validation = ValidationMetrics(bundle, split.fold_in[:, : bundle.n_items], split.holdout, keep)
     early_stopping = keras.callbacks.EarlyStopping(
         monitor=MONITOR,
         mode="max",
@@ -326,13 +355,21 @@ def _fit(bundle, plan, split, config: VaspConfig, checkpoint_dir, callbacks, ver
 
 
 def _evaluate(
-    bundle, features, config: VaspConfig, evaluate_baselines: bool, timings, ease_precision: str = "float64"
+    bundle,
+    features,
+    config: VaspConfig,
+    evaluate_baselines: bool,
+    timings,
+    ease_precision: str = "float64",
+    keep=None,
+    best_epoch: int | None = None,
 ) -> tuple[dict, dict, dict, Any]:
     """Test and validation metrics of VASP and, with ``evaluate_baselines``, of EASE (λ chosen on
     validation) and popularity: ``({"test": {name: ...}, "validation": {name: ...}}``, the same
     shape of per-user arrays, EASE's λ and grid and the blend weights, the fitted EASE as an
     EaseBundle over the features' vocabulary or None). With ``blend_ease`` the bundle first gets
-    the blend with EASE that validation prefers (weight 0: none)."""
+    the blend with EASE that validation prefers (weight 0: none), cross-fitted against the choice of the
+    (1-based) ``best_epoch`` when the fit ``keep``-t its validation scores."""
     from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
     from vasp_model.recommenders.bundle import EaseBundle
 
@@ -352,8 +389,9 @@ def _evaluate(
         }
     if config.model.blend_ease:
         with _timed(timings, "blend_seconds"):
+            cross_fit = None if keep is None else _cross_fit(keep, config, best_epoch)
             extra |= _choose_blend(
-                bundle, ease, kept, features.validation, features.train, blend_factors, ease_precision
+                bundle, ease, kept, features.validation, features.train, blend_factors, ease_precision, cross_fit
             )
     with _timed(timings, "vasp_eval_seconds"):
         by_model = {"vasp": _evaluate_on_splits(bundle, features, bundle.n_items)}
@@ -373,7 +411,16 @@ def _evaluate(
     return by_split, per_user, extra, ease_bundle
 
 
-def _choose_blend(bundle, ease, kept, split, train, factors, ease_precision: str) -> dict[str, Any]:
+def _cross_fit(keep, config: VaspConfig, best_epoch: int):
+    """The blend's :class:`vasp_model.recommenders.blend.CrossFit` from the fit's kept validation scores: the
+    halvings (``blend_halvings``, seeded by the training seed) choose among the epochs whose scores were kept."""
+    from vasp_model.recommenders.blend import CrossFit, halvings
+
+    assignments = halvings(keep.ndcg, keep.kept, config.model.blend_halvings, config.train.seed)
+    return CrossFit(keep.scores, assignments, best_epoch - 1)
+
+
+def _choose_blend(bundle, ease, kept, split, train, factors, ease_precision: str, cross_fit=None) -> dict[str, Any]:
     """Set ``bundle.blend`` to the blend of VASP with closed-form EASE that ``split``'s users prefer: EASE at each of
     ``factors`` (``blend_lambda_factors``) times the baseline ``ease``'s λ (that λ's own matrix reused, and those the
     λ search ``kept`` by factor taken from it), each with its best weights (none at weight 0 for every user; light
@@ -395,16 +442,31 @@ def _choose_blend(bundle, ease, kept, split, train, factors, ease_precision: str
             B = np.ascontiguousarray(B)
         lambdas.append(lam)
         candidates.append(B)
-    index, weights, grids = choose_blend(
-        bundle.scores, candidates, split.fold_in[:, :n], split.holdout, np.diff(train.indptr)
+    choice = choose_blend(
+        bundle.scores, candidates, split.fold_in[:, :n], split.holdout, np.diff(train.indptr), cross_fit=cross_fit
     )
+    index, weights = choice.index, choice.weights
     bundle.blend = None if weights.off else EaseBlend(weights, candidates[index])
-    return {
+    out = {
         "blend_weights": weights.to_dict(),
         "blend_ease_lambda": lambdas[index],
-        "blend_lambda_validation": {str(lam): max(grid.values()) for lam, grid in zip(lambdas, grids, strict=True)},
-        "blend_validation_grid": {f"{light}/{heavy}": v for (light, heavy), v in grids[index].items()},
+        "blend_lambda_validation": {
+            str(lam): max(grid.values()) for lam, grid in zip(lambdas, choice.deciding, strict=True)
+        },
+        "blend_validation_grid": _keyed(choice.grids[index]),
     }
+    if cross_fit is not None:
+        out["blend_cross_fit"] = {
+            "halvings": len(cross_fit.assignments) // 2,
+            "epochs": {str(epoch + 1): count for epoch, count in cross_fit.epochs.items()},
+            "grid": _keyed(choice.cross_fitted[index]),
+        }
+    return out
+
+
+def _keyed(grid: dict[tuple[float, float], float]) -> dict[str, float]:
+    """A blend grid keyed ``"light/heavy"``."""
+    return {f"{light}/{heavy}": v for (light, heavy), v in grid.items()}
 
 
 def _evaluate_unblended(bundle, features) -> dict[str, tuple[dict, dict]]:
