@@ -195,6 +195,23 @@ def test_the_cross_fitted_blend_is_chosen_on_the_epochs_the_other_users_chose():
     assert choice.weights.off and choice.cross_fitted[0] == pytest.approx(choice.grids[0]) and loaded == [1]
 
 
+def test_a_pair_of_weights_is_served_over_one_weight_only_when_its_gain_clears_one_standard_error():
+    from vasp_model.recommenders.blend import _best_option
+
+    pairs = [(0.0, 0.0), (0.0, 0.5), (0.5, 0.0), (0.5, 0.5)]
+    rng = np.random.default_rng(0)
+    one = rng.uniform(0.2, 0.6, 400)
+    noisy = one + rng.normal(0.002, 0.05, 400)  # ahead on average, within its standard error
+    per_user = np.vstack([one - 0.01, noisy, one - 0.02, one])
+    index, pair, (mean, se) = _best_option([per_user], pairs)
+    assert (index, pairs[pair]) == (0, (0.5, 0.5)) and 0 < mean <= se
+    sure = per_user.copy()
+    sure[1] = one + 0.01 + rng.normal(0, 0.05, 400)
+    index, pair, (mean, se) = _best_option([per_user, sure], pairs)
+    assert (index, pairs[pair]) == (1, (0.0, 0.5)) and mean > se
+    assert _best_option([np.vstack([one, one, one, one])], pairs) == (0, 0, None)  # ties: one weight, the smaller
+
+
 def test_validation_gives_ease_to_the_users_whose_vasp_is_uninformed():
     """Users with 4 items hold out 2 of the other block (EASE points the wrong way; VASP knows them, noisily);
     users with 14 hold out 2 more of their own block (VASP guesses): validation keeps VASP alone for the light

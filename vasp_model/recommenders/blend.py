@@ -226,12 +226,15 @@ def halvings(ndcg: np.ndarray, epochs: Sequence[int], n: int, seed: int) -> list
 @dataclasses.dataclass(frozen=True)
 class BlendChoice:
     """What :func:`choose_blend` chose: the EASE matrix's index and the weights, each matrix's grid of mean nDCG@k
-    on all users at the served epoch and, cross-fitted, the grids that chose (else None)."""
+    on all users at the served epoch and, cross-fitted, the grids that chose (else None); ``pairs_gain``: the mean
+    and standard error of the per-user gain of the best light/heavy pair over the best one weight for all users
+    (None where one weight was best)."""
 
     index: int
     weights: BlendWeights
     grids: list[dict[tuple[float, float], float]]
     cross_fitted: list[dict[tuple[float, float], float]] | None = None
+    pairs_gain: tuple[float, float] | None = None
 
     @property
     def deciding(self) -> list[dict[tuple[float, float], float]]:
@@ -254,8 +257,9 @@ def choose_blend(
     first), those weights, and each matrix's grid.
 
     With ``cross_fit`` the options are compared on their cross-fitted means (each user scored at the epoch the
-    other half of the users chose, summed over the halvings) rather than at the served epoch, whose best is
-    optimistic on the very users that chose it.
+    other half of the users chose, averaged over the halvings) rather than at the served epoch, whose best is
+    optimistic on the very users that chose it. A light/heavy pair is chosen over the best one weight for all
+    users only when its per-user gain is more than one standard error above zero.
     """
     if not candidates:
         raise ValueError("choose_blend needs at least one EASE matrix")
@@ -269,27 +273,58 @@ def choose_blend(
     def per_user(network: np.ndarray, ease: np.ndarray) -> np.ndarray:  # [pairs, users] nDCG@k
         return np.stack([ndcg_at_k(topk_from_scores(blended(network, ease, w), fold_in, k), holdout, k) for w in rows])
 
-    grids, cross_fitted = [], []
+    served, deciding = [], []  # per candidate, [pairs, users]
     for B in candidates:
         ease = fold_in @ (B.astype(np.float32) if sp.issparse(B) else np.asarray(B, dtype=np.float32))
         ease = ease.toarray() if sp.issparse(ease) else np.asarray(ease)
-        served = per_user(vasp, ease)
-        grids.append(dict(zip(pairs, np.nanmean(served, axis=1).tolist(), strict=True)))
+        served.append(per_user(vasp, ease))
         if cross_fit is None:
             continue
-        total = np.zeros(len(pairs))
+        total = np.zeros_like(served[-1])
         for epoch in cross_fit.epochs:
-            at_epoch = served if epoch == cross_fit.served_epoch else per_user(cross_fit.probabilities(epoch), ease)
+            at_epoch = served[-1] if epoch == cross_fit.served_epoch else per_user(cross_fit.probabilities(epoch), ease)
             for _, users in (a for a in cross_fit.assignments if a[0] == epoch):
-                total += np.nansum(at_epoch[:, users], axis=1)
-        # each halving scores every user once: the total over users with a holdout, halvings × their count
-        scored = len(cross_fit.assignments) // 2 * int(np.count_nonzero(~np.isnan(served[0])))
-        cross_fitted.append(dict(zip(pairs, (total / max(1, scored)).tolist(), strict=True)))
-    deciding = grids if cross_fit is None else cross_fitted
-    # per candidate its best pair: ties go to one weight for all users, then to the smaller weights
-    best = [max(g, key=lambda w, g=g: (g[w], w[0] == w[1], -w[0] - w[1])) for g in deciding]
-    index = max(range(len(deciding)), key=lambda i: (deciding[i][best[i]], -i))
-    light, heavy = best[index]
+                total[:, users] += at_epoch[:, users]
+        deciding.append(total / max(1, len(cross_fit.assignments) // 2))  # each halving scores every user once
+    deciding = deciding or served
+    index, pair, gain = _best_option(deciding, pairs)
+    light, heavy = pairs[pair]
     return BlendChoice(
-        index, dataclasses.replace(bounds, light=light, heavy=heavy), grids, None if cross_fit is None else cross_fitted
+        index,
+        dataclasses.replace(bounds, light=light, heavy=heavy),
+        [_grid(pairs, values) for values in served],
+        None if cross_fit is None else [_grid(pairs, values) for values in deciding],
+        gain,
     )
+
+
+def _grid(pairs: list[tuple[float, float]], per_user: np.ndarray) -> dict[tuple[float, float], float]:
+    """Each pair's mean over the users (``per_user``: ``[pairs, users]``)."""
+    return dict(zip(pairs, np.nanmean(per_user, axis=1).tolist(), strict=True))
+
+
+def _best_option(
+    per_user: list[np.ndarray], pairs: list[tuple[float, float]]
+) -> tuple[int, int, tuple[float, float] | None]:
+    """The (candidate, pair) served from the per-user figures (per candidate ``[pairs, users]``), and the best
+    pair's gain over the best one weight (mean, standard error; None where one weight is best).
+
+    Per candidate its best pair (ties go to one weight for all users, then to the smaller weights), then the
+    candidate whose best is highest (ties go to the first); a pair of two weights only when its per-user gain over
+    the best one weight is more than one standard error above zero (the one-standard-error rule)."""
+    means = [np.nanmean(values, axis=1) for values in per_user]
+
+    def best(allowed: list[int]) -> tuple[int, int]:
+        top = [max(allowed, key=lambda j, m=m: (m[j], pairs[j][0] == pairs[j][1], -sum(pairs[j]))) for m in means]
+        index = max(range(len(means)), key=lambda i: (means[i][top[i]], -i))
+        return index, top[index]
+
+    index, pair = best(list(range(len(pairs))))
+    if pairs[pair][0] == pairs[pair][1]:
+        return index, pair, None
+    one_index, one = best([j for j, (light, heavy) in enumerate(pairs) if light == heavy])
+    gain = per_user[index][pair] - per_user[one_index][one]
+    gain = gain[~np.isnan(gain)]
+    se = float(np.std(gain, ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
+    mean = float(np.mean(gain)) if len(gain) else 0.0
+    return (index, pair, (mean, se)) if mean > se else (one_index, one, (mean, se))

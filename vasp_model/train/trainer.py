@@ -455,6 +455,8 @@ def _choose_blend(bundle, ease, kept, split, train, factors, ease_precision: str
         },
         "blend_validation_grid": _keyed(choice.grids[index]),
     }
+    if choice.pairs_gain is not None:  # the best light/heavy pair's per-user gain over the best one weight
+        out["blend_pairs_gain"] = dict(zip(("mean", "standard_error"), choice.pairs_gain, strict=True))
     if cross_fit is not None:
         out["blend_cross_fit"] = {
             "halvings": len(cross_fit.assignments) // 2,
