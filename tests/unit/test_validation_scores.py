@@ -44,8 +44,9 @@ def test_a_resumed_fit_runs_its_epochs_again_over_what_they_left(tmp_path):
     rerun = _epoch(again, 1, 0.1)
     assert again.kept == [0, 1] and again.ndcg[:, 0].tolist() == pytest.approx([0.2, 0.1])
     np.testing.assert_array_equal(again.scores(1), rerun)
-    with pytest.raises(ValueError, match="epoch 3 recorded after 2"):
-        _epoch(again, 3, 0.5)
+    lost = ValidationScores(str(tmp_path / "lost"), 4, 3)  # resumed from a checkpoint that kept none
+    _epoch(lost, 2, 0.5)
+    assert lost.kept == [2] and np.isnan(lost.ndcg[:2]).all() and lost.ndcg[2].tolist() == pytest.approx([0.5] * 4)
 
 
 def test_an_epoch_not_wholly_written_is_refused_and_leaves_nothing(tmp_path):
@@ -64,3 +65,15 @@ def test_an_epoch_not_wholly_written_is_refused_and_leaves_nothing(tmp_path):
         raise KeyboardInterrupt
     assert store.kept == [] and store.ndcg.shape == (0, 4)
     assert [p.name for p in tmp_path.iterdir()] == ["pending_0.npy"]  # rewritten by the epoch's next try
+
+
+def test_a_fit_that_kept_no_scores_has_its_blend_chosen_at_the_served_epoch(tmp_path):
+    from vasp_model.core.config import make_config
+    from vasp_model.train.trainer import _cross_fit
+
+    config = make_config("tiny", env={})
+    store = ValidationScores(str(tmp_path), 4, 3)
+    assert _cross_fit(store, config, 1) is None
+    _epoch(store, 0, 0.5)
+    cross_fit = _cross_fit(store, config, 1)
+    assert cross_fit.epochs == {0: 2 * config.model.blend_halvings} and cross_fit.served_epoch == 0

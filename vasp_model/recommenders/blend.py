@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -217,10 +218,17 @@ def halvings(ndcg: np.ndarray, epochs: Sequence[int], n: int, seed: int) -> list
     for _ in range(n):
         halves = np.array_split(rng.permutation(ndcg.shape[1]), 2)
         for choose_on, score_on in ((halves[0], halves[1]), (halves[1], halves[0])):
-            with np.errstate(all="ignore"):  # a half of users without holdout is all NaN: the first epoch
-                means = np.nan_to_num(np.nanmean(curves[:, choose_on], axis=1), nan=-np.inf)
+            means = user_means(curves[:, choose_on])
             out.append((int(epochs[int(np.argmax(means))]), np.sort(score_on)))
     return out
+
+
+def user_means(per_user: np.ndarray) -> np.ndarray:
+    """The mean over the users (the last axis) of per-user figures, NaN (no holdout, an unknown epoch) left out;
+    ``-inf`` where no user has one."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row's mean of nothing
+        return np.nan_to_num(np.nanmean(per_user, axis=-1), nan=-np.inf)
 
 
 @dataclasses.dataclass(frozen=True)

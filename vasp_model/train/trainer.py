@@ -5,8 +5,9 @@ a trained VASP (items mapped by id: :mod:`vasp_model.train.warm_start`), fits wi
 Keras callbacks (phase learning rates, validation nDCG@100 / Recall@20 / Recall@50 by the vae_cf
 protocol, early stopping that restores the best epoch, checkpoints so an interrupted run
 resumes), blends VASP with closed-form EASE (λ chosen on validation) at the weights validation
-prefers for light and heavy users (``blend_ease``; 0 keeps VASP alone), then scores VASP, EASE and popularity (and, with
-``blend_ease``, the network alone: ``vasp_alone``) on the same validation and test users, keeping each
+prefers for light and heavy users, compared cross-fitted against the epoch's choice (``blend_ease``; 0
+keeps VASP alone), then scores VASP, EASE and popularity (and, with ``blend_ease``, the network alone:
+``vasp_alone``) on the same validation and test users, keeping each
 model's per-user metric arrays and the paired-bootstrap intervals of VASP minus each of the others on
 the test users.
 """
@@ -369,7 +370,7 @@ def _evaluate(
     shape of per-user arrays, EASE's λ and grid and the blend weights, the fitted EASE as an
     EaseBundle over the features' vocabulary or None). With ``blend_ease`` the bundle first gets
     the blend with EASE that validation prefers (weight 0: none), cross-fitted against the choice of the
-    (1-based) ``best_epoch`` when the fit ``keep``-t its validation scores."""
+    (1-based) ``best_epoch`` where the fit kept its validation scores in ``keep``."""
     from vasp_model.recommenders.baselines import Popularity, fit_ease_on_validation
     from vasp_model.recommenders.bundle import EaseBundle
 
@@ -416,6 +417,8 @@ def _cross_fit(keep, config: VaspConfig, best_epoch: int):
     halvings (``blend_halvings``, seeded by the training seed) choose among the epochs whose scores were kept."""
     from vasp_model.recommenders.blend import CrossFit, halvings
 
+    if not keep.kept:  # none kept (a fit resumed from a checkpoint without them): at the served epoch
+        return None
     assignments = halvings(keep.ndcg, keep.kept, config.model.blend_halvings, config.train.seed)
     return CrossFit(keep.scores, assignments, best_epoch - 1)
 

@@ -8,6 +8,7 @@ validation scores of the best epochs so far (as many as :data:`BUDGET_BYTES` hol
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -15,7 +16,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from vasp_model.recommenders.blend import user_means
 from vasp_model.train.callbacks import replace_file
+
+log = logging.getLogger(__name__)
 
 BUDGET_BYTES = 1 << 30  # the kept epochs' scores on disk
 MIN_EPOCHS = 4
@@ -84,20 +88,24 @@ class ValidationScores:
                 raise
 
     def add(self, epoch: int, ndcg: np.ndarray) -> None:
-        """Record ``epoch``'s per-user nDCG@100 after the epochs before it; its scores (:meth:`writing`) are kept
-        if the epoch is among the :attr:`keep` best so far by mean (ties to the earlier), and an epoch that
-        falls out of them loses its own."""
+        """Record ``epoch``'s per-user nDCG@100 after the epochs before it (those not recorded count as unknown:
+        NaN); its scores (:meth:`writing`) are kept if the epoch is among the :attr:`keep` best so far by mean
+        (ties to the earlier), and an epoch that falls out of them loses its own."""
         tmp = self._pending_path(epoch)
         if len(ndcg) != self.shape[0] or not self._complete(tmp):
             raise ValueError(f"epoch {epoch}: validation scores and nDCG of {self.shape[0]} users are not both written")
         self.truncate(epoch)
-        if self.ndcg.shape[0] != epoch:
-            raise ValueError(f"epoch {epoch} recorded after {self.ndcg.shape[0]} epoch(s)")
-        ndcg = np.vstack([self.ndcg, np.asarray(ndcg, dtype=np.float32)[None]])
+        before = self.ndcg
+        if before.shape[0] < epoch:  # a fit resumed from a checkpoint that kept none: those epochs are unknown
+            log.warning(
+                "validation scores of epochs %d to %d are missing: the blend's halvings skip them",
+                before.shape[0] + 1,
+                epoch,
+            )
+            before = np.vstack([before, np.full((epoch - before.shape[0], self.shape[0]), np.nan, np.float32)])
+        ndcg = np.vstack([before, np.asarray(ndcg, dtype=np.float32)[None]])
         replace_file(os.path.join(self.directory, NDCG_FILE), lambda path: np.save(path, ndcg))
-        with np.errstate(all="ignore"):
-            means = np.nan_to_num(np.nanmean(ndcg, axis=1), nan=-np.inf)
-        best = set(np.argsort(-means, kind="stable")[: self.keep].tolist())
+        best = set(np.argsort(-user_means(ndcg), kind="stable")[: self.keep].tolist())
         if epoch in best:
             os.replace(tmp, self._scores_path(epoch))
         else:
