@@ -59,14 +59,15 @@ class ValidationMetrics(keras.callbacks.Callback):
         """The validation users' top 100, their scores written to :attr:`keep` on the way."""
         if self.keep is None:
             return self.recommender.recommend(self.fold_in, 100)[0]
-        tops = []
+        from vasp_model.recommenders.baselines import recommend_batched
+
+        def rank(rows, mask, n):
+            scores = self.recommender.scores(rows)
+            write(scores)
+            return topk_from_scores(scores, mask, n, return_scores=True, threads=self.recommender.threads)
+
         with self.keep.writing(epoch) as write:
-            for start in range(0, self.fold_in.shape[0], self.recommender.batch_users):
-                rows = self.fold_in[start : start + self.recommender.batch_users]
-                scores = self.recommender.scores(rows)
-                write(scores)
-                tops.append(topk_from_scores(scores, rows, 100, threads=self.recommender.threads))
-        return np.vstack(tops)
+            return recommend_batched(rank, self.fold_in, 100, True, self.recommender.batch_users)[0]
 
     def on_epoch_end(self, epoch, logs=None):
         train_seconds = time.perf_counter() - self._epoch_start
