@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from vasp_model.core.config import ModelConfig  # noqa: E402
-from vasp_model.evaluation.metrics import topk_from_scores  # noqa: E402
+from vasp_model.evaluation.metrics import ndcg_at_k, topk_from_scores  # noqa: E402
 from vasp_model.nn.model import build_model  # noqa: E402
 from vasp_model.recommenders.baselines import EASE  # noqa: E402
 from vasp_model.recommenders.blend import (  # noqa: E402
@@ -19,6 +19,7 @@ from vasp_model.recommenders.blend import (  # noqa: E402
     CrossFit,
     EaseBlend,
     blended,
+    blended_ndcg,
     choose_blend,
     choose_weights,
     halvings,
@@ -121,6 +122,47 @@ def test_ranking_the_blend_in_one_pass_gives_the_lists_of_the_blended_scores(n_r
         np.testing.assert_array_equal(x, copy)
     with pytest.raises(ValueError, match=r"EASE scores \(2, 4\) and logits \(2, 3\)"):
         top_blended([np.zeros((2, 3), np.float32)], np.zeros((2, 4)), 0.1, None, 2)
+
+
+@pytest.mark.parametrize(("n_items", "k"), [(3_000, 100), (40, 100), (5_000, 10)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_blends_ndcg_in_one_pass_is_that_of_its_lists(n_items, k, threads):
+    """Each option's per-row nDCG@k is the metrics' nDCG of the lists of the blended scores: the masked items left
+    out, ties (a row of equal scores) to the lower item, NaN for a row without holdout, k beyond the catalog."""
+    rng = np.random.default_rng(n_items)
+    n_rows = 50
+    p = rng.uniform(0, 1, (n_rows, n_items)).astype(np.float32)
+    ease = rng.normal(0, 1, (n_rows, n_items)).astype(np.float32)
+    p[0], ease[0] = 0.5, 0.0
+    mask = sp.random(n_rows, n_items, density=0.05, format="csr", random_state=1, dtype=np.float32)
+    holdout = sp.random(n_rows, n_items, density=0.02, format="csr", random_state=2, dtype=np.float32)
+    mask = sp.lil_matrix(mask)
+    mask[0, :] = 0
+    mask = sp.csr_matrix(mask)
+    holdout = sp.lil_matrix(holdout - holdout.multiply(mask.astype(bool)))  # disjoint from the fold-in
+    holdout[0, :] = 0
+    holdout[0, :3] = 1  # the tied row's first items
+    holdout[2, :] = 0  # no holdout
+    holdout = sp.csr_matrix(holdout)
+    holdout.eliminate_zeros()
+    holdout.indices[: holdout.indptr[1]] = holdout.indices[: holdout.indptr[1]][::-1].copy()  # unsorted in a row
+    weights = np.stack([np.linspace(0, 0.5, n_rows), np.zeros(n_rows), np.full(n_rows, 0.3)])
+    got = blended_ndcg(p, ease, weights, mask, holdout, k, threads)
+    expected = np.stack([ndcg_at_k(topk_from_scores(blended(p, ease, w), mask, k), holdout, k) for w in weights])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    empty = np.diff(holdout.indptr) == 0
+    assert empty[2] and (np.isnan(got) == empty).all()
+    assert got[1, 0] == pytest.approx(1.0)  # equal scores rank the lower items first: the holdout's 3 items
+    wider = sp.hstack([holdout, sp.csr_matrix(np.ones((n_rows, 2), np.float32))], format="csr")  # beyond a cap
+    capped = blended_ndcg(p, ease, weights, mask, wider, k, threads)
+    np.testing.assert_allclose(
+        capped,
+        [ndcg_at_k(topk_from_scores(blended(p, ease, w), mask, k), wider, k) for w in weights],
+        rtol=0,
+        atol=1e-12,
+    )
+    with pytest.raises(ValueError, match=r"weights must be \[options, 50\]"):
+        blended_ndcg(p, ease, weights[:, :3], mask, holdout, k)
 
 
 def test_validation_picks_ease_for_an_uninformed_vasp_and_nothing_for_an_oracle():

@@ -21,7 +21,6 @@ import scipy.sparse as sp
 
 from vasp_model.core.column_tiles import ColumnTiles
 from vasp_model.core.numba_launch import numba_launch
-from vasp_model.evaluation.metrics import ndcg_at_k, topk_from_scores
 from vasp_model.recommenders.host_ease import HostEASE, ranked_in_one_pass
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # the validation grid of each weight; 0 = VASP alone
@@ -167,6 +166,46 @@ def top_blended(
     return ranked_in_one_pass(top_blended_kernel, logits, mask, k, threads, ease_scores, weights)
 
 
+def blended_ndcg(
+    probabilities: np.ndarray,
+    ease_scores: np.ndarray,
+    weights: np.ndarray,
+    mask: sp.csr_matrix,
+    holdout: sp.csr_matrix,
+    k: int = 100,
+    threads: int = 1,
+) -> np.ndarray:
+    """``[options, rows]`` nDCG@k of each row's blend at each option's weights (``weights``: ``[options, rows]``):
+    ``ndcg_at_k(topk_from_scores(blended(probabilities, ease_scores, w), mask, k), holdout, k)`` for each ``w``
+    of ``weights``, without a ``[rows, I]`` array per option (each row blended, ranked and scored while it is in
+    cache). The holdout may be wider than the catalog scored: its items beyond it count as missed."""
+    from vasp_model.recommenders.blend_kernel import blended_ndcg_kernel
+
+    probabilities = np.ascontiguousarray(probabilities, dtype=np.float32)
+    ease_scores = np.ascontiguousarray(ease_scores, dtype=np.float32)
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    shape = probabilities.shape
+    if probabilities.ndim != 2 or ease_scores.shape != shape or mask.shape != shape or holdout.shape[0] != shape[0]:
+        raise ValueError(
+            f"probabilities {shape}, EASE scores {ease_scores.shape} and mask {mask.shape} must be one 2-D shape, "
+            f"the holdout {holdout.shape} as many rows (its items beyond the catalog are never ranked)"
+        )
+    if weights.ndim != 2 or weights.shape[1] != shape[0]:
+        raise ValueError(f"weights must be [options, {shape[0]}], got {weights.shape}")
+    mask, holdout = sp.csr_matrix(mask), sp.csr_matrix(holdout).sorted_indices()
+    out = np.empty(weights.shape, dtype=np.float64)
+    with numba_launch(threads):
+        blended_ndcg_kernel(
+            probabilities,
+            ease_scores,
+            weights,
+            *(a.astype(np.int64, copy=False) for a in (mask.indptr, mask.indices, holdout.indptr, holdout.indices)),
+            int(k),
+            out,
+        )
+    return out
+
+
 def choose_weights(
     probabilities: Callable[[sp.csr_matrix], np.ndarray],
     B,
@@ -259,6 +298,7 @@ def choose_blend(
     weights: Sequence[float] = WEIGHTS,
     k: int = 100,
     cross_fit: CrossFit | None = None,
+    threads: int = 1,
 ) -> BlendChoice:
     """:func:`choose_weights` over several EASE matrices (``candidates``, e.g. EASE at several λ), VASP's
     probabilities computed once: the index of the matrix whose best weights score highest (ties go to the
@@ -267,7 +307,8 @@ def choose_blend(
     With ``cross_fit`` the options are compared on their cross-fitted means (each user scored at the epoch the
     other half of the users chose, averaged over the halvings) rather than at the served epoch, whose best is
     optimistic on the very users that chose it. A light/heavy pair is chosen over the best one weight for all
-    users only when its per-user gain is more than one standard error above zero.
+    users only when its per-user gain is more than one standard error above zero. The options are scored over
+    ``threads`` threads.
     """
     if not candidates:
         raise ValueError("choose_blend needs at least one EASE matrix")
@@ -278,8 +319,10 @@ def choose_blend(
     pairs = list(itertools.product(grid, grid))
     rows = [dataclasses.replace(bounds, light=light, heavy=heavy).of_rows(fold_in) for light, heavy in pairs]
 
+    rows = np.stack(rows)
+
     def per_user(network: np.ndarray, ease: np.ndarray) -> np.ndarray:  # [pairs, users] nDCG@k
-        return np.stack([ndcg_at_k(topk_from_scores(blended(network, ease, w), fold_in, k), holdout, k) for w in rows])
+        return blended_ndcg(network, ease, rows, fold_in, holdout, k, threads)
 
     served, deciding = [], []  # per candidate, [pairs, users]
     for B in candidates:

@@ -105,3 +105,43 @@ def _squared_deviations(values, mean):
     for c in range(values.size):
         total += (values[c] - mean) ** 2
     return total
+
+
+@numba.njit(
+    parallel=True, boundscheck=False, nogil=True, cache=True, fastmath={"contract", "reassoc"}, error_model="numpy"
+)
+def blended_ndcg_kernel(
+    probabilities, ease_scores, weights, mask_indptr, mask_indices, holdout_indptr, holdout_indices, k, out
+):
+    """``out[j, r]``: row ``r``'s nDCG@k (gain ``1 / log2(rank + 1)``, ideal DCG over ``min(k, |holdout|)``
+    hits, NaN for an empty holdout) of the blend at weight ``weights[j, r]`` (:func:`_blend_row`) ranked as
+    :func:`top_blended_kernel` ranks it, masked items (CSR ``mask_*``) left out; the holdout (CSR ``holdout_*``)
+    sorted by item within each row."""
+    n_options, n_rows = weights.shape
+    n_cols = probabilities.shape[1]
+    discounts = 1.0 / np.log2(np.arange(2, k + 2).astype(np.float64))
+    for r in numba.prange(n_rows):
+        holdout = holdout_indices[holdout_indptr[r] : holdout_indptr[r + 1]]
+        if holdout.size == 0:
+            out[:, r] = np.nan
+            continue
+        ideal = 0.0
+        for m in range(min(k, holdout.size)):
+            ideal += discounts[m]
+        masked = mask_indices[mask_indptr[r] : mask_indptr[r + 1]]
+        values = np.empty(n_cols, dtype=np.float32)
+        idx = np.empty(k, dtype=np.int64)
+        vals = np.empty(k, dtype=np.float32)
+        for j in range(n_options):
+            _blend_row(probabilities[r], ease_scores[r], weights[j, r], values)
+            for c in range(n_cols):
+                v = values[c]
+                values[c] = -np.inf if v != v else (_ZERO if v == _ZERO else v)  # -0.0 would order below 0.0
+            top_of_row(values, masked, k, idx, vals)
+            dcg = 0.0
+            for m in range(k):
+                if idx[m] >= 0:
+                    at = np.searchsorted(holdout, idx[m])
+                    if at < holdout.size and holdout[at] == idx[m]:
+                        dcg += discounts[m]
+            out[j, r] = dcg / ideal

@@ -446,7 +446,13 @@ def _choose_blend(bundle, ease, kept, split, train, factors, ease_precision: str
         lambdas.append(lam)
         candidates.append(B)
     choice = choose_blend(
-        bundle.scores, candidates, split.fold_in[:, :n], split.holdout, np.diff(train.indptr), cross_fit=cross_fit
+        bundle.scores,
+        candidates,
+        split.fold_in[:, :n],
+        split.holdout,
+        np.diff(train.indptr),
+        cross_fit=cross_fit,
+        threads=os.cpu_count() or 1,
     )
     index, weights = choice.index, choice.weights
     bundle.blend = None if weights.off else EaseBlend(weights, candidates[index])
