@@ -98,13 +98,18 @@ def test_estimate_grows_with_the_catalog_and_the_kernel_dominates():
     cpu = make_config("cpu", env={})
     cpu = dataclasses.replace(cpu, model=dataclasses.replace(cpu.model, ease_prune_above=None))  # dense at 20k
     small, large = (memory.training_memory(n, 10_000, cpu) for n in (10_000, 20_000))
-    assert set(large.phases) == {"fit", "baselines", "closed_form_init"}
+    assert set(large.phases) == {"fit", "baselines", "blend", "closed_form_init"}
     runtime = memory.training_memory(2, 10_000, cpu).peak  # next to nothing but the runtime
     kernel_share = (large.peak - small.peak) / (small.peak - runtime)
     assert 2.8 < kernel_share < 3.1  # quadratic in the items: (20k² - 10k²) / 10k² = 3
     assert memory.training_memory(20_000, 10_000, make_config("tiny", env={})).peak < large.peak
     capped = memory.training_memory(20_000, 10_000, memory._with_max_items(cpu, 10_000))
     assert capped.items == 10_000 and capped.catalog == 20_000 and small.peak < capped.peak < large.peak
+    # the blend's choice holds item-wide arrays of the validation users on top of two EASE solutions
+    users = memory.training_memory(20_000, 10_000, cpu, validation_users=5_000).phases["blend"] - large.phases["blend"]
+    assert users == memory.BLEND_USER_ARRAYS * 4 * 5_000 * 20_000
+    unblended = dataclasses.replace(cpu, model=dataclasses.replace(cpu.model, blend_ease=False))
+    assert "blend" not in memory.training_memory(20_000, 10_000, unblended, validation_users=5_000).phases
 
 
 def test_each_phase_gets_its_own_peak_and_the_run_keeps_the_highest():
@@ -204,7 +209,8 @@ def test_estimate_covers_the_measured_peak_of_a_real_run(spark, tmp_path_factory
     assert measured <= estimated <= 1.5 * measured, (measured, estimated)
     # each phase's own peak (metrics.json, MLflow) within the estimate of the phase it belongs to
     resident = int(re.search(r"memory: (\d+) resident, estimated peak", log).group(1))
-    planned = re.search(r"estimated peak \d+ \(([^;]*);", log).group(1)  # "fit N, baselines N[, closed_form_init N]"
+    # "fit N, baselines N, blend N[, closed_form_init N]"
+    planned = re.search(r"estimated peak \d+ \(([^;]*);", log).group(1)
     estimate = {name: resident + int(n) for name, n in (part.split() for part in planned.split(", "))}
     phases = storage.read_json(f"{layout.models_dir(wh, DATE)}/metrics.json")["peak_resident_bytes"]
     for name in ("fit", "ease_fit", "blend", "vasp_eval", "baselines_eval", "protocol_metrics"):
@@ -212,8 +218,9 @@ def test_estimate_covers_the_measured_peak_of_a_real_run(spark, tmp_path_factory
     assert phases["fit"] <= estimate["fit"]
     if "ease_init" in phases:
         assert phases["ease_init"] <= estimate["closed_form_init"]
+    assert phases["blend"] <= estimate["blend"]
     baselines = estimate["baselines"]
-    assert max(phases[n] for n in ("ease_fit", "blend", "vasp_eval", "baselines_eval", "protocol_metrics")) <= baselines
+    assert max(phases[n] for n in ("ease_fit", "vasp_eval", "baselines_eval", "protocol_metrics")) <= baselines
 
 
 def test_ease_solve_bytes_by_hand():

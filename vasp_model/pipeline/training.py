@@ -442,6 +442,7 @@ def train_stage(config: TrainStageConfig) -> dict[str, Any]:
         config.memory_budget,
         gram_entries=entries,
         row_items=row_items,
+        validation_users=features.validation.fold_in.shape[0],
     )
     defaults.tensorflow_for_training()  # the inputs are checked: load the backend for training
     check_device_memory(n_items, features.train.shape[0], vasp, row_items)

@@ -48,6 +48,9 @@ FALLBACK_NEIGHBOURS = (512, 256, 128, 64)
 # A sparse XᵀX chunk before it is added to the dense Gram matrix: float64 value + int32 column +
 # int32 row (COO) per entry, at most I² entries.
 SPARSE_GRAM_BYTES = 16
+# The blend's choice over the validation users: VASP's probabilities at the served epoch and at another kept
+# one, EASE's scores of a candidate λ, and the dense product's temporary, each [validation users × items] float32.
+BLEND_USER_ARRAYS = 4
 log = logging.getLogger(__name__)
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
@@ -174,10 +177,12 @@ def training_memory(
     ease_precision: str = "float64",
     gram_entries: int | None = None,
     row_items: int | None = None,
+    validation_users: int = 0,
 ) -> TrainingMemory:
     """The peak bytes of each phase of training ``config`` on ``catalog_items`` items and ``train_users``
     users, the EASE baselines (and the closed-form init) solved in ``ease_precision`` (``gram_entries``: see
-    :func:`ease_solve_bytes`; ``row_items``: :func:`max_row_items`, default every item)."""
+    :func:`ease_solve_bytes`; ``row_items``: :func:`max_row_items`, default every item), the blend chosen on
+    ``validation_users`` users."""
     if catalog_items < 1 or train_users < 1:
         raise ValueError(f"need items and train users, got {catalog_items} items, {train_users} users")
     m, t = config.model, config.train
@@ -187,6 +192,9 @@ def training_memory(
     # the EASE baseline is fitted on the whole catalog while what the fit reached is still resident: the
     # backend keeps the fit's allocations, not only the trained weights (measured by phase on Gowalla's shape)
     phases = {"fit": fit, "baselines": fit + ease_solve_bytes(catalog_items, ease_precision, gram_entries)}
+    if m.blend_ease:  # two EASE solutions (float32, the λ and another factor's) and the users' item-wide arrays
+        blend_arrays = BLEND_USER_ARRAYS * FLOAT32 * validation_users * items
+        phases["blend"] = fit + 2 * FLOAT32 * catalog_items * catalog_items + blend_arrays
     if m.ease_init == "closed_form":
         phases["closed_form_init"] = weights + ease_solve_bytes(items, ease_precision, gram_entries)
     runtime = RUNTIME_BYTES + (0 if t.jit_compile is False else JIT_BYTES)  # "auto" may compile
@@ -356,7 +364,7 @@ def available_bytes() -> tuple[int | None, str]:
 
 def largest_max_items(catalog_items: int, train_users: int, config: VaspConfig, budget: int, **sizing) -> int | None:
     """The largest ``max_items`` whose run fits in ``budget`` bytes of peak (None: not even 2 items);
-    ``sizing``: :func:`training_memory`'s ``ease_precision`` / ``gram_entries``."""
+    ``sizing``: :func:`training_memory`'s ``ease_precision`` / ``gram_entries`` / ``validation_users``."""
 
     def fits(n: int) -> bool:
         return training_memory(catalog_items, train_users, _with_max_items(config, n), **sizing).peak <= budget
@@ -417,6 +425,7 @@ def check_training_memory(
     budget: str | None = None,
     gram_entries: int | None = None,
     row_items: int | None = None,
+    validation_users: int = 0,
 ) -> tuple[TrainingMemory, str, VaspConfig]:
     """(the estimate of a run, the precision its EASE solves use, the config it fits as) within
     :func:`memory_limit` (``budget``, else ``VASP_MEMORY_BUDGET``, else what is available): ``config``, its
@@ -439,7 +448,9 @@ def check_training_memory(
     for candidate in candidates:
         for precision in EASE_PRECISIONS:  # the float64 solve first: exact where it fits
             estimate = dataclasses.replace(
-                training_memory(catalog_items, train_users, candidate, precision, gram_entries, row_items),
+                training_memory(
+                    catalog_items, train_users, candidate, precision, gram_entries, row_items, validation_users
+                ),
                 resident=resident,
             )
             log.info(
@@ -457,7 +468,11 @@ def check_training_memory(
                         candidate.model.ease_neighbours,
                     )  # fmt: skip
                 return estimate, precision, candidate
-    sizing = {"ease_precision": EASE_PRECISIONS[-1], "gram_entries": gram_entries}
+    sizing = {
+        "ease_precision": EASE_PRECISIONS[-1],
+        "gram_entries": gram_entries,
+        "validation_users": validation_users,
+    }
     estimate = training_memory(catalog_items, train_users, config, row_items=row_items, **sizing)
     raise ValueError(refusal(estimate, train_users, config, resident, limit, source, **sizing))
 
