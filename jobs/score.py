@@ -7,7 +7,8 @@
   row as ``model_version``), downloads the bundle directory and ships it to the executors
   with ``SparkContext.addArchive``, once per session and model content (a local master reads it in
   place); each executor Python process loads it once (module-level cache keyed by the bundle's
-  SHA-256), on CPUs scored on the host (``load_bundle``: ``ModelBundle.use_host_ease``).
+  SHA-256) on Keras' NumPy backend (``VASP_SCORE_BACKEND``, default ``numpy``: no TensorFlow in the workers),
+  on CPUs scored on the host (``load_bundle``: ``ModelBundle.use_host_ease``).
 * While the registered model has no champion (``models:/NAME@champion`` resolves to nothing), the
   fallback serves (``registry.serving_uri``): the champion of the EASE fallback's registered model
   (rows' ``model_version`` ``NAME/VERSION``, e.g. ``vasp-ease/1``), else popularity computed from
@@ -131,10 +132,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- executor side --------------------------------------------------------------------------------
 
 
-def _bundle(path: str, key: str, threads: int):
-    """The bundle at ``path``, loaded at most once per Python process and model (``key``)."""
+def _bundle(path: str, key: str, threads: int, backend: str | None = None):
+    """The bundle at ``path``, loaded at most once per Python process and model (``key``), on Keras' ``backend``
+    (None: the environment's) where this process has not loaded Keras yet."""
     bundle = _BUNDLES.get(key)
     if bundle is None:
+        if backend and "keras" not in sys.modules:  # Keras reads its backend once, when first imported
+            os.environ["KERAS_BACKEND"] = backend
         _limit_threads(threads)
         from vasp_model.recommenders.bundle import load_bundle
 
@@ -145,17 +149,10 @@ def _bundle(path: str, key: str, threads: int):
 
 
 def _limit_threads(threads: int) -> None:
-    """One task = ``spark.task.cpus`` cores: keep TensorFlow's thread pools to that (no oversubscription)."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        return
-    try:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except (ImportError, RuntimeError):  # already initialized in this process: keep its pools
-        pass
+    """One task = ``spark.task.cpus`` cores: keep the thread pools (OpenMP's, and TensorFlow's should the model
+    load on it) to that, no oversubscription; set before they start, without importing TensorFlow."""
+    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(name, str(threads))
 
 
 def _bundle_path(name_or_path: str) -> str:
@@ -230,12 +227,21 @@ def _flat(lists):
     return offsets - offsets[0], lists.values.slice(offsets[0], offsets[-1] - offsets[0])
 
 
-def score_partition(batches: Iterator, bundle_ref: str, top_n: int, batch_users: int, model_key: str, threads: int):
-    """``mapInArrow`` body: (user_id, item_ids[, excluded_ids]) batches -> one scored row per user.
+def score_partition(
+    batches: Iterator,
+    bundle_ref: str,
+    top_n: int,
+    batch_users: int,
+    model_key: str,
+    threads: int,
+    backend: str | None = None,
+):
+    """``mapInArrow`` body: (user_id, item_ids[, excluded_ids]) batches -> one scored row per user, the model
+    loaded on Keras' ``backend`` (:func:`_bundle`).
 
     Without an ``excluded_ids`` column each list leaves out the user's own items (``item_ids``).
     """
-    bundle = _bundle(_bundle_path(bundle_ref), model_key, threads)
+    bundle = _bundle(_bundle_path(bundle_ref), model_key, threads, backend)
     for batch in batches:
         users, items = batch.column("user_id"), batch.column("item_ids")
         excluded = batch.column("excluded_ids") if "excluded_ids" in batch.schema.names else None
@@ -289,14 +295,17 @@ def exclusion_source(exclude: str, manifest: dict[str, Any]) -> str | None:
     return "interactions" if same and counts.get("consumed") == counts.get("interactions") else table
 
 
-def transform(lists_df, bundle_ref: str, top_n: int, batch_users: int, model_key: str, threads: int):
-    """The scored DataFrame: one row per user in ``scored_schema`` (the lists, best first)."""
+def transform(
+    lists_df, bundle_ref: str, top_n: int, batch_users: int, model_key: str, threads: int, backend: str | None = None
+):
+    """The scored DataFrame: one row per user in ``scored_schema`` (the lists, best first), the workers' model on
+    Keras' ``backend`` (None: their environment's)."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     def fn(batches):
         from vasp_jobs.score import score_partition
 
-        yield from score_partition(batches, bundle_ref, top_n, batch_users, model_key, threads)
+        yield from score_partition(batches, bundle_ref, top_n, batch_users, model_key, threads, backend)
 
     return lists_df.mapInArrow(fn, from_arrow_schema(scored_schema()))
 
@@ -360,7 +369,7 @@ def check_scoring_memory(spark, bundle_dir: str, batch_users: int, threads: int)
         return
     cores = spark.sparkContext.defaultParallelism
     workers = max(1, cores // threads)
-    per_worker = scoring_bytes(bundle_dir, batch_users)
+    per_worker = scoring_bytes(bundle_dir, batch_users, defaults.score_backend())
     in_use = tree_resident_bytes()
     limit, source = memory_limit(None, in_use)
     need = in_use + workers * per_worker
@@ -515,6 +524,7 @@ def score(
             batch_users,
             model_key=model_key,
             threads=threads,
+            backend=defaults.score_backend(),
         )
         stats = Observation("vasp_score")
         scored = scored.observe(stats, *(F.expr(sql).alias(name) for name, sql in observed_counts(top_n).items()))

@@ -324,14 +324,20 @@ def _random_ease(n: int) -> np.ndarray:
     return B
 
 
-def _untrained_bundle(directory: str, item_ids, popularity, preset: str = "tiny", blend: float = 0.0) -> str:
-    """An untrained VASP bundle of ``preset``'s size over this vocabulary (blended with a random EASE at ``blend``)."""
+def _untrained_bundle(
+    directory: str, item_ids, popularity, preset: str = "tiny", blend: float = 0.0, neighbours: int | None = None
+) -> str:
+    """An untrained VASP bundle of ``preset``'s size over this vocabulary (blended with a random EASE at ``blend``;
+    its Neural EASE kernel pruned to ``neighbours`` targets per item, None: the preset's)."""
     from vasp_model.nn.model import build_model
     from vasp_model.recommenders.blend import EaseBlend
     from vasp_model.recommenders.bundle import ModelBundle
 
     n = len(item_ids)
-    bundle = ModelBundle(build_model(n, make_config(preset, env={}).model, seed=0), item_ids, popularity)
+    model = make_config(preset, env={}).model
+    if neighbours is not None:
+        model = dataclasses.replace(model, ease_neighbours=neighbours)
+    bundle = ModelBundle(build_model(n, model, seed=0), item_ids, popularity)
     if blend:
         bundle.blend = EaseBlend(blend, _random_ease(n))
     return bundle.save(directory)
@@ -364,8 +370,8 @@ def test_the_scoring_refusal_names_the_task_cpus_that_fit(spark, tiny_bundle, mo
     from vasp_model.recommenders.bundle import scoring_bytes
 
     cores = spark.sparkContext.defaultParallelism  # local[2]: two workers at one thread each
-    per_worker = scoring_bytes(tiny_bundle, 2048)
-    assert cores == 2 and per_worker > scoring_bytes(tiny_bundle, 16)  # a batch's arrays count
+    per_worker = scoring_bytes(tiny_bundle, 2048, "numpy")  # the scoring job's default backend
+    assert cores == 2 and per_worker > scoring_bytes(tiny_bundle, 16, "numpy")  # a batch's arrays count
     room_for = lambda workers: str(memory.tree_resident_bytes() + int(workers * per_worker))  # noqa: E731
     monkeypatch.setenv("VASP_MEMORY_BUDGET", room_for(1.5))
     with pytest.raises(ValueError, match=r"in each of 2 Python worker\(s\).*spark\.task\.cpus=2 fits \(1 worker"):
@@ -378,21 +384,26 @@ def test_the_scoring_refusal_names_the_task_cpus_that_fit(spark, tiny_bundle, mo
 _SCORING_PEAK_SCRIPT = """
 import sys, numpy as np
 from vasp_jobs.score import _bundle  # a scoring worker's own load: its thread limits, then the bundle
-bundle = _bundle(sys.argv[1], "model", threads=1)
+bundle = _bundle(sys.argv[1], "model", threads=1, backend=sys.argv[3])
 bundle.batch_users = int(sys.argv[2])
 rng = np.random.default_rng(0)
 offsets = np.concatenate([[0], np.cumsum(rng.integers(5, 100, int(sys.argv[2])))])
 bundle.recommend_flat(offsets, [str(i) for i in rng.integers(0, bundle.n_items, offsets[-1])], 100)
 print("PEAK", [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1])
+print("TENSORFLOW", "tensorflow" in sys.modules)
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["vasp-blended", "ease"])
-def test_scoring_estimate_covers_a_scoring_process_peak(tmp_path, kind):
-    """A fresh process loads a 4,000-item bundle (a blended cpu-preset VASP, or EASE) as a scoring worker does
-    (TensorFlow, the host path) and scores a batch of 2,048 users: its peak resident set is within
-    ``scoring_bytes``, by at most 1.5x."""
+@pytest.mark.parametrize(
+    ("kind", "backend"),
+    [("vasp-blended", "numpy"), ("vasp-blended", "tensorflow"), ("vasp-pruned", "numpy"), ("ease", "numpy")],
+)
+def test_scoring_estimate_covers_a_scoring_process_peak(tmp_path, kind, backend):
+    """A fresh process loads a 4,000-item bundle (a blended cpu-preset VASP, dense or pruned, or EASE) as a scoring
+    worker does (on Keras' NumPy backend, the scoring job's default, or on TensorFlow; the host path) and scores a
+    batch of 2,048 users: its peak resident set is within ``scoring_bytes``, by at most 1.5x, and TensorFlow is
+    imported only on its own backend."""
     from vasp_model.recommenders.bundle import EaseBundle, scoring_bytes
 
     n, batch = 4000, 2048
@@ -400,12 +411,17 @@ def test_scoring_estimate_covers_a_scoring_process_peak(tmp_path, kind):
     if kind == "ease":
         directory = EaseBundle(_random_ease(n), ids, popularity, {"lambda": 300.0}).save(str(tmp_path / kind))
     else:
-        directory = _untrained_bundle(str(tmp_path / kind), ids, popularity, preset="cpu", blend=0.1)
+        pruned = 64 if kind == "vasp-pruned" else None
+        directory = _untrained_bundle(str(tmp_path / kind), ids, popularity, "cpu", blend=0.1, neighbours=pruned)
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
-        [sys.executable, "-c", _SCORING_PEAK_SCRIPT, directory, str(batch)], capture_output=True, text=True, env=env
+        [sys.executable, "-c", _SCORING_PEAK_SCRIPT, directory, str(batch), backend],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     peak = int(re.search(r"^PEAK (\d+)$", proc.stdout, re.M).group(1)) * 1024
-    estimate = scoring_bytes(directory, batch)
+    assert re.search(r"^TENSORFLOW (\w+)$", proc.stdout, re.M).group(1) == str(backend == "tensorflow")
+    estimate = scoring_bytes(directory, batch, backend)
     assert peak <= estimate <= 1.5 * peak, (peak, estimate)

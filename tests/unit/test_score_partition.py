@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -12,6 +15,7 @@ import pyarrow as pa  # noqa: E402
 import pytest  # noqa: E402
 
 from vasp_jobs.score import recommendation_rows, score_partition, scored_schema  # noqa: E402
+from vasp_model.core import defaults  # noqa: E402
 
 N_ITEMS = 40
 TOP_N = 10
@@ -142,3 +146,42 @@ def test_without_an_excluded_column_each_list_leaves_out_its_own_items(bundle_di
     with_column = _score(bundle_dir, _batches(users, users, (13, 10)), 4)
     without = [batch.drop_columns(["excluded_ids"]) for batch in _batches(users, users, (13, 10))]
     assert with_column.equals(_score(bundle_dir, without, 4))
+
+
+_WORKER_SCRIPT = """
+import json, sys
+import pyarrow as pa
+from vasp_jobs.score import score_partition, scored_schema
+bundle_dir, users_json, out = sys.argv[1:4]
+users, excluded = json.load(open(users_json))
+ids_type = pa.list_(pa.string())
+schema = pa.schema([("user_id", pa.string()), ("item_ids", ids_type), ("excluded_ids", ids_type)])
+batch = pa.RecordBatch.from_pydict(
+    {"user_id": list(users), "item_ids": list(users.values()), "excluded_ids": [excluded[u] for u in users]}, schema
+)
+scored = list(score_partition(iter([batch]), bundle_dir, int(sys.argv[4]), 4, "worker", 1, sys.argv[5]))
+with pa.OSFile(out, "wb") as sink, pa.ipc.new_file(sink, scored_schema()) as writer:
+    for part in scored:
+        writer.write_batch(part)
+print("TENSORFLOW", "tensorflow" in sys.modules)
+"""
+
+
+def test_a_worker_on_the_jobs_keras_backend_scores_what_tensorflow_scores(bundle_dir, bundle, tmp_path):
+    """A fresh process scoring as the job's Python workers do, on the job's Keras backend (NumPy: TensorFlow never
+    imported), gives the lists and scores this process gives on TensorFlow."""
+    users = _users(bundle.item_ids)
+    excluded = _excluded(users, bundle.item_ids)
+    (tmp_path / "users.json").write_text(json.dumps([users, excluded]))
+    out = tmp_path / "scored.arrow"
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}  # the driver's: the worker picks its own
+    args = [bundle_dir, str(tmp_path / "users.json"), str(out), str(TOP_N), defaults.score_backend()]
+    proc = subprocess.run([sys.executable, "-c", _WORKER_SCRIPT, *args], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert defaults.score_backend() == "numpy" and "TENSORFLOW False" in proc.stdout
+    with pa.memory_map(str(out)) as source:
+        worker = pa.ipc.open_file(source).read_all()
+    here = _score(bundle_dir, _batches(users, excluded, (23,)), 4)
+    assert worker.drop_columns(["scores"]).equals(here.drop_columns(["scores"]))
+    for got, expected in zip(worker.column("scores").to_pylist(), here.column("scores").to_pylist(), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5)  # float32 rounding of the hidden layers

@@ -79,6 +79,15 @@ DEFAULT_EXCLUDE = "all"
 # once, so wider batches read less of it per user (docs/EXPERIMENTS.md, Speed history), at [batch, items] floats
 # per logits array.
 SCORE_BATCH_USERS = 2048
+# The Keras backend the scoring job's workers load a model on (VASP_SCORE_BACKEND): NumPy, Keras' inference-only
+# backend, scores on the host without TensorFlow's import and runtime in every worker; jax, tensorflow or torch
+# keep the model on an accelerator where the executors have one.
+DEFAULT_SCORE_BACKEND = "numpy"
+
+
+def score_backend() -> str:
+    """The scoring workers' Keras backend: ``VASP_SCORE_BACKEND``, else :data:`DEFAULT_SCORE_BACKEND`."""
+    return os.environ.get("VASP_SCORE_BACKEND") or DEFAULT_SCORE_BACKEND
 
 
 def default_exclude() -> str:

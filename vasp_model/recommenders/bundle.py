@@ -464,28 +464,33 @@ def load_bundle(directory: str, batch_users: int = SCORE_BATCH_USERS, threads: i
     return BUNDLE_KINDS[read_metadata(directory)["kind"]].load(directory, batch_users, threads)
 
 
-# What a process scoring a loaded bundle holds, as measured (TensorFlow, the host path, dense and pruned
-# Neural EASE kernels, with and without a blend, EASE bundles; 4k, 8k and a dense 20k items), with a margin on
-# each: the runtime once TensorFlow, Keras and this package are imported; the Keras weights and their host
-# copies, a multiple of the model file; an EASE matrix (the blend's, or an EASE bundle's) about once more than
-# its file; a batch's item-wide float32 arrays (logits, EASE's scores, the blend) per batch user and item.
-SCORING_RUNTIME_BYTES = 900 * 2**20
-SCORING_MODEL_FILE_FACTOR = 3.5
+# What a process scoring a loaded bundle holds, as measured (the host path, dense and pruned Neural EASE kernels,
+# with and without a blend, EASE bundles; 4k, 8k, 12k and a dense 20k items), with a margin on each, by what the
+# process loads: a VASP model on Keras' NumPy backend, or on TensorFlow (the figures for every other backend), and
+# the bundles without a Keras model (EASE, popularity). The runtime once those and this package are imported; a
+# batch's item-wide float32 arrays per batch user and item (VASP's logits, EASE's scores, the blend; EASE's
+# scores); the Keras weights and their host copies, a multiple of the model file; an EASE matrix (the blend's,
+# or an EASE bundle's) about once more than its file.
+SCORING_RUNTIME_BYTES = {"numpy": 400 * 2**20, "tensorflow": 900 * 2**20, "no keras": 250 * 2**20}
+SCORING_BATCH_ARRAYS = {"numpy": 8, "tensorflow": 8, "no keras": 2}
+SCORING_MODEL_FILE_FACTOR = {"numpy": 2.6, "tensorflow": 3.5}
 SCORING_ARRAY_FILE_FACTOR = 1.1
-SCORING_BATCH_ARRAYS = 8
 
 
-def scoring_bytes(directory: str, batch_users: int = SCORE_BATCH_USERS) -> int:
-    """The resident bytes a process scoring the saved bundle ``directory`` in batches of ``batch_users`` users is
-    expected to reach (what each of the scoring job's Python workers holds), from the sizes of its files."""
+def scoring_bytes(directory: str, batch_users: int = SCORE_BATCH_USERS, backend: str = "tensorflow") -> int:
+    """The resident bytes a process scoring the saved bundle ``directory`` in batches of ``batch_users`` users on
+    Keras' ``backend`` is expected to reach (what each of the scoring job's Python workers holds), from the
+    sizes of its files."""
     import pyarrow.parquet as pq
 
+    measured = "no keras" if read_metadata(directory)["kind"] != ModelBundle.kind else backend
+    measured = measured if measured in SCORING_RUNTIME_BYTES else "tensorflow"
     n_items = pq.ParquetFile(os.path.join(directory, ITEMS_FILE)).metadata.num_rows
-    total = SCORING_RUNTIME_BYTES + SCORING_BATCH_ARRAYS * 4 * int(batch_users) * n_items
+    total = SCORING_RUNTIME_BYTES[measured] + SCORING_BATCH_ARRAYS[measured] * 4 * int(batch_users) * n_items
     for name in os.listdir(directory):
         if name in (ITEMS_FILE, META_FILE):
             continue
-        factor = SCORING_MODEL_FILE_FACTOR if name == MODEL_FILE else SCORING_ARRAY_FILE_FACTOR
+        factor = SCORING_MODEL_FILE_FACTOR.get(measured, 0.0) if name == MODEL_FILE else SCORING_ARRAY_FILE_FACTOR
         total += int(factor * os.path.getsize(os.path.join(directory, name)))
     return total
 
@@ -517,6 +522,8 @@ def cpu_only() -> bool:
     """Whether Keras' backend sees only CPUs (then NumPy beats moving the kernel to an accelerator)."""
     import keras
 
+    if keras.backend.backend() == "numpy":  # inference on the host's NumPy
+        return True
     try:
         return all(str(device).lower().startswith("cpu") for device in keras.distribution.list_devices())
     except Exception:  # noqa: BLE001 - a backend without device listing: keep everything in Keras
