@@ -641,6 +641,7 @@ def score_stage(config: ScoreStageConfig) -> dict[str, Any]:
     from vasp_model.data.features import require_features
 
     require_features(config.warehouse, config.date)  # before Spark starts: one line, no JVM noise
+    defaults.score_backend()  # a backend Keras does not have: the same
     if (config.model_uri or default_model_uri()).startswith("models:/"):  # the registry says what serves
         from vasp_model.mlops import server
 

@@ -365,6 +365,18 @@ def test_score_whose_workers_do_not_fit_is_refused_in_one_line(warehouse, tiny_b
     assert not storage.exists(layout.recommendations_dir(warehouse, DATE))
 
 
+def test_a_scoring_backend_keras_does_not_have_is_one_line_before_spark(warehouse, tiny_bundle, tmp_path):
+    cmd = [sys.executable, "-m", "vasp_model.cli", "score", "--warehouse", warehouse, "--date", DATE]
+    cmd += ["--model-uri", tiny_bundle, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    env = {**os.environ, "VASP_HOME": str(tmp_path / "run"), "VASP_SCORE_BACKEND": "mxnet"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "vasp score: error: VASP_SCORE_BACKEND must be one of numpy, jax, tensorflow, torch, got 'mxnet'"
+    )
+    assert not storage.exists(layout.recommendations_dir(warehouse, DATE))
+
+
 def test_the_scoring_refusal_names_the_task_cpus_that_fit(spark, tiny_bundle, monkeypatch):
     from vasp_jobs.score import check_scoring_memory
     from vasp_model.recommenders.bundle import scoring_bytes

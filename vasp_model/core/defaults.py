@@ -83,11 +83,15 @@ SCORE_BATCH_USERS = 2048
 # backend, scores on the host without TensorFlow's import and runtime in every worker; jax, tensorflow or torch
 # keep the model on an accelerator where the executors have one.
 DEFAULT_SCORE_BACKEND = "numpy"
+SCORE_BACKENDS = ("numpy", "jax", "tensorflow", "torch")
 
 
 def score_backend() -> str:
     """The scoring workers' Keras backend: ``VASP_SCORE_BACKEND``, else :data:`DEFAULT_SCORE_BACKEND`."""
-    return os.environ.get("VASP_SCORE_BACKEND") or DEFAULT_SCORE_BACKEND
+    backend = os.environ.get("VASP_SCORE_BACKEND") or DEFAULT_SCORE_BACKEND
+    if backend not in SCORE_BACKENDS:
+        raise ValueError(f"VASP_SCORE_BACKEND must be one of {', '.join(SCORE_BACKENDS)}, got {backend!r}")
+    return backend
 
 
 def default_exclude() -> str:
