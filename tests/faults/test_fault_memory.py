@@ -400,7 +400,7 @@ bundle = _bundle(sys.argv[1], "model", threads=1, backend=sys.argv[3])
 bundle.batch_users = int(sys.argv[2])
 rng = np.random.default_rng(0)
 offsets = np.concatenate([[0], np.cumsum(rng.integers(5, 100, int(sys.argv[2])))])
-bundle.recommend_flat(offsets, [str(i) for i in rng.integers(0, bundle.n_items, offsets[-1])], 100)
+bundle.recommend_flat(offsets, [str(i) for i in bundle.item_ids[rng.integers(0, bundle.n_items, offsets[-1])]], 100)
 print("PEAK", [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1])
 print("TENSORFLOW", "tensorflow" in sys.modules)
 """

@@ -471,8 +471,8 @@ def load_bundle(directory: str, batch_users: int = SCORE_BATCH_USERS, threads: i
 # batch's item-wide float32 arrays per batch user and item (VASP's logits, EASE's scores, the blend; EASE's
 # scores); the Keras weights and their host copies, a multiple of the model file; an EASE matrix (the blend's,
 # or an EASE bundle's) about once more than its file.
-SCORING_RUNTIME_BYTES = {"numpy": 400 * 2**20, "tensorflow": 900 * 2**20, "no keras": 250 * 2**20}
-SCORING_BATCH_ARRAYS = {"numpy": 8, "tensorflow": 8, "no keras": 2}
+SCORING_RUNTIME_BYTES = {"numpy": 450 * 2**20, "tensorflow": 900 * 2**20, "no keras": 300 * 2**20}
+SCORING_BATCH_ARRAYS = {"numpy": 8, "tensorflow": 8, "no keras": 4}
 SCORING_MODEL_FILE_FACTOR = {"numpy": 2.6, "tensorflow": 3.5}
 SCORING_ARRAY_FILE_FACTOR = 1.1
 
