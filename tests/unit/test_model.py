@@ -253,7 +253,7 @@ def test_sparse_model_input_scores_like_dense(monkeypatch):
 @pytest.mark.parametrize("density", [0.3, 0.01])  # in Keras, the model gets a dense, then a sparse input
 def test_loaded_bundle_runs_neural_ease_in_scipy_with_the_same_scores(tmp_path, density, normalize_input):
     """On the host, the Neural EASE path (column tiles: 300 items are a whole tile and a narrower one), the
-    FLVAE's first product and its output layers run in NumPy/SciPy/Numba, its hidden layers in Keras."""
+    FLVAE's first product, hidden layers and output layers run in NumPy/SciPy/Numba."""
     import vasp_model.recommenders.bundle as bundle_module
 
     rng = np.random.default_rng(0)
@@ -378,6 +378,26 @@ def test_a_train_step_moves_the_pruned_weights_and_keeps_the_targets():
     model.fit(X, X, epochs=2, batch_size=16, verbose=0)
     np.testing.assert_array_equal(np_(model.ease.targets), targets)
     assert not np.allclose(np_(model.ease.values), values)
+
+
+@pytest.mark.parametrize("decoder_blocks", [0, 2])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_hidden_layers_on_the_host_compute_what_keras_computes(decoder_blocks, threads):
+    """From the first product to the decoder's last block and the latent mean: every block's residual sums over
+    the blocks before it, its activation and its layer normalization (weights moved off their initial values)."""
+    from vasp_model.recommenders.host_hidden import HostHidden
+
+    rng = np.random.default_rng(0)
+    model = build_model(30, dataclasses.replace(TINY, encoder_blocks=3, decoder_blocks=decoder_blocks), seed=0)
+    for weight in model.weights:
+        weight.assign(weight + rng.normal(0, 0.3, weight.shape).astype("float32"))
+    product = rng.normal(0, 2, (37, TINY.hidden)).astype("float32")
+    z = model.z_mean(model.encoder(product, input_product=True))
+    d = model.decoder(z) if model.decoder is not None else z
+    got = HostHidden(model.hidden_weights(), threads)(product)
+    for mine, keras_out in zip(got, (d, z), strict=True):
+        assert mine.dtype == np.float32
+        np.testing.assert_allclose(mine, keras.ops.convert_to_numpy(keras_out), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("host_ease", [False, True])

@@ -12,6 +12,8 @@ The KL term is added with ``add_loss`` during training, so a standard
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
@@ -114,20 +116,37 @@ class VASP(keras.Model):
         out = self.flvae(x, training=training) * self.ease(x)
         return ops.cast(out, "float32")
 
-    def flvae_hidden_model(self) -> keras.Model:
-        """The FLVAE path at inference from its first product (the normalized input times the first
-        encoder kernel, :meth:`input_kernel`) to what its two output layers read: ``[d, z]``, the
-        decoder's last hidden layer and the latent mean. For inference that computes the first product,
-        the output layers (:meth:`output_weights`) and the Neural EASE path elsewhere (``ModelBundle`` on
-        a CPU-only backend)."""
-        product = keras.Input((self.hidden,), name="input_product")
-        z = self.z_mean(self.encoder(product, input_product=True))
-        d = self.decoder(z) if self.decoder is not None else z
-        return keras.Model(product, [ops.cast(d, "float32"), ops.cast(z, "float32")], name=f"{self.name}_hidden")
+    def hidden_weights(self) -> dict[str, Any]:
+        """The FLVAE at inference from its first product (the normalized input times the first encoder
+        kernel, :meth:`input_kernel`) to what its two output layers read (``[d, z]``: the decoder's last hidden
+        layer and the latent mean), as float32 NumPy: ``encoder`` and ``decoder`` (empty without one) list each
+        dense-residual block's ``(kernel, bias, gamma, beta, epsilon)`` (the encoder's first kernel is the input
+        kernel, applied elsewhere), ``z_mean`` is ``(kernel, bias)``. For inference that computes them itself
+        (``ModelBundle`` on a CPU-only backend: :class:`vasp_model.recommenders.host_hidden.HostHidden`)."""
+
+        def numpy(weight) -> np.ndarray:
+            return np.asarray(ops.convert_to_numpy(weight), dtype=np.float32)
+
+        def blocks(stack) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]:
+            if stack is None:
+                return []
+            for norm in stack.norms:
+                if not (norm.center and norm.scale) or norm.rms_scaling or norm.axis not in (-1, [-1], 1, [1]):
+                    raise ValueError(f"{norm.name} is not a layer normalization over the last axis with both weights")
+            return [
+                (numpy(dense.kernel), numpy(dense.bias), numpy(norm.gamma), numpy(norm.beta), float(norm.epsilon))
+                for dense, norm in zip(stack.denses, stack.norms, strict=True)
+            ]
+
+        return {
+            "encoder": blocks(self.encoder),
+            "z_mean": (numpy(self.z_mean.kernel), numpy(self.z_mean.bias)),
+            "decoder": blocks(self.decoder),
+        }
 
     def output_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(kernel, bias)`` of ``decoder_out`` and ``latent_out`` as float32 NumPy: the FLVAE's output is
-        ``sigmoid(d @ kernel + bias)`` of the one times that of the other (see :meth:`flvae_hidden_model`)."""
+        ``sigmoid(d @ kernel + bias)`` of the one times that of the other (see :meth:`hidden_weights`)."""
         layers = (self.decoder_out, self.latent_out)
         if any(getattr(layer.activation, "__name__", None) != "sigmoid" for layer in layers):  # no serializing:
             # Keras' serializer imports TensorFlow to look for its shapes, whatever the backend
@@ -138,7 +157,7 @@ class VASP(keras.Model):
         ]
 
     def input_kernel(self) -> np.ndarray:
-        """The first encoder kernel ``[I, hidden]`` as float32 NumPy (what :meth:`flvae_hidden_model` starts after)."""
+        """The first encoder kernel ``[I, hidden]`` as float32 NumPy (what :meth:`hidden_weights` start after)."""
         return np.asarray(ops.convert_to_numpy(self.encoder.denses[0].kernel), dtype=np.float32)
 
     def item_weights(self) -> list[tuple[keras.Variable, tuple[int, ...]]]:

@@ -30,6 +30,7 @@ from vasp_model.evaluation.metrics import topk_from_scores
 from vasp_model.recommenders.baselines import check_recommend_args, ranked_scores, recommend_batched
 from vasp_model.recommenders.blend import BlendWeights, EaseBlend
 from vasp_model.recommenders.host_ease import HostEASE, sigmoid_product, top_sigmoid_product
+from vasp_model.recommenders.host_hidden import HostHidden
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -272,11 +273,10 @@ class ModelBundle(Bundle):
         if n_out is not None and n_out != self.item_ids.size:
             raise ValueError(f"model scores {n_out} items but item_ids has {self.item_ids.size}")
         # Set by load() on a CPU-only backend (the weights of a loaded bundle do not change): VASP's
-        # Neural EASE path, the FLVAE's first (sparse) product and its output layers on the host, the
-        # FLVAE's hidden layers in Keras.
+        # Neural EASE path and the FLVAE's first (sparse) product, hidden layers and output layers on the host.
         self.host_ease: HostEASE | None = None
         self._input_kernel: np.ndarray | None = None
-        self._flvae_hidden = None
+        self._host_hidden: HostHidden | None = None
         self._output_weights: list[np.ndarray] = []  # each output layer's [kernel; bias] (one more row)
         self.blend: EaseBlend | None = None  # set when validation preferred VASP blended with closed-form EASE
 
@@ -306,12 +306,12 @@ class ModelBundle(Bundle):
 
     def _host_flvae_logits(self, seen: sp.csr_matrix) -> list[np.ndarray]:
         """The FLVAE's two output logits for a ``_seen`` batch: its first (sparse) product in SciPy, the hidden
-        layers through Keras, the output layers' matrix products in NumPy."""
+        layers (:class:`HostHidden`), the output layers' matrix products in NumPy."""
         product = np.asarray(seen @ self._input_kernel, dtype=np.float32)
         if self.model.normalize_input:  # a 0/1 row's L2 norm is the square root of its item count
             product /= np.maximum(np.sqrt(np.diff(seen.indptr)), 1e-8).astype(np.float32)[:, None]
         logits = []
-        for h, kernel_and_bias in zip(self._flvae_hidden.predict_on_batch(product), self._output_weights, strict=True):
+        for h, kernel_and_bias in zip(self._host_hidden(product), self._output_weights, strict=True):
             with_one = np.ones((h.shape[0], h.shape[1] + 1), dtype=np.float32)  # the bias is the kernel's last row
             with_one[:, :-1] = h
             logits.append(np.matmul(with_one, kernel_and_bias))
@@ -366,12 +366,12 @@ class ModelBundle(Bundle):
 
     def use_host_ease(self, threads: int | None = None) -> None:
         """Score on the host from now on, over ``threads`` threads (default: all cores): VASP's Neural EASE
-        path, the FLVAE's first product and its output layers, from copies of their weights (which must no
-        longer change); the FLVAE's hidden layers stay in Keras."""
+        path and the FLVAE's first product, hidden layers and output layers, from copies of their weights (which
+        must no longer change); Keras no longer runs."""
         self.threads = max(1, int(threads or os.cpu_count() or 1))
         self.host_ease = HostEASE(self.model.ease.host_kernel(), self.threads)
         self._input_kernel = self.model.input_kernel()
-        self._flvae_hidden = self.model.flvae_hidden_model()
+        self._host_hidden = HostHidden(self.model.hidden_weights(), self.threads)
         self._output_weights = [np.vstack([kernel, bias[None, :]]) for kernel, bias in self.model.output_weights()]
 
 

@@ -38,7 +38,7 @@ def int_bits_as_float(typingctx, bits):
 
 
 @numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def _one_plus_exp_neg(v):
+def one_plus_exp_neg(v):
     """``1 + e^-v`` for a float32 ``v``: inf below -88.7, NaN for NaN."""
     x = -v
     nan = x != x
@@ -71,11 +71,11 @@ def row_product(logits, r, values, nan_value):
         block = values[start : min(start + _BLOCK, n_cols)]
         first = logits[0][r, start : start + block.size]
         for c in range(block.size):  # values may be logits[0]'s row: each column is read before it is written
-            block[c] = _one_plus_exp_neg(first[c])
+            block[c] = one_plus_exp_neg(first[c])
         for q in range(1, len(logits)):
             row = logits[q][r, start : start + block.size]
             for c in range(block.size):
-                block[c] *= _one_plus_exp_neg(row[c])
+                block[c] *= one_plus_exp_neg(row[c])
         for c in range(block.size):
             value = _ONE / block[c]
             block[c] = nan_value if value != value else value
