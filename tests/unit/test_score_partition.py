@@ -149,7 +149,8 @@ def test_without_an_excluded_column_each_list_leaves_out_its_own_items(bundle_di
 
 
 _WORKER_SCRIPT = """
-import json, sys
+import json, sys, warnings
+warnings.filterwarnings("error", message=".*cannot be built")  # Keras on NumPy builds the model as on TensorFlow
 import pyarrow as pa
 from vasp_jobs.score import score_partition, scored_schema
 bundle_dir, users_json, out = sys.argv[1:4]

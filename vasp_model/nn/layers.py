@@ -22,7 +22,8 @@ class ZeroDiagonal(keras.constraints.Constraint):
         n = ops.shape(w)[0]
         idx = ops.arange(n, dtype="int32")
         indices = ops.stack([idx, idx], axis=1)
-        return ops.scatter_update(w, indices, ops.zeros((n,), dtype=w.dtype))
+        # a variable's value, not the variable: a backend's scatter may write into what it is given (NumPy's does)
+        return ops.scatter_update(ops.convert_to_tensor(w), indices, ops.zeros((n,), dtype=w.dtype))
 
     def get_config(self):
         return {}
