@@ -467,11 +467,12 @@ def load_bundle(directory: str, batch_users: int = SCORE_BATCH_USERS, threads: i
 # What a process scoring a loaded bundle holds, as measured (the host path, dense and pruned Neural EASE kernels,
 # with and without a blend, EASE bundles; 4k, 8k, 12k and a dense 20k items), with a margin on each, by what the
 # process loads: a VASP model on Keras' NumPy backend, or on TensorFlow (the figures for every other backend), and
-# the bundles without a Keras model (EASE, popularity). The runtime once those and this package are imported; a
+# the bundles without a Keras model (EASE, popularity). The runtime once those and this package are imported,
+# and Numba compiling the host's kernels on a worker's first use (a fresh install, before its cache is written); a
 # batch's item-wide float32 arrays per batch user and item (VASP's logits, EASE's scores, the blend; EASE's
 # scores); the Keras weights and their host copies, a multiple of the model file; an EASE matrix (the blend's,
 # or an EASE bundle's) about once more than its file.
-SCORING_RUNTIME_BYTES = {"numpy": 450 * 2**20, "tensorflow": 900 * 2**20, "no keras": 300 * 2**20}
+SCORING_RUNTIME_BYTES = {"numpy": 650 * 2**20, "tensorflow": 1100 * 2**20, "no keras": 400 * 2**20}
 SCORING_BATCH_ARRAYS = {"numpy": 8, "tensorflow": 8, "no keras": 4}
 SCORING_MODEL_FILE_FACTOR = {"numpy": 2.6, "tensorflow": 3.5}
 SCORING_ARRAY_FILE_FACTOR = 1.1
