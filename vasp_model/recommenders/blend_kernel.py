@@ -77,20 +77,20 @@ def _blend_row(p, s, weight, o):
     bits = p.view(np.int32)
     for c in range(n_cols):  # each column is read before it is written
         o[c] = _log_floored(p[c], bits[c])
-    mean = _mean(o)
-    scale = (1.0 - weight) / (math.sqrt(_squared_deviations(o, mean) / n_cols) + _EPS)
+    mean = row_mean(o)
+    scale = (1.0 - weight) / (math.sqrt(squared_deviations(o, mean) / n_cols) + _EPS)
     if weight == 0.0:
         for c in range(n_cols):
             o[c] = (o[c] - mean) * scale
         return
-    ease_mean = _mean(s)
-    ease_scale = weight / (math.sqrt(_squared_deviations(s, ease_mean) / n_cols) + _EPS)
+    ease_mean = row_mean(s)
+    ease_scale = weight / (math.sqrt(squared_deviations(s, ease_mean) / n_cols) + _EPS)
     for c in range(n_cols):
         o[c] = (o[c] - mean) * scale + (s[c] - ease_mean) * ease_scale
 
 
 @numba.njit(inline="always", fastmath={"contract", "reassoc"})
-def _mean(values):
+def row_mean(values):
     """The mean of a float array, summed in float64."""
     total = 0.0
     for c in range(values.size):
@@ -99,7 +99,7 @@ def _mean(values):
 
 
 @numba.njit(inline="always", fastmath={"contract", "reassoc"})
-def _squared_deviations(values, mean):
+def squared_deviations(values, mean):
     """The sum of ``(v − mean)²`` over a float array, in float64."""
     total = 0.0
     for c in range(values.size):

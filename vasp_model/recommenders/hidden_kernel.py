@@ -7,6 +7,7 @@ import math
 import numba
 import numpy as np
 
+from vasp_model.recommenders.blend_kernel import row_mean, squared_deviations
 from vasp_model.recommenders.sigmoid_product_kernel import one_plus_exp_neg
 
 _ONE = np.float32(1.0)
@@ -28,14 +29,8 @@ def dense_block_kernel(y, outputs, block, gamma, beta, epsilon):
         for c in range(n_cols):
             v = row[c]
             out[c] = v * (_ONE / one_plus_exp_neg(v))
-        total = 0.0
-        for c in range(n_cols):
-            total += out[c]
-        mean = total / n_cols
-        squares = 0.0
-        for c in range(n_cols):
-            squares += (out[c] - mean) ** 2
-        inv = 1.0 / math.sqrt(squares / n_cols + epsilon)
+        mean = row_mean(out)
+        inv = 1.0 / math.sqrt(squared_deviations(out, mean) / n_cols + epsilon)
         for c in range(n_cols):
             scale = inv * gamma[c]
             out[c] = np.float32(out[c] * scale + (beta[c] - mean * scale))
