@@ -269,6 +269,7 @@ def test_loaded_bundle_runs_neural_ease_in_scipy_with_the_same_scores(tmp_path, 
     in_keras = ModelBundle.load(str(tmp_path), host_ease=False)
     on_host = ModelBundle.load(str(tmp_path), threads=3, host_ease=True)
     assert in_keras.host_ease is None and on_host.host_ease.threads == 3
+    assert on_host.model.ease.weights == [] and on_host.host_ease.tiles is on_host.model.ease.host_kernel()  # once
     expected = keras.ops.convert_to_numpy(model((X.toarray() != 0).astype("float32"), training=False))
     np.testing.assert_allclose(in_keras.scores(X), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(on_host.scores(X), expected, rtol=1e-5, atol=1e-6)

@@ -60,11 +60,28 @@ class ColumnTiles:
         return cls.from_columns(lambda start, end: matrix[:, start:end], matrix.shape, tile)
 
     @classmethod
+    def from_row_blocks(
+        cls,
+        shape: tuple[int, int],
+        read_rows: Callable[[int, np.ndarray], None],
+        tile: int = COLUMN_TILE,
+        block_bytes: int = IO_BLOCK_BYTES,
+    ) -> ColumnTiles:
+        """Tiles filled a block of whole rows (about ``block_bytes``) at a time: ``read_rows(first, rows)`` fills the
+        float32 ``[n, n_cols]`` buffer ``rows`` with the matrix's rows ``first`` to ``first + n`` (from a file, a
+        dataset read in place): what is held beside the tiles is one such buffer."""
+        tiles = cls(np.empty(int(shape[0]) * int(shape[1]), dtype=np.float32), shape, tile)
+        for first, rows in tiles._row_blocks(block_bytes):
+            read_rows(first, rows)
+            for start, end in tiles.bounds():
+                tiles.block(start, end)[first : first + rows.shape[0]] = rows[:, start:end]
+        return tiles
+
+    @classmethod
     def load_npy(cls, path: str, tile: int = COLUMN_TILE, block_bytes: int = IO_BLOCK_BYTES) -> ColumnTiles:
-        """A 2-D float32 C-ordered ``.npy`` file (as :meth:`save_npy` and ``np.save`` write it) read into tiles a
-        block of whole rows (about ``block_bytes``) at a time, with plain reads: no page of the file mapped
-        into this process, so what it holds is the tiles and one block. ``ValueError`` naming the file when it
-        is not such a matrix or is shorter than its header says."""
+        """A 2-D float32 C-ordered ``.npy`` file (as :meth:`save_npy` and ``np.save`` write it) read into tiles
+        (:meth:`from_row_blocks`) with plain reads: no page of the file mapped into this process. ``ValueError``
+        naming the file when it is not such a matrix or is shorter than its header says."""
         with open(path, "rb") as fh:
             try:
                 shape, fortran_order, dtype = _NPY_HEADERS[np.lib.format.read_magic(fh)](fh)
@@ -72,13 +89,12 @@ class ColumnTiles:
                 raise ValueError(f"{path} is not a .npy file this reads ({error})") from None
             if len(shape) != 2 or fortran_order or dtype != np.dtype("<f4"):
                 raise ValueError(f"{path} holds a {dtype} array of shape {shape}, not a C-ordered float32 matrix")
-            tiles = cls(np.empty(shape[0] * shape[1], dtype=np.float32), shape, tile)
-            for first, rows in tiles._row_blocks(block_bytes):
+
+            def read_rows(first: int, rows: np.ndarray) -> None:
                 if fh.readinto(memoryview(rows).cast("B")) != rows.nbytes:
                     raise ValueError(f"{path} is truncated: fewer than the {shape[0]:,} rows its header says")
-                for start, end in tiles.bounds():
-                    tiles.block(start, end)[first : first + rows.shape[0]] = rows[:, start:end]
-        return tiles
+
+            return cls.from_row_blocks(shape, read_rows, tile, block_bytes)
 
     def _row_blocks(self, block_bytes: int):
         """(first row, a ``[rows, n_cols]`` float32 buffer) for each block of whole rows of about ``block_bytes``:

@@ -7,7 +7,7 @@ import numpy as np
 import scipy.sparse as sp
 from keras import ops
 
-from vasp_model.core.column_tiles import ColumnTiles
+from vasp_model.core.column_tiles import IO_BLOCK_BYTES, ColumnTiles
 
 
 @keras.saving.register_keras_serializable(package="vasp")
@@ -84,6 +84,63 @@ class NeuralEASE(keras.layers.Layer):
             }
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="vasp")
+class HostNeuralEASE(NeuralEASE):
+    """``NeuralEASE`` loaded for scoring on the host only (``VASP(ease_on_host=True)``): no Keras variable; the
+    saved kernel is read a block of rows at a time straight into column tiles (:meth:`host_kernel`), so a
+    scoring process holds the I×I kernel once rather than twice, and never fills it with random values first.
+    Keras cannot run it; saving writes the kernel back as ``NeuralEASE`` saves it."""
+
+    read_block_bytes = IO_BLOCK_BYTES  # whole rows of the saved kernel read at a time
+
+    def build(self, input_shape):
+        if input_shape[-1] != self.units:
+            raise ValueError(f"NeuralEASE expects {self.units} input items, got shape {input_shape}")
+        self.tiles: ColumnTiles | None = None
+        self.built = True
+
+    def load_own_variables(self, store):
+        if list(store.keys()) != ["0"]:
+            raise ValueError(f"{self.name} expects the saved kernel alone, found the entries {list(store.keys())}")
+        shape = (self.units, self.units)
+        dataset = _h5_dataset(store, "0")
+        if dataset is None:  # not Keras' HDF5 store: the kernel read whole, then tiled
+            self.tiles = ColumnTiles.from_dense(np.asarray(store["0"], dtype=np.float32))
+        elif dataset.shape != shape:
+            raise ValueError(f"{self.name}'s saved kernel has shape {dataset.shape}, expected {shape}")
+        else:
+            self.tiles = ColumnTiles.from_row_blocks(
+                shape,
+                lambda first, rows: dataset.read_direct(rows, np.s_[first : first + rows.shape[0]]),
+                block_bytes=self.read_block_bytes,
+            )
+        if self.tiles.shape != shape:
+            raise ValueError(f"{self.name}'s saved kernel has shape {self.tiles.shape}, expected {shape}")
+
+    def save_own_variables(self, store):
+        store["0"] = self.host_kernel().to_dense()
+
+    def host_kernel(self) -> ColumnTiles:
+        """The kernel's column tiles, as loaded (not a copy)."""
+        if self.tiles is None:
+            raise ValueError(f"{self.name} has no kernel: it is set by loading saved weights")
+        return self.tiles
+
+    def call(self, x):
+        raise RuntimeError(
+            f"{self.name} was loaded for scoring on the host (ModelBundle.use_host_ease) and Keras cannot run it: "
+            "load the bundle with host_ease=False to run it through Keras"
+        )
+
+
+def _h5_dataset(store, key: str):
+    """The HDF5 dataset behind ``store[key]`` when ``store`` is Keras' HDF5 weights store (read in place, a block at
+    a time), else None (``store[key]`` then reads the whole array)."""
+    group = getattr(store, "_h5_entry_group", None)
+    dataset = group.get(key) if group is not None and hasattr(group, "get") else None
+    return dataset if hasattr(dataset, "read_direct") else None
 
 
 @keras.saving.register_keras_serializable(package="vasp")

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from vasp_model.nn.layers import DenseResidualStack, NeuralEASE, PrunedNeuralEASE, Sampling
+from vasp_model.nn.layers import DenseResidualStack, HostNeuralEASE, NeuralEASE, PrunedNeuralEASE, Sampling
 from vasp_model.nn.losses import kl_divergence
 
 
@@ -40,6 +40,7 @@ class VASP(keras.Model):
         ease_batch_positives: int | None = None,
         kl_weight: float = 1.0,
         seed: int | None = None,
+        ease_on_host: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -68,7 +69,8 @@ class VASP(keras.Model):
         self.decoder_out = keras.layers.Dense(self.n_items, activation="sigmoid", name="decoder_out")
         self.latent_out = keras.layers.Dense(self.n_items, activation="sigmoid", name="latent_out")
         if self.ease_neighbours is None:
-            self.ease = NeuralEASE(self.n_items, l2=self.ease_l2, kernel_initializer=ease_init, name="neural_ease")
+            ease = HostNeuralEASE if ease_on_host else NeuralEASE  # for scoring on the host only: no Keras variable
+            self.ease = ease(self.n_items, l2=self.ease_l2, kernel_initializer=ease_init, name="neural_ease")
         else:
             self.ease = PrunedNeuralEASE(
                 self.n_items,

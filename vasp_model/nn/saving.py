@@ -11,9 +11,10 @@ log = logging.getLogger(__name__)
 
 CONFIG_MEMBER = "config.json"
 WEIGHTS_MEMBER = "model.weights.h5"
+VASP_REGISTERED_NAME = "vasp>VASP"
 
 
-def load_archive(path: str):
+def load_archive(path: str, ease_on_host: bool = False):
     """``keras.saving.load_model(path, safe_mode=True, compile=False)`` in less memory for a large model.
 
     Keras reads an archive's weights through a copy of them in memory when it thinks memory suffices (the
@@ -21,6 +22,9 @@ def load_archive(path: str):
     weights member is extracted to a temporary file (``$TMPDIR``) first and loaded with ``load_weights``. Archives this does not apply to
     (a weights member that is compressed or missing, an extraction that fails, e.g. for want of space) are
     loaded by Keras itself.
+
+    ``ease_on_host``: a VASP's dense Neural EASE kernel is read into column tiles for scoring on the host and
+    holds no Keras variable (``VASP(ease_on_host=True)``; the archives Keras loads itself are loaded as saved).
     """
     import keras
 
@@ -31,6 +35,8 @@ def load_archive(path: str):
             return keras.saving.load_model(path, safe_mode=True, compile=False)
         config = json.loads(archive.read(CONFIG_MEMBER))
         config["compile_config"] = None  # compile=False
+        if ease_on_host and config.get("registered_name") == VASP_REGISTERED_NAME:
+            config["config"]["ease_on_host"] = True
         with tempfile.TemporaryDirectory(prefix="vasp-weights-") as tmp:
             try:
                 weights = archive.extract(WEIGHTS_MEMBER, tmp)

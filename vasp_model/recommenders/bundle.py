@@ -19,14 +19,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from vasp_model.core.column_tiles import ColumnTiles
-from vasp_model.core.defaults import SCORE_BATCH_USERS
+from vasp_model.core.defaults import SCORE_BATCH_USERS, score_backend
 from vasp_model.evaluation.metrics import topk_from_scores
+from vasp_model.nn.saving import CONFIG_MEMBER, VASP_REGISTERED_NAME
 from vasp_model.recommenders.baselines import check_recommend_args, ranked_scores, recommend_batched
 from vasp_model.recommenders.blend import BlendWeights, EaseBlend
 from vasp_model.recommenders.host_ease import HostEASE, sigmoid_product, top_sigmoid_product
@@ -341,8 +343,8 @@ class ModelBundle(Bundle):
         """Load a saved VASP bundle (the model with ``safe_mode=True``: no pickled code is executed).
 
         ``host_ease`` (default: for a VASP when Keras sees only CPUs) scores on the host
-        (:meth:`use_host_ease`) over ``threads`` threads (default: all cores); it keeps a copy of the Neural
-        EASE kernel (I x I in column tiles, or CSR when pruned).
+        (:meth:`use_host_ease`) over ``threads`` threads (default: all cores); the model's dense Neural EASE kernel
+        is then read from the archive into column tiles and never held by Keras (it cannot run through Keras).
         """
         return super().load(directory, batch_users, threads, host_ease=host_ease)
 
@@ -351,16 +353,15 @@ class ModelBundle(Bundle):
         import vasp_model.nn.model  # registers the custom layers for deserialization
         from vasp_model.nn.saving import load_archive
 
-        model = load_archive(os.path.join(directory, MODEL_FILE))
+        host = cpu_only() if host_ease is None else bool(host_ease)
+        model = load_archive(os.path.join(directory, MODEL_FILE), ease_on_host=host)
         bundle = cls(model, item_ids, popularity, metadata=meta, batch_users=batch_users, threads=threads)
         if weights := _blend_weights(meta):
             bundle.blend = EaseBlend.load(directory, weights, threads)
         is_vasp = isinstance(model, vasp_model.nn.model.VASP)
         if host_ease and not is_vasp:
             raise ValueError(f"host_ease runs VASP's Neural EASE path; {directory} holds a {type(model).__name__}")
-        if host_ease is None:
-            host_ease = is_vasp and cpu_only()
-        if host_ease:
+        if host and is_vasp:
             bundle.use_host_ease(threads)
         return bundle
 
@@ -465,35 +466,47 @@ def load_bundle(directory: str, batch_users: int = SCORE_BATCH_USERS, threads: i
 
 
 # What a process scoring a loaded bundle holds, as measured (the host path, dense and pruned Neural EASE kernels,
-# with and without a blend, EASE bundles; 4k, 8k, 12k and a dense 20k items), with a margin on each, by what the
+# with and without a blend, EASE bundles; 4k, 8k and a dense 20k items), with a margin on each, by what the
 # process loads: a VASP model on Keras' NumPy backend, or on TensorFlow (the figures for every other backend), and
 # the bundles without a Keras model (EASE, popularity). The runtime once those and this package are imported,
 # and Numba compiling the host's kernels on a worker's first use (a fresh install, before its cache is written); a
 # batch's item-wide float32 arrays per batch user and item (VASP's logits, EASE's scores, the blend; EASE's
-# scores); the Keras weights and their host copies, a multiple of the model file; an EASE matrix (the blend's,
-# or an EASE bundle's) about once more than its file.
+# scores); a dense Neural EASE kernel once (read from the archive into the host's tiles, no Keras variable); the
+# model file's other weights in Keras and their host copies, a multiple of their bytes; an EASE matrix (the
+# blend's, or an EASE bundle's) about once more than its file.
 SCORING_RUNTIME_BYTES = {"numpy": 650 * 2**20, "tensorflow": 1100 * 2**20, "no keras": 400 * 2**20}
 SCORING_BATCH_ARRAYS = {"numpy": 8, "tensorflow": 8, "no keras": 4}
 SCORING_MODEL_FILE_FACTOR = {"numpy": 2.6, "tensorflow": 3.5}
 SCORING_ARRAY_FILE_FACTOR = 1.1
 
 
-def scoring_bytes(directory: str, batch_users: int = SCORE_BATCH_USERS, backend: str = "tensorflow") -> int:
-    """The resident bytes a process scoring the saved bundle ``directory`` in batches of ``batch_users`` users on
-    Keras' ``backend`` is expected to reach (what each of the scoring job's Python workers holds), from the
-    sizes of its files."""
+def scoring_bytes(directory: str, batch_users: int = SCORE_BATCH_USERS, backend: str | None = None) -> int:
+    """The resident bytes a process scoring the saved bundle ``directory`` on the host in batches of
+    ``batch_users`` users on Keras' ``backend`` (default: the scoring job's, :func:`defaults.score_backend`) is
+    expected to reach (what each of the scoring job's Python workers holds), from the sizes of its files."""
     import pyarrow.parquet as pq
 
-    measured = "no keras" if read_metadata(directory)["kind"] != ModelBundle.kind else backend
+    measured = "no keras" if read_metadata(directory)["kind"] != ModelBundle.kind else backend or score_backend()
     measured = measured if measured in SCORING_RUNTIME_BYTES else "tensorflow"
     n_items = pq.ParquetFile(os.path.join(directory, ITEMS_FILE)).metadata.num_rows
     total = SCORING_RUNTIME_BYTES[measured] + SCORING_BATCH_ARRAYS[measured] * 4 * int(batch_users) * n_items
     for name in os.listdir(directory):
-        if name in (ITEMS_FILE, META_FILE):
-            continue
-        factor = SCORING_MODEL_FILE_FACTOR.get(measured, 0.0) if name == MODEL_FILE else SCORING_ARRAY_FILE_FACTOR
-        total += int(factor * os.path.getsize(os.path.join(directory, name)))
+        size = os.path.getsize(os.path.join(directory, name))
+        if name == MODEL_FILE:
+            kernel = dense_ease_bytes(os.path.join(directory, name), n_items)
+            total += int(SCORING_ARRAY_FILE_FACTOR * kernel + SCORING_MODEL_FILE_FACTOR[measured] * (size - kernel))
+        elif name not in (ITEMS_FILE, META_FILE):
+            total += int(SCORING_ARRAY_FILE_FACTOR * size)
     return total
+
+
+def dense_ease_bytes(model_file: str, n_items: int) -> int:
+    """The bytes of a saved VASP's dense Neural EASE kernel (float32 ``[I, I]``), 0 for a pruned one or another
+    model."""
+    with zipfile.ZipFile(model_file) as archive:
+        saved = json.loads(archive.read(CONFIG_MEMBER))
+    dense = saved.get("registered_name") == VASP_REGISTERED_NAME and saved["config"].get("ease_neighbours") is None
+    return 4 * n_items * n_items if dense else 0
 
 
 def _seen(rows: sp.csr_matrix) -> sp.csr_matrix:
