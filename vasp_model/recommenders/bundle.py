@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from vasp_model.core.column_tiles import ColumnTiles
 from vasp_model.core.defaults import SCORE_BATCH_USERS, score_backend
 from vasp_model.evaluation.metrics import topk_from_scores
-from vasp_model.nn.saving import CONFIG_MEMBER, VASP_REGISTERED_NAME
+from vasp_model.nn.saving import CONFIG_MEMBER, VASP_REGISTERED_NAME, load_archive
 from vasp_model.recommenders.baselines import check_recommend_args, ranked_scores, recommend_batched
 from vasp_model.recommenders.blend import BlendWeights, EaseBlend
 from vasp_model.recommenders.host_ease import HostEASE, sigmoid_product, top_sigmoid_product
@@ -351,7 +351,6 @@ class ModelBundle(Bundle):
     @classmethod
     def _load(cls, directory, item_ids, popularity, meta, batch_users, threads, host_ease=None) -> ModelBundle:
         import vasp_model.nn.model  # registers the custom layers for deserialization
-        from vasp_model.nn.saving import load_archive
 
         host = cpu_only() if host_ease is None else bool(host_ease)
         model = load_archive(os.path.join(directory, MODEL_FILE), ease_on_host=host)
@@ -368,7 +367,7 @@ class ModelBundle(Bundle):
     def use_host_ease(self, threads: int | None = None) -> None:
         """Score on the host from now on, over ``threads`` threads (default: all cores): VASP's Neural EASE
         path and the FLVAE's first product, hidden layers and output layers, from copies of their weights (which
-        must no longer change); Keras no longer runs."""
+        must no longer change; a kernel loaded for the host is used as loaded); Keras no longer runs."""
         self.threads = max(1, int(threads or os.cpu_count() or 1))
         self.host_ease = HostEASE(self.model.ease.host_kernel(), self.threads)
         self._input_kernel = self.model.input_kernel()
