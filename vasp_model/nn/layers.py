@@ -106,18 +106,18 @@ class HostNeuralEASE(NeuralEASE):
             raise ValueError(f"{self.name} expects the saved kernel alone, found the entries {list(store.keys())}")
         shape = (self.units, self.units)
         dataset = _h5_dataset(store, "0")
-        if dataset is None:  # not Keras' HDF5 store: the kernel read whole, then tiled
-            self.tiles = ColumnTiles.from_dense(np.asarray(store["0"], dtype=np.float32))
-        elif dataset.shape != shape:
-            raise ValueError(f"{self.name}'s saved kernel has shape {dataset.shape}, expected {shape}")
+        kernel = np.asarray(store["0"], dtype=np.float32) if dataset is None else None  # not Keras' HDF5 store: whole
+        found = dataset.shape if dataset is not None else kernel.shape
+        if found != shape:
+            raise ValueError(f"{self.name}'s saved kernel has shape {found}, expected {shape}")
+        if kernel is not None:
+            self.tiles = ColumnTiles.from_dense(kernel)
         else:
             self.tiles = ColumnTiles.from_row_blocks(
                 shape,
                 lambda first, rows: dataset.read_direct(rows, np.s_[first : first + rows.shape[0]]),
                 block_bytes=self.read_block_bytes,
             )
-        if self.tiles.shape != shape:
-            raise ValueError(f"{self.name}'s saved kernel has shape {self.tiles.shape}, expected {shape}")
 
     def save_own_variables(self, store):
         store["0"] = self.host_kernel().to_dense()

@@ -47,3 +47,12 @@ def load_archive(path: str, ease_on_host: bool = False):
                 model.load_weights(weights)
                 return model
     return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def dense_ease_bytes(path: str, n_items: int) -> int:
+    """The bytes of the dense Neural EASE kernel (float32 ``[I, I]``) of the VASP archive at ``path``: 0 for a pruned
+    kernel or another model."""
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read(CONFIG_MEMBER))
+    dense = config.get("registered_name") == VASP_REGISTERED_NAME and config["config"].get("ease_neighbours") is None
+    return 4 * n_items * n_items if dense else 0

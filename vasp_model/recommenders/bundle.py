@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ import scipy.sparse as sp
 from vasp_model.core.column_tiles import ColumnTiles
 from vasp_model.core.defaults import SCORE_BATCH_USERS, score_backend
 from vasp_model.evaluation.metrics import topk_from_scores
-from vasp_model.nn.saving import CONFIG_MEMBER, VASP_REGISTERED_NAME, load_archive
+from vasp_model.nn.saving import dense_ease_bytes, load_archive
 from vasp_model.recommenders.baselines import check_recommend_args, ranked_scores, recommend_batched
 from vasp_model.recommenders.blend import BlendWeights, EaseBlend
 from vasp_model.recommenders.host_ease import HostEASE, sigmoid_product, top_sigmoid_product
@@ -497,15 +496,6 @@ def scoring_bytes(directory: str, batch_users: int = SCORE_BATCH_USERS, backend:
         elif name not in (ITEMS_FILE, META_FILE):
             total += int(SCORING_ARRAY_FILE_FACTOR * size)
     return total
-
-
-def dense_ease_bytes(model_file: str, n_items: int) -> int:
-    """The bytes of a saved VASP's dense Neural EASE kernel (float32 ``[I, I]``), 0 for a pruned one or another
-    model."""
-    with zipfile.ZipFile(model_file) as archive:
-        saved = json.loads(archive.read(CONFIG_MEMBER))
-    dense = saved.get("registered_name") == VASP_REGISTERED_NAME and saved["config"].get("ease_neighbours") is None
-    return 4 * n_items * n_items if dense else 0
 
 
 def _seen(rows: sp.csr_matrix) -> sp.csr_matrix:
